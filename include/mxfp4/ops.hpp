@@ -1,0 +1,47 @@
+// Operations on MXFP4 weights. Each validates its arguments (throwing the typed errors of
+// error.hpp with the argument's name, the expected and the actual shape or dtype) and then runs
+// the kernel the backend table holds for the tensors' device.
+#pragma once
+
+#include <optional>
+
+#include "mxfp4/tensor.hpp"
+#include "mxfp4/weight.hpp"
+
+namespace mxfp4 {
+
+// Packed parts of a quantized tensor.
+struct QuantizedTensor {
+  Tensor blocks;  // u8 [.., N, K/2]
+  Tensor scales;  // u8 [.., N, K/32]
+};
+
+// weight f32/f16/bf16 [N, K] or [E, N, K] -> blocks and scales.
+QuantizedTensor quantize(const Tensor& weight, const QuantizeOptions& options = {});
+// Writes into caller-provided blocks and scales of the right shapes (u8).
+void quantize_into(const Tensor& weight, Tensor& blocks, Tensor& scales,
+                   const QuantizeOptions& options = {});
+
+// weight -> [.., N, K] in dtype (f32, f16 or bf16). Exact in f32 and bf16 (up to f32's range:
+// scale 254 with |E2M1| >= 2 is +/-Inf); f16 rounds to nearest even, overflowing to +/-Inf.
+Tensor dequantize(const Mxfp4Weight& weight, DType dtype = DType::f32);
+void dequantize_into(const Mxfp4Weight& weight, Tensor& out);
+
+// Dense linear layer: x [..., K] -> [..., N] = x W^T + bias, for a dense (not stacked) weight.
+// x is f32, f16 or bf16; the output has x's dtype and leading dims; accumulation in f32 or
+// better. x with zero rows gives an empty output.
+Tensor linear(const Tensor& x, const Mxfp4Weight& weight);
+void linear_into(const Tensor& x, const Mxfp4Weight& weight, Tensor& out);
+
+// Mixture of experts: for each token t and slot s, y[t, s] = x_row W[e]^T + bias[e] with
+// e = indices[t, s], for a stacked weight [E, N, K].
+// - x [T, K]: every slot of token t uses row x[t].
+// - x [T, topk, K]: slot (t, s) uses row x[t, s]. (x [T, 1, K] with topk > 1 is refused: pass
+//   x [T, K] to broadcast.)
+// indices [T, topk] u32, i32 or i64; every id must lie in [0, E) (IndexOutOfRange otherwise).
+// Output [T, topk, N] in x's dtype.
+Tensor gather_linear(const Tensor& x, const Tensor& indices, const Mxfp4Weight& weight);
+void gather_linear_into(const Tensor& x, const Tensor& indices, const Mxfp4Weight& weight,
+                        Tensor& out);
+
+}  // namespace mxfp4

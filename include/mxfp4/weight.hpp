@@ -1,0 +1,72 @@
+// An MXFP4 weight: packed E2M1 codes, E8M0 scales and an optional bias, either one dense matrix
+// [N, K] or a stack of E expert matrices [E, N, K] (stored as blocks [.., N, K/2] u8 and scales
+// [.., N, K/32] u8 in the adjacent-pair layout of FORMATS.md section 1).
+#pragma once
+
+#include <cstdint>
+#include <optional>
+
+#include "mxfp4/format.hpp"
+#include "mxfp4/tensor.hpp"
+
+namespace mxfp4 {
+
+// The scale rule quantize uses unless told otherwise: the lowest measured error (docs/scale-rules.md).
+inline constexpr ScaleRule kDefaultScaleRule = ScaleRule::mse;
+
+// "floor", "ceil", "even", "mse", "mistralrs".
+const char* scale_rule_name(ScaleRule rule) noexcept;
+// Parses the names above; throws InvalidArgument naming the accepted ones.
+ScaleRule parse_scale_rule(std::string_view name);
+
+// What quantize does with NaN or +/-Inf in the input.
+enum class NonFinitePolicy : std::uint8_t {
+  error = 0,     // throw NonFiniteValue naming the first offending element (the default)
+  nan_block = 1  // encode the block with scale 0xFF, which decodes as NaN (torchao, triton)
+};
+
+struct QuantizeOptions {
+  ScaleRule rule = kDefaultScaleRule;
+  NonFinitePolicy non_finite = NonFinitePolicy::error;
+};
+
+class Mxfp4Weight {
+ public:
+  Mxfp4Weight() = default;  // empty; defined() is false
+
+  // From existing parts. blocks u8 [N, K/2] or [E, N, K/2]; scales u8 of the same rank,
+  // [.., N, K/32]; bias f32/f16/bf16 [N] or [E, N]. Validates every shape and dtype; the parts
+  // are shared, not copied.
+  static Mxfp4Weight from_parts(Tensor blocks, Tensor scales, std::optional<Tensor> bias = {});
+
+  // Quantizes weight f32/f16/bf16 [N, K] or [E, N, K] (K a multiple of 32).
+  static Mxfp4Weight quantize(const Tensor& weight, std::optional<Tensor> bias = {},
+                              const QuantizeOptions& options = {});
+
+  bool defined() const { return blocks_.defined(); }
+  // True for a stack of experts [E, N, K]; false for a dense [N, K] matrix.
+  bool stacked() const { return stacked_; }
+  // E for a stack; 1 for a dense matrix.
+  std::int64_t num_experts() const { return num_experts_; }
+  std::int64_t out_features() const { return out_features_; }  // N
+  std::int64_t in_features() const { return in_features_; }    // K
+  Device device() const { return blocks_.device(); }
+
+  const Tensor& blocks() const { return blocks_; }
+  const Tensor& scales() const { return scales_; }
+  const std::optional<Tensor>& bias() const { return bias_; }
+
+  // The full weight, [N, K] or [E, N, K], in f32, f16 or bf16.
+  Tensor dequantize(DType dtype = DType::f32) const;
+
+ private:
+  Tensor blocks_;
+  Tensor scales_;
+  std::optional<Tensor> bias_;
+  bool stacked_ = false;
+  std::int64_t num_experts_ = 0;
+  std::int64_t out_features_ = 0;
+  std::int64_t in_features_ = 0;
+};
+
+}  // namespace mxfp4

@@ -1,0 +1,21 @@
+#include "core/backend.hpp"
+
+#include <string>
+
+#include "reference/reference.hpp"
+
+namespace mxfp4::detail {
+
+const Backend& reference_backend() {
+  static const Backend backend{"reference", &reference::quantize, &reference::dequantize,
+                               &reference::linear, &reference::gather_linear};
+  return backend;
+}
+
+const Backend& backend_for(Device device) {
+  // The CPU issue replaces this entry with ISA-dispatched kernels; callers do not change.
+  if (device.type == DeviceType::cpu) return reference_backend();
+  throw Unsupported("no backend for tensors on " + to_string(device) + " in this build");
+}
+
+}  // namespace mxfp4::detail

@@ -1,0 +1,326 @@
+#include "mxfp4/ops.hpp"
+
+#include <cmath>
+#include <cstring>
+#include <string>
+
+#include "core/backend.hpp"
+#include "core/convert.hpp"
+
+namespace mxfp4 {
+
+namespace {
+
+std::string describe(const char* name, const Tensor& t) {
+  return std::string(name) + " " + std::string(dtype_name(t.dtype())) + " " + to_string(t.shape());
+}
+
+void require_defined(const char* op, const char* name, const Tensor& t) {
+  if (!t.defined()) throw InvalidArgument(std::string(op) + ": " + name + " is undefined");
+}
+
+void require_weight(const char* op, const Mxfp4Weight& w) {
+  if (!w.defined()) throw InvalidArgument(std::string(op) + ": weight is empty");
+}
+
+void require_floating(const char* op, const char* name, const Tensor& t) {
+  if (!is_floating(t.dtype())) {
+    throw DTypeMismatch(std::string(op) + ": " + name + " must be f32, f16 or bf16, got " +
+                        describe(name, t));
+  }
+}
+
+void require_same_device(const char* op, const char* name, const Tensor& t, Device device) {
+  if (!(t.device() == device)) {
+    throw InvalidArgument(std::string(op) + ": " + name + " is on " + to_string(t.device()) +
+                          " but the weight is on " + to_string(device));
+  }
+}
+
+// An output buffer must have exactly the expected shape and dtype, and must not overlap an input.
+void require_output(const char* op, const Tensor& out, const Shape& shape, DType dtype,
+                    Device device) {
+  require_defined(op, "out", out);
+  if (out.shape() != shape || out.dtype() != dtype) {
+    throw ShapeMismatch(std::string(op) + ": out must be " + std::string(dtype_name(dtype)) + " " +
+                        to_string(shape) + ", got " + describe("out", out));
+  }
+  require_same_device(op, "out", out, device);
+}
+
+void require_disjoint(const char* op, const Tensor& out, const char* name, const Tensor& in) {
+  if (out.nbytes() == 0 || in.nbytes() == 0) return;
+  const auto* o = static_cast<const char*>(out.data());
+  const auto* i = static_cast<const char*>(in.data());
+  if (o < i + in.nbytes() && i < o + out.nbytes()) {
+    throw InvalidArgument(std::string(op) + ": out overlaps " + name + "'s memory");
+  }
+}
+
+detail::WeightArgs weight_args(const Mxfp4Weight& w) {
+  detail::WeightArgs a{};
+  a.blocks = static_cast<const std::uint8_t*>(w.blocks().data());
+  a.scales = static_cast<const std::uint8_t*>(w.scales().data());
+  a.bias = w.bias() ? w.bias()->data() : nullptr;
+  a.bias_dtype = w.bias() ? w.bias()->dtype() : DType::f32;
+  a.experts = w.num_experts();
+  a.n = w.out_features();
+  a.k = w.in_features();
+  return a;
+}
+
+Shape packed_shape(const Shape& weight_shape, std::int64_t per_row) {
+  Shape s = weight_shape;
+  s.back() = per_row;
+  return s;
+}
+
+void validate_quantize_input(const char* op, const Tensor& weight) {
+  require_defined(op, "weight", weight);
+  require_floating(op, "weight", weight);
+  if (weight.rank() != 2 && weight.rank() != 3) {
+    throw ShapeMismatch(std::string(op) + ": weight must be [N, K] or [E, N, K], got " +
+                        describe("weight", weight));
+  }
+  const std::int64_t k = weight.dim(-1);
+  if (k <= 0 || k % kBlockSize != 0) {
+    throw ShapeMismatch(std::string(op) + ": K (weight's last dim) must be a positive multiple of " +
+                        std::to_string(kBlockSize) + ", got K=" + std::to_string(k) + " in " +
+                        describe("weight", weight));
+  }
+}
+
+}  // namespace
+
+void quantize_into(const Tensor& weight, Tensor& blocks, Tensor& scales,
+                   const QuantizeOptions& options) {
+  const char* op = "quantize";
+  validate_quantize_input(op, weight);
+  const std::int64_t k = weight.dim(-1);
+  require_output(op, blocks, packed_shape(weight.shape(), k / 2), DType::u8, weight.device());
+  require_output(op, scales, packed_shape(weight.shape(), k / kBlockSize), DType::u8,
+                 weight.device());
+  require_disjoint(op, blocks, "weight", weight);
+  require_disjoint(op, scales, "weight", weight);
+  require_disjoint(op, scales, "blocks", blocks);
+  switch (options.rule) {
+    case ScaleRule::floor:
+    case ScaleRule::ceil:
+    case ScaleRule::even:
+    case ScaleRule::mse:
+    case ScaleRule::mistralrs:
+      break;
+    default:
+      throw InvalidArgument(std::string(op) + ": unknown scale rule " +
+                            std::to_string(static_cast<int>(options.rule)));
+  }
+  detail::QuantizeArgs a{};
+  a.weight = weight.data();
+  a.weight_dtype = weight.dtype();
+  a.rows = weight.numel() / k;
+  a.k = k;
+  a.blocks = static_cast<std::uint8_t*>(blocks.data());
+  a.scales = static_cast<std::uint8_t*>(scales.data());
+  a.rule = options.rule;
+  const std::int64_t bad = detail::backend_for(weight.device()).quantize(a);
+  if (bad >= 0 && options.non_finite == NonFinitePolicy::error) {
+    const std::int64_t row = bad / k;
+    const double v = weight.item_as_double(bad);
+    throw NonFiniteValue(std::string(op) + ": weight " + to_string(weight.shape()) + " holds " +
+                         (std::isnan(v) ? "NaN" : (v > 0 ? "+Inf" : "-Inf")) + " at row " +
+                         std::to_string(row) + ", column " + std::to_string(bad % k) +
+                         " (use NonFinitePolicy::nan_block to encode such blocks as NaN)");
+  }
+}
+
+QuantizedTensor quantize(const Tensor& weight, const QuantizeOptions& options) {
+  validate_quantize_input("quantize", weight);
+  const std::int64_t k = weight.dim(-1);
+  QuantizedTensor q;
+  q.blocks = Tensor::empty(packed_shape(weight.shape(), k / 2), DType::u8, weight.device());
+  q.scales = Tensor::empty(packed_shape(weight.shape(), k / kBlockSize), DType::u8, weight.device());
+  quantize_into(weight, q.blocks, q.scales, options);
+  return q;
+}
+
+namespace {
+
+Shape dequantized_shape(const Mxfp4Weight& w) {
+  if (w.stacked()) return {w.num_experts(), w.out_features(), w.in_features()};
+  return {w.out_features(), w.in_features()};
+}
+
+}  // namespace
+
+void dequantize_into(const Mxfp4Weight& weight, Tensor& out) {
+  const char* op = "dequantize";
+  require_weight(op, weight);
+  require_defined(op, "out", out);
+  require_floating(op, "out", out);
+  require_output(op, out, dequantized_shape(weight), out.dtype(), weight.device());
+  require_disjoint(op, out, "blocks", weight.blocks());
+  require_disjoint(op, out, "scales", weight.scales());
+  detail::DequantizeArgs a{};
+  a.blocks = static_cast<const std::uint8_t*>(weight.blocks().data());
+  a.scales = static_cast<const std::uint8_t*>(weight.scales().data());
+  a.rows = weight.num_experts() * weight.out_features();
+  a.k = weight.in_features();
+  a.out = out.data();
+  a.out_dtype = out.dtype();
+  detail::backend_for(weight.device()).dequantize(a);
+}
+
+Tensor dequantize(const Mxfp4Weight& weight, DType dtype) {
+  require_weight("dequantize", weight);
+  if (!is_floating(dtype)) {
+    throw DTypeMismatch("dequantize: output dtype must be f32, f16 or bf16, got " +
+                        std::string(dtype_name(dtype)));
+  }
+  Tensor out = Tensor::empty(dequantized_shape(weight), dtype, weight.device());
+  dequantize_into(weight, out);
+  return out;
+}
+
+namespace {
+
+Shape linear_output_shape(const char* op, const Tensor& x, const Mxfp4Weight& w) {
+  require_defined(op, "x", x);
+  require_weight(op, w);
+  require_floating(op, "x", x);
+  require_same_device(op, "x", x, w.device());
+  if (w.stacked()) {
+    throw ShapeMismatch(std::string(op) + ": needs a dense [N, K] weight, got a stack of " +
+                        std::to_string(w.num_experts()) + " experts (use gather_linear)");
+  }
+  if (x.rank() < 1 || x.dim(-1) != w.in_features()) {
+    throw ShapeMismatch(std::string(op) + ": x must be [..., K] with K=" +
+                        std::to_string(w.in_features()) + " (weight in_features), got " +
+                        describe("x", x));
+  }
+  Shape out = x.shape();
+  out.back() = w.out_features();
+  return out;
+}
+
+}  // namespace
+
+void linear_into(const Tensor& x, const Mxfp4Weight& weight, Tensor& out) {
+  const char* op = "linear";
+  const Shape shape = linear_output_shape(op, x, weight);
+  require_output(op, out, shape, x.dtype(), weight.device());
+  require_disjoint(op, out, "x", x);
+  detail::LinearArgs a{};
+  a.x = x.data();
+  a.x_dtype = x.dtype();
+  a.m = x.numel() / weight.in_features();
+  a.w = weight_args(weight);
+  a.out = out.data();
+  if (a.m == 0 || a.w.n == 0) return;
+  detail::backend_for(weight.device()).linear(a);
+}
+
+Tensor linear(const Tensor& x, const Mxfp4Weight& weight) {
+  Tensor out = Tensor::empty(linear_output_shape("linear", x, weight), x.dtype(), weight.device());
+  linear_into(x, weight, out);
+  return out;
+}
+
+namespace {
+
+Shape gather_output_shape(const char* op, const Tensor& x, const Tensor& indices,
+                          const Mxfp4Weight& w) {
+  require_defined(op, "x", x);
+  require_defined(op, "indices", indices);
+  require_weight(op, w);
+  require_floating(op, "x", x);
+  require_same_device(op, "x", x, w.device());
+  require_same_device(op, "indices", indices, w.device());
+  if (!w.stacked()) {
+    throw ShapeMismatch(std::string(op) + ": needs stacked experts [E, N, K], got a dense [" +
+                        std::to_string(w.out_features()) + ", " +
+                        std::to_string(w.in_features()) + "] weight (use linear)");
+  }
+  if (!is_index(indices.dtype())) {
+    throw DTypeMismatch(std::string(op) + ": indices must be u32, i32 or i64, got " +
+                        describe("indices", indices));
+  }
+  if (indices.rank() != 2) {
+    throw ShapeMismatch(std::string(op) + ": indices must be [T, topk], got " +
+                        describe("indices", indices));
+  }
+  const std::int64_t tokens = indices.dim(0);
+  const std::int64_t topk = indices.dim(1);
+  if (x.rank() == 2) {
+    if (x.dim(0) != tokens) {
+      throw ShapeMismatch(std::string(op) + ": x [T, K] must have T=" + std::to_string(tokens) +
+                          " rows (indices' dim 0), got " + describe("x", x) + " with " +
+                          describe("indices", indices));
+    }
+  } else if (x.rank() == 3) {
+    if (x.dim(0) != tokens || x.dim(1) != topk) {
+      std::string hint;
+      if (x.dim(0) == tokens && x.dim(1) == 1 && topk > 1) {
+        hint = " (to give every slot the token's row, pass x as [T, K])";
+      }
+      throw ShapeMismatch(std::string(op) + ": x [T, topk, K] must be [" + std::to_string(tokens) +
+                          ", " + std::to_string(topk) + ", K] to match " +
+                          describe("indices", indices) + ", got " + describe("x", x) + hint);
+    }
+  } else {
+    throw ShapeMismatch(std::string(op) + ": x must be [T, K] or [T, topk, K], got " +
+                        describe("x", x));
+  }
+  if (x.dim(-1) != w.in_features()) {
+    throw ShapeMismatch(std::string(op) + ": x's last dim must be K=" +
+                        std::to_string(w.in_features()) + " (weight in_features), got " +
+                        describe("x", x));
+  }
+  return {tokens, topk, w.out_features()};
+}
+
+// Expert ids live in host memory on the CPU, so they are checked here, before any kernel runs.
+void check_expert_ids(const char* op, const Tensor& indices, std::int64_t experts) {
+  const std::int64_t topk = indices.dim(1);
+  for (std::int64_t i = 0; i < indices.numel(); ++i) {
+    const std::int64_t e = detail::load_index(indices.data(), indices.dtype(), i);
+    if (e < 0 || e >= experts) {
+      throw IndexOutOfRange(std::string(op) + ": indices[" + std::to_string(i / topk) + ", " +
+                            std::to_string(i % topk) + "] = " + std::to_string(e) +
+                            " is outside [0, " + std::to_string(experts) + ") (the weight has " +
+                            std::to_string(experts) + " experts)");
+    }
+  }
+}
+
+}  // namespace
+
+void gather_linear_into(const Tensor& x, const Tensor& indices, const Mxfp4Weight& weight,
+                        Tensor& out) {
+  const char* op = "gather_linear";
+  const Shape shape = gather_output_shape(op, x, indices, weight);
+  require_output(op, out, shape, x.dtype(), weight.device());
+  require_disjoint(op, out, "x", x);
+  require_disjoint(op, out, "indices", indices);
+  check_expert_ids(op, indices, weight.num_experts());
+  detail::GatherLinearArgs a{};
+  a.x = x.data();
+  a.x_dtype = x.dtype();
+  a.x_per_slot = x.rank() == 3;
+  a.tokens = shape[0];
+  a.topk = shape[1];
+  a.indices = indices.data();
+  a.index_dtype = indices.dtype();
+  a.w = weight_args(weight);
+  a.out = out.data();
+  if (a.tokens == 0 || a.topk == 0 || a.w.n == 0) return;
+  detail::backend_for(weight.device()).gather_linear(a);
+}
+
+Tensor gather_linear(const Tensor& x, const Tensor& indices, const Mxfp4Weight& weight) {
+  Tensor out = Tensor::empty(gather_output_shape("gather_linear", x, indices, weight), x.dtype(),
+                             weight.device());
+  gather_linear_into(x, indices, weight, out);
+  return out;
+}
+
+}  // namespace mxfp4

@@ -175,9 +175,14 @@ MXFP4_HD inline int exponent_even_rule(float amax) {
   // Adding 2^21 to the bit pattern carries into the exponent exactly when m >= 1.75.
   return normalized_fraction(amax) >= 0x600000u ? floor_log2(amax) - 1 : floor_log2(amax) - 2;
 }
-// mistral.rs computes this in f32 with the C library's log2f; we do the same so its bytes match.
-inline int exponent_mistralrs_rule(float amax) {
-  return static_cast<int>(std::floor(std::log2(amax / 6.0f)));
+// mistral.rs computes floor(log2f(amax / 6.0f)) in f32. A correctly rounded log2f returns the
+// integer k for some y just below 2^k (|k| >= 2), so floor gives k where the exact floor(log2 y)
+// is k - 1; its bytes depend on that. We define the rule as the f32 rounding of an f64 log2,
+// which every backend computes the same way (tests check it equals the C library's log2f on
+// every float near a power of two, where the two could differ).
+MXFP4_HD inline int exponent_mistralrs_rule(float amax) {
+  const float y = amax / 6.0f;
+  return static_cast<int>(floorf(static_cast<float>(log2(static_cast<double>(y)))));
 }
 
 // Squared error of the block when coded with exponent e (elements rounded by e2m1_encode).
@@ -231,11 +236,7 @@ MXFP4_HD inline std::uint8_t quantize_block(ScaleRule rule, const float* v, std:
         break;
       }
       case ScaleRule::mistralrs:
-#if defined(__CUDA_ARCH__)
-        e = static_cast<int>(floorf(log2f(amax / 6.0f)));
-#else
         e = exponent_mistralrs_rule(amax);
-#endif
         break;
     }
     scale = e8m0_from_exponent(e);

@@ -17,8 +17,12 @@ std::size_t dtype_size(DType dtype) noexcept;
 std::string_view dtype_name(DType dtype) noexcept;
 // Parses the names above; throws InvalidArgument naming the accepted ones.
 DType parse_dtype(std::string_view name);
-inline bool is_floating(DType d) { return d == DType::f32 || d == DType::f16 || d == DType::bf16; }
-inline bool is_index(DType d) { return d == DType::u32 || d == DType::i32 || d == DType::i64; }
+inline bool is_floating(DType d) {
+  return d == DType::f32 || d == DType::f16 || d == DType::bf16;
+}
+inline bool is_index(DType d) {
+  return d == DType::u32 || d == DType::i32 || d == DType::i64;
+}
 
 // 16-bit float storage types. Plain bit containers: arithmetic goes through f32.
 struct bf16_t {

@@ -10,14 +10,15 @@
 namespace mxfp4 {
 
 enum class ErrorCode : std::uint8_t {
-  invalid_argument = 1,  // a value outside its domain (unknown rule name, negative dim, ...)
-  shape_mismatch = 2,    // a tensor's rank or dims disagree with what the call needs
-  dtype_mismatch = 3,    // a tensor's element type is not one the call accepts
+  invalid_argument = 1,    // a value outside its domain (unknown rule name, negative dim, ...)
+  shape_mismatch = 2,      // a tensor's rank or dims disagree with what the call needs
+  dtype_mismatch = 3,      // a tensor's element type is not one the call accepts
   index_out_of_range = 4,  // an expert id (or other index) outside [0, bound)
   non_finite = 5,          // NaN or Inf where a finite value is required
   format_error = 6,        // a file or byte string does not follow its format
   io_error = 7,            // the operating system refused a read, write or rename
   unsupported = 8,         // valid request this build or device cannot do (e.g. no CUDA)
+  device_error = 9,        // the CUDA runtime reported a failure (out of memory, bad launch, ...)
 };
 
 const char* error_code_name(ErrorCode code) noexcept;
@@ -45,6 +46,7 @@ MXFP4_DEFINE_ERROR(NonFiniteValue, ErrorCode::non_finite);
 MXFP4_DEFINE_ERROR(FormatError, ErrorCode::format_error);
 MXFP4_DEFINE_ERROR(IoError, ErrorCode::io_error);
 MXFP4_DEFINE_ERROR(Unsupported, ErrorCode::unsupported);
+MXFP4_DEFINE_ERROR(DeviceError, ErrorCode::device_error);
 
 #undef MXFP4_DEFINE_ERROR
 

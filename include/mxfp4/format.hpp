@@ -44,23 +44,43 @@ static_assert(sizeof(float) == 4 && std::numeric_limits<float>::is_iec559,
               "MXFP4 decoding assumes IEEE-754 binary32");
 
 MXFP4_HD inline std::uint32_t float_bits(float f) {
+#if defined(__CUDA_ARCH__)
+  return __float_as_uint(f);
+#else
   std::uint32_t u;
   std::memcpy(&u, &f, sizeof u);
   return u;
+#endif
 }
 MXFP4_HD inline float bits_to_float(std::uint32_t u) {
+#if defined(__CUDA_ARCH__)
+  return __uint_as_float(u);
+#else
   float f;
   std::memcpy(&f, &u, sizeof f);
   return f;
+#endif
 }
 
-MXFP4_HD inline float e2m1_decode(std::uint8_t code) { return kE2M1Values[code & 0x0F]; }
+// Equals kE2M1Values[code & 15], computed from the bits so device code needs no table:
+// magnitude m = e * 2 + mantissa; m = 1 is the subnormal 0.5, m >= 2 is (1 + mant / 2) * 2^(e-1).
+MXFP4_HD inline float e2m1_decode(std::uint8_t code) {
+  const std::uint32_t m = code & 0x7u;
+  const std::uint32_t sign = static_cast<std::uint32_t>(code & 0x8u) << 28;
+  std::uint32_t bits = 0;
+  if (m == 1) {
+    bits = 0x3F000000u;
+  } else if (m >= 2) {
+    bits = (((m >> 1) + 126u) << 23) | ((m & 1u) << 22);
+  }
+  return bits_to_float(sign | bits);
+}
 
 // Nearest E2M1 code to x (already divided by the block scale): ties to the even code, magnitudes
 // above 6 saturate to 6, the sign bit is kept (so -0.1 -> code 8, "-0"). x must not be NaN.
 MXFP4_HD inline std::uint8_t e2m1_encode(float x) {
   const std::uint8_t sign = (float_bits(x) >> 31) ? 0x8 : 0x0;
-  const float a = std::fabs(x);
+  const float a = fabsf(x);
   std::uint8_t m;
   // Midpoints between neighbours; "<=" where the lower neighbour has the even code.
   if (a <= 0.25f) {
@@ -86,7 +106,7 @@ MXFP4_HD inline std::uint8_t e2m1_encode(float x) {
 // The element rounding of mistral.rs' quantizer: midpoints go away from zero, and the sign bit
 // is set only for x < 0 (so -0.0 -> code 0). Kept only to reproduce its bytes.
 MXFP4_HD inline std::uint8_t e2m1_encode_mistralrs(float x) {
-  const float a = std::fabs(x);
+  const float a = fabsf(x);
   std::uint8_t m;
   if (a < 0.25f) {
     m = 0;
@@ -143,7 +163,8 @@ MXFP4_HD inline int floor_log2(float a) {
   const int biased = static_cast<int>(u >> 23);
   if (biased != 0) return biased - 127;
   int p = 22;  // position of the leading one of a subnormal's fraction
-  while (p > 0 && !((u >> p) & 1u)) --p;
+  while (p > 0 && !((u >> p) & 1u))
+    --p;
   return p - 149;
 }
 
@@ -151,7 +172,8 @@ MXFP4_HD inline int floor_log2(float a) {
 MXFP4_HD inline std::uint32_t normalized_fraction(float a) {
   std::uint32_t u = float_bits(a) & 0x7FFFFFFFu;
   if ((u >> 23) != 0) return u & 0x7FFFFFu;
-  while (!(u & 0x800000u)) u <<= 1;
+  while (!(u & 0x800000u))
+    u <<= 1;
   return u & 0x7FFFFFu;
 }
 
@@ -166,7 +188,9 @@ enum class ScaleRule : std::uint8_t {
 };
 
 // Exponent the floor/ceil/even rules give for finite amax > 0 (before clamping).
-MXFP4_HD inline int exponent_floor_rule(float amax) { return floor_log2(amax) - 2; }
+MXFP4_HD inline int exponent_floor_rule(float amax) {
+  return floor_log2(amax) - 2;
+}
 MXFP4_HD inline int exponent_ceil_rule(float amax) {
   // amax = m * 2^fl, m in [1, 2): amax <= 6 * 2^(fl-2) exactly when m <= 1.5.
   return normalized_fraction(amax) <= 0x400000u ? floor_log2(amax) - 2 : floor_log2(amax) - 1;
@@ -182,17 +206,23 @@ MXFP4_HD inline int exponent_even_rule(float amax) {
 // every float near a power of two, where the two could differ).
 MXFP4_HD inline int exponent_mistralrs_rule(float amax) {
   const float y = amax / 6.0f;
+  // y underflows to 0 for amax <= 3 * 2^-149: log2 is then -inf, which no int holds (casting it
+  // is undefined); mistral.rs' saturating `as i32` and clamp give the smallest scale, byte 0.
+  if (!(y > 0.0f)) return kMinScaleExponent;
   return static_cast<int>(floorf(static_cast<float>(log2(static_cast<double>(y)))));
 }
 
-// Squared error of the block when coded with exponent e (elements rounded by e2m1_encode).
-// Summed in f64 in element order: every backend must use this order to pick the same scale.
+// Squared error of the block when coded with exponent e (elements rounded by e2m1_encode),
+// measured on the values dequantization produces in f32: a candidate whose codes decode past
+// f32's range (|value| * 2^e >= 2^128) scores +Inf, so mse never picks an exponent that turns
+// finite weights into Inf. Summed in f64 in element order: every backend must use this order
+// to pick the same scale.
 MXFP4_HD inline double block_squared_error(const float* v, int e) {
-  const double scale = std::ldexp(1.0, e);
+  const float scale = e8m0_decode(e8m0_from_exponent(e));
   double err = 0.0;
   for (int i = 0; i < kBlockSize; ++i) {
-    const double q = static_cast<double>(e2m1_decode(e2m1_encode(scale_by_pow2(v[i], -e)))) * scale;
-    const double d = static_cast<double>(v[i]) - q;
+    const float q = e2m1_decode(e2m1_encode(scale_by_pow2(v[i], -e))) * scale;
+    const double d = static_cast<double>(v[i]) - static_cast<double>(q);
     err += d * d;
   }
   return err;
@@ -205,12 +235,13 @@ MXFP4_HD inline std::uint8_t quantize_block(ScaleRule rule, const float* v, std:
   float amax = 0.0f;
   bool finite = true;
   for (int i = 0; i < kBlockSize; ++i) {
-    const float a = std::fabs(v[i]);
-    if (!(a <= std::numeric_limits<float>::max())) finite = false;  // NaN fails every compare
+    const float a = fabsf(v[i]);
+    if (!(a <= 3.40282347e38f)) finite = false;  // NaN fails every compare
     if (a > amax) amax = a;
   }
   if (!finite) {
-    for (int j = 0; j < kBlockBytes; ++j) packed[j] = 0;
+    for (int j = 0; j < kBlockBytes; ++j)
+      packed[j] = 0;
     return kScaleNaN;
   }
   std::uint8_t scale = kZeroBlockScale;

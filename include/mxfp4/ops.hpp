@@ -10,6 +10,13 @@
 
 namespace mxfp4 {
 
+// How an operation runs: for CUDA tensors, the stream it is enqueued on. linear and
+// gather_linear on CUDA tensors never synchronize with the host and never allocate in their
+// `_into` forms, so a caller can capture them in a CUDA graph.
+struct RunOptions {
+  Stream stream;
+};
+
 // Packed parts of a quantized tensor.
 struct QuantizedTensor {
   Tensor blocks;  // u8 [.., N, K/2]
@@ -17,21 +24,23 @@ struct QuantizedTensor {
 };
 
 // weight f32/f16/bf16 [N, K] or [E, N, K] -> blocks and scales.
-QuantizedTensor quantize(const Tensor& weight, const QuantizeOptions& options = {});
+QuantizedTensor quantize(const Tensor& weight, const QuantizeOptions& options = {},
+                         const RunOptions& run = {});
 // Writes into caller-provided blocks and scales of the right shapes (u8).
 void quantize_into(const Tensor& weight, Tensor& blocks, Tensor& scales,
-                   const QuantizeOptions& options = {});
+                   const QuantizeOptions& options = {}, const RunOptions& run = {});
 
 // weight -> [.., N, K] in dtype (f32, f16 or bf16). Exact in f32 and bf16 (up to f32's range:
 // scale 254 with |E2M1| >= 2 is +/-Inf); f16 rounds to nearest even, overflowing to +/-Inf.
-Tensor dequantize(const Mxfp4Weight& weight, DType dtype = DType::f32);
-void dequantize_into(const Mxfp4Weight& weight, Tensor& out);
+Tensor dequantize(const Mxfp4Weight& weight, DType dtype = DType::f32, const RunOptions& run = {});
+void dequantize_into(const Mxfp4Weight& weight, Tensor& out, const RunOptions& run = {});
 
 // Dense linear layer: x [..., K] -> [..., N] = x W^T + bias, for a dense (not stacked) weight.
 // x is f32, f16 or bf16; the output has x's dtype and leading dims; accumulation in f32 or
 // better. x with zero rows gives an empty output.
-Tensor linear(const Tensor& x, const Mxfp4Weight& weight);
-void linear_into(const Tensor& x, const Mxfp4Weight& weight, Tensor& out);
+Tensor linear(const Tensor& x, const Mxfp4Weight& weight, const RunOptions& run = {});
+void linear_into(const Tensor& x, const Mxfp4Weight& weight, Tensor& out,
+                 const RunOptions& run = {});
 
 // Mixture of experts: for each token t and slot s, y[t, s] = x_row W[e]^T + bias[e] with
 // e = indices[t, s], for a stacked weight [E, N, K].
@@ -40,8 +49,9 @@ void linear_into(const Tensor& x, const Mxfp4Weight& weight, Tensor& out);
 //   x [T, K] to broadcast.)
 // indices [T, topk] u32, i32 or i64; every id must lie in [0, E) (IndexOutOfRange otherwise).
 // Output [T, topk, N] in x's dtype.
-Tensor gather_linear(const Tensor& x, const Tensor& indices, const Mxfp4Weight& weight);
+Tensor gather_linear(const Tensor& x, const Tensor& indices, const Mxfp4Weight& weight,
+                     const RunOptions& run = {});
 void gather_linear_into(const Tensor& x, const Tensor& indices, const Mxfp4Weight& weight,
-                        Tensor& out);
+                        Tensor& out, const RunOptions& run = {});
 
 }  // namespace mxfp4

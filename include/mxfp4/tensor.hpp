@@ -11,23 +11,11 @@
 #include <string>
 #include <vector>
 
+#include "mxfp4/device.hpp"
 #include "mxfp4/dtype.hpp"
 #include "mxfp4/error.hpp"
 
 namespace mxfp4 {
-
-// Where a tensor's elements live. Only CPU memory exists until the CUDA backend lands; the type
-// is here so that signatures do not change then.
-enum class DeviceType : std::uint8_t { cpu = 0, cuda = 1 };
-
-struct Device {
-  DeviceType type = DeviceType::cpu;
-  int index = 0;
-  static Device cpu() { return {}; }
-  static Device cuda(int index = 0) { return {DeviceType::cuda, index}; }
-  friend bool operator==(const Device&, const Device&) = default;
-};
-std::string to_string(Device device);
 
 using Shape = std::vector<std::int64_t>;
 // "[2, 3, 4]"
@@ -90,8 +78,14 @@ class Tensor {
   Tensor slice_rows(std::int64_t begin, std::int64_t end) const;
   // Deep copy into owning storage.
   Tensor clone() const;
-  // Converted copy among f32 / f16 / bf16 (or a clone if the dtype is already `dtype`).
+  // Converted copy among f32 / f16 / bf16 (or a clone if the dtype is already `dtype`); CPU only.
   Tensor to(DType dtype) const;
+  // Copy on `device` (same dtype and shape). Copies to or from a CUDA device are enqueued on
+  // `stream`; the call waits for them unless `stream` is given (then the source must stay alive
+  // and unchanged until the stream reaches the copy).
+  Tensor to(Device device, Stream stream = {}) const;
+  // Copies src's elements into this tensor (same dtype and element count, any devices).
+  void copy_from(const Tensor& src, Stream stream = {});
   // Element i (row-major) converted to double; for tests and tools, not hot paths.
   double item_as_double(std::int64_t i) const;
 

@@ -11,7 +11,8 @@
 
 namespace mxfp4 {
 
-// The scale rule quantize uses unless told otherwise: the lowest measured error (docs/scale-rules.md).
+// The scale rule quantize uses unless told otherwise: the lowest measured error
+// (docs/scale-rules.md).
 inline constexpr ScaleRule kDefaultScaleRule = ScaleRule::mse;
 
 // "floor", "ceil", "even", "mse", "mistralrs".

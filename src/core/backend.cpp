@@ -4,6 +4,10 @@
 
 #include "reference/reference.hpp"
 
+#if defined(MXFP4_WITH_CUDA)
+#include "cuda/backend.hpp"
+#endif
+
 namespace mxfp4::detail {
 
 const Backend& reference_backend() {
@@ -15,6 +19,9 @@ const Backend& reference_backend() {
 const Backend& backend_for(Device device) {
   // The CPU issue replaces this entry with ISA-dispatched kernels; callers do not change.
   if (device.type == DeviceType::cpu) return reference_backend();
+#if defined(MXFP4_WITH_CUDA)
+  if (device.type == DeviceType::cuda) return cuda::cuda_backend();
+#endif
   throw Unsupported("no backend for tensors on " + to_string(device) + " in this build");
 }
 

@@ -14,10 +14,11 @@ struct QuantizeArgs {
   const void* weight;  // [rows, k] in weight_dtype (f32, f16, bf16)
   DType weight_dtype;
   std::int64_t rows;
-  std::int64_t k;          // multiple of 32
-  std::uint8_t* blocks;    // [rows, k / 2]
-  std::uint8_t* scales;    // [rows, k / 32]
+  std::int64_t k;        // multiple of 32
+  std::uint8_t* blocks;  // [rows, k / 2]
+  std::uint8_t* scales;  // [rows, k / 32]
   ScaleRule rule;
+  void* stream;  // cudaStream_t for CUDA kernels; ignored on the CPU
 };
 
 struct DequantizeArgs {
@@ -27,6 +28,7 @@ struct DequantizeArgs {
   std::int64_t k;
   void* out;  // [rows, k] in out_dtype (f32, f16, bf16)
   DType out_dtype;
+  void* stream;  // cudaStream_t for CUDA kernels; ignored on the CPU
 };
 
 // A weight as kernels see it: `experts` stacked [n, k] matrices (1 for a dense one).
@@ -46,6 +48,7 @@ struct LinearArgs {
   std::int64_t m;
   WeightArgs w;  // experts == 1
   void* out;     // [m, n] in x_dtype
+  void* stream;  // cudaStream_t for CUDA kernels; ignored on the CPU
 };
 
 struct GatherLinearArgs {
@@ -57,10 +60,12 @@ struct GatherLinearArgs {
   const void* indices;  // [tokens, topk] in index_dtype (u32, i32, i64), each in [0, experts)
   DType index_dtype;
   WeightArgs w;
-  void* out;  // [tokens, topk, n] in x_dtype
+  void* out;     // [tokens, topk, n] in x_dtype
+  void* stream;  // cudaStream_t for CUDA kernels; ignored on the CPU
 };
 
 // The kernels of one backend, chosen once; a weight layout and its kernels never disagree.
+// A null entry means the backend cannot run that operation (the call throws Unsupported).
 struct Backend {
   const char* name;
   // Returns the flat index of the first NaN/Inf element of the weight (whose block was coded

@@ -38,23 +38,37 @@ void require_same_device(const char* op, const char* name, const Tensor& t, Devi
 }
 
 // An output buffer must have exactly the expected shape and dtype, and must not overlap an input.
-void require_output(const char* op, const Tensor& out, const Shape& shape, DType dtype,
-                    Device device) {
-  require_defined(op, "out", out);
-  if (out.shape() != shape || out.dtype() != dtype) {
-    throw ShapeMismatch(std::string(op) + ": out must be " + std::string(dtype_name(dtype)) + " " +
-                        to_string(shape) + ", got " + describe("out", out));
-  }
-  require_same_device(op, "out", out, device);
+void require_output(const char* op, const char* name, const Tensor& out, const Shape& shape,
+                    DType dtype, Device device) {
+  require_defined(op, name, out);
+  const std::string expected = std::string(op) + ": " + name + " must be " +
+                               std::string(dtype_name(dtype)) + " " + to_string(shape) + ", got " +
+                               describe(name, out);
+  if (out.shape() != shape) throw ShapeMismatch(expected);
+  if (out.dtype() != dtype) throw DTypeMismatch(expected);
+  require_same_device(op, name, out, device);
 }
 
-void require_disjoint(const char* op, const Tensor& out, const char* name, const Tensor& in) {
+void require_disjoint(const char* op, const char* out_name, const Tensor& out, const char* name,
+                      const Tensor& in) {
   if (out.nbytes() == 0 || in.nbytes() == 0) return;
   const auto* o = static_cast<const char*>(out.data());
   const auto* i = static_cast<const char*>(in.data());
   if (o < i + in.nbytes() && i < o + out.nbytes()) {
-    throw InvalidArgument(std::string(op) + ": out overlaps " + name + "'s memory");
+    throw InvalidArgument(std::string(op) + ": " + out_name + " overlaps " + name + "'s memory");
   }
+}
+
+// The backend's kernel for an operation on `device`; Unsupported when it has none.
+template <typename Fn>
+Fn kernel(const char* op, Device device, Fn detail::Backend::*entry) {
+  const detail::Backend& backend = detail::backend_for(device);
+  Fn fn = backend.*entry;
+  if (fn == nullptr) {
+    throw Unsupported(std::string(op) + " is not implemented for tensors on " + to_string(device) +
+                      " (backend " + backend.name + ")");
+  }
+  return fn;
 }
 
 detail::WeightArgs weight_args(const Mxfp4Weight& w) {
@@ -84,7 +98,8 @@ void validate_quantize_input(const char* op, const Tensor& weight) {
   }
   const std::int64_t k = weight.dim(-1);
   if (k <= 0 || k % kBlockSize != 0) {
-    throw ShapeMismatch(std::string(op) + ": K (weight's last dim) must be a positive multiple of " +
+    throw ShapeMismatch(std::string(op) +
+                        ": K (weight's last dim) must be a positive multiple of " +
                         std::to_string(kBlockSize) + ", got K=" + std::to_string(k) + " in " +
                         describe("weight", weight));
   }
@@ -93,16 +108,17 @@ void validate_quantize_input(const char* op, const Tensor& weight) {
 }  // namespace
 
 void quantize_into(const Tensor& weight, Tensor& blocks, Tensor& scales,
-                   const QuantizeOptions& options) {
+                   const QuantizeOptions& options, const RunOptions& run) {
   const char* op = "quantize";
   validate_quantize_input(op, weight);
   const std::int64_t k = weight.dim(-1);
-  require_output(op, blocks, packed_shape(weight.shape(), k / 2), DType::u8, weight.device());
-  require_output(op, scales, packed_shape(weight.shape(), k / kBlockSize), DType::u8,
+  require_output(op, "blocks", blocks, packed_shape(weight.shape(), k / 2), DType::u8,
                  weight.device());
-  require_disjoint(op, blocks, "weight", weight);
-  require_disjoint(op, scales, "weight", weight);
-  require_disjoint(op, scales, "blocks", blocks);
+  require_output(op, "scales", scales, packed_shape(weight.shape(), k / kBlockSize), DType::u8,
+                 weight.device());
+  require_disjoint(op, "blocks", blocks, "weight", weight);
+  require_disjoint(op, "scales", scales, "weight", weight);
+  require_disjoint(op, "scales", scales, "blocks", blocks);
   switch (options.rule) {
     case ScaleRule::floor:
     case ScaleRule::ceil:
@@ -122,24 +138,34 @@ void quantize_into(const Tensor& weight, Tensor& blocks, Tensor& scales,
   a.blocks = static_cast<std::uint8_t*>(blocks.data());
   a.scales = static_cast<std::uint8_t*>(scales.data());
   a.rule = options.rule;
-  const std::int64_t bad = detail::backend_for(weight.device()).quantize(a);
+  a.stream = run.stream.handle;
+  const std::int64_t bad = kernel(op, weight.device(), &detail::Backend::quantize)(a);
   if (bad >= 0 && options.non_finite == NonFinitePolicy::error) {
     const std::int64_t row = bad / k;
     const double v = weight.item_as_double(bad);
+    std::string where;
+    if (weight.rank() == 3) {
+      const std::int64_t n = weight.dim(1);
+      where = "expert " + std::to_string(row / n) + ", row " + std::to_string(row % n);
+    } else {
+      where = "row " + std::to_string(row);
+    }
     throw NonFiniteValue(std::string(op) + ": weight " + to_string(weight.shape()) + " holds " +
-                         (std::isnan(v) ? "NaN" : (v > 0 ? "+Inf" : "-Inf")) + " at row " +
-                         std::to_string(row) + ", column " + std::to_string(bad % k) +
+                         (std::isnan(v) ? "NaN" : (v > 0 ? "+Inf" : "-Inf")) + " at " + where +
+                         ", column " + std::to_string(bad % k) +
                          " (use NonFinitePolicy::nan_block to encode such blocks as NaN)");
   }
 }
 
-QuantizedTensor quantize(const Tensor& weight, const QuantizeOptions& options) {
+QuantizedTensor quantize(const Tensor& weight, const QuantizeOptions& options,
+                         const RunOptions& run) {
   validate_quantize_input("quantize", weight);
   const std::int64_t k = weight.dim(-1);
   QuantizedTensor q;
   q.blocks = Tensor::empty(packed_shape(weight.shape(), k / 2), DType::u8, weight.device());
-  q.scales = Tensor::empty(packed_shape(weight.shape(), k / kBlockSize), DType::u8, weight.device());
-  quantize_into(weight, q.blocks, q.scales, options);
+  q.scales =
+      Tensor::empty(packed_shape(weight.shape(), k / kBlockSize), DType::u8, weight.device());
+  quantize_into(weight, q.blocks, q.scales, options, run);
   return q;
 }
 
@@ -152,14 +178,14 @@ Shape dequantized_shape(const Mxfp4Weight& w) {
 
 }  // namespace
 
-void dequantize_into(const Mxfp4Weight& weight, Tensor& out) {
+void dequantize_into(const Mxfp4Weight& weight, Tensor& out, const RunOptions& run) {
   const char* op = "dequantize";
   require_weight(op, weight);
   require_defined(op, "out", out);
   require_floating(op, "out", out);
-  require_output(op, out, dequantized_shape(weight), out.dtype(), weight.device());
-  require_disjoint(op, out, "blocks", weight.blocks());
-  require_disjoint(op, out, "scales", weight.scales());
+  require_output(op, "out", out, dequantized_shape(weight), out.dtype(), weight.device());
+  require_disjoint(op, "out", out, "blocks", weight.blocks());
+  require_disjoint(op, "out", out, "scales", weight.scales());
   detail::DequantizeArgs a{};
   a.blocks = static_cast<const std::uint8_t*>(weight.blocks().data());
   a.scales = static_cast<const std::uint8_t*>(weight.scales().data());
@@ -167,17 +193,18 @@ void dequantize_into(const Mxfp4Weight& weight, Tensor& out) {
   a.k = weight.in_features();
   a.out = out.data();
   a.out_dtype = out.dtype();
-  detail::backend_for(weight.device()).dequantize(a);
+  a.stream = run.stream.handle;
+  kernel(op, weight.device(), &detail::Backend::dequantize)(a);
 }
 
-Tensor dequantize(const Mxfp4Weight& weight, DType dtype) {
+Tensor dequantize(const Mxfp4Weight& weight, DType dtype, const RunOptions& run) {
   require_weight("dequantize", weight);
   if (!is_floating(dtype)) {
     throw DTypeMismatch("dequantize: output dtype must be f32, f16 or bf16, got " +
                         std::string(dtype_name(dtype)));
   }
   Tensor out = Tensor::empty(dequantized_shape(weight), dtype, weight.device());
-  dequantize_into(weight, out);
+  dequantize_into(weight, out, run);
   return out;
 }
 
@@ -193,9 +220,9 @@ Shape linear_output_shape(const char* op, const Tensor& x, const Mxfp4Weight& w)
                         std::to_string(w.num_experts()) + " experts (use gather_linear)");
   }
   if (x.rank() < 1 || x.dim(-1) != w.in_features()) {
-    throw ShapeMismatch(std::string(op) + ": x must be [..., K] with K=" +
-                        std::to_string(w.in_features()) + " (weight in_features), got " +
-                        describe("x", x));
+    throw ShapeMismatch(std::string(op) +
+                        ": x must be [..., K] with K=" + std::to_string(w.in_features()) +
+                        " (weight in_features), got " + describe("x", x));
   }
   Shape out = x.shape();
   out.back() = w.out_features();
@@ -204,24 +231,26 @@ Shape linear_output_shape(const char* op, const Tensor& x, const Mxfp4Weight& w)
 
 }  // namespace
 
-void linear_into(const Tensor& x, const Mxfp4Weight& weight, Tensor& out) {
+void linear_into(const Tensor& x, const Mxfp4Weight& weight, Tensor& out, const RunOptions& run) {
   const char* op = "linear";
   const Shape shape = linear_output_shape(op, x, weight);
-  require_output(op, out, shape, x.dtype(), weight.device());
-  require_disjoint(op, out, "x", x);
+  require_output(op, "out", out, shape, x.dtype(), weight.device());
+  require_disjoint(op, "out", out, "x", x);
   detail::LinearArgs a{};
   a.x = x.data();
   a.x_dtype = x.dtype();
   a.m = x.numel() / weight.in_features();
   a.w = weight_args(weight);
   a.out = out.data();
+  a.stream = run.stream.handle;
+  const auto fn = kernel(op, weight.device(), &detail::Backend::linear);
   if (a.m == 0 || a.w.n == 0) return;
-  detail::backend_for(weight.device()).linear(a);
+  fn(a);
 }
 
-Tensor linear(const Tensor& x, const Mxfp4Weight& weight) {
+Tensor linear(const Tensor& x, const Mxfp4Weight& weight, const RunOptions& run) {
   Tensor out = Tensor::empty(linear_output_shape("linear", x, weight), x.dtype(), weight.device());
-  linear_into(x, weight, out);
+  linear_into(x, weight, out, run);
   return out;
 }
 
@@ -237,8 +266,8 @@ Shape gather_output_shape(const char* op, const Tensor& x, const Tensor& indices
   require_same_device(op, "indices", indices, w.device());
   if (!w.stacked()) {
     throw ShapeMismatch(std::string(op) + ": needs stacked experts [E, N, K], got a dense [" +
-                        std::to_string(w.out_features()) + ", " +
-                        std::to_string(w.in_features()) + "] weight (use linear)");
+                        std::to_string(w.out_features()) + ", " + std::to_string(w.in_features()) +
+                        "] weight (use linear)");
   }
   if (!is_index(indices.dtype())) {
     throw DTypeMismatch(std::string(op) + ": indices must be u32, i32 or i64, got " +
@@ -271,9 +300,9 @@ Shape gather_output_shape(const char* op, const Tensor& x, const Tensor& indices
                         describe("x", x));
   }
   if (x.dim(-1) != w.in_features()) {
-    throw ShapeMismatch(std::string(op) + ": x's last dim must be K=" +
-                        std::to_string(w.in_features()) + " (weight in_features), got " +
-                        describe("x", x));
+    throw ShapeMismatch(std::string(op) +
+                        ": x's last dim must be K=" + std::to_string(w.in_features()) +
+                        " (weight in_features), got " + describe("x", x));
   }
   return {tokens, topk, w.out_features()};
 }
@@ -295,12 +324,13 @@ void check_expert_ids(const char* op, const Tensor& indices, std::int64_t expert
 }  // namespace
 
 void gather_linear_into(const Tensor& x, const Tensor& indices, const Mxfp4Weight& weight,
-                        Tensor& out) {
+                        Tensor& out, const RunOptions& run) {
   const char* op = "gather_linear";
   const Shape shape = gather_output_shape(op, x, indices, weight);
-  require_output(op, out, shape, x.dtype(), weight.device());
-  require_disjoint(op, out, "x", x);
-  require_disjoint(op, out, "indices", indices);
+  require_output(op, "out", out, shape, x.dtype(), weight.device());
+  require_disjoint(op, "out", out, "x", x);
+  require_disjoint(op, "out", out, "indices", indices);
+  const auto fn = kernel(op, weight.device(), &detail::Backend::gather_linear);
   check_expert_ids(op, indices, weight.num_experts());
   detail::GatherLinearArgs a{};
   a.x = x.data();
@@ -312,14 +342,16 @@ void gather_linear_into(const Tensor& x, const Tensor& indices, const Mxfp4Weigh
   a.index_dtype = indices.dtype();
   a.w = weight_args(weight);
   a.out = out.data();
+  a.stream = run.stream.handle;
   if (a.tokens == 0 || a.topk == 0 || a.w.n == 0) return;
-  detail::backend_for(weight.device()).gather_linear(a);
+  fn(a);
 }
 
-Tensor gather_linear(const Tensor& x, const Tensor& indices, const Mxfp4Weight& weight) {
+Tensor gather_linear(const Tensor& x, const Tensor& indices, const Mxfp4Weight& weight,
+                     const RunOptions& run) {
   Tensor out = Tensor::empty(gather_output_shape("gather_linear", x, indices, weight), x.dtype(),
                              weight.device());
-  gather_linear_into(x, indices, weight, out);
+  gather_linear_into(x, indices, weight, out, run);
   return out;
 }
 

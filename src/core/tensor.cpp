@@ -5,6 +5,7 @@
 #include <new>
 
 #include "core/convert.hpp"
+#include "core/device_memory.hpp"
 
 namespace mxfp4 {
 
@@ -26,6 +27,8 @@ const char* error_code_name(ErrorCode code) noexcept {
       return "io_error";
     case ErrorCode::unsupported:
       return "unsupported";
+    case ErrorCode::device_error:
+      return "device_error";
   }
   return "unknown";
 }
@@ -68,8 +71,8 @@ std::string_view dtype_name(DType dtype) noexcept {
 }
 
 DType parse_dtype(std::string_view name) {
-  for (DType d : {DType::f32, DType::f16, DType::bf16, DType::u8, DType::u32, DType::i32,
-                  DType::i64}) {
+  for (DType d :
+       {DType::f32, DType::f16, DType::bf16, DType::u8, DType::u32, DType::i32, DType::i64}) {
     if (dtype_name(d) == name) return d;
   }
   throw InvalidArgument("unknown dtype '" + std::string(name) +
@@ -123,18 +126,22 @@ std::size_t checked_nbytes(const Shape& shape, DType dtype) {
 }  // namespace
 
 Tensor Tensor::empty(Shape shape, DType dtype, Device device) {
-  require_cpu(device, "Tensor::empty");
   const std::size_t bytes = checked_nbytes(shape, dtype);
   Tensor t;
-  // 64-byte alignment so that vector kernels may use aligned loads on whole rows.
-  const std::size_t alloc = ((bytes + 63) / 64) * 64;
-  void* p = alloc == 0 ? nullptr : std::aligned_alloc(64, alloc);
-  if (alloc != 0 && p == nullptr) {
-    throw InvalidArgument("Tensor::empty: cannot allocate " + std::to_string(bytes) +
-                          " bytes for shape " + to_string(shape));
+  if (device.type == DeviceType::cuda) {
+    t.owner_ = detail::cuda_allocate(bytes, device);
+    t.data_ = t.owner_.get();
+  } else {
+    // 64-byte alignment so that vector kernels may use aligned loads on whole rows.
+    const std::size_t alloc = ((bytes + 63) / 64) * 64;
+    void* p = alloc == 0 ? nullptr : std::aligned_alloc(64, alloc);
+    if (alloc != 0 && p == nullptr) {
+      throw InvalidArgument("Tensor::empty: cannot allocate " + std::to_string(bytes) +
+                            " bytes for shape " + to_string(shape));
+    }
+    t.owner_ = std::shared_ptr<void>(p, [](void* q) { std::free(q); });
+    t.data_ = p;
   }
-  t.owner_ = std::shared_ptr<void>(p, [](void* q) { std::free(q); });
-  t.data_ = p;
   t.numel_ = shape_numel(shape);
   t.shape_ = std::move(shape);
   t.dtype_ = dtype;
@@ -145,7 +152,13 @@ Tensor Tensor::empty(Shape shape, DType dtype, Device device) {
 
 Tensor Tensor::zeros(Shape shape, DType dtype, Device device) {
   Tensor t = empty(std::move(shape), dtype, device);
-  if (t.nbytes() != 0) std::memset(t.data_, 0, t.nbytes());
+  if (t.nbytes() == 0) return t;
+  if (device.type == DeviceType::cpu) {
+    std::memset(t.data_, 0, t.nbytes());
+  } else {
+    const std::vector<std::uint8_t> zero(t.nbytes(), 0);
+    detail::cuda_copy(t.data_, device, zero.data(), Device::cpu(), t.nbytes(), {}, true);
+  }
   return t;
 }
 
@@ -223,18 +236,37 @@ Tensor Tensor::slice_rows(std::int64_t begin, std::int64_t end) const {
   const std::int64_t row = shape_[0] == 0 ? 0 : numel_ / shape_[0];
   t.shape_[0] = end - begin;
   t.numel_ = row * (end - begin);
-  t.data_ = static_cast<char*>(data_) +
-            static_cast<std::size_t>(begin * row) * dtype_size(dtype_);
+  t.data_ = static_cast<char*>(data_) + static_cast<std::size_t>(begin * row) * dtype_size(dtype_);
   if (t.numel_ == 0 && data_ == nullptr) t.data_ = nullptr;
   return t;
 }
 
 Tensor Tensor::clone() const {
   if (!defined_) return {};
-  require_cpu(device_, "Tensor::clone");
-  Tensor t = empty(shape_, dtype_, device_);
-  if (nbytes() != 0) std::memcpy(t.data_, data_, nbytes());
+  return to(device_);
+}
+
+Tensor Tensor::to(Device device, Stream stream) const {
+  if (!defined_) throw InvalidArgument("to() of an undefined tensor");
+  Tensor t = empty(shape_, dtype_, device);
+  t.copy_from(*this, stream);
   return t;
+}
+
+void Tensor::copy_from(const Tensor& src, Stream stream) {
+  if (!defined_ || !src.defined_) throw InvalidArgument("copy_from: undefined tensor");
+  if (src.dtype_ != dtype_ || src.numel_ != numel_) {
+    throw ShapeMismatch("copy_from: destination " + std::string(dtype_name(dtype_)) + " " +
+                        to_string(shape_) + " cannot take source " +
+                        std::string(dtype_name(src.dtype_)) + " " + to_string(src.shape_));
+  }
+  if (nbytes() == 0) return;
+  if (device_.type == DeviceType::cpu && src.device_.type == DeviceType::cpu) {
+    std::memmove(data_, src.data_, nbytes());
+    return;
+  }
+  detail::cuda_copy(data_, device_, src.data_, src.device_, nbytes(), stream,
+                    stream.handle == nullptr);
 }
 
 Tensor Tensor::to(DType dtype) const {
@@ -254,13 +286,18 @@ Tensor Tensor::to(DType dtype) const {
 
 double Tensor::item_as_double(std::int64_t i) const {
   if (!defined_ || i < 0 || i >= numel_) {
-    throw IndexOutOfRange("item_as_double(" + std::to_string(i) + ") outside " +
-                          to_string(shape_));
+    throw IndexOutOfRange("item_as_double(" + std::to_string(i) + ") outside " + to_string(shape_));
   }
-  require_cpu(device_, "Tensor::item_as_double");
-  if (is_floating(dtype_)) return detail::load_float(data_, dtype_, i);
-  if (dtype_ == DType::u8) return static_cast<const std::uint8_t*>(data_)[i];
-  return static_cast<double>(detail::load_index(data_, dtype_, i));
+  const std::size_t size = dtype_size(dtype_);
+  const void* p = static_cast<const char*>(data_) + static_cast<std::size_t>(i) * size;
+  std::uint64_t host = 0;
+  if (device_.type != DeviceType::cpu) {
+    detail::cuda_copy(&host, Device::cpu(), p, device_, size, {}, true);
+    p = &host;
+  }
+  if (is_floating(dtype_)) return detail::load_float(p, dtype_, 0);
+  if (dtype_ == DType::u8) return *static_cast<const std::uint8_t*>(p);
+  return static_cast<double>(detail::load_index(p, dtype_, 0));
 }
 
 }  // namespace mxfp4

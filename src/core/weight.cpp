@@ -75,8 +75,9 @@ Mxfp4Weight Mxfp4Weight::from_parts(Tensor blocks, Tensor scales, std::optional<
                         describe("scales", scales));
   }
   if (blocks.dim(-1) != blocks_per_row * kBlockBytes) {
-    throw ShapeMismatch(std::string(op) + ": scales " + to_string(scales.shape()) + " mean K=" +
-                        std::to_string(blocks_per_row * kBlockSize) + ", so blocks' last dim must be " +
+    throw ShapeMismatch(std::string(op) + ": scales " + to_string(scales.shape()) +
+                        " mean K=" + std::to_string(blocks_per_row * kBlockSize) +
+                        ", so blocks' last dim must be " +
                         std::to_string(blocks_per_row * kBlockBytes) + "; got " +
                         describe("blocks", blocks));
   }
@@ -102,10 +103,11 @@ Mxfp4Weight Mxfp4Weight::from_parts(Tensor blocks, Tensor scales, std::optional<
       throw DTypeMismatch(std::string(op) + ": bias must be f32, f16 or bf16, got " +
                           describe("bias", b));
     }
-    const Shape expected = stacked ? Shape{w.num_experts_, w.out_features_} : Shape{w.out_features_};
+    const Shape expected =
+        stacked ? Shape{w.num_experts_, w.out_features_} : Shape{w.out_features_};
     if (b.shape() != expected) {
-      throw ShapeMismatch(std::string(op) + ": bias must be " + to_string(expected) +
-                          " for " + describe("blocks", blocks) + ", got " + describe("bias", b));
+      throw ShapeMismatch(std::string(op) + ": bias must be " + to_string(expected) + " for " +
+                          describe("blocks", blocks) + ", got " + describe("bias", b));
     }
     if (!(b.device() == blocks.device())) {
       throw InvalidArgument(std::string(op) + ": blocks on " + to_string(blocks.device()) +
@@ -124,6 +126,8 @@ Mxfp4Weight Mxfp4Weight::quantize(const Tensor& weight, std::optional<Tensor> bi
   return from_parts(std::move(q.blocks), std::move(q.scales), std::move(bias));
 }
 
-Tensor Mxfp4Weight::dequantize(DType dtype) const { return mxfp4::dequantize(*this, dtype); }
+Tensor Mxfp4Weight::dequantize(DType dtype) const {
+  return mxfp4::dequantize(*this, dtype);
+}
 
 }  // namespace mxfp4

@@ -37,7 +37,8 @@ void dequantize(const detail::DequantizeArgs& a) {
       dequantize_block(a.blocks + r * (a.k / 2) + b * kBlockBytes, a.scales[r * blocks_per_row + b],
                        v);
       const std::int64_t base = r * a.k + b * kBlockSize;
-      for (int i = 0; i < kBlockSize; ++i) store_float(a.out, a.out_dtype, base + i, v[i]);
+      for (int i = 0; i < kBlockSize; ++i)
+        store_float(a.out, a.out_dtype, base + i, v[i]);
     }
   }
 }
@@ -61,7 +62,8 @@ void dot_rows(const detail::WeightArgs& w, std::int64_t expert, const std::vecto
   for (std::int64_t n = 0; n < w.n; ++n) {
     decode_row(w, expert, n, w_row.data());
     double acc = 0.0;
-    for (std::int64_t k = 0; k < w.k; ++k) acc += x_row[k] * static_cast<double>(w_row[k]);
+    for (std::int64_t k = 0; k < w.k; ++k)
+      acc += x_row[k] * static_cast<double>(w_row[k]);
     if (w.bias != nullptr) acc += load_float(w.bias, w.bias_dtype, expert * w.n + n);
     store_float(out, out_dtype, out_offset + n, static_cast<float>(acc));
   }

@@ -1,0 +1,265 @@
+// Google Benchmark of the operations through the public API on CPU tensors. The CPU backend is
+// currently the scalar reference (src/reference), so these numbers are the baseline that later
+// CPU and GPU kernels are compared against. Asserts nothing about time.
+//
+// Counters (decimal units; rates are per second of wall time):
+//   bytes_per_second  quantize: f32 input read; dequantize: output written
+//   items_per_second  weights processed (quantize, dequantize)
+//   weight_bytes/s    linear, gather_linear: MXFP4 bytes of the weights touched (4.25 bits each)
+//   FLOP/s            linear, gather_linear: 2 * rows * N * K per call
+//
+// Data is random (never all zeros). Linear weights are rotated over several copies whose total
+// exceeds the last-level cache; gather_linear cycles through different expert choices.
+
+#include <benchmark/benchmark.h>
+
+#include <algorithm>
+#include <cstdint>
+#include <cstring>
+#include <map>
+#include <optional>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "mxfp4/mxfp4.hpp"
+
+namespace {
+
+using mxfp4::DType;
+using mxfp4::Mxfp4Weight;
+using mxfp4::Tensor;
+
+// ---- Deterministic random data (xoshiro256** seeded by splitmix64) ----------------------------
+
+class Rng {
+ public:
+  explicit Rng(std::uint64_t seed) {
+    for (auto& w : s_) {
+      std::uint64_t z = (seed += 0x9E3779B97F4A7C15ull);
+      z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+      z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+      w = z ^ (z >> 31);
+    }
+  }
+  std::uint64_t next() {
+    const std::uint64_t result = rotl(s_[1] * 5, 7) * 9;
+    const std::uint64_t t = s_[1] << 17;
+    s_[2] ^= s_[0];
+    s_[3] ^= s_[1];
+    s_[1] ^= s_[2];
+    s_[0] ^= s_[3];
+    s_[2] ^= t;
+    s_[3] = rotl(s_[3], 45);
+    return result;
+  }
+  // Uniform in (-1, 1), as f32.
+  float symmetric() {
+    return static_cast<float>((static_cast<double>(next() >> 11) + 0.5) * 0x1.0p-52 - 1.0);
+  }
+
+ private:
+  static std::uint64_t rotl(std::uint64_t x, int k) { return (x << k) | (x >> (64 - k)); }
+  std::uint64_t s_[4];
+};
+
+Tensor random_f32(mxfp4::Shape shape, std::uint64_t seed) {
+  Tensor t = Tensor::empty(std::move(shape), DType::f32);
+  Rng rng(seed);
+  float* p = t.data_as<float>();
+  for (std::int64_t i = 0; i < t.numel(); ++i)
+    p[i] = rng.symmetric();
+  return t;
+}
+
+// A weight built from random parts: every E2M1 code, scales 2^-9 .. 2^-1 (bytes 118 .. 126).
+Mxfp4Weight random_weight(std::int64_t experts, std::int64_t n, std::int64_t k, bool with_bias,
+                          std::uint64_t seed) {
+  const bool stacked = experts > 0;
+  const std::int64_t e = stacked ? experts : 1;
+  mxfp4::Shape bshape = {n, k / 2}, sshape = {n, k / mxfp4::kBlockSize}, biasshape = {n};
+  if (stacked) {
+    bshape.insert(bshape.begin(), e);
+    sshape.insert(sshape.begin(), e);
+    biasshape.insert(biasshape.begin(), e);
+  }
+  Tensor blocks = Tensor::empty(bshape, DType::u8);
+  Tensor scales = Tensor::empty(sshape, DType::u8);
+  Rng rng(seed);
+  auto* b = blocks.data_as<std::uint8_t>();
+  for (std::int64_t i = 0; i < blocks.numel(); i += 8) {
+    const std::uint64_t r = rng.next();
+    std::memcpy(b + i, &r, static_cast<std::size_t>(std::min<std::int64_t>(8, blocks.numel() - i)));
+  }
+  auto* s = scales.data_as<std::uint8_t>();
+  for (std::int64_t i = 0; i < scales.numel(); ++i) {
+    s[i] = static_cast<std::uint8_t>(118 + rng.next() % 9);
+  }
+  std::optional<Tensor> bias;
+  if (with_bias) bias = random_f32(biasshape, seed ^ 0xB1A5);
+  return Mxfp4Weight::from_parts(std::move(blocks), std::move(scales), std::move(bias));
+}
+
+// MXFP4 bytes of an [N, K] matrix: K/2 code bytes and K/32 scale bytes per row (4.25 bits each).
+double packed_bytes(std::int64_t n, std::int64_t k) {
+  return static_cast<double>(n) * static_cast<double>(k / 2 + k / mxfp4::kBlockSize);
+}
+
+void set_rate(benchmark::State& state, const char* name, double per_iteration) {
+  state.counters[name] = benchmark::Counter(
+      per_iteration, benchmark::Counter::kIsIterationInvariantRate, benchmark::Counter::kIs1000);
+}
+
+// Enough copies of an [N, K] weight that together they exceed this many bytes (the last-level
+// cache of the machines we run on is at most a few tens of MB).
+constexpr double kRotationBytes = 128e6;
+
+// ---- Shared inputs, built once -----------------------------------------------------------------
+
+constexpr std::int64_t kSquare = 4096;
+
+const Tensor& square_f32_input() {
+  static const Tensor t = random_f32({kSquare, kSquare}, 1);
+  return t;
+}
+
+const Mxfp4Weight& square_weight() {
+  static const Mxfp4Weight w = random_weight(0, kSquare, kSquare, false, 2);
+  return w;
+}
+
+// ---- Benchmarks --------------------------------------------------------------------------------
+
+void bm_quantize(benchmark::State& state, mxfp4::ScaleRule rule) {
+  const Tensor& input = square_f32_input();
+  Tensor blocks = Tensor::empty({kSquare, kSquare / 2}, DType::u8);
+  Tensor scales = Tensor::empty({kSquare, kSquare / mxfp4::kBlockSize}, DType::u8);
+  mxfp4::QuantizeOptions options;
+  options.rule = rule;
+  for (auto _ : state) {
+    mxfp4::quantize_into(input, blocks, scales, options);
+    benchmark::DoNotOptimize(blocks.data());
+    benchmark::ClobberMemory();
+  }
+  const auto iters = static_cast<std::int64_t>(state.iterations());
+  state.SetBytesProcessed(iters * static_cast<std::int64_t>(input.nbytes()));
+  state.SetItemsProcessed(iters * input.numel());
+}
+
+void bm_dequantize(benchmark::State& state, DType dtype) {
+  const Mxfp4Weight& w = square_weight();
+  Tensor out = Tensor::empty({kSquare, kSquare}, dtype);
+  for (auto _ : state) {
+    mxfp4::dequantize_into(w, out);
+    benchmark::DoNotOptimize(out.data());
+    benchmark::ClobberMemory();
+  }
+  const auto iters = static_cast<std::int64_t>(state.iterations());
+  state.SetBytesProcessed(iters * static_cast<std::int64_t>(out.nbytes()));
+  state.SetItemsProcessed(iters * out.numel());
+  set_rate(state, "weight_bytes/s", packed_bytes(kSquare, kSquare));
+}
+
+// Copies of a random [N, K] weight, built once per shape.
+const std::vector<Mxfp4Weight>& rotated_weights(std::int64_t n, std::int64_t k) {
+  static std::map<std::pair<std::int64_t, std::int64_t>, std::vector<Mxfp4Weight>> cache;
+  std::vector<Mxfp4Weight>& weights = cache[{n, k}];
+  if (weights.empty()) {
+    const auto copies = static_cast<std::uint64_t>(kRotationBytes / packed_bytes(n, k)) + 1;
+    for (std::uint64_t c = 0; c < copies; ++c) {
+      weights.push_back(random_weight(0, n, k, false, 10 + c));
+    }
+  }
+  return weights;
+}
+
+void bm_linear(benchmark::State& state, std::int64_t m, std::int64_t n, std::int64_t k) {
+  const std::vector<Mxfp4Weight>& weights = rotated_weights(n, k);
+  const std::size_t copies = weights.size();
+  const Tensor x = random_f32({m, k}, 3);
+  Tensor out = Tensor::empty({m, n}, DType::f32);
+  std::size_t next = 0;
+  for (auto _ : state) {
+    mxfp4::linear_into(x, weights[next], out);
+    benchmark::DoNotOptimize(out.data());
+    benchmark::ClobberMemory();
+    next = next + 1 == copies ? 0 : next + 1;
+  }
+  set_rate(state, "weight_bytes/s", packed_bytes(n, k));
+  set_rate(state, "FLOP/s", 2.0 * static_cast<double>(m * n * k));
+}
+
+void bm_gather_linear(benchmark::State& state, std::int64_t experts, std::int64_t n, std::int64_t k,
+                      std::int64_t topk, std::int64_t tokens) {
+  static const Mxfp4Weight w = random_weight(experts, n, k, true, 4);
+  // Different expert choices per call (distinct within a token), cycled.
+  constexpr int kChoices = 64;
+  std::vector<Tensor> indices;
+  Rng rng(5);
+  for (int c = 0; c < kChoices; ++c) {
+    Tensor idx = Tensor::empty({tokens, topk}, DType::u32);
+    auto* p = idx.data_as<std::uint32_t>();
+    for (std::int64_t t = 0; t < tokens; ++t) {
+      for (std::int64_t s = 0; s < topk; ++s) {
+        std::uint32_t e;
+        bool repeated;
+        do {
+          e = static_cast<std::uint32_t>(rng.next() % static_cast<std::uint64_t>(experts));
+          repeated = false;
+          for (std::int64_t j = 0; j < s; ++j)
+            repeated = repeated || p[t * topk + j] == e;
+        } while (repeated);
+        p[t * topk + s] = e;
+      }
+    }
+    indices.push_back(idx);
+  }
+  const Tensor x = random_f32({tokens, k}, 6);
+  Tensor out = Tensor::empty({tokens, topk, n}, DType::f32);
+  int next = 0;
+  for (auto _ : state) {
+    mxfp4::gather_linear_into(x, indices[static_cast<std::size_t>(next)], w, out);
+    benchmark::DoNotOptimize(out.data());
+    benchmark::ClobberMemory();
+    next = next + 1 == kChoices ? 0 : next + 1;
+  }
+  // With T = 1 every selected expert is distinct, so each slot touches a whole expert matrix.
+  const double slots = static_cast<double>(tokens * topk);
+  set_rate(state, "weight_bytes/s", slots * packed_bytes(n, k));
+  set_rate(state, "FLOP/s", 2.0 * slots * static_cast<double>(n * k));
+}
+
+// Short runs: the reference is slow, and a default run should stay within about two minutes.
+constexpr double kMinTime = 1.0;
+
+void configure(benchmark::internal::Benchmark* b) {
+  b->MinTime(kMinTime)->UseRealTime()->Unit(benchmark::kMillisecond);
+}
+
+void register_all() {
+  using mxfp4::ScaleRule;
+  for (ScaleRule rule :
+       {ScaleRule::floor, ScaleRule::ceil, ScaleRule::even, ScaleRule::mse, ScaleRule::mistralrs}) {
+    std::string name = std::string("quantize/f32/4096x4096/") + mxfp4::scale_rule_name(rule);
+    if (rule == mxfp4::kDefaultScaleRule) name += "(default)";
+    configure(benchmark::RegisterBenchmark(name.c_str(), bm_quantize, rule));
+  }
+  configure(benchmark::RegisterBenchmark("dequantize/4096x4096/f32", bm_dequantize, DType::f32));
+  configure(benchmark::RegisterBenchmark("dequantize/4096x4096/bf16", bm_dequantize, DType::bf16));
+  configure(benchmark::RegisterBenchmark("linear/f32/M=1/N=4096/K=4096", bm_linear, 1, 4096, 4096));
+  configure(benchmark::RegisterBenchmark("linear/f32/M=8/N=4096/K=4096", bm_linear, 8, 4096, 4096));
+  configure(benchmark::RegisterBenchmark("linear/f32/M=1/N=5760/K=2880", bm_linear, 1, 5760, 2880));
+  configure(benchmark::RegisterBenchmark("gather_linear/f32/E=32/N=2880/K=2880/top4/T=1",
+                                         bm_gather_linear, 32, 2880, 2880, 4, 1));
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  register_all();
+  benchmark::Initialize(&argc, argv);
+  if (benchmark::ReportUnrecognizedArguments(argc, argv)) return 1;
+  benchmark::RunSpecifiedBenchmarks();
+  benchmark::Shutdown();
+  return 0;
+}

@@ -1,0 +1,150 @@
+// Whole checkpoints (safetensors files): quantize every eligible weight to MXFP4, turn MXFP4
+// pairs back into dense weights, and list what a file holds. The `mxfp4` command and the other
+// front ends call these; the logic lives here.
+//
+// Naming (FORMATS.md section 2): a tensor `P.weight` (or a tensor named just `weight`, P empty)
+// becomes `P.blocks` u8 [.., N, K/2] and `P.scales` u8 [.., N, K/32]; `P.bias` and every other
+// tensor are copied byte for byte.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "mxfp4/io/safetensors.hpp"
+#include "mxfp4/weight.hpp"
+
+namespace mxfp4::io {
+
+// Metadata keys quantize_checkpoint adds (the input's own __metadata__ is kept).
+inline constexpr std::string_view kScaleRuleMetadataKey = "mxfp4.scale_rule";
+inline constexpr std::string_view kVersionMetadataKey = "mxfp4.version";
+
+enum class TensorAction : std::uint8_t {
+  quantized = 0,    // P.weight -> P.blocks + P.scales
+  dequantized = 1,  // P.blocks + P.scales -> P.weight
+  copied = 2,       // not named P.weight (a bias, ids, MXFP4 parts, ...): copied unchanged
+  skipped = 3,      // a P.weight that cannot be quantized (see SkipReason): copied unchanged
+};
+// "quantized", "dequantized", "copied", "skipped".
+const char* tensor_action_name(TensorAction action) noexcept;
+
+// Why a `P.weight` was not quantized.
+enum class SkipReason : std::uint8_t {
+  none = 0,
+  rank = 1,               // not 2-D [N, K] or 3-D [E, N, K]
+  not_floating = 2,       // an integer or boolean dtype
+  unsupported_dtype = 3,  // floating but not F32, F16 or BF16 (F64, F8_*, F4)
+  k_zero = 4,             // last dim 0
+  k_not_multiple = 5,     // last dim not a multiple of 32
+  empty = 6,              // no elements (a leading dim is 0)
+};
+// "none", "rank", "not_floating", "unsupported_dtype", "k_zero", "k_not_multiple", "empty".
+const char* skip_reason_name(SkipReason reason) noexcept;
+
+// Whether `name` is `P.weight` or just `weight`: the names quantize_checkpoint considers.
+bool is_weight_name(std::string_view name);
+
+// What quantize_checkpoint did with one input tensor.
+struct TensorReport {
+  std::string name;   // in the input
+  std::string dtype;  // its safetensors dtype
+  Shape shape;        // its shape
+  TensorAction action = TensorAction::copied;
+  SkipReason skip = SkipReason::none;
+  std::string reason;                // skipped: why, in words
+  std::vector<std::string> outputs;  // names written for it ({P.blocks, P.scales} or {name})
+  std::uint64_t bytes_in = 0;        // its bytes in the input
+  std::uint64_t bytes_out = 0;       // bytes written for it
+  // Quantized only, measured by dequantizing the result and comparing with the source in f64
+  // over the elements whose source and result are both finite:
+  double sqnr_db = 0.0;         // 10 log10(sum x^2 / sum (x - q)^2); +inf when exact
+  double max_abs_error = 0.0;   // max |x - q|
+  std::int64_t nan_blocks = 0;  // blocks with scale 0xFF (non-finite input, nan_block policy)
+};
+
+struct QuantizeReport {
+  std::string input;
+  std::string output;
+  ScaleRule rule = kDefaultScaleRule;
+  std::vector<TensorReport> tensors;  // in the input's order
+  std::uint64_t file_bytes_in = 0;
+  std::uint64_t file_bytes_out = 0;
+  std::int64_t quantized_values = 0;      // elements of the quantized weights
+  std::uint64_t quantized_bytes_in = 0;   // their bytes in the input
+  std::uint64_t quantized_bytes_out = 0;  // bytes of their blocks and scales
+  // 8 * quantized_bytes_out / quantized_values (4.25 for MXFP4); 0 when nothing was quantized.
+  double bits_per_weight() const;
+  std::size_t count(TensorAction action) const;
+};
+
+// Reads `in`, quantizes every `P.weight` that is F32/F16/BF16, 2-D or 3-D, with a last dim K that
+// is a positive multiple of 32 (and at least one element), and writes `out` atomically (an
+// existing `out` survives any failure; `in` and `out` may be the same path). The output keeps the
+// input's order (P.blocks and P.scales where P.weight was) and metadata, plus
+// "mxfp4.scale_rule" and "mxfp4.version". Throws IoError / FormatError for the files,
+// FormatError when an output name already exists in the input (P.blocks or P.scales beside a
+// P.weight to quantize), NonFiniteValue naming the tensor for NaN/Inf under
+// NonFinitePolicy::error. Nothing is written unless everything succeeds.
+QuantizeReport quantize_checkpoint(const std::string& in, const std::string& out,
+                                   const QuantizeOptions& options = {});
+
+// A `P.blocks` + `P.scales` pair in a file.
+struct Mxfp4Pair {
+  std::string prefix;  // P including its trailing dot ("" for a bare "blocks")
+  std::string blocks;  // P.blocks
+  std::string scales;  // P.scales
+  bool stacked = false;
+  std::int64_t experts = 1;  // E (1 when not stacked)
+  std::int64_t n = 0;        // out features
+  std::int64_t k = 0;        // in features
+};
+
+struct CheckpointLayout {
+  std::vector<Mxfp4Pair> pairs;       // in file order of their blocks
+  std::vector<std::string> problems;  // P.blocks without P.scales, bad shapes, ...: in words
+};
+
+// Finds the MXFP4 pairs of a file: every tensor named `P.blocks` or `P.scales` must have its
+// partner, both U8 of rank 2 or 3 and of matching shapes ([.., N, K/2] and [.., N, K/32]);
+// each violation is one entry of `problems` naming the tensors, expected and actual.
+CheckpointLayout find_mxfp4_pairs(const SafetensorsFile& file);
+
+struct DequantizedTensorReport {
+  std::string weight;  // P.weight, written
+  std::string blocks;  // P.blocks, read
+  std::string scales;  // P.scales, read
+  Shape shape;         // of P.weight: [N, K] or [E, N, K]
+};
+
+struct DequantizeReport {
+  std::string input;
+  std::string output;
+  DType dtype = DType::f32;
+  std::vector<DequantizedTensorReport> dequantized;  // in file order
+  std::vector<std::string> copied;                   // in file order
+  std::uint64_t file_bytes_in = 0;
+  std::uint64_t file_bytes_out = 0;
+};
+
+// Reads `in`, turns each P.blocks/P.scales pair into P.weight of `dtype` (f32, f16 or bf16), copies
+// every other tensor, and writes `out` atomically. The input metadata is kept except the mxfp4.*
+// keys quantize_checkpoint adds. Throws FormatError for any problem find_mxfp4_pairs reports or
+// when P.weight already exists beside a pair, DTypeMismatch for a non-floating dtype.
+DequantizeReport dequantize_checkpoint(const std::string& in, const std::string& out,
+                                       DType dtype = DType::f32);
+
+// Writes the built-in example checkpoint: a tiny two-layer MLP plus stacked experts, with
+// deterministic pseudo-random weights (a fixed-seed LCG and Box-Muller: the same bytes on every
+// run; C libraries whose log or cos differ in the last bit could change a rare f32 rounding):
+//   layers.0.mlp.up.weight    F32  [256, 128]     layers.0.mlp.up.bias    F32  [256]
+//   layers.0.mlp.down.weight  BF16 [128, 256]     layers.0.mlp.down.bias  BF16 [128]
+//   experts.weight            F32  [4, 64, 128]   experts.bias            F32  [4, 64]
+//   norm.weight               F32  [128]          (1-D: skipped by quantize)
+//   embed.weight              F32  [100, 40]      (K=40 is not a multiple of 32: skipped)
+//   position_ids              I64  [1, 16]
+// with __metadata__ {"format": "pt"}. Returns the file size in bytes.
+std::uint64_t write_example_checkpoint(const std::string& path);
+
+}  // namespace mxfp4::io

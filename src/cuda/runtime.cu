@@ -1,0 +1,79 @@
+// Device memory, copies and streams through the CUDA runtime.
+#include "core/device_memory.hpp"
+#include "cuda/common.cuh"
+
+namespace mxfp4 {
+
+bool cuda_built() noexcept {
+  return true;
+}
+
+int cuda_device_count() noexcept {
+  int n = 0;
+  if (cudaGetDeviceCount(&n) != cudaSuccess) {
+    cudaGetLastError();  // clear the sticky "no driver" error so later calls start clean
+    return 0;
+  }
+  return n;
+}
+
+void synchronize(Stream stream) {
+  cuda::check(cudaStreamSynchronize(cuda::as_stream(stream.handle)), "cudaStreamSynchronize");
+}
+
+namespace detail {
+
+namespace {
+
+// Makes `device` current for the scope, restoring the previous one.
+class DeviceGuard {
+ public:
+  explicit DeviceGuard(Device device) {
+    cuda::check(cudaGetDevice(&previous_), "cudaGetDevice");
+    if (device.index != previous_) cuda::check(cudaSetDevice(device.index), "cudaSetDevice");
+  }
+  ~DeviceGuard() { cudaSetDevice(previous_); }
+  DeviceGuard(const DeviceGuard&) = delete;
+  DeviceGuard& operator=(const DeviceGuard&) = delete;
+
+ private:
+  int previous_ = 0;
+};
+
+void check_index(Device device) {
+  const int n = cuda_device_count();
+  if (device.index < 0 || device.index >= n) {
+    throw Unsupported(to_string(device) + " does not exist (" + std::to_string(n) +
+                      " CUDA devices visible)");
+  }
+}
+
+}  // namespace
+
+std::shared_ptr<void> cuda_allocate(std::size_t bytes, Device device) {
+  check_index(device);
+  if (bytes == 0) return {};
+  DeviceGuard guard(device);
+  void* p = nullptr;
+  const cudaError_t status = cudaMalloc(&p, bytes);
+  if (status != cudaSuccess) {
+    cudaGetLastError();
+    throw DeviceError("cudaMalloc of " + std::to_string(bytes) + " bytes on " + to_string(device) +
+                      " failed: " + cudaGetErrorString(status));
+  }
+  return std::shared_ptr<void>(p, [](void* q) { cudaFree(q); });
+}
+
+void cuda_copy(void* dst, Device dst_device, const void* src, Device src_device, std::size_t bytes,
+               Stream stream, bool wait) {
+  if (bytes == 0) return;
+  const Device active = dst_device.type == DeviceType::cuda ? dst_device : src_device;
+  check_index(active);
+  DeviceGuard guard(active);
+  cudaStream_t s = cuda::as_stream(stream.handle);
+  cuda::check(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDefault, s), "cudaMemcpyAsync");
+  if (wait) cuda::check(cudaStreamSynchronize(s), "cudaStreamSynchronize");
+}
+
+}  // namespace detail
+}  // namespace mxfp4

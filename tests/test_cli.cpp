@@ -1,0 +1,177 @@
+// The `mxfp4` command as a user runs it: exit status 0 on success, 1 with exactly one
+// "mxfp4: error: ..." line on stderr on failure, 2 on usage errors; no partial output files.
+#include <gtest/gtest.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <limits>
+#include <string>
+
+#include "mxfp4/io/safetensors.hpp"
+#include "mxfp4/mxfp4.hpp"
+
+#ifndef MXFP4_CLI
+#error "MXFP4_CLI must name the mxfp4 executable"
+#endif
+
+namespace {
+
+namespace fs = std::filesystem;
+
+class cli_command : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    const auto* info = ::testing::UnitTest::GetInstance()->current_test_info();
+    dir_ = fs::temp_directory_path() /
+           ("mxfp4_cli_" + std::string(info->name()) + "_" + std::to_string(::getpid()));
+    fs::remove_all(dir_);
+    fs::create_directories(dir_);
+  }
+  void TearDown() override {
+    std::error_code ec;
+    fs::remove_all(dir_, ec);
+  }
+
+  std::string file(const std::string& name) const { return (dir_ / name).string(); }
+
+  static std::string slurp(const fs::path& p) {
+    std::error_code ec;
+    const auto n = fs::file_size(p, ec);
+    if (ec) return {};
+    std::string s(static_cast<std::size_t>(n), '\0');
+    std::ifstream f(p, std::ios::binary);
+    f.read(s.data(), static_cast<std::streamsize>(s.size()));
+    s.resize(static_cast<std::size_t>(f.gcount()));
+    return s;
+  }
+
+  // Runs `mxfp4 <args>`; returns the exit status and fills out_ and err_.
+  int run(const std::string& args) {
+    const std::string cmd = std::string("'") + MXFP4_CLI + "' " + args + " >'" +
+                            file("stdout.txt") + "' 2>'" + file("stderr.txt") + "'";
+    const int status = std::system(cmd.c_str());
+    out_ = slurp(dir_ / "stdout.txt");
+    err_ = slurp(dir_ / "stderr.txt");
+    fs::remove(dir_ / "stdout.txt");
+    fs::remove(dir_ / "stderr.txt");
+    return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+  }
+
+  // stderr is exactly one line starting "mxfp4: error: ".
+  void expect_one_error_line() const {
+    EXPECT_EQ(err_.rfind("mxfp4: error: ", 0), 0u) << err_;
+    ASSERT_FALSE(err_.empty());
+    EXPECT_EQ(err_.back(), '\n') << err_;
+    EXPECT_EQ(std::count(err_.begin(), err_.end(), '\n'), 1) << err_;
+  }
+
+  // The path of `name`, quoted for the shell.
+  std::string q(const std::string& name) const {
+    std::string s = "'";
+    s += file(name);
+    s += '\'';
+    return s;
+  }
+
+  fs::path dir_;
+  std::string out_, err_;
+};
+
+TEST_F(cli_command, Version) {
+  EXPECT_EQ(run("--version"), 0);
+  EXPECT_NE(out_.find(mxfp4::version_string()), std::string::npos) << out_;
+}
+
+TEST_F(cli_command, HelpListsEveryRuleAndTheDefault) {
+  EXPECT_EQ(run("quantize --help"), 0);
+  for (const char* r : {"floor", "ceil", "even", "mse", "mistralrs"}) {
+    EXPECT_NE(out_.find(r), std::string::npos) << r << " in " << out_;
+  }
+  EXPECT_NE(out_.find(std::string("default: ") + mxfp4::scale_rule_name(mxfp4::kDefaultScaleRule)),
+            std::string::npos)
+      << out_;
+}
+
+TEST_F(cli_command, ExampleQuantizeInfoDequantize) {
+  ASSERT_EQ(run("example " + q("ex.safetensors")), 0) << err_;
+  EXPECT_TRUE(err_.empty()) << err_;
+  ASSERT_EQ(
+      run("quantize " + q("ex.safetensors") + " " + q("q.safetensors") + " --scale-rule ceil"), 0)
+      << err_;
+  EXPECT_NE(out_.find("layers.0.mlp.up.weight"), std::string::npos) << out_;
+  EXPECT_NE(out_.find("quantized"), std::string::npos) << out_;
+  EXPECT_NE(out_.find("K=40 (the last dim) is not a multiple of 32"), std::string::npos) << out_;
+  EXPECT_NE(out_.find("rank 1"), std::string::npos) << out_;
+  EXPECT_NE(out_.find("4.25 bits per weight"), std::string::npos) << out_;
+  EXPECT_EQ(
+      mxfp4::io::SafetensorsFile::open(file("q.safetensors")).metadata().at("mxfp4.scale_rule"),
+      "ceil");
+
+  ASSERT_EQ(run("info " + q("q.safetensors")), 0) << err_;
+  EXPECT_NE(out_.find("MXFP4 blocks (E=4, N=64, K=128)"), std::string::npos) << out_;
+  EXPECT_NE(out_.find("MXFP4 scales (N=256, K=128)"), std::string::npos) << out_;
+  EXPECT_NE(out_.find("mxfp4.scale_rule = ceil"), std::string::npos) << out_;
+
+  ASSERT_EQ(run("dequantize " + q("q.safetensors") + " " + q("d.safetensors") + " --dtype f16"), 0)
+      << err_;
+  const auto d = mxfp4::io::SafetensorsFile::open(file("d.safetensors"));
+  ASSERT_NE(d.find("experts.weight"), nullptr);
+  EXPECT_EQ(d.find("experts.weight")->dtype, "F16");
+  EXPECT_EQ(d.find("experts.weight")->shape, (mxfp4::Shape{4, 64, 128}));
+}
+
+TEST_F(cli_command, FailuresPrintOneLineAndWriteNothing) {
+  EXPECT_EQ(run("quantize " + q("absent.safetensors") + " " + q("out.safetensors")), 1);
+  expect_one_error_line();
+  EXPECT_NE(err_.find("absent.safetensors"), std::string::npos) << err_;
+  EXPECT_TRUE(out_.empty()) << out_;
+  EXPECT_FALSE(fs::exists(file("out.safetensors")));
+
+  std::ofstream(file("junk.safetensors")) << "not a safetensors file at all";
+  EXPECT_EQ(run("info " + q("junk.safetensors")), 1);
+  expect_one_error_line();
+  EXPECT_EQ(run("dequantize " + q("junk.safetensors") + " " + q("out.safetensors")), 1);
+  expect_one_error_line();
+  EXPECT_FALSE(fs::exists(file("out.safetensors")));
+  EXPECT_EQ(run("example " + q("no/such/dir/ex.safetensors")), 1);
+  expect_one_error_line();
+}
+
+TEST_F(cli_command, NonFiniteWeights) {
+  auto w = mxfp4::Tensor::zeros({2, 32}, mxfp4::DType::f32);
+  w.data_as<float>()[7] = std::numeric_limits<float>::quiet_NaN();
+  mxfp4::io::write_safetensors(file("nan.safetensors"),
+                               {mxfp4::io::safetensors_item("l.weight", w)});
+  EXPECT_EQ(run("quantize " + q("nan.safetensors") + " " + q("out.safetensors")), 1);
+  expect_one_error_line();
+  EXPECT_NE(err_.find("l.weight"), std::string::npos) << err_;
+  EXPECT_FALSE(fs::exists(file("out.safetensors")));
+
+  EXPECT_EQ(
+      run("quantize " + q("nan.safetensors") + " " + q("out.safetensors") + " --allow-nonfinite"),
+      0)
+      << err_;
+  EXPECT_NE(out_.find("1 blocks hold NaN or Inf"), std::string::npos) << out_;
+}
+
+TEST_F(cli_command, UsageErrorsExitTwo) {
+  EXPECT_EQ(run(""), 2);
+  expect_one_error_line();
+  EXPECT_EQ(run("quantize " + q("only-one.safetensors")), 2);
+  expect_one_error_line();
+  EXPECT_EQ(run("quantize a b --scale-rule nearest"), 2);
+  expect_one_error_line();
+  EXPECT_NE(err_.find("nearest"), std::string::npos) << err_;
+  EXPECT_EQ(run("dequantize a b --dtype i64"), 2);
+  expect_one_error_line();
+  EXPECT_EQ(run("frobnicate"), 2);
+  expect_one_error_line();
+  EXPECT_NE(err_.find("unknown command 'frobnicate'"), std::string::npos) << err_;
+  EXPECT_EQ(run("info a b"), 2);
+  expect_one_error_line();
+}
+
+}  // namespace

@@ -1,0 +1,269 @@
+// The CUDA backend against the CPU reference. Skips (with the reason) where no GPU is visible;
+// scripts/gpu-check runs it on a machine with one.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <cstring>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "mxfp4/mxfp4.hpp"
+
+#if defined(MXFP4_TEST_CUDA_RUNTIME)
+#include <cuda_runtime.h>
+#endif
+
+namespace {
+
+using mxfp4::DType;
+using mxfp4::Tensor;
+
+#define REQUIRE_GPU()                                                                 \
+  do {                                                                                \
+    if (!mxfp4::cuda_built()) GTEST_SKIP() << "built without the CUDA backend";       \
+    if (mxfp4::cuda_device_count() == 0) GTEST_SKIP() << "no CUDA device is visible"; \
+  } while (0)
+
+const mxfp4::Device kGpu = mxfp4::Device::cuda(0);
+
+// Gaussian-ish values with a per-row spread of magnitudes, never zeros.
+Tensor random_tensor(mxfp4::Shape shape, DType dtype, std::uint64_t seed, float scale = 1.0f) {
+  std::mt19937_64 rng(seed);
+  Tensor f = Tensor::empty(shape, DType::f32);
+  float* p = f.data_as<float>();
+  for (std::int64_t i = 0; i < f.numel(); ++i) {
+    // Sum of uniforms: bell-shaped, deterministic across standard libraries.
+    double s = 0;
+    for (int j = 0; j < 4; ++j)
+      s += static_cast<double>(rng() >> 11) * 0x1.0p-53 - 0.5;
+    p[i] = static_cast<float>(s) * scale;
+  }
+  return dtype == DType::f32 ? f : f.to(dtype);
+}
+
+bool same_value(double a, double b) {
+  return (std::isnan(a) && std::isnan(b)) || a == b;
+}
+
+void expect_bytes_equal(const Tensor& cpu, const Tensor& gpu, const std::string& what) {
+  const Tensor back = gpu.to(mxfp4::Device::cpu());
+  ASSERT_EQ(cpu.nbytes(), back.nbytes()) << what;
+  const auto* a = static_cast<const std::uint8_t*>(cpu.data());
+  const auto* b = static_cast<const std::uint8_t*>(back.data());
+  for (std::size_t i = 0; i < cpu.nbytes(); ++i) {
+    ASSERT_EQ(a[i], b[i]) << what << ": byte " << i << " differs";
+  }
+}
+
+TEST(Cuda, ReportsDevicesConsistently) {
+  if (!mxfp4::cuda_built()) {
+    EXPECT_EQ(mxfp4::cuda_device_count(), 0);
+    EXPECT_THROW(Tensor::empty({4}, DType::f32, kGpu), mxfp4::Unsupported);
+    return;
+  }
+  EXPECT_GE(mxfp4::cuda_device_count(), 0);
+  if (mxfp4::cuda_device_count() == 0) {
+    EXPECT_THROW(Tensor::empty({4}, DType::f32, kGpu), mxfp4::Unsupported);
+  }
+}
+
+TEST(Cuda, CopiesRoundTrip) {
+  REQUIRE_GPU();
+  const Tensor h = random_tensor({3, 70}, DType::bf16, 1);
+  const Tensor d = h.to(kGpu);
+  EXPECT_EQ(d.device(), kGpu);
+  expect_bytes_equal(h, d, "host -> device -> host");
+  const Tensor d2 = d.clone();
+  expect_bytes_equal(h, d2, "device clone");
+  EXPECT_DOUBLE_EQ(d.item_as_double(5), h.item_as_double(5));
+}
+
+TEST(Cuda, QuantizeIsBitIdenticalToTheReference) {
+  REQUIRE_GPU();
+  const mxfp4::ScaleRule rules[] = {mxfp4::ScaleRule::floor, mxfp4::ScaleRule::ceil,
+                                    mxfp4::ScaleRule::even, mxfp4::ScaleRule::mse,
+                                    mxfp4::ScaleRule::mistralrs};
+  const mxfp4::Shape shapes[] = {{1, 32}, {7, 96}, {3, 5, 64}, {33, 2880}};
+  std::uint64_t seed = 10;
+  for (DType dtype : {DType::f32, DType::f16, DType::bf16}) {
+    for (const auto& shape : shapes) {
+      // Scales spread over many binades, including tiny and huge blocks.
+      Tensor w = random_tensor(shape, DType::f32, ++seed);
+      float* p = w.data_as<float>();
+      // f16 holds only about 6e-8 to 65504.
+      const float wide[] = {1.0f, 1e-30f, 3e30f, 6.0f, 0.0f, 1e-41f};
+      const float narrow[] = {1.0f, 1e-5f, 3e3f, 6.0f, 0.0f, 1e-7f};
+      const float* spread = dtype == DType::f16 ? narrow : wide;
+      for (std::int64_t i = 0; i < w.numel(); ++i)
+        p[i] *= spread[(i / 32) % 6];
+      w = dtype == DType::f32 ? w : w.to(dtype);
+      for (auto rule : rules) {
+        const mxfp4::QuantizeOptions opts{rule, mxfp4::NonFinitePolicy::error};
+        const auto cpu = mxfp4::quantize(w, opts);
+        const auto gpu = mxfp4::quantize(w.to(kGpu), opts);
+        const std::string what = std::string(mxfp4::scale_rule_name(rule)) + " " +
+                                 std::string(mxfp4::dtype_name(dtype)) + " " +
+                                 mxfp4::to_string(shape);
+        expect_bytes_equal(cpu.blocks, gpu.blocks, what + " blocks");
+        expect_bytes_equal(cpu.scales, gpu.scales, what + " scales");
+      }
+    }
+  }
+}
+
+TEST(Cuda, QuantizeReportsNonFiniteLikeTheCpu) {
+  REQUIRE_GPU();
+  Tensor w = random_tensor({4, 64}, DType::f32, 3);
+  w.data_as<float>()[2 * 64 + 40] = INFINITY;
+  w.data_as<float>()[3 * 64 + 1] = NAN;
+  try {
+    mxfp4::quantize(w.to(kGpu));
+    FAIL() << "expected NonFiniteValue";
+  } catch (const mxfp4::NonFiniteValue& e) {
+    EXPECT_NE(std::string(e.what()).find("row 2, column 40"), std::string::npos) << e.what();
+  }
+  const mxfp4::QuantizeOptions nan_blocks{mxfp4::kDefaultScaleRule,
+                                          mxfp4::NonFinitePolicy::nan_block};
+  const auto cpu = mxfp4::quantize(w, nan_blocks);
+  const auto gpu = mxfp4::quantize(w.to(kGpu), nan_blocks);
+  expect_bytes_equal(cpu.scales, gpu.scales, "nan_block scales");
+  expect_bytes_equal(cpu.blocks, gpu.blocks, "nan_block blocks");
+}
+
+TEST(Cuda, DequantizeIsBitIdenticalToTheReference) {
+  REQUIRE_GPU();
+  // Every byte value in blocks and scales, including 0x00 (2^-127) and 0xFF (NaN).
+  const std::int64_t n = 37, k = 256;
+  std::vector<std::uint8_t> blocks(n * k / 2), scales(n * k / 32);
+  std::mt19937_64 rng(7);
+  for (auto& b : blocks)
+    b = static_cast<std::uint8_t>(rng());
+  for (std::size_t i = 0; i < scales.size(); ++i)
+    scales[i] = static_cast<std::uint8_t>(i * 7);
+  const auto w = mxfp4::Mxfp4Weight::from_parts(Tensor::from_vector(blocks, {n, k / 2}),
+                                                Tensor::from_vector(scales, {n, k / 32}));
+  const auto wg = mxfp4::Mxfp4Weight::from_parts(w.blocks().to(kGpu), w.scales().to(kGpu));
+  for (DType dtype : {DType::f32, DType::bf16, DType::f16}) {
+    const Tensor cpu = w.dequantize(dtype);
+    const Tensor gpu = wg.dequantize(dtype).to(mxfp4::Device::cpu());
+    for (std::int64_t i = 0; i < cpu.numel(); ++i) {
+      ASSERT_TRUE(same_value(cpu.item_as_double(i), gpu.item_as_double(i)))
+          << mxfp4::dtype_name(dtype) << " element " << i << ": cpu " << cpu.item_as_double(i)
+          << " gpu " << gpu.item_as_double(i);
+    }
+  }
+}
+
+// |gpu - ref| <= one rounding of the output dtype + f32 accumulation error growing with sqrt(K).
+void expect_linear_close(const Tensor& x, const mxfp4::Mxfp4Weight& w, const Tensor& ref,
+                         const Tensor& got, const std::string& what) {
+  const Tensor xf = x.to(DType::f32);
+  const Tensor wf = w.dequantize(DType::f32);
+  const std::int64_t k = w.in_features(), n = w.out_features(), m = x.numel() / k;
+  const double out_eps = x.dtype() == DType::bf16  ? 0x1p-7
+                         : x.dtype() == DType::f16 ? 0x1p-10
+                                                   : 0x1p-22;
+  const double acc_eps = 4e-7 * std::sqrt(static_cast<double>(k));
+  for (std::int64_t i = 0; i < m; ++i) {
+    for (std::int64_t j = 0; j < n; ++j) {
+      double mag = 0;
+      for (std::int64_t c = 0; c < k; ++c) {
+        mag += std::fabs(static_cast<double>(xf.data_as<float>()[i * k + c]) *
+                         wf.data_as<float>()[j * k + c]);
+      }
+      const double r = ref.item_as_double(i * n + j);
+      const double g = got.item_as_double(i * n + j);
+      ASSERT_FALSE(std::isnan(g) && !std::isnan(r)) << what << " [" << i << ", " << j << "]";
+      const double tol = out_eps * std::fabs(r) + acc_eps * mag + 1e-30;
+      ASSERT_LE(std::fabs(g - r), tol)
+          << what << " [" << i << ", " << j << "]: gpu " << g << " reference " << r;
+    }
+  }
+}
+
+TEST(Cuda, LinearMatchesTheReference) {
+  REQUIRE_GPU();
+  struct Case {
+    std::int64_t m, n, k;
+  };
+  const Case cases[] = {{1, 1, 32},    {2, 7, 64},     {3, 33, 96},   {7, 17, 2880},
+                        {16, 64, 128}, {33, 31, 8192}, {128, 9, 224}, {1000, 5, 160}};
+  std::uint64_t seed = 100;
+  for (DType dtype : {DType::bf16, DType::f16, DType::f32}) {
+    for (const auto& c : cases) {
+      for (bool with_bias : {false, true}) {
+        const Tensor wsrc = random_tensor({c.n, c.k}, DType::f32, ++seed);
+        std::optional<Tensor> bias;
+        if (with_bias) bias = random_tensor({c.n}, DType::bf16, ++seed);
+        const auto w = mxfp4::Mxfp4Weight::quantize(wsrc, bias);
+        const auto wg = mxfp4::Mxfp4Weight::from_parts(
+            w.blocks().to(kGpu), w.scales().to(kGpu),
+            bias ? std::optional<Tensor>(bias->to(kGpu)) : std::nullopt);
+        const Tensor x = random_tensor({c.m, c.k}, dtype, ++seed, 4.0f);
+        const Tensor ref = mxfp4::linear(x, w);
+        // Poison the output so that an element the kernel skips cannot pass.
+        Tensor out = Tensor::empty({c.m, c.n}, dtype);
+        std::memset(out.data(), 0xFF, out.nbytes());
+        Tensor out_gpu = out.to(kGpu);
+        mxfp4::linear_into(x.to(kGpu), wg, out_gpu);
+        const std::string what = std::string(mxfp4::dtype_name(dtype)) +
+                                 " M=" + std::to_string(c.m) + " N=" + std::to_string(c.n) +
+                                 " K=" + std::to_string(c.k) + (with_bias ? " bias" : "");
+        expect_linear_close(x, w, ref, out_gpu.to(mxfp4::Device::cpu()), what);
+      }
+    }
+  }
+}
+
+TEST(Cuda, LinearKeepsLeadingDims) {
+  REQUIRE_GPU();
+  const auto w = mxfp4::Mxfp4Weight::quantize(random_tensor({5, 64}, DType::f32, 1));
+  const auto wg = mxfp4::Mxfp4Weight::from_parts(w.blocks().to(kGpu), w.scales().to(kGpu));
+  const Tensor x = random_tensor({2, 3, 64}, DType::bf16, 2);
+  const Tensor y = mxfp4::linear(x.to(kGpu), wg);
+  EXPECT_EQ(y.shape(), (mxfp4::Shape{2, 3, 5}));
+  EXPECT_EQ(y.device(), kGpu);
+  expect_linear_close(x, w, mxfp4::linear(x, w), y.to(mxfp4::Device::cpu()), "rank 3");
+}
+
+TEST(Cuda, RefusesMixedDevicesAndUnimplementedOps) {
+  REQUIRE_GPU();
+  const auto w = mxfp4::Mxfp4Weight::quantize(random_tensor({4, 32}, DType::f32, 1));
+  const auto wg = mxfp4::Mxfp4Weight::from_parts(w.blocks().to(kGpu), w.scales().to(kGpu));
+  const Tensor x = random_tensor({1, 32}, DType::bf16, 2);
+  EXPECT_THROW(mxfp4::linear(x, wg), mxfp4::InvalidArgument);  // x on the host
+  const auto experts = mxfp4::Mxfp4Weight::quantize(random_tensor({2, 4, 32}, DType::f32, 3));
+  const auto eg =
+      mxfp4::Mxfp4Weight::from_parts(experts.blocks().to(kGpu), experts.scales().to(kGpu));
+  const Tensor ids = Tensor::from_vector(std::vector<std::int32_t>{0, 1}, {1, 2}).to(kGpu);
+  EXPECT_THROW(mxfp4::gather_linear(x.to(kGpu), ids, eg), mxfp4::Unsupported);
+}
+
+#if defined(MXFP4_TEST_CUDA_RUNTIME)
+// linear_into neither allocates nor synchronizes: it can be captured in a CUDA graph.
+TEST(Cuda, LinearCanBeCapturedInACudaGraph) {
+  REQUIRE_GPU();
+  const auto w = mxfp4::Mxfp4Weight::quantize(random_tensor({96, 256}, DType::f32, 1));
+  const auto wg = mxfp4::Mxfp4Weight::from_parts(w.blocks().to(kGpu), w.scales().to(kGpu));
+  const Tensor x = random_tensor({4, 256}, DType::bf16, 2);
+  const Tensor xg = x.to(kGpu);
+  Tensor out = Tensor::zeros({4, 96}, DType::bf16, kGpu);
+  cudaStream_t stream;
+  ASSERT_EQ(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking), cudaSuccess);
+  cudaGraph_t graph;
+  ASSERT_EQ(cudaStreamBeginCapture(stream, cudaStreamCaptureModeGlobal), cudaSuccess);
+  mxfp4::linear_into(xg, wg, out, {mxfp4::Stream{stream}});
+  ASSERT_EQ(cudaStreamEndCapture(stream, &graph), cudaSuccess);
+  cudaGraphExec_t exec;
+  ASSERT_EQ(cudaGraphInstantiate(&exec, graph, 0), cudaSuccess);
+  ASSERT_EQ(cudaGraphLaunch(exec, stream), cudaSuccess);
+  ASSERT_EQ(cudaStreamSynchronize(stream), cudaSuccess);
+  expect_linear_close(x, w, mxfp4::linear(x, w), out.to(mxfp4::Device::cpu()), "graph replay");
+  cudaGraphExecDestroy(exec);
+  cudaGraphDestroy(graph);
+  cudaStreamDestroy(stream);
+}
+#endif
+
+}  // namespace

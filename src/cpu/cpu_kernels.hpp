@@ -25,7 +25,7 @@ enum class Isa : std::uint8_t { scalar = 0, avx2 = 1, avx512 = 2 };
 // A batch of activation rows, each multiplied by the same weight matrix (one expert).
 struct RowBatch {
   const void* const* x_rows;  // `count` pointers to K elements of `dtype`
-  void* const* out_rows;      // `count` pointers to N elements of `dtype` (columns [n0, n1) written)
+  void* const* out_rows;  // `count` pointers to N elements of `dtype` (columns [n0, n1) written)
   std::int64_t count;
   std::int64_t count_hint;  // rows in the whole call (>= count): selects the code path
   DType dtype;              // of x and out: f32, f16 or bf16

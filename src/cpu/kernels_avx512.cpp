@@ -1,0 +1,12 @@
+// The avx512 kernel table. Compiled with this ISA's flags only (see CMakeLists.txt).
+#include "cpu/kernels_generic.hpp"
+
+namespace mxfp4::cpu {
+
+const Kernels& avx512_kernels() {
+  static const Kernels table{Isa::avx512, "avx512", &generic::quantize_rows,
+                             &generic::dequantize_rows, &generic::matmul_rows};
+  return table;
+}
+
+}  // namespace mxfp4::cpu

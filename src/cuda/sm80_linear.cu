@@ -36,23 +36,43 @@ __device__ __forceinline__ float load_bias(const void* bias, DType dtype, std::i
 }
 
 // Four E2M1 codes (the nibbles of v, lowest first) -> two pairs of 16-bit values: p0 holds codes
-// 0 (low half) and 1, p1 codes 2 and 3. Magnitudes come from byte tables with prmt; the sign
-// bit of each code becomes the sign bit of its half.
+// 0 (low half) and 1, p1 codes 2 and 3. Eight integer operations for four codes:
+// - the magnitude's high (and, for bf16, low) byte comes from a byte table indexed with prmt;
+// - the sign: prmt in sign-replicate mode (selector bit 3 = the code's sign bit) turns a 0x80
+//   source byte into 0xFF for negative codes and leaves 0x80 for positive ones, so bit 6 of each
+//   result byte is the sign; shifted to bit 7 it is OR-ed into the high byte.
+// PTX prmt in its default mode: a selector nibble with bit 3 set yields the selected byte's sign
+// replicated (__byte_perm ignores that bit, so it cannot express this).
+__device__ __forceinline__ std::uint32_t prmt_sign_mode(std::uint32_t a, std::uint32_t b,
+                                                        std::uint32_t sel) {
+  std::uint32_t r;
+  asm("prmt.b32 %0, %1, %2, %3;" : "=r"(r) : "r"(a), "r"(b), "r"(sel));
+  return r;
+}
+
 template <typename T>
 __device__ __forceinline__ void decode4(std::uint32_t v, std::uint32_t& p0, std::uint32_t& p1) {
   const std::uint32_t sel = v & 0x7777u;
-  std::uint32_t hi, lo;
-  if constexpr (sizeof(T) == 2 && std::is_same_v<T, __half>) {
+  const std::uint32_t sign = (prmt_sign_mode(0x80808080u, 0x80808080u, v) << 1) & 0x80808080u;
+  if constexpr (std::is_same_v<T, __half>) {
     // f16 of 0, .5, 1, 1.5, 2, 3, 4, 6: high bytes 00 38 3C 3E 40 42 44 46, low bytes 0.
-    hi = __byte_perm(0x3E3C3800u, 0x46444240u, sel);
-    lo = 0;
+    const std::uint32_t hi = __byte_perm(0x3E3C3800u, 0x46444240u, sel) | sign;
+    p0 = __byte_perm(hi, 0u, 0x1404);
+    p1 = __byte_perm(hi, 0u, 0x3424);
   } else {
     // bf16: high bytes 00 3F 3F 3F 40 40 40 40, low bytes 00 00 80 C0 00 40 80 C0.
-    hi = __byte_perm(0x3F3F3F00u, 0x40404040u, sel);
-    lo = __byte_perm(0xC0800000u, 0xC0804000u, sel);
+    const std::uint32_t hi = __byte_perm(0x3F3F3F00u, 0x40404040u, sel) | sign;
+    const std::uint32_t lo = __byte_perm(0xC0800000u, 0xC0804000u, sel);
+    p0 = __byte_perm(lo, hi, 0x5140);
+    p1 = __byte_perm(lo, hi, 0x7362);
   }
-  p0 = __byte_perm(lo, hi, 0x5140) | ((v << 12) & 0x8000u) | ((v << 24) & 0x80000000u);
-  p1 = __byte_perm(lo, hi, 0x7362) | ((v << 4) & 0x8000u) | ((v << 16) & 0x80000000u);
+}
+
+// E8M0 byte -> f32 without branches: 2^(s-127) is s << 23 for s in 1..254; bytes 0 (2^-127,
+// subnormal) and 255 (NaN) both also need mantissa bit 22.
+__device__ __forceinline__ float scale_value(std::uint32_t s) {
+  const std::uint32_t special = ((s + 1u) & 0xFEu) == 0u ? 0x00400000u : 0u;
+  return __uint_as_float((s << 23) | special);
 }
 
 template <typename T>
@@ -133,9 +153,9 @@ __device__ __forceinline__ Step load_step(const std::uint8_t* __restrict__ wa_ro
   return st;
 }
 
-// Decode (NT = 1) is issue-bound: four CTAs per SM (at most 64 registers, no spills) help.
+// Register caps chosen so that no variant spills: 3 CTAs per SM for decode (NT = 1), 2 above.
 template <typename T, int NT>
-__global__ void __launch_bounds__(kWarps * 32, NT == 1 ? 4 : 3)
+__global__ void __launch_bounds__(kWarps * 32, NT == 1 ? 3 : 2)
     linear_mma_kernel(const T* __restrict__ x, int m, const std::uint8_t* __restrict__ blocks,
                       const std::uint8_t* __restrict__ scales, const void* __restrict__ bias,
                       DType bias_dtype, T* __restrict__ out, int n, int k) {
@@ -182,16 +202,19 @@ __global__ void __launch_bounds__(kWarps * 32, NT == 1 ? 4 : 3)
       quad_transpose(cur.wa[h], t);
       quad_transpose(cur.wb[h], t);
     }
+    // Scales of block j (of each half) for rows a and b, from the quad lane that loaded them.
+    std::uint32_t sc[4];
 #pragma unroll
-    for (int j = 0; j < 4; ++j) {
-      // Scales of block j (of each half) for rows a and b, from the quad lane that loaded them.
-      const std::uint32_t sc = __shfl_sync(0xFFFFFFFFu, cur.scales, (lane & ~3) | j);
+    for (int j = 0; j < 4; ++j)
+      sc[j] = __shfl_sync(0xFFFFFFFFu, cur.scales, (lane & ~3) | j);
+      // Blocks past the end hold zero codes and scale 1 and meet zero x: no branch needed.
 #pragma unroll
-      for (int h = 0; h < 2; ++h) {
+    for (int h = 0; h < 2; ++h) {
+#pragma unroll
+      for (int j = 0; j < 4; ++j) {
         const int blk = b0 + 4 * h + j;
-        if (blk >= nblk) break;  // the same for the whole warp
-        const float fa = e8m0_decode(static_cast<std::uint8_t>(sc >> (8 * h)));
-        const float fb = e8m0_decode(static_cast<std::uint8_t>(sc >> (16 + 8 * h)));
+        const float fa = scale_value((sc[j] >> (8 * h)) & 0xFFu);
+        const float fb = scale_value((sc[j] >> (16 + 8 * h)) & 0xFFu);
         const std::uint32_t wa = word(cur.wa[h], j);
         const std::uint32_t wb = word(cur.wb[h], j);
         std::uint32_t a0[4], a1[4];  // A fragments of the block's two k16 steps
@@ -199,10 +222,13 @@ __global__ void __launch_bounds__(kWarps * 32, NT == 1 ? 4 : 3)
         decode4<T>(wb & 0xFFFFu, a0[1], a0[3]);
         decode4<T>(wa >> 16, a1[0], a1[2]);
         decode4<T>(wb >> 16, a1[1], a1[3]);
+        const bool in_k = blk < nblk;
 #pragma unroll
         for (int nt = 0; nt < NT; ++nt) {
           uint4 xv = make_uint4(0, 0, 0, 0);
-          if (x_ok[nt]) xv = __ldg(reinterpret_cast<const uint4*>(x_row[nt] + blk * kBlockSize));
+          if (x_ok[nt] && in_k) {
+            xv = __ldg(reinterpret_cast<const uint4*>(x_row[nt] + blk * kBlockSize));
+          }
           float part[4] = {0.0f, 0.0f, 0.0f, 0.0f};
           mma_16816<T>(part, a0, xv.x, xv.y);
           mma_16816<T>(part, a1, xv.z, xv.w);

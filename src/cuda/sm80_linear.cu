@@ -155,7 +155,7 @@ __device__ __forceinline__ Step load_step(const std::uint8_t* __restrict__ wa_ro
 
 // Register caps chosen so that no variant spills: 3 CTAs per SM for decode (NT = 1), 2 above.
 template <typename T, int NT>
-__global__ void __launch_bounds__(kWarps * 32, NT == 1 ? 3 : 2)
+__global__ void __launch_bounds__(kWarps * 32, NT == 1 ? 4 : 2)
     linear_mma_kernel(const T* __restrict__ x, int m, const std::uint8_t* __restrict__ blocks,
                       const std::uint8_t* __restrict__ scales, const void* __restrict__ bias,
                       DType bias_dtype, T* __restrict__ out, int n, int k) {

@@ -112,6 +112,19 @@ TEST(Cuda, QuantizeIsBitIdenticalToTheReference) {
   }
 }
 
+TEST(Cuda, QuantizeReadsUnalignedWeightViews) {
+  REQUIRE_GPU();
+  // A weight that starts 2 bytes into a device buffer cannot use 16-byte loads.
+  const Tensor w = random_tensor({5, 96}, DType::f16, 77);
+  Tensor buffer = Tensor::zeros({5 * 96 + 8}, DType::f16, kGpu);
+  Tensor view = Tensor::view(static_cast<char*>(buffer.data()) + 2, {5, 96}, DType::f16, kGpu);
+  view.copy_from(w);
+  const auto cpu = mxfp4::quantize(w);
+  const auto gpu = mxfp4::quantize(view);
+  expect_bytes_equal(cpu.blocks, gpu.blocks, "unaligned view blocks");
+  expect_bytes_equal(cpu.scales, gpu.scales, "unaligned view scales");
+}
+
 TEST(Cuda, QuantizeReportsNonFiniteLikeTheCpu) {
   REQUIRE_GPU();
   Tensor w = random_tensor({4, 64}, DType::f32, 3);

@@ -13,27 +13,47 @@ namespace {
 
 constexpr unsigned kThreads = 256;
 
+// A CTA quantizes kThreads consecutive blocks. Reading each block with one thread would stride
+// the warp's loads by 128 bytes; instead the CTA first copies its blocks to shared memory with
+// coalesced 16-byte loads, then each thread codes one block from there (rows padded to 33 floats
+// so the 32 threads of a warp read 32 different banks).
 template <typename T>
-__global__ void quantize_kernel(const T* __restrict__ weight, std::int64_t total_blocks,
-                                std::uint8_t* __restrict__ blocks,
-                                std::uint8_t* __restrict__ scales, ScaleRule rule,
-                                unsigned long long* first_non_finite) {
-  const std::int64_t b = static_cast<std::int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
-  if (b >= total_blocks) return;
-  float v[kBlockSize];
-  const T* src = weight + b * kBlockSize;
-  bool finite = true;
+__global__ void __launch_bounds__(kThreads)
+    quantize_kernel(const T* __restrict__ weight, std::int64_t total_blocks,
+                    std::uint8_t* __restrict__ blocks, std::uint8_t* __restrict__ scales,
+                    ScaleRule rule, bool vector_loads, unsigned long long* first_non_finite) {
+  __shared__ float tile[kThreads][kBlockSize + 1];
+  const std::int64_t first = static_cast<std::int64_t>(blockIdx.x) * kThreads;
+  const int count = total_blocks - first < kThreads ? static_cast<int>(total_blocks - first)
+                                                    : static_cast<int>(kThreads);
+  // 16 bytes per load: 4 f32 or 8 16-bit values; a block is 8 or 4 such vectors.
+  constexpr int kPerVector = 16 / static_cast<int>(sizeof(T));
+  constexpr int kVectorsPerBlock = kBlockSize / kPerVector;
+  if (vector_loads) {
+    const auto* src = reinterpret_cast<const uint4*>(weight + first * kBlockSize);
+    for (int i = static_cast<int>(threadIdx.x); i < count * kVectorsPerBlock; i += kThreads) {
+      const uint4 q = __ldcs(src + i);  // read once: do not keep it in the caches
+      T vals[kPerVector];
+      memcpy(vals, &q, sizeof q);
+      float* dst = &tile[i / kVectorsPerBlock][(i % kVectorsPerBlock) * kPerVector];
 #pragma unroll
-  for (int i = 0; i < kBlockSize; ++i) {
-    v[i] = to_float(src[i]);
-    finite = finite && isfinite(v[i]);
+      for (int j = 0; j < kPerVector; ++j)
+        dst[j] = to_float(vals[j]);
+    }
+  } else {  // a weight view that is not 16-byte aligned
+    const T* src = weight + first * kBlockSize;
+    for (int i = static_cast<int>(threadIdx.x); i < count * kBlockSize; i += kThreads) {
+      tile[i / kBlockSize][i % kBlockSize] = to_float(src[i]);
+    }
   }
-  if (!finite) {
-    for (int i = 0; i < kBlockSize; ++i) {
-      if (!isfinite(v[i])) {
-        atomicMin(first_non_finite, static_cast<unsigned long long>(b * kBlockSize + i));
-        break;
-      }
+  __syncthreads();
+  if (static_cast<int>(threadIdx.x) >= count) return;
+  const std::int64_t b = first + threadIdx.x;
+  const float* v = tile[threadIdx.x];
+  for (int i = 0; i < kBlockSize; ++i) {
+    if (!isfinite(v[i])) {
+      atomicMin(first_non_finite, static_cast<unsigned long long>(b * kBlockSize + i));
+      break;
     }
   }
   alignas(16) std::uint8_t packed[kBlockBytes];
@@ -67,8 +87,9 @@ bool aligned16(const void* p) {
 
 void require_aligned(const void* p, const char* what) {
   if (!aligned16(p)) {
-    throw Unsupported(std::string("CUDA ") + what +
-                      " needs a 16-byte aligned blocks tensor (as cudaMalloc returns)");
+    throw Unsupported(
+        std::string("CUDA ") + what +
+        " needs a 16-byte aligned blocks tensor (cudaMalloc's alignment); got a view at an offset");
   }
 }
 
@@ -88,7 +109,8 @@ std::int64_t quantize(const detail::QuantizeArgs& a) {
     dispatch_floating(a.weight_dtype, [&](auto zero) {
       using T = decltype(zero);
       quantize_kernel<T><<<blocks_for(total, kThreads), kThreads, 0, stream>>>(
-          static_cast<const T*>(a.weight), total, a.blocks, a.scales, a.rule, flag);
+          static_cast<const T*>(a.weight), total, a.blocks, a.scales, a.rule, aligned16(a.weight),
+          flag);
     });
     check_launch("quantize_kernel");
     check(cudaMemcpyAsync(&found, flag, sizeof found, cudaMemcpyDeviceToHost, stream),

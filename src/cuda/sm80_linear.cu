@@ -174,14 +174,10 @@ __global__ void __launch_bounds__(kWarps * 32, NT == 1 ? 4 : 2)
   const std::uint8_t* wb_row = blocks + std::int64_t{rb} * (k / 2);
   const std::uint8_t* sa_row = scales + std::int64_t{ra} * nblk;
   const std::uint8_t* sb_row = scales + std::int64_t{rb} * nblk;
-  const T* x_row[NT];
-  bool x_ok[NT];
-#pragma unroll
-  for (int nt = 0; nt < NT; ++nt) {
-    const int token = tok0 + nt * 8 + g;
-    x_ok[nt] = token < m;
-    x_row[nt] = x + std::int64_t{min(token, m - 1)} * k + 8 * t;
-  }
+  // Lane (g, t) reads x[tok0 + 8 nt + g][32 blk + 8t .. +8) for each n-tile nt.
+  const T* x_lane = x + (std::int64_t{tok0} + g) * k + 8 * t;
+  const std::int64_t x_tile_stride = std::int64_t{8} * k;
+  const int tokens_left = m - tok0 - g;  // n-tile nt is valid for this lane when 8 nt < this
 
   float acc[NT][4];
 #pragma unroll
@@ -226,8 +222,9 @@ __global__ void __launch_bounds__(kWarps * 32, NT == 1 ? 4 : 2)
 #pragma unroll
         for (int nt = 0; nt < NT; ++nt) {
           uint4 xv = make_uint4(0, 0, 0, 0);
-          if (x_ok[nt] && in_k) {
-            xv = __ldg(reinterpret_cast<const uint4*>(x_row[nt] + blk * kBlockSize));
+          if (8 * nt < tokens_left && in_k) {
+            xv = __ldg(
+                reinterpret_cast<const uint4*>(x_lane + nt * x_tile_stride + blk * kBlockSize));
           }
           float part[4] = {0.0f, 0.0f, 0.0f, 0.0f};
           mma_16816<T>(part, a0, xv.x, xv.y);

@@ -1,6 +1,7 @@
 // The whole C++ API of the mxfp4 library.
 #pragma once
 
+#include "mxfp4/cpu.hpp"
 #include "mxfp4/dtype.hpp"
 #include "mxfp4/error.hpp"
 #include "mxfp4/format.hpp"

@@ -2,6 +2,7 @@
 
 #include <string>
 
+#include "cpu/backend.hpp"
 #include "reference/reference.hpp"
 
 #if defined(MXFP4_WITH_CUDA)
@@ -17,8 +18,7 @@ const Backend& reference_backend() {
 }
 
 const Backend& backend_for(Device device) {
-  // The CPU issue replaces this entry with ISA-dispatched kernels; callers do not change.
-  if (device.type == DeviceType::cpu) return reference_backend();
+  if (device.type == DeviceType::cpu) return cpu::cpu_backend();
 #if defined(MXFP4_WITH_CUDA)
   if (device.type == DeviceType::cuda) return cuda::cuda_backend();
 #endif

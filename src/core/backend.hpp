@@ -6,7 +6,8 @@
 
 namespace mxfp4::detail {
 
-// The backend for tensors on `device`; throws Unsupported for a device this build cannot use.
+// The backend for tensors on `device` (on the CPU: the kernels of the instruction set in use,
+// include/mxfp4/cpu.hpp); throws Unsupported for a device this build cannot use.
 const Backend& backend_for(Device device);
 
 // The scalar reference kernels (src/reference): the oracle every other backend is tested against.

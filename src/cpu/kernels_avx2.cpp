@@ -1,6 +1,6 @@
 // The avx2 kernel table: AVX2 + FMA + F16C intrinsics, single-threaded entry points (the backend's
-// thread pool splits the work above them). Compiled with this ISA's flags only (see
-// CMakeLists.txt); nothing here uses AVX-512.
+// thread pool splits the work above them). Its functions are compiled for AVX2, FMA, F16C and
+// BMI2 only (a target pragma: isa_target.hpp, list in CMakeLists.txt); nothing here uses AVX-512.
 //
 // Decoding a block. E2M1 values are exact bf16 numbers, so 32 codes become f32 by two byte
 // lookups (vpshufb on 16-entry tables of the bf16 high and low bytes, sign included) and two
@@ -53,6 +53,10 @@
 #include "cpu/cpu_kernels.hpp"
 #include "mxfp4/dtype.hpp"
 #include "mxfp4/format.hpp"
+
+#include "cpu/isa_target.hpp"
+
+MXFP4_ISA_TARGET_BEGIN
 
 namespace mxfp4::cpu {
 namespace {
@@ -903,3 +907,5 @@ const Kernels& avx2_kernels() {
 }
 
 }  // namespace mxfp4::cpu
+
+MXFP4_ISA_TARGET_END

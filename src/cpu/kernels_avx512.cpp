@@ -1,6 +1,6 @@
-// The avx512 kernel table (cpu_kernels.hpp). Compiled with -mavx512f -mavx512bw -mavx512vl
-// -mavx512dq -mavx512vbmi -mavx2 -mfma -mf16c -mbmi2 only (CMakeLists.txt); the backend picks it
-// at run time when CPUID and XGETBV report all of them.
+// The avx512 kernel table (cpu_kernels.hpp). Its functions are compiled for AVX-512 F, BW, VL, DQ,
+// VBMI plus AVX2, FMA, F16C, BMI2 (a target pragma: isa_target.hpp, list in CMakeLists.txt); the
+// backend picks it at run time when CPUID and XGETBV report all of them.
 //
 // Everything below has internal linkage and calls no inline function of the project's headers at
 // run time: an inline function instantiated here would be compiled with AVX-512 enabled, and the
@@ -44,6 +44,10 @@
 #include <new>
 
 #include "cpu/cpu_kernels.hpp"
+
+#include "cpu/isa_target.hpp"
+
+MXFP4_ISA_TARGET_BEGIN
 
 namespace mxfp4::cpu {
 namespace {
@@ -941,3 +945,5 @@ const Kernels& avx512_kernels() {
 }
 
 }  // namespace mxfp4::cpu
+
+MXFP4_ISA_TARGET_END

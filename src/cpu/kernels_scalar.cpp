@@ -1,4 +1,4 @@
-// The scalar kernel table. Compiled with this ISA's flags only (see CMakeLists.txt).
+// The scalar kernel table: portable code compiled for baseline x86-64 (or any target).
 #include "cpu/kernels_generic.hpp"
 
 namespace mxfp4::cpu {

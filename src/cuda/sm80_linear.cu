@@ -176,7 +176,8 @@ __global__ void __launch_bounds__(kWarps * 32, NT == 1 ? 4 : 2)
   const std::uint8_t* sb_row = scales + std::int64_t{rb} * nblk;
   // Lane (g, t) reads x[tok0 + 8 nt + g][32 blk + 8t .. +8) for each n-tile nt.
   const T* x_lane = x + (std::int64_t{tok0} + g) * k + 8 * t;
-  const std::int64_t x_tile_stride = std::int64_t{8} * k;
+  // 8 tokens further: 8 * k 16-bit values = k uint4.
+  const std::int64_t x_tile_stride = k;
   const int tokens_left = m - tok0 - g;  // n-tile nt is valid for this lane when 8 nt < this
 
   float acc[NT][4];
@@ -198,6 +199,9 @@ __global__ void __launch_bounds__(kWarps * 32, NT == 1 ? 4 : 2)
       quad_transpose(cur.wa[h], t);
       quad_transpose(cur.wb[h], t);
     }
+    // This step's x for the lane: block b0 + i starts 4 * i uint4 further; one base per n-tile.
+    const int blocks_left = nblk - b0;
+    const uint4* xs = reinterpret_cast<const uint4*>(x_lane + std::int64_t{b0} * kBlockSize);
     // Scales of block j (of each half) for rows a and b, from the quad lane that loaded them.
     std::uint32_t sc[4];
 #pragma unroll
@@ -208,7 +212,7 @@ __global__ void __launch_bounds__(kWarps * 32, NT == 1 ? 4 : 2)
     for (int h = 0; h < 2; ++h) {
 #pragma unroll
       for (int j = 0; j < 4; ++j) {
-        const int blk = b0 + 4 * h + j;
+        const int i = 4 * h + j;  // block b0 + i
         const float fa = scale_value((sc[j] >> (8 * h)) & 0xFFu);
         const float fb = scale_value((sc[j] >> (16 + 8 * h)) & 0xFFu);
         const std::uint32_t wa = word(cur.wa[h], j);
@@ -218,14 +222,11 @@ __global__ void __launch_bounds__(kWarps * 32, NT == 1 ? 4 : 2)
         decode4<T>(wb & 0xFFFFu, a0[1], a0[3]);
         decode4<T>(wa >> 16, a1[0], a1[2]);
         decode4<T>(wb >> 16, a1[1], a1[3]);
-        const bool in_k = blk < nblk;
+        const bool in_k = i < blocks_left;
 #pragma unroll
         for (int nt = 0; nt < NT; ++nt) {
           uint4 xv = make_uint4(0, 0, 0, 0);
-          if (8 * nt < tokens_left && in_k) {
-            xv = __ldg(
-                reinterpret_cast<const uint4*>(x_lane + nt * x_tile_stride + blk * kBlockSize));
-          }
+          if (8 * nt < tokens_left && in_k) xv = __ldg(xs + nt * x_tile_stride + 4 * i);
           float part[4] = {0.0f, 0.0f, 0.0f, 0.0f};
           mma_16816<T>(part, a0, xv.x, xv.y);
           mma_16816<T>(part, a1, xv.z, xv.w);

@@ -1,6 +1,9 @@
-// Google Benchmark of the operations through the public API on CPU tensors. The CPU backend is
-// currently the scalar reference (src/reference), so these numbers are the baseline that later
-// CPU and GPU kernels are compared against. Asserts nothing about time.
+// Google Benchmark of the scalar reference kernels (src/reference: the seed's algorithm, one
+// thread, one block at a time, f64 accumulation), called directly with the kernel argument structs
+// of src/core/kernel_args.hpp. The public API dispatches to the optimized CPU backend instead
+// (bench/bench_cpu.cpp measures that); these numbers are the baseline of the reference's
+// algorithm that the optimized kernels are compared against. Tensors are only used as storage;
+// their shapes are valid by construction. Asserts nothing about time.
 //
 // Counters (decimal units; rates are per second of wall time):
 //   bytes_per_second  quantize: f32 input read; dequantize: output written
@@ -22,7 +25,9 @@
 #include <utility>
 #include <vector>
 
+#include "core/kernel_args.hpp"
 #include "mxfp4/mxfp4.hpp"
+#include "reference/reference.hpp"
 
 namespace {
 
@@ -100,6 +105,18 @@ Mxfp4Weight random_weight(std::int64_t experts, std::int64_t n, std::int64_t k, 
   return Mxfp4Weight::from_parts(std::move(blocks), std::move(scales), std::move(bias));
 }
 
+// The kernels' view of a weight (dense or stacked).
+mxfp4::detail::WeightArgs weight_args(const Mxfp4Weight& w) {
+  const auto& bias = w.bias();
+  return {w.blocks().data_as<std::uint8_t>(),
+          w.scales().data_as<std::uint8_t>(),
+          bias ? bias->data() : nullptr,
+          bias ? bias->dtype() : DType::f32,
+          w.stacked() ? w.num_experts() : 1,
+          w.out_features(),
+          w.in_features()};
+}
+
 // MXFP4 bytes of an [N, K] matrix: K/2 code bytes and K/32 scale bytes per row (4.25 bits each).
 double packed_bytes(std::int64_t n, std::int64_t k) {
   return static_cast<double>(n) * static_cast<double>(k / 2 + k / mxfp4::kBlockSize);
@@ -134,10 +151,16 @@ void bm_quantize(benchmark::State& state, mxfp4::ScaleRule rule) {
   const Tensor& input = square_f32_input();
   Tensor blocks = Tensor::empty({kSquare, kSquare / 2}, DType::u8);
   Tensor scales = Tensor::empty({kSquare, kSquare / mxfp4::kBlockSize}, DType::u8);
-  mxfp4::QuantizeOptions options;
-  options.rule = rule;
+  const mxfp4::detail::QuantizeArgs args{input.data(),
+                                         DType::f32,
+                                         kSquare,
+                                         kSquare,
+                                         blocks.data_as<std::uint8_t>(),
+                                         scales.data_as<std::uint8_t>(),
+                                         rule,
+                                         nullptr};
   for (auto _ : state) {
-    mxfp4::quantize_into(input, blocks, scales, options);
+    benchmark::DoNotOptimize(mxfp4::reference::quantize(args));
     benchmark::DoNotOptimize(blocks.data());
     benchmark::ClobberMemory();
   }
@@ -149,8 +172,15 @@ void bm_quantize(benchmark::State& state, mxfp4::ScaleRule rule) {
 void bm_dequantize(benchmark::State& state, DType dtype) {
   const Mxfp4Weight& w = square_weight();
   Tensor out = Tensor::empty({kSquare, kSquare}, dtype);
+  const mxfp4::detail::DequantizeArgs args{w.blocks().data_as<std::uint8_t>(),
+                                           w.scales().data_as<std::uint8_t>(),
+                                           kSquare,
+                                           kSquare,
+                                           out.data(),
+                                           dtype,
+                                           nullptr};
   for (auto _ : state) {
-    mxfp4::dequantize_into(w, out);
+    mxfp4::reference::dequantize(args);
     benchmark::DoNotOptimize(out.data());
     benchmark::ClobberMemory();
   }
@@ -180,7 +210,9 @@ void bm_linear(benchmark::State& state, std::int64_t m, std::int64_t n, std::int
   Tensor out = Tensor::empty({m, n}, DType::f32);
   std::size_t next = 0;
   for (auto _ : state) {
-    mxfp4::linear_into(x, weights[next], out);
+    const mxfp4::detail::LinearArgs args{x.data(),   DType::f32, m, weight_args(weights[next]),
+                                         out.data(), nullptr};
+    mxfp4::reference::linear(args);
     benchmark::DoNotOptimize(out.data());
     benchmark::ClobberMemory();
     next = next + 1 == copies ? 0 : next + 1;
@@ -218,7 +250,12 @@ void bm_gather_linear(benchmark::State& state, std::int64_t experts, std::int64_
   Tensor out = Tensor::empty({tokens, topk, n}, DType::f32);
   int next = 0;
   for (auto _ : state) {
-    mxfp4::gather_linear_into(x, indices[static_cast<std::size_t>(next)], w, out);
+    const mxfp4::detail::GatherLinearArgs args{
+        x.data(),   DType::f32,     false,
+        tokens,     topk,           indices[static_cast<std::size_t>(next)].data(),
+        DType::u32, weight_args(w), out.data(),
+        nullptr};
+    mxfp4::reference::gather_linear(args);
     benchmark::DoNotOptimize(out.data());
     benchmark::ClobberMemory();
     next = next + 1 == kChoices ? 0 : next + 1;

@@ -210,6 +210,13 @@ void BM_Decode(benchmark::State& state) {
 }
 BENCHMARK(BM_Decode)->Arg(1)->Arg(2)->Arg(4)->Arg(8)->Unit(benchmark::kMillisecond)->UseRealTime();
 
+// The same matrix-vector product on a weight that stays in L2 (256 x 4096, 557 KB, one copy): the
+// kernel's compute-bound rate, with no memory traffic to hide.
+void BM_DecodeHot(benchmark::State& state) {
+  run_matmul(state, state.range(0), 256, 4096, 1, DType::f32, 256);
+}
+BENCHMARK(BM_DecodeHot)->Arg(1)->Unit(benchmark::kMillisecond)->UseRealTime();
+
 void BM_DecodeBf16(benchmark::State& state) {
   run_matmul(state, state.range(0), 8192, 8192, 8, DType::bf16, 8192);
 }

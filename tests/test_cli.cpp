@@ -16,6 +16,9 @@
 #ifndef MXFP4_CLI
 #error "MXFP4_CLI must name the mxfp4 executable"
 #endif
+#ifndef MXFP4_CLI_LAUNCHER
+#define MXFP4_CLI_LAUNCHER ""  // cross builds: the emulator that runs MXFP4_CLI (qemu-aarch64)
+#endif
 
 namespace {
 
@@ -50,8 +53,8 @@ class cli_command : public ::testing::Test {
 
   // Runs `mxfp4 <args>`; returns the exit status and fills out_ and err_.
   int run(const std::string& args) {
-    const std::string cmd = std::string("'") + MXFP4_CLI + "' " + args + " >'" +
-                            file("stdout.txt") + "' 2>'" + file("stderr.txt") + "'";
+    const std::string cmd = std::string(MXFP4_CLI_LAUNCHER) + " '" + MXFP4_CLI + "' " + args +
+                            " >'" + file("stdout.txt") + "' 2>'" + file("stderr.txt") + "'";
     const int status = std::system(cmd.c_str());
     out_ = slurp(dir_ / "stdout.txt");
     err_ = slurp(dir_ / "stderr.txt");

@@ -56,7 +56,7 @@ bool cpu_has_f16c_bmi2() {
 }
 #endif
 
-bool cpu_has_avx512_set() {
+[[maybe_unused]] bool cpu_has_avx512_set() {
 #if defined(__x86_64__) || defined(_M_X64)
   __builtin_cpu_init();
   return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&

@@ -58,10 +58,13 @@ class CpuSettingsGuard {
   int threads_;
 };
 
-// Every level this machine runs, lowest first.
+// Every level this machine runs, lowest first: scalar, then the x86 levels up to the supported
+// one, or neon on AArch64.
 std::vector<CpuIsa> supported_isas() {
+  const CpuIsa best = mxfp4::cpu_isa_supported();
+  if (best == CpuIsa::neon) return {CpuIsa::scalar, CpuIsa::neon};
   std::vector<CpuIsa> isas;
-  for (int i = 0; i <= static_cast<int>(mxfp4::cpu_isa_supported()); ++i)
+  for (int i = 0; i <= static_cast<int>(best); ++i)
     isas.push_back(static_cast<CpuIsa>(i));
   return isas;
 }
@@ -750,11 +753,19 @@ constexpr std::uint64_t kXcr0All = 0xE7;  // x87, SSE, AVX, opmask, ZMM_Hi256, H
 TEST(CpuFeatures, LevelsFollowCpuidAndTheOsEnabledState) {
   using cpu::Isa;
   if (!cpu::x86_kernels_built()) {
-    // Without x86 kernels only scalar runs, whatever the features say.
-    EXPECT_EQ(cpu::best_isa(cpu::make_cpu_features(avx512_set(), kXcr0All)), Isa::scalar);
-    EXPECT_EQ(mxfp4::cpu_isa_supported(), CpuIsa::scalar);
+    // Without x86 kernels no x86 level runs, whatever the features say: neon on AArch64 builds
+    // (every AArch64 CPU has it), else scalar.
+    const Isa best = cpu::neon_kernels_built() ? Isa::neon : Isa::scalar;
+    EXPECT_EQ(cpu::best_isa(cpu::make_cpu_features(avx512_set(), kXcr0All)), best);
+    EXPECT_EQ(cpu::best_isa(cpu::make_cpu_features({}, 0)), best);
+    EXPECT_EQ(mxfp4::cpu_isa_supported(), static_cast<CpuIsa>(best));
+    EXPECT_FALSE(
+        cpu::missing_features(cpu::make_cpu_features(avx512_set(), kXcr0All), Isa::avx2).empty());
     GTEST_SKIP() << "not an x86-64 build";
   }
+  // neon needs an AArch64 build, whatever the features say.
+  EXPECT_EQ(cpu::missing_features(cpu::make_cpu_features(avx512_set(), kXcr0All), Isa::neon).size(),
+            1u);
   EXPECT_EQ(cpu::best_isa(cpu::make_cpu_features(avx512_set(), kXcr0All)), Isa::avx512);
   EXPECT_EQ(cpu::best_isa(cpu::make_cpu_features(kAvx2Set, kXcr0All)), Isa::avx2);
   EXPECT_EQ(cpu::best_isa(cpu::make_cpu_features({}, kXcr0All)), Isa::scalar);
@@ -781,9 +792,12 @@ TEST(CpuFeatures, LevelsFollowCpuidAndTheOsEnabledState) {
 TEST(CpuFeatures, UnsupportedLevelsThrowNamingWhatIsMissing) {
   CpuSettingsGuard guard;
   const CpuIsa before = mxfp4::cpu_isa();
-  // On this machine: every level above the supported one.
-  for (int i = static_cast<int>(mxfp4::cpu_isa_supported()) + 1; i <= 2; ++i) {
-    EXPECT_THROW(mxfp4::set_cpu_isa(static_cast<CpuIsa>(i)), mxfp4::Unsupported);
+  // On this machine: every level it does not run (above the supported one, or of the other
+  // architecture).
+  const std::vector<CpuIsa> runs = supported_isas();
+  for (CpuIsa isa : {CpuIsa::avx2, CpuIsa::avx512, CpuIsa::neon}) {
+    if (std::find(runs.begin(), runs.end(), isa) != runs.end()) continue;
+    EXPECT_THROW(mxfp4::set_cpu_isa(isa), mxfp4::Unsupported) << mxfp4::cpu_isa_name(isa);
   }
   // And on a machine without AVX-512 VBMI (set_cpu_isa's check, with other features).
   std::vector<std::string> names = avx512_set();
@@ -800,7 +814,7 @@ TEST(CpuFeatures, UnsupportedLevelsThrowNamingWhatIsMissing) {
     EXPECT_EQ(what.find("avx512bw"), std::string::npos) << what;
   }
   EXPECT_NO_THROW(cpu::require_isa(cpu::make_cpu_features({}, 0), cpu::Isa::scalar, "x"));
-  EXPECT_THROW(mxfp4::set_cpu_isa(static_cast<CpuIsa>(3)), mxfp4::InvalidArgument);
+  EXPECT_THROW(mxfp4::set_cpu_isa(static_cast<CpuIsa>(4)), mxfp4::InvalidArgument);
   EXPECT_EQ(mxfp4::cpu_isa(), before);  // a refused request changes nothing
 }
 
@@ -850,8 +864,12 @@ TEST(CpuIsaSelection, SetCpuIsaSwitchesTheBackendAndNamesAreStable) {
   EXPECT_STREQ(mxfp4::cpu_isa_name(CpuIsa::scalar), "scalar");
   EXPECT_STREQ(mxfp4::cpu_isa_name(CpuIsa::avx2), "avx2");
   EXPECT_STREQ(mxfp4::cpu_isa_name(CpuIsa::avx512), "avx512");
+  EXPECT_STREQ(mxfp4::cpu_isa_name(CpuIsa::neon), "neon");
+  EXPECT_EQ(static_cast<int>(CpuIsa::neon), 3);  // part of the API: appended
   EXPECT_STREQ(mxfp4::cpu_isa_name(static_cast<CpuIsa>(9)), "unknown");
-  EXPECT_LE(mxfp4::cpu_isa(), mxfp4::cpu_isa_supported());
+  if (mxfp4::cpu_isa_supported() != CpuIsa::neon) {
+    EXPECT_LE(mxfp4::cpu_isa(), mxfp4::cpu_isa_supported());
+  }
   for (CpuIsa isa : supported_isas()) {
     use_isa(isa);
     // Chosen once: the same table object on every call until the next set_cpu_isa.
@@ -877,6 +895,19 @@ TEST(CpuIsaSelection, EnvironmentValuesAreParsed) {
   EXPECT_EQ(above.isa, Isa::avx2);
   EXPECT_NE(above.warning.find("MXFP4_CPU_ISA=avx512"), std::string::npos) << above.warning;
   EXPECT_EQ(choice("avx2", Isa::scalar).isa, Isa::scalar);
+  // neon: on AArch64 (where it is the best), and lowered elsewhere; x86 levels lowered there.
+  EXPECT_EQ(choice("neon", Isa::neon).isa, Isa::neon);
+  EXPECT_TRUE(choice("NEON", Isa::neon).warning.empty());
+  EXPECT_EQ(choice("scalar", Isa::neon).isa, Isa::scalar);
+  EXPECT_TRUE(choice("scalar", Isa::neon).warning.empty());
+  for (const char* x86 : {"avx2", "avx512"}) {
+    const cpu::IsaChoice c = choice(x86, Isa::neon);
+    EXPECT_EQ(c.isa, Isa::neon) << x86;
+    EXPECT_NE(c.warning.find(std::string("MXFP4_CPU_ISA=") + x86), std::string::npos) << c.warning;
+  }
+  EXPECT_EQ(choice("neon", Isa::avx512).isa, Isa::avx512);
+  EXPECT_FALSE(choice("neon", Isa::avx512).warning.empty());
+  EXPECT_EQ(choice("neon", Isa::scalar).isa, Isa::scalar);
   // Unknown: ignored, with a warning naming the accepted values.
   for (const char* bad : {"sse4", "avx-512", " avx2", "1"}) {
     const cpu::IsaChoice c = choice(bad, Isa::avx2);

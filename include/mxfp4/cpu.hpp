@@ -3,8 +3,8 @@
 // (a call already running finishes with the settings it started with).
 //
 // Instruction set: the best one this CPU and its operating system can run (CPUID and XGETBV),
-// or the one named by the environment variable MXFP4_CPU_ISA=scalar|avx2|avx512, read once. The
-// variable is an upper bound: a level above what the machine runs is lowered to the best one it
+// or the one named by the environment variable MXFP4_CPU_ISA=scalar|avx2|avx512|neon, read once.
+// The variable is an upper bound: a level this machine does not run is lowered to the best one it
 // runs, and an unknown name is ignored, each with a one-line warning on stderr. Every level
 // computes the same quantize/dequantize bytes; linear and gather_linear differ between levels
 // only by f32 rounding.
@@ -20,17 +20,21 @@
 
 namespace mxfp4 {
 
-// Ordered: each level runs everything the levels below it run.
+// The x86-64 levels are ordered: each runs everything the levels below it run. neon is the
+// AArch64 level: above scalar there, unavailable on x86-64 (as avx2 and avx512 are on AArch64).
+// The values are part of the API: new levels are appended.
 enum class CpuIsa : std::uint8_t {
   scalar = 0,  // portable C++ (any CPU)
   avx2 = 1,    // AVX2, FMA, F16C, BMI2 (x86-64 from Haswell / Zen 1)
   avx512 = 2,  // AVX-512 F, BW, VL, DQ, VBMI plus the avx2 set (Ice Lake / Zen 4 and later)
+  neon = 3,    // AArch64 Advanced SIMD (every AArch64 CPU; AArch64 builds only)
 };
 
-// "scalar", "avx2", "avx512" ("unknown" for a value outside the enum).
+// "scalar", "avx2", "avx512", "neon" ("unknown" for a value outside the enum).
 const char* cpu_isa_name(CpuIsa isa) noexcept;
 
-// The best level this CPU and operating system run (always scalar on non-x86 builds).
+// The best level this CPU and operating system run (neon on AArch64 builds, scalar on builds
+// for other non-x86 targets).
 CpuIsa cpu_isa_supported();
 
 // The level the CPU kernels use now.

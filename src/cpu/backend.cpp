@@ -17,7 +17,8 @@ namespace mxfp4::cpu {
 
 static_assert(static_cast<int>(CpuIsa::scalar) == static_cast<int>(Isa::scalar) &&
               static_cast<int>(CpuIsa::avx2) == static_cast<int>(Isa::avx2) &&
-              static_cast<int>(CpuIsa::avx512) == static_cast<int>(Isa::avx512));
+              static_cast<int>(CpuIsa::avx512) == static_cast<int>(Isa::avx512) &&
+              static_cast<int>(CpuIsa::neon) == static_cast<int>(Isa::neon));
 
 namespace {
 
@@ -165,6 +166,12 @@ const Kernels& table<Isa::avx512>() {
   return avx512_kernels();
 }
 #endif
+#if defined(MXFP4_CPU_AARCH64)
+template <>
+const Kernels& table<Isa::neon>() {
+  return neon_kernels();
+}
+#endif
 
 template <Isa I>
 std::int64_t quantize(const detail::QuantizeArgs& a) {
@@ -198,12 +205,18 @@ constexpr IsaBackend kScalarBackend = make_backend<Isa::scalar>("cpu-scalar");
 constexpr IsaBackend kAvx2Backend = make_backend<Isa::avx2>("cpu-avx2");
 constexpr IsaBackend kAvx512Backend = make_backend<Isa::avx512>("cpu-avx512");
 #endif
+#if defined(MXFP4_CPU_AARCH64)
+constexpr IsaBackend kNeonBackend = make_backend<Isa::neon>("cpu-neon");
+#endif
 
 // Only for levels require_isa has accepted.
 const IsaBackend& backend_of(Isa isa) {
 #if defined(MXFP4_CPU_X86)
   if (isa == Isa::avx512) return kAvx512Backend;
   if (isa == Isa::avx2) return kAvx2Backend;
+#endif
+#if defined(MXFP4_CPU_AARCH64)
+  if (isa == Isa::neon) return kNeonBackend;
 #endif
   (void)isa;
   return kScalarBackend;
@@ -272,10 +285,11 @@ CpuIsa cpu_isa() {
 }
 
 void set_cpu_isa(CpuIsa isa) {
-  if (isa != CpuIsa::scalar && isa != CpuIsa::avx2 && isa != CpuIsa::avx512) {
+  if (isa != CpuIsa::scalar && isa != CpuIsa::avx2 && isa != CpuIsa::avx512 &&
+      isa != CpuIsa::neon) {
     throw InvalidArgument("set_cpu_isa: unknown instruction set " +
                           std::to_string(static_cast<int>(isa)) +
-                          " (expected scalar, avx2 or avx512)");
+                          " (expected scalar, avx2, avx512 or neon)");
   }
   const auto level = static_cast<cpu::Isa>(isa);
   cpu::require_isa(cpu::host_cpu_features(), level,

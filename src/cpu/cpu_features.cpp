@@ -141,6 +141,14 @@ std::string hex(std::uint64_t v) {
 
 }  // namespace
 
+bool neon_kernels_built() noexcept {
+#if defined(MXFP4_CPU_AARCH64)
+  return true;
+#else
+  return false;
+#endif
+}
+
 bool x86_kernels_built() noexcept {
 #if defined(MXFP4_CPU_X86)
   return true;
@@ -185,6 +193,8 @@ const char* isa_name(Isa isa) noexcept {
       return "avx2";
     case Isa::avx512:
       return "avx512";
+    case Isa::neon:
+      return "neon";
   }
   return "unknown";
 }
@@ -192,6 +202,12 @@ const char* isa_name(Isa isa) noexcept {
 std::vector<std::string> missing_features(const CpuFeatures& features, Isa isa) {
   std::vector<std::string> missing;
   if (isa == Isa::scalar) return missing;
+  if (isa == Isa::neon) {
+    // Advanced SIMD is part of the AArch64 baseline: an AArch64 build runs it on any CPU.
+    if (!neon_kernels_built())
+      missing.emplace_back("an AArch64 build (this one has no neon kernels)");
+    return missing;
+  }
 #if !defined(MXFP4_CPU_X86)
   missing.push_back(std::string("an x86-64 build (this one has no ") + isa_name(isa) + " kernels)");
   return missing;
@@ -215,6 +231,7 @@ std::vector<std::string> missing_features(const CpuFeatures& features, Isa isa) 
 }
 
 Isa best_isa(const CpuFeatures& features) {
+  if (neon_kernels_built()) return Isa::neon;
   if (missing_features(features, Isa::avx512).empty()) return Isa::avx512;
   if (missing_features(features, Isa::avx2).empty()) return Isa::avx2;
   return Isa::scalar;
@@ -235,14 +252,17 @@ IsaChoice parse_isa_env(const char* value, Isa supported) {
   std::string name(value);
   for (char& c : name)
     c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
-  for (Isa isa : {Isa::scalar, Isa::avx2, Isa::avx512}) {
+  for (Isa isa : {Isa::scalar, Isa::avx2, Isa::avx512, Isa::neon}) {
     if (name != isa_name(isa)) continue;
-    if (isa <= supported) return {isa, {}};
+    // scalar runs everywhere; the x86 levels are ordered; neon runs only where it is the best.
+    const bool x86_levels = isa != Isa::neon && supported != Isa::neon;
+    if (isa == Isa::scalar || isa == supported || (x86_levels && isa <= supported))
+      return {isa, {}};
     return {supported, std::string("MXFP4_CPU_ISA=") + value +
-                           " is above what this machine runs; using " + isa_name(supported)};
+                           " is not a level this machine runs; using " + isa_name(supported)};
   }
   return {supported, std::string("MXFP4_CPU_ISA=") + value +
-                         " is not one of scalar, avx2, avx512; ignored, using " +
+                         " is not one of scalar, avx2, avx512, neon; ignored, using " +
                          isa_name(supported)};
 }
 

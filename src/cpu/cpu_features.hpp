@@ -21,6 +21,8 @@ struct CpuFeatures {
 
 // Whether this build has the avx2 and avx512 tables (x86-64 builds).
 bool x86_kernels_built() noexcept;
+// Whether this build has the neon table (AArch64 builds, where every CPU runs it).
+bool neon_kernels_built() noexcept;
 
 // This machine's features, detected on first call (thread-safe); all zero on non-x86 builds.
 const CpuFeatures& host_cpu_features();
@@ -43,11 +45,12 @@ Isa best_isa(const CpuFeatures& features);
 // Throws Unsupported, prefixed by `what`, naming what is missing when `features` cannot run `isa`.
 void require_isa(const CpuFeatures& features, Isa isa, const char* what);
 
-// "scalar", "avx2", "avx512".
+// "scalar", "avx2", "avx512", "neon".
 const char* isa_name(Isa isa) noexcept;
 
 // MXFP4_CPU_ISA's value (null when unset) -> the level to use on a machine whose best is
-// `supported`. Unknown names and levels above `supported` give `supported` / are lowered to it,
+// `supported`. Unknown names and levels this machine does not run (above `supported`, or of the
+// other architecture: avx2 on AArch64, neon on x86-64) give `supported` / are lowered to it,
 // with a warning (empty when there is nothing to say). Case-insensitive.
 struct IsaChoice {
   Isa isa;

@@ -1,5 +1,6 @@
 // The CPU kernels, one table per instruction set. Each table lives in its own translation unit
-// compiled with that ISA's flags (kernels_scalar.cpp, kernels_avx2.cpp, kernels_avx512.cpp);
+// compiled with that ISA's flags (kernels_scalar.cpp, kernels_avx2.cpp, kernels_avx512.cpp,
+// kernels_neon.cpp on AArch64);
 // src/cpu/backend.cpp picks one table once, at start, from CPUID and XGETBV (or a forced lower
 // level), splits the work over the thread pool and calls these single-threaded entry points.
 //
@@ -20,7 +21,8 @@
 
 namespace mxfp4::cpu {
 
-enum class Isa : std::uint8_t { scalar = 0, avx2 = 1, avx512 = 2 };
+// The values are those of mxfp4::CpuIsa. avx2 and avx512 exist on x86-64, neon on AArch64.
+enum class Isa : std::uint8_t { scalar = 0, avx2 = 1, avx512 = 2, neon = 3 };
 
 // A batch of activation rows, each multiplied by the same weight matrix (one expert).
 struct RowBatch {
@@ -33,7 +35,7 @@ struct RowBatch {
 
 struct Kernels {
   Isa isa;
-  const char* name;  // "scalar", "avx2", "avx512"
+  const char* name;  // "scalar", "avx2", "avx512", "neon"
   // Rows [r0, r1) of a.weight -> a.blocks / a.scales; returns the flat index of the first
   // non-finite element in those rows, or -1.
   std::int64_t (*quantize_rows)(const detail::QuantizeArgs& a, std::int64_t r0, std::int64_t r1);
@@ -44,9 +46,11 @@ struct Kernels {
                       std::int64_t n0, std::int64_t n1);
 };
 
-// Each is defined in its own translation unit; the ISA ones exist only on x86-64 builds.
+// Each is defined in its own translation unit; avx2 and avx512 exist only on x86-64 builds,
+// neon only on AArch64 builds.
 const Kernels& scalar_kernels();
 const Kernels& avx2_kernels();
 const Kernels& avx512_kernels();
+const Kernels& neon_kernels();
 
 }  // namespace mxfp4::cpu

@@ -629,11 +629,15 @@ void small_tile(const float* xp, int64_t k, const uint8_t* blocks, const uint8_t
         a = _mm512_setzero_ps();
     }
   }
+  // Row r of the block at b: from the pointer of row r % 2 plus (r / 2) * 2 rows, so that the
+  // RW rows need two pointers and a few strides (held in registers, not spilled).
+  const int64_t code_pair = 2 * row_bytes, scale_pair = 2 * nb;
   const auto decode = [&](int r, int64_t b, __m512& even, __m512& odd) {
-    const uint8_t* p = blocks + r * row_bytes + b * kBlockBytes;
+    const uint8_t* p = blocks + (r & 1) * row_bytes + b * kBlockBytes + (r >> 1) * code_pair;
     const __m512i codes =
         _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
-    const __m512 t = _mm512_load_ps(table + 16 * std::size_t{scales[r * nb + b]});
+    const uint8_t* s = scales + (r & 1) * nb + b + (r >> 1) * scale_pair;
+    const __m512 t = _mm512_load_ps(table + 16 * std::size_t{*s});
     even = _mm512_permutexvar_ps(codes, t);
     odd = _mm512_permutexvar_ps(_mm512_srli_epi32(codes, 4), t);
   };
@@ -646,6 +650,8 @@ void small_tile(const float* xp, int64_t k, const uint8_t* blocks, const uint8_t
         xe[m] = _mm512_load_ps(x + m * k);
         xo[m] = _mm512_load_ps(x + m * k + 16);
       }
+      // Unrolled, so that the accumulators stay in registers (GCC otherwise keeps this loop).
+#pragma GCC unroll 16
       for (int r = 0; r < RW; ++r) {
         __m512 we, wo;
         decode(r, b, we, wo);

@@ -2,7 +2,8 @@
 // (src/reference): quantize and dequantize bit for bit, matmul_rows within a K-scaled tolerance
 // on both of its paths (count_hint <= 8: the streaming kernel; above: the blocked GEMM), and the
 // kernel contract: an output element never depends on the column range or the subset of rows a
-// call gets. Skipped on a CPU without the instruction sets the table is compiled for.
+// call gets. The scale rules, the names and from_bits are tests/cpu_table_checks.hpp's. Skipped on
+// a CPU without the instruction sets the table is compiled for.
 #include <gtest/gtest.h>
 
 #if defined(__x86_64__) || defined(_M_X64)
@@ -19,12 +20,16 @@
 #include <vector>
 
 #include "cpu/cpu_kernels.hpp"
+#include "cpu_table_checks.hpp"
 #include "mxfp4/dtype.hpp"
 #include "mxfp4/format.hpp"
 #include "reference/reference.hpp"
 
 namespace {
 
+using cpu_table_checks::from_bits;
+using cpu_table_checks::kRules;
+using cpu_table_checks::name_of;
 using mxfp4::DType;
 using mxfp4::ScaleRule;
 using mxfp4::cpu::Kernels;
@@ -85,38 +90,12 @@ const Kernels* kernels() {
   }                                                                  \
   static_assert(true)
 
-constexpr ScaleRule kRules[] = {ScaleRule::floor, ScaleRule::ceil, ScaleRule::even, ScaleRule::mse,
-                                ScaleRule::mistralrs};
 constexpr DType kFloatTypes[] = {DType::f32, DType::bf16, DType::f16};
-
-const char* name(DType d) {
-  return d == DType::f32 ? "f32" : d == DType::bf16 ? "bf16" : "f16";
-}
-const char* name(ScaleRule r) {
-  switch (r) {
-    case ScaleRule::floor:
-      return "floor";
-    case ScaleRule::ceil:
-      return "ceil";
-    case ScaleRule::even:
-      return "even";
-    case ScaleRule::mse:
-      return "mse";
-    case ScaleRule::mistralrs:
-      return "mistralrs";
-  }
-  return "?";
-}
 
 std::size_t elem_size(DType d) {
   return d == DType::f32 ? 4 : 2;
 }
 
-float bits_float(uint32_t u) {
-  float f;
-  std::memcpy(&f, &u, sizeof f);
-  return f;
-}
 uint32_t float_bits(float f) {
   uint32_t u;
   std::memcpy(&u, &f, sizeof u);
@@ -181,7 +160,7 @@ void fill_block(std::mt19937_64& g, Floats& w, std::size_t base) {
         v[i] = std::ldexp((g() & 1 ? -1.0f : 1.0f) * kGrid[g() % 16], std::clamp(e, -140, 120));
         break;
       case 4:  // subnormals only
-        v[i] = bits_float(static_cast<uint32_t>(g() % 0x00800000u) | (g() & 1 ? 0x80000000u : 0u));
+        v[i] = from_bits(static_cast<uint32_t>(g() % 0x00800000u) | (g() & 1 ? 0x80000000u : 0u));
         break;
       case 5:  // near the top of the range
         v[i] = std::ldexp(u(g), 128);
@@ -190,7 +169,7 @@ void fill_block(std::mt19937_64& g, Floats& w, std::size_t base) {
         v[i] = i == static_cast<int>(g() % 32) ? std::ldexp(u(g), std::clamp(e, -149, 127)) : 0.0f;
         break;
       case 7:  // any bit pattern (NaN and Inf included)
-        v[i] = bits_float(static_cast<uint32_t>(g()));
+        v[i] = from_bits(static_cast<uint32_t>(g()));
         break;
       case 8:  // wide dynamic range inside one block
         v[i] = std::ldexp(u(g), std::clamp(e + static_cast<int>(g() % 40) - 20, -149, 127));
@@ -202,7 +181,7 @@ void fill_block(std::mt19937_64& g, Floats& w, std::size_t base) {
   }
   if (kind == 9) {
     const uint32_t specials[] = {0x7F800000u, 0xFF800000u, 0x7FC00000u, 0xFFC00001u, 0x7F800001u};
-    v[g() % 32] = bits_float(specials[g() % 5]);
+    v[g() % 32] = from_bits(specials[g() % 5]);
   }
   for (int i = 0; i < mxfp4::kBlockSize; ++i)
     w.set(base + i, v[i]);
@@ -224,7 +203,7 @@ Floats random_weights(DType dtype, int64_t rows, int64_t k, std::uint64_t seed) 
 
 void check_quantize(const Kernels& kk, DType dtype, ScaleRule rule, int64_t rows, int64_t k,
                     std::uint64_t seed) {
-  SCOPED_TRACE(std::string(name(dtype)) + " " + name(rule) + " rows=" + std::to_string(rows) +
+  SCOPED_TRACE(std::string(name_of(dtype)) + " " + name_of(rule) + " rows=" + std::to_string(rows) +
                " k=" + std::to_string(k) + " seed=" + std::to_string(seed));
   const Floats w = random_weights(dtype, rows, k, seed);
   const auto nbytes = static_cast<std::size_t>(rows * k / 2);
@@ -339,7 +318,7 @@ TEST(CpuAvx512, DequantizeMatchesReferenceBitForBit) {
       scales[i] = g() % 3 == 0 ? edges[g() % 6] : static_cast<uint8_t>(g());
     }
     for (const DType dtype : kFloatTypes) {
-      SCOPED_TRACE(std::string(name(dtype)) + " rows=" + std::to_string(rows) +
+      SCOPED_TRACE(std::string(name_of(dtype)) + " rows=" + std::to_string(rows) +
                    " k=" + std::to_string(k));
       Floats want(dtype, rows * k), got(dtype, rows * k);
       mxfp4::detail::DequantizeArgs ra{blocks.data(), scales.data(), rows,   k,
@@ -439,7 +418,7 @@ double unit_roundoff(DType d) {
 void check_matmul(const Kernels& kk, int64_t m, int64_t n, int64_t k, DType xdt, DType bias_dtype,
                   bool with_bias, int64_t experts, std::uint64_t seed) {
   SCOPED_TRACE("m=" + std::to_string(m) + " n=" + std::to_string(n) + " k=" + std::to_string(k) +
-               " x=" + name(xdt) + " bias=" + (with_bias ? name(bias_dtype) : "none") +
+               " x=" + name_of(xdt) + " bias=" + (with_bias ? name_of(bias_dtype) : "none") +
                " experts=" + std::to_string(experts));
   const Problem p(experts, n, k, bias_dtype, with_bias, seed);
   const int64_t expert = experts - 1;
@@ -508,7 +487,7 @@ TEST(CpuAvx512, MatmulIndependentOfSplit) {
                         {40, 301, 288, DType::f32}, {100, 130, 64, DType::bf16}};
   for (const Case& c : cases) {
     SCOPED_TRACE("m=" + std::to_string(c.m) + " n=" + std::to_string(c.n) +
-                 " k=" + std::to_string(c.k) + " " + name(c.dt));
+                 " k=" + std::to_string(c.k) + " " + name_of(c.dt));
     const Problem p(2, c.n, c.k, DType::f32, true, 77 + c.m);
     const Floats x = random_x(c.dt, c.m, c.k, 5 + c.n);
     Floats whole(c.dt, c.m * c.n);
@@ -550,7 +529,7 @@ TEST(CpuAvx512, MatmulOutputRoundingMatchesDtype) {
       p.blocks[static_cast<std::size_t>(c * k / 2)] = 0x02;  // element 0 of each row = 1.0
     std::mt19937_64 g(11 + m);
     for (const DType dt : kFloatTypes) {
-      SCOPED_TRACE(std::string(name(dt)) + " m=" + std::to_string(m));
+      SCOPED_TRACE(std::string(name_of(dt)) + " m=" + std::to_string(m));
       for (int round = 0; round < 20; ++round) {
         Floats x(dt, m * k);
         for (int64_t i = 0; i < m * k; ++i)
@@ -563,7 +542,7 @@ TEST(CpuAvx512, MatmulOutputRoundingMatchesDtype) {
           if (c % 4 == 2) b = (b & 0x8000FFFFu) | 0x47000000u | ((b >> 16) & 0x00FF0000u);
           if (c % 4 == 3)
             b = (b & 0x807FFFFFu) | ((0x60 + (b >> 25) % 0x18) << 23);  // f16 subnormals
-          p.bias.set(c, bits_float(b));
+          p.bias.set(c, from_bits(b));
         }
         Floats got(dt, m * n);
         run_kernel(*kk, p, 0, x, got, 0, m, m, 0, n);

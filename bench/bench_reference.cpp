@@ -25,7 +25,9 @@
 #include <utility>
 #include <vector>
 
+#include "bench_common.hpp"
 #include "core/kernel_args.hpp"
+#include "core/weight_args.hpp"
 #include "mxfp4/mxfp4.hpp"
 #include "reference/reference.hpp"
 
@@ -34,98 +36,12 @@ namespace {
 using mxfp4::DType;
 using mxfp4::Mxfp4Weight;
 using mxfp4::Tensor;
-
-// ---- Deterministic random data (xoshiro256** seeded by splitmix64) ----------------------------
-
-class Rng {
- public:
-  explicit Rng(std::uint64_t seed) {
-    for (auto& w : s_) {
-      std::uint64_t z = (seed += 0x9E3779B97F4A7C15ull);
-      z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
-      z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
-      w = z ^ (z >> 31);
-    }
-  }
-  std::uint64_t next() {
-    const std::uint64_t result = rotl(s_[1] * 5, 7) * 9;
-    const std::uint64_t t = s_[1] << 17;
-    s_[2] ^= s_[0];
-    s_[3] ^= s_[1];
-    s_[1] ^= s_[2];
-    s_[0] ^= s_[3];
-    s_[2] ^= t;
-    s_[3] = rotl(s_[3], 45);
-    return result;
-  }
-  // Uniform in (-1, 1), as f32.
-  float symmetric() {
-    return static_cast<float>((static_cast<double>(next() >> 11) + 0.5) * 0x1.0p-52 - 1.0);
-  }
-
- private:
-  static std::uint64_t rotl(std::uint64_t x, int k) { return (x << k) | (x >> (64 - k)); }
-  std::uint64_t s_[4];
-};
-
-Tensor random_f32(mxfp4::Shape shape, std::uint64_t seed) {
-  Tensor t = Tensor::empty(std::move(shape), DType::f32);
-  Rng rng(seed);
-  float* p = t.data_as<float>();
-  for (std::int64_t i = 0; i < t.numel(); ++i)
-    p[i] = rng.symmetric();
-  return t;
-}
-
-// A weight built from random parts: every E2M1 code, scales 2^-9 .. 2^-1 (bytes 118 .. 126).
-Mxfp4Weight random_weight(std::int64_t experts, std::int64_t n, std::int64_t k, bool with_bias,
-                          std::uint64_t seed) {
-  const bool stacked = experts > 0;
-  const std::int64_t e = stacked ? experts : 1;
-  mxfp4::Shape bshape = {n, k / 2}, sshape = {n, k / mxfp4::kBlockSize}, biasshape = {n};
-  if (stacked) {
-    bshape.insert(bshape.begin(), e);
-    sshape.insert(sshape.begin(), e);
-    biasshape.insert(biasshape.begin(), e);
-  }
-  Tensor blocks = Tensor::empty(bshape, DType::u8);
-  Tensor scales = Tensor::empty(sshape, DType::u8);
-  Rng rng(seed);
-  auto* b = blocks.data_as<std::uint8_t>();
-  for (std::int64_t i = 0; i < blocks.numel(); i += 8) {
-    const std::uint64_t r = rng.next();
-    std::memcpy(b + i, &r, static_cast<std::size_t>(std::min<std::int64_t>(8, blocks.numel() - i)));
-  }
-  auto* s = scales.data_as<std::uint8_t>();
-  for (std::int64_t i = 0; i < scales.numel(); ++i) {
-    s[i] = static_cast<std::uint8_t>(118 + rng.next() % 9);
-  }
-  std::optional<Tensor> bias;
-  if (with_bias) bias = random_f32(biasshape, seed ^ 0xB1A5);
-  return Mxfp4Weight::from_parts(std::move(blocks), std::move(scales), std::move(bias));
-}
-
-// The kernels' view of a weight (dense or stacked).
-mxfp4::detail::WeightArgs weight_args(const Mxfp4Weight& w) {
-  const auto& bias = w.bias();
-  return {w.blocks().data_as<std::uint8_t>(),
-          w.scales().data_as<std::uint8_t>(),
-          bias ? bias->data() : nullptr,
-          bias ? bias->dtype() : DType::f32,
-          w.stacked() ? w.num_experts() : 1,
-          w.out_features(),
-          w.in_features()};
-}
-
-// MXFP4 bytes of an [N, K] matrix: K/2 code bytes and K/32 scale bytes per row (4.25 bits each).
-double packed_bytes(std::int64_t n, std::int64_t k) {
-  return static_cast<double>(n) * static_cast<double>(k / 2 + k / mxfp4::kBlockSize);
-}
-
-void set_rate(benchmark::State& state, const char* name, double per_iteration) {
-  state.counters[name] = benchmark::Counter(
-      per_iteration, benchmark::Counter::kIsIterationInvariantRate, benchmark::Counter::kIs1000);
-}
+using mxfp4::bench::packed_bytes;
+using mxfp4::bench::random_f32;
+using mxfp4::bench::random_weight;
+using mxfp4::bench::Rng;
+using mxfp4::bench::set_rate;
+using mxfp4::detail::weight_args;
 
 // Enough copies of an [N, K] weight that together they exceed this many bytes (the last-level
 // cache of the machines we run on is at most a few tens of MB).

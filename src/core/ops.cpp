@@ -6,6 +6,7 @@
 
 #include "core/backend.hpp"
 #include "core/convert.hpp"
+#include "core/weight_args.hpp"
 
 namespace mxfp4 {
 
@@ -69,18 +70,6 @@ Fn kernel(const char* op, Device device, Fn detail::Backend::*entry) {
                       " (backend " + backend.name + ")");
   }
   return fn;
-}
-
-detail::WeightArgs weight_args(const Mxfp4Weight& w) {
-  detail::WeightArgs a{};
-  a.blocks = static_cast<const std::uint8_t*>(w.blocks().data());
-  a.scales = static_cast<const std::uint8_t*>(w.scales().data());
-  a.bias = w.bias() ? w.bias()->data() : nullptr;
-  a.bias_dtype = w.bias() ? w.bias()->dtype() : DType::f32;
-  a.experts = w.num_experts();
-  a.n = w.out_features();
-  a.k = w.in_features();
-  return a;
 }
 
 Shape packed_shape(const Shape& weight_shape, std::int64_t per_row) {
@@ -240,7 +229,7 @@ void linear_into(const Tensor& x, const Mxfp4Weight& weight, Tensor& out, const 
   a.x = x.data();
   a.x_dtype = x.dtype();
   a.m = x.numel() / weight.in_features();
-  a.w = weight_args(weight);
+  a.w = detail::weight_args(weight);
   a.out = out.data();
   a.stream = run.stream.handle;
   const auto fn = kernel(op, weight.device(), &detail::Backend::linear);
@@ -340,7 +329,7 @@ void gather_linear_into(const Tensor& x, const Tensor& indices, const Mxfp4Weigh
   a.topk = shape[1];
   a.indices = indices.data();
   a.index_dtype = indices.dtype();
-  a.w = weight_args(weight);
+  a.w = detail::weight_args(weight);
   a.out = out.data();
   a.stream = run.stream.handle;
   if (a.tokens == 0 || a.topk == 0 || a.w.n == 0) return;

@@ -22,6 +22,7 @@
 #include "cpu/cpu_kernels.hpp"
 #include "mxfp4/dtype.hpp"
 #include "mxfp4/format.hpp"
+#include "mxfp4/weight.hpp"
 #include "reference/reference.hpp"
 
 namespace cpu_table_checks {
@@ -37,23 +38,11 @@ constexpr ScaleRule kRules[] = {ScaleRule::floor, ScaleRule::ceil, ScaleRule::ev
                                 ScaleRule::mistralrs};
 constexpr DType kFloatTypes[] = {DType::f32, DType::f16, DType::bf16};
 
-inline const char* name_of(DType d) {
-  return d == DType::f32 ? "f32" : d == DType::f16 ? "f16" : "bf16";
+inline std::string name_of(DType d) {
+  return std::string(mxfp4::dtype_name(d));
 }
-inline const char* name_of(ScaleRule r) {
-  switch (r) {
-    case ScaleRule::floor:
-      return "floor";
-    case ScaleRule::ceil:
-      return "ceil";
-    case ScaleRule::even:
-      return "even";
-    case ScaleRule::mse:
-      return "mse";
-    case ScaleRule::mistralrs:
-      return "mistralrs";
-  }
-  return "?";
+inline std::string name_of(ScaleRule r) {
+  return mxfp4::scale_rule_name(r);
 }
 
 inline float from_bits(std::uint32_t u) {

@@ -77,8 +77,8 @@ void use_isa(CpuIsa isa) {
             std::string("cpu-") + mxfp4::cpu_isa_name(isa));
 }
 
-const char* dtype_label(DType d) {
-  return d == DType::f32 ? "f32" : d == DType::f16 ? "f16" : "bf16";
+std::string dtype_label(DType d) {
+  return std::string(mxfp4::dtype_name(d));
 }
 
 std::size_t bytes_of(DType d) {

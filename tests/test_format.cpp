@@ -7,9 +7,11 @@
 #include <cstdint>
 #include <cstring>
 #include <limits>
+#include <string>
 #include <vector>
 
 #include "mxfp4/format.hpp"
+#include "mxfp4/weight.hpp"
 
 namespace {
 
@@ -32,20 +34,8 @@ std::uint32_t to_bits(float f) {
   return u;
 }
 
-const char* rule_label(ScaleRule r) {
-  switch (r) {
-    case ScaleRule::floor:
-      return "floor";
-    case ScaleRule::ceil:
-      return "ceil";
-    case ScaleRule::even:
-      return "even";
-    case ScaleRule::mse:
-      return "mse";
-    case ScaleRule::mistralrs:
-      return "mistralrs";
-  }
-  return "?";
+std::string rule_label(ScaleRule r) {
+  return mxfp4::scale_rule_name(r);
 }
 
 // One quantized block, codes unpacked.

@@ -30,39 +30,11 @@ constexpr ScaleRule kRules[] = {ScaleRule::floor, ScaleRule::ceil, ScaleRule::ev
                                 ScaleRule::mistralrs};
 constexpr DType kFloatTypes[] = {DType::f32, DType::f16, DType::bf16};
 
-const char* rule_label(ScaleRule r) {
-  switch (r) {
-    case ScaleRule::floor:
-      return "floor";
-    case ScaleRule::ceil:
-      return "ceil";
-    case ScaleRule::even:
-      return "even";
-    case ScaleRule::mse:
-      return "mse";
-    case ScaleRule::mistralrs:
-      return "mistralrs";
-  }
-  return "?";
+std::string rule_label(ScaleRule r) {
+  return mxfp4::scale_rule_name(r);
 }
-const char* dtype_label(DType d) {
-  switch (d) {
-    case DType::f32:
-      return "f32";
-    case DType::f16:
-      return "f16";
-    case DType::bf16:
-      return "bf16";
-    case DType::u8:
-      return "u8";
-    case DType::u32:
-      return "u32";
-    case DType::i32:
-      return "i32";
-    case DType::i64:
-      return "i64";
-  }
-  return "?";
+std::string dtype_label(DType d) {
+  return std::string(mxfp4::dtype_name(d));
 }
 
 // ---- random numbers (fixed seeds; normals by Box-Muller)

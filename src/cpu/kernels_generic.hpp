@@ -1,7 +1,5 @@
-// Portable implementations of the CPU kernel contract (cpu_kernels.hpp), written so that each
-// ISA translation unit can include them and let its compiler flags vectorize what they can.
-// The scalar table uses them as they are; the AVX2 and AVX-512 tables replace the hot paths
-// with intrinsics and fall back to these for the rest.
+// Portable implementations of the CPU kernel contract (cpu_kernels.hpp): the scalar table, and
+// the parts of other tables (NEON's quantize) that have no vectorized version.
 #pragma once
 
 #include <cmath>
@@ -10,46 +8,31 @@
 #include "core/convert.hpp"
 #include "cpu/cpu_kernels.hpp"
 #include "mxfp4/format.hpp"
+#include "reference/reference.hpp"
 
 namespace mxfp4::cpu::generic {
 
+// Quantize and dequantize are the reference's own loops, run on rows [r0, r1): their bytes are
+// the definition every other table must match.
 inline std::int64_t quantize_rows(const detail::QuantizeArgs& a, std::int64_t r0, std::int64_t r1) {
-  const std::int64_t blocks_per_row = a.k / kBlockSize;
-  std::int64_t first_non_finite = -1;
-  float v[kBlockSize];
-  for (std::int64_t r = r0; r < r1; ++r) {
-    for (std::int64_t b = 0; b < blocks_per_row; ++b) {
-      const std::int64_t base = r * a.k + b * kBlockSize;
-      for (int i = 0; i < kBlockSize; ++i) {
-        v[i] = detail::load_float(a.weight, a.weight_dtype, base + i);
-      }
-      if (first_non_finite < 0) {
-        for (int i = 0; i < kBlockSize; ++i) {
-          if (!std::isfinite(v[i])) {
-            first_non_finite = base + i;
-            break;
-          }
-        }
-      }
-      a.scales[r * blocks_per_row + b] =
-          quantize_block(a.rule, v, a.blocks + r * (a.k / 2) + b * kBlockBytes);
-    }
-  }
-  return first_non_finite;
+  detail::QuantizeArgs part = a;
+  part.weight = static_cast<const char*>(a.weight) +
+                static_cast<std::size_t>(r0 * a.k) * dtype_size(a.weight_dtype);
+  part.rows = r1 - r0;
+  part.blocks = a.blocks + r0 * (a.k / 2);
+  part.scales = a.scales + r0 * (a.k / kBlockSize);
+  const std::int64_t bad = reference::quantize(part);
+  return bad < 0 ? -1 : bad + r0 * a.k;
 }
 
 inline void dequantize_rows(const detail::DequantizeArgs& a, std::int64_t r0, std::int64_t r1) {
-  const std::int64_t blocks_per_row = a.k / kBlockSize;
-  float v[kBlockSize];
-  for (std::int64_t r = r0; r < r1; ++r) {
-    for (std::int64_t b = 0; b < blocks_per_row; ++b) {
-      dequantize_block(a.blocks + r * (a.k / 2) + b * kBlockBytes, a.scales[r * blocks_per_row + b],
-                       v);
-      const std::int64_t base = r * a.k + b * kBlockSize;
-      for (int i = 0; i < kBlockSize; ++i)
-        detail::store_float(a.out, a.out_dtype, base + i, v[i]);
-    }
-  }
+  detail::DequantizeArgs part = a;
+  part.blocks = a.blocks + r0 * (a.k / 2);
+  part.scales = a.scales + r0 * (a.k / kBlockSize);
+  part.rows = r1 - r0;
+  part.out =
+      static_cast<char*>(a.out) + static_cast<std::size_t>(r0 * a.k) * dtype_size(a.out_dtype);
+  reference::dequantize(part);
 }
 
 // Each output element: acc = 0; for k in order: acc = fma(x[k], w[k], acc); then + bias, with

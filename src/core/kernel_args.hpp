@@ -64,8 +64,8 @@ struct GatherLinearArgs {
   WeightArgs w;
   void* out;        // [tokens, topk, n] in x_dtype
   void* stream;     // cudaStream_t for CUDA kernels; ignored on the CPU
-  void* workspace;  // CUDA: caller-provided scratch (null: the backend allocates on the stream)
-  std::size_t workspace_bytes;
+  void* workspace = nullptr;  // CUDA: caller's scratch (null: the backend allocates on the stream)
+  std::size_t workspace_bytes = 0;
 };
 
 // CUDA gather_linear: batches of at most kCudaCtaRoutePairs (token, slot) pairs are routed

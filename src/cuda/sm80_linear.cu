@@ -287,9 +287,10 @@ KernelChoice choose_kernel(DType x_dtype, std::int64_t tokens, std::int64_t n) {
   const KernelChoice decode{false, tokens <= 8 ? 8 : tokens <= 16 ? 16 : 32};
   if (!gemm_ok || forced == "decode" || tokens <= 16) return decode;
   // The GEMM needs enough 128-row weight tiles to fill the card; otherwise the decode kernel's
-  // 16-row tiles and in-CTA split of K keep more SMs busy.
+  // 16-row tiles and in-CTA split of K keep more SMs busy. Measured on an H100 at M = 64
+  // (bench/RESULTS.md): the GEMM wins from N = 8192 (64 tiles) and loses at N <= 5760.
   const std::int64_t weight_tiles = (n + 127) / 128;
-  if (tokens <= 64) return weight_tiles >= 128 ? KernelChoice{true, 64} : decode;
+  if (tokens <= 64) return weight_tiles >= 64 ? KernelChoice{true, 64} : decode;
   return {true, 128};
 }
 

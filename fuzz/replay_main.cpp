@@ -1,6 +1,6 @@
-// Runs a fuzz target's LLVMFuzzerTestOneInput on files, without libFuzzer, so that any compiler
-// can replay the seed corpus and the regression inputs as a normal test: replay PATH... where a
-// PATH is a file or a folder of files. Fails when no input was found.
+// Replays fuzz inputs as an ordinary test: every file under the folders given on the command line
+// goes through the target's LLVMFuzzerTestOneInput once. Built with any compiler, so inputs that
+// once crashed (fuzz/regressions/<name>/) and the seed corpus run in every test run.
 #include <cstdint>
 #include <cstdio>
 #include <filesystem>
@@ -10,32 +10,24 @@
 
 extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size);
 
-namespace {
-
-void run(const std::filesystem::path& p, int& count) {
-  std::ifstream f(p, std::ios::binary);
-  std::vector<char> bytes((std::istreambuf_iterator<char>(f)), std::istreambuf_iterator<char>());
-  LLVMFuzzerTestOneInput(reinterpret_cast<const std::uint8_t*>(bytes.data()), bytes.size());
-  ++count;
-}
-
-}  // namespace
-
 int main(int argc, char** argv) {
-  int count = 0;
+  namespace fs = std::filesystem;
+  std::size_t count = 0;
   for (int i = 1; i < argc; ++i) {
-    const std::filesystem::path p(argv[i]);
-    if (std::filesystem::is_directory(p)) {
-      for (const auto& e : std::filesystem::directory_iterator(p)) {
-        if (e.is_regular_file() && e.path().filename() != ".gitkeep") run(e.path(), count);
-      }
-    } else if (std::filesystem::is_regular_file(p)) {
-      run(p, count);
-    } else {
-      std::fprintf(stderr, "replay: %s is neither a file nor a folder\n", argv[i]);
-      return 2;
+    std::error_code ec;
+    if (!fs::is_directory(argv[i], ec)) {
+      std::fprintf(stderr, "replay: '%s' is not a folder\n", argv[i]);
+      return 1;
+    }
+    for (const auto& entry : fs::recursive_directory_iterator(argv[i])) {
+      if (!entry.is_regular_file()) continue;
+      std::ifstream f(entry.path(), std::ios::binary);
+      const std::vector<char> bytes((std::istreambuf_iterator<char>(f)),
+                                    std::istreambuf_iterator<char>());
+      LLVMFuzzerTestOneInput(reinterpret_cast<const std::uint8_t*>(bytes.data()), bytes.size());
+      ++count;
     }
   }
-  std::printf("replay: %d inputs\n", count);
-  return count > 0 ? 0 : 1;
+  std::printf("replayed %zu inputs\n", count);
+  return count == 0 ? 1 : 0;
 }

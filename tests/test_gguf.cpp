@@ -14,6 +14,7 @@
 #include <fstream>
 #include <iterator>
 #include <limits>
+#include <optional>
 #include <random>
 #include <string>
 #include <vector>
@@ -226,11 +227,15 @@ TEST(GgufMxfp4Layout, SizeMismatchIsRefused) {
 TEST(GgufMxfp4Layout, WeightFromGgufDecodesLikeASplitHalfDecoder) {
   const Mxfp4Weight w = random_weight({6, 96}, 3);
   const GgufTensorItem item = gguf_mxfp4_item("w", w);
-  ASSERT_EQ(item.data.size(), 6u * 3u * 17u);
+  EXPECT_EQ(item.type, GgmlType::mxfp4);
+  EXPECT_EQ(item.shape, (Shape{6, 96}));
+  ASSERT_TRUE(item.fill);
+  Bytes data(6 * 3 * 17);
+  item.fill(data);
   // An independent decoder of the GGUF layout.
   std::vector<float> decoded;
   for (std::size_t b = 0; b < 18; ++b) {
-    const std::uint8_t* blk = item.data.data() + b * 17;
+    const std::uint8_t* blk = data.data() + b * 17;
     float block[32];
     for (int j = 0; j < 16; ++j) {
       block[j] = mxfp4::mxfp4_decode(blk[1 + j] & 0x0F, blk[0]);
@@ -242,12 +247,12 @@ TEST(GgufMxfp4Layout, WeightFromGgufDecodesLikeASplitHalfDecoder) {
   ASSERT_EQ(decoded.size(), static_cast<std::size_t>(ref.numel()));
   EXPECT_EQ(std::memcmp(decoded.data(), ref.data(), ref.nbytes()), 0);
 
-  const Mxfp4Weight back = mxfp4_weight_from_gguf(item.data, {6, 96});
+  const Mxfp4Weight back = mxfp4_weight_from_gguf(data, {6, 96});
   EXPECT_EQ(tensor_bytes(back.blocks()), tensor_bytes(w.blocks()));
   EXPECT_EQ(tensor_bytes(back.scales()), tensor_bytes(w.scales()));
-  EXPECT_THROW(mxfp4_weight_from_gguf(item.data, {6, 95}), mxfp4::ShapeMismatch);
-  EXPECT_THROW(mxfp4_weight_from_gguf(item.data, {3, 96}), mxfp4::InvalidArgument);
-  EXPECT_THROW(mxfp4_weight_from_gguf(item.data, {576}), mxfp4::ShapeMismatch);
+  EXPECT_THROW(mxfp4_weight_from_gguf(data, {6, 95}), mxfp4::ShapeMismatch);
+  EXPECT_THROW(mxfp4_weight_from_gguf(data, {3, 96}), mxfp4::InvalidArgument);
+  EXPECT_THROW(mxfp4_weight_from_gguf(data, {576}), mxfp4::ShapeMismatch);
 }
 
 // ---- exact bytes --------------------------------------------------------------------------------
@@ -535,6 +540,66 @@ TEST(GgufReader, OneF32FileHelperIsValid) {
   ASSERT_EQ(f.tensors().size(), 1u);
   EXPECT_EQ(f.data_offset(), 64u);
   EXPECT_EQ(f.bytes(f.tensors()[0]).size(), 16u);
+}
+
+TEST(GgufReader, ParseAndParseViewAgreeWithOpen) {
+  TempDir dir;
+  const Mxfp4Weight w = random_weight({2, 64}, 8);
+  write_gguf(dir.file("a.gguf"), {{"k", "v"}}, {gguf_mxfp4_item("w", w)});
+  const Bytes bytes = read_all(dir.file("a.gguf"));
+  const GgufFile opened = GgufFile::open(dir.file("a.gguf"));
+  const GgufFile parsed = GgufFile::parse(bytes, "mem");
+  const GgufFile viewed = GgufFile::parse_view(bytes, "view");
+  for (const GgufFile* f : {&opened, &parsed, &viewed}) {
+    EXPECT_EQ(f->file_size(), bytes.size());
+    EXPECT_EQ(f->metadata(), opened.metadata());
+    const auto span = f->bytes(f->tensors().at(0));
+    EXPECT_EQ(Bytes(span.begin(), span.end()),
+              Bytes(bytes.begin() + static_cast<std::ptrdiff_t>(f->data_offset()),
+                    bytes.begin() + static_cast<std::ptrdiff_t>(f->data_offset() + 2 * 2 * 17)));
+  }
+  EXPECT_EQ(viewed.bytes(viewed.tensors()[0]).data(), bytes.data() + viewed.data_offset());
+  // A copy keeps the mapping alive after the original is gone.
+  std::optional<GgufFile> copy;
+  {
+    const GgufFile f = GgufFile::open(dir.file("a.gguf"));
+    copy = f;
+  }
+  EXPECT_EQ(tensor_bytes(copy->mxfp4_weight("w").blocks()), tensor_bytes(w.blocks()));
+  // An empty file is a format error, not a failed mapping.
+  { std::ofstream(dir.file("empty.gguf")); }
+  EXPECT_THROW(GgufFile::open(dir.file("empty.gguf")), mxfp4::FormatError);
+  EXPECT_THROW(GgufFile::open(dir.path().string()), mxfp4::IoError);  // a folder
+}
+
+// ---- writer: streaming, refusals and atomicity --------------------------------------------------
+
+TEST(GgufWriter, FillProducesEachTensorWhenReached) {
+  TempDir dir;
+  std::vector<std::string> calls;
+  auto item = [&](const std::string& name, std::int64_t n, std::uint8_t value) {
+    GgufTensorItem it;
+    it.name = name;
+    it.type = GgmlType::i8;
+    it.shape = {n};
+    it.fill = [&calls, name, n, value](std::span<std::uint8_t> out) {
+      EXPECT_EQ(out.size(), static_cast<std::size_t>(n));
+      calls.push_back(name);
+      std::fill(out.begin(), out.end(), value);
+    };
+    return it;
+  };
+  write_gguf(dir.file("f.gguf"), {}, {item("a", 5, 1), item("b", 40, 2)});
+  EXPECT_EQ(calls, (std::vector<std::string>{"a", "b"}));
+  const GgufFile f = GgufFile::open(dir.file("f.gguf"));
+  EXPECT_EQ(Bytes(f.bytes(*f.find("a")).begin(), f.bytes(*f.find("a")).end()), Bytes(5, 1));
+  EXPECT_EQ(Bytes(f.bytes(*f.find("b")).begin(), f.bytes(*f.find("b")).end()), Bytes(40, 2));
+
+  // A fill that throws: the error comes through and no file is left behind.
+  GgufTensorItem bad = item("c", 4, 3);
+  bad.fill = [](std::span<std::uint8_t>) { throw mxfp4::InvalidArgument("fill failed"); };
+  EXPECT_THROW(write_gguf(dir.file("g.gguf"), {}, {item("a", 5, 1), bad}), mxfp4::InvalidArgument);
+  EXPECT_EQ(dir.listing(), std::vector<std::string>{"f.gguf"});
 }
 
 // ---- writer refusals and atomicity -------------------------------------------------------------

@@ -4,6 +4,7 @@
 #include "mxfp4/io/gguf.hpp"
 
 #include <fcntl.h>
+#include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -377,32 +378,29 @@ GgufFile GgufFile::open(const std::string& path) {
   if (::fstat(fd.get(), &st) != 0) throw IoError(prefix + "cannot stat: " + os_error(errno));
   if (!S_ISREG(st.st_mode)) throw IoError(prefix + "is not a regular file");
   const auto size = static_cast<std::uint64_t>(st.st_size);
-  std::vector<std::uint8_t> bytes;
-  try {
-    bytes.resize(static_cast<std::size_t>(size));
-  } catch (const std::bad_alloc&) {
-    throw IoError(prefix + "cannot allocate " + std::to_string(size) + " bytes to read it");
-  } catch (const std::length_error&) {
-    throw IoError(prefix + "is too large (" + std::to_string(size) + " bytes) to read");
-  }
-  std::size_t done = 0;
-  while (done < bytes.size()) {
-    const ssize_t r = ::read(fd.get(), bytes.data() + done, bytes.size() - done);
-    if (r < 0) {
-      if (errno == EINTR) continue;
-      throw IoError(prefix + "read failed after " + std::to_string(done) +
-                    " bytes: " + os_error(errno));
-    }
-    if (r == 0) {
-      throw IoError(prefix + "ended after " + std::to_string(done) + " of " + std::to_string(size) +
-                    " bytes (changed while being read?)");
-    }
-    done += static_cast<std::size_t>(r);
-  }
-  return parse(std::move(bytes), path);
+  if (size == 0) return parse({}, path);  // mmap refuses empty files; parse names the problem
+  void* p = ::mmap(nullptr, static_cast<std::size_t>(size), PROT_READ, MAP_PRIVATE, fd.get(), 0);
+  if (p == MAP_FAILED)
+    throw IoError(prefix + "cannot map " + std::to_string(size) + " bytes: " + os_error(errno));
+  std::shared_ptr<const void> mapping(
+      p, [size](const void* q) { ::munmap(const_cast<void*>(q), static_cast<std::size_t>(size)); });
+  return parse_storage(std::move(mapping), static_cast<const std::uint8_t*>(p), size, path);
 }
 
 GgufFile GgufFile::parse(std::vector<std::uint8_t> bytes, const std::string& source) {
+  auto owned = std::make_shared<const std::vector<std::uint8_t>>(std::move(bytes));
+  const std::uint8_t* data = owned->data();
+  const std::uint64_t size = owned->size();
+  return parse_storage(std::move(owned), data, size, source);
+}
+
+GgufFile GgufFile::parse_view(std::span<const std::uint8_t> bytes, const std::string& source) {
+  return parse_storage(nullptr, bytes.data(), bytes.size(), source);
+}
+
+GgufFile GgufFile::parse_storage(std::shared_ptr<const void> storage, const std::uint8_t* data,
+                                 std::uint64_t size, const std::string& source) {
+  const std::span<const std::uint8_t> bytes(data, static_cast<std::size_t>(size));
   Cursor c(bytes, "GGUF file '" + source + "': ");
   GgufFile file;
 
@@ -503,7 +501,6 @@ GgufFile GgufFile::parse(std::vector<std::uint8_t> bytes, const std::string& sou
   const std::uint64_t end_of_infos = c.pos();
   const std::uint64_t pad = (file.alignment_ - end_of_infos % file.alignment_) % file.alignment_;
   file.data_offset_ = end_of_infos + pad;  // < 2^32 + file size: no overflow
-  const std::uint64_t size = bytes.size();
   const std::uint64_t data_size = file.data_offset_ <= size ? size - file.data_offset_ : 0;
   if (!file.tensors_.empty() && file.data_offset_ > size) {
     c.fail("truncated: the data section starts at offset " + std::to_string(file.data_offset_) +
@@ -531,7 +528,9 @@ GgufFile GgufFile::parse(std::vector<std::uint8_t> bytes, const std::string& sou
   }
 
   file.source_ = source;
-  file.file_ = std::move(bytes);
+  file.storage_ = std::move(storage);
+  file.data_ = data;
+  file.size_ = size;
   return file;
 }
 
@@ -547,12 +546,12 @@ const GgufTensorInfo* GgufFile::find(std::string_view name) const {
 
 std::span<const std::uint8_t> GgufFile::bytes(const GgufTensorInfo& info) const {
   // Only infos of this file have offsets validated against this buffer.
-  const std::uint64_t data_size = file_.size() >= data_offset_ ? file_.size() - data_offset_ : 0;
+  const std::uint64_t data_size = size_ >= data_offset_ ? size_ - data_offset_ : 0;
   if (info.offset > data_size || info.nbytes > data_size - info.offset) {
     throw InvalidArgument("GGUF file '" + source_ + "': tensor info '" + info.name +
                           "' does not belong to this file");
   }
-  return {file_.data() + data_offset_ + info.offset, static_cast<std::size_t>(info.nbytes)};
+  return {data_ + data_offset_ + info.offset, static_cast<std::size_t>(info.nbytes)};
 }
 
 Tensor GgufFile::tensor(std::string_view name) const {
@@ -645,13 +644,10 @@ GgufTensorItem gguf_mxfp4_item(std::string name, const Mxfp4Weight& weight) {
   item.shape = weight.stacked()
                    ? Shape{weight.num_experts(), weight.out_features(), weight.in_features()}
                    : Shape{weight.out_features(), weight.in_features()};
-  const Tensor& scales = weight.scales();
-  auto storage =
-      std::make_shared<std::vector<std::uint8_t>>(scales.nbytes() * kGgufMxfp4BlockBytes);
-  mxfp4_to_gguf_blocks({weight.blocks().data_as<std::uint8_t>(), weight.blocks().nbytes()},
-                       {scales.data_as<std::uint8_t>(), scales.nbytes()}, *storage);
-  item.data = *storage;
-  item.storage = std::move(storage);
+  item.fill = [weight](std::span<std::uint8_t> out) {
+    mxfp4_to_gguf_blocks({weight.blocks().data_as<std::uint8_t>(), weight.blocks().nbytes()},
+                         {weight.scales().data_as<std::uint8_t>(), weight.scales().nbytes()}, out);
+  };
   item.name = std::move(name);
   return item;
 }
@@ -748,7 +744,7 @@ std::uint64_t write_gguf(const std::string& path, const GgufMetadata& metadata,
     enc.put_value(value, what, 0);
   }
   std::set<std::string_view> names;
-  std::vector<std::uint64_t> offsets;
+  std::vector<std::uint64_t> nbytes;
   std::uint64_t offset = 0;
   for (const GgufTensorItem& t : tensors) {
     const std::string what = prefix + "tensor '" + t.name + "': ";
@@ -765,15 +761,15 @@ std::uint64_t write_gguf(const std::string& path, const GgufMetadata& metadata,
       throw InvalidArgument(what + "shape " + to_string(t.shape) + " has more than " +
                             std::to_string(kGgufMaxDims) + " dims");
     }
-    std::uint64_t nbytes = 0;
+    std::uint64_t n = 0;
     try {
-      nbytes = ggml_nbytes(t.type, t.shape);
+      n = ggml_nbytes(t.type, t.shape);
     } catch (const InvalidArgument& e) {
       throw InvalidArgument(what + e.what());
     }
-    if (t.data.size() != nbytes) {
+    if (!t.fill && t.data.size() != n) {
       throw InvalidArgument(what + std::string(ggml_type_name(t.type)) + " " + to_string(t.shape) +
-                            " needs " + std::to_string(nbytes) + " bytes, got " +
+                            " needs " + std::to_string(n) + " bytes, got " +
                             std::to_string(t.data.size()));
     }
     enc.put_string(t.name);
@@ -782,8 +778,8 @@ std::uint64_t write_gguf(const std::string& path, const GgufMetadata& metadata,
       enc.put<std::uint64_t>(static_cast<std::uint64_t>(*it));
     enc.put<std::uint32_t>(static_cast<std::uint32_t>(t.type));
     enc.put<std::uint64_t>(offset);
-    offsets.push_back(offset);
-    const std::uint64_t padded = nbytes + (alignment - nbytes % alignment) % alignment;
+    nbytes.push_back(n);
+    const std::uint64_t padded = n + (alignment - n % alignment) % alignment;
     if (padded > kInt64Max - offset) {
       throw InvalidArgument(what + "the data section would exceed 2^63 bytes");
     }
@@ -794,8 +790,15 @@ std::uint64_t write_gguf(const std::string& path, const GgufMetadata& metadata,
   AtomicFile out(path, "write_gguf '" + path + "'");
   out.write(enc.out.data(), enc.out.size());
   out.write_zeros(static_cast<std::size_t>(header_pad));
+  std::vector<std::uint8_t> buffer;  // one filled tensor at a time
   for (std::size_t i = 0; i < tensors.size(); ++i) {
-    const auto& data = tensors[i].data;
+    const GgufTensorItem& t = tensors[i];
+    std::span<const std::uint8_t> data = t.data;
+    if (t.fill) {
+      buffer.assign(static_cast<std::size_t>(nbytes[i]), 0);
+      t.fill(buffer);
+      data = buffer;
+    }
     out.write(data.data(), data.size());
     out.write_zeros(static_cast<std::size_t>((alignment - data.size() % alignment) % alignment));
   }

@@ -12,11 +12,13 @@
 // mxfp4::Shape is row-major (outermost first). GgufTensorInfo keeps both; everything else in this
 // API speaks row-major, so an Mxfp4Weight [N, K] is the GGUF tensor ne = [K, N].
 //
-// This reader loads the whole file and validates it completely (every length, count, dim, byte
-// size, offset and type, with overflow-checked arithmetic) before handing anything out.
+// The reader maps the file into memory (nothing is read until used) and validates it completely
+// (every length, count, dim, byte size, offset and type, with overflow-checked arithmetic) before
+// handing anything out. The writer streams tensor by tensor.
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <map>
 #include <memory>
 #include <optional>
@@ -215,20 +217,22 @@ class GgufFile {
   static GgufFile open(const std::string& path);
   // The same from bytes in memory; `source` names them in error messages.
   static GgufFile parse(std::vector<std::uint8_t> bytes, const std::string& source);
+  // The same on borrowed bytes that the caller keeps alive and unchanged (the fuzzer).
+  static GgufFile parse_view(std::span<const std::uint8_t> bytes, const std::string& source);
 
   const std::string& source() const { return source_; }
   std::uint32_t version() const { return version_; }
   std::uint64_t alignment() const { return alignment_; }
   // File offset where the data section starts, and the file's size.
   std::uint64_t data_offset() const { return data_offset_; }
-  std::uint64_t file_size() const { return file_.size(); }
+  std::uint64_t file_size() const { return size_; }
 
   const GgufMetadata& metadata() const { return metadata_; }
   const GgufValue* find_metadata(std::string_view key) const;
   // In file order.
   const std::vector<GgufTensorInfo>& tensors() const { return tensors_; }
   const GgufTensorInfo* find(std::string_view name) const;
-  // The tensor's bytes inside this file.
+  // The tensor's bytes inside this file (valid while this object or a copy of it lives).
   std::span<const std::uint8_t> bytes(const GgufTensorInfo& info) const;
   // The tensor `name` of type F32, F16, BF16, I32 or I64 as an owning Tensor with the row-major
   // shape. Throws InvalidArgument if absent, DTypeMismatch for other types (MXFP4: use
@@ -242,7 +246,12 @@ class GgufFile {
 
  private:
   std::string source_;
-  std::vector<std::uint8_t> file_;
+  static GgufFile parse_storage(std::shared_ptr<const void> storage, const std::uint8_t* data,
+                                std::uint64_t size, const std::string& source);
+
+  std::shared_ptr<const void> storage_;  // the mapping or the vector; shared by copies
+  const std::uint8_t* data_ = nullptr;
+  std::uint64_t size_ = 0;
   std::uint32_t version_ = 0;
   std::uint64_t alignment_ = kGgufDefaultAlignment;
   std::uint64_t data_offset_ = 0;
@@ -254,22 +263,25 @@ class GgufFile {
 
 // ---- writer -------------------------------------------------------------------------------------
 
-// One tensor to write: `data` holds the bytes of `type` for the row-major `shape` (ggml's own
-// layout, e.g. 17-byte blocks for MXFP4). `storage`, when set, owns the bytes `data` views.
+// One tensor to write, of `type` with the row-major `shape`, its bytes in ggml's own layout
+// (e.g. 17-byte blocks for MXFP4): either `data` (viewing memory that outlives the write), or,
+// when `fill` is set, produced by `fill` into a buffer of exactly the tensor's size when the
+// writer reaches the tensor (so only one tensor's bytes are in memory at a time; `data` is then
+// ignored).
 struct GgufTensorItem {
   std::string name;
   GgmlType type = GgmlType::f32;
   Shape shape;
   std::span<const std::uint8_t> data;
-  std::shared_ptr<const std::vector<std::uint8_t>> storage;
+  std::function<void(std::span<std::uint8_t> out)> fill;
 };
 
 // A GGUF item viewing a CPU Tensor of f32, f16, bf16, i32 or i64 (the Tensor must outlive the
 // write). Throws DTypeMismatch (u8, u32: ggml has no such type) or Unsupported (not on the CPU).
 GgufTensorItem gguf_item(std::string name, const Tensor& tensor);
-// A GGUF MXFP4 item of `weight`'s blocks and scales converted to GGUF's layout (owned by the
-// item); row-major shape [N, K] or [E, N, K]. The bias is not included: write it as its own
-// tensor (gguf_item(name, *weight.bias())).
+// A GGUF MXFP4 item of `weight`'s blocks and scales, converted to GGUF's layout when the writer
+// reaches it (the item shares the weight's storage); row-major shape [N, K] or [E, N, K]. The
+// bias is not included: write it as its own tensor (gguf_item(name, *weight.bias())).
 GgufTensorItem gguf_mxfp4_item(std::string name, const Mxfp4Weight& weight);
 
 // Writes a GGUF v3 file atomically (a temporary file in the same folder, renamed over `path`

@@ -7,6 +7,9 @@
 // All numbers are little-endian. Tensors of GGML_TYPE_MXFP4 (39) hold blocks of 32 elements in
 // 17 bytes: the E8M0 scale byte first, then qs[16] where qs[j]'s low nibble is element j and its
 // high nibble element j + 16 (a "split-half" layout, unlike the adjacent pairs of Mxfp4Weight).
+// The conversions below move nibbles and scale bytes unchanged, so they are lossless both ways.
+// One difference in meaning remains outside this file's control: ggml decodes the scale byte
+// 0xFF as 2^128, while the MX spec (and Mxfp4Weight::dequantize) decode it as NaN.
 //
 // Shapes: a GGUF tensor stores its dims fastest-varying first (ne[0] is the row length), while
 // mxfp4::Shape is row-major (outermost first). GgufTensorInfo keeps both; everything else in this

@@ -56,6 +56,10 @@ void expect_bytes_equal(const Tensor& cpu, const Tensor& gpu, const std::string&
   }
 }
 
+mxfp4::Mxfp4Weight to_gpu_dense(const mxfp4::Mxfp4Weight& w) {
+  return mxfp4::Mxfp4Weight::from_parts(w.blocks().to(kGpu), w.scales().to(kGpu));
+}
+
 TEST(Cuda, ReportsDevicesConsistently) {
   if (!mxfp4::cuda_built()) {
     EXPECT_EQ(mxfp4::cuda_device_count(), 0);
@@ -229,6 +233,42 @@ TEST(Cuda, LinearMatchesTheReference) {
                                  " K=" + std::to_string(c.k) + (with_bias ? " bias" : "");
         expect_linear_close(x, w, ref, out_gpu.to(mxfp4::Device::cpu()), what);
       }
+    }
+  }
+}
+
+// Extreme block scales through both tensor-core paths: weight values that are bf16 subnormals
+// (scale 2^-127, met by x ~ 2^100) and huge ones (scale 2^73, met by x ~ 2^-100) must reach the
+// MMAs exactly, so results match the reference to the usual tolerance, not to an absolute slack.
+TEST(Cuda, LinearKeepsExtremeScalesExact) {
+  REQUIRE_GPU();
+  const std::int64_t n = 24, k = 128;
+  std::mt19937_64 rng(9);
+  std::vector<std::uint8_t> codes(static_cast<std::size_t>(n * k / 2));
+  for (auto& c : codes)
+    c = static_cast<std::uint8_t>(rng());
+  for (const bool tiny : {true, false}) {
+    // Every block of a row has the same scale: 0 (2^-127) or 200 (2^73); a few rows use 1 and 2.
+    std::vector<std::uint8_t> scales(static_cast<std::size_t>(n * k / 32));
+    for (std::int64_t r = 0; r < n; ++r) {
+      for (std::int64_t b = 0; b < k / 32; ++b) {
+        scales[static_cast<std::size_t>(r * (k / 32) + b)] =
+            tiny ? static_cast<std::uint8_t>(r % 3) : std::uint8_t{200};
+      }
+    }
+    const auto w = mxfp4::Mxfp4Weight::from_parts(Tensor::from_vector(codes, {n, k / 2}),
+                                                  Tensor::from_vector(scales, {n, k / 32}));
+    const auto wg = to_gpu_dense(w);
+    for (std::int64_t m : {1, 130}) {  // decode kernel, tiled GEMM
+      const Tensor x =
+          random_tensor({m, k}, DType::f32, 10 + m, tiny ? 0x1p100f : 0x1p-100f).to(DType::bf16);
+      const Tensor got = mxfp4::linear(x.to(kGpu), wg).to(mxfp4::Device::cpu());
+      const Tensor ref = mxfp4::linear(x, w);
+      for (std::int64_t i = 0; i < got.numel(); ++i)
+        ASSERT_NE(got.item_as_double(i), 0.0) << "flushed to zero at " << i;
+      expect_linear_close(
+          x, w, ref, got,
+          std::string(tiny ? "scale 2^-127" : "scale 2^73") + " M=" + std::to_string(m));
     }
   }
 }

@@ -119,10 +119,12 @@ __device__ __forceinline__ std::uint32_t bf16_scale_pair(std::uint32_t s) {
   return bits | (bits << 16);
 }
 
-// Packed bf16 multiply (exact here: an E2M1 value times a power of two that bf16 holds).
+// Packed bf16 multiply (exact here: an E2M1 value times a power of two that bf16 holds), as
+// a * b + (-0), since mul.bf16x2 needs sm_90 and fma.bf16x2 only sm_80; adding -0 keeps the
+// sign of a zero product.
 __device__ __forceinline__ std::uint32_t bf16x2_mul(std::uint32_t a, std::uint32_t b) {
   std::uint32_t r;
-  asm("mul.rn.bf16x2 %0, %1, %2;" : "=r"(r) : "r"(a), "r"(b));
+  asm("fma.rn.bf16x2 %0, %1, %2, %3;" : "=r"(r) : "r"(a), "r"(b), "r"(0x80008000u));
   return r;
 }
 

@@ -117,13 +117,19 @@ Device to_device(const char* op, const char* name, int device_type, int device_i
                            std::to_string(device_type) + "; mxfp4 takes CPU and CUDA memory");
 }
 
-ArrayArg to_array(nb::handle obj, const char* op, const char* name) {
+// `convert`: a non-contiguous input is copied to a contiguous one. Outputs never are (the
+// results would land in the copy).
+ArrayArg to_array(nb::handle obj, const char* op, const char* name, bool convert = true) {
   if (obj.is_none()) throw mxfp4::InvalidArgument(std::string(op) + ": " + name + " is None");
   nb::object source = nb::borrow(obj);
   const bool bf16_view = is_numpy_bfloat16(obj);
   if (bf16_view) source = obj.attr("view")("uint16");
   ArrayArg a;
-  if (!nb::try_cast(source, a.array)) {
+  if (!nb::try_cast(source, a.array, convert)) {
+    if (!convert && nb::try_cast(source, a.array, true)) {
+      throw mxfp4::InvalidArgument(std::string(op) + ": " + name +
+                                   " must be C-contiguous (results are written in place)");
+    }
     throw mxfp4::InvalidArgument(std::string(op) + ": " + name +
                                  " must be an array (numpy, or a DLPack tensor such as a "
                                  "PyTorch tensor), got " +
@@ -153,7 +159,7 @@ ArrayArg to_output(nb::handle obj, const char* op, const char* name) {
       throw mxfp4::InvalidArgument(std::string(op) + ": " + name + " is read-only");
     }
   }
-  return to_array(obj, op, name);
+  return to_array(obj, op, name, false);
 }
 
 nb::object import_bfloat16() {

@@ -181,6 +181,20 @@ def test_linear_dtypes_shapes_and_out() -> None:
     readonly.flags.writeable = False
     with pytest.raises(mxfp4.InvalidArgument, match="read-only"):
         mxfp4.linear(x, weight, out=readonly)
+    strided = np.zeros((24, 3, 2), np.float32).transpose(2, 1, 0)
+    with pytest.raises(mxfp4.InvalidArgument, match="out must be C-contiguous"):
+        mxfp4.linear(x, weight, out=strided)
+    assert not strided.any()
+
+
+def test_non_contiguous_inputs_are_read_correctly() -> None:
+    weight = mxfp4.Mxfp4Weight.quantize(randn(16, 64, seed=30))
+    wide = randn(4, 128, seed=31)
+    np.testing.assert_array_equal(mxfp4.linear(wide[:, ::2], weight),
+                                  mxfp4.linear(np.ascontiguousarray(wide[:, ::2]), weight))
+    fortran = np.asfortranarray(randn(5, 64, seed=32))
+    np.testing.assert_array_equal(mxfp4.linear(fortran, weight),
+                                  mxfp4.linear(np.ascontiguousarray(fortran), weight))
 
 
 @pytest.mark.parametrize("id_dtype", [np.int32, np.int64, np.uint32])

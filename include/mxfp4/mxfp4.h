@@ -5,8 +5,9 @@
  * Status codes. Every function that can fail returns an mxfp4_status: MXFP4_OK (0) on success,
  * otherwise one of the MXFP4_ERR_* codes below (the values of the C++ mxfp4::ErrorCode, plus
  * MXFP4_ERR_OUT_OF_MEMORY and MXFP4_ERR_INTERNAL, which C++ reports as std::bad_alloc and other
- * exceptions). On failure no output argument is written (a handle out-parameter is left as it
- * was), no handle passed in is changed, and no partial output file exists. The only functions
+ * exceptions). On failure no out-parameter (handle, struct, count, string) is written, no handle
+ * passed in is changed, and no partial output file exists; the contents of a caller's output
+ * tensor (the buffer an operation writes its result into) are then unspecified. The only functions
  * that return something else are the ones that cannot fail: the version queries, the name
  * lookups (mxfp4_status_name, mxfp4_dtype_name, mxfp4_scale_rule_name),
  * mxfp4_last_error_message, mxfp4_cuda_built and the *_destroy / *_close functions.

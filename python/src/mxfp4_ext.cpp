@@ -684,8 +684,13 @@ NB_MODULE(_mxfp4, m) {
           "The shape, a tuple.")
       .def_ro("nbytes", &PyTensorInfo::nbytes)
       .def("__repr__", [](const PyTensorInfo& t) {
+        std::string shape = "(";
+        for (std::size_t i = 0; i < t.shape.size(); ++i) {
+          shape += (i ? ", " : "") + std::to_string(t.shape[i]);
+        }
+        shape += t.shape.size() == 1 ? ",)" : ")";
         return "TensorInfo(name='" + t.name + "', file_dtype='" + t.file_dtype +
-               "', shape=" + mxfp4::to_string(t.shape) + ")";
+               "', shape=" + shape + ")";
       });
 
   nb::class_<PyFile>(m, "File", "An opened file (safetensors for now); read-only.")

@@ -3,6 +3,7 @@
  * on the dequantized weight, files written and read back, and error paths (status codes and
  * messages). Usage: test_capi WORK_DIR (a folder for the files it writes). */
 #include <math.h>
+#include <pthread.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -596,6 +597,25 @@ static void test_errors(void) {
   mxfp4_writer_destroy(NULL);
 }
 
+/* The last error is per thread: a failure on another thread leaves this thread's message. */
+static void* fail_on_other_thread(void* result) {
+  const mxfp4_status s = mxfp4_parse_scale_rule("other-thread", (int32_t*)result);
+  *(int*)result = (s == MXFP4_ERR_INVALID_ARGUMENT &&
+                   strstr(mxfp4_last_error_message(), "other-thread") != NULL);
+  return NULL;
+}
+
+static void test_thread_local_messages(void) {
+  pthread_t thread;
+  int other_ok = 0;
+  CHECK_ERROR(mxfp4_parse_scale_rule("main-thread", NULL), MXFP4_ERR_INVALID_ARGUMENT,
+              "rule is NULL");
+  CHECK(pthread_create(&thread, NULL, fail_on_other_thread, &other_ok) == 0);
+  CHECK(pthread_join(thread, NULL) == 0);
+  CHECK(other_ok == 1);
+  CHECK(strstr(mxfp4_last_error_message(), "rule is NULL") != NULL);
+}
+
 int main(int argc, char** argv) {
   if (argc != 2) {
     fprintf(stderr, "usage: test_capi WORK_DIR\n");
@@ -610,6 +630,7 @@ int main(int argc, char** argv) {
   test_from_parts();
   test_files(argv[1]);
   test_errors();
+  test_thread_local_messages();
   printf("capi: %d checks passed, %d failed\n", g_passed, g_failed);
   return g_failed == 0 ? 0 : 1;
 }

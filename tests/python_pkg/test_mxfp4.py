@@ -302,6 +302,7 @@ def test_save_and_open_round_trip(tmp_path: pathlib.Path) -> None:
         info = f.tensors[6]
         assert (info.dtype, info.file_dtype, info.shape, info.nbytes) == ("bf16", "BF16",
                                                                            (10, 64), 1280)
+        assert repr(info) == "TensorInfo(name='embed', file_dtype='BF16', shape=(10, 64))"
         assert f.metadata == {"origin": "pytest"}
         assert f.weight_names == ["layers.0.up", "experts"]
         loaded = f.load_weight("layers.0.up")

@@ -371,3 +371,16 @@ def test_docstrings() -> None:
                 mxfp4.save, mxfp4.open, mxfp4.Mxfp4Weight, mxfp4.Mxfp4Weight.quantize,
                 mxfp4.File.load_weight):
         assert obj.__doc__ and len(obj.__doc__) > 20, obj
+
+
+def test_concurrent_calls_from_python_threads() -> None:
+    # The module releases the GIL while the library runs; a weight is shared for reading.
+    from concurrent.futures import ThreadPoolExecutor
+
+    weight = mxfp4.Mxfp4Weight.quantize(randn(256, 512, seed=40))
+    inputs = [randn(16, 512, seed=41 + i) for i in range(8)]
+    expected = [mxfp4.linear(x, weight) for x in inputs]
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        results = list(pool.map(lambda x: mxfp4.linear(x, weight), inputs * 4))
+    for i, y in enumerate(results):
+        np.testing.assert_array_equal(y, expected[i % len(inputs)])

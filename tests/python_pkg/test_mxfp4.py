@@ -384,3 +384,28 @@ def test_concurrent_calls_from_python_threads() -> None:
         results = list(pool.map(lambda x: mxfp4.linear(x, weight), inputs * 4))
     for i, y in enumerate(results):
         np.testing.assert_array_equal(y, expected[i % len(inputs)])
+
+
+class _DLPackOnly:
+    """An array seen only through the DLPack protocol (as PyTorch and others hand theirs over)."""
+
+    def __init__(self, a: np.ndarray) -> None:
+        self.a = a
+
+    def __dlpack__(self, **kwargs):
+        return self.a.__dlpack__(**kwargs)
+
+    def __dlpack_device__(self):
+        return self.a.__dlpack_device__()
+
+
+def test_dlpack_producers_without_copies() -> None:
+    weight = mxfp4.Mxfp4Weight.quantize(randn(8, 64, seed=50))
+    x = randn(3, 64, seed=51)
+    np.testing.assert_array_equal(mxfp4.linear(_DLPackOnly(x), weight), mxfp4.linear(x, weight))
+    blocks, scales = np.array(weight.blocks), np.array(weight.scales)
+    view = mxfp4.Mxfp4Weight.from_parts(_DLPackOnly(blocks), _DLPackOnly(scales))
+    assert np.shares_memory(view.blocks, blocks)
+    out = np.zeros((3, 8), np.float32)
+    mxfp4.linear(x, view, out=_DLPackOnly(out))
+    np.testing.assert_array_equal(out, mxfp4.linear(x, weight))

@@ -31,7 +31,8 @@
  * - Tensors (mxfp4_tensor) describe caller-owned memory: a pointer, a shape, a dtype and a
  *   device. The library never keeps such a pointer after the call returns, except where a
  *   function says it borrows it (mxfp4_weight_from_parts with MXFP4_BORROW): then the memory must
- *   outlive the handle.
+ *   outlive the handle. Work enqueued on a CUDA stream reads and writes the memory when the
+ *   stream gets to it: keep it valid (and unchanged, for inputs) until then.
  * - Strings returned by the library (names, dtype strings, metadata values) belong to the
  *   object they came from and stay valid until that object is destroyed; static strings (the
  *   version, status and dtype names) are valid forever.

@@ -42,9 +42,10 @@
  * tensors of one call and the weight must be on the same device. `stream` arguments take a
  * cudaStream_t cast to void* (NULL: the legacy default stream); CPU calls ignore it. Calls on
  * CUDA tensors are enqueued on the stream and return without waiting (mxfp4_synchronize waits);
- * mxfp4_linear and mxfp4_gather_linear neither allocate nor synchronize, so they can be captured
- * in a CUDA graph. A build without the CUDA backend answers CUDA tensors with
- * MXFP4_ERR_UNSUPPORTED.
+ * mxfp4_linear and mxfp4_gather_linear never synchronize with the host, so they can be captured
+ * in a CUDA graph. Errors found on the GPU after a call returned (an expert id out of range in a
+ * CUDA gather) are reported by the next mxfp4_synchronize. A build without the CUDA backend
+ * answers CUDA tensors with MXFP4_ERR_UNSUPPORTED.
  *
  * Thread safety. Functions may be called from any thread. Handles are safe to share between
  * threads for reading (an mxfp4_weight used by several concurrent mxfp4_linear calls, an

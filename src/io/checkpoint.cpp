@@ -760,7 +760,7 @@ InspectReport inspect_checkpoint(const std::string& path) {
   report.metadata = c.metadata;
   report.config = c.config;
   report.total_bytes = c.source_bytes;
-  std::map<std::string, std::string> roles;
+  std::map<std::string, std::pair<std::string, std::ptrdiff_t>> roles;
   for (const LogicalTensor& t : c.tensors) {
     if (!t.is_mxfp4()) continue;
     InspectWeight w;
@@ -774,9 +774,10 @@ InspectReport inspect_checkpoint(const std::string& path) {
     report.mxfp4_values += shape_numel(t.weight_shape());
     report.mxfp4_bytes += w.bytes;
     report.weights.push_back(w);
-    const char* kinds[] = {"MXFP4 blocks of ", "MXFP4 scales of ", "MXFP4 bias of "};
-    for (std::size_t k = 0; k < t.source_names.size() && k < 3; ++k)
-      roles[t.source_names[k]] = kinds[k] + (t.name.empty() ? std::string("(unnamed)") : t.name);
+    const char* kinds[] = {"blocks", "scales", "bias"};
+    for (std::size_t k = 0; k < t.source_names.size() && k < 3; ++k) {
+      roles[t.source_names[k]] = {kinds[k], static_cast<std::ptrdiff_t>(report.weights.size() - 1)};
+    }
   }
   // The physical tensors, where the checkpoint is safetensors.
   try {
@@ -790,7 +791,10 @@ InspectReport inspect_checkpoint(const std::string& path) {
       t.dtype = r.entry->dtype;
       t.shape = r.entry->shape;
       t.bytes = r.entry->end - r.entry->begin;
-      if (auto it = roles.find(t.name); it != roles.end()) t.role = it->second;
+      if (auto it = roles.find(t.name); it != roles.end()) {
+        t.part = it->second.first;
+        t.weight = it->second.second;
+      }
       report.tensors.push_back(std::move(t));
     }
   } catch (const Error&) {

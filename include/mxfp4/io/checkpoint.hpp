@@ -238,7 +238,8 @@ struct InspectTensor {
   std::string dtype;
   Shape shape;
   std::uint64_t bytes = 0;
-  std::string role;  // "" or "MXFP4 blocks of P", "MXFP4 scales of P", "MXFP4 bias of P"
+  std::string part;            // "" (dense) or the MXFP4 part it is: "blocks", "scales", "bias"
+  std::ptrdiff_t weight = -1;  // its weight's index in InspectReport::weights, or -1
 };
 
 struct InspectWeight {

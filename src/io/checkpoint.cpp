@@ -311,6 +311,20 @@ void write_quantized_config(const std::string& from_folder, const std::string& o
 
 }  // namespace
 
+namespace {
+
+// The output path as write_checkpoint should see it: a folder input writes a folder unless the
+// output names a .safetensors file.
+std::string resolve_output(const std::string& in, const std::string& out,
+                           std::uint64_t max_shard_bytes) {
+  std::error_code ec;
+  if (checkpoint_output_is_folder(out, max_shard_bytes)) return out;
+  if (std::filesystem::is_directory(in, ec) && !out.ends_with(".safetensors")) return out + "/";
+  return out;
+}
+
+}  // namespace
+
 double QuantizeReport::output_bits_per_value() const {
   if (output_values == 0) return 0.0;
   return 8.0 * static_cast<double>(file_bytes_out) / static_cast<double>(output_values);
@@ -525,14 +539,15 @@ QuantizeReport quantize_checkpoint(const std::string& in, const std::string& out
       options.progress({i, dst.tensors.size(), bytes_done, bytes_total, dst.tensors[i].name});
     }
   };
-  const LayoutWriteResult written = layout.write(dst, out, wo);
+  const std::string target = resolve_output(in, out, options.max_shard_bytes);
+  const LayoutWriteResult written = layout.write(dst, target, wo);
   if (options.progress) {
     options.progress({dst.tensors.size(), dst.tensors.size(), bytes_total, bytes_total, ""});
   }
   report.files = written.files;
   report.file_bytes_out = written.bytes;
-  if (checkpoint_output_is_folder(out, options.max_shard_bytes)) {
-    write_quantized_config(src.folder, out, not_converted);
+  if (checkpoint_output_is_folder(target, options.max_shard_bytes)) {
+    write_quantized_config(src.folder, target, not_converted);
   }
   return report;
 }
@@ -635,7 +650,7 @@ DequantizeReport dequantize_checkpoint(const std::string& in, const std::string&
   }
   const Layout& linear = find_layout("linear");
   check_collisions(linear, dst, origin, prefix);
-  const LayoutWriteResult written = linear.write(dst, out);
+  const LayoutWriteResult written = linear.write(dst, resolve_output(in, out, 0));
   report.file_bytes_out = written.bytes;
   return report;
 }
@@ -658,11 +673,12 @@ ConvertReport convert_checkpoint(const std::string& in, const std::string& out, 
   check_collisions(target, src, origin, "convert_checkpoint '" + in + "': ");
   LayoutWriteOptions wo;
   wo.max_shard_bytes = max_shard_bytes;
-  const LayoutWriteResult written = target.write(src, out, wo);
+  const std::string where = resolve_output(in, out, max_shard_bytes);
+  const LayoutWriteResult written = target.write(src, where, wo);
   report.files = written.files;
   report.bytes_out = written.bytes;
-  if (checkpoint_output_is_folder(out, max_shard_bytes) && src.config.present) {
-    write_quantized_config(src.folder, out, src.config.modules_to_not_convert);
+  if (checkpoint_output_is_folder(where, max_shard_bytes) && src.config.present) {
+    write_quantized_config(src.folder, where, src.config.modules_to_not_convert);
   }
   return report;
 }

@@ -715,6 +715,11 @@ SafetensorsWriter::SafetensorsWriter(std::string path, std::vector<SafetensorsTe
   const std::string header = build_header(w.prefix, tensors, metadata, w.sizes, data_size);
   w.tensors = std::move(tensors);
   file_size_ = 8 + header.size() + data_size;
+  // A device, pipe or socket at `path` is never replaced by a file (e.g. /dev/null as root).
+  struct stat st {};
+  if (::stat(path_.c_str(), &st) == 0 && !S_ISREG(st.st_mode) && !S_ISDIR(st.st_mode)) {
+    throw IoError(w.prefix + "exists and is not a regular file; refusing to replace it");
+  }
 
   for (int attempt = 0; attempt < 100 && w.fd < 0; ++attempt) {
     w.tmp = temporary_name(path_, attempt);

@@ -14,6 +14,7 @@
 #include <fstream>
 #include <iterator>
 #include <map>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -253,6 +254,12 @@ TEST(safetensors_shards, WritesAnIndexAndReadsItBackFromTheFolderOrTheIndex) {
     for (const auto& s : c.shards())
       EXPECT_LE(s.data_size(), 250u);
   }
+  // Copies point into their own shards.
+  std::optional<SafetensorsCheckpoint> original = SafetensorsCheckpoint::open(dir.file("ck"));
+  const SafetensorsCheckpoint copy = *original;
+  original.reset();
+  for (const auto& [name, bytes] : tensors)
+    EXPECT_EQ(entry_bytes(copy, name), bytes) << name;
   // Rewriting the folder as one file removes the old shards and index.
   mxfp4::io::write_checkpoint(dir.file("ck"), streamed(tensors));
   EXPECT_EQ(dir.listing("ck"), std::vector<std::string>{"model.safetensors"});

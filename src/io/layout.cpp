@@ -12,6 +12,7 @@
 #include <string>
 #include <utility>
 
+#include "io/layout_internal.hpp"
 #include "mxfp4/error.hpp"
 #include "mxfp4/format.hpp"
 
@@ -27,6 +28,23 @@ const LogicalTensor* LogicalCheckpoint::find(std::string_view name) const {
     if (t.name == name) return &t;
   }
   return nullptr;
+}
+
+const Mxfp4Weight& detail::SharedWeight::get() {
+  if (!w_.defined()) {
+    w_ = t_.weight();
+    const bool ok = w_.out_features() == t_.n && w_.in_features() == t_.k &&
+                    (w_.stacked() ? w_.num_experts() == t_.experts : t_.experts == 0) &&
+                    w_.bias().has_value() == t_.has_bias() &&
+                    (!t_.has_bias() || safetensors_dtype_name(w_.bias()->dtype()) == t_.bias_dtype);
+    if (!ok) {
+      throw InvalidArgument(
+          "MXFP4 weight '" + t_.name + "': its producer gave a weight that is not " +
+          to_string(t_.weight_shape()) +
+          (t_.has_bias() ? " with a " + t_.bias_dtype + " bias" : " without bias"));
+    }
+  }
+  return w_;
 }
 
 namespace {
@@ -195,41 +213,11 @@ std::vector<std::vector<std::string>> names_for(const LogicalCheckpoint& c, cons
   return names;
 }
 
-// The weight of one logical tensor, produced once for all its parts and released after the last.
-class SharedWeight {
- public:
-  explicit SharedWeight(const LogicalTensor& t) : t_(t) {}
-  const Mxfp4Weight& get() {
-    if (!w_.defined()) {
-      w_ = t_.weight();
-      const Shape expected = t_.weight_shape();
-      const bool ok =
-          w_.out_features() == t_.n && w_.in_features() == t_.k &&
-          (w_.stacked() ? w_.num_experts() == t_.experts : t_.experts == 0) &&
-          w_.bias().has_value() == t_.has_bias() &&
-          (!t_.has_bias() || safetensors_dtype_name(w_.bias()->dtype()) == t_.bias_dtype);
-      if (!ok) {
-        throw InvalidArgument(
-            "MXFP4 weight '" + t_.name + "': its producer gave a weight that is not " +
-            to_string(expected) +
-            (t_.has_bias() ? " with a " + t_.bias_dtype + " bias" : " without bias"));
-      }
-    }
-    return w_;
-  }
-  void release() { w_ = Mxfp4Weight(); }
-
- private:
-  const LogicalTensor& t_;
-  Mxfp4Weight w_;
-};
-
 LayoutWriteResult write_named(const LogicalCheckpoint& c, const std::string& out,
                               const LayoutWriteOptions& options, const Naming& naming) {
   LayoutWriteResult result;
   result.names = names_for(c, naming);
   std::vector<StreamedTensor> physical;
-  std::vector<std::shared_ptr<SharedWeight>> shared;
   for (std::size_t i = 0; i < c.tensors.size(); ++i) {
     const LogicalTensor& t = c.tensors[i];
     const auto& names = result.names[i];
@@ -243,7 +231,7 @@ LayoutWriteResult write_named(const LogicalCheckpoint& c, const std::string& out
                           }});
       continue;
     }
-    auto w = std::make_shared<SharedWeight>(t);
+    auto w = std::make_shared<detail::SharedWeight>(t);
     Shape lead = t.experts > 0 ? Shape{t.experts, t.n} : Shape{t.n};
     Shape bshape = lead;
     if (naming.four_d) {

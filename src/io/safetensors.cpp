@@ -971,6 +971,22 @@ SafetensorsCheckpoint SafetensorsCheckpoint::from_file(SafetensorsFile file) {
   return c;
 }
 
+SafetensorsCheckpoint::SafetensorsCheckpoint(const SafetensorsCheckpoint& other) {
+  *this = other;
+}
+
+SafetensorsCheckpoint& SafetensorsCheckpoint::operator=(const SafetensorsCheckpoint& other) {
+  if (this == &other) return *this;
+  source_ = other.source_;
+  folder_ = other.folder_;
+  sharded_ = other.sharded_;
+  shards_ = other.shards_;
+  metadata_ = other.metadata_;
+  config_ = other.config_;
+  index_entries();
+  return *this;
+}
+
 void SafetensorsCheckpoint::index_entries() {
   refs_.clear();
   by_name_.clear();

@@ -204,6 +204,13 @@ class SafetensorsCheckpoint {
   // A checkpoint of one already-open file.
   static SafetensorsCheckpoint from_file(SafetensorsFile file);
 
+  SafetensorsCheckpoint() = default;
+  // Copies share the open files; their entries() point into their own shard list.
+  SafetensorsCheckpoint(const SafetensorsCheckpoint& other);
+  SafetensorsCheckpoint& operator=(const SafetensorsCheckpoint& other);
+  SafetensorsCheckpoint(SafetensorsCheckpoint&&) noexcept = default;
+  SafetensorsCheckpoint& operator=(SafetensorsCheckpoint&&) noexcept = default;
+
   const std::string& source() const { return source_; }
   // The folder holding the files (config.json is read from there).
   const std::string& folder() const { return folder_; }

@@ -358,7 +358,8 @@ int run_inspect(const std::string& path, bool as_json) {
     std::cout << j.dump(2) << '\n';
     return 0;
   }
-  std::cout << path << ": " << r.tensors.size() << " tensors in " << files_text(r.files) << ", "
+  std::cout << path << ": " << r.tensors.size() << " tensors"
+            << (r.files.size() > 1 ? " in " + files_text(r.files) : std::string()) << ", "
             << bytes_text(r.total_bytes) << " bytes, layout " << r.layout << '\n';
   for (const auto& [k, v] : r.metadata)
     std::cout << "metadata: " << k << " = " << v << '\n';

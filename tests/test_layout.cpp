@@ -717,6 +717,19 @@ TEST(layouts, LinearLoadersCheckEveryShape) {
                mxfp4::ShapeMismatch);
   const std::string d = error_of([&] { mxfp4::io::linear_b(ck, "norm", 128, 1, false); });
   EXPECT_NE(d.find("'norm.blocks' is missing"), std::string::npos) << d;
+  // Wrong dtypes name the tensor and what it should be.
+  write_safetensors(dir.file("bad.safetensors"), {{"x.blocks", "F32", {2, 4}, Bytes(32, 0)},
+                                                  {"x.scales", "U8", {2, 1}, Bytes(2, 127)},
+                                                  {"y.blocks", "U8", {2, 16}, Bytes(32, 0)},
+                                                  {"y.scales", "U8", {2, 1}, Bytes(2, 127)},
+                                                  {"y.bias", "I32", {2}, Bytes(8, 0)}});
+  const auto bad = SafetensorsCheckpoint::open(dir.file("bad.safetensors"));
+  const std::string t = error_of([&] { mxfp4::io::linear_b(bad, "x", 32, 2, false); });
+  EXPECT_NE(t.find("'x.blocks' must be U8, got F32"), std::string::npos) << t;
+  EXPECT_THROW(mxfp4::io::linear_b(bad, "x", 32, 2, false), mxfp4::DTypeMismatch);
+  EXPECT_NO_THROW(mxfp4::io::linear_b(bad, "y", 32, 2, false));
+  const std::string b = error_of([&] { mxfp4::io::linear_b(bad, "y", 32, 2, true); });
+  EXPECT_NE(b.find("'y.bias' must be F32 or F16 or BF16, got I32"), std::string::npos) << b;
 }
 
 TEST(layouts, VerifyFindsChangedTensorsAndMissingSources) {

@@ -215,9 +215,11 @@ TEST_F(cli_command, LayoutsConvertInspectVerify) {
 TEST_F(cli_command, FormatFailuresPrintOneLineAndWriteNothing) {
   ASSERT_EQ(run("example " + q("ex.safetensors")), 0) << err_;
   const std::string ex = q("ex.safetensors");
-  EXPECT_EQ(run("convert " + ex + " " + q("x.gguf") + " --to gguf"), 1);
+  EXPECT_EQ(run("convert " + ex + " " + q("x.uqff") + " --to uqff-legacy"), 1);
   expect_one_error_line();
-  EXPECT_NE(err_.find("not built yet"), std::string::npos) << err_;
+  EXPECT_NE(err_.find("MXFP4 weights only"), std::string::npos) << err_;
+  EXPECT_EQ(run("quantize " + ex + " " + q("x.gguf") + " --layout gguf --max-shard-size 1MB"), 1);
+  expect_one_error_line();
   EXPECT_EQ(run("convert " + ex + " " + q("x.safetensors") + " --to nonsense"), 1);
   expect_one_error_line();
   EXPECT_NE(err_.find("unknown layout 'nonsense'"), std::string::npos) << err_;
@@ -226,8 +228,9 @@ TEST_F(cli_command, FormatFailuresPrintOneLineAndWriteNothing) {
   EXPECT_NE(err_.find("--include"), std::string::npos) << err_;
   EXPECT_EQ(run("quantize " + ex + " " + q("x.safetensors") + " --max-shard-size lots"), 1);
   expect_one_error_line();
-  EXPECT_EQ(run("quantize " + ex + " " + q("x") + " --layout uqff1"), 1);
+  EXPECT_EQ(run("quantize " + ex + " " + q("x") + " --layout ggml"), 1);
   expect_one_error_line();
+  EXPECT_NE(err_.find("unknown layout 'ggml'"), std::string::npos) << err_;
   EXPECT_EQ(run("inspect " + q("absent")), 1);
   expect_one_error_line();
   EXPECT_NE(err_.find("absent"), std::string::npos) << err_;
@@ -235,6 +238,7 @@ TEST_F(cli_command, FormatFailuresPrintOneLineAndWriteNothing) {
   expect_one_error_line();
   EXPECT_FALSE(fs::exists(file("x.safetensors")));
   EXPECT_FALSE(fs::exists(file("x.gguf")));
+  EXPECT_FALSE(fs::exists(file("x.uqff")));
   EXPECT_FALSE(fs::exists(file("x")));
 }
 

@@ -13,15 +13,18 @@
 #include <filesystem>
 #include <fstream>
 #include <iterator>
+#include <limits>
 #include <map>
 #include <optional>
 #include <string>
 #include <vector>
 
 #include "mxfp4/io/checkpoint.hpp"
+#include "mxfp4/io/gguf.hpp"
 #include "mxfp4/io/layers.hpp"
 #include "mxfp4/io/layout.hpp"
 #include "mxfp4/io/safetensors.hpp"
+#include "mxfp4/io/uqff.hpp"
 #include "mxfp4/mxfp4.hpp"
 
 namespace {
@@ -648,53 +651,197 @@ TEST(layouts, RegistryNamesAndUnbuiltLayouts) {
   }
 }
 
-TEST(layouts, EveryPairOfBuiltLayoutsRoundTripsBitForBit) {
-  TempDir dir;
-  mxfp4::io::write_example_checkpoint(dir.file("ex.safetensors"));
-  mxfp4::io::quantize_checkpoint(dir.file("ex.safetensors"), dir.file("q.safetensors"));
-  std::vector<std::string> built;
-  for (const auto* l : mxfp4::io::layouts()) {
-    if (l->available()) built.emplace_back(l->name());
-  }
-  ASSERT_GE(built.size(), 2u);
-  // The reference: every weight's codes, scales and bias and every dense tensor's bytes.
-  auto fingerprint = [](const mxfp4::io::LogicalCheckpoint& c) {
-    std::map<std::string, Bytes> f;
-    for (const auto& t : c.tensors) {
-      if (t.is_mxfp4()) {
-        const auto w = t.weight();
-        auto put = [&](const std::string& k, const Tensor& x) {
-          const auto* p = static_cast<const std::uint8_t*>(x.data());
-          f[t.name + "|" + k] = Bytes(p, p + x.nbytes());
-        };
-        put("blocks", w.blocks());
-        put("scales", w.scales());
-        if (w.bias()) put("bias", *w.bias());
-      } else {
-        const auto b = t.bytes();
-        f[t.name] = Bytes(b.data.begin(), b.data.end());
-      }
+// Every weight's codes, scales and bias and every dense tensor's bytes, by logical name.
+std::map<std::string, Bytes> fingerprint(const mxfp4::io::LogicalCheckpoint& c) {
+  std::map<std::string, Bytes> f;
+  for (const auto& t : c.tensors) {
+    if (t.is_mxfp4()) {
+      const auto w = t.weight();
+      auto put = [&](const std::string& k, const Tensor& x) {
+        const auto* p = static_cast<const std::uint8_t*>(x.data());
+        f[t.name + "|" + k] = Bytes(p, p + x.nbytes());
+      };
+      put("blocks", w.blocks());
+      put("scales", w.scales());
+      if (w.bias()) put("bias", *w.bias());
+    } else {
+      const auto b = t.bytes();
+      f[t.name + "|" + t.dtype + mxfp4::to_string(t.shape)] = Bytes(b.data.begin(), b.data.end());
     }
-    return f;
-  };
-  const auto reference = fingerprint(mxfp4::io::read_checkpoint(dir.file("q.safetensors")));
-  for (const auto& from : built) {
-    const std::string a = dir.file("a_" + from + ".safetensors");
-    mxfp4::io::convert_checkpoint(dir.file("q.safetensors"), a, from);
-    for (const auto& to : built) {
-      SCOPED_TRACE(from + " -> " + to);
-      const std::string b = dir.file("b_" + from + "_" + to + ".safetensors");
+  }
+  return f;
+}
+
+std::string extension(const std::string& layout) {
+  if (layout == "gguf") return ".gguf";
+  if (layout.starts_with("uqff")) return ".uqff";
+  return ".safetensors";
+}
+
+// Converts `source` into every layout in `layouts`, then each of those into every layout, and
+// back: every weight and tensor must come through bit for bit, and A -> B -> A gives A's file.
+void round_trip_every_pair(const TempDir& dir, const std::string& source,
+                           const std::vector<std::string>& layouts, const std::string& tag) {
+  const auto reference = fingerprint(mxfp4::io::read_checkpoint(source));
+  for (const auto& from : layouts) {
+    const std::string a = dir.file(tag + "_a_" + from + extension(from));
+    mxfp4::io::convert_checkpoint(source, a, from);
+    for (const auto& to : layouts) {
+      SCOPED_TRACE(tag + ": " + from + " -> " + to);
+      const std::string b = dir.file(tag + "_b_" + from + "_" + to + extension(to));
       const auto r = mxfp4::io::convert_checkpoint(a, b, to);
       EXPECT_EQ(r.from, from);
       EXPECT_EQ(r.to, to);
-      EXPECT_EQ(fingerprint(mxfp4::io::read_checkpoint(b)), reference);
       EXPECT_EQ(mxfp4::io::detect_layout(b).name(), to);
-      // Back to where it started: the very same file.
-      const std::string c = dir.file("c_" + from + "_" + to + ".safetensors");
+      EXPECT_EQ(fingerprint(mxfp4::io::read_checkpoint(b)), reference);
+      const std::string c = dir.file(tag + "_c_" + from + "_" + to + extension(from));
       mxfp4::io::convert_checkpoint(b, c, from);
       EXPECT_EQ(read_all(c), read_all(a));
     }
   }
+}
+
+TEST(layouts, EveryPairOfLayoutsRoundTripsBitForBit) {
+  TempDir dir;
+  std::vector<std::string> all;
+  for (const auto* l : mxfp4::io::layouts()) {
+    ASSERT_TRUE(l->available()) << l->name();
+    all.emplace_back(l->name());
+  }
+  ASSERT_EQ(all.size(), 5u);
+  // MXFP4 weights only (what every layout holds, uqff-legacy included): dense and stacked,
+  // with and without bias, f32 / bf16 / f16 biases, every scale byte including 0x00 and 0xFF.
+  Tensor w1 = Tensor::empty({8, 64}, DType::f32);
+  Tensor w2 = Tensor::empty({3, 4, 32}, DType::f32);
+  for (Tensor* w : {&w1, &w2}) {
+    const Bytes r = pattern(static_cast<std::size_t>(w->numel()), 7);
+    for (std::int64_t i = 0; i < w->numel(); ++i)
+      w->data_as<float>()[i] =
+          (static_cast<float>(r[static_cast<std::size_t>(i)]) - 128.0f) / 17.0f;
+  }
+  w1.data_as<float>()[5] = std::numeric_limits<float>::infinity();  // a NaN block (0xFF)
+  w1.data_as<float>()[64 + 40] = 1e-39f;  // a tiny block: a subnormal scale
+  const Tensor b1 = Tensor::from_vector<float>(std::vector<float>(8, 0.25f), {8});
+  const Tensor b2 =
+      Tensor::from_vector<float>(std::vector<float>(12, -1.5f), {3, 4}).to(DType::bf16);
+  const Tensor w3 = Tensor::from_vector<float>(std::vector<float>(2 * 32, 0.5f), {2, 32});
+  const Tensor b3 = Tensor::from_vector<float>({1.0f, 2.0f}, {2}).to(DType::f16);
+  write_safetensors(
+      dir.file("dense.safetensors"),
+      {mxfp4::io::safetensors_item("model.a.weight", w1),
+       mxfp4::io::safetensors_item("model.a.bias", b1),
+       mxfp4::io::safetensors_item("experts.b.weight", w2),
+       mxfp4::io::safetensors_item("experts.b.bias", b2),
+       mxfp4::io::safetensors_item("c.weight", w3), mxfp4::io::safetensors_item("c.bias", b3),
+       mxfp4::io::safetensors_item("d.weight", w3)},
+      {{"format", "pt"}});
+  mxfp4::QuantizeOptions nan_ok;
+  nan_ok.non_finite = mxfp4::NonFinitePolicy::nan_block;
+  mxfp4::io::quantize_checkpoint(dir.file("dense.safetensors"), dir.file("w.safetensors"), nan_ok);
+  const auto weights_only = mxfp4::io::read_checkpoint(dir.file("w.safetensors"));
+  ASSERT_EQ(weights_only.tensors.size(), 4u);
+  for (const auto& t : weights_only.tensors)
+    ASSERT_TRUE(t.is_mxfp4()) << t.name;
+  round_trip_every_pair(dir, dir.file("w.safetensors"), all, "weights");
+
+  // With dense tensors (F32, BF16, I64 beside the weights): every layout but uqff-legacy, which
+  // refuses them rather than dropping them.
+  mxfp4::io::write_example_checkpoint(dir.file("ex.safetensors"));
+  mxfp4::io::quantize_checkpoint(dir.file("ex.safetensors"), dir.file("q.safetensors"));
+  std::vector<std::string> with_dense;
+  for (const auto& l : all) {
+    if (l != "uqff-legacy") with_dense.push_back(l);
+  }
+  round_trip_every_pair(dir, dir.file("q.safetensors"), with_dense, "mixed");
+  const std::string m = error_of([&] {
+    mxfp4::io::convert_checkpoint(dir.file("q.safetensors"), dir.file("x.uqff"), "uqff-legacy");
+  });
+  EXPECT_NE(m.find("MXFP4 weights only"), std::string::npos) << m;
+  EXPECT_NE(m.find("norm.weight"), std::string::npos) << m;
+  EXPECT_FALSE(fs::exists(dir.file("x.uqff")));
+}
+
+TEST(layouts, QuantizeWritesEveryLayoutWithTheSameBytes) {
+  TempDir dir;
+  const Tensor w = Tensor::from_vector<float>(std::vector<float>(4 * 64, 0.75f), {4, 64});
+  const Tensor b = Tensor::from_vector<float>({1.0f, 2.0f, 3.0f, 4.0f}, {4});
+  Tensor e = Tensor::empty({2, 4, 32}, DType::bf16);
+  for (std::int64_t i = 0; i < e.numel(); ++i)
+    e.data_as<mxfp4::bf16_t>()[i] = {mxfp4::f32_to_bf16(static_cast<float>(i % 13) - 6.0f)};
+  write_safetensors(dir.file("in.safetensors"), {mxfp4::io::safetensors_item("l.weight", w),
+                                                 mxfp4::io::safetensors_item("l.bias", b),
+                                                 mxfp4::io::safetensors_item("e.weight", e)});
+  mxfp4::io::CheckpointQuantizeOptions o;
+  const auto linear =
+      mxfp4::io::quantize_checkpoint(dir.file("in.safetensors"), dir.file("q.safetensors"), o);
+  const auto reference = fingerprint(mxfp4::io::read_checkpoint(dir.file("q.safetensors")));
+  for (const auto* l : mxfp4::io::layouts()) {
+    SCOPED_TRACE(std::string(l->name()));
+    o.layout = std::string(l->name());
+    const std::string out = dir.file("q_" + o.layout + extension(o.layout));
+    const auto r = mxfp4::io::quantize_checkpoint(dir.file("in.safetensors"), out, o);
+    EXPECT_EQ(r.layout, o.layout);
+    EXPECT_EQ(r.count(mxfp4::io::TensorAction::quantized), 2u);
+    EXPECT_EQ(r.files, std::vector<std::string>{out});
+    for (const auto& t : r.tensors) {
+      EXPECT_FALSE(t.outputs.empty()) << t.name;
+      if (t.name != "l.weight") continue;
+      EXPECT_DOUBLE_EQ(t.sqnr_db, linear.tensors[0].sqnr_db);
+    }
+    EXPECT_EQ(mxfp4::io::detect_layout(out).name(), o.layout);
+    EXPECT_EQ(fingerprint(mxfp4::io::read_checkpoint(out)), reference);
+  }
+}
+
+TEST(layouts, CodecLayoutsNameTheirTensorsLikeTheirFormats) {
+  TempDir dir;
+  mxfp4::io::write_example_checkpoint(dir.file("ex.safetensors"));
+  mxfp4::io::quantize_checkpoint(dir.file("ex.safetensors"), dir.file("q.safetensors"));
+  const auto q = SafetensorsCheckpoint::open(dir.file("q.safetensors"));
+
+  // UQFF 1.x: the codec reads what the layout wrote, with the same codes and scales.
+  mxfp4::io::convert_checkpoint(dir.file("q.safetensors"), dir.file("q.uqff"), "uqff1");
+  const auto contents = mxfp4::io::read_uqff1(dir.file("q.uqff"));
+  ASSERT_EQ(contents.layers.size(), 3u);
+  EXPECT_EQ(contents.layers[2].prefix, "experts");
+  const auto& experts = contents.layers[2].weight;
+  EXPECT_EQ(std::memcmp(experts.blocks().data(), entry_bytes(q, "experts.blocks").data(),
+                        experts.blocks().nbytes()),
+            0);
+  const auto uq = SafetensorsCheckpoint::open(dir.file("q.uqff"));
+  EXPECT_EQ(uq.entries().front().entry->name, "uqff.version.major");
+  EXPECT_EQ(entry_bytes(uq, "experts.weight.format"), Bytes{6});
+  EXPECT_EQ(entry_bytes(uq, "norm.weight"), entry_bytes(q, "norm.weight"));
+
+  // Legacy blobs: named by index, the layer names kept in the metadata.
+  mxfp4::io::write_safetensors(
+      dir.file("w.safetensors"),
+      {{"x.blocks", "U8", {2, 16}, Bytes(32, 0x21)}, {"x.scales", "U8", {2, 1}, Bytes{127, 0}}});
+  mxfp4::io::convert_checkpoint(dir.file("w.safetensors"), dir.file("w.uqff"), "uqff-legacy");
+  const auto layers = mxfp4::io::read_uqff_legacy(dir.file("w.uqff"));
+  ASSERT_EQ(layers.size(), 1u);
+  EXPECT_EQ(layers[0].index, 0u);
+  const auto legacy = SafetensorsCheckpoint::open(dir.file("w.uqff"));
+  EXPECT_EQ(legacy.metadata().at("mxfp4.layer_names"), R"(["x"])");
+  const auto back = mxfp4::io::read_checkpoint(dir.file("w.uqff"));
+  ASSERT_EQ(back.tensors.size(), 1u);
+  EXPECT_EQ(back.tensors[0].name, "x");
+
+  // GGUF: P.weight is an MXFP4 tensor with GGUF's dims, the bias and dense tensors keep theirs.
+  mxfp4::io::convert_checkpoint(dir.file("q.safetensors"), dir.file("q.gguf"), "gguf");
+  const auto g = mxfp4::io::GgufFile::open(dir.file("q.gguf"));
+  const auto* gw = g.find("experts.weight");
+  ASSERT_NE(gw, nullptr);
+  EXPECT_EQ(gw->type, mxfp4::io::GgmlType::mxfp4);
+  EXPECT_EQ(gw->ne, (std::vector<std::uint64_t>{128, 64, 4}));
+  ASSERT_NE(g.find("experts.bias"), nullptr);
+  EXPECT_EQ(g.find("position_ids")->type, mxfp4::io::GgmlType::i64);
+  const auto gm = g.mxfp4_weight("experts.weight", "experts.bias");
+  EXPECT_EQ(std::memcmp(gm.scales().data(), entry_bytes(q, "experts.scales").data(),
+                        gm.scales().nbytes()),
+            0);
+  EXPECT_THROW(mxfp4::io::convert_checkpoint(dir.file("q.safetensors"), dir.file("g/"), "gguf"),
+               mxfp4::InvalidArgument);
 }
 
 TEST(layouts, LinearLoadersCheckEveryShape) {

@@ -510,10 +510,13 @@ QuantizeReport quantize_checkpoint(const std::string& in, const std::string& out
       }
       TensorReport& r = report.tensors[first_row[i]];
       if (plans[i].quantize) {
-        r.outputs = {n[0], n[1]};
-        if (plans[i].bias != SIZE_MAX) {
+        // Every layout names a weight's bias last (uqff-legacy keeps it inside the one blob).
+        const bool bias = plans[i].bias != SIZE_MAX;
+        const bool separate = bias && n.size() >= 2;
+        r.outputs.assign(n.begin(), separate ? n.end() - 1 : n.end());
+        if (bias) {
           TensorReport& br = report.tensors[first_row[plans[i].bias]];
-          br.outputs = {n[2]};
+          br.outputs = {n.back()};
           br.bytes_out = br.bytes_in;
         }
       } else {

@@ -334,17 +334,17 @@ class PendingLayout final : public Layout {
 
 // ==== LAYOUT REGISTRATION POINT ==================================================================
 // Every layout the command and the API know, in detection order (the most specific first; linear
-// reads any safetensors checkpoint, so it comes last). A new codec (uqff1, uqff-legacy, gguf)
-// replaces its PendingLayout line with its own Layout object; nothing else changes.
+// reads any safetensors checkpoint, so it comes last). A new layout is a Layout object added here
+// (the UQFF and GGUF ones live in layout_codecs.cpp); a name reserved for a codec that is not
+// built yet can stand here as a PendingLayout, which says so when asked for.
 const std::vector<const Layout*>& layouts() {
   static const NamedLayout linear("linear", "P.blocks [.., N, K/2] + P.scales + P.bias",
                                   kLinearNaming);
   static const NamedLayout gptoss(
       "gptoss", "GPT-OSS: P_blocks [.., N, K/32, 16] + P_scales + P_bias", kGptossNaming);
-  static const PendingLayout uqff1("uqff1", "mistral.rs UQFF 1.x on safetensors");
-  static const PendingLayout uqff_legacy("uqff-legacy", "mistral.rs UQFF 0.2.0 blobs in .uqff");
-  static const PendingLayout gguf("gguf", "llama.cpp GGUF v3 with MXFP4 tensors");
-  static const std::vector<const Layout*> all = {&uqff1, &uqff_legacy, &gguf, &gptoss, &linear};
+  static const std::vector<const Layout*> all = {&detail::uqff1_layout(),
+                                                 &detail::uqff_legacy_layout(),
+                                                 &detail::gguf_layout(), &gptoss, &linear};
   return all;
 }
 // =================================================================================================

@@ -6,8 +6,10 @@
 //                reference's linear_b / packed_linear_b)
 //   gptoss       P_blocks u8 [.., N, K/32, 16], P_scales u8 [.., N, K/32], P_bias (OpenAI's
 //                GPT-OSS checkpoints, the reference's packed_gptoss_linear)
-//   uqff1, uqff-legacy, gguf: registered names whose codecs live in their own files; until they
-//                are built, asking for them throws Unsupported saying so.
+//   uqff1        mistral.rs UQFF 1.x (P.weight.format, P.weight, P.weight.scales, P.bias)
+//   uqff-legacy  mistral.rs UQFF 0.2.0 blobs named "0", "1", ... (MXFP4 weights only)
+//   gguf         llama.cpp GGUF v3 (P.weight as GGML_TYPE_MXFP4)
+// (the last three in src/io/layout_codecs.cpp, on the codecs of uqff.hpp and gguf.hpp).
 // Layouts never requantize: converting between any two is bit-exact.
 #pragma once
 
@@ -85,7 +87,7 @@ class Layout {
   // "linear", "gptoss", ...: the name the command's --layout / --to take.
   virtual std::string_view name() const = 0;
   virtual std::string_view description() const = 0;
-  // False for a registered name whose codec this build does not have yet.
+  // False for a registered name whose codec this build does not have (none at present).
   virtual bool available() const { return true; }
   // Whether the file or folder at `path` is in this layout. `st` is the checkpoint opened as
   // safetensors, or nullptr when `path` is not a safetensors file (GGUF).

@@ -1,0 +1,126 @@
+#include "io/atomic_file.hpp"
+
+#include <fcntl.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <cerrno>
+#include <chrono>
+#include <filesystem>
+#include <system_error>
+
+#include "mxfp4/error.hpp"
+
+namespace mxfp4::io {
+
+namespace {
+
+constexpr std::size_t kBuffer = std::size_t{1} << 20;
+
+std::string os_error(int err) {
+  return std::system_category().message(err);
+}
+
+// A name beside `path` that no other writer (thread or process) picks.
+std::string temporary_name(const std::string& path, int attempt) {
+  static std::atomic<std::uint64_t> counter{0};
+  std::uint64_t x = static_cast<std::uint64_t>(::getpid()) * 0x9E3779B97F4A7C15ull;
+  x ^= static_cast<std::uint64_t>(
+      std::chrono::high_resolution_clock::now().time_since_epoch().count());
+  x ^= (counter.fetch_add(1) + static_cast<std::uint64_t>(attempt)) * 0xBF58476D1CE4E5B9ull;
+  x ^= x >> 31;
+  static constexpr char kAlnum[] = "abcdefghijklmnopqrstuvwxyz0123456789";
+  std::string suffix;
+  for (int i = 0; i < 8; ++i) {
+    suffix += kAlnum[x % 36];
+    x /= 36;
+  }
+  return path + ".tmp." + suffix;
+}
+
+}  // namespace
+
+AtomicFile::AtomicFile(std::string path, std::string what)
+    : path_(std::move(path)), what_(std::move(what)) {
+  for (int attempt = 0; attempt < 100 && fd_ < 0; ++attempt) {
+    tmp_ = temporary_name(path_, attempt);
+    // 0666 lets the umask decide the final permissions, as for any newly created file.
+    fd_ = ::open(tmp_.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0666);
+    if (fd_ < 0 && errno != EEXIST) break;
+  }
+  if (fd_ < 0) {
+    throw IoError(what_ + ": cannot create a temporary file beside it ('" + tmp_ +
+                  "'): " + os_error(errno));
+  }
+  buffer_.reserve(kBuffer);
+}
+
+AtomicFile::~AtomicFile() {
+  if (committed_) return;
+  if (fd_ >= 0) ::close(fd_);
+  ::unlink(tmp_.c_str());
+}
+
+void AtomicFile::write(const void* data, std::size_t n) {
+  const auto* p = static_cast<const std::uint8_t*>(data);
+  size_ += n;
+  if (buffer_.size() + n <= kBuffer) {
+    buffer_.insert(buffer_.end(), p, p + n);
+    return;
+  }
+  flush();
+  if (n >= kBuffer) {
+    write_all(p, n);
+  } else {
+    buffer_.insert(buffer_.end(), p, p + n);
+  }
+}
+
+void AtomicFile::write_zeros(std::size_t n) {
+  static constexpr std::uint8_t kZeros[256] = {};
+  while (n > 0) {
+    const std::size_t k = n < sizeof kZeros ? n : sizeof kZeros;
+    write(kZeros, k);
+    n -= k;
+  }
+}
+
+void AtomicFile::flush() {
+  write_all(buffer_.data(), buffer_.size());
+  buffer_.clear();
+}
+
+void AtomicFile::write_all(const std::uint8_t* p, std::size_t n) {
+  while (n > 0) {
+    const ssize_t w = ::write(fd_, p, n);
+    if (w < 0) {
+      if (errno == EINTR) continue;
+      throw IoError(what_ + ": cannot write '" + tmp_ + "': " + os_error(errno));
+    }
+    p += w;
+    n -= static_cast<std::size_t>(w);
+  }
+}
+
+void AtomicFile::commit() {
+  if (committed_) throw IoError(what_ + ": committed twice");
+  flush();
+  if (::fsync(fd_) != 0) throw IoError(what_ + ": fsync failed: " + os_error(errno));
+  const int fd = fd_;
+  fd_ = -1;
+  if (::close(fd) != 0) throw IoError(what_ + ": close failed: " + os_error(errno));
+  if (::rename(tmp_.c_str(), path_.c_str()) != 0) {
+    throw IoError(what_ + ": cannot rename the temporary '" + tmp_ + "' to it: " + os_error(errno));
+  }
+  committed_ = true;
+  // Make the rename itself durable; the data is already safe, so a failure here is not an error.
+  std::filesystem::path dir = std::filesystem::path(path_).parent_path();
+  if (dir.empty()) dir = ".";
+  const int dfd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  if (dfd >= 0) {
+    (void)::fsync(dfd);
+    ::close(dfd);
+  }
+}
+
+}  // namespace mxfp4::io

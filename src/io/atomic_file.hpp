@@ -1,0 +1,45 @@
+// An output file that appears at its path complete or not at all: bytes go to a temporary file in
+// the same folder, which commit() flushes, syncs and renames over the target. Destroying an
+// AtomicFile that was not committed removes the temporary, so a failure (an exception anywhere
+// between open and commit, a full disk) leaves an existing target untouched.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <string>
+#include <vector>
+
+namespace mxfp4::io {
+
+class AtomicFile {
+ public:
+  // Creates the temporary beside `path`; throws IoError naming `what` (e.g. "write_gguf 'x'")
+  // when it cannot.
+  AtomicFile(std::string path, std::string what);
+  AtomicFile(const AtomicFile&) = delete;
+  AtomicFile& operator=(const AtomicFile&) = delete;
+  ~AtomicFile();
+
+  // Buffered append; throws IoError.
+  void write(const void* data, std::size_t n);
+  // `n` zero bytes.
+  void write_zeros(std::size_t n);
+  // Bytes written so far.
+  std::uint64_t size() const { return size_; }
+  // Flushes, fsyncs, closes and renames the temporary over the target; throws IoError.
+  void commit();
+
+ private:
+  void flush();
+  void write_all(const std::uint8_t* p, std::size_t n);
+
+  std::string path_;
+  std::string what_;
+  std::string tmp_;
+  int fd_ = -1;
+  bool committed_ = false;
+  std::uint64_t size_ = 0;
+  std::vector<std::uint8_t> buffer_;
+};
+
+}  // namespace mxfp4::io

@@ -817,16 +817,38 @@ InspectReport inspect_checkpoint(const std::string& path) {
       report.tensors.push_back(std::move(t));
     }
   } catch (const Error&) {
+    // Not safetensors (GGUF): the tensors as the layout read them, an MXFP4 weight as one
+    // tensor of dtype "MXFP4" (and its bias).
     report.files.push_back(path);
+    std::ptrdiff_t weight = 0;
     for (const LogicalTensor& t : c.tensors) {
-      if (t.is_mxfp4()) continue;
       InspectTensor it;
-      it.name = t.name;
       it.file = path;
-      it.dtype = t.dtype;
-      it.shape = t.shape;
-      it.bytes = safetensors_nbytes(t.dtype, t.shape);
-      report.tensors.push_back(std::move(it));
+      if (!t.is_mxfp4()) {
+        it.name = t.name;
+        it.dtype = t.dtype;
+        it.shape = t.shape;
+        it.bytes = safetensors_nbytes(t.dtype, t.shape);
+        report.tensors.push_back(std::move(it));
+        continue;
+      }
+      const InspectWeight& w = report.weights[static_cast<std::size_t>(weight)];
+      it.name = t.source_names.empty() ? t.name : t.source_names[0];
+      it.dtype = "MXFP4";
+      it.shape = t.weight_shape();
+      it.bytes = w.bytes;
+      it.part = "weight";
+      it.weight = weight;
+      report.tensors.push_back(it);
+      if (t.has_bias() && t.source_names.size() > 1) {
+        it.name = t.source_names.back();
+        it.dtype = t.bias_dtype;
+        it.shape = t.experts > 0 ? Shape{t.experts, t.n} : Shape{t.n};
+        it.bytes = safetensors_nbytes(t.bias_dtype, it.shape);
+        it.part = "bias";
+        report.tensors.push_back(it);
+      }
+      ++weight;
     }
   }
   return report;

@@ -238,7 +238,9 @@ struct InspectTensor {
   std::string dtype;
   Shape shape;
   std::uint64_t bytes = 0;
-  std::string part;            // "" (dense) or the MXFP4 part it is: "blocks", "scales", "bias"
+  // "" (dense) or the MXFP4 part it is: "blocks", "scales", "bias", or "weight" for a format
+  // that stores blocks and scales together (GGUF's MXFP4 type; dtype "MXFP4").
+  std::string part;
   std::ptrdiff_t weight = -1;  // its weight's index in InspectReport::weights, or -1
 };
 

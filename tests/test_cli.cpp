@@ -10,6 +10,8 @@
 #include <limits>
 #include <string>
 
+#include <nlohmann/json.hpp>
+
 #include "mxfp4/io/safetensors.hpp"
 #include "mxfp4/mxfp4.hpp"
 
@@ -158,6 +160,86 @@ TEST_F(cli_command, NonFiniteWeights) {
       0)
       << err_;
   EXPECT_NE(out_.find("1 blocks hold NaN or Inf"), std::string::npos) << out_;
+}
+
+TEST_F(cli_command, LayoutsConvertInspectVerify) {
+  ASSERT_EQ(run("example " + q("ex.safetensors")), 0) << err_;
+  ASSERT_EQ(run("quantize " + q("ex.safetensors") + " " + q("g.safetensors") +
+                " --layout gptoss --exclude 'down'"),
+            0)
+      << err_;
+  // Plain progress lines (stderr is not a terminal here), the skip and why, the output's bits.
+  EXPECT_NE(out_.find("[1/"), std::string::npos) << out_;
+  EXPECT_NE(out_.find("layers.0.mlp.down.weight: matches --exclude 'down'"), std::string::npos)
+      << out_;
+  EXPECT_NE(out_.find("bits per value over all its tensors"), std::string::npos) << out_;
+  EXPECT_TRUE(err_.empty()) << err_;
+
+  ASSERT_EQ(run("inspect " + q("g.safetensors") + " --json"), 0) << err_;
+  const auto j = nlohmann::json::parse(out_);
+  EXPECT_EQ(j.at("layout"), "gptoss");
+  ASSERT_EQ(j.at("mxfp4_weights").size(), 2u);
+  EXPECT_EQ(j.at("mxfp4_weights")[1].at("name"), "experts");
+  EXPECT_EQ(j.at("mxfp4_weights")[1].at("experts"), 4);
+  EXPECT_EQ(j.at("mxfp4_bits_per_weight"), 4.25);
+
+  ASSERT_EQ(run("convert " + q("g.safetensors") + " " + q("l.safetensors") + " --to linear"), 0)
+      << err_;
+  EXPECT_NE(out_.find("(gptoss)"), std::string::npos) << out_;
+  ASSERT_EQ(run("verify " + q("ex.safetensors") + " " + q("l.safetensors") + " --json"), 0) << err_;
+  const auto v = nlohmann::json::parse(out_);
+  EXPECT_EQ(v.at("ok"), true);
+  EXPECT_EQ(v.at("tensors").size(), 2u);
+  EXPECT_GT(v.at("tensors")[0].at("sqnr_db").get<double>(), 15.0);
+
+  // A checkpoint that is not this source's: verify fails with one line after its table.
+  ASSERT_EQ(run("quantize " + q("l.safetensors") + " " + q("l2.safetensors")), 0) << err_;
+  EXPECT_EQ(run("verify " + q("l.safetensors") + " " + q("g.safetensors")), 1);
+  expect_one_error_line();
+  EXPECT_NE(err_.find("could not be compared"), std::string::npos) << err_;
+
+  // Folders: sharded output, read back by every command.
+  ASSERT_EQ(run("quantize " + q("ex.safetensors") + " " + q("shards") + " --max-shard-size 30kB"),
+            0)
+      << err_;
+  EXPECT_TRUE(fs::exists(file("shards/model.safetensors.index.json")));
+  ASSERT_EQ(run("info " + q("shards")), 0) << err_;
+  EXPECT_NE(out_.find("model-00001-of-"), std::string::npos) << out_;
+  ASSERT_EQ(run("dequantize " + q("shards") + " " + q("d.safetensors")), 0) << err_;
+  // The shards joined again are the very file an unsharded quantize writes.
+  ASSERT_EQ(run("convert " + q("shards") + " " + q("one.safetensors") + " --to linear"), 0) << err_;
+  ASSERT_EQ(run("quantize " + q("ex.safetensors") + " " + q("single.safetensors")), 0) << err_;
+  EXPECT_EQ(slurp(file("one.safetensors")), slurp(file("single.safetensors")));
+}
+
+TEST_F(cli_command, FormatFailuresPrintOneLineAndWriteNothing) {
+  ASSERT_EQ(run("example " + q("ex.safetensors")), 0) << err_;
+  const std::string ex = q("ex.safetensors");
+  EXPECT_EQ(run("convert " + ex + " " + q("x.uqff") + " --to uqff-legacy"), 1);
+  expect_one_error_line();
+  EXPECT_NE(err_.find("MXFP4 weights only"), std::string::npos) << err_;
+  EXPECT_EQ(run("quantize " + ex + " " + q("x.gguf") + " --layout gguf --max-shard-size 1MB"), 1);
+  expect_one_error_line();
+  EXPECT_EQ(run("convert " + ex + " " + q("x.safetensors") + " --to nonsense"), 1);
+  expect_one_error_line();
+  EXPECT_NE(err_.find("unknown layout 'nonsense'"), std::string::npos) << err_;
+  EXPECT_EQ(run("quantize " + ex + " " + q("x.safetensors") + " --include '('"), 1);
+  expect_one_error_line();
+  EXPECT_NE(err_.find("--include"), std::string::npos) << err_;
+  EXPECT_EQ(run("quantize " + ex + " " + q("x.safetensors") + " --max-shard-size lots"), 1);
+  expect_one_error_line();
+  EXPECT_EQ(run("quantize " + ex + " " + q("x") + " --layout ggml"), 1);
+  expect_one_error_line();
+  EXPECT_NE(err_.find("unknown layout 'ggml'"), std::string::npos) << err_;
+  EXPECT_EQ(run("inspect " + q("absent")), 1);
+  expect_one_error_line();
+  EXPECT_NE(err_.find("absent"), std::string::npos) << err_;
+  EXPECT_EQ(run("convert " + ex + " " + q("x.safetensors")), 2);  // --to is required
+  expect_one_error_line();
+  EXPECT_FALSE(fs::exists(file("x.safetensors")));
+  EXPECT_FALSE(fs::exists(file("x.gguf")));
+  EXPECT_FALSE(fs::exists(file("x.uqff")));
+  EXPECT_FALSE(fs::exists(file("x")));
 }
 
 TEST_F(cli_command, UsageErrorsExitTwo) {

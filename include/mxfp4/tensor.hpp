@@ -34,6 +34,10 @@ class Tensor {
   // through the view). No copy is made.
   static Tensor view(void* data, Shape shape, DType dtype, Device device = Device::cpu());
   static Tensor view(const void* data, Shape shape, DType dtype, Device device = Device::cpu());
+  // A CPU view that shares ownership of whatever holds `data` (a memory-mapped file, a buffer):
+  // `keep_alive` lives as long as this tensor or any copy of it.
+  static Tensor view(const void* data, Shape shape, DType dtype,
+                     std::shared_ptr<const void> keep_alive);
   // Owning copy of host values; shape must hold values.size() elements.
   template <typename T>
   static Tensor from_vector(const std::vector<T>& values, Shape shape) {
@@ -56,6 +60,7 @@ class Tensor {
   std::int64_t dim(int i) const;
   std::int64_t numel() const { return numel_; }
   std::size_t nbytes() const { return static_cast<std::size_t>(numel_) * dtype_size(dtype_); }
+  // True for owning tensors and for views that share ownership of their storage (keep_alive).
   bool owns_data() const { return owner_ != nullptr; }
 
   void* data() { return data_; }

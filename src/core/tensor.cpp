@@ -181,6 +181,13 @@ Tensor Tensor::view(const void* data, Shape shape, DType dtype, Device device) {
   return view(const_cast<void*>(data), std::move(shape), dtype, device);
 }
 
+Tensor Tensor::view(const void* data, Shape shape, DType dtype,
+                    std::shared_ptr<const void> keep_alive) {
+  Tensor t = view(const_cast<void*>(data), std::move(shape), dtype, Device::cpu());
+  t.owner_ = std::const_pointer_cast<void>(std::move(keep_alive));
+  return t;
+}
+
 std::int64_t Tensor::dim(int i) const {
   const int r = rank();
   if (i < -r || i >= r) {

@@ -1,17 +1,23 @@
-// Whole checkpoints (safetensors files): quantize every eligible weight to MXFP4, turn MXFP4
-// pairs back into dense weights, and list what a file holds. The `mxfp4` command and the other
-// front ends call these; the logic lives here.
+// Whole checkpoints: quantize every eligible weight to MXFP4, convert between layouts, turn
+// MXFP4 weights back into dense ones, compare a quantized checkpoint with its source, and list
+// what a checkpoint holds. The `mxfp4` command (quantize, convert, dequantize, verify, inspect)
+// and the other front ends call these; the logic lives here. Inputs are a .safetensors file, a
+// folder (sharded through model.safetensors.index.json or not) or any file a layout reads
+// (layout.hpp); outputs are written atomically, file by file.
 //
-// Naming (FORMATS.md section 2): a tensor `P.weight` (or a tensor named just `weight`, P empty)
-// becomes `P.blocks` u8 [.., N, K/2] and `P.scales` u8 [.., N, K/32]; `P.bias` and every other
-// tensor are copied byte for byte.
+// Naming of the default `linear` layout (FORMATS.md section 2): a tensor `P.weight` (or a tensor
+// named just `weight`, P empty) becomes `P.blocks` u8 [.., N, K/2] and `P.scales` u8
+// [.., N, K/32]; `P.bias` and every other tensor are copied byte for byte.
 #pragma once
 
 #include <cstdint>
+#include <functional>
+#include <map>
 #include <string>
 #include <string_view>
 #include <vector>
 
+#include "mxfp4/io/layout.hpp"
 #include "mxfp4/io/safetensors.hpp"
 #include "mxfp4/weight.hpp"
 
@@ -39,8 +45,12 @@ enum class SkipReason : std::uint8_t {
   k_zero = 4,             // last dim 0
   k_not_multiple = 5,     // last dim not a multiple of 32
   empty = 6,              // no elements (a leading dim is 0)
+  excluded = 7,           // matched --exclude
+  not_included = 8,       // did not match --include
+  not_converted = 9,      // config.json's quantization_config.modules_to_not_convert lists it
 };
-// "none", "rank", "not_floating", "unsupported_dtype", "k_zero", "k_not_multiple", "empty".
+// "none", "rank", "not_floating", "unsupported_dtype", "k_zero", "k_not_multiple", "empty",
+// "excluded", "not_included", "not_converted".
 const char* skip_reason_name(SkipReason reason) noexcept;
 
 // Whether `name` is `P.weight` or just `weight`: the names quantize_checkpoint considers.
@@ -67,6 +77,8 @@ struct TensorReport {
 struct QuantizeReport {
   std::string input;
   std::string output;
+  std::string layout;              // of the output
+  std::vector<std::string> files;  // written
   ScaleRule rule = kDefaultScaleRule;
   std::vector<TensorReport> tensors;  // in the input's order
   std::uint64_t file_bytes_in = 0;
@@ -76,7 +88,33 @@ struct QuantizeReport {
   std::uint64_t quantized_bytes_out = 0;  // bytes of their blocks and scales
   // 8 * quantized_bytes_out / quantized_values (4.25 for MXFP4); 0 when nothing was quantized.
   double bits_per_weight() const;
+  // Elements of every tensor of the output (dense tensors and MXFP4 weights alike), and the
+  // output's bits per element over all of them: 8 * file_bytes_out / output_values.
+  std::int64_t output_values = 0;
+  double output_bits_per_value() const;
   std::size_t count(TensorAction action) const;
+};
+
+// Where quantize_checkpoint is; called before each tensor is produced and once at the end.
+struct QuantizeProgress {
+  std::size_t done = 0;           // tensors finished
+  std::size_t total = 0;          // tensors in all
+  std::uint64_t bytes_done = 0;   // input bytes of the finished tensors
+  std::uint64_t bytes_total = 0;  // input bytes of all tensors
+  std::string_view current;       // the tensor about to be produced ("" at the end)
+};
+
+struct CheckpointQuantizeOptions {
+  QuantizeOptions quantize;
+  std::string layout = "linear";  // of the output (layout.hpp)
+  // ECMAScript regular expressions searched in each P.weight's name; empty: not used. A weight is
+  // quantized only if it matches `include` (when given) and does not match `exclude`.
+  std::string include;
+  std::string exclude;
+  // Skip the modules config.json's quantization_config.modules_to_not_convert lists.
+  bool honour_modules_to_not_convert = true;
+  std::uint64_t max_shard_bytes = 0;  // see write_checkpoint
+  std::function<void(const QuantizeProgress&)> progress;
 };
 
 // Reads `in`, quantizes every `P.weight` that is F32/F16/BF16, 2-D or 3-D, with a last dim K that
@@ -89,6 +127,14 @@ struct QuantizeReport {
 // NonFinitePolicy::error. Nothing is written unless everything succeeds.
 QuantizeReport quantize_checkpoint(const std::string& in, const std::string& out,
                                    const QuantizeOptions& options = {});
+// The same with a layout, filters, shards and progress. `in` is any checkpoint a layout reads;
+// MXFP4 weights it already holds are carried over (in the output's layout) without requantizing.
+// When `in` is a folder with config.json and `out` a folder, config.json is copied with
+// quantization_config {"quant_method": "mxfp4", "modules_to_not_convert": [...]}.
+// Throws InvalidArgument for a bad regular expression or layout, Unsupported for a layout not
+// built yet.
+QuantizeReport quantize_checkpoint(const std::string& in, const std::string& out,
+                                   const CheckpointQuantizeOptions& options);
 
 // A `P.blocks` + `P.scales` pair in a file.
 struct Mxfp4Pair {
@@ -128,12 +174,103 @@ struct DequantizeReport {
   std::uint64_t file_bytes_out = 0;
 };
 
-// Reads `in`, turns each P.blocks/P.scales pair into P.weight of `dtype` (f32, f16 or bf16), copies
-// every other tensor, and writes `out` atomically. The input metadata is kept except the mxfp4.*
+// Reads `in` (any layout), turns each MXFP4 weight P into P.weight of `dtype` (f32, f16 or bf16)
+// and its bias into P.bias, copies every other tensor, and writes `out` atomically (a
+// .safetensors file, or a folder). The input metadata is kept except the mxfp4.*
 // keys quantize_checkpoint adds. Throws FormatError for any problem find_mxfp4_pairs reports or
 // when P.weight already exists beside a pair, DTypeMismatch for a non-floating dtype.
 DequantizeReport dequantize_checkpoint(const std::string& in, const std::string& out,
                                        DType dtype = DType::f32);
+
+// ---- convert ------------------------------------------------------------------------------------
+
+struct ConvertReport {
+  std::string input;
+  std::string output;
+  std::string from;  // layout read
+  std::string to;    // layout written
+  std::size_t mxfp4_weights = 0;
+  std::size_t dense_tensors = 0;
+  std::vector<std::string> files;
+  std::uint64_t bytes_in = 0;
+  std::uint64_t bytes_out = 0;
+};
+
+// Reads `in` in its own layout and writes it in `to`, never requantizing: every MXFP4 weight
+// keeps its codes and scales bit for bit, every dense tensor its bytes.
+ConvertReport convert_checkpoint(const std::string& in, const std::string& out, std::string_view to,
+                                 std::uint64_t max_shard_bytes = 0);
+
+// ---- verify -------------------------------------------------------------------------------------
+
+struct VerifyTensorReport {
+  std::string name;      // the MXFP4 weight's layer name P
+  std::string source;    // the dense tensor compared with ("" when none was found)
+  Shape shape;           // [N, K] or [E, N, K]
+  std::string problem;   // "" or why it could not be compared
+  double sqnr_db = 0.0;  // as TensorReport
+  double max_abs_error = 0.0;
+  double rms_error = 0.0;
+  std::int64_t nan_blocks = 0;
+};
+
+struct VerifyReport {
+  std::string source;
+  std::string quantized;
+  std::string layout;  // of the quantized checkpoint
+  std::vector<VerifyTensorReport> tensors;
+  // Dense tensors of the quantized checkpoint whose bytes differ from the source's tensor of the
+  // same name (copied tensors must be identical).
+  std::vector<std::string> changed;
+  std::size_t compared() const;
+  bool ok() const;  // every weight compared and nothing changed
+};
+
+// Dequantizes each MXFP4 weight P of `quantized` and compares it with `P.weight` (or `P`) of
+// `source`, in f64 over the elements both hold finite.
+VerifyReport verify_checkpoint(const std::string& source, const std::string& quantized);
+
+// ---- inspect ------------------------------------------------------------------------------------
+
+struct InspectTensor {
+  std::string name;
+  std::string file;  // the shard holding it
+  std::string dtype;
+  Shape shape;
+  std::uint64_t bytes = 0;
+  // "" (dense) or the MXFP4 part it is: "blocks", "scales", "bias", or "weight" for a format
+  // that stores blocks and scales together (GGUF's MXFP4 type; dtype "MXFP4").
+  std::string part;
+  std::ptrdiff_t weight = -1;  // its weight's index in InspectReport::weights, or -1
+};
+
+struct InspectWeight {
+  std::string name;  // P
+  std::int64_t experts = 0;
+  std::int64_t n = 0;
+  std::int64_t k = 0;
+  std::string bias_dtype;
+  std::uint64_t bytes = 0;  // blocks + scales
+};
+
+struct InspectReport {
+  std::string path;
+  std::string layout;
+  std::vector<std::string> files;
+  std::map<std::string, std::string> metadata;
+  HfQuantizationConfig config;
+  std::vector<InspectTensor> tensors;  // file by file, each in file order
+  std::vector<InspectWeight> weights;
+  std::vector<std::string> problems;  // why the layout could not read it as MXFP4, if so
+  std::uint64_t total_bytes = 0;
+  std::int64_t mxfp4_values = 0;
+  std::uint64_t mxfp4_bytes = 0;
+  double mxfp4_bits_per_weight() const;
+};
+
+// Lists what `path` holds. Problems with MXFP4 pairs are reported, not thrown; a file that is not
+// a checkpoint at all throws IoError / FormatError.
+InspectReport inspect_checkpoint(const std::string& path);
 
 // Writes the built-in example checkpoint: a tiny two-layer MLP plus stacked experts, with
 // deterministic pseudo-random weights (a fixed-seed LCG and Box-Muller: the same bytes on every

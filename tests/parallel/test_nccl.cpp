@@ -111,7 +111,7 @@ std::string compare(const Tensor& got, const Tensor& want, double tol) {
   }
   const double rel_max = max_ref > 0 ? max_err / max_ref : max_err;
   const double rel_l2 = ref2 > 0 ? std::sqrt(err2 / ref2) : std::sqrt(err2);
-  if (rel_max > tol || rel_l2 > tol / 4) {
+  if (rel_max > tol || rel_l2 > tol / 3) {
     char buf[160];
     std::snprintf(buf, sizeof buf,
                   "max error %.3g of max |ref| %.3g (rel %.3g), rel L2 %.3g, tol %.3g", max_err,
@@ -121,7 +121,11 @@ std::string compare(const Tensor& got, const Tensor& want, double tol) {
   return "";
 }
 
-constexpr double kTol = 2e-2;  // bf16 output: ~2^-8 relative per rounding, a few roundings
+// bf16 outputs: 2^-9 relative per rounding; the row-parallel sum rounds each rank's partial
+// product and each step of the all-reduce (up to ~2 R roundings of terms as large as the output).
+// A lost, doubled or misplaced shard, or a bias added twice (biases are large here), is off by
+// tens of percent.
+constexpr double kTol = 3e-2;
 
 class Runner {
  public:
@@ -160,16 +164,17 @@ class Runner {
   int failures_ = 0;
 };
 
-// A weight with bias, the same on every rank; from_file: each rank writes it to its own file and
-// loads its shard from the memory-mapped checkpoint.
+// A weight with a large bias (so that a bias added twice or lost shows), the same on every rank.
 Mxfp4Weight make_weight(const Shape& shape, std::uint32_t seed) {
   mxfp4::QuantizeOptions options;
   options.rule = mxfp4::ScaleRule::floor;  // the fastest rule: only the shards matter here
   return Mxfp4Weight::quantize(random_f32(shape, seed),
-                               random_f32(Shape(shape.begin(), shape.end() - 1), seed + 1),
+                               random_f32(Shape(shape.begin(), shape.end() - 1), seed + 1, 8.0F),
                                options);
 }
 
+// Each rank writes the whole weight to a file of its own and reads its shard back from the
+// memory-mapped checkpoint.
 mxfp4::io::SafetensorsCheckpoint save(const Mxfp4Weight& w, const std::string& file) {
   mxfp4::io::write_safetensors(file, {mxfp4::io::safetensors_item("w.blocks", w.blocks()),
                                       mxfp4::io::safetensors_item("w.scales", w.scales()),

@@ -133,6 +133,8 @@ class Runner {
       : comm_(comm), work_dir_(std::move(work_dir)) {}
 
   void run(const std::string& name, const std::function<std::string()>& body) {
+    std::printf("RUN %s\n", name.c_str());  // the last one names the case of a hang
+    std::fflush(stdout);
     std::string why;
     try {
       why = body();
@@ -353,6 +355,12 @@ void run_bench(mp::NcclCommunicator& comm) {
       const double us = time_us(comm, [&] { down.forward(up.forward_local(x)); });
       const double bytes = comm.all_reduce_sum(static_cast<double>(down.last_bytes().sent)) / ranks;
       bench_line(comm, "Llama-70B MLP M=" + std::to_string(m), us, bytes);
+      if (ranks == 1) {  // the same weights through the single-device API: the cost of NCCL
+        const double direct =
+            time_us(comm, [&] { mxfp4::linear(mxfp4::linear(x, up.weight()), down.weight()); });
+        bench_line(comm, "Llama-70B MLP M=" + std::to_string(m) + ", 1 GPU without NCCL", direct,
+                   0);
+      }
     }
   }
   {  // GPT-OSS-120b MoE layer: E=128, N=5760, K=2880, top-4; tokens split evenly across ranks.
@@ -373,6 +381,12 @@ void run_bench(mp::NcclCommunicator& comm) {
       const double us = time_us(comm, [&] { moe.forward(x, idx); });
       const double bytes = comm.all_reduce_sum(static_cast<double>(moe.last_bytes().sent)) / ranks;
       bench_line(comm, "GPT-OSS-120b MoE T=" + std::to_string(total) + " top-4", us, bytes);
+      if (ranks == 1) {
+        const double direct = time_us(comm, [&] { mxfp4::gather_linear(x, idx, moe.weight()); });
+        bench_line(comm,
+                   "GPT-OSS-120b MoE T=" + std::to_string(total) + " top-4, 1 GPU without NCCL",
+                   direct, 0);
+      }
     }
   }
 }

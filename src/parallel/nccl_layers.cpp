@@ -114,8 +114,7 @@ constexpr std::size_t kIdBytes = sizeof(ncclUniqueId);
 
 }  // namespace
 
-// ---- bootstrap
-// -----------------------------------------------------------------------------------
+// ---- bootstrap ----------------------------------------------------------------------------------
 
 std::string nccl_unique_id_hex() {
   ncclUniqueId id;
@@ -167,8 +166,7 @@ std::string read_nccl_unique_id(const std::string& path, double timeout_seconds)
   return hex;
 }
 
-// ---- communicator
-// --------------------------------------------------------------------------------
+// ---- communicator -------------------------------------------------------------------------------
 
 NcclCommunicator::NcclCommunicator(const std::string& unique_id_hex, int rank, int ranks,
                                    int device)
@@ -228,8 +226,7 @@ double NcclCommunicator::all_reduce_sum(double value, Stream stream) {
   return all_reduce(value, false, stream);
 }
 
-// ---- column-parallel
-// ------------------------------------------------------------------------------
+// ---- column-parallel ----------------------------------------------------------------------------
 
 ColumnParallelLinear::ColumnParallelLinear(NcclCommunicator& comm, const Mxfp4Weight& shard,
                                            std::int64_t out_features)
@@ -299,8 +296,7 @@ Tensor ColumnParallelLinear::forward(const Tensor& x, const RunOptions& run) {
   return out;
 }
 
-// ---- row-parallel
-// ---------------------------------------------------------------------------------
+// ---- row-parallel -------------------------------------------------------------------------------
 
 RowParallelLinear::RowParallelLinear(NcclCommunicator& comm, const Mxfp4Weight& shard,
                                      std::int64_t in_features)
@@ -359,8 +355,7 @@ Tensor RowParallelLinear::forward(const Tensor& x_local, const RunOptions& run) 
   return out;
 }
 
-// ---- expert-parallel
-// ------------------------------------------------------------------------------
+// ---- expert-parallel ----------------------------------------------------------------------------
 
 ExpertParallelMoE::ExpertParallelMoE(NcclCommunicator& comm, const Mxfp4Weight& local_experts,
                                      std::int64_t experts)

@@ -2,6 +2,7 @@
 // round trip, its time-out and format errors, and communicator arguments refused before any
 // CUDA or NCCL call.
 #include <gtest/gtest.h>
+#include <unistd.h>
 
 #include <filesystem>
 #include <fstream>
@@ -17,7 +18,7 @@ class NcclBootstrap : public ::testing::Test {
  protected:
   void SetUp() override {
     dir_ = std::filesystem::temp_directory_path() /
-           ("mxfp4_nccl_bootstrap_" +
+           ("mxfp4_nccl_bootstrap_" + std::to_string(::getpid()) + "_" +
             std::string(::testing::UnitTest::GetInstance()->current_test_info()->name()));
     std::filesystem::remove_all(dir_);
     std::filesystem::create_directories(dir_);

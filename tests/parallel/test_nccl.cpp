@@ -355,6 +355,12 @@ void run_bench(mp::NcclCommunicator& comm) {
       const double us = time_us(comm, [&] { down.forward(up.forward_local(x)); });
       const double bytes = comm.all_reduce_sum(static_cast<double>(down.last_bytes().sent)) / ranks;
       bench_line(comm, "Llama-70B MLP M=" + std::to_string(m), us, bytes);
+      if (m == 16) {  // the up projection alone with its all-gather (a column-parallel layer)
+        const double up_us = time_us(comm, [&] { up.forward(x); });
+        const double up_bytes =
+            comm.all_reduce_sum(static_cast<double>(up.last_bytes().sent)) / ranks;
+        bench_line(comm, "Llama-70B up 28672x8192, all-gathered, M=16", up_us, up_bytes);
+      }
       if (ranks == 1) {  // the same weights through the single-device API: the cost of NCCL
         const double direct =
             time_us(comm, [&] { mxfp4::linear(mxfp4::linear(x, up.weight()), down.weight()); });

@@ -66,8 +66,10 @@ class NcclCommunicator {
   int device_ = 0;
 };
 
-// Bytes this rank handed to NCCL in a layer's last forward call (payload, both directions of
-// point-to-point traffic counted where they leave this rank; its own share excluded).
+// Bytes this rank sent to and received from other ranks in a layer's last forward call, counted
+// from the algorithm rather than measured: all-gather (R - 1) pieces, ring all-reduce
+// 2 (R - 1) / R of the buffer, all-to-all the rows (and expert ids) that go to or come from
+// other ranks, dispatch and combine. What a rank sends to itself is not counted.
 struct CommBytes {
   std::uint64_t sent = 0;
   std::uint64_t received = 0;

@@ -12,6 +12,7 @@
 //                              so only for M = 1 and 8 (and M = 64 on 4096x4096) and gather T = 1
 //   .../mxfp4-<isa>            the public API, with the CPU backend forced to that instruction set
 //                              (set_cpu_isa); without a suffix, the best one this CPU runs
+//   .../mxfp4-int8[-<isa>]     the same with RunOptions::precision = int8_activations
 // Counters (decimal units, per second of wall time):
 //   weight_GB/s   MXFP4 bytes of the weights a call touches (K/2 code + K/32 scale bytes per row,
 //                 4.25 bits per weight), whatever the kernel actually reads (sgemm reads f32)
@@ -247,15 +248,17 @@ void bm_quantize(benchmark::State& state, mxfp4::ScaleRule rule) {
 
 // ---- linear ------------------------------------------------------------------------------------
 
-void bm_linear(benchmark::State& state, int64_t m, int64_t n, int64_t k,
-               std::optional<CpuIsa> isa) {
+void bm_linear(benchmark::State& state, int64_t m, int64_t n, int64_t k, std::optional<CpuIsa> isa,
+               mxfp4::Precision precision) {
   const std::vector<Mxfp4Weight>& weights = rotated_weights(n, k);
   const Tensor x = random_f32({m, k}, 3);
   Tensor out = Tensor::empty({m, n}, DType::f32);
   const IsaScope scope(isa);
+  mxfp4::RunOptions run;
+  run.precision = precision;
   std::size_t next = 0;
   for (auto _ : state) {
-    mxfp4::linear_into(x, weights[next], out);
+    mxfp4::linear_into(x, weights[next], out, run);
     benchmark::DoNotOptimize(out.data());
     benchmark::ClobberMemory();
     next = next + 1 == weights.size() ? 0 : next + 1;
@@ -444,7 +447,10 @@ void set_gather_counters(benchmark::State& state, const Routings& r, int64_t tok
   state.counters["experts/call"] = r.mean_experts;
 }
 
-void bm_gather_linear(benchmark::State& state, int64_t n, int64_t tokens, bool reference) {
+void bm_gather_linear(benchmark::State& state, int64_t n, int64_t tokens, bool reference,
+                      mxfp4::Precision precision) {
+  mxfp4::RunOptions run;
+  run.precision = precision;
   const Mxfp4Weight& w = expert_weight(n);
   const Routings r = make_routings(tokens);
   const Tensor x = random_f32({tokens, kGatherK}, 6);
@@ -458,7 +464,7 @@ void bm_gather_linear(benchmark::State& state, int64_t n, int64_t tokens, bool r
                                                  out.data(), nullptr};
       mxfp4::reference::gather_linear(args);
     } else {
-      mxfp4::gather_linear_into(x, idx, w, out);
+      mxfp4::gather_linear_into(x, idx, w, out, run);
     }
     benchmark::DoNotOptimize(out.data());
     benchmark::ClobberMemory();
@@ -481,6 +487,8 @@ constexpr Shape kShapes[] = {
     {"llama70b-up-28672x8192", 28672, 8192},
 };
 constexpr int64_t kMs[] = {1, 8, 64, 512};
+constexpr mxfp4::Precision kExact = mxfp4::Precision::exact;
+constexpr mxfp4::Precision kInt8 = mxfp4::Precision::int8_activations;
 
 benchmark::internal::Benchmark* configure(benchmark::internal::Benchmark* b) {
   return b->MinTime(0.5)->UseRealTime()->Unit(benchmark::kMillisecond);
@@ -503,13 +511,31 @@ void register_all() {
   for (const Shape& s : kShapes)
     for (const int64_t m : kMs)
       configure(benchmark::RegisterBenchmark(linear_name(s, m, "mxfp4").c_str(), bm_linear, m, s.n,
-                                             s.k, std::nullopt));
+                                             s.k, std::nullopt, kExact));
   for (const int64_t t : {int64_t{1}, int64_t{64}})
     for (const int64_t n : {int64_t{5760}, int64_t{2880}}) {
       const std::string name = "gather_linear/gptoss-E=32-top4/N=" + std::to_string(n) +
                                "/K=2880/T=" + std::to_string(t) + "/mxfp4";
-      configure(benchmark::RegisterBenchmark(name.c_str(), bm_gather_linear, n, t, false));
+      configure(benchmark::RegisterBenchmark(name.c_str(), bm_gather_linear, n, t, false, kExact));
     }
+
+  // RunOptions::precision = int8_activations (docs/cpu-int8.md), at decode sizes.
+  for (const Shape& s : kShapes)
+    for (const int64_t m : {int64_t{1}, int64_t{8}})
+      configure(benchmark::RegisterBenchmark(linear_name(s, m, "mxfp4-int8").c_str(), bm_linear, m,
+                                             s.n, s.k, std::nullopt, kInt8));
+  for (const int64_t t : {int64_t{1}, int64_t{64}})
+    for (const int64_t n : {int64_t{5760}, int64_t{2880}}) {
+      const std::string name = "gather_linear/gptoss-E=32-top4/N=" + std::to_string(n) +
+                               "/K=2880/T=" + std::to_string(t) + "/mxfp4-int8";
+      configure(benchmark::RegisterBenchmark(name.c_str(), bm_gather_linear, n, t, false, kInt8));
+    }
+  if (CpuIsa::avx2 <= mxfp4::cpu_isa_supported() && CpuIsa::avx2 != mxfp4::cpu_isa_supported()) {
+    for (const int64_t m : {int64_t{1}, int64_t{8}})
+      configure(benchmark::RegisterBenchmark(linear_name(kShapes[0], m, "mxfp4-int8-avx2").c_str(),
+                                             bm_linear, m, kShapes[0].n, kShapes[0].k,
+                                             std::optional<CpuIsa>(CpuIsa::avx2), kInt8));
+  }
 
   // Lower instruction sets this CPU runs, on 4096x4096.
   const Shape& sq = kShapes[0];
@@ -518,7 +544,7 @@ void register_all() {
     for (const int64_t m : {int64_t{1}, int64_t{512}}) {
       const std::string who = std::string("mxfp4-") + mxfp4::cpu_isa_name(isa);
       configure(benchmark::RegisterBenchmark(linear_name(sq, m, who).c_str(), bm_linear, m, sq.n,
-                                             sq.k, std::optional<CpuIsa>(isa)));
+                                             sq.k, std::optional<CpuIsa>(isa), kExact));
     }
   }
 
@@ -532,7 +558,7 @@ void register_all() {
   for (const int64_t n : {int64_t{5760}, int64_t{2880}}) {
     const std::string name =
         "gather_linear/gptoss-E=32-top4/N=" + std::to_string(n) + "/K=2880/T=1/reference";
-    configure(benchmark::RegisterBenchmark(name.c_str(), bm_gather_linear, n, 1, true));
+    configure(benchmark::RegisterBenchmark(name.c_str(), bm_gather_linear, n, 1, true, kExact));
   }
 
   configure(benchmark::RegisterBenchmark("ratio/llama70b-up-M=1/mxfp4_vs_read_bandwidth",

@@ -181,12 +181,15 @@ TEST(Int8Rows, QuantizeRowFollowsItsDefinition) {
   auto* row = reinterpret_cast<std::int8_t*>(storage.data());
   mxfp4::cpu::quantize_int8_row(x.data(), DType::f32, k, row);
   const std::int8_t* even = row;
-  const std::int8_t* odd = row + k / 2;
-  const std::int32_t* offset_sum = storage.data() + k / 4;
-  const auto* lane_scale = reinterpret_cast<const float*>(storage.data() + k / 4 + k / 8);
+  const int64_t section = mxfp4::cpu::int8_section_bytes(k);
+  ASSERT_EQ(section, 64);  // K/2 = 48 bytes, padded
+  const std::int8_t* odd = row + section;
+  const std::int32_t* offset_fix = storage.data() + 2 * section / 4;
+  const auto* lane_scale = reinterpret_cast<const float*>(storage.data() + 3 * section / 4);
   const float d = static_cast<float>(4.0 / 127.0);
   for (int j = 0; j < 32; ++j) {
-    const auto q = static_cast<int>(std::nearbyint(static_cast<double>(x[j]) / d));
+    const auto q = static_cast<int>(
+        std::nearbyint(static_cast<double>(x[j]) * (1.0 / static_cast<double>(d))));
     EXPECT_EQ((j % 2 == 0 ? even[j / 2] : odd[j / 2]), q) << "element " << j;
   }
   EXPECT_EQ(even[0], -127);  // -16 * 0.25 = -4 -> -127
@@ -195,19 +198,23 @@ TEST(Int8Rows, QuantizeRowFollowsItsDefinition) {
     int sum = 0;
     for (int j = 8 * l; j < 8 * l + 8; ++j)
       sum += j % 2 == 0 ? even[j / 2] : odd[j / 2];
-    EXPECT_EQ(offset_sum[l], 12 * sum) << "lane " << l;
+    EXPECT_EQ(offset_fix[l], -12 * sum) << "lane " << l;
   }
   for (int l = 4; l < 8; ++l) {
     EXPECT_EQ(lane_scale[l], 0.0f);
-    EXPECT_EQ(offset_sum[l], 0);
+    EXPECT_EQ(offset_fix[l], 0);
   }
   for (int l = 8; l < 12; ++l) {
     EXPECT_TRUE(std::isnan(lane_scale[l]));
-    EXPECT_EQ(offset_sum[l], 0);
+    EXPECT_EQ(offset_fix[l], 0);
   }
-  for (int j = 16; j < 48; ++j) {
+  for (int j = 16; j < section; ++j) {  // zero and NaN blocks, then the padding
     EXPECT_EQ(even[j], 0);
     EXPECT_EQ(odd[j], 0);
+  }
+  for (int l = 12; l < section / 4; ++l) {
+    EXPECT_EQ(offset_fix[l], 0);
+    EXPECT_EQ(lane_scale[l], 0.0f);
   }
 }
 
@@ -218,7 +225,7 @@ TEST(Int8Rows, BlockOfSubnormalsTooSmallForAScaleIsZero) {
   mxfp4::cpu::quantize_int8_row(x.data(), DType::f32, 32, row);
   for (int j = 0; j < 32; ++j)
     EXPECT_EQ(row[j], 0);
-  EXPECT_EQ(reinterpret_cast<const float*>(storage.data() + 8 + 4)[0], 0.0f);
+  EXPECT_EQ(reinterpret_cast<const float*>(storage.data() + 3 * 64 / 4)[0], 0.0f);
 }
 
 // The optimized kernels against the scalar definition, bit for bit.

@@ -36,15 +36,17 @@ struct RowBatch {
 // ---- int8 activations (RunOptions::precision = int8_activations) ----------------------------
 //
 // An activation row of K elements, quantized once per call by quantize_int8_row (int8_rows.hpp),
-// occupies int8_row_bytes(K) = 2K bytes, 4-byte aligned:
-//   [0, K/2)        int8 q of the even elements: byte j is element 2j (it meets the low nibble of
-//                   weight byte j)
-//   [K/2, K)        int8 q of the odd elements: byte j is element 2j + 1 (the high nibble)
-//   [K, 3K/2)       int32 offset_sum[K/8]: 12 * the sum of lane L's eight q values (elements
-//                   8L .. 8L+7), which undoes the +12 that makes the weights unsigned for
-//                   vpdpbusd / vpmaddubsw
-//   [3K/2, 2K)      f32 lane_scale[K/8]: the scale of lane L's block (L / 4): max |x| / 127
-//                   rounded to f32, 0 for a zero block, NaN for a block with NaN or Inf
+// is four sections of S = int8_section_bytes(K) bytes (K/2 rounded up to 64, zero padded, so
+// that 64-byte loads never need a mask), int8_row_bytes(K) = 4S in all, 64-byte aligned when the
+// row is:
+//   [0, S)      int8 q of the even elements: byte j is element 2j (it meets the low nibble of
+//               weight byte j)
+//   [S, 2S)     int8 q of the odd elements: byte j is element 2j + 1 (the high nibble)
+//   [2S, 3S)    int32 offset_fix[K/8]: -12 * the sum of lane L's eight q values (elements
+//               8L .. 8L+7), which undoes the +12 that makes the weights unsigned for
+//               vpdpbusd / vpmaddubsw
+//   [3S, 4S)    f32 lane_scale[K/8]: the scale of lane L's block (L / 4): max |x| / 127
+//               rounded to f32, 0 for a zero block, NaN for a block with NaN or Inf
 // A "lane" is 8 elements: 4 bytes of the even half and the same 4 bytes of the odd half.
 //
 // Each output element (definition; every table matches it bit for bit):
@@ -54,8 +56,11 @@ struct RowBatch {
 //            acc[L % 16])
 //   out    = ((acc[l] + acc[l+8]) then + [l+4] then + [l+2] then + [l+1]) for l = 0 (a tree)
 // The kernels write out without bias; the backend adds the bias and rounds to x's dtype.
+constexpr std::int64_t int8_section_bytes(std::int64_t k) {
+  return (k / 2 + 63) / 64 * 64;
+}
 constexpr std::int64_t int8_row_bytes(std::int64_t k) {
-  return 2 * k;
+  return 4 * int8_section_bytes(k);
 }
 
 struct Int8RowBatch {

@@ -79,7 +79,7 @@ inline void matmul_rows_int8(const Int8RowBatch& rows, const detail::WeightArgs&
     const std::uint8_t* scales = w.scales + flat * (k / kBlockSize);
     for (std::int64_t i = 0; i < rows.count; ++i) {
       const std::int8_t* even = rows.x_rows[i];
-      const std::int8_t* odd = even + k / 2;
+      const std::int8_t* odd = even + int8_section_bytes(k);
       float acc[16] = {};
       for (std::int64_t lane = 0; lane < lanes; ++lane) {
         std::int32_t v = 0;
@@ -87,7 +87,7 @@ inline void matmul_rows_int8(const Int8RowBatch& rows, const detail::WeightArgs&
           v += kE2M1Doubled[codes[j] & 0x0F] * even[j] + kE2M1Doubled[codes[j] >> 4] * odd[j];
         }
         float x_scale;
-        std::memcpy(&x_scale, even + k + k / 2 + 4 * lane, sizeof x_scale);
+        std::memcpy(&x_scale, even + 3 * int8_section_bytes(k) + 4 * lane, sizeof x_scale);
         const std::uint8_t e = scales[lane / 4];
         const float w_scale = e == 0xFF ? std::numeric_limits<float>::quiet_NaN()
                                         : std::ldexp(1.0f, static_cast<int>(e) - 128);

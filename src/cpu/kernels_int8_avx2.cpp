@@ -1,6 +1,6 @@
 // The int8-activation product (cpu_kernels.hpp, "int8 activations") with AVX2: vpmaddubsw
 // multiplies the weight codes, made unsigned (2 * E2M1 value + 12, from a vpshufb table), by the
-// signed int8 activations; vpmaddwd adds pairs into the int32 lane sums; the lane's offset_sum
+// signed int8 activations; vpmaddwd adds pairs into the int32 lane sums; the lane's offset_fix
 // takes the +12 back out. The 16 f32 accumulators of the definition are two 8-lane registers
 // (lanes 0-7 and 8-15 of every 64 weight bytes). Compiled for AVX2, FMA, F16C, BMI2 (the avx2
 // table's list) and used by the avx2 table, and by the avx512 table on CPUs without AVX-512 VNNI.
@@ -66,51 +66,54 @@ __m256i load_bytes(const void* p, bool full) {
   return _mm256_inserti128_si256(_mm256_setzero_si256(),
                                  _mm_loadu_si128(static_cast<const __m128i*>(p)), 0);
 }
-__m256 load_floats(const float* p, bool full) {
-  if (full) return _mm256_loadu_ps(p);
-  return _mm256_insertf128_ps(_mm256_setzero_ps(), _mm_loadu_ps(p), 0);
-}
 
-// Column `flat` of the weight times R quantized rows; sums into out[r][col].
+// 32 weight bytes at `o` (8 lanes, 2 blocks; 16 bytes and 1 block when not `full`) times R rows,
+// into acc[r] (the accumulators of those 8 lanes). The rows' sections are zero padded to 64
+// bytes, so their loads are always whole.
 template <int R>
-void column_times_rows(const uint8_t* codes, const uint8_t* scales, int64_t k,
-                       const std::int8_t* const* x, float* const* out, int64_t col) {
-  const int64_t half = k / 2;
-  const float* half_scale = half_scale_table();
+inline void half_step(const uint8_t* codes, const uint8_t* scales, int64_t section,
+                      const std::int8_t* const* x, int64_t o, bool full, __m256* acc) {
   const __m256i lut = _mm256_setr_epi8(12, 13, 14, 15, 16, 18, 20, 24, 12, 11, 10, 9, 8, 6, 4, 0,
                                        12, 13, 14, 15, 16, 18, 20, 24, 12, 11, 10, 9, 8, 6, 4, 0);
   const __m256i nibble = _mm256_set1_epi8(0x0F);
   const __m256i ones = _mm256_set1_epi16(1);
-  __m256 acc[R][2];
+  const float* half_scale = half_scale_table();
+  const __m256i w = load_bytes(codes + o, full);
+  const __m256i w_even = _mm256_shuffle_epi8(lut, _mm256_and_si256(w, nibble));
+  const __m256i w_odd = _mm256_shuffle_epi8(lut, _mm256_and_si256(_mm256_srli_epi16(w, 4), nibble));
+  const float s0 = half_scale[scales[o / 16]];
+  const float s1 = full ? half_scale[scales[o / 16 + 1]] : 0.0f;
+  const __m256 w_scale = _mm256_setr_m128(_mm_set1_ps(s0), _mm_set1_ps(s1));
+  for (int r = 0; r < R; ++r) {
+    const std::int8_t* row = x[r];
+    const auto load = [&](int64_t at) {
+      return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(row + at));
+    };
+    const __m256i pairs = _mm256_add_epi16(_mm256_maddubs_epi16(w_even, load(o)),
+                                           _mm256_maddubs_epi16(w_odd, load(section + o)));
+    // offset_fix and lane_scale of lanes o / 4 ..: byte o of their sections.
+    const __m256i v = _mm256_add_epi32(_mm256_madd_epi16(pairs, ones), load(2 * section + o));
+    const __m256 x_scale = _mm256_castsi256_ps(load(3 * section + o));
+    acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(v), _mm256_mul_ps(x_scale, w_scale), acc[r]);
+  }
+}
+
+// Column `col` of the weight times R quantized rows; sums into out[r][col].
+template <int R>
+void column_times_rows(const uint8_t* codes, const uint8_t* scales, int64_t k,
+                       const std::int8_t* const* x, float* const* out, int64_t col) {
+  const int64_t half = k / 2;
+  const int64_t section = int8_section_bytes(k);
+  __m256 acc_lo[R], acc_hi[R];  // lanes 0-7 and 8-15 of each 64-byte step
   for (int r = 0; r < R; ++r)
-    acc[r][0] = acc[r][1] = _mm256_setzero_ps();
-  // 32 weight bytes (8 lanes, 2 blocks) per step; the last step of a row may have 16.
-  for (int64_t o = 0; o < half; o += 32) {
-    const bool full = half - o >= 32;
-    const int h = static_cast<int>((o / 32) & 1);  // which 8 of the 16 accumulators
-    const __m256i w = load_bytes(codes + o, full);
-    const __m256i w_even = _mm256_shuffle_epi8(lut, _mm256_and_si256(w, nibble));
-    const __m256i w_odd =
-        _mm256_shuffle_epi8(lut, _mm256_and_si256(_mm256_srli_epi16(w, 4), nibble));
-    const float s0 = half_scale[scales[o / 16]];
-    const float s1 = full ? half_scale[scales[o / 16 + 1]] : 0.0f;
-    const __m256 w_scale = _mm256_setr_m128(_mm_set1_ps(s0), _mm_set1_ps(s1));
-    for (int r = 0; r < R; ++r) {
-      const std::int8_t* row = x[r];
-      const __m256i x_even = load_bytes(row + o, full);
-      const __m256i x_odd = load_bytes(row + half + o, full);
-      const __m256i pairs = _mm256_add_epi16(_mm256_maddubs_epi16(w_even, x_even),
-                                             _mm256_maddubs_epi16(w_odd, x_odd));
-      const __m256i offset_sum = load_bytes(row + k + o, full);  // int32 [o / 4 ..]
-      const __m256i v = _mm256_sub_epi32(_mm256_madd_epi16(pairs, ones), offset_sum);
-      const __m256 x_scale =
-          load_floats(reinterpret_cast<const float*>(row + k + half) + o / 4, full);
-      acc[r][h] =
-          _mm256_fmadd_ps(_mm256_cvtepi32_ps(v), _mm256_mul_ps(x_scale, w_scale), acc[r][h]);
-    }
+    acc_lo[r] = acc_hi[r] = _mm256_setzero_ps();
+  for (int64_t o = 0; o < half; o += 64) {
+    const int64_t left = half - o;  // 16, 32, 48 or >= 64
+    half_step<R>(codes, scales, section, x, o, left >= 32, acc_lo);
+    if (left > 32) half_step<R>(codes, scales, section, x, o + 32, left >= 64, acc_hi);
   }
   for (int r = 0; r < R; ++r)
-    out[r][col] = reduce_lanes(acc[r][0], acc[r][1]);
+    out[r][col] = reduce_lanes(acc_lo[r], acc_hi[r]);
 }
 
 template <int R>

@@ -1,8 +1,8 @@
 // The int8-activation product (cpu_kernels.hpp, "int8 activations") with AVX-512 VNNI: vpdpbusd
 // multiplies the weight codes, made unsigned (2 * E2M1 value + 12, from a vpshufb table), by the
-// signed int8 activations and adds each lane's products into its int32 sum; the lane's
-// offset_sum takes the +12 back out. The 16 f32 accumulators of the definition are the 16 lanes
-// of one register (64 weight bytes per step). The lane scale x_scale * 2^(e - 128) is one
+// signed int8 activations and adds each lane's products into its int32 sum, which starts at the
+// lane's offset_fix (taking the +12 back out). The 16 f32 accumulators of the definition are the 16
+// lanes of one register (64 weight bytes per step). The lane scale x_scale * 2^(e - 128) is one
 // vscalefps (exact like the f32 product: a power of two, rounded once; NaN for e = 0xFF).
 // Compiled for the avx512 table's features plus AVX512_VNNI; the avx512 table uses it when the
 // CPU has VNNI (avx512vnni_usable).
@@ -35,8 +35,8 @@ namespace {
 using std::int64_t;
 using std::uint8_t;
 
-// Rows of x that share one decoded weight register (8 accumulators + temporaries of 32 zmm).
-constexpr int kRowGroup = 8;
+// Rows of x that share one decoded weight tile.
+constexpr int kRowGroup = 4;
 
 // 16 lanes -> one sum: l + l+8, then + l+4, + l+2, + l+1.
 float reduce_lanes(__m512 acc) {
@@ -49,91 +49,106 @@ float reduce_lanes(__m512 acc) {
   return _mm_cvtss_f32(s1);
 }
 
-template <int R>
-void column_times_rows(const uint8_t* codes, const uint8_t* scales, int64_t k,
-                       const std::int8_t* const* x, float* const* out, int64_t col) {
-  const int64_t half = k / 2;
+// C columns of the weight (starting at col) times R quantized rows, into out[r][col + c]: the
+// decoded weights are shared by the R rows, each row's loads by the C columns.
+template <int R, int C>
+void tile(const detail::WeightArgs& w, int64_t flat0, const std::int8_t* const* x,
+          float* const* out, int64_t col) {
+  // vpermb reads 6 index bits: the 16-entry table of 2 * E2M1 value + 12, four times over, so
+  // neither the low nibble nor the shifted high one needs masking.
   const __m512i lut = _mm512_broadcast_i32x4(
       _mm_setr_epi8(12, 13, 14, 15, 16, 18, 20, 24, 12, 11, 10, 9, 8, 6, 4, 0));
-  const __m512i nibble = _mm512_set1_epi8(0x0F);
-  // vpshufb index that puts scale byte j (j = the 128-bit lane) in the low byte of each dword.
-  const __m512i spread = _mm512_set_epi32(-253, -253, -253, -253, -254, -254, -254, -254, -255,
-                                          -255, -255, -255, -256, -256, -256, -256);
   const __m512 nan = _mm512_set1_ps(__builtin_nanf(""));
-  __m512 acc[R];
+  const __m512i lane_block =  // lane l of a 64-byte step belongs to its block l / 4
+      _mm512_set_epi32(3, 3, 3, 3, 2, 2, 2, 2, 1, 1, 1, 1, 0, 0, 0, 0);
+  const int64_t k = w.k;
+  const int64_t half = k / 2;
+  const int64_t section = int8_section_bytes(k);
+  const uint8_t* codes[C];
+  const uint8_t* scales[C];
+  for (int c = 0; c < C; ++c) {
+    codes[c] = w.blocks + (flat0 + c) * half;
+    scales[c] = w.scales + (flat0 + c) * (k / 32);
+  }
+  __m512 acc[R][C];
   for (int r = 0; r < R; ++r)
-    acc[r] = _mm512_setzero_ps();
-  for (int64_t o = 0; o < half; o += 64) {
-    const int64_t bytes = std::min<int64_t>(64, half - o);  // a multiple of 16
-    const __mmask64 byte_mask = bytes == 64 ? ~__mmask64{0} : (__mmask64{1} << bytes) - 1;
-    const auto lane_mask = static_cast<__mmask16>((1u << (bytes / 4)) - 1u);
-    const auto block_mask = static_cast<__mmask16>((1u << (bytes / 16)) - 1u);
-    const __m512i w = _mm512_maskz_loadu_epi8(byte_mask, codes + o);
-    const __m512i w_even = _mm512_shuffle_epi8(lut, _mm512_and_si512(w, nibble));
-    const __m512i w_odd =
-        _mm512_shuffle_epi8(lut, _mm512_and_si512(_mm512_srli_epi16(w, 4), nibble));
-    // Exponents e - 128 as f32 per lane (NaN where e = 0xFF); absent blocks read 0 (-128).
-    const __m128i e4 = _mm_maskz_loadu_epi8(block_mask, scales + o / 16);
-    const __m512i e = _mm512_shuffle_epi8(_mm512_broadcastd_epi32(e4), spread);
-    __m512 exponent = _mm512_cvtepi32_ps(_mm512_sub_epi32(e, _mm512_set1_epi32(128)));
-    exponent =
-        _mm512_mask_mov_ps(exponent, _mm512_cmpeq_epi32_mask(e, _mm512_set1_epi32(255)), nan);
-    for (int r = 0; r < R; ++r) {
-      const std::int8_t* row = x[r];
-      const __m512i x_even = _mm512_maskz_loadu_epi8(byte_mask, row + o);
-      const __m512i x_odd = _mm512_maskz_loadu_epi8(byte_mask, row + half + o);
-      __m512i v = _mm512_dpbusd_epi32(_mm512_setzero_si512(), w_even, x_even);
-      v = _mm512_dpbusd_epi32(v, w_odd, x_odd);
-      v = _mm512_sub_epi32(v, _mm512_maskz_loadu_epi32(lane_mask, row + k + o));
-      const __m512 x_scale =
-          _mm512_maskz_loadu_ps(lane_mask, reinterpret_cast<const float*>(row + k + half) + o / 4);
-      acc[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(v), _mm512_scalef_ps(x_scale, exponent), acc[r]);
+    for (int c = 0; c < C; ++c)
+      acc[r][c] = _mm512_setzero_ps();
+  // 16 blocks (4 steps of 64 bytes) share one conversion of their scale bytes.
+  for (int64_t g = 0; g < half; g += 256) {
+    const auto block_mask = static_cast<__mmask16>(
+        _bzhi_u32(0xFFFFu, static_cast<unsigned>(std::min<int64_t>(16, (half - g) / 16))));
+    __m512 exponents[C];
+    for (int c = 0; c < C; ++c) {
+      const __m512i e = _mm512_cvtepu8_epi32(_mm_maskz_loadu_epi8(block_mask, scales[c] + g / 16));
+      const __m512 f = _mm512_cvtepi32_ps(_mm512_sub_epi32(e, _mm512_set1_epi32(128)));
+      exponents[c] = _mm512_mask_mov_ps(f, _mm512_cmpeq_epi32_mask(e, _mm512_set1_epi32(255)), nan);
+    }
+    for (int64_t o = g; o < std::min(half, g + 256); o += 64) {
+      // The weight's last step may hold 16, 32 or 48 bytes: the rest reads as zeros, and the
+      // rows' padding is zero, so those lanes add fma(0, 0, acc) = acc (acc is never -0).
+      const __mmask64 byte_mask =
+          _bzhi_u64(~0ull, static_cast<unsigned>(std::min<int64_t>(64, half - o)));
+      const __m512i pick =
+          _mm512_add_epi32(lane_block, _mm512_set1_epi32(static_cast<int>((o - g) / 16)));
+      __m512i w_even[C], w_odd[C];
+      __m512 exponent[C];
+      for (int c = 0; c < C; ++c) {
+        const __m512i b = _mm512_maskz_loadu_epi8(byte_mask, codes[c] + o);
+        w_even[c] = _mm512_permutexvar_epi8(b, lut);
+        w_odd[c] = _mm512_permutexvar_epi8(_mm512_srli_epi16(b, 4), lut);
+        exponent[c] = _mm512_permutexvar_ps(pick, exponents[c]);
+      }
+      for (int r = 0; r < R; ++r) {
+        const std::int8_t* row = x[r];
+        const __m512i x_even = _mm512_loadu_si512(row + o);
+        const __m512i x_odd = _mm512_loadu_si512(row + section + o);
+        // offset_fix and lane_scale of lanes o / 4 ..: byte o of their sections.
+        const __m512i offset_fix = _mm512_loadu_si512(row + 2 * section + o);
+        const __m512 x_scale = _mm512_loadu_ps(row + 3 * section + o);
+        for (int c = 0; c < C; ++c) {
+          __m512i v = _mm512_dpbusd_epi32(offset_fix, w_even[c], x_even);
+          v = _mm512_dpbusd_epi32(v, w_odd[c], x_odd);
+          acc[r][c] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(v), _mm512_scalef_ps(x_scale, exponent[c]),
+                                      acc[r][c]);
+        }
+      }
     }
   }
   for (int r = 0; r < R; ++r)
-    out[r][col] = reduce_lanes(acc[r]);
+    for (int c = 0; c < C; ++c)
+      out[r][col + c] = reduce_lanes(acc[r][c]);
 }
 
-template <int R>
+// Columns [n0, n1) of one expert times R rows: tiles of C columns, then one at a time.
+template <int R, int C>
 void columns_times_rows(const Int8RowBatch& rows, int64_t r0, const detail::WeightArgs& w,
                         int64_t expert, int64_t n0, int64_t n1) {
-  const int64_t k = w.k;
-  for (int64_t n = n0; n < n1; ++n) {
-    const int64_t flat = expert * w.n + n;
-    column_times_rows<R>(w.blocks + flat * (k / 2), w.scales + flat * (k / 32), k, rows.x_rows + r0,
-                         rows.out_rows + r0, n - n0);
-  }
+  int64_t n = n0;
+  for (; n + C <= n1; n += C)
+    tile<R, C>(w, expert * w.n + n, rows.x_rows + r0, rows.out_rows + r0, n - n0);
+  for (; n < n1; ++n)
+    tile<R, 1>(w, expert * w.n + n, rows.x_rows + r0, rows.out_rows + r0, n - n0);
 }
 
 }  // namespace
 
 void matmul_rows_int8_avx512vnni(const Int8RowBatch& rows, const detail::WeightArgs& w,
                                  int64_t expert, int64_t n0, int64_t n1) {
+  // Tiles of R rows x C columns with R * C + 3 C vector registers for the loop's values.
   for (int64_t r0 = 0; r0 < rows.count; r0 += kRowGroup) {
     switch (std::min<int64_t>(kRowGroup, rows.count - r0)) {
       case 1:
-        columns_times_rows<1>(rows, r0, w, expert, n0, n1);
+        columns_times_rows<1, 4>(rows, r0, w, expert, n0, n1);
         break;
       case 2:
-        columns_times_rows<2>(rows, r0, w, expert, n0, n1);
+        columns_times_rows<2, 4>(rows, r0, w, expert, n0, n1);
         break;
       case 3:
-        columns_times_rows<3>(rows, r0, w, expert, n0, n1);
-        break;
-      case 4:
-        columns_times_rows<4>(rows, r0, w, expert, n0, n1);
-        break;
-      case 5:
-        columns_times_rows<5>(rows, r0, w, expert, n0, n1);
-        break;
-      case 6:
-        columns_times_rows<6>(rows, r0, w, expert, n0, n1);
-        break;
-      case 7:
-        columns_times_rows<7>(rows, r0, w, expert, n0, n1);
+        columns_times_rows<3, 3>(rows, r0, w, expert, n0, n1);
         break;
       default:
-        columns_times_rows<8>(rows, r0, w, expert, n0, n1);
+        columns_times_rows<4, 3>(rows, r0, w, expert, n0, n1);
         break;
     }
   }

@@ -13,6 +13,9 @@
 //   .../mxfp4-<isa>            the public API, with the CPU backend forced to that instruction set
 //                              (set_cpu_isa); without a suffix, the best one this CPU runs
 //   .../mxfp4-int8[-<isa>]     the same with RunOptions::precision = int8_activations
+//   ratio/<shape>-M=<m>/int8_vs_exact
+//                              int8 and exact calls alternated in every iteration: their weight
+//                              GB/s and speedup = exact time / int8 time
 // Counters (decimal units, per second of wall time):
 //   weight_GB/s   MXFP4 bytes of the weights a call touches (K/2 code + K/32 scale bytes per row,
 //                 4.25 bits per weight), whatever the kernel actually reads (sgemm reads f32)
@@ -359,6 +362,35 @@ void bm_decode_vs_bandwidth(benchmark::State& state) {
   state.counters["fraction"] = weight_rate / read_rate;
 }
 
+// RunOptions::precision = int8_activations against exact, both timed back to back in every
+// iteration on the same rotated weights (each call its own copy), so that a noisy machine moves
+// them together. speedup = exact time / int8 time.
+void bm_int8_vs_exact(benchmark::State& state, int64_t m, int64_t n, int64_t k) {
+  const std::vector<Mxfp4Weight>& weights = rotated_weights(n, k);
+  const Tensor x = random_f32({m, k}, 3);
+  Tensor out = Tensor::empty({m, n}, DType::f32);
+  mxfp4::RunOptions int8;
+  int8.precision = mxfp4::Precision::int8_activations;
+  double t_exact = 0.0, t_int8 = 0.0;
+  std::size_t next = 0;
+  for (auto _ : state) {
+    auto t0 = std::chrono::steady_clock::now();
+    mxfp4::linear_into(x, weights[next], out);
+    benchmark::ClobberMemory();
+    t_exact += seconds_since(t0);
+    next = next + 1 == weights.size() ? 0 : next + 1;
+    t0 = std::chrono::steady_clock::now();
+    mxfp4::linear_into(x, weights[next], out, int8);
+    benchmark::ClobberMemory();
+    t_int8 += seconds_since(t0);
+    next = next + 1 == weights.size() ? 0 : next + 1;
+  }
+  const double iters = static_cast<double>(state.iterations());
+  state.counters["exact_GB/s"] = packed_bytes(n, k) * iters / t_exact * 1e-9;
+  state.counters["int8_GB/s"] = packed_bytes(n, k) * iters / t_int8 * 1e-9;
+  state.counters["speedup"] = t_exact / t_int8;
+}
+
 #if defined(MXFP4_BENCH_OPENBLAS)
 // M = 512 on 4096x4096 against OpenBLAS sgemm (as many threads as the pool) on the dequantized
 // weight.
@@ -560,6 +592,13 @@ void register_all() {
         "gather_linear/gptoss-E=32-top4/N=" + std::to_string(n) + "/K=2880/T=1/reference";
     configure(benchmark::RegisterBenchmark(name.c_str(), bm_gather_linear, n, 1, true, kExact));
   }
+
+  for (const Shape& s : kShapes)
+    for (const int64_t m : {int64_t{1}, int64_t{8}}) {
+      const std::string name =
+          "ratio/" + std::string(s.name) + "-M=" + std::to_string(m) + "/int8_vs_exact";
+      configure(benchmark::RegisterBenchmark(name.c_str(), bm_int8_vs_exact, m, s.n, s.k));
+    }
 
   configure(benchmark::RegisterBenchmark("ratio/llama70b-up-M=1/mxfp4_vs_read_bandwidth",
                                          bm_decode_vs_bandwidth))

@@ -116,35 +116,33 @@ void column_times_rows(const uint8_t* codes, const uint8_t* scales, int64_t k,
     out[r][col] = reduce_lanes(acc_lo[r], acc_hi[r]);
 }
 
-template <int R>
-void columns_times_rows(const Int8RowBatch& rows, int64_t r0, const detail::WeightArgs& w,
-                        int64_t expert, int64_t n0, int64_t n1) {
-  const int64_t k = w.k;
-  for (int64_t n = n0; n < n1; ++n) {
-    const int64_t flat = expert * w.n + n;
-    column_times_rows<R>(w.blocks + flat * (k / 2), w.scales + flat * (k / 32), k, rows.x_rows + r0,
-                         rows.out_rows + r0, n - n0);
-  }
-}
-
 }  // namespace
 
 void matmul_rows_int8_avx2(const Int8RowBatch& rows, const detail::WeightArgs& w, int64_t expert,
                            int64_t n0, int64_t n1) {
-  for (int64_t r0 = 0; r0 < rows.count; r0 += kRowGroup) {
-    switch (std::min<int64_t>(kRowGroup, rows.count - r0)) {
-      case 1:
-        columns_times_rows<1>(rows, r0, w, expert, n0, n1);
-        break;
-      case 2:
-        columns_times_rows<2>(rows, r0, w, expert, n0, n1);
-        break;
-      case 3:
-        columns_times_rows<3>(rows, r0, w, expert, n0, n1);
-        break;
-      default:
-        columns_times_rows<4>(rows, r0, w, expert, n0, n1);
-        break;
+  const int64_t k = w.k;
+  // Each column's weights stay in L1 while every row group passes over them.
+  for (int64_t n = n0; n < n1; ++n) {
+    const int64_t flat = expert * w.n + n;
+    const uint8_t* codes = w.blocks + flat * (k / 2);
+    const uint8_t* scales = w.scales + flat * (k / 32);
+    for (int64_t r0 = 0; r0 < rows.count; r0 += kRowGroup) {
+      const std::int8_t* const* x = rows.x_rows + r0;
+      float* const* out = rows.out_rows + r0;
+      switch (std::min<int64_t>(kRowGroup, rows.count - r0)) {
+        case 1:
+          column_times_rows<1>(codes, scales, k, x, out, n - n0);
+          break;
+        case 2:
+          column_times_rows<2>(codes, scales, k, x, out, n - n0);
+          break;
+        case 3:
+          column_times_rows<3>(codes, scales, k, x, out, n - n0);
+          break;
+        default:
+          column_times_rows<4>(codes, scales, k, x, out, n - n0);
+          break;
+      }
     }
   }
 }

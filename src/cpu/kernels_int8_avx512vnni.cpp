@@ -120,37 +120,52 @@ void tile(const detail::WeightArgs& w, int64_t flat0, const std::int8_t* const* 
       out[r][col + c] = reduce_lanes(acc[r][c]);
 }
 
-// Columns [n0, n1) of one expert times R rows: tiles of C columns, then one at a time.
-template <int R, int C>
-void columns_times_rows(const Int8RowBatch& rows, int64_t r0, const detail::WeightArgs& w,
-                        int64_t expert, int64_t n0, int64_t n1) {
+// C columns (the weight's columns flat0 .. flat0 + C - 1, output columns col ..) times every
+// row of the batch, 4 rows at a time: the C columns' weights stay in L1 between row groups.
+template <int C>
+void columns_times_batch(const Int8RowBatch& rows, const detail::WeightArgs& w, int64_t flat0,
+                         int64_t col) {
+  for (int64_t r0 = 0; r0 < rows.count; r0 += kRowGroup) {
+    const std::int8_t* const* x = rows.x_rows + r0;
+    float* const* out = rows.out_rows + r0;
+    switch (std::min<int64_t>(kRowGroup, rows.count - r0)) {
+      case 1:
+        tile<1, C>(w, flat0, x, out, col);
+        break;
+      case 2:
+        tile<2, C>(w, flat0, x, out, col);
+        break;
+      case 3:
+        tile<3, C>(w, flat0, x, out, col);
+        break;
+      default:
+        tile<4, C>(w, flat0, x, out, col);
+        break;
+    }
+  }
+}
+
+// Tiles of C columns, then the remaining columns one at a time.
+template <int C>
+void columns_in_tiles(const Int8RowBatch& rows, const detail::WeightArgs& w, int64_t expert,
+                      int64_t n0, int64_t n1) {
   int64_t n = n0;
   for (; n + C <= n1; n += C)
-    tile<R, C>(w, expert * w.n + n, rows.x_rows + r0, rows.out_rows + r0, n - n0);
+    columns_times_batch<C>(rows, w, expert * w.n + n, n - n0);
   for (; n < n1; ++n)
-    tile<R, 1>(w, expert * w.n + n, rows.x_rows + r0, rows.out_rows + r0, n - n0);
+    columns_times_batch<1>(rows, w, expert * w.n + n, n - n0);
 }
 
 }  // namespace
 
 void matmul_rows_int8_avx512vnni(const Int8RowBatch& rows, const detail::WeightArgs& w,
                                  int64_t expert, int64_t n0, int64_t n1) {
-  // Tiles of R rows x C columns with R * C + 3 C vector registers for the loop's values.
-  for (int64_t r0 = 0; r0 < rows.count; r0 += kRowGroup) {
-    switch (std::min<int64_t>(kRowGroup, rows.count - r0)) {
-      case 1:
-        columns_times_rows<1, 4>(rows, r0, w, expert, n0, n1);
-        break;
-      case 2:
-        columns_times_rows<2, 4>(rows, r0, w, expert, n0, n1);
-        break;
-      case 3:
-        columns_times_rows<3, 3>(rows, r0, w, expert, n0, n1);
-        break;
-      default:
-        columns_times_rows<4, 3>(rows, r0, w, expert, n0, n1);
-        break;
-    }
+  // R * C accumulators + 3 C registers of decoded weights and exponents: 4 columns for up to 2
+  // rows, 3 for row groups of 3 or 4, within the 32 zmm registers.
+  if (rows.count <= 2) {
+    columns_in_tiles<4>(rows, w, expert, n0, n1);
+  } else {
+    columns_in_tiles<3>(rows, w, expert, n0, n1);
   }
 }
 

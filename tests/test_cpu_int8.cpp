@@ -468,6 +468,25 @@ TEST(Int8Api, UnknownPrecisionIsRefused) {
   EXPECT_THROW(mxfp4::gather_linear(x, ids, s, bad), mxfp4::InvalidArgument);
 }
 
+TEST(Int8Kernels, VnniKernelNeedsVnniAndTheAvx512TableFeaturesAndZmmState) {
+  if (!mxfp4::cpu::x86_kernels_built()) {
+    EXPECT_FALSE(mxfp4::cpu::avx512vnni_usable(mxfp4::cpu::host_cpu_features()));
+    return;
+  }
+  const std::vector<std::string> avx512 = {"avx",      "avx2",      "fma",      "f16c",
+                                           "bmi2",     "avx512f",   "avx512bw", "avx512vl",
+                                           "avx512dq", "avx512vbmi"};
+  std::vector<std::string> with_vnni = avx512;
+  with_vnni.emplace_back("avx512vnni");
+  EXPECT_TRUE(mxfp4::cpu::avx512vnni_usable(mxfp4::cpu::make_cpu_features(with_vnni, 0xE7)));
+  EXPECT_FALSE(mxfp4::cpu::avx512vnni_usable(mxfp4::cpu::make_cpu_features(avx512, 0xE7)));
+  // The OS saves no ZMM state: no AVX-512 code at all.
+  EXPECT_FALSE(mxfp4::cpu::avx512vnni_usable(mxfp4::cpu::make_cpu_features(with_vnni, 0x07)));
+  std::vector<std::string> no_vbmi = with_vnni;
+  no_vbmi.erase(std::find(no_vbmi.begin(), no_vbmi.end(), "avx512vbmi"));
+  EXPECT_FALSE(mxfp4::cpu::avx512vnni_usable(mxfp4::cpu::make_cpu_features(no_vbmi, 0xE7)));
+}
+
 TEST(Int8Api, DefaultIsExact) {
   const RunOptions run{};
   EXPECT_EQ(run.precision, Precision::exact);

@@ -12,6 +12,10 @@
 //                              so only for M = 1 and 8 (and M = 64 on 4096x4096) and gather T = 1
 //   .../mxfp4-<isa>            the public API, with the CPU backend forced to that instruction set
 //                              (set_cpu_isa); without a suffix, the best one this CPU runs
+//   .../mxfp4-int8[-<isa>]     the same with RunOptions::precision = int8_activations
+//   ratio/<shape>-M=<m>/int8_vs_exact
+//                              int8 and exact calls alternated in every iteration: their weight
+//                              GB/s and speedup = exact time / int8 time
 // Counters (decimal units, per second of wall time):
 //   weight_GB/s   MXFP4 bytes of the weights a call touches (K/2 code + K/32 scale bytes per row,
 //                 4.25 bits per weight), whatever the kernel actually reads (sgemm reads f32)
@@ -247,15 +251,17 @@ void bm_quantize(benchmark::State& state, mxfp4::ScaleRule rule) {
 
 // ---- linear ------------------------------------------------------------------------------------
 
-void bm_linear(benchmark::State& state, int64_t m, int64_t n, int64_t k,
-               std::optional<CpuIsa> isa) {
+void bm_linear(benchmark::State& state, int64_t m, int64_t n, int64_t k, std::optional<CpuIsa> isa,
+               mxfp4::Precision precision) {
   const std::vector<Mxfp4Weight>& weights = rotated_weights(n, k);
   const Tensor x = random_f32({m, k}, 3);
   Tensor out = Tensor::empty({m, n}, DType::f32);
   const IsaScope scope(isa);
+  mxfp4::RunOptions run;
+  run.precision = precision;
   std::size_t next = 0;
   for (auto _ : state) {
-    mxfp4::linear_into(x, weights[next], out);
+    mxfp4::linear_into(x, weights[next], out, run);
     benchmark::DoNotOptimize(out.data());
     benchmark::ClobberMemory();
     next = next + 1 == weights.size() ? 0 : next + 1;
@@ -356,6 +362,35 @@ void bm_decode_vs_bandwidth(benchmark::State& state) {
   state.counters["fraction"] = weight_rate / read_rate;
 }
 
+// RunOptions::precision = int8_activations against exact, both timed back to back in every
+// iteration on the same rotated weights (each call its own copy), so that a noisy machine moves
+// them together. speedup = exact time / int8 time.
+void bm_int8_vs_exact(benchmark::State& state, int64_t m, int64_t n, int64_t k) {
+  const std::vector<Mxfp4Weight>& weights = rotated_weights(n, k);
+  const Tensor x = random_f32({m, k}, 3);
+  Tensor out = Tensor::empty({m, n}, DType::f32);
+  mxfp4::RunOptions int8;
+  int8.precision = mxfp4::Precision::int8_activations;
+  double t_exact = 0.0, t_int8 = 0.0;
+  std::size_t next = 0;
+  for (auto _ : state) {
+    auto t0 = std::chrono::steady_clock::now();
+    mxfp4::linear_into(x, weights[next], out);
+    benchmark::ClobberMemory();
+    t_exact += seconds_since(t0);
+    next = next + 1 == weights.size() ? 0 : next + 1;
+    t0 = std::chrono::steady_clock::now();
+    mxfp4::linear_into(x, weights[next], out, int8);
+    benchmark::ClobberMemory();
+    t_int8 += seconds_since(t0);
+    next = next + 1 == weights.size() ? 0 : next + 1;
+  }
+  const double iters = static_cast<double>(state.iterations());
+  state.counters["exact_GB/s"] = packed_bytes(n, k) * iters / t_exact * 1e-9;
+  state.counters["int8_GB/s"] = packed_bytes(n, k) * iters / t_int8 * 1e-9;
+  state.counters["speedup"] = t_exact / t_int8;
+}
+
 #if defined(MXFP4_BENCH_OPENBLAS)
 // M = 512 on 4096x4096 against OpenBLAS sgemm (as many threads as the pool) on the dequantized
 // weight.
@@ -444,7 +479,10 @@ void set_gather_counters(benchmark::State& state, const Routings& r, int64_t tok
   state.counters["experts/call"] = r.mean_experts;
 }
 
-void bm_gather_linear(benchmark::State& state, int64_t n, int64_t tokens, bool reference) {
+void bm_gather_linear(benchmark::State& state, int64_t n, int64_t tokens, bool reference,
+                      mxfp4::Precision precision) {
+  mxfp4::RunOptions run;
+  run.precision = precision;
   const Mxfp4Weight& w = expert_weight(n);
   const Routings r = make_routings(tokens);
   const Tensor x = random_f32({tokens, kGatherK}, 6);
@@ -458,7 +496,7 @@ void bm_gather_linear(benchmark::State& state, int64_t n, int64_t tokens, bool r
                                                  out.data(), nullptr};
       mxfp4::reference::gather_linear(args);
     } else {
-      mxfp4::gather_linear_into(x, idx, w, out);
+      mxfp4::gather_linear_into(x, idx, w, out, run);
     }
     benchmark::DoNotOptimize(out.data());
     benchmark::ClobberMemory();
@@ -481,6 +519,8 @@ constexpr Shape kShapes[] = {
     {"llama70b-up-28672x8192", 28672, 8192},
 };
 constexpr int64_t kMs[] = {1, 8, 64, 512};
+constexpr mxfp4::Precision kExact = mxfp4::Precision::exact;
+constexpr mxfp4::Precision kInt8 = mxfp4::Precision::int8_activations;
 
 benchmark::internal::Benchmark* configure(benchmark::internal::Benchmark* b) {
   return b->MinTime(0.5)->UseRealTime()->Unit(benchmark::kMillisecond);
@@ -503,13 +543,31 @@ void register_all() {
   for (const Shape& s : kShapes)
     for (const int64_t m : kMs)
       configure(benchmark::RegisterBenchmark(linear_name(s, m, "mxfp4").c_str(), bm_linear, m, s.n,
-                                             s.k, std::nullopt));
+                                             s.k, std::nullopt, kExact));
   for (const int64_t t : {int64_t{1}, int64_t{64}})
     for (const int64_t n : {int64_t{5760}, int64_t{2880}}) {
       const std::string name = "gather_linear/gptoss-E=32-top4/N=" + std::to_string(n) +
                                "/K=2880/T=" + std::to_string(t) + "/mxfp4";
-      configure(benchmark::RegisterBenchmark(name.c_str(), bm_gather_linear, n, t, false));
+      configure(benchmark::RegisterBenchmark(name.c_str(), bm_gather_linear, n, t, false, kExact));
     }
+
+  // RunOptions::precision = int8_activations (docs/cpu-int8.md), at decode sizes.
+  for (const Shape& s : kShapes)
+    for (const int64_t m : {int64_t{1}, int64_t{8}})
+      configure(benchmark::RegisterBenchmark(linear_name(s, m, "mxfp4-int8").c_str(), bm_linear, m,
+                                             s.n, s.k, std::nullopt, kInt8));
+  for (const int64_t t : {int64_t{1}, int64_t{64}})
+    for (const int64_t n : {int64_t{5760}, int64_t{2880}}) {
+      const std::string name = "gather_linear/gptoss-E=32-top4/N=" + std::to_string(n) +
+                               "/K=2880/T=" + std::to_string(t) + "/mxfp4-int8";
+      configure(benchmark::RegisterBenchmark(name.c_str(), bm_gather_linear, n, t, false, kInt8));
+    }
+  if (CpuIsa::avx2 <= mxfp4::cpu_isa_supported() && CpuIsa::avx2 != mxfp4::cpu_isa_supported()) {
+    for (const int64_t m : {int64_t{1}, int64_t{8}})
+      configure(benchmark::RegisterBenchmark(linear_name(kShapes[0], m, "mxfp4-int8-avx2").c_str(),
+                                             bm_linear, m, kShapes[0].n, kShapes[0].k,
+                                             std::optional<CpuIsa>(CpuIsa::avx2), kInt8));
+  }
 
   // Lower instruction sets this CPU runs, on 4096x4096.
   const Shape& sq = kShapes[0];
@@ -518,7 +576,7 @@ void register_all() {
     for (const int64_t m : {int64_t{1}, int64_t{512}}) {
       const std::string who = std::string("mxfp4-") + mxfp4::cpu_isa_name(isa);
       configure(benchmark::RegisterBenchmark(linear_name(sq, m, who).c_str(), bm_linear, m, sq.n,
-                                             sq.k, std::optional<CpuIsa>(isa)));
+                                             sq.k, std::optional<CpuIsa>(isa), kExact));
     }
   }
 
@@ -532,8 +590,15 @@ void register_all() {
   for (const int64_t n : {int64_t{5760}, int64_t{2880}}) {
     const std::string name =
         "gather_linear/gptoss-E=32-top4/N=" + std::to_string(n) + "/K=2880/T=1/reference";
-    configure(benchmark::RegisterBenchmark(name.c_str(), bm_gather_linear, n, 1, true));
+    configure(benchmark::RegisterBenchmark(name.c_str(), bm_gather_linear, n, 1, true, kExact));
   }
+
+  for (const Shape& s : kShapes)
+    for (const int64_t m : {int64_t{1}, int64_t{8}}) {
+      const std::string name =
+          "ratio/" + std::string(s.name) + "-M=" + std::to_string(m) + "/int8_vs_exact";
+      configure(benchmark::RegisterBenchmark(name.c_str(), bm_int8_vs_exact, m, s.n, s.k));
+    }
 
   configure(benchmark::RegisterBenchmark("ratio/llama70b-up-M=1/mxfp4_vs_read_bandwidth",
                                          bm_decode_vs_bandwidth))

@@ -29,6 +29,7 @@
 
 #include "core/kernel_args.hpp"
 #include "cpu/cpu_kernels.hpp"
+#include "cpu/int8_rows.hpp"
 #include "mxfp4/dtype.hpp"
 
 #if defined(MXFP4_BENCH_OPENBLAS)
@@ -215,7 +216,51 @@ BENCHMARK(BM_Decode)->Arg(1)->Arg(2)->Arg(4)->Arg(8)->Unit(benchmark::kMilliseco
 void BM_DecodeHot(benchmark::State& state) {
   run_matmul(state, state.range(0), 256, 4096, 1, DType::f32, 256);
 }
-BENCHMARK(BM_DecodeHot)->Arg(1)->Unit(benchmark::kMillisecond)->UseRealTime();
+BENCHMARK(BM_DecodeHot)->Arg(1)->Arg(8)->Unit(benchmark::kMillisecond)->UseRealTime();
+
+// RunOptions::precision = int8_activations: the table's matmul_rows_int8 on the same hot weight
+// and on BM_Decode's 8192 x 8192 copies. The rows are quantized once, outside the timed loop
+// (the backend does it once per call: K elements per row, against N * K weights).
+void run_matmul_int8(benchmark::State& state, int64_t m, int64_t n, int64_t k, int copies) {
+  std::vector<std::unique_ptr<Weight>> w;
+  for (int c = 0; c < copies; ++c)
+    w.push_back(std::make_unique<Weight>(n, k, 100 + c));
+  const std::vector<float> xf = random_floats(static_cast<std::size_t>(m * k), 1);
+  std::vector<std::int32_t> q(static_cast<std::size_t>(m * mxfp4::cpu::int8_row_bytes(k) / 4));
+  std::vector<const std::int8_t*> xr(static_cast<std::size_t>(m));
+  std::vector<float> out(static_cast<std::size_t>(m * n));
+  std::vector<float*> orow(static_cast<std::size_t>(m));
+  for (int64_t i = 0; i < m; ++i) {
+    auto* row = reinterpret_cast<std::int8_t*>(q.data()) + i * mxfp4::cpu::int8_row_bytes(k);
+    mxfp4::cpu::quantize_int8_row(xf.data() + i * k, DType::f32, k, row);
+    xr[static_cast<std::size_t>(i)] = row;
+    orow[static_cast<std::size_t>(i)] = out.data() + i * n;
+  }
+  const mxfp4::cpu::Int8RowBatch batch{xr.data(), orow.data(), m};
+  const Kernels& kt = kernels();
+  std::size_t next = 0;
+  for (auto _ : state) {
+    kt.matmul_rows_int8(batch, w[next]->args(), 0, 0, n);
+    benchmark::ClobberMemory();
+    next = (next + 1) % w.size();
+  }
+  const double iters = static_cast<double>(state.iterations());
+  state.counters["weight_GB/s"] =
+      benchmark::Counter(w[0]->bytes() * iters * 1e-9, benchmark::Counter::kIsRate);
+  state.counters["GFLOP/s"] = benchmark::Counter(
+      2.0 * static_cast<double>(m) * static_cast<double>(n) * static_cast<double>(k) * iters * 1e-9,
+      benchmark::Counter::kIsRate);
+}
+
+void BM_DecodeHotInt8(benchmark::State& state) {
+  run_matmul_int8(state, state.range(0), 256, 4096, 1);
+}
+BENCHMARK(BM_DecodeHotInt8)->Arg(1)->Arg(8)->Unit(benchmark::kMillisecond)->UseRealTime();
+
+void BM_DecodeInt8(benchmark::State& state) {
+  run_matmul_int8(state, state.range(0), 8192, 8192, 8);
+}
+BENCHMARK(BM_DecodeInt8)->Arg(1)->Arg(8)->Unit(benchmark::kMillisecond)->UseRealTime();
 
 void BM_DecodeBf16(benchmark::State& state) {
   run_matmul(state, state.range(0), 8192, 8192, 8, DType::bf16, 8192);

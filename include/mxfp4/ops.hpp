@@ -21,6 +21,18 @@ struct Workspace {
   std::size_t bytes = 0;
 };
 
+// The arithmetic of linear and gather_linear.
+// - exact (default): f32 arithmetic on exactly decoded weights; x is used as given.
+// - int8_activations: faster where it pays (CPU decode, small M): each 32-element block of an x
+//   row is rounded to int8 with its own f32 scale (max |x| / 127, round to nearest), multiplied
+//   by the weight's E2M1 codes (as the integers 2 * value) in exact integer arithmetic, and the
+//   block sums are scaled and added in f32. The error against exact is bounded by the rounding
+//   of x: |y - y_exact| <= sum over blocks of (max|x_block| / 254) * sum |w| over the block, plus
+//   f32 rounding (docs/cpu-int8.md has the derivation and measurements). A NaN or Inf in a block
+//   of x makes that row's outputs NaN.
+//   CPU only: on CUDA tensors the option is ignored (exact arithmetic).
+enum class Precision : std::uint8_t { exact = 0, int8_activations = 1 };
+
 struct RunOptions {
   Stream stream;
   // CUDA gather_linear: scratch for sorting tokens by expert, of at least
@@ -28,6 +40,9 @@ struct RunOptions {
   // stream-ordered memory (cudaMallocAsync / cudaFreeAsync on `stream`), which a CUDA graph can
   // capture too. Other operations need none.
   Workspace workspace = {};
+  // linear and gather_linear: exact, or activations rounded to int8 (see Precision). Other
+  // operations ignore it.
+  Precision precision = Precision::exact;
 };
 
 // Packed parts of a quantized tensor.

@@ -48,9 +48,10 @@ struct LinearArgs {
   const void* x;  // [m, k] in x_dtype
   DType x_dtype;
   std::int64_t m;
-  WeightArgs w;  // experts == 1
-  void* out;     // [m, n] in x_dtype
-  void* stream;  // cudaStream_t for CUDA kernels; ignored on the CPU
+  WeightArgs w;                   // experts == 1
+  void* out;                      // [m, n] in x_dtype
+  void* stream;                   // cudaStream_t for CUDA kernels; ignored on the CPU
+  bool int8_activations = false;  // RunOptions::precision; honoured by the CPU backend only
 };
 
 struct GatherLinearArgs {
@@ -62,10 +63,11 @@ struct GatherLinearArgs {
   const void* indices;  // [tokens, topk] in index_dtype (u32, i32, i64), each in [0, experts)
   DType index_dtype;
   WeightArgs w;
-  void* out;        // [tokens, topk, n] in x_dtype
-  void* stream;     // cudaStream_t for CUDA kernels; ignored on the CPU
+  void* out;                  // [tokens, topk, n] in x_dtype
+  void* stream;               // cudaStream_t for CUDA kernels; ignored on the CPU
   void* workspace = nullptr;  // CUDA: caller's scratch (null: the backend allocates on the stream)
   std::size_t workspace_bytes = 0;
+  bool int8_activations = false;  // RunOptions::precision; honoured by the CPU backend only
 };
 
 // CUDA gather_linear: batches of at most kCudaCtaRoutePairs (token, slot) pairs are routed

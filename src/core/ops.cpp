@@ -199,6 +199,15 @@ Tensor dequantize(const Mxfp4Weight& weight, DType dtype, const RunOptions& run)
 
 namespace {
 
+bool int8_activations(const char* op, const RunOptions& run) {
+  if (run.precision != Precision::exact && run.precision != Precision::int8_activations) {
+    throw InvalidArgument(std::string(op) + ": unknown RunOptions::precision " +
+                          std::to_string(static_cast<int>(run.precision)) +
+                          " (expected exact or int8_activations)");
+  }
+  return run.precision == Precision::int8_activations;
+}
+
 Shape linear_output_shape(const char* op, const Tensor& x, const Mxfp4Weight& w) {
   require_defined(op, "x", x);
   require_weight(op, w);
@@ -232,6 +241,7 @@ void linear_into(const Tensor& x, const Mxfp4Weight& weight, Tensor& out, const 
   a.w = detail::weight_args(weight);
   a.out = out.data();
   a.stream = run.stream.handle;
+  a.int8_activations = int8_activations(op, run);
   const auto fn = kernel(op, weight.device(), &detail::Backend::linear);
   if (a.m == 0 || a.w.n == 0) return;
   fn(a);
@@ -335,6 +345,7 @@ void gather_linear_into(const Tensor& x, const Tensor& indices, const Mxfp4Weigh
   a.stream = run.stream.handle;
   a.workspace = run.workspace.data;
   a.workspace_bytes = run.workspace.bytes;
+  a.int8_activations = int8_activations(op, run);
   if (a.tokens == 0 || a.topk == 0 || a.w.n == 0) return;
   fn(a);
 }

@@ -4,11 +4,13 @@
 #include <atomic>
 #include <cstdio>
 #include <cstdlib>
+#include <new>
 #include <string>
 #include <vector>
 
 #include "core/convert.hpp"
 #include "cpu/cpu_features.hpp"
+#include "cpu/int8_rows.hpp"
 #include "cpu/thread_pool.hpp"
 #include "mxfp4/cpu.hpp"
 #include "mxfp4/error.hpp"
@@ -97,7 +99,88 @@ void run_matmul_tasks(const Kernels& kernels, const std::vector<MatmulTask>& tas
   });
 }
 
+// ---- int8 activations: rows quantized once per call, then the same task split ----------------
+
+// Quantized copies of `count` activation rows (int8_row_bytes(k) each), 64-byte aligned.
+class Int8Rows {
+ public:
+  Int8Rows(std::int64_t count, std::int64_t k)
+      : k_(k),
+        data_(static_cast<std::int8_t*>(::operator new (
+            static_cast<std::size_t>(std::max<std::int64_t>(1, count* int8_row_bytes(k))),
+            std::align_val_t{64}))) {}
+  Int8Rows(const Int8Rows&) = delete;
+  Int8Rows& operator=(const Int8Rows&) = delete;
+  ~Int8Rows() { ::operator delete (data_, std::align_val_t{64}); }
+  std::int8_t* row(std::int64_t i) const { return data_ + i * int8_row_bytes(k_); }
+
+ private:
+  std::int64_t k_;
+  std::int8_t* data_;
+};
+
+// rows[i] <- row i of x ([count, k] in dtype); rows are independent, so any split is the same.
+void quantize_rows_int8(const void* x, DType dtype, std::int64_t count, std::int64_t k,
+                        const Int8Rows& rows) {
+  const std::int64_t per_task = rows_per_task(k);
+  const auto elem = static_cast<std::int64_t>(dtype_size(dtype));
+  parallel_for(ceil_div(count, per_task), [&](std::int64_t t) {
+    for (std::int64_t i = t * per_task; i < std::min(count, (t + 1) * per_task); ++i)
+      quantize_int8_row(static_cast<const char*>(x) + i * k * elem, dtype, k, rows.row(i));
+  });
+}
+
+// The kernel writes f32 sums into a per-thread tile; the bias is added and the result rounded to
+// `dtype` here, once, so every table shares that step.
+void run_matmul_tasks_int8(const Kernels& kernels, const std::vector<MatmulTask>& tasks,
+                           const std::vector<const std::int8_t*>& x_rows,
+                           const std::vector<void*>& out_rows, DType dtype,
+                           const detail::WeightArgs& w) {
+  parallel_for(static_cast<std::int64_t>(tasks.size()), [&](std::int64_t i) {
+    const MatmulTask& t = tasks[static_cast<std::size_t>(i)];
+    const std::int64_t cols = t.n1 - t.n0;
+    thread_local std::vector<float> tile;
+    thread_local std::vector<float*> tile_rows;
+    tile.resize(static_cast<std::size_t>(t.rows * cols));
+    tile_rows.resize(static_cast<std::size_t>(t.rows));
+    for (std::int64_t r = 0; r < t.rows; ++r)
+      tile_rows[static_cast<std::size_t>(r)] = tile.data() + r * cols;
+    const Int8RowBatch batch{x_rows.data() + t.row0, tile_rows.data(), t.rows};
+    kernels.matmul_rows_int8(batch, w, t.expert, t.n0, t.n1);
+    for (std::int64_t r = 0; r < t.rows; ++r) {
+      void* out = out_rows[static_cast<std::size_t>(t.row0 + r)];
+      const float* sums = tile_rows[static_cast<std::size_t>(r)];
+      for (std::int64_t n = t.n0; n < t.n1; ++n) {
+        const float bias =
+            w.bias != nullptr ? detail::load_float(w.bias, w.bias_dtype, t.expert * w.n + n) : 0.0f;
+        detail::store_float(out, dtype, n, sums[n - t.n0] + bias);
+      }
+    }
+  });
+}
+
+void run_linear_int8(const Kernels& kernels, const detail::LinearArgs& a) {
+  const std::int64_t k = a.w.k;
+  const std::int64_t n = a.w.n;
+  const auto row_bytes = static_cast<std::int64_t>(dtype_size(a.x_dtype));
+  const Int8Rows quantized(a.m, k);
+  quantize_rows_int8(a.x, a.x_dtype, a.m, k, quantized);
+  std::vector<const std::int8_t*> x_rows(static_cast<std::size_t>(a.m));
+  std::vector<void*> out_rows(static_cast<std::size_t>(a.m));
+  for (std::int64_t i = 0; i < a.m; ++i) {
+    x_rows[static_cast<std::size_t>(i)] = quantized.row(i);
+    out_rows[static_cast<std::size_t>(i)] = static_cast<char*>(a.out) + i * n * row_bytes;
+  }
+  std::vector<MatmulTask> tasks;
+  append_tasks(tasks, 0, 0, a.m, n, k);
+  run_matmul_tasks_int8(kernels, tasks, x_rows, out_rows, a.x_dtype, a.w);
+}
+
 void run_linear(const Kernels& kernels, const detail::LinearArgs& a) {
+  if (a.int8_activations) {
+    run_linear_int8(kernels, a);
+    return;
+  }
   const std::int64_t k = a.w.k;
   const std::int64_t n = a.w.n;
   const auto row_bytes = static_cast<std::int64_t>(dtype_size(a.x_dtype));
@@ -130,13 +213,20 @@ void run_gather_linear(const Kernels& kernels, const detail::GatherLinearArgs& a
   for (std::int64_t e = 0; e < experts; ++e)
     start[static_cast<std::size_t>(e + 1)] += start[static_cast<std::size_t>(e)];
   std::vector<std::int64_t> fill(start.begin(), start.end() - 1);
+  // int8: each distinct x row is quantized once, however many slots use it.
+  const std::int64_t distinct_rows = a.int8_activations ? (a.x_per_slot ? slots : a.tokens) : 0;
+  const Int8Rows quantized(distinct_rows, k);
+  if (a.int8_activations) quantize_rows_int8(a.x, a.x_dtype, distinct_rows, k, quantized);
   std::vector<const void*> x_rows(static_cast<std::size_t>(slots));
+  std::vector<const std::int8_t*> x_rows_int8(a.int8_activations ? static_cast<std::size_t>(slots)
+                                                                 : 0);
   std::vector<void*> out_rows(static_cast<std::size_t>(slots));
   for (std::int64_t s = 0; s < slots; ++s) {
     const std::int64_t pos =
         fill[static_cast<std::size_t>(expert_of[static_cast<std::size_t>(s)])]++;
     const std::int64_t x_row = a.x_per_slot ? s : s / a.topk;
     x_rows[static_cast<std::size_t>(pos)] = static_cast<const char*>(a.x) + x_row * k * elem;
+    if (a.int8_activations) x_rows_int8[static_cast<std::size_t>(pos)] = quantized.row(x_row);
     out_rows[static_cast<std::size_t>(pos)] = static_cast<char*>(a.out) + s * n * elem;
   }
   std::vector<MatmulTask> tasks;
@@ -145,7 +235,11 @@ void run_gather_linear(const Kernels& kernels, const detail::GatherLinearArgs& a
     const std::int64_t rows = start[static_cast<std::size_t>(e + 1)] - row0;
     if (rows > 0) append_tasks(tasks, e, row0, rows, n, k);
   }
-  run_matmul_tasks(kernels, tasks, x_rows, out_rows, a.x_dtype, a.w);
+  if (a.int8_activations) {
+    run_matmul_tasks_int8(kernels, tasks, x_rows_int8, out_rows, a.x_dtype, a.w);
+  } else {
+    run_matmul_tasks(kernels, tasks, x_rows, out_rows, a.x_dtype, a.w);
+  }
 }
 
 // ---- one backend per kernel table ---------------------------------------------------------------

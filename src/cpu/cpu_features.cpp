@@ -83,7 +83,10 @@ constexpr std::uint64_t feature_mask(std::string_view list) {
 // Every avx2/avx512 flag implies -mavx, so the compiler may emit AVX instructions in those files.
 constexpr std::uint64_t kAvx2Needs = feature_mask(MXFP4_AVX2_FEATURES) | feature_mask("avx");
 constexpr std::uint64_t kAvx512Needs = feature_mask(MXFP4_AVX512_FEATURES) | feature_mask("avx");
+constexpr std::uint64_t kAvx512VnniNeeds =
+    feature_mask(MXFP4_AVX512VNNI_FEATURES) | feature_mask("avx");
 #else
+constexpr std::uint64_t kAvx512VnniNeeds = 0;
 constexpr std::uint64_t kAvx2Needs = 0;
 constexpr std::uint64_t kAvx512Needs = 0;
 #endif
@@ -228,6 +231,13 @@ std::vector<std::string> missing_features(const CpuFeatures& features, Isa isa) 
                       ")");
   }
   return missing;
+}
+
+bool avx512vnni_usable(const CpuFeatures& features) {
+  if (!x86_kernels_built()) return false;
+  const std::uint64_t state = state_needed(kAvx512VnniNeeds);
+  return (features.cpuid & kAvx512VnniNeeds) == kAvx512VnniNeeds &&
+         (features.xcr0 & state) == state;
 }
 
 Isa best_isa(const CpuFeatures& features) {

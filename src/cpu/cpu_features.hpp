@@ -39,6 +39,10 @@ bool has_feature(const CpuFeatures& features, const std::string& name);
 // OS has not enabled ("OS-enabled ZMM state (XCR0 bits 5-7)"). Empty when it can run `isa`.
 std::vector<std::string> missing_features(const CpuFeatures& features, Isa isa);
 
+// Whether `features` runs matmul_rows_int8_avx512vnni (the avx512 table's features plus
+// AVX512_VNNI, OS-enabled); false on builds without the x86 tables.
+bool avx512vnni_usable(const CpuFeatures& features);
+
 // The highest level `features` can run (scalar at least).
 Isa best_isa(const CpuFeatures& features);
 

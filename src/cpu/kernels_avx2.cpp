@@ -902,7 +902,8 @@ int64_t quantize_rows(const detail::QuantizeArgs& a, int64_t r0, int64_t r1) {
 }  // namespace
 
 const Kernels& avx2_kernels() {
-  static const Kernels table{Isa::avx2, "avx2", &quantize_rows, &dequantize_rows, &matmul_rows};
+  static const Kernels table{Isa::avx2,        "avx2",       &quantize_rows,
+                             &dequantize_rows, &matmul_rows, &matmul_rows_int8_avx2};
   return table;
 }
 

@@ -43,6 +43,7 @@
 #include <cstring>
 #include <new>
 
+#include "cpu/cpu_features.hpp"
 #include "cpu/cpu_kernels.hpp"
 
 #include "cpu/isa_target.hpp"
@@ -946,7 +947,14 @@ void matmul_rows(const RowBatch& rows, const WeightArgs& w, int64_t expert, int6
 }  // namespace
 
 const Kernels& avx512_kernels() {
-  static const Kernels table{Isa::avx512, "avx512", &quantize_rows, &dequantize_rows, &matmul_rows};
+  // VNNI is not part of the table's required features (Skylake-SP has AVX-512 without it).
+  static const Kernels table{Isa::avx512,
+                             "avx512",
+                             &quantize_rows,
+                             &dequantize_rows,
+                             &matmul_rows,
+                             avx512vnni_usable(host_cpu_features()) ? &matmul_rows_int8_avx512vnni
+                                                                    : &matmul_rows_int8_avx2};
   return table;
 }
 

@@ -3,6 +3,8 @@
 #pragma once
 
 #include <cmath>
+#include <cstring>
+#include <limits>
 #include <vector>
 
 #include "core/convert.hpp"
@@ -61,6 +63,42 @@ inline void matmul_rows(const RowBatch& rows, const detail::WeightArgs& w, std::
       for (std::int64_t c = 0; c < k; ++c)
         acc = std::fma(x[c], wrow[static_cast<std::size_t>(c)], acc);
       detail::store_float(rows.out_rows[i], rows.dtype, n, acc + bias);
+    }
+  }
+}
+
+// The int8-activation product, written straight from its definition in cpu_kernels.hpp (the
+// oracle for the vectorized versions): the lane sums without the +12 offset, one lane at a time.
+inline void matmul_rows_int8(const Int8RowBatch& rows, const detail::WeightArgs& w,
+                             std::int64_t expert, std::int64_t n0, std::int64_t n1) {
+  const std::int64_t k = w.k;
+  const std::int64_t lanes = k / 8;
+  for (std::int64_t n = n0; n < n1; ++n) {
+    const std::int64_t flat = expert * w.n + n;
+    const std::uint8_t* codes = w.blocks + flat * (k / 2);
+    const std::uint8_t* scales = w.scales + flat * (k / kBlockSize);
+    for (std::int64_t i = 0; i < rows.count; ++i) {
+      const std::int8_t* even = rows.x_rows[i];
+      const std::int8_t* odd = even + int8_section_bytes(k);
+      float acc[16] = {};
+      for (std::int64_t lane = 0; lane < lanes; ++lane) {
+        std::int32_t v = 0;
+        for (std::int64_t j = 4 * lane; j < 4 * lane + 4; ++j) {
+          v += kE2M1Doubled[codes[j] & 0x0F] * even[j] + kE2M1Doubled[codes[j] >> 4] * odd[j];
+        }
+        float x_scale;
+        std::memcpy(&x_scale, even + 3 * int8_section_bytes(k) + 4 * lane, sizeof x_scale);
+        const std::uint8_t e = scales[lane / 4];
+        const float w_scale = e == 0xFF ? std::numeric_limits<float>::quiet_NaN()
+                                        : std::ldexp(1.0f, static_cast<int>(e) - 128);
+        float& a = acc[lane % 16];
+        a = std::fma(static_cast<float>(v), x_scale * w_scale, a);
+      }
+      for (int width = 8; width >= 1; width /= 2) {
+        for (int l = 0; l < width; ++l)
+          acc[l] = acc[l] + acc[l + width];
+      }
+      rows.out_rows[i][n - n0] = acc[0];
     }
   }
 }

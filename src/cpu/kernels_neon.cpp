@@ -128,8 +128,8 @@ void matmul_rows(const RowBatch& rows, const detail::WeightArgs& w, std::int64_t
 }  // namespace
 
 const Kernels& neon_kernels() {
-  static const Kernels table{Isa::neon, "neon", &generic::quantize_rows, &dequantize_rows,
-                             &matmul_rows};
+  static const Kernels table{Isa::neon,        "neon",       &generic::quantize_rows,
+                             &dequantize_rows, &matmul_rows, &generic::matmul_rows_int8};
   return table;
 }
 

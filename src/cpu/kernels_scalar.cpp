@@ -4,8 +4,12 @@
 namespace mxfp4::cpu {
 
 const Kernels& scalar_kernels() {
-  static const Kernels table{Isa::scalar, "scalar", &generic::quantize_rows,
-                             &generic::dequantize_rows, &generic::matmul_rows};
+  static const Kernels table{Isa::scalar,
+                             "scalar",
+                             &generic::quantize_rows,
+                             &generic::dequantize_rows,
+                             &generic::matmul_rows,
+                             &generic::matmul_rows_int8};
   return table;
 }
 

@@ -1,7 +1,8 @@
 // GPU benchmark of the dense MXFP4 linear layer, with cuBLAS bf16 on the dequantized weight and
 // the card's device-to-device copy bandwidth measured in the same run.
 //
-//   bench_cuda_linear [--quick] [--out FILE.md]
+//   bench_cuda_linear [--quick] [--no-dense] [--no-moe] [--no-quantize] [--n N] [--m M]
+//                     [--out FILE.md]
 //
 // Every timed region is a CUDA graph of `reps` calls, replayed after a warm-up; weights (ours
 // and cuBLAS's) rotate through enough copies to exceed the L2 cache, so each call reads its
@@ -111,11 +112,150 @@ struct Shape {
   std::int64_t n, k;
 };
 
+// Random MXFP4 parts on the GPU (codes uniform, scales around 2^-5): quantizing GPT-OSS-120b's
+// 128 experts on the host would take minutes and measure nothing extra.
+mxfp4::Mxfp4Weight random_experts(std::int64_t e, std::int64_t n, std::int64_t k) {
+  std::mt19937_64 rng(7);
+  Tensor blocks = Tensor::empty({e, n, k / 2}, DType::u8);
+  Tensor scales = Tensor::empty({e, n, k / 32}, DType::u8);
+  auto* b = static_cast<std::uint8_t*>(blocks.data());
+  for (std::size_t i = 0; i < blocks.nbytes(); i += 8) {
+    const std::uint64_t v = rng();
+    std::memcpy(b + i, &v, std::min<std::size_t>(8, blocks.nbytes() - i));
+  }
+  auto* sc = static_cast<std::uint8_t*>(scales.data());
+  for (std::size_t i = 0; i < scales.nbytes(); ++i)
+    sc[i] = static_cast<std::uint8_t>(120 + rng() % 5);
+  return mxfp4::Mxfp4Weight::from_parts(blocks.to(kGpu), scales.to(kGpu));
+}
+
+// Expert ids [T, topk]: distinct experts per token, uniform, or every token on expert `hot`.
+std::vector<std::int32_t> route(std::int64_t tokens, int topk, int experts, bool skewed,
+                                std::uint64_t seed) {
+  std::mt19937_64 rng(seed);
+  std::vector<std::int32_t> ids;
+  const int hot = static_cast<int>(rng() % static_cast<std::uint64_t>(experts));
+  for (std::int64_t t = 0; t < tokens; ++t) {
+    std::vector<int> picked;
+    while (static_cast<int>(picked.size()) < topk) {
+      const int e = skewed ? (hot + static_cast<int>(picked.size())) % experts
+                           : static_cast<int>(rng() % static_cast<std::uint64_t>(experts));
+      if (std::find(picked.begin(), picked.end(), e) == picked.end()) picked.push_back(e);
+    }
+    ids.insert(ids.end(), picked.begin(), picked.end());
+  }
+  return ids;
+}
+
+// GPT-OSS-120b MoE layers: gather_linear against (a) cuBLAS bf16 dense GEMM of equal flops,
+// (b) our dense kernel run expert by expert on pre-gathered tokens, (c) the time to read the
+// touched experts at the measured copy bandwidth.
+std::string bench_moe(cudaStream_t stream, cublasHandle_t handle, double copy_bw, bool quick,
+                      std::int64_t only_n, std::int64_t only_m) {
+  std::string report =
+      "\n| MoE layer (E x N x K, top-4) | T | routing | mxfp4 us | touched experts | touched "
+      "TB/s | % of copy BW | TFLOP/s | cuBLAS bf16 equal-flop us | vs cuBLAS | expert-by-expert "
+      "dense us | vs expert-by-expert |\n|---|---|---|---|---|---|---|---|---|---|---|---|\n";
+  char line[768];
+  const int experts = 128, topk = 4;
+  std::vector<Shape> shapes = {{"gate_up 128x5760x2880", 5760, 2880},
+                               {"down 128x2880x2880", 2880, 2880}};
+  std::vector<std::int64_t> ts = {1, 4, 16, 128, 1024, 4096};
+  if (quick) ts = {1, 16, 1024, 4096};
+  for (const Shape& s : shapes) {
+    if (only_n != 0 && s.n != only_n) continue;
+    const auto w = random_experts(experts, s.n, s.k);
+    const std::size_t expert_bytes = static_cast<std::size_t>(s.n * s.k / 2 + s.n * s.k / 32);
+    // cuBLAS operand: one dense bf16 weight of the same N x K (rotated copies beat L2).
+    std::vector<Tensor> wd;
+    for (int c = 0; c < 4; ++c)
+      wd.push_back(random_host({s.n, s.k}, DType::bf16, 10 + c).to(kGpu));
+    for (std::int64_t t : ts) {
+      if (only_m != 0 && t != only_m) continue;
+      for (bool skewed : {false, true}) {
+        // Routing sets rotate across replays so that small T does not re-read experts from L2.
+        const int sets = t <= 16 ? 32 : 2;
+        std::vector<Tensor> ids;
+        double touched = 0;
+        std::vector<std::vector<std::int32_t>> host_ids;
+        for (int r = 0; r < sets; ++r) {
+          host_ids.push_back(route(t, topk, experts, skewed, 100 + r));
+          std::vector<int> seen(experts, 0);
+          for (int e : host_ids.back())
+            seen[e] = 1;
+          touched += std::count(seen.begin(), seen.end(), 1);
+          ids.push_back(Tensor::from_vector(host_ids.back(), {t, topk}).to(kGpu));
+        }
+        touched /= sets;
+        const Tensor x = random_host({t, s.k}, DType::bf16, 2).to(kGpu);
+        Tensor y = Tensor::empty({t, topk, s.n}, DType::bf16, kGpu);
+        const std::size_t ws_bytes = mxfp4::gather_linear_workspace_bytes(t, topk, experts);
+        Tensor ws = Tensor::empty({static_cast<std::int64_t>(ws_bytes) + 1}, DType::u8, kGpu);
+        mxfp4::RunOptions run{mxfp4::Stream{stream}};
+        run.workspace = {ws.data(), ws_bytes};
+        const int reps = sets * (t <= 16 ? 1 : 2);
+        const double ours = time_graph(
+            stream, reps, [&](int r) { mxfp4::gather_linear_into(x, ids[r % sets], w, y, run); });
+        mxfp4::synchronize(mxfp4::Stream{stream});
+        // cuBLAS: M = T * topk rows against one N x K weight: the same flops.
+        const std::int64_t m = t * topk;
+        const Tensor xm = random_host({m, s.k}, DType::bf16, 3).to(kGpu);
+        Tensor ym = Tensor::empty({m, s.n}, DType::bf16, kGpu);
+        const float alpha = 1.0f, beta = 0.0f;
+        const double theirs = time_graph(stream, reps, [&](int r) {
+          CHECK_CUBLAS(cublasGemmEx(
+              handle, CUBLAS_OP_T, CUBLAS_OP_N, static_cast<int>(s.n), static_cast<int>(m),
+              static_cast<int>(s.k), &alpha, wd[r % 4].data(), CUDA_R_16BF, static_cast<int>(s.k),
+              xm.data(), CUDA_R_16BF, static_cast<int>(s.k), &beta, ym.data(), CUDA_R_16BF,
+              static_cast<int>(s.n), CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+        });
+        // Expert by expert through our dense linear, tokens pre-gathered (routing set 0).
+        std::vector<std::vector<std::int64_t>> per_expert(experts);
+        for (std::size_t p = 0; p < host_ids[0].size(); ++p)
+          per_expert[host_ids[0][p]].push_back(static_cast<std::int64_t>(p));
+        struct Job {
+          mxfp4::Mxfp4Weight w;
+          Tensor x, y;
+        };
+        std::vector<Job> jobs;
+        const auto* blocks = static_cast<const std::uint8_t*>(w.blocks().data());
+        const auto* scales = static_cast<const std::uint8_t*>(w.scales().data());
+        for (int e = 0; e < experts; ++e) {
+          const auto c = static_cast<std::int64_t>(per_expert[e].size());
+          if (c == 0) continue;
+          auto we = mxfp4::Mxfp4Weight::from_parts(
+              Tensor::view(blocks + e * s.n * s.k / 2, {s.n, s.k / 2}, DType::u8, kGpu),
+              Tensor::view(scales + e * s.n * s.k / 32, {s.n, s.k / 32}, DType::u8, kGpu));
+          jobs.push_back({std::move(we), random_host({c, s.k}, DType::bf16, 4).to(kGpu),
+                          Tensor::empty({c, s.n}, DType::bf16, kGpu)});
+        }
+        const double by_expert = time_graph(stream, 2, [&](int) {
+          for (auto& j : jobs)
+            mxfp4::linear_into(j.x, j.w, j.y, {mxfp4::Stream{stream}});
+        });
+        const double flops = 2.0 * static_cast<double>(m) * s.n * s.k;
+        const double tbs = touched * expert_bytes / (ours * 1e-3) / 1e12;
+        std::snprintf(line, sizeof line,
+                      "| %s | %lld | %s | %.1f | %.1f | %.2f | %.0f%% | %.1f | %.1f | %.2fx | "
+                      "%.1f | %.2fx |\n",
+                      s.name, static_cast<long long>(t), skewed ? "skewed" : "uniform", ours * 1e3,
+                      touched, tbs, 100.0 * tbs * 1e12 / copy_bw, flops / (ours * 1e-3) / 1e12,
+                      theirs * 1e3, theirs / ours, by_expert * 1e3, by_expert / ours);
+        report += line;
+        std::fputs(line, stdout);
+        std::fflush(stdout);
+      }
+    }
+  }
+  return report;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
   bool quick = false;
   bool skip_quantize = false;
+  bool skip_dense = false, skip_moe = false;
   std::string out_path;
   std::int64_t only_n = 0, only_m = 0;  // --n / --m: run just that weight height / token count
   for (int i = 1; i < argc; ++i) {
@@ -124,6 +264,8 @@ int main(int argc, char** argv) {
     if (std::strcmp(argv[i], "--out") == 0 && i + 1 < argc) out_path = argv[++i];
     if (std::strcmp(argv[i], "--n") == 0 && i + 1 < argc) only_n = std::atoll(argv[++i]);
     if (std::strcmp(argv[i], "--m") == 0 && i + 1 < argc) only_m = std::atoll(argv[++i]);
+    if (std::strcmp(argv[i], "--no-dense") == 0) skip_dense = true;
+    if (std::strcmp(argv[i], "--no-moe") == 0) skip_moe = true;
   }
   if (mxfp4::cuda_device_count() == 0) {
     std::fprintf(stderr, "bench_cuda_linear: no CUDA device\n");
@@ -166,6 +308,7 @@ int main(int argc, char** argv) {
   const std::size_t rotate_bytes = std::size_t{256} << 20;  // > 5x an H100's 50 MB L2
 
   for (const Shape& s : shapes) {
+    if (skip_dense) break;
     if (only_n != 0 && s.n != only_n) continue;
     const Tensor w_host = random_host({s.n, s.k}, DType::f32, 1);
     const auto wq = mxfp4::Mxfp4Weight::quantize(w_host);
@@ -209,6 +352,8 @@ int main(int argc, char** argv) {
       std::fflush(stdout);
     }
   }
+
+  if (!skip_moe) report += bench_moe(stream, handle, copy_bw, quick, only_n, only_m);
 
   // Quantize throughput (includes its one host synchronization, which reports NaN/Inf).
   report += "\n| quantize input | rule | GB/s of input |\n|---|---|---|\n";

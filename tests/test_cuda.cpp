@@ -56,6 +56,10 @@ void expect_bytes_equal(const Tensor& cpu, const Tensor& gpu, const std::string&
   }
 }
 
+mxfp4::Mxfp4Weight to_gpu_dense(const mxfp4::Mxfp4Weight& w) {
+  return mxfp4::Mxfp4Weight::from_parts(w.blocks().to(kGpu), w.scales().to(kGpu));
+}
+
 TEST(Cuda, ReportsDevicesConsistently) {
   if (!mxfp4::cuda_built()) {
     EXPECT_EQ(mxfp4::cuda_device_count(), 0);
@@ -200,8 +204,12 @@ TEST(Cuda, LinearMatchesTheReference) {
   struct Case {
     std::int64_t m, n, k;
   };
-  const Case cases[] = {{1, 1, 32},    {2, 7, 64},     {3, 33, 96},   {7, 17, 2880},
-                        {16, 64, 128}, {33, 31, 8192}, {128, 9, 224}, {1000, 5, 160}};
+  // Decode kernel (M <= 16, or few weight rows) and tiled GEMM (bf16, more tokens): odd N
+  // (scalar stores), N % 8 == 0 (vector stores), K with an odd number of blocks (a half-empty
+  // last stage), several weight tiles and token tiles.
+  const Case cases[] = {{1, 1, 32},      {2, 7, 64},      {3, 33, 96},    {7, 17, 2880},
+                        {16, 64, 128},   {33, 31, 8192},  {128, 9, 224},  {1000, 5, 160},
+                        {40, 16390, 64}, {300, 264, 416}, {129, 128, 32}, {65, 200, 1024}};
   std::uint64_t seed = 100;
   for (DType dtype : {DType::bf16, DType::f16, DType::f32}) {
     for (const auto& c : cases) {
@@ -229,6 +237,42 @@ TEST(Cuda, LinearMatchesTheReference) {
   }
 }
 
+// Extreme block scales through both tensor-core paths: weight values that are bf16 subnormals
+// (scale 2^-127, met by x ~ 2^100) and huge ones (scale 2^73, met by x ~ 2^-100) must reach the
+// MMAs exactly, so results match the reference to the usual tolerance, not to an absolute slack.
+TEST(Cuda, LinearKeepsExtremeScalesExact) {
+  REQUIRE_GPU();
+  const std::int64_t n = 24, k = 128;
+  std::mt19937_64 rng(9);
+  std::vector<std::uint8_t> codes(static_cast<std::size_t>(n * k / 2));
+  for (auto& c : codes)
+    c = static_cast<std::uint8_t>(rng());
+  for (const bool tiny : {true, false}) {
+    // Every block of a row has the same scale: 0 (2^-127) or 200 (2^73); a few rows use 1 and 2.
+    std::vector<std::uint8_t> scales(static_cast<std::size_t>(n * k / 32));
+    for (std::int64_t r = 0; r < n; ++r) {
+      for (std::int64_t b = 0; b < k / 32; ++b) {
+        scales[static_cast<std::size_t>(r * (k / 32) + b)] =
+            tiny ? static_cast<std::uint8_t>(r % 3) : std::uint8_t{200};
+      }
+    }
+    const auto w = mxfp4::Mxfp4Weight::from_parts(Tensor::from_vector(codes, {n, k / 2}),
+                                                  Tensor::from_vector(scales, {n, k / 32}));
+    const auto wg = to_gpu_dense(w);
+    for (std::int64_t m : {1, 130}) {  // decode kernel, tiled GEMM
+      const Tensor x =
+          random_tensor({m, k}, DType::f32, 10 + m, tiny ? 0x1p100f : 0x1p-100f).to(DType::bf16);
+      const Tensor got = mxfp4::linear(x.to(kGpu), wg).to(mxfp4::Device::cpu());
+      const Tensor ref = mxfp4::linear(x, w);
+      for (std::int64_t i = 0; i < got.numel(); ++i)
+        ASSERT_NE(got.item_as_double(i), 0.0) << "flushed to zero at " << i;
+      expect_linear_close(
+          x, w, ref, got,
+          std::string(tiny ? "scale 2^-127" : "scale 2^73") + " M=" + std::to_string(m));
+    }
+  }
+}
+
 TEST(Cuda, LinearKeepsLeadingDims) {
   REQUIRE_GPU();
   const auto w = mxfp4::Mxfp4Weight::quantize(random_tensor({5, 64}, DType::f32, 1));
@@ -249,8 +293,161 @@ TEST(Cuda, RefusesMixedDevicesAndUnimplementedOps) {
   const auto experts = mxfp4::Mxfp4Weight::quantize(random_tensor({2, 4, 32}, DType::f32, 3));
   const auto eg =
       mxfp4::Mxfp4Weight::from_parts(experts.blocks().to(kGpu), experts.scales().to(kGpu));
-  const Tensor ids = Tensor::from_vector(std::vector<std::int32_t>{0, 1}, {1, 2}).to(kGpu);
-  EXPECT_THROW(mxfp4::gather_linear(x.to(kGpu), ids, eg), mxfp4::Unsupported);
+  const Tensor ids = Tensor::from_vector(std::vector<std::int32_t>{0, 1}, {1, 2});
+  EXPECT_THROW(mxfp4::gather_linear(x.to(kGpu), ids, eg), mxfp4::InvalidArgument);  // ids on host
+  EXPECT_THROW(mxfp4::gather_linear(x, ids.to(kGpu), eg), mxfp4::InvalidArgument);  // x on host
+}
+
+// Every (token, slot) of a GPU gather against the CPU reference, with the tolerance of
+// expect_linear_close on each pair's own x row and expert.
+void expect_gather_close(const Tensor& x, const Tensor& ids, const mxfp4::Mxfp4Weight& w,
+                         const Tensor& got, const std::string& what) {
+  const Tensor ref = mxfp4::gather_linear(x, ids, w);
+  ASSERT_EQ(got.shape(), ref.shape()) << what;
+  const Tensor xf = x.to(DType::f32);
+  const Tensor wf = w.dequantize(DType::f32);
+  const std::int64_t tokens = ids.dim(0), topk = ids.dim(1);
+  const std::int64_t n = w.out_features(), k = w.in_features();
+  const double out_eps = x.dtype() == DType::bf16  ? 0x1p-7
+                         : x.dtype() == DType::f16 ? 0x1p-10
+                                                   : 0x1p-22;
+  const double acc_eps = 4e-7 * std::sqrt(static_cast<double>(k));
+  for (std::int64_t p = 0; p < tokens * topk; ++p) {
+    const auto e = static_cast<std::int64_t>(ids.item_as_double(p));
+    const float* xr = xf.data_as<float>() + (x.rank() == 3 ? p : p / topk) * k;
+    for (std::int64_t j = 0; j < n; ++j) {
+      const float* wr = wf.data_as<float>() + (e * n + j) * k;
+      double mag = 0;
+      for (std::int64_t c = 0; c < k; ++c)
+        mag += std::fabs(static_cast<double>(xr[c]) * wr[c]);
+      const double r = ref.item_as_double(p * n + j);
+      const double g = got.item_as_double(p * n + j);
+      const double tol = out_eps * std::fabs(r) + acc_eps * mag + 1e-30;
+      ASSERT_LE(std::fabs(g - r), tol)
+          << what << " token " << p / topk << " slot " << p % topk << " expert " << e << " row "
+          << j << ": gpu " << g << " reference " << r;
+    }
+  }
+}
+
+// Expert ids: uniform over [0, E) or all on one expert (skewed), in the given index dtype.
+Tensor routing(std::int64_t tokens, std::int64_t topk, std::int64_t experts, bool skewed,
+               DType dtype, std::uint64_t seed) {
+  std::mt19937_64 rng(seed);
+  std::vector<std::int64_t> ids(static_cast<std::size_t>(tokens * topk));
+  const std::int64_t hot = static_cast<std::int64_t>(rng() % static_cast<std::uint64_t>(experts));
+  for (auto& id : ids)
+    id = skewed ? hot : static_cast<std::int64_t>(rng() % static_cast<std::uint64_t>(experts));
+  if (dtype == DType::i64) return Tensor::from_vector(ids, {tokens, topk});
+  if (dtype == DType::u32) {
+    return Tensor::from_vector(std::vector<std::uint32_t>(ids.begin(), ids.end()), {tokens, topk});
+  }
+  return Tensor::from_vector(std::vector<std::int32_t>(ids.begin(), ids.end()), {tokens, topk});
+}
+
+mxfp4::Mxfp4Weight to_gpu(const mxfp4::Mxfp4Weight& w) {
+  return mxfp4::Mxfp4Weight::from_parts(
+      w.blocks().to(kGpu), w.scales().to(kGpu),
+      w.bias() ? std::optional<Tensor>(w.bias()->to(kGpu)) : std::nullopt);
+}
+
+TEST(Cuda, GatherLinearMatchesTheReference) {
+  REQUIRE_GPU();
+  const std::int64_t n = 24, k = 96;
+  const DType dtypes[] = {DType::bf16, DType::f16, DType::f32};
+  const DType id_dtypes[] = {DType::i32, DType::u32, DType::i64};
+  std::uint64_t seed = 500;
+  int combo = 0;
+  for (std::int64_t experts : {1, 4, 32, 128}) {
+    const Tensor bias = random_tensor({experts, n}, DType::f32, ++seed);
+    const auto w =
+        mxfp4::Mxfp4Weight::quantize(random_tensor({experts, n, k}, DType::f32, ++seed), bias);
+    const auto wg = to_gpu(w);
+    for (std::int64_t topk : {1, 2, 4, 8}) {
+      for (std::int64_t tokens : {1, 2, 5, 64, 1000}) {
+        for (bool skewed : {false, true}) {
+          ++combo;
+          const DType dtype = dtypes[combo % 3];
+          const DType id_dtype = id_dtypes[(combo / 3) % 3];
+          const bool per_slot = combo % 2 == 0;
+          const Tensor x = per_slot ? random_tensor({tokens, topk, k}, dtype, ++seed, 4.0f)
+                                    : random_tensor({tokens, k}, dtype, ++seed, 4.0f);
+          const Tensor ids = routing(tokens, topk, experts, skewed, id_dtype, ++seed);
+          Tensor out = Tensor::empty({tokens, topk, n}, dtype);
+          std::memset(out.data(), 0xFF, out.nbytes());  // poison: a skipped row cannot pass
+          Tensor out_gpu = out.to(kGpu);
+          mxfp4::gather_linear_into(x.to(kGpu), ids.to(kGpu), wg, out_gpu);
+          ASSERT_NO_THROW(mxfp4::synchronize());
+          const std::string what =
+              std::string(mxfp4::dtype_name(dtype)) + " E=" + std::to_string(experts) +
+              " topk=" + std::to_string(topk) + " T=" + std::to_string(tokens) +
+              (skewed ? " skewed" : " uniform") + (per_slot ? " x[T,topk,K]" : " x[T,K]") +
+              " ids " + std::string(mxfp4::dtype_name(id_dtype));
+          expect_gather_close(x, ids, w, out_gpu.to(mxfp4::Device::cpu()), what);
+        }
+      }
+    }
+  }
+}
+
+TEST(Cuda, GatherLinearRunsTheGemmOnLargerShapes) {
+  REQUIRE_GPU();
+  // Enough tokens per expert for the tiled GEMM, several weight tiles, bias in bf16.
+  const std::int64_t experts = 8, n = 264, k = 320, tokens = 700, topk = 4;
+  const Tensor bias = random_tensor({experts, n}, DType::bf16, 1);
+  const auto w = mxfp4::Mxfp4Weight::quantize(random_tensor({experts, n, k}, DType::f32, 2), bias);
+  const Tensor x = random_tensor({tokens, k}, DType::bf16, 3, 4.0f);
+  for (bool skewed : {false, true}) {
+    const Tensor ids = routing(tokens, topk, experts, skewed, DType::i32, 4);
+    const Tensor got = mxfp4::gather_linear(x.to(kGpu), ids.to(kGpu), to_gpu(w));
+    expect_gather_close(x, ids, w, got.to(mxfp4::Device::cpu()),
+                        skewed ? "gemm skewed" : "gemm uniform");
+  }
+}
+
+// An out-of-range id is not read; its row is NaN and synchronize() names it, once.
+TEST(Cuda, GatherLinearReportsOutOfRangeIdsAtSynchronize) {
+  REQUIRE_GPU();
+  const std::int64_t experts = 4, n = 16, k = 64;
+  const auto wg =
+      to_gpu(mxfp4::Mxfp4Weight::quantize(random_tensor({experts, n, k}, DType::f32, 1)));
+  struct Case {
+    std::int64_t tokens, topk;
+    DType dtype;
+    std::int64_t bad;
+  };
+  // Small batch (routed in each CTA), large batch (sorted on the device), the f32 path.
+  for (const Case c :
+       {Case{3, 2, DType::bf16, 4}, Case{100, 4, DType::bf16, -1}, Case{5, 2, DType::f32, 1000}}) {
+    std::vector<std::int64_t> ids(static_cast<std::size_t>(c.tokens * c.topk), 1);
+    const std::int64_t bad_pair = c.tokens * c.topk - 2;
+    ids[static_cast<std::size_t>(bad_pair)] = c.bad;
+    const Tensor idt = Tensor::from_vector(ids, {c.tokens, c.topk}).to(kGpu);
+    const Tensor x = random_tensor({c.tokens, k}, c.dtype, 2).to(kGpu);
+    const Tensor y = mxfp4::gather_linear(x, idt, wg);  // returns: ids are read on the GPU
+    try {
+      mxfp4::synchronize();
+      ADD_FAILURE() << "synchronize did not report the id " << c.bad;
+    } catch (const mxfp4::IndexOutOfRange& e) {
+      const std::string msg = e.what();
+      const std::string where = "indices[" + std::to_string(bad_pair / c.topk) + ", " +
+                                std::to_string(bad_pair % c.topk) + "] = " + std::to_string(c.bad);
+      EXPECT_NE(msg.find(where), std::string::npos) << msg;
+      EXPECT_NE(msg.find("[0, 4)"), std::string::npos) << msg;
+    }
+    EXPECT_NO_THROW(mxfp4::synchronize());  // reported once
+    const Tensor yh = y.to(mxfp4::Device::cpu());
+    for (std::int64_t j = 0; j < n; ++j) {
+      EXPECT_TRUE(std::isnan(yh.item_as_double(bad_pair * n + j))) << "row of the bad id";
+      EXPECT_FALSE(std::isnan(yh.item_as_double(j))) << "row of a good id";
+    }
+  }
+}
+
+TEST(Cuda, GatherLinearWorkspaceSize) {
+  EXPECT_EQ(mxfp4::gather_linear_workspace_bytes(1, 4, 128), 0u);  // routed in the kernel
+  EXPECT_GE(mxfp4::gather_linear_workspace_bytes(1024, 4, 128), 4096u * 4 + 4 * 128 * 4);
+  EXPECT_THROW(mxfp4::gather_linear_workspace_bytes(-1, 4, 8), mxfp4::InvalidArgument);
 }
 
 #if defined(MXFP4_TEST_CUDA_RUNTIME)
@@ -275,6 +472,41 @@ TEST(Cuda, LinearCanBeCapturedInACudaGraph) {
   expect_linear_close(x, w, mxfp4::linear(x, w), out.to(mxfp4::Device::cpu()), "graph replay");
   cudaGraphExecDestroy(exec);
   cudaGraphDestroy(graph);
+  cudaStreamDestroy(stream);
+}
+
+// gather_linear too, with and without a caller workspace, for both routing paths.
+TEST(Cuda, GatherLinearCanBeCapturedInACudaGraph) {
+  REQUIRE_GPU();
+  const std::int64_t experts = 8, n = 40, k = 128, topk = 2;
+  const auto w = mxfp4::Mxfp4Weight::quantize(random_tensor({experts, n, k}, DType::f32, 1));
+  const auto wg = to_gpu(w);
+  cudaStream_t stream;
+  ASSERT_EQ(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking), cudaSuccess);
+  for (std::int64_t tokens : {3, 300}) {
+    for (bool lend : {false, true}) {
+      const Tensor x = random_tensor({tokens, k}, DType::bf16, 2);
+      const Tensor ids = routing(tokens, topk, experts, false, DType::i32, 3);
+      const Tensor xg = x.to(kGpu), idg = ids.to(kGpu);
+      Tensor out = Tensor::zeros({tokens, topk, n}, DType::bf16, kGpu);
+      const std::size_t bytes = mxfp4::gather_linear_workspace_bytes(tokens, topk, experts);
+      Tensor space = Tensor::empty({static_cast<std::int64_t>(bytes) + 1}, DType::u8, kGpu);
+      mxfp4::RunOptions run{mxfp4::Stream{stream}};
+      if (lend) run.workspace = {space.data(), bytes};
+      cudaGraph_t graph;
+      ASSERT_EQ(cudaStreamBeginCapture(stream, cudaStreamCaptureModeGlobal), cudaSuccess);
+      mxfp4::gather_linear_into(xg, idg, wg, out, run);
+      ASSERT_EQ(cudaStreamEndCapture(stream, &graph), cudaSuccess);
+      cudaGraphExec_t exec;
+      ASSERT_EQ(cudaGraphInstantiate(&exec, graph, 0), cudaSuccess);
+      ASSERT_EQ(cudaGraphLaunch(exec, stream), cudaSuccess);
+      ASSERT_NO_THROW(mxfp4::synchronize(mxfp4::Stream{stream}));
+      expect_gather_close(x, ids, w, out.to(mxfp4::Device::cpu()),
+                          "graph T=" + std::to_string(tokens) + (lend ? " workspace" : ""));
+      cudaGraphExecDestroy(exec);
+      cudaGraphDestroy(graph);
+    }
+  }
   cudaStreamDestroy(stream);
 }
 #endif

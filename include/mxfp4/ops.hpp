@@ -3,6 +3,8 @@
 // the kernel the backend table holds for the tensors' device.
 #pragma once
 
+#include <cstddef>
+#include <cstdint>
 #include <optional>
 
 #include "mxfp4/tensor.hpp"
@@ -13,8 +15,19 @@ namespace mxfp4 {
 // How an operation runs: for CUDA tensors, the stream it is enqueued on. linear and
 // gather_linear on CUDA tensors never synchronize with the host and never allocate in their
 // `_into` forms, so a caller can capture them in a CUDA graph.
+// Scratch memory a caller lends an operation (device memory on the weight's device).
+struct Workspace {
+  void* data = nullptr;
+  std::size_t bytes = 0;
+};
+
 struct RunOptions {
   Stream stream;
+  // CUDA gather_linear: scratch for sorting tokens by expert, of at least
+  // gather_linear_workspace_bytes(...) bytes. Without it, calls that need scratch take
+  // stream-ordered memory (cudaMallocAsync / cudaFreeAsync on `stream`), which a CUDA graph can
+  // capture too. Other operations need none.
+  Workspace workspace = {};
 };
 
 // Packed parts of a quantized tensor.
@@ -49,9 +62,17 @@ void linear_into(const Tensor& x, const Mxfp4Weight& weight, Tensor& out,
 //   x [T, K] to broadcast.)
 // indices [T, topk] u32, i32 or i64; every id must lie in [0, E) (IndexOutOfRange otherwise).
 // Output [T, topk, N] in x's dtype.
+//
+// On CUDA tensors the ids are read on the GPU, so an out-of-range id cannot throw at the call:
+// it is recorded on the device, its output row is filled with NaN, and the next
+// mxfp4::synchronize() throws IndexOutOfRange naming it. No id is ever used to read memory.
 Tensor gather_linear(const Tensor& x, const Tensor& indices, const Mxfp4Weight& weight,
                      const RunOptions& run = {});
 void gather_linear_into(const Tensor& x, const Tensor& indices, const Mxfp4Weight& weight,
                         Tensor& out, const RunOptions& run = {});
+// Bytes of RunOptions::workspace a CUDA gather_linear of `tokens` x `topk` pairs over `experts`
+// experts uses (0 for small batches, which route inside the kernel).
+std::size_t gather_linear_workspace_bytes(std::int64_t tokens, std::int64_t topk,
+                                          std::int64_t experts);
 
 }  // namespace mxfp4

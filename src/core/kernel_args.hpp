@@ -3,6 +3,8 @@
 // trust these structs and never allocate on behalf of the caller.
 #pragma once
 
+#include <algorithm>
+#include <cstddef>
 #include <cstdint>
 
 #include "mxfp4/dtype.hpp"
@@ -60,9 +62,50 @@ struct GatherLinearArgs {
   const void* indices;  // [tokens, topk] in index_dtype (u32, i32, i64), each in [0, experts)
   DType index_dtype;
   WeightArgs w;
-  void* out;     // [tokens, topk, n] in x_dtype
-  void* stream;  // cudaStream_t for CUDA kernels; ignored on the CPU
+  void* out;        // [tokens, topk, n] in x_dtype
+  void* stream;     // cudaStream_t for CUDA kernels; ignored on the CPU
+  void* workspace = nullptr;  // CUDA: caller's scratch (null: the backend allocates on the stream)
+  std::size_t workspace_bytes = 0;
 };
+
+// CUDA gather_linear: batches of at most kCudaCtaRoutePairs (token, slot) pairs are routed
+// inside each CTA and need no workspace. Larger ones sort the pairs by expert and plan tiles in
+// three classes by an expert's token count: at most 8 (decode kernel, tiles of 8), at most
+// kCudaGemmMinTokens (one tile of 32: tiled GEMM for bf16, decode kernel for f16), more (tiled
+// GEMM, tiles of 128; f16 stays in the second class, with as many tiles of 32 as it needs).
+inline constexpr std::int64_t kCudaCtaRoutePairs = 16;
+inline constexpr std::int64_t kCudaGemmMinTokens = 32;
+
+struct CudaGatherPlan {
+  std::int64_t pairs, experts;
+  // Upper bounds of the tiles of each class (the grids launched).
+  std::int64_t small_tiles() const { return std::min(experts, pairs); }
+  std::int64_t mid_tiles() const { return std::min(experts, pairs / 9) + pairs / 32; }
+  std::int64_t large_tiles() const {
+    return std::min(experts, pairs / (kCudaGemmMinTokens + 1)) + pairs / 128;
+  }
+  std::int64_t list_entries() const { return small_tiles() + mid_tiles() + large_tiles(); }
+  // Workspace layout: counts[E], offsets[E + 1], cursor[E], totals[4], perm[pairs], then the
+  // tile list (16 bytes an entry); each part 256-byte aligned.
+  static std::size_t up(std::size_t v) { return (v + 255) & ~std::size_t{255}; }
+  std::size_t counts_at() const { return 0; }
+  std::size_t offsets_at() const { return counts_at() + up(static_cast<std::size_t>(experts) * 4); }
+  std::size_t cursor_at() const {
+    return offsets_at() + up(static_cast<std::size_t>(experts + 1) * 4);
+  }
+  std::size_t totals_at() const { return cursor_at() + up(static_cast<std::size_t>(experts) * 4); }
+  std::size_t perm_at() const { return totals_at() + up(16); }
+  std::size_t list_at() const { return perm_at() + up(static_cast<std::size_t>(pairs) * 4); }
+  std::size_t bytes() const {
+    if (pairs <= kCudaCtaRoutePairs) return 0;
+    return list_at() + static_cast<std::size_t>(list_entries()) * 16;
+  }
+};
+
+inline std::size_t cuda_gather_workspace_bytes(std::int64_t tokens, std::int64_t topk,
+                                               std::int64_t experts) {
+  return CudaGatherPlan{tokens * topk, experts}.bytes();
+}
 
 // The kernels of one backend, chosen once; a weight layout and its kernels never disagree.
 // A null entry means the backend cannot run that operation (the call throws Unsupported).

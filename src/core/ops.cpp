@@ -320,7 +320,8 @@ void gather_linear_into(const Tensor& x, const Tensor& indices, const Mxfp4Weigh
   require_disjoint(op, "out", out, "x", x);
   require_disjoint(op, "out", out, "indices", indices);
   const auto fn = kernel(op, weight.device(), &detail::Backend::gather_linear);
-  check_expert_ids(op, indices, weight.num_experts());
+  // Ids in host memory are checked here; a device checks its own (see gather_linear in ops.hpp).
+  if (indices.device().type == DeviceType::cpu) check_expert_ids(op, indices, weight.num_experts());
   detail::GatherLinearArgs a{};
   a.x = x.data();
   a.x_dtype = x.dtype();
@@ -332,8 +333,24 @@ void gather_linear_into(const Tensor& x, const Tensor& indices, const Mxfp4Weigh
   a.w = detail::weight_args(weight);
   a.out = out.data();
   a.stream = run.stream.handle;
+  a.workspace = run.workspace.data;
+  a.workspace_bytes = run.workspace.bytes;
   if (a.tokens == 0 || a.topk == 0 || a.w.n == 0) return;
   fn(a);
+}
+
+std::size_t gather_linear_workspace_bytes(std::int64_t tokens, std::int64_t topk,
+                                          std::int64_t experts) {
+  std::int64_t pairs = 0;
+  if (tokens < 0 || topk < 0 || experts < 0 || experts > (std::int64_t{1} << 40) ||
+      __builtin_mul_overflow(tokens, topk, &pairs) || pairs > (std::int64_t{1} << 40)) {
+    throw InvalidArgument(
+        "gather_linear_workspace_bytes: tokens, topk and experts must be >= 0 "
+        "and tokens * topk and experts at most 2^40, got tokens=" +
+        std::to_string(tokens) + ", topk=" + std::to_string(topk) +
+        ", experts=" + std::to_string(experts));
+  }
+  return detail::cuda_gather_workspace_bytes(tokens, topk, experts);
 }
 
 Tensor gather_linear(const Tensor& x, const Tensor& indices, const Mxfp4Weight& weight,

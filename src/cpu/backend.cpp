@@ -224,14 +224,16 @@ const IsaBackend& backend_of(Isa isa) {
 
 // The level at start: the best this machine runs, capped by MXFP4_CPU_ISA (read once).
 const IsaBackend& initial_backend() {
-  static const IsaBackend& initial = []() -> const IsaBackend& {
+  // A pointer, not a reference, to the table: g++ 13 takes a reference bound to a lambda's
+  // result for a dangling temporary (-Wdangling-reference).
+  static const IsaBackend* const initial = [] {
     const IsaChoice choice =
         parse_isa_env(std::getenv("MXFP4_CPU_ISA"), best_isa(host_cpu_features()));  // NOLINT
     if (!choice.warning.empty())
       std::fprintf(stderr, "mxfp4: warning: %s\n", choice.warning.c_str());
-    return backend_of(choice.isa);
+    return &backend_of(choice.isa);
   }();
-  return initial;
+  return *initial;
 }
 
 std::atomic<const IsaBackend*> g_selected{nullptr};

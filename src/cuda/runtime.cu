@@ -1,5 +1,6 @@
 // Device memory, copies and streams through the CUDA runtime.
 #include "core/device_memory.hpp"
+#include "cuda/backend.hpp"
 #include "cuda/common.cuh"
 
 namespace mxfp4 {
@@ -19,6 +20,7 @@ int cuda_device_count() noexcept {
 
 void synchronize(Stream stream) {
   cuda::check(cudaStreamSynchronize(cuda::as_stream(stream.handle)), "cudaStreamSynchronize");
+  cuda::check_index_errors();
 }
 
 namespace detail {

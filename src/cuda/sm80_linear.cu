@@ -13,114 +13,19 @@
 //
 // f32 activations (and any misaligned input) take an exact CUDA-core path.
 #include <cstdint>
+#include <cstdlib>
+#include <string>
 
 #include "cuda/backend.hpp"
-#include "cuda/common.cuh"
-#include "mxfp4/format.hpp"
+#include "cuda/linear_kernels.hpp"
+#include "cuda/mma.cuh"
+#include "cuda/route.cuh"
 
 namespace mxfp4::cuda {
 
 namespace {
 
 constexpr int kWarps = 8;  // warps per CTA, splitting K
-
-__device__ __forceinline__ float load_bias(const void* bias, DType dtype, std::int64_t i) {
-  switch (dtype) {
-    case DType::f16:
-      return f16_to_f32(static_cast<const std::uint16_t*>(bias)[i]);
-    case DType::bf16:
-      return bf16_to_f32(static_cast<const std::uint16_t*>(bias)[i]);
-    default:
-      return static_cast<const float*>(bias)[i];
-  }
-}
-
-// Four E2M1 codes (the nibbles of v, lowest first) -> two pairs of 16-bit values: p0 holds codes
-// 0 (low half) and 1, p1 codes 2 and 3. Eight integer operations for four codes:
-// - the magnitude's high (and, for bf16, low) byte comes from a byte table indexed with prmt;
-// - the sign: prmt in sign-replicate mode (selector bit 3 = the code's sign bit) turns a 0x80
-//   source byte into 0xFF for negative codes and leaves 0x80 for positive ones, so bit 6 of each
-//   result byte is the sign; shifted to bit 7 it is OR-ed into the high byte.
-// PTX prmt in its default mode: a selector nibble with bit 3 set yields the selected byte's sign
-// replicated (__byte_perm ignores that bit, so it cannot express this).
-__device__ __forceinline__ std::uint32_t prmt_sign_mode(std::uint32_t a, std::uint32_t b,
-                                                        std::uint32_t sel) {
-  std::uint32_t r;
-  asm("prmt.b32 %0, %1, %2, %3;" : "=r"(r) : "r"(a), "r"(b), "r"(sel));
-  return r;
-}
-
-template <typename T>
-__device__ __forceinline__ void decode4(std::uint32_t v, std::uint32_t& p0, std::uint32_t& p1) {
-  const std::uint32_t sel = v & 0x7777u;
-  const std::uint32_t sign = (prmt_sign_mode(0x80808080u, 0x80808080u, v) << 1) & 0x80808080u;
-  if constexpr (std::is_same_v<T, __half>) {
-    // f16 of 0, .5, 1, 1.5, 2, 3, 4, 6: high bytes 00 38 3C 3E 40 42 44 46, low bytes 0.
-    const std::uint32_t hi = __byte_perm(0x3E3C3800u, 0x46444240u, sel) | sign;
-    p0 = __byte_perm(hi, 0u, 0x1404);
-    p1 = __byte_perm(hi, 0u, 0x3424);
-  } else {
-    // bf16: high bytes 00 3F 3F 3F 40 40 40 40, low bytes 00 00 80 C0 00 40 80 C0.
-    const std::uint32_t hi = __byte_perm(0x3F3F3F00u, 0x40404040u, sel) | sign;
-    const std::uint32_t lo = __byte_perm(0xC0800000u, 0xC0804000u, sel);
-    p0 = __byte_perm(lo, hi, 0x5140);
-    p1 = __byte_perm(lo, hi, 0x7362);
-  }
-}
-
-// E8M0 byte -> f32 without branches: 2^(s-127) is s << 23 for s in 1..254; bytes 0 (2^-127,
-// subnormal) and 255 (NaN) both also need mantissa bit 22.
-__device__ __forceinline__ float scale_value(std::uint32_t s) {
-  const std::uint32_t special = ((s + 1u) & 0xFEu) == 0u ? 0x00400000u : 0u;
-  return __uint_as_float((s << 23) | special);
-}
-
-template <typename T>
-__device__ __forceinline__ void mma_16816(float (&d)[4], const std::uint32_t (&a)[4],
-                                          std::uint32_t b0, std::uint32_t b1) {
-  if constexpr (std::is_same_v<T, __half>) {
-    asm volatile(
-        "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, "
-        "{%8,%9}, {%0,%1,%2,%3};\n"
-        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
-        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-  } else {
-    asm volatile(
-        "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, "
-        "{%8,%9}, {%0,%1,%2,%3};\n"
-        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
-        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-  }
-}
-
-// Transposes 4 words across the 4 lanes of a quad: lane t starts with words 0..3 of block t and
-// ends with word t of blocks 0..3 (two butterfly rounds of shuffles).
-__device__ __forceinline__ void quad_transpose(uint4& v, int t) {
-  const bool r = t & 1;
-  std::uint32_t b0 = __shfl_xor_sync(0xFFFFFFFFu, r ? v.x : v.y, 1);
-  std::uint32_t b1 = __shfl_xor_sync(0xFFFFFFFFu, r ? v.z : v.w, 1);
-  if (r) {
-    v.x = b0;
-    v.z = b1;
-  } else {
-    v.y = b0;
-    v.w = b1;
-  }
-  const bool s = t & 2;
-  b0 = __shfl_xor_sync(0xFFFFFFFFu, s ? v.x : v.z, 2);
-  b1 = __shfl_xor_sync(0xFFFFFFFFu, s ? v.y : v.w, 2);
-  if (s) {
-    v.x = b0;
-    v.y = b1;
-  } else {
-    v.z = b0;
-    v.w = b1;
-  }
-}
-
-__device__ __forceinline__ std::uint32_t word(const uint4& v, int j) {
-  return j == 0 ? v.x : j == 1 ? v.y : j == 2 ? v.z : v.w;
-}
 
 // What a lane loads for one step of 8 blocks: for rows a (g) and b (g + 8), blocks b0 + t and
 // b0 + 4 + t (16 bytes each), and those blocks' scales packed as bytes [a0, a1, b0, b1].
@@ -153,32 +58,40 @@ __device__ __forceinline__ Step load_step(const std::uint8_t* __restrict__ wa_ro
   return st;
 }
 
-// Register caps chosen so that no variant spills: 3 CTAs per SM for decode (NT = 1), 2 above.
+// One tile: 16 weight rows (blockIdx.x) x the tile's tokens. Ends with a barrier, so a CTA can
+// go on to its next tile.
 template <typename T, int NT>
-__global__ void __launch_bounds__(kWarps * 32, NT == 1 ? 4 : 2)
-    linear_mma_kernel(const T* __restrict__ x, int m, const std::uint8_t* __restrict__ blocks,
-                      const std::uint8_t* __restrict__ scales, const void* __restrict__ bias,
-                      DType bias_dtype, T* __restrict__ out, int n, int k) {
+__device__ __forceinline__ void linear_tile(const T* __restrict__ x, const TokenRows& rows,
+                                            const TokenRows::Tile& tile,
+                                            const std::uint8_t* __restrict__ blocks,
+                                            const std::uint8_t* __restrict__ scales,
+                                            const void* __restrict__ bias, DType bias_dtype,
+                                            T* __restrict__ out, int n, int k) {
   const int warp = static_cast<int>(threadIdx.x) >> 5;
   const int lane = static_cast<int>(threadIdx.x) & 31;
   const int g = lane >> 2;
   const int t = lane & 3;
   const int row0 = static_cast<int>(blockIdx.x) * 16;
-  const int tok0 = static_cast<int>(blockIdx.y) * 8 * NT;
   const int nblk = k / kBlockSize;
+  blocks += static_cast<std::int64_t>(tile.expert) * n * (k / 2);
+  scales += static_cast<std::int64_t>(tile.expert) * n * nblk;
+  const std::int64_t bias0 = static_cast<std::int64_t>(tile.expert) * n;
 
-  // Rows past n and tokens past m read row n-1 / token m-1 (in bounds) and are never stored.
+  // Rows past n read row n-1 (in bounds) and are never stored.
   const int ra = min(row0 + g, n - 1);
   const int rb = min(row0 + g + 8, n - 1);
   const std::uint8_t* wa_row = blocks + std::int64_t{ra} * (k / 2);
   const std::uint8_t* wb_row = blocks + std::int64_t{rb} * (k / 2);
   const std::uint8_t* sa_row = scales + std::int64_t{ra} * nblk;
   const std::uint8_t* sb_row = scales + std::int64_t{rb} * nblk;
-  // Lane (g, t) reads x[tok0 + 8 nt + g][32 blk + 8t .. +8) for each n-tile nt.
-  const T* x_lane = x + (std::int64_t{tok0} + g) * k + 8 * t;
-  // 8 tokens further: 8 * k 16-bit values = k uint4.
-  const std::int64_t x_tile_stride = k;
-  const int tokens_left = m - tok0 - g;  // n-tile nt is valid for this lane when 8 nt < this
+  // Lane (g, t) of n-tile nt reads x[token 8 nt + g of the tile][32 blk + 8t .. +8).
+  const T* x_lane[NT];
+#pragma unroll
+  for (int nt = 0; nt < NT; ++nt) {
+    const int local = min(8 * nt + g, tile.count - 1);
+    x_lane[nt] = x + rows.x_row(rows.pair(tile.first + local)) * k + 8 * t;
+  }
+  const int tokens_left = tile.count - g;  // n-tile nt is valid for this lane when 8 nt < this
 
   float acc[NT][4];
 #pragma unroll
@@ -199,9 +112,7 @@ __global__ void __launch_bounds__(kWarps * 32, NT == 1 ? 4 : 2)
       quad_transpose(cur.wa[h], t);
       quad_transpose(cur.wb[h], t);
     }
-    // This step's x for the lane: block b0 + i starts 4 * i uint4 further; one base per n-tile.
     const int blocks_left = nblk - b0;
-    const uint4* xs = reinterpret_cast<const uint4*>(x_lane + std::int64_t{b0} * kBlockSize);
     // Scales of block j (of each half) for rows a and b, from the quad lane that loaded them.
     std::uint32_t sc[4];
 #pragma unroll
@@ -226,7 +137,10 @@ __global__ void __launch_bounds__(kWarps * 32, NT == 1 ? 4 : 2)
 #pragma unroll
         for (int nt = 0; nt < NT; ++nt) {
           uint4 xv = make_uint4(0, 0, 0, 0);
-          if (8 * nt < tokens_left && in_k) xv = __ldg(xs + nt * x_tile_stride + 4 * i);
+          if (8 * nt < tokens_left && in_k) {
+            xv = __ldg(
+                reinterpret_cast<const uint4*>(x_lane[nt] + std::int64_t{b0 + i} * kBlockSize));
+          }
           float part[4] = {0.0f, 0.0f, 0.0f, 0.0f};
           mma_16816<T>(part, a0, xv.x, xv.y);
           mma_16816<T>(part, a1, xv.z, xv.w);
@@ -257,11 +171,37 @@ __global__ void __launch_bounds__(kWarps * 32, NT == 1 ? 4 : 2)
     const int nt = frag >> 2;
     const int i = frag & 3;
     const int row = row0 + (l >> 2) + (i >= 2 ? 8 : 0);
-    const int token = tok0 + nt * 8 + 2 * (l & 3) + (i & 1);
-    if (row < n && token < m) {
-      if (bias != nullptr) s += load_bias(bias, bias_dtype, row);
-      out[std::int64_t{token} * n + row] = from_float<T>(s);
+    const int local = nt * 8 + 2 * (l & 3) + (i & 1);
+    if (row < n && local < tile.count) {
+      if (bias != nullptr) s += load_bias(bias, bias_dtype, bias0 + row);
+      out[rows.pair(tile.first + local) * n + row] = from_float<T>(s);
     }
+  }
+  __syncthreads();  // `partial` is free again
+}
+
+// grid.x: 16-row tiles of the weight; grid.y walks tiles 0 .. tiles-1 of 8 * NT tokens, mapped to
+// rows of x and out by `rows` (dense, or one expert's tokens); a grouped grid stops at the first
+// empty tile (past the planned ones). kRoute: small expert batches routed in the CTA.
+// Register caps: 3 CTAs per SM for decode (NT = 1), 2 above; no variant spills.
+template <typename T, int NT, bool kRoute>
+__global__ void __launch_bounds__(kWarps * 32, NT == 1 ? 3 : 2)
+    linear_mma_kernel(const T* __restrict__ x, TokenRows rows, std::int64_t tiles,
+                      const std::uint8_t* __restrict__ blocks,
+                      const std::uint8_t* __restrict__ scales, const void* __restrict__ bias,
+                      DType bias_dtype, T* __restrict__ out, int n, int k) {
+  for (std::int64_t index = blockIdx.y; index < tiles; index += gridDim.y) {
+    TokenRows::Tile tile;
+    if constexpr (kRoute) {
+      // A small batch of expert ids: this CTA sorts them itself (route.cuh).
+      __shared__ CtaRoute route;
+      tile = route_in_cta(rows, index, 8 * NT, route, blockIdx.x == 0 && index == 0, out, n);
+      rows.perm = route.perm;
+    } else {
+      tile = rows.tile(index, 8 * NT);
+    }
+    if (tile.count == 0) break;  // the whole CTA
+    linear_tile<T, NT>(x, rows, tile, blocks, scales, bias, bias_dtype, out, n, k);
   }
 }
 
@@ -306,24 +246,72 @@ bool aligned(const void* p, std::uintptr_t bytes) {
 }
 
 template <typename T, int NT>
-void launch_mma(const detail::LinearArgs& a, cudaStream_t stream) {
-  const int n = static_cast<int>(a.w.n);
-  const int k = static_cast<int>(a.w.k);
-  const std::int64_t tokens_per_cta = 8 * NT;
-  // grid.y is limited to 65535: walk the tokens in slices of that many CTAs.
-  const std::int64_t max_tokens = tokens_per_cta * 65535;
-  for (std::int64_t first = 0; first < a.m; first += max_tokens) {
-    const std::int64_t count = std::min<std::int64_t>(max_tokens, a.m - first);
-    const dim3 grid(static_cast<unsigned>((n + 15) / 16),
-                    static_cast<unsigned>((count + tokens_per_cta - 1) / tokens_per_cta));
-    linear_mma_kernel<T, NT><<<grid, kWarps * 32, 0, stream>>>(
-        static_cast<const T*>(a.x) + first * k, static_cast<int>(count), a.w.blocks, a.w.scales,
-        a.w.bias, a.w.bias_dtype, static_cast<T*>(a.out) + first * n, n, k);
-    check_launch("linear_mma_kernel");
+void launch_mma(const void* x, const TokenRows& rows, std::int64_t tiles,
+                const detail::WeightArgs& w, void* out, cudaStream_t stream) {
+  const int n = static_cast<int>(w.n);
+  const int k = static_cast<int>(w.k);
+  const unsigned row_tiles = static_cast<unsigned>((n + 15) / 16);
+  // Dense tiles are all full: one CTA each (up to grid.y's 65535). Grouped grids are upper
+  // bounds: enough CTAs for a few waves walk the planned tiles, instead of a CTA per bound.
+  std::int64_t y = std::min<std::int64_t>(tiles, 65535);
+  if (rows.tile_list != nullptr || rows.route_ids != nullptr) {
+    y = std::min<std::int64_t>(y, std::max<std::int64_t>(1, 2112 / row_tiles));
   }
+  if (y == 0) return;
+  const dim3 grid(row_tiles, static_cast<unsigned>(y));
+  if constexpr (NT == 1) {
+    if (rows.route_ids != nullptr) {
+      linear_mma_kernel<T, NT, true><<<grid, kWarps * 32, 0, stream>>>(
+          static_cast<const T*>(x), rows, tiles, w.blocks, w.scales, w.bias, w.bias_dtype,
+          static_cast<T*>(out), n, k);
+      check_launch("linear_mma_kernel");
+      return;
+    }
+  }
+  linear_mma_kernel<T, NT, false>
+      <<<grid, kWarps * 32, 0, stream>>>(static_cast<const T*>(x), rows, tiles, w.blocks, w.scales,
+                                         w.bias, w.bias_dtype, static_cast<T*>(out), n, k);
+  check_launch("linear_mma_kernel");
 }
 
 }  // namespace
+
+KernelChoice choose_kernel(DType x_dtype, std::int64_t tokens, std::int64_t n) {
+  static const std::string forced = [] {
+    const char* env = std::getenv("MXFP4_CUDA_KERNEL");
+    return std::string(env != nullptr ? env : "");
+  }();
+  const bool gemm_ok = x_dtype == DType::bf16;
+  if (gemm_ok && forced == "gemm64") return {true, 64};
+  if (gemm_ok && forced == "gemm128") return {true, 128};
+  const KernelChoice decode{false, tokens <= 8 ? 8 : tokens <= 16 ? 16 : 32};
+  if (!gemm_ok || forced == "decode" || tokens <= 16) return decode;
+  // The GEMM needs enough 128-row weight tiles to fill the card; otherwise the decode kernel's
+  // 16-row tiles and in-CTA split of K keep more SMs busy. Measured on an H100 at M = 64
+  // (bench/RESULTS.md): the GEMM wins from N = 8192 (64 tiles) and loses at N <= 5760.
+  const std::int64_t weight_tiles = (n + 127) / 128;
+  if (tokens <= 64) return weight_tiles >= 64 ? KernelChoice{true, 64} : decode;
+  return {true, 128};
+}
+
+void launch_decode(const void* x, DType x_dtype, const TokenRows& rows, std::int64_t tiles,
+                   int tile_tokens, const detail::WeightArgs& w, void* out, cudaStream_t stream) {
+  auto run = [&](auto zero) {
+    using T = decltype(zero);
+    if (tile_tokens == 8) {
+      launch_mma<T, 1>(x, rows, tiles, w, out, stream);
+    } else if (tile_tokens == 16) {
+      launch_mma<T, 2>(x, rows, tiles, w, out, stream);
+    } else {
+      launch_mma<T, 4>(x, rows, tiles, w, out, stream);
+    }
+  };
+  if (x_dtype == DType::f16) {
+    run(__half{});
+  } else {
+    run(__nv_bfloat16{});
+  }
+}
 
 void linear(const detail::LinearArgs& a) {
   cudaStream_t stream = as_stream(a.stream);
@@ -341,20 +329,14 @@ void linear(const detail::LinearArgs& a) {
     check_launch("linear_simple_kernel");
     return;
   }
-  auto run = [&](auto zero) {
-    using T = decltype(zero);
-    if (a.m <= 8) {
-      launch_mma<T, 1>(a, stream);
-    } else if (a.m <= 16) {
-      launch_mma<T, 2>(a, stream);
-    } else {
-      launch_mma<T, 4>(a, stream);
-    }
-  };
-  if (a.x_dtype == DType::f16) {
-    run(__half{});
+  TokenRows rows;
+  rows.rows = a.m;
+  const KernelChoice choice = choose_kernel(a.x_dtype, a.m, a.w.n);
+  const std::int64_t tiles = (a.m + choice.tile_tokens - 1) / choice.tile_tokens;
+  if (choice.gemm) {
+    launch_gemm(a.x, rows, tiles, choice.tile_tokens, a.w, a.out, stream);
   } else {
-    run(__nv_bfloat16{});
+    launch_decode(a.x, a.x_dtype, rows, tiles, choice.tile_tokens, a.w, a.out, stream);
   }
 }
 

@@ -1,0 +1,227 @@
+"""
+Bindings of the mxfp4 C++ library (use the mxfp4 package, not this module).
+"""
+
+import enum
+from typing import Any, TypeVar
+
+import numpy
+
+#: Arrays the library takes: numpy arrays and DLPack tensors (torch.Tensor, ...).
+Array = Any
+_A = TypeVar("_A")
+
+__version__: str
+
+
+def cuda_built() -> bool:
+    """True when this build of the library has its CUDA backend."""
+
+def cuda_device_count() -> int:
+    """
+    Number of usable CUDA devices (0 without the CUDA backend, a driver or a GPU).
+    """
+
+def synchronize(stream: int | None = None) -> None:
+    """Waits for the work enqueued on a CUDA stream (None: default)."""
+
+def set_num_threads(n: int) -> None:
+    """
+    Threads a CPU call uses, the caller included (0: the CPUs this process may use).
+    """
+
+def num_threads() -> int:
+    """Threads a CPU call uses now."""
+
+class ScaleRule(enum.Enum):
+    """How the shared E8M0 scale of a 32-element block is chosen."""
+
+    floor = 0
+    """OCP spec: floor(log2 amax) - 2; saturates."""
+
+    ceil = 1
+    """NVIDIA/triton: ceil(log2(amax / 6))."""
+
+    even = 2
+    """torchao EVEN."""
+
+    mse = 3
+    """
+    ceil exponent or one below, whichever has the smaller error (the default).
+    """
+
+    mistralrs = 4
+    """mistral.rs 0.8.1's clipping rule, only to reproduce its bytes."""
+
+class NonFinitePolicy(enum.Enum):
+    """What quantize does with NaN or Inf."""
+
+    error = 0
+    """Raise NonFiniteValue (the default)."""
+
+    nan_block = 1
+    """Code the block with scale 0xFF, which decodes as NaN."""
+
+class Mxfp4Weight:
+    """
+    An MXFP4 weight: a dense matrix [N, K] or a stack of experts [E, N, K],
+    stored as blocks u8 [.., N, K/2], scales u8 [.., N, K/32] and an optional
+    bias [N] or [E, N]. Create it with Mxfp4Weight.quantize, Mxfp4Weight.from_parts
+    or File.load_weight.
+    """
+
+    @staticmethod
+    def quantize(weight: Array, bias: Array | None = None, *, rule: ScaleRule = ScaleRule.mse, non_finite: NonFinitePolicy = NonFinitePolicy.error, stream: int | None = None) -> Mxfp4Weight:
+        """
+        Quantizes weight (f32/f16/bf16 [N, K] or [E, N, K], K a multiple of 32).
+        bias (optional, [N] or [E, N]) is copied. The weight lives on the input's device.
+        """
+
+    @staticmethod
+    def from_parts(blocks: Array, scales: Array, bias: Array | None = None) -> Mxfp4Weight:
+        """
+        A weight viewing existing parts (no copy; the arrays are kept alive):
+        blocks u8 [.., N, K/2], scales u8 [.., N, K/32], bias [N] / [E, N] or None.
+        """
+
+    @property
+    def stacked(self) -> bool:
+        """True for a stack of experts [E, N, K]."""
+
+    @property
+    def num_experts(self) -> int:
+        """E (1 for a dense weight)."""
+
+    @property
+    def out_features(self) -> int:
+        """N."""
+
+    @property
+    def in_features(self) -> int:
+        """K."""
+
+    @property
+    def device(self) -> str:
+        """'cpu' or 'cuda:N'."""
+
+    @property
+    def blocks(self) -> Array:
+        """
+        The packed E2M1 codes, u8 [.., N, K/2] (a view of the weight's storage).
+        """
+
+    @property
+    def scales(self) -> Array:
+        """The E8M0 scales, u8 [.., N, K/32] (a view of the weight's storage)."""
+
+    @property
+    def bias(self) -> Array | None:
+        """The bias, or None."""
+
+    def dequantize(self, dtype: str | Any | None = None, *, out: Array | None = None, stream: int | None = None) -> Array:
+        """
+        The full weight [N, K] or [E, N, K] in dtype 'f32' (default), 'f16' or 'bf16'
+        (exact in f32 and bf16), or written into out.
+        """
+
+    def to(self, device: str) -> Mxfp4Weight:
+        """A copy of the weight on device ('cpu', 'cuda', 'cuda:N')."""
+
+    def __repr__(self) -> str: ...
+
+def quantize(weight: _A, *, rule: ScaleRule = ScaleRule.mse, non_finite: NonFinitePolicy = NonFinitePolicy.error, out: tuple[Array, Array] | None = None, stream: int | None = None) -> tuple[_A, _A]:
+    """
+    weight f32/f16/bf16 [.., N, K] -> (blocks u8 [.., N, K/2], scales u8 [.., N, K/32]),
+    new arrays or written into out=(blocks, scales).
+    """
+
+def dequantize(weight: Mxfp4Weight, dtype: str | Any | None = None, *, out: Array | None = None, stream: int | None = None) -> Array:
+    """The same as weight.dequantize(dtype, out=out)."""
+
+def linear(x: _A, weight: Mxfp4Weight, *, out: _A | None = None, stream: int | None = None) -> _A:
+    """
+    x [..., K] -> x W^T + bias [..., N] in x's dtype, for a dense weight; accumulates
+    in f32. Returns a new array of x's framework, or writes into out.
+    """
+
+def gather_linear(x: _A, indices: Array, weight: Mxfp4Weight, *, out: _A | None = None, stream: int | None = None) -> _A:
+    """
+    Mixture of experts: out[t, s] = x_row W[e]^T + bias[e], e = indices[t, s], for a
+    stacked weight [E, N, K]. x is [T, K] (every slot uses row t) or [T, topk, K];
+    indices u32/i32/i64 [T, topk] in [0, E). Output [T, topk, N] in x's dtype.
+    """
+
+class TensorInfo:
+    """A tensor as a file lists it."""
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def dtype(self) -> str | None:
+        """mxfp4's dtype name ('f32', 'u8', ...) or None when it has none."""
+
+    @property
+    def file_dtype(self) -> str:
+        """The file's own dtype name ('F32', ...)."""
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        """The shape, a tuple."""
+
+    @property
+    def nbytes(self) -> int: ...
+
+    def __repr__(self) -> str: ...
+
+class File:
+    """An opened file (safetensors for now); read-only."""
+
+    @staticmethod
+    def open(path: str, format: str = 'auto') -> File:
+        """Opens and validates path ('auto' tells the format from the contents)."""
+
+    @property
+    def path(self) -> str:
+        """The file's path."""
+
+    @property
+    def format(self) -> str:
+        """The file's format ('safetensors')."""
+
+    @property
+    def tensors(self) -> list[TensorInfo]:
+        """The tensors, in file order."""
+
+    @property
+    def metadata(self) -> dict[str, str]:
+        """The file's string metadata."""
+
+    @property
+    def weight_names(self) -> list[str]:
+        """
+        Prefixes P of the MXFP4 weights (P.blocks + P.scales [+ P.bias]), in file order.
+        """
+
+    def read(self, name: str) -> numpy.ndarray:
+        """Tensor name as a new numpy array."""
+
+    def load_weight(self, prefix: str, device: str = 'cpu') -> Mxfp4Weight:
+        """
+        The MXFP4 weight prefix (prefix.blocks, prefix.scales, prefix.bias if present)
+        on device.
+        """
+
+    def close(self) -> None:
+        """Releases the file; loaded weights and read arrays stay valid."""
+
+    def __enter__(self) -> File: ...
+
+    def __exit__(self, type: object | None, value: object | None, traceback: object | None) -> bool: ...
+
+def save(path: str, tensors: dict[str, Array | Mxfp4Weight], metadata: dict[str, str] | None = None, format: str = 'auto') -> int:
+    """
+    Writes tensors (a dict: name -> array, or prefix -> Mxfp4Weight, written as
+    prefix.blocks, prefix.scales and prefix.bias) and string metadata to path, atomically.
+    Returns the file's size in bytes.
+    """

@@ -1,0 +1,193 @@
+// Device helpers shared by the tensor-core kernels (sm80_linear.cu, sm80_gemm.cu, moe.cu): E2M1
+// decoding into 16-bit MMA operands, E8M0 scales, mma.sync, cp.async, and the mapping from a
+// tile of tokens to the rows of x and of the output (dense, or grouped by expert for the
+// mixture-of-experts path).
+#pragma once
+
+#include <cstdint>
+#include <type_traits>
+
+#include "cuda/common.cuh"
+#include "mxfp4/format.hpp"
+
+namespace mxfp4::cuda {
+
+__device__ __forceinline__ float load_bias(const void* bias, DType dtype, std::int64_t i) {
+  switch (dtype) {
+    case DType::f16:
+      return f16_to_f32(static_cast<const std::uint16_t*>(bias)[i]);
+    case DType::bf16:
+      return bf16_to_f32(static_cast<const std::uint16_t*>(bias)[i]);
+    default:
+      return static_cast<const float*>(bias)[i];
+  }
+}
+
+// Four E2M1 codes (the nibbles of v, lowest first) -> two pairs of 16-bit values: p0 holds codes
+// 0 (low half) and 1, p1 codes 2 and 3. Eight integer operations for four codes:
+// - the magnitude's high (and, for bf16, low) byte comes from a byte table indexed with prmt;
+// - the sign: prmt in sign-replicate mode (selector bit 3 = the code's sign bit) turns a 0x80
+//   source byte into 0xFF for negative codes and leaves 0x80 for positive ones, so bit 6 of each
+//   result byte is the sign; shifted to bit 7 it is OR-ed into the high byte.
+// PTX prmt in its default mode: a selector nibble with bit 3 set yields the selected byte's sign
+// replicated (__byte_perm ignores that bit, so it cannot express this).
+__device__ __forceinline__ std::uint32_t prmt_sign_mode(std::uint32_t a, std::uint32_t b,
+                                                        std::uint32_t sel) {
+  std::uint32_t r;
+  asm("prmt.b32 %0, %1, %2, %3;" : "=r"(r) : "r"(a), "r"(b), "r"(sel));
+  return r;
+}
+
+template <typename T>
+__device__ __forceinline__ void decode4(std::uint32_t v, std::uint32_t& p0, std::uint32_t& p1) {
+  const std::uint32_t sel = v & 0x7777u;
+  const std::uint32_t sign = (prmt_sign_mode(0x80808080u, 0x80808080u, v) << 1) & 0x80808080u;
+  if constexpr (std::is_same_v<T, __half>) {
+    // f16 of 0, .5, 1, 1.5, 2, 3, 4, 6: high bytes 00 38 3C 3E 40 42 44 46, low bytes 0.
+    const std::uint32_t hi = __byte_perm(0x3E3C3800u, 0x46444240u, sel) | sign;
+    p0 = __byte_perm(hi, 0u, 0x1404);
+    p1 = __byte_perm(hi, 0u, 0x3424);
+  } else {
+    // bf16: high bytes 00 3F 3F 3F 40 40 40 40, low bytes 00 00 80 C0 00 40 80 C0.
+    const std::uint32_t hi = __byte_perm(0x3F3F3F00u, 0x40404040u, sel) | sign;
+    const std::uint32_t lo = __byte_perm(0xC0800000u, 0xC0804000u, sel);
+    p0 = __byte_perm(lo, hi, 0x5140);
+    p1 = __byte_perm(lo, hi, 0x7362);
+  }
+}
+
+// E8M0 byte -> f32 without branches: 2^(s-127) is s << 23 for s in 1..254; bytes 0 (2^-127,
+// subnormal) and 255 (NaN) both also need mantissa bit 22.
+__device__ __forceinline__ float scale_value(std::uint32_t s) {
+  const std::uint32_t special = ((s + 1u) & 0xFEu) == 0u ? 0x00400000u : 0u;
+  return __uint_as_float((s << 23) | special);
+}
+
+template <typename T>
+__device__ __forceinline__ void mma_16816(float (&d)[4], const std::uint32_t (&a)[4],
+                                          std::uint32_t b0, std::uint32_t b1) {
+  if constexpr (std::is_same_v<T, __half>) {
+    asm volatile(
+        "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, "
+        "{%8,%9}, {%0,%1,%2,%3};\n"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+  } else {
+    asm volatile(
+        "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, "
+        "{%8,%9}, {%0,%1,%2,%3};\n"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+  }
+}
+
+// Transposes 4 words across the 4 lanes of a quad: lane t starts with words 0..3 of block t and
+// ends with word t of blocks 0..3 (two butterfly rounds of shuffles).
+__device__ __forceinline__ void quad_transpose(uint4& v, int t) {
+  const bool r = t & 1;
+  std::uint32_t b0 = __shfl_xor_sync(0xFFFFFFFFu, r ? v.x : v.y, 1);
+  std::uint32_t b1 = __shfl_xor_sync(0xFFFFFFFFu, r ? v.z : v.w, 1);
+  if (r) {
+    v.x = b0;
+    v.z = b1;
+  } else {
+    v.y = b0;
+    v.w = b1;
+  }
+  const bool s = t & 2;
+  b0 = __shfl_xor_sync(0xFFFFFFFFu, s ? v.x : v.z, 2);
+  b1 = __shfl_xor_sync(0xFFFFFFFFu, s ? v.y : v.w, 2);
+  if (s) {
+    v.x = b0;
+    v.y = b1;
+  } else {
+    v.z = b0;
+    v.w = b1;
+  }
+}
+
+__device__ __forceinline__ std::uint32_t word(const uint4& v, int j) {
+  return j == 0 ? v.x : j == 1 ? v.y : j == 2 ? v.z : v.w;
+}
+
+// E8M0 byte -> the same power of two as a 16-bit T, replicated in both halves of a word (the
+// second operand of a packed multiply). bf16 has f32's exponent range, so every scale is exact:
+// s << 7 for s in 1..254, 2^-127 is the subnormal 0x0040 and 0xFF the NaN 0x7FC0.
+__device__ __forceinline__ std::uint32_t bf16_scale_pair(std::uint32_t s) {
+  const std::uint32_t special = ((s + 1u) & 0xFEu) == 0u ? 0x0040u : 0u;
+  const std::uint32_t bits = ((s << 7) | special) & 0xFFFFu;
+  return bits | (bits << 16);
+}
+
+// Packed bf16 multiply (exact here: an E2M1 value times a power of two that bf16 holds), as
+// a * b + (-0), since mul.bf16x2 needs sm_90 and fma.bf16x2 only sm_80; adding -0 keeps the
+// sign of a zero product.
+__device__ __forceinline__ std::uint32_t bf16x2_mul(std::uint32_t a, std::uint32_t b) {
+  std::uint32_t r;
+  asm("fma.rn.bf16x2 %0, %1, %2, %3;" : "=r"(r) : "r"(a), "r"(b), "r"(0x80008000u));
+  return r;
+}
+
+// 16-byte asynchronous copy global -> shared; with src_bytes = 0 the destination is zero-filled
+// and nothing is read.
+__device__ __forceinline__ void cp_async16(void* smem, const void* gmem, int src_bytes) {
+  const auto dst = static_cast<std::uint32_t>(__cvta_generic_to_shared(smem));
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(gmem),
+               "r"(src_bytes));
+}
+__device__ __forceinline__ void cp_async_commit() {
+  asm volatile("cp.async.commit_group;\n" ::);
+}
+template <int N>
+__device__ __forceinline__ void cp_async_wait() {
+  asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
+}
+
+// Which rows of x and of the output a tile of tokens covers. Dense: tile i holds rows
+// [i * tile, ...) of x and out. Grouped (mixture of experts): the (token, slot) pairs are sorted
+// by expert into `perm` and a tile list names each tile's expert, first position and count
+// (moe.cu); the grid may be larger than *tile_total, and spare CTAs exit. Pair p reads x row p
+// (x [T, topk, K]) or p / topk (x [T, K]) and writes output row p.
+struct IndexError;
+
+struct TokenRows {
+  const std::int32_t* perm = nullptr;  // null: dense (or routed in the CTA, see route.cuh)
+  const int4* tile_list = nullptr;     // {expert, first position, count, unused} per tile
+  const int* tile_total = nullptr;     // number of valid entries of tile_list
+  int experts = 1;
+  int topk = 1;
+  bool x_per_slot = true;
+  std::int64_t rows = 0;  // dense: number of rows
+  // Small batches (route.cuh): each CTA sorts these route_pairs ids itself; perm then points to
+  // the CTA's shared copy.
+  const void* route_ids = nullptr;
+  DType route_dtype = DType::i32;
+  int route_pairs = 0;
+  IndexError* error = nullptr;  // where out-of-range ids are recorded
+
+  struct Tile {
+    int expert;
+    std::int64_t first;  // position of the tile's first pair
+    int count;           // pairs in the tile (0: nothing to do)
+  };
+
+  __device__ __forceinline__ Tile tile(std::int64_t index, int tile_tokens) const {
+    if (tile_list != nullptr) {
+      if (index >= *tile_total) return {0, 0, 0};
+      const int4 v = tile_list[index];
+      return {v.x, v.y, v.z};
+    }
+    const std::int64_t first = index * tile_tokens;
+    const std::int64_t left = rows - first;
+    return {0, first, static_cast<int>(left < tile_tokens ? (left > 0 ? left : 0) : tile_tokens)};
+  }
+  // The output row (pair) at a position.
+  __device__ __forceinline__ std::int64_t pair(std::int64_t position) const {
+    return perm == nullptr ? position : perm[position];
+  }
+  __device__ __forceinline__ std::int64_t x_row(std::int64_t pair_index) const {
+    return x_per_slot ? pair_index : pair_index / topk;
+  }
+};
+
+}  // namespace mxfp4::cuda

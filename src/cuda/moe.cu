@@ -1,0 +1,294 @@
+// Mixture of experts on the GPU: y[t, s] = x_row W[ids[t, s]]^T + b[ids[t, s]].
+//
+// The (token, slot) pairs are grouped by expert on the device, so each selected expert's weight
+// is read once per tile of its tokens, never once per token:
+// - small batches (at most kCtaRoutePairs pairs): every CTA of the decode kernel sorts the ids
+//   itself (route.cuh): one launch, no workspace;
+// - larger ones: a counting sort in three small kernels into a workspace (count per expert; a
+//   plan: prefix sums and a tile list in three classes by an expert's token count; scatter into
+//   a permutation), then per class the decode kernel with tiles of 8 or 32 tokens, or the tiled
+//   GEMM with tiles of 128, each tile one expert's tokens: x rows are gathered through the
+//   permutation and each result written to its own output row [t, s]. Grids are sized by upper
+//   bounds on the host; CTAs past the planned tiles exit at once.
+// No host round trip and no synchronization. Out-of-range ids are recorded in a per-device
+// error record (thrown by mxfp4::synchronize through check_index_errors) and their output rows
+// are filled with NaN; they are never read past the weight.
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <climits>
+#include <cstdint>
+#include <string>
+
+#include "cuda/backend.hpp"
+#include "cuda/linear_kernels.hpp"
+#include "cuda/route.cuh"
+
+namespace mxfp4::cuda {
+
+namespace {
+
+__device__ IndexError g_index_error = {~0ull, 0, 0, 0};
+
+IndexError* index_error_record() {
+  void* p = nullptr;
+  check(cudaGetSymbolAddress(&p, g_index_error), "cudaGetSymbolAddress(index error)");
+  return static_cast<IndexError*>(p);
+}
+
+// Validates every id; counts pairs per expert when `counts` is given.
+template <typename T>
+__global__ void count_kernel(const void* ids, DType id_dtype, std::int64_t pairs, int experts,
+                             int topk, int* counts, IndexError* error, T* out, std::int64_t n) {
+  const std::int64_t p = static_cast<std::int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (p >= pairs) return;
+  const long long id = load_id(ids, id_dtype, p);
+  if (id < 0 || id >= experts) {
+    report_bad_id(error, p, id, experts, topk, out, n);
+    return;
+  }
+  if (counts != nullptr) atomicAdd(&counts[id], 1);
+}
+
+// Tile classes of the sorted pairs (kernel_args.hpp): an expert with c tokens gets one tile of
+// the decode kernel's 8 (c <= 8), one tile of 32 (c <= mid_max: the GEMM's for bf16, else the
+// decode kernel's, then with mid_max unbounded) or GEMM tiles of 128 (more).
+constexpr int kSmallTile = 8;
+constexpr int kMidTile = 32;
+constexpr int kLargeTile = 128;
+
+// One warp: pair offsets per expert (cursor starts there), and the three classes' tile lists,
+// written at list + class_base[class]; totals[class] = their lengths.
+__global__ void plan_kernel(const int* counts, int experts, int mid_max, int* offsets, int* cursor,
+                            int* totals, int4* list, int mid_base, int large_base) {
+  const int lane = static_cast<int>(threadIdx.x);
+  int pair_base = 0, base[3] = {0, 0, 0};
+  const int class_base[3] = {0, mid_base, large_base};
+  const int class_tile[3] = {kSmallTile, kMidTile, kLargeTile};
+  for (int e0 = 0; e0 < experts; e0 += 32) {
+    const int e = e0 + lane;
+    const int c = e < experts ? counts[e] : 0;
+    const int cls = c <= kSmallTile ? 0 : c <= mid_max ? 1 : 2;
+    const int tiles = c == 0 ? 0 : (c + class_tile[cls] - 1) / class_tile[cls];
+    int pc = c, tc[3] = {cls == 0 ? tiles : 0, cls == 1 ? tiles : 0, cls == 2 ? tiles : 0};
+#pragma unroll
+    for (int d = 1; d < 32; d <<= 1) {
+      const int up = __shfl_up_sync(0xFFFFFFFFu, pc, d);
+      int ut[3];
+#pragma unroll
+      for (int i = 0; i < 3; ++i)
+        ut[i] = __shfl_up_sync(0xFFFFFFFFu, tc[i], d);
+      if (lane >= d) {
+        pc += up;
+#pragma unroll
+        for (int i = 0; i < 3; ++i)
+          tc[i] += ut[i];
+      }
+    }
+    if (e < experts) {
+      const int first = pair_base + pc - c;
+      offsets[e] = first;
+      cursor[e] = first;
+      const int t0 = base[cls] + tc[cls] - tiles;  // this expert's first tile in its class
+      for (int j = 0; j < tiles; ++j) {
+        const int begin = j * class_tile[cls];
+        list[class_base[cls] + t0 + j] =
+            make_int4(e, first + begin, min(class_tile[cls], c - begin), 0);
+      }
+    }
+    pair_base += __shfl_sync(0xFFFFFFFFu, pc, 31);
+#pragma unroll
+    for (int i = 0; i < 3; ++i)
+      base[i] += __shfl_sync(0xFFFFFFFFu, tc[i], 31);
+  }
+  if (lane == 0) {
+    offsets[experts] = pair_base;
+    totals[0] = base[0];
+    totals[1] = base[1];
+    totals[2] = base[2];
+  }
+}
+
+__global__ void scatter_kernel(const void* ids, DType id_dtype, std::int64_t pairs, int experts,
+                               int* cursor, std::int32_t* perm) {
+  const std::int64_t p = static_cast<std::int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (p >= pairs) return;
+  const long long id = load_id(ids, id_dtype, p);
+  if (id < 0 || id >= experts) return;
+  perm[atomicAdd(&cursor[id], 1)] = static_cast<std::int32_t>(p);
+}
+
+// Exact CUDA-core path (f32 x, misaligned buffers): one warp per (pair, row).
+template <typename T>
+__global__ void __launch_bounds__(256)
+    gather_simple_kernel(const T* __restrict__ x, bool x_per_slot, int topk, std::int64_t pairs,
+                         const void* ids, DType id_dtype, int experts,
+                         const std::uint8_t* __restrict__ blocks,
+                         const std::uint8_t* __restrict__ scales, const void* __restrict__ bias,
+                         DType bias_dtype, T* __restrict__ out, std::int64_t n, std::int64_t k) {
+  const std::int64_t item = static_cast<std::int64_t>(blockIdx.x) * 8 + (threadIdx.x >> 5);
+  const int lane = static_cast<int>(threadIdx.x) & 31;
+  if (item >= pairs * n) return;
+  const std::int64_t p = item / n;
+  const std::int64_t row = item % n;
+  const long long e = load_id(ids, id_dtype, p);
+  if (e < 0 || e >= experts) return;  // reported by count_kernel
+  const std::int64_t nblk = k / kBlockSize;
+  const std::int64_t wrow = e * n + row;
+  const std::uint8_t* w = blocks + wrow * (k / 2);
+  const T* xr = x + (x_per_slot ? p : p / topk) * k;
+  float acc = 0.0f;
+  for (std::int64_t b = lane; b < nblk; b += 32) {
+    const float s = e8m0_decode(scales[wrow * nblk + b]);
+    float part = 0.0f;
+    for (int j = 0; j < kBlockBytes; ++j) {
+      const std::uint8_t byte = w[b * kBlockBytes + j];
+      part = fmaf(to_float(xr[b * kBlockSize + 2 * j]), e2m1_decode(byte & 0xF), part);
+      part = fmaf(to_float(xr[b * kBlockSize + 2 * j + 1]), e2m1_decode(byte >> 4), part);
+    }
+    acc = fmaf(part, s, acc);
+  }
+#pragma unroll
+  for (int off = 16; off > 0; off >>= 1)
+    acc += __shfl_xor_sync(0xFFFFFFFFu, acc, off);
+  if (lane == 0) {
+    if (bias != nullptr) acc += load_bias(bias, bias_dtype, wrow);
+    out[p * n + row] = from_float<T>(acc);
+  }
+}
+
+bool aligned16(const void* p) {
+  return (reinterpret_cast<std::uintptr_t>(p) & 15) == 0;
+}
+
+}  // namespace
+
+void gather_linear(const detail::GatherLinearArgs& a) {
+  cudaStream_t stream = as_stream(a.stream);
+  const std::int64_t pairs = a.tokens * a.topk;
+  const std::int64_t n = a.w.n;
+  if (pairs >= (std::int64_t{1} << 31) || a.w.experts >= (std::int64_t{1} << 31) ||
+      a.topk >= (std::int64_t{1} << 31) || n >= (std::int64_t{1} << 31) ||
+      a.w.k >= (std::int64_t{1} << 30)) {
+    throw Unsupported(
+        "gather_linear: sizes past 2^31 pairs, experts or rows are not supported on "
+        "CUDA");
+  }
+  const int experts = static_cast<int>(a.w.experts);
+  const int topk = static_cast<int>(a.topk);
+  IndexError* error = index_error_record();
+
+  const bool tensor_cores = a.x_dtype != DType::f32 && aligned16(a.x) && aligned16(a.w.blocks);
+  if (!tensor_cores) {
+    dispatch_floating(a.x_dtype, [&](auto zero) {
+      using T = decltype(zero);
+      T* out = static_cast<T*>(a.out);
+      count_kernel<T><<<blocks_for(pairs, 256), 256, 0, stream>>>(
+          a.indices, a.index_dtype, pairs, experts, topk, nullptr, error, out, n);
+      check_launch("count_kernel");
+      gather_simple_kernel<T><<<blocks_for(pairs * n, 8), 256, 0, stream>>>(
+          static_cast<const T*>(a.x), a.x_per_slot, topk, pairs, a.indices, a.index_dtype, experts,
+          a.w.blocks, a.w.scales, a.w.bias, a.w.bias_dtype, out, n, a.w.k);
+      check_launch("gather_simple_kernel");
+    });
+    return;
+  }
+
+  TokenRows rows;
+  rows.experts = experts;
+  rows.topk = topk;
+  rows.x_per_slot = a.x_per_slot;
+  rows.error = error;
+  if (pairs <= kCtaRoutePairs) {
+    // Small batch: each CTA of the decode kernel routes the ids itself; tiles of 8 tokens.
+    rows.route_ids = a.indices;
+    rows.route_dtype = a.index_dtype;
+    rows.route_pairs = static_cast<int>(pairs);
+    const std::int64_t tiles = pairs / 8 + std::min<std::int64_t>(a.w.experts, pairs);
+    launch_decode(a.x, a.x_dtype, rows, tiles, 8, a.w, a.out, stream);
+    return;
+  }
+
+  // Counting sort and tile plan in the workspace: the caller's, or stream-ordered memory of this
+  // call (cudaMallocAsync / cudaFreeAsync: no device-wide synchronization, capturable in a graph).
+  const detail::CudaGatherPlan plan{pairs, a.w.experts};
+  const std::size_t need = plan.bytes();
+  void* space = a.workspace;
+  bool owned = false;
+  if (space == nullptr) {
+    check(cudaMallocAsync(&space, need, stream), "cudaMallocAsync(gather_linear workspace)");
+    owned = true;
+  } else if (a.workspace_bytes < need) {
+    throw InvalidArgument("gather_linear: the workspace has " + std::to_string(a.workspace_bytes) +
+                          " bytes, " + std::to_string(need) + " are needed");
+  }
+  auto* base = static_cast<std::uint8_t*>(space);
+  int* counts = reinterpret_cast<int*>(base + plan.counts_at());
+  int* offsets = reinterpret_cast<int*>(base + plan.offsets_at());
+  int* cursor = reinterpret_cast<int*>(base + plan.cursor_at());
+  int* totals = reinterpret_cast<int*>(base + plan.totals_at());
+  auto* perm = reinterpret_cast<std::int32_t*>(base + plan.perm_at());
+  auto* list = reinterpret_cast<int4*>(base + plan.list_at());
+  const bool gemm = a.x_dtype == DType::bf16;
+  // Without the GEMM, the middle class takes every expert above 8 tokens.
+  const int mid_max = gemm ? static_cast<int>(detail::kCudaGemmMinTokens) : INT_MAX;
+  const std::int64_t small_tiles = plan.small_tiles();
+  const std::int64_t mid_tiles = gemm ? std::min(a.w.experts, pairs / 9) : plan.mid_tiles();
+  const std::int64_t mid_base = small_tiles;
+  const std::int64_t large_base = small_tiles + plan.mid_tiles();
+  try {
+    check(cudaMemsetAsync(counts, 0, sizeof(int) * static_cast<std::size_t>(experts), stream),
+          "cudaMemsetAsync(gather_linear counts)");
+    dispatch_floating(a.x_dtype, [&](auto zero) {
+      using T = decltype(zero);
+      count_kernel<T><<<blocks_for(pairs, 256), 256, 0, stream>>>(
+          a.indices, a.index_dtype, pairs, experts, topk, counts, error, static_cast<T*>(a.out), n);
+    });
+    check_launch("count_kernel");
+    plan_kernel<<<1, 32, 0, stream>>>(counts, experts, mid_max, offsets, cursor, totals, list,
+                                      static_cast<int>(mid_base), static_cast<int>(large_base));
+    check_launch("plan_kernel");
+    scatter_kernel<<<blocks_for(pairs, 256), 256, 0, stream>>>(a.indices, a.index_dtype, pairs,
+                                                               experts, cursor, perm);
+    check_launch("scatter_kernel");
+    rows.perm = perm;
+    rows.tile_list = list;
+    rows.tile_total = totals;
+    launch_decode(a.x, a.x_dtype, rows, small_tiles, kSmallTile, a.w, a.out, stream);
+    rows.tile_list = list + mid_base;
+    rows.tile_total = totals + 1;
+    if (gemm) {
+      launch_gemm(a.x, rows, mid_tiles, kMidTile, a.w, a.out, stream);
+    } else {
+      launch_decode(a.x, a.x_dtype, rows, mid_tiles, kMidTile, a.w, a.out, stream);
+    }
+    if (gemm) {
+      rows.tile_list = list + large_base;
+      rows.tile_total = totals + 2;
+      launch_gemm(a.x, rows, plan.large_tiles(), kLargeTile, a.w, a.out, stream);
+    }
+  } catch (...) {
+    if (owned) cudaFreeAsync(space, stream);
+    throw;
+  }
+  if (owned) check(cudaFreeAsync(space, stream), "cudaFreeAsync(gather_linear workspace)");
+}
+
+void check_index_errors() {
+  int count = 0;
+  if (cudaGetDeviceCount(&count) != cudaSuccess || count == 0) return;
+  IndexError e{};
+  check(cudaMemcpyFromSymbol(&e, g_index_error, sizeof(e)), "cudaMemcpyFromSymbol(index error)");
+  if (e.pair == ~0ull) return;
+  const IndexError clear = {~0ull, 0, 0, 0};
+  check(cudaMemcpyToSymbol(g_index_error, &clear, sizeof(clear)),
+        "cudaMemcpyToSymbol(index error)");
+  const auto pair = static_cast<long long>(e.pair);
+  throw IndexOutOfRange("gather_linear: indices[" + std::to_string(pair / e.topk) + ", " +
+                        std::to_string(pair % e.topk) + "] = " + std::to_string(e.value) +
+                        " is outside [0, " + std::to_string(e.experts) + ") (the weight has " +
+                        std::to_string(e.experts) +
+                        " experts); its output row was filled with NaN");
+}
+
+}  // namespace mxfp4::cuda

@@ -1,0 +1,128 @@
+// Routing for the mixture-of-experts path: expert ids read on the device, out-of-range ids
+// recorded in a device-side error record (reported by mxfp4::synchronize), and the small-batch
+// routing each CTA of the decode kernel does for itself. CUDA translation units only.
+#pragma once
+
+#include <climits>
+#include <cstdint>
+
+#include "core/kernel_args.hpp"
+#include "cuda/mma.cuh"
+
+namespace mxfp4::cuda {
+
+// The first out-of-range expert id a kernel met (pair == ~0: none). One per device, in moe.cu.
+struct IndexError {
+  unsigned long long pair;
+  long long value;
+  long long experts;
+  long long topk;
+};
+
+__device__ __forceinline__ long long load_id(const void* ids, DType dtype, std::int64_t i) {
+  switch (dtype) {
+    case DType::u32:
+      return static_cast<const std::uint32_t*>(ids)[i];
+    case DType::i32:
+      return static_cast<const std::int32_t*>(ids)[i];
+    default:
+      return static_cast<const std::int64_t*>(ids)[i];
+  }
+}
+
+// Records an out-of-range id (the first one to arrive wins) and fills its output row with NaN, so
+// a caller who never synchronizes still cannot mistake it for a result.
+template <typename T>
+__device__ void report_bad_id(IndexError* error, std::int64_t pair, long long value, int experts,
+                              int topk, T* out, std::int64_t n) {
+  if (atomicCAS(&error->pair, ~0ull, static_cast<unsigned long long>(pair)) == ~0ull) {
+    error->value = value;
+    error->experts = experts;
+    error->topk = topk;
+  }
+  for (std::int64_t i = 0; i < n; ++i)
+    out[pair * n + i] = from_float<T>(__int_as_float(0x7FC00000));
+}
+
+// Ids of a small batch (at most kCtaRoutePairs pairs), sorted by each CTA itself: no workspace,
+// no extra launch.
+inline constexpr int kCtaRoutePairs = static_cast<int>(detail::kCudaCtaRoutePairs);
+// Whole warps covering kCtaRoutePairs threads (ballots need every lane of a warp).
+inline constexpr int kRouteWarps = (kCtaRoutePairs + 31) / 32;
+
+struct CtaRoute {
+  std::int32_t perm[kCtaRoutePairs];    // position -> pair, sorted by expert (stable)
+  std::int32_t expert[kCtaRoutePairs];  // expert of each position; experts (past the end) if bad
+  std::int32_t warp_flags[kRouteWarps];
+  TokenRows::Tile tile;
+};
+
+// Called by all threads of a CTA of at least 32 * kRouteWarps threads. Sorts the pairs by expert
+// into `route`, cuts each expert's run into tiles of `tile_tokens` and returns tile `index`
+// (count 0 if there is no such tile). Bad ids sort last and form no tile; they are reported by
+// the CTA with `reporter` set.
+template <typename T>
+__device__ TokenRows::Tile route_in_cta(const TokenRows& rows, std::int64_t index, int tile_tokens,
+                                        CtaRoute& route, bool reporter, T* out, int n) {
+  const int tid = static_cast<int>(threadIdx.x);
+  const int pairs = rows.route_pairs;
+  const int experts = rows.experts;
+  int e = INT_MAX;
+  if (tid < pairs) {
+    const long long id = load_id(rows.route_ids, rows.route_dtype, tid);
+    if (id >= 0 && id < experts) {
+      e = static_cast<int>(id);
+    } else {
+      e = experts;
+      if (reporter) report_bad_id(rows.error, tid, id, experts, rows.topk, out, n);
+    }
+    route.expert[tid] = e;
+  }
+  if (tid == 0) route.tile = {0, 0, 0};
+  __syncthreads();
+  int rank = 0;
+  if (tid < pairs) {
+    for (int j = 0; j < pairs; ++j) {
+      const int ej = route.expert[j];
+      rank += (ej < e) || (ej == e && j < tid);
+    }
+  }
+  __syncthreads();
+  if (tid < pairs) {
+    route.perm[rank] = tid;
+    route.expert[rank] = e;
+  }
+  __syncthreads();
+  // Position p starts a tile when its expert's run starts there or tile_tokens positions later.
+  bool start = false;
+  int run_first = 0;
+  if (tid < pairs && route.expert[tid] < experts) {
+    const int ep = route.expert[tid];
+    run_first = tid;
+    while (run_first > 0 && route.expert[run_first - 1] == ep)
+      --run_first;
+    start = (tid - run_first) % tile_tokens == 0;
+  }
+  if (tid < 32 * kRouteWarps) {  // whole warps: the CTA has at least that many threads
+    const unsigned ballot = __ballot_sync(0xFFFFFFFFu, start);
+    if ((tid & 31) == 0) route.warp_flags[tid >> 5] = __popc(ballot);
+  }
+  __syncthreads();
+  if (tid < 32 * kRouteWarps) {
+    const unsigned ballot = __ballot_sync(0xFFFFFFFFu, start);
+    int before = __popc(ballot & ((1u << (tid & 31)) - 1u));
+    for (int w = 0; w < (tid >> 5); ++w)
+      before += route.warp_flags[w];
+    if (start && before == index) {
+      const int ep = route.expert[tid];
+      int end = tid + 1;
+      while (end < pairs && end - tid < tile_tokens && route.expert[end] == ep)
+        ++end;
+      route.tile = {ep, tid, end - tid};
+    }
+  }
+  __syncthreads();
+  return route.tile;
+}
+
+}  // namespace mxfp4::cuda

@@ -1,0 +1,86 @@
+// The seam between the front ends (C API, Python module) and the file formats: open a file and
+// list its tensors and MXFP4 weights, or save named tensors. Each format implements
+// TensorFileReader and one branch of save_tensor_file; the front ends see only this header, so a
+// new format needs no change in them. Implemented: safetensors.
+#pragma once
+
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "mxfp4/tensor.hpp"
+#include "mxfp4/weight.hpp"
+
+namespace mxfp4::detail {
+
+// The numeric values are part of the C API (mxfp4_format): append, never renumber.
+enum class FileFormat : std::uint8_t {
+  auto_detect = 0,  // reading: from the contents; writing: from the path's extension
+  safetensors = 1,
+};
+// "auto", "safetensors"; throws InvalidArgument for a value outside the enum.
+const char* file_format_name(FileFormat format);
+// The names above, as the Python module takes them; throws InvalidArgument naming them.
+FileFormat parse_file_format(std::string_view name);
+// FileFormat from the C API's integer; throws InvalidArgument for an unknown value.
+FileFormat file_format_from_int(std::int64_t value);
+
+struct StoredTensorInfo {
+  std::string name;
+  std::string file_dtype;      // the file's own dtype name ("F32", "BF16", "F8_E4M3", ...)
+  std::optional<DType> dtype;  // ours, when there is one
+  Shape shape;
+  std::uint64_t nbytes = 0;
+};
+
+class TensorFileReader {
+ public:
+  virtual ~TensorFileReader() = default;
+
+  // The path error messages name.
+  virtual const std::string& source() const = 0;
+  virtual FileFormat format() const = 0;
+  // In file order.
+  virtual const std::vector<StoredTensorInfo>& tensors() const = 0;
+  virtual const std::map<std::string, std::string>& metadata() const = 0;
+  // Tensor `name` as an owning CPU tensor; throws InvalidArgument when absent and DTypeMismatch
+  // when the library has no DType for its file dtype.
+  virtual Tensor read(std::string_view name) const = 0;
+  // Prefixes (without their trailing dot) of the MXFP4 weights the file holds, in file order.
+  virtual const std::vector<std::string>& weight_names() const = 0;
+  // The MXFP4 weight `prefix` (its parts, and its bias if present) on `device`; throws
+  // InvalidArgument naming the tensors it needs when absent.
+  virtual Mxfp4Weight load_weight(std::string_view prefix, Device device) const = 0;
+
+  // Position of tensor `name` in tensors(), if present.
+  std::optional<std::size_t> find(std::string_view name) const;
+};
+
+// Opens and validates `path`; throws IoError / FormatError as the format's reader does, and
+// Unsupported for a recognised format that is not implemented yet.
+std::unique_ptr<TensorFileReader> open_tensor_file(const std::string& path,
+                                                   FileFormat format = FileFormat::auto_detect);
+
+struct NamedTensor {
+  std::string name;
+  Tensor tensor;  // any device; copied to the host when written
+};
+
+// Appends `prefix.blocks`, `prefix.scales` and `prefix.bias` (if any) of `weight` to `out`
+// (`blocks`, ... for an empty prefix). The tensors share the weight's storage.
+void append_weight(std::vector<NamedTensor>& out, std::string_view prefix,
+                   const Mxfp4Weight& weight);
+
+// Writes `tensors` (in order) and `metadata` to `path` atomically (temporary file in the same
+// folder, renamed over `path`; nothing is left behind on failure). Throws InvalidArgument for
+// duplicate or empty names and for a path whose extension names no format under auto_detect.
+// Returns the size of the file in bytes.
+std::uint64_t save_tensor_file(const std::string& path, FileFormat format,
+                               const std::vector<NamedTensor>& tensors,
+                               const std::map<std::string, std::string>& metadata = {});
+
+}  // namespace mxfp4::detail

@@ -1,0 +1,636 @@
+/* The C API (include/mxfp4/mxfp4.h) from a plain C99 program: success paths with values checked
+ * against the format's definition (E2M1 table times 2^(scale-127)) and a double-precision matmul
+ * on the dequantized weight, files written and read back, and error paths (status codes and
+ * messages). Usage: test_capi WORK_DIR (a folder for the files it writes). */
+#include <math.h>
+#include <pthread.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "mxfp4/mxfp4.h"
+
+static int g_passed = 0;
+static int g_failed = 0;
+
+#define CHECK(cond)                                                            \
+  do {                                                                         \
+    if (cond) {                                                                \
+      ++g_passed;                                                              \
+    } else {                                                                   \
+      ++g_failed;                                                              \
+      fprintf(stderr, "%s:%d: check failed: %s\n", __FILE__, __LINE__, #cond); \
+    }                                                                          \
+  } while (0)
+
+/* A call that must succeed; prints the library's message when it does not. */
+#define CHECK_OK(call)                                                         \
+  do {                                                                         \
+    mxfp4_status s_ = (call);                                                  \
+    if (s_ == MXFP4_OK) {                                                      \
+      ++g_passed;                                                              \
+    } else {                                                                   \
+      ++g_failed;                                                              \
+      fprintf(stderr, "%s:%d: %s failed: %s: %s\n", __FILE__, __LINE__, #call, \
+              mxfp4_status_name(s_), mxfp4_last_error_message());              \
+    }                                                                          \
+  } while (0)
+
+/* A call that must fail with `status` and a message containing `part`. */
+static void check_error(const char* file, int line, const char* what, mxfp4_status got,
+                        mxfp4_status want, const char* part) {
+  const char* msg = mxfp4_last_error_message();
+  if (got == want && strstr(msg, part) != NULL) {
+    ++g_passed;
+    return;
+  }
+  ++g_failed;
+  fprintf(stderr, "%s:%d: %s: expected %s with \"%s\", got %s: \"%s\"\n", file, line, what,
+          mxfp4_status_name(want), part, mxfp4_status_name(got), msg);
+}
+#define CHECK_ERROR(call, want, part) check_error(__FILE__, __LINE__, #call, (call), (want), (part))
+
+static const float kE2M1[16] = {0.0f,  0.5f,  1.0f,  1.5f,  2.0f,  3.0f,  4.0f,  6.0f,
+                                -0.0f, -0.5f, -1.0f, -1.5f, -2.0f, -3.0f, -4.0f, -6.0f};
+
+/* Deterministic pseudo-random values in [-scale, scale). */
+static uint32_t g_seed = 12345u;
+static float next_random(float scale) {
+  g_seed = g_seed * 1664525u + 1013904223u;
+  return ((float)(g_seed >> 8) / 16777216.0f * 2.0f - 1.0f) * scale;
+}
+
+static mxfp4_tensor cpu_tensor(void* data, int32_t dtype, int32_t rank, const int64_t* shape) {
+  mxfp4_tensor t;
+  int i;
+  memset(&t, 0, sizeof t);
+  t.data = data;
+  t.dtype = dtype;
+  t.rank = rank;
+  for (i = 0; i < rank; ++i)
+    t.shape[i] = shape[i];
+  t.device.type = MXFP4_DEVICE_CPU;
+  t.device.index = 0;
+  return t;
+}
+
+/* Element (row, col) of a weight decoded from its parts, by the format's definition. */
+static double decode(const uint8_t* blocks, const uint8_t* scales, int64_t k, int64_t row,
+                     int64_t col) {
+  const uint8_t byte = blocks[row * (k / 2) + col / 2];
+  const int code = (col % 2 == 0) ? (byte & 0x0F) : (byte >> 4);
+  const int scale = scales[row * (k / 32) + col / 32];
+  return (double)kE2M1[code] * ldexp(1.0, scale - 127);
+}
+
+static int close_enough(double got, double want, double k) {
+  return fabs(got - want) <= 1e-5 * sqrt(k) * (1.0 + fabs(want));
+}
+
+static void test_version_and_names(void) {
+  char expected[32];
+  int32_t rule = -1;
+  CHECK(mxfp4_version() == ((uint32_t)MXFP4_VERSION_MAJOR << 16 |
+                            (uint32_t)MXFP4_VERSION_MINOR << 8 | (uint32_t)MXFP4_VERSION_PATCH));
+  snprintf(expected, sizeof expected, "%d.%d.%d", MXFP4_VERSION_MAJOR, MXFP4_VERSION_MINOR,
+           MXFP4_VERSION_PATCH);
+  CHECK(strcmp(mxfp4_version_string(), expected) == 0);
+  CHECK(strcmp(mxfp4_status_name(MXFP4_OK), "ok") == 0);
+  CHECK(strcmp(mxfp4_status_name(MXFP4_ERR_SHAPE_MISMATCH), "shape_mismatch") == 0);
+  CHECK(strcmp(mxfp4_status_name(MXFP4_ERR_INTERNAL), "internal") == 0);
+  CHECK(strcmp(mxfp4_status_name((mxfp4_status)200), "unknown") == 0);
+  CHECK(strcmp(mxfp4_dtype_name(MXFP4_BF16), "bf16") == 0);
+  CHECK(strcmp(mxfp4_dtype_name(99), "unknown") == 0);
+  CHECK(strcmp(mxfp4_scale_rule_name(MXFP4_SCALE_MSE), "mse") == 0);
+  CHECK(strcmp(mxfp4_scale_rule_name(-1), "unknown") == 0);
+  CHECK_OK(mxfp4_parse_scale_rule("mistralrs", &rule));
+  CHECK(rule == MXFP4_SCALE_MISTRALRS);
+  CHECK_ERROR(mxfp4_parse_scale_rule("nearest", &rule), MXFP4_ERR_INVALID_ARGUMENT, "nearest");
+  CHECK(rule == MXFP4_SCALE_MISTRALRS); /* untouched on failure */
+  CHECK(MXFP4_SCALE_DEFAULT == MXFP4_SCALE_MSE);
+}
+
+/* Values that are exact E2M1 codes times 2^-1 quantize to exactly those codes under every rule
+ * (amax 3 gives the shared exponent -1 everywhere); an all-zero row gets scale 127. A block
+ * with amax 7 separates the rules: floor keeps exponent 0 (7 saturates), ceil takes 1. */
+static void test_quantize_known_bytes(void) {
+  float w[3 * 32];
+  uint8_t blocks[3 * 16];
+  uint8_t scales[3];
+  const int64_t wshape[2] = {3, 32};
+  const int64_t bshape[2] = {3, 16};
+  const int64_t sshape[2] = {3, 1};
+  mxfp4_tensor tw = cpu_tensor(w, MXFP4_F32, 2, wshape);
+  mxfp4_tensor tb = cpu_tensor(blocks, MXFP4_U8, 2, bshape);
+  mxfp4_tensor ts = cpu_tensor(scales, MXFP4_U8, 2, sshape);
+  int rule;
+  int i;
+  for (i = 0; i < 32; ++i) {
+    const int code = (i % 16 == 8) ? 0 : i % 16; /* no -0: its code is a matter of sign rules */
+    w[i] = kE2M1[code] * 0.5f;
+    w[32 + i] = 0.0f;
+    w[64 + i] = (i == 5) ? 7.0f : 1.0f;
+  }
+  for (rule = MXFP4_SCALE_FLOOR; rule <= MXFP4_SCALE_MISTRALRS; ++rule) {
+    int exact = 1;
+    memset(blocks, 0xAA, sizeof blocks);
+    memset(scales, 0xAA, sizeof scales);
+    CHECK_OK(mxfp4_quantize(&tw, &tb, &ts, rule, MXFP4_NON_FINITE_ERROR, NULL));
+    CHECK(scales[0] == 126);
+    CHECK(scales[1] == 127);
+    for (i = 0; i < 16; ++i) {
+      const int lo = ((2 * i) % 16 == 8) ? 0 : (2 * i) % 16;
+      const int hi = ((2 * i + 1) % 16 == 8) ? 0 : (2 * i + 1) % 16;
+      if (blocks[i] != (uint8_t)(lo | hi << 4) || blocks[16 + i] != 0) exact = 0;
+    }
+    CHECK(exact);
+    if (rule == MXFP4_SCALE_FLOOR) CHECK(scales[2] == 127);
+    if (rule == MXFP4_SCALE_CEIL) CHECK(scales[2] == 128);
+  }
+}
+
+/* A random weight quantized through the weight handle: its parts decode (by the definition) to
+ * what mxfp4_dequantize writes, in f32 and bf16, and lie within half a step of the input. */
+static void test_weight_dequantize(void) {
+  enum { N = 16, K = 64 };
+  static float w[N * K];
+  static float bias[N];
+  static float out[N * K];
+  static uint16_t out_bf16[N * K];
+  const int64_t wshape[2] = {N, K};
+  const int64_t bshape[1] = {N};
+  mxfp4_tensor tw = cpu_tensor(w, MXFP4_F32, 2, wshape);
+  mxfp4_tensor tbias = cpu_tensor(bias, MXFP4_F32, 1, bshape);
+  mxfp4_tensor tout = cpu_tensor(out, MXFP4_F32, 2, wshape);
+  mxfp4_tensor tout16 = cpu_tensor(out_bf16, MXFP4_BF16, 2, wshape);
+  mxfp4_weight* weight = NULL;
+  mxfp4_weight_info info;
+  mxfp4_tensor blocks, scales, bpart;
+  int i, exact = 1, bf16_exact = 1, near = 1;
+  for (i = 0; i < N * K; ++i)
+    w[i] = next_random(3.0f);
+  for (i = 0; i < N; ++i)
+    bias[i] = next_random(1.0f);
+  CHECK_OK(
+      mxfp4_weight_quantize(&tw, &tbias, MXFP4_SCALE_CEIL, MXFP4_NON_FINITE_ERROR, NULL, &weight));
+  if (weight == NULL) return;
+  CHECK_OK(mxfp4_weight_get_info(weight, &info));
+  CHECK(info.stacked == 0 && info.has_bias == 1 && info.num_experts == 1);
+  CHECK(info.out_features == N && info.in_features == K);
+  CHECK(info.device.type == MXFP4_DEVICE_CPU);
+  CHECK_OK(mxfp4_weight_get_part(weight, MXFP4_PART_BLOCKS, &blocks));
+  CHECK_OK(mxfp4_weight_get_part(weight, MXFP4_PART_SCALES, &scales));
+  CHECK_OK(mxfp4_weight_get_part(weight, MXFP4_PART_BIAS, &bpart));
+  CHECK(blocks.dtype == MXFP4_U8 && blocks.rank == 2 && blocks.shape[0] == N &&
+        blocks.shape[1] == K / 2);
+  CHECK(scales.dtype == MXFP4_U8 && scales.rank == 2 && scales.shape[1] == K / 32);
+  CHECK(bpart.dtype == MXFP4_F32 && bpart.rank == 1 && bpart.shape[0] == N);
+  CHECK(bpart.data != (void*)bias); /* the bias was copied */
+  CHECK(memcmp(bpart.data, bias, sizeof bias) == 0);
+  CHECK_OK(mxfp4_dequantize(weight, &tout, NULL));
+  CHECK_OK(mxfp4_dequantize(weight, &tout16, NULL));
+  for (i = 0; i < N * K; ++i) {
+    const int64_t row = i / K, col = i % K;
+    const double d = decode((const uint8_t*)blocks.data, (const uint8_t*)scales.data, K, row, col);
+    const int scale = ((const uint8_t*)scales.data)[row * (K / 32) + col / 32];
+    uint32_t bits;
+    memcpy(&bits, &out[i], sizeof bits);
+    if ((double)out[i] != d) exact = 0;
+    if (out_bf16[i] != (uint16_t)(bits >> 16)) bf16_exact = 0;
+    /* The ceil rule never saturates: the error is at most half the widest gap (2, between 4
+     * and 6) times the scale. */
+    if (fabs((double)w[i] - d) > ldexp(1.0, scale - 127)) near = 0;
+  }
+  CHECK(exact);
+  CHECK(bf16_exact);
+  CHECK(near);
+  mxfp4_weight_destroy(weight);
+}
+
+/* linear against a double matmul on the dequantized weight plus bias; x of rank 2 and 3. */
+static void test_linear(void) {
+  enum { M = 5, N = 24, K = 96 };
+  static float w[N * K], bias[N], x[M * K], y[M * N], y3[M * N], dq[N * K];
+  const int64_t wshape[2] = {N, K}, bshape[1] = {N}, xshape[2] = {M, K}, yshape[2] = {M, N};
+  const int64_t x3shape[3] = {1, M, K}, y3shape[3] = {1, M, N};
+  mxfp4_tensor tw = cpu_tensor(w, MXFP4_F32, 2, wshape);
+  mxfp4_tensor tbias = cpu_tensor(bias, MXFP4_F32, 1, bshape);
+  mxfp4_tensor tx = cpu_tensor(x, MXFP4_F32, 2, xshape);
+  mxfp4_tensor ty = cpu_tensor(y, MXFP4_F32, 2, yshape);
+  mxfp4_tensor tx3 = cpu_tensor(x, MXFP4_F32, 3, x3shape);
+  mxfp4_tensor ty3 = cpu_tensor(y3, MXFP4_F32, 3, y3shape);
+  mxfp4_tensor tdq = cpu_tensor(dq, MXFP4_F32, 2, wshape);
+  mxfp4_weight* weight = NULL;
+  int i, j, k, ok = 1;
+  for (i = 0; i < N * K; ++i)
+    w[i] = next_random(1.0f);
+  for (i = 0; i < N; ++i)
+    bias[i] = next_random(0.5f);
+  for (i = 0; i < M * K; ++i)
+    x[i] = next_random(2.0f);
+  CHECK_OK(mxfp4_weight_quantize(&tw, &tbias, MXFP4_SCALE_DEFAULT, MXFP4_NON_FINITE_ERROR, NULL,
+                                 &weight));
+  if (weight == NULL) return;
+  CHECK_OK(mxfp4_dequantize(weight, &tdq, NULL));
+  CHECK_OK(mxfp4_linear(&tx, weight, &ty, NULL));
+  CHECK_OK(mxfp4_linear(&tx3, weight, &ty3, NULL));
+  for (i = 0; i < M; ++i) {
+    for (j = 0; j < N; ++j) {
+      double acc = bias[j];
+      for (k = 0; k < K; ++k)
+        acc += (double)x[i * K + k] * (double)dq[j * K + k];
+      if (!close_enough(y[i * N + j], acc, K)) ok = 0;
+    }
+  }
+  CHECK(ok);
+  CHECK(memcmp(y, y3, sizeof y) == 0);
+  mxfp4_weight_destroy(weight);
+}
+
+/* gather_linear with x [T, K] (broadcast to the slots) and x [T, topk, K], i32 and u32 ids. */
+static void test_gather_linear(void) {
+  enum { E = 4, N = 8, K = 64, T = 3, TOPK = 2 };
+  static float w[E * N * K], bias[E * N], dq[E * N * K], x[T * K], xs[T * TOPK * K];
+  static float y[T * TOPK * N], ys[T * TOPK * N];
+  const int32_t ids[T * TOPK] = {3, 0, 1, 1, 2, 3};
+  const uint32_t uids[T * TOPK] = {0, 2, 3, 1, 2, 0};
+  const int64_t wshape[3] = {E, N, K}, bshape[2] = {E, N}, xshape[2] = {T, K};
+  const int64_t xsshape[3] = {T, TOPK, K}, idshape[2] = {T, TOPK}, yshape[3] = {T, TOPK, N};
+  mxfp4_tensor tw = cpu_tensor(w, MXFP4_F32, 3, wshape);
+  mxfp4_tensor tbias = cpu_tensor(bias, MXFP4_F32, 2, bshape);
+  mxfp4_tensor tdq = cpu_tensor(dq, MXFP4_F32, 3, wshape);
+  mxfp4_tensor tx = cpu_tensor(x, MXFP4_F32, 2, xshape);
+  mxfp4_tensor txs = cpu_tensor(xs, MXFP4_F32, 3, xsshape);
+  mxfp4_tensor tids = cpu_tensor((void*)ids, MXFP4_I32, 2, idshape);
+  mxfp4_tensor tuids = cpu_tensor((void*)uids, MXFP4_U32, 2, idshape);
+  mxfp4_tensor ty = cpu_tensor(y, MXFP4_F32, 3, yshape);
+  mxfp4_tensor tys = cpu_tensor(ys, MXFP4_F32, 3, yshape);
+  mxfp4_weight* weight = NULL;
+  mxfp4_weight_info info;
+  int t, s, n, k, ok = 1;
+  int32_t bad_ids[T * TOPK] = {0, 1, 2, 3, 4, 0};
+  mxfp4_tensor tbad = cpu_tensor(bad_ids, MXFP4_I32, 2, idshape);
+  for (k = 0; k < E * N * K; ++k)
+    w[k] = next_random(1.0f);
+  for (k = 0; k < E * N; ++k)
+    bias[k] = next_random(0.5f);
+  for (k = 0; k < T * K; ++k)
+    x[k] = next_random(1.0f);
+  for (k = 0; k < T * TOPK * K; ++k)
+    xs[k] = next_random(1.0f);
+  CHECK_OK(
+      mxfp4_weight_quantize(&tw, &tbias, MXFP4_SCALE_FLOOR, MXFP4_NON_FINITE_ERROR, NULL, &weight));
+  if (weight == NULL) return;
+  CHECK_OK(mxfp4_weight_get_info(weight, &info));
+  CHECK(info.stacked == 1 && info.num_experts == E && info.out_features == N);
+  CHECK_OK(mxfp4_dequantize(weight, &tdq, NULL));
+  CHECK_OK(mxfp4_gather_linear(&tx, &tids, weight, &ty, NULL));
+  CHECK_OK(mxfp4_gather_linear(&txs, &tuids, weight, &tys, NULL));
+  for (t = 0; t < T; ++t) {
+    for (s = 0; s < TOPK; ++s) {
+      for (n = 0; n < N; ++n) {
+        const int e = ids[t * TOPK + s], eu = (int)uids[t * TOPK + s];
+        double acc = bias[e * N + n], accs = bias[eu * N + n];
+        for (k = 0; k < K; ++k) {
+          acc += (double)x[t * K + k] * dq[(e * N + n) * K + k];
+          accs += (double)xs[(t * TOPK + s) * K + k] * dq[(eu * N + n) * K + k];
+        }
+        if (!close_enough(y[(t * TOPK + s) * N + n], acc, K)) ok = 0;
+        if (!close_enough(ys[(t * TOPK + s) * N + n], accs, K)) ok = 0;
+      }
+    }
+  }
+  CHECK(ok);
+  CHECK_ERROR(mxfp4_gather_linear(&tx, &tbad, weight, &ty, NULL), MXFP4_ERR_INDEX_OUT_OF_RANGE,
+              "indices[2, 0] = 4 is outside [0, 4)");
+  CHECK_ERROR(mxfp4_linear(&tx, weight, &ty, NULL), MXFP4_ERR_SHAPE_MISMATCH, "gather_linear");
+  mxfp4_weight_destroy(weight);
+}
+
+/* A weight from caller parts: copied or borrowed, with the same results either way. */
+static void test_from_parts(void) {
+  enum { N = 4, K = 32 };
+  uint8_t blocks[N * K / 2], scales[N];
+  float x[K], y1[N], y2[N];
+  const int64_t bshape[2] = {N, K / 2}, sshape[2] = {N, 1}, xshape[1] = {K}, yshape[1] = {N};
+  const int64_t bad_sshape[2] = {N, 2};
+  mxfp4_tensor tb = cpu_tensor(blocks, MXFP4_U8, 2, bshape);
+  mxfp4_tensor ts = cpu_tensor(scales, MXFP4_U8, 2, sshape);
+  mxfp4_tensor tbad = cpu_tensor(scales, MXFP4_U8, 2, bad_sshape);
+  mxfp4_tensor tx = cpu_tensor(x, MXFP4_F32, 1, xshape);
+  mxfp4_tensor ty1 = cpu_tensor(y1, MXFP4_F32, 1, yshape);
+  mxfp4_tensor ty2 = cpu_tensor(y2, MXFP4_F32, 1, yshape);
+  mxfp4_weight* copied = NULL;
+  mxfp4_weight* borrowed = NULL;
+  mxfp4_weight* sentinel = (mxfp4_weight*)&tb;
+  mxfp4_tensor part;
+  int i;
+  for (i = 0; i < N * K / 2; ++i)
+    blocks[i] = (uint8_t)(i * 37 + 11);
+  for (i = 0; i < N; ++i)
+    scales[i] = (uint8_t)(125 + i);
+  for (i = 0; i < K; ++i)
+    x[i] = (float)(i % 5) - 2.0f;
+  CHECK_OK(mxfp4_weight_from_parts(&tb, &ts, NULL, MXFP4_COPY, &copied));
+  CHECK_OK(mxfp4_weight_from_parts(&tb, &ts, NULL, MXFP4_BORROW, &borrowed));
+  if (copied == NULL || borrowed == NULL) return;
+  CHECK_OK(mxfp4_weight_get_part(copied, MXFP4_PART_BLOCKS, &part));
+  CHECK(part.data != (void*)blocks);
+  CHECK_OK(mxfp4_weight_get_part(borrowed, MXFP4_PART_BLOCKS, &part));
+  CHECK(part.data == (void*)blocks);
+  CHECK_ERROR(mxfp4_weight_get_part(borrowed, MXFP4_PART_BIAS, &part), MXFP4_ERR_INVALID_ARGUMENT,
+              "no bias");
+  CHECK_OK(mxfp4_linear(&tx, copied, &ty1, NULL));
+  CHECK_OK(mxfp4_linear(&tx, borrowed, &ty2, NULL));
+  CHECK(memcmp(y1, y2, sizeof y1) == 0);
+  for (i = 0; i < N; ++i) {
+    double acc = 0.0;
+    int k;
+    for (k = 0; k < K; ++k)
+      acc += (double)x[k] * decode(blocks, scales, K, i, k);
+    CHECK(close_enough(y1[i], acc, K));
+  }
+  /* The borrowed weight sees later changes to the caller's memory; the copy does not. */
+  memset(scales, 127, sizeof scales);
+  CHECK_OK(mxfp4_linear(&tx, copied, &ty1, NULL));
+  CHECK_OK(mxfp4_linear(&tx, borrowed, &ty2, NULL));
+  CHECK(memcmp(y1, y2, sizeof y1) != 0);
+  CHECK_ERROR(mxfp4_weight_from_parts(&tb, &tbad, NULL, MXFP4_COPY, &sentinel),
+              MXFP4_ERR_SHAPE_MISMATCH, "scales");
+  CHECK(sentinel == (mxfp4_weight*)&tb); /* the out-parameter is untouched on failure */
+  CHECK_ERROR(mxfp4_weight_from_parts(&tb, &ts, NULL, 7u, &sentinel), MXFP4_ERR_INVALID_ARGUMENT,
+              "flags");
+  mxfp4_weight_destroy(copied);
+  mxfp4_weight_destroy(borrowed);
+}
+
+/* Weights and tensors saved through a writer come back from mxfp4_file_* unchanged. */
+static void test_files(const char* dir) {
+  enum { N = 16, K = 64, E = 3 };
+  static float w[N * K], bias[N], ew[E * N * K], norm[K], norm_back[K], x[2 * K];
+  static float y1[2 * N], y2[2 * N];
+  const int64_t wshape[2] = {N, K}, bshape[1] = {N}, ewshape[3] = {E, N, K}, nshape[1] = {K};
+  const int64_t xshape[2] = {2, K}, yshape[2] = {2, N}, wrong[1] = {K + 1};
+  mxfp4_tensor tw = cpu_tensor(w, MXFP4_F32, 2, wshape);
+  mxfp4_tensor tbias = cpu_tensor(bias, MXFP4_F32, 1, bshape);
+  mxfp4_tensor tew = cpu_tensor(ew, MXFP4_F32, 3, ewshape);
+  mxfp4_tensor tnorm = cpu_tensor(norm, MXFP4_F32, 1, nshape);
+  mxfp4_tensor tback = cpu_tensor(norm_back, MXFP4_F32, 1, nshape);
+  mxfp4_tensor twrong = cpu_tensor(norm_back, MXFP4_F32, 1, wrong);
+  mxfp4_tensor tx = cpu_tensor(x, MXFP4_F32, 2, xshape);
+  mxfp4_tensor ty1 = cpu_tensor(y1, MXFP4_F32, 2, yshape);
+  mxfp4_tensor ty2 = cpu_tensor(y2, MXFP4_F32, 2, yshape);
+  mxfp4_weight *dense = NULL, *experts = NULL, *loaded = NULL;
+  mxfp4_writer* writer = NULL;
+  mxfp4_file* file = NULL;
+  mxfp4_tensor_info info;
+  mxfp4_weight_info winfo;
+  mxfp4_tensor p1, p2;
+  const char* value = NULL;
+  const char* prefix = NULL;
+  size_t count = 0, index = 0;
+  char path[1024], bad_path[1024], garbage[1024], missing[1024];
+  FILE* f;
+  int i;
+  snprintf(path, sizeof path, "%s/capi.safetensors", dir);
+  snprintf(bad_path, sizeof bad_path, "%s/capi_dup.safetensors", dir);
+  snprintf(garbage, sizeof garbage, "%s/garbage.safetensors", dir);
+  snprintf(missing, sizeof missing, "%s/absent.safetensors", dir);
+  remove(path);
+  remove(bad_path);
+  for (i = 0; i < N * K; ++i)
+    w[i] = next_random(1.0f);
+  for (i = 0; i < N; ++i)
+    bias[i] = next_random(1.0f);
+  for (i = 0; i < E * N * K; ++i)
+    ew[i] = next_random(1.0f);
+  for (i = 0; i < K; ++i)
+    norm[i] = 1.0f + (float)i / 64.0f;
+  for (i = 0; i < 2 * K; ++i)
+    x[i] = next_random(1.0f);
+  CHECK_OK(mxfp4_weight_quantize(&tw, &tbias, MXFP4_SCALE_MSE, 0, NULL, &dense));
+  CHECK_OK(mxfp4_weight_quantize(&tew, NULL, MXFP4_SCALE_MSE, 0, NULL, &experts));
+  CHECK_OK(mxfp4_writer_create(&writer));
+  if (dense == NULL || experts == NULL || writer == NULL) return;
+  CHECK_OK(mxfp4_writer_add_weight(writer, "layers.0.up", dense));
+  CHECK_OK(mxfp4_writer_add_weight(writer, "experts", experts));
+  CHECK_OK(mxfp4_writer_add_tensor(writer, "norm.weight", &tnorm));
+  CHECK_OK(mxfp4_writer_set_metadata(writer, "origin", "test_capi"));
+  CHECK_OK(mxfp4_writer_save(writer, path, MXFP4_FORMAT_AUTO));
+  CHECK_ERROR(mxfp4_writer_save(writer, "out.bin", MXFP4_FORMAT_AUTO), MXFP4_ERR_INVALID_ARGUMENT,
+              "extension");
+  CHECK_ERROR(mxfp4_writer_save(writer, path, 42), MXFP4_ERR_INVALID_ARGUMENT, "format 42");
+  /* A duplicate name fails the save and leaves no file. */
+  CHECK_OK(mxfp4_writer_add_tensor(writer, "norm.weight", &tnorm));
+  CHECK_ERROR(mxfp4_writer_save(writer, bad_path, MXFP4_FORMAT_SAFETENSORS),
+              MXFP4_ERR_INVALID_ARGUMENT, "norm.weight");
+  f = fopen(bad_path, "rb");
+  CHECK(f == NULL);
+  if (f != NULL) fclose(f);
+  mxfp4_writer_destroy(writer);
+
+  CHECK_OK(mxfp4_file_open(path, MXFP4_FORMAT_AUTO, &file));
+  if (file == NULL) return;
+  CHECK_OK(mxfp4_file_tensor_count(file, &count));
+  CHECK(count == 6); /* up: blocks, scales, bias; experts: blocks, scales; norm.weight */
+  CHECK_OK(mxfp4_file_tensor_info(file, 0, &info));
+  CHECK(strcmp(info.name, "layers.0.up.blocks") == 0);
+  CHECK(strcmp(info.file_dtype, "U8") == 0 && info.dtype == MXFP4_U8);
+  CHECK(info.rank == 2 && info.shape[0] == N && info.shape[1] == K / 2);
+  CHECK(info.nbytes == (uint64_t)(N * K / 2));
+  CHECK_OK(mxfp4_file_tensor_info(file, 5, &info));
+  CHECK(strcmp(info.name, "norm.weight") == 0 && info.dtype == MXFP4_F32);
+  CHECK_ERROR(mxfp4_file_tensor_info(file, 6, &info), MXFP4_ERR_INVALID_ARGUMENT, "6 tensors");
+  CHECK_OK(mxfp4_file_find_tensor(file, "experts.scales", &index));
+  CHECK(index == 4);
+  CHECK_ERROR(mxfp4_file_find_tensor(file, "nope", &index), MXFP4_ERR_INVALID_ARGUMENT, "nope");
+  CHECK_OK(mxfp4_file_read_tensor(file, "norm.weight", &tback, NULL));
+  CHECK(memcmp(norm, norm_back, sizeof norm) == 0);
+  CHECK_ERROR(mxfp4_file_read_tensor(file, "norm.weight", &twrong, NULL), MXFP4_ERR_SHAPE_MISMATCH,
+              "[64]");
+  CHECK_ERROR(mxfp4_file_read_tensor(file, "layers.0.up.blocks", &tback, NULL),
+              MXFP4_ERR_DTYPE_MISMATCH, "u8");
+  CHECK_OK(mxfp4_file_metadata(file, "origin", &value));
+  CHECK(value != NULL && strcmp(value, "test_capi") == 0);
+  CHECK_ERROR(mxfp4_file_metadata(file, "absent", &value), MXFP4_ERR_INVALID_ARGUMENT, "absent");
+  CHECK_OK(mxfp4_file_weight_count(file, &count));
+  CHECK(count == 2);
+  CHECK_OK(mxfp4_file_weight_name(file, 0, &prefix));
+  CHECK(prefix != NULL && strcmp(prefix, "layers.0.up") == 0);
+  CHECK_OK(mxfp4_file_weight_name(file, 1, &prefix));
+  CHECK(prefix != NULL && strcmp(prefix, "experts") == 0);
+  {
+    mxfp4_device cpu = {MXFP4_DEVICE_CPU, 0};
+    CHECK_OK(mxfp4_file_load_weight(file, "layers.0.up", cpu, &loaded));
+    CHECK_ERROR(mxfp4_file_load_weight(file, "layers.1.up", cpu, &loaded),
+                MXFP4_ERR_INVALID_ARGUMENT, "layers.1.up.blocks");
+  }
+  mxfp4_file_close(file); /* the loaded weight outlives the file */
+  if (loaded == NULL) return;
+  CHECK_OK(mxfp4_weight_get_info(loaded, &winfo));
+  CHECK(winfo.has_bias == 1 && winfo.out_features == N && winfo.in_features == K);
+  CHECK_OK(mxfp4_weight_get_part(dense, MXFP4_PART_BLOCKS, &p1));
+  CHECK_OK(mxfp4_weight_get_part(loaded, MXFP4_PART_BLOCKS, &p2));
+  CHECK(memcmp(p1.data, p2.data, N * K / 2) == 0);
+  CHECK_OK(mxfp4_linear(&tx, dense, &ty1, NULL));
+  CHECK_OK(mxfp4_linear(&tx, loaded, &ty2, NULL));
+  CHECK(memcmp(y1, y2, sizeof y1) == 0);
+  mxfp4_weight_destroy(loaded);
+  mxfp4_weight_destroy(dense);
+  mxfp4_weight_destroy(experts);
+
+  CHECK_ERROR(mxfp4_file_open(missing, MXFP4_FORMAT_AUTO, &file), MXFP4_ERR_IO,
+              "absent.safetensors");
+  f = fopen(garbage, "wb");
+  CHECK(f != NULL);
+  if (f != NULL) {
+    fputs("this is not a safetensors file at all", f);
+    fclose(f);
+  }
+  CHECK_ERROR(mxfp4_file_open(garbage, MXFP4_FORMAT_SAFETENSORS, &file), MXFP4_ERR_FORMAT,
+              "garbage.safetensors");
+  CHECK_ERROR(mxfp4_file_open(path, 9, &file), MXFP4_ERR_INVALID_ARGUMENT, "format 9");
+}
+
+static void test_errors(void) {
+  float w[2 * 40], x[2 * 32], y[2 * 4];
+  uint8_t u8x[64];
+  uint8_t blocks[2 * 16], scales[2];
+  const int64_t shape40[2] = {2, 40}, shape32[2] = {2, 32}, yshape[2] = {2, 4};
+  const int64_t bshape[2] = {2, 16}, sshape[2] = {2, 1}, wshape4[2] = {4, 32};
+  const int64_t x_wrong[2] = {2, 64};
+  float w4[4 * 32];
+  mxfp4_tensor t40 = cpu_tensor(w, MXFP4_F32, 2, shape40);
+  mxfp4_tensor tw32 = cpu_tensor(w, MXFP4_F32, 2, shape32);
+  mxfp4_tensor tb = cpu_tensor(blocks, MXFP4_U8, 2, bshape);
+  mxfp4_tensor ts = cpu_tensor(scales, MXFP4_U8, 2, sshape);
+  mxfp4_tensor tx = cpu_tensor(x, MXFP4_F32, 2, shape32);
+  mxfp4_tensor txw = cpu_tensor(x, MXFP4_F32, 2, x_wrong);
+  mxfp4_tensor tu8 = cpu_tensor(u8x, MXFP4_U8, 2, shape32);
+  mxfp4_tensor ty = cpu_tensor(y, MXFP4_F32, 2, yshape);
+  mxfp4_tensor tw4 = cpu_tensor(w4, MXFP4_F32, 2, wshape4);
+  mxfp4_tensor bad;
+  mxfp4_weight* weight = NULL;
+  mxfp4_weight* sentinel = (mxfp4_weight*)&bad;
+  int threads = 0;
+  const char* before;
+  int i;
+  memset(w, 0, sizeof w);
+  memset(x, 0, sizeof x);
+  memset(u8x, 0, sizeof u8x);
+  for (i = 0; i < 4 * 32; ++i)
+    w4[i] = next_random(1.0f);
+  CHECK_OK(mxfp4_weight_quantize(&tw4, NULL, MXFP4_SCALE_MSE, 0, NULL, &weight));
+  if (weight == NULL) return;
+
+  CHECK_ERROR(mxfp4_quantize(&t40, &tb, &ts, MXFP4_SCALE_MSE, 0, NULL), MXFP4_ERR_SHAPE_MISMATCH,
+              "multiple of 32");
+  CHECK_ERROR(mxfp4_quantize(&tw32, &tb, &ts, 17, 0, NULL), MXFP4_ERR_INVALID_ARGUMENT,
+              "unknown scale rule 17");
+  CHECK_ERROR(mxfp4_quantize(&tw32, &tb, &ts, MXFP4_SCALE_MSE, 5, NULL), MXFP4_ERR_INVALID_ARGUMENT,
+              "non-finite policy 5");
+  CHECK_ERROR(mxfp4_quantize(NULL, &tb, &ts, MXFP4_SCALE_MSE, 0, NULL), MXFP4_ERR_INVALID_ARGUMENT,
+              "weight is NULL");
+  /* NaN: an error by default, a NaN block (scale 0xFF) on request. */
+  w[3] = NAN;
+  CHECK_ERROR(mxfp4_quantize(&tw32, &tb, &ts, MXFP4_SCALE_MSE, MXFP4_NON_FINITE_ERROR, NULL),
+              MXFP4_ERR_NON_FINITE, "NaN at row 0, column 3");
+  CHECK_OK(mxfp4_quantize(&tw32, &tb, &ts, MXFP4_SCALE_MSE, MXFP4_NON_FINITE_NAN_BLOCK, NULL));
+  CHECK(scales[0] == 0xFF && scales[1] == 127);
+  w[3] = 0.0f;
+
+  CHECK_ERROR(mxfp4_linear(&txw, weight, &ty, NULL), MXFP4_ERR_SHAPE_MISMATCH, "K=32");
+  CHECK_ERROR(mxfp4_linear(&tu8, weight, &ty, NULL), MXFP4_ERR_DTYPE_MISMATCH, "f32, f16 or bf16");
+  CHECK_ERROR(mxfp4_linear(&tx, NULL, &ty, NULL), MXFP4_ERR_INVALID_ARGUMENT, "weight is NULL");
+  CHECK_ERROR(mxfp4_linear(&tx, weight, &tx, NULL), MXFP4_ERR_SHAPE_MISMATCH, "out");
+  bad = tx;
+  bad.rank = MXFP4_MAX_RANK + 1;
+  CHECK_ERROR(mxfp4_linear(&bad, weight, &ty, NULL), MXFP4_ERR_INVALID_ARGUMENT, "rank");
+  bad = tx;
+  bad.dtype = 12;
+  CHECK_ERROR(mxfp4_linear(&bad, weight, &ty, NULL), MXFP4_ERR_INVALID_ARGUMENT,
+              "unknown dtype 12");
+  bad = tx;
+  bad.shape[0] = -2;
+  CHECK_ERROR(mxfp4_linear(&bad, weight, &ty, NULL), MXFP4_ERR_INVALID_ARGUMENT, "negative");
+  bad = tx;
+  bad.data = NULL;
+  CHECK_ERROR(mxfp4_linear(&bad, weight, &ty, NULL), MXFP4_ERR_INVALID_ARGUMENT, "data is NULL");
+  bad = tx;
+  bad.device.type = 7;
+  CHECK_ERROR(mxfp4_linear(&bad, weight, &ty, NULL), MXFP4_ERR_INVALID_ARGUMENT,
+              "unknown device type 7");
+  bad = tx;
+  bad.shape[0] = INT64_MAX / 2;
+  CHECK_ERROR(mxfp4_linear(&bad, weight, &ty, NULL), MXFP4_ERR_INVALID_ARGUMENT, "x");
+  /* A CUDA tensor: refused by a build without CUDA; never dereferenced here. */
+  if (!mxfp4_cuda_built()) {
+    mxfp4_tensor cb = tb, cs = ts;
+    bad = tw32;
+    bad.device.type = MXFP4_DEVICE_CUDA;
+    cb.device.type = MXFP4_DEVICE_CUDA;
+    cs.device.type = MXFP4_DEVICE_CUDA;
+    CHECK_ERROR(mxfp4_linear(&bad, weight, &ty, NULL), MXFP4_ERR_INVALID_ARGUMENT, "cuda:0");
+    CHECK_ERROR(mxfp4_quantize(&bad, &cb, &cs, 0, 0, NULL), MXFP4_ERR_UNSUPPORTED, "cuda:0");
+  }
+  CHECK_ERROR(mxfp4_weight_quantize(&t40, NULL, 0, 0, NULL, &sentinel), MXFP4_ERR_SHAPE_MISMATCH,
+              "K=40");
+  CHECK(sentinel == (mxfp4_weight*)&bad);
+  CHECK_ERROR(mxfp4_weight_quantize(&tw32, &tx, 0, 0, NULL, &sentinel), MXFP4_ERR_SHAPE_MISMATCH,
+              "bias");
+  CHECK(sentinel == (mxfp4_weight*)&bad);
+  CHECK_ERROR(mxfp4_weight_get_info(weight, NULL), MXFP4_ERR_INVALID_ARGUMENT, "info is NULL");
+  CHECK_ERROR(mxfp4_weight_get_part(weight, 3, &bad), MXFP4_ERR_INVALID_ARGUMENT, "part 3");
+  CHECK_ERROR(mxfp4_set_num_threads(-1), MXFP4_ERR_INVALID_ARGUMENT, "-1");
+  CHECK_OK(mxfp4_num_threads(&threads));
+  CHECK(threads >= 1);
+  CHECK_ERROR(mxfp4_file_tensor_count(NULL, NULL), MXFP4_ERR_INVALID_ARGUMENT, "file is NULL");
+  /* A successful call leaves the last message alone. */
+  before = mxfp4_last_error_message();
+  CHECK(strstr(before, "file is NULL") != NULL);
+  CHECK_OK(mxfp4_linear(&tx, weight, &ty, NULL));
+  CHECK(strstr(mxfp4_last_error_message(), "file is NULL") != NULL);
+  mxfp4_weight_destroy(weight);
+  mxfp4_weight_destroy(NULL);
+  mxfp4_file_close(NULL);
+  mxfp4_writer_destroy(NULL);
+}
+
+/* The last error is per thread: a failure on another thread leaves this thread's message. */
+static void* fail_on_other_thread(void* result) {
+  const mxfp4_status s = mxfp4_parse_scale_rule("other-thread", (int32_t*)result);
+  *(int*)result = (s == MXFP4_ERR_INVALID_ARGUMENT &&
+                   strstr(mxfp4_last_error_message(), "other-thread") != NULL);
+  return NULL;
+}
+
+static void test_thread_local_messages(void) {
+  pthread_t thread;
+  int other_ok = 0;
+  CHECK_ERROR(mxfp4_parse_scale_rule("main-thread", NULL), MXFP4_ERR_INVALID_ARGUMENT,
+              "rule is NULL");
+  CHECK(pthread_create(&thread, NULL, fail_on_other_thread, &other_ok) == 0);
+  CHECK(pthread_join(thread, NULL) == 0);
+  CHECK(other_ok == 1);
+  CHECK(strstr(mxfp4_last_error_message(), "rule is NULL") != NULL);
+}
+
+int main(int argc, char** argv) {
+  if (argc != 2) {
+    fprintf(stderr, "usage: test_capi WORK_DIR\n");
+    return 2;
+  }
+  CHECK(strcmp(mxfp4_last_error_message(), "") == 0);
+  test_version_and_names();
+  test_quantize_known_bytes();
+  test_weight_dequantize();
+  test_linear();
+  test_gather_linear();
+  test_from_parts();
+  test_files(argv[1]);
+  test_errors();
+  test_thread_local_messages();
+  printf("capi: %d checks passed, %d failed\n", g_passed, g_failed);
+  return g_failed == 0 ? 0 : 1;
+}

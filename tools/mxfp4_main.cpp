@@ -20,6 +20,7 @@
 #include <vector>
 
 #include "mxfp4/io/checkpoint.hpp"
+#include "mxfp4/io/layout.hpp"
 #include "mxfp4/io/safetensors.hpp"
 #include "mxfp4/mxfp4.hpp"
 
@@ -476,7 +477,12 @@ int main(int argc, char** argv) {
   quantize->add_option("--scale-rule", qa.rule, rules_help())
       ->check(CLI::IsMember(rule_names))
       ->capture_default_str();
-  quantize->add_option("--layout", qa.layout, "output " + layouts)->capture_default_str();
+  std::vector<std::string> layout_choices;
+  for (const mxfp4::io::Layout* l : mxfp4::io::layouts())
+    layout_choices.emplace_back(l->name());
+  quantize->add_option("--layout", qa.layout, "output " + layouts)
+      ->check(CLI::IsMember(layout_choices))
+      ->capture_default_str();
   quantize->add_option("--include", qa.include,
                        "quantize only weights whose name matches this regular expression");
   quantize->add_option("--exclude", qa.exclude,
@@ -492,7 +498,9 @@ int main(int argc, char** argv) {
       "convert", "Rewrite a checkpoint in another layout, bit for bit (never requantizes).");
   convert->add_option("IN", in, "input checkpoint (any layout; detected)")->required();
   convert->add_option("OUT", out, "output file or folder (written atomically)")->required();
-  convert->add_option("--to", to, "target " + layouts)->required();
+  convert->add_option("--to", to, "target " + layouts)
+      ->check(CLI::IsMember(layout_choices))
+      ->required();
   convert->add_option("--max-shard-size", qa.shard, "split the output into shards (e.g. 5GB)");
 
   auto* inspect = app.add_subcommand(

@@ -117,7 +117,13 @@ TEST(TensorFile, EveryFormatRoundTripsWeightsTensorsAndMetadataBitExactly) {
     EXPECT_EQ(size, fs::file_size(path));
     EXPECT_EQ(dir.entries(), 1u);  // no temporary file left behind
 
-    for (FileFormat open_as : {FileFormat::auto_detect, c.format}) {
+    // auto reads GGUF and UQFF 1.x by content; GPT-OSS and legacy UQFF files stay safetensors.
+    const bool by_content = c.format == FileFormat::safetensors || c.format == FileFormat::gguf ||
+                            c.format == FileFormat::uqff1;
+    if (!by_content) {
+      EXPECT_EQ(mxfp4::detail::open_tensor_file(path)->format(), FileFormat::safetensors);
+    }
+    for (FileFormat open_as : {by_content ? FileFormat::auto_detect : c.format, c.format}) {
       const auto r = mxfp4::detail::open_tensor_file(path, open_as);
       EXPECT_EQ(r->format(), c.format);
       EXPECT_EQ(r->source(), path);

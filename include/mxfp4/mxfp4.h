@@ -288,10 +288,11 @@ mxfp4_status mxfp4_gather_linear_workspace_bytes(int64_t tokens, int64_t topk, i
 /* ---- Files ----------------------------------------------------------------------------------- */
 
 /* File formats. MXFP4_FORMAT_AUTO picks the format from the file's contents when reading (GGUF by
- * its magic; safetensors with uqff.version.* scalars: UQFF 1.x; only 1-D U8 tensors named "0",
- * "1", ...: legacy UQFF; P_blocks + P_scales: GPT-OSS; else safetensors) and from its extension
- * when writing (.safetensors, .gguf, .uqff = UQFF 1.x). Whatever a format calls the parts of an
- * MXFP4 weight, files list, read and write them as `P.blocks`, `P.scales` and `P.bias`. */
+ * its magic, safetensors with uqff.version.* scalars as UQFF 1.x, anything else as safetensors:
+ * GPT-OSS and legacy UQFF files are read as plain safetensors unless named) and from its
+ * extension when writing (.safetensors, .gguf, .uqff = UQFF 1.x). Whatever a format calls the
+ * parts of an MXFP4 weight, the non-safetensors formats list, read and write them as `P.blocks`,
+ * `P.scales` and `P.bias`. */
 typedef enum mxfp4_format {
   MXFP4_FORMAT_AUTO = 0,
   MXFP4_FORMAT_SAFETENSORS = 1,

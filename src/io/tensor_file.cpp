@@ -268,9 +268,12 @@ std::unique_ptr<TensorFileReader> open_tensor_file(const std::string& path, File
         // Only files: let the safetensors reader name what is wrong with the path.
         return std::make_unique<SafetensorsReader>(io::SafetensorsFile::open(path));
       }
+      // GGUF and UQFF 1.x by content. GPT-OSS and legacy UQFF files are safetensors files too
+      // and stay readable as such (their tensors under the file's own names); name the format
+      // to see their weights.
       const io::Layout& layout = io::detect_layout(path);
       const FileFormat detected = format_of_layout(layout.name());
-      if (detected == FileFormat::safetensors) {
+      if (detected != FileFormat::gguf && detected != FileFormat::uqff1) {
         return std::make_unique<SafetensorsReader>(io::SafetensorsFile::open(path));
       }
       return std::make_unique<LayoutReader>(layout.read(path, true), detected);

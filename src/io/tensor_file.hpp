@@ -69,9 +69,9 @@ class TensorFileReader {
 };
 
 // Opens and validates `path`; throws IoError / FormatError as the format's reader does.
-// auto_detect: GGUF by its magic; a safetensors file with uqff.version.* scalars is UQFF 1.x, one
-// of only 1-D U8 tensors named "0", "1", ... legacy UQFF, one with P_blocks + P_scales GPT-OSS,
-// anything else safetensors.
+// auto_detect: GGUF by its magic, a safetensors file with uqff.version.* scalars as UQFF 1.x,
+// anything else as safetensors (GPT-OSS and legacy UQFF files too: name gptoss / uqff_legacy to
+// read their weights through the linear names).
 std::unique_ptr<TensorFileReader> open_tensor_file(const std::string& path,
                                                    FileFormat format = FileFormat::auto_detect);
 

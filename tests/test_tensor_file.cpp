@@ -178,11 +178,11 @@ TEST(TensorFile, FormatsRefuseWhatTheyCannotHoldAndLeaveNoFile) {
   // Legacy UQFF holds MXFP4 weights only.
   EXPECT_THROW(
       mxfp4::detail::save_tensor_file(dir.file("x.uqff"), FileFormat::uqff_legacy, f.tensors(true)),
-      mxfp4::Error);
+      mxfp4::InvalidArgument);
   // GGUF has no u8 tensor type.
   std::vector<NamedTensor> bytes = {{"raw", Tensor::zeros({4}, DType::u8)}};
   EXPECT_THROW(mxfp4::detail::save_tensor_file(dir.file("x.gguf"), FileFormat::gguf, bytes),
-               mxfp4::Error);
+               mxfp4::InvalidArgument);
   // Parts that do not make a weight are named.
   std::vector<NamedTensor> broken = {{"w.blocks", Tensor::zeros({4, 16}, DType::u8)},
                                      {"w.scales", Tensor::zeros({4, 3}, DType::u8)}};

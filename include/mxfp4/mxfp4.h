@@ -244,12 +244,63 @@ mxfp4_status mxfp4_linear(const mxfp4_tensor* x, const mxfp4_weight* weight,
 mxfp4_status mxfp4_gather_linear(const mxfp4_tensor* x, const mxfp4_tensor* indices,
                                  const mxfp4_weight* weight, const mxfp4_tensor* out, void* stream);
 
+/* ---- Run options (linear and gather_linear) -------------------------------------------------- */
+
+/* The arithmetic of linear and gather_linear (the C++ mxfp4::Precision).
+ * EXACT (default): f32 arithmetic on exactly decoded weights.
+ * INT8_ACTIVATIONS: each 32-element block of an x row is rounded to int8 with its own f32 scale
+ *   (max |x| / 127) and multiplied by the weight's E2M1 codes in exact integer arithmetic; the
+ *   error against EXACT is at most sum over blocks of (max|x_block| / 254) * sum |w| over the
+ *   block, plus f32 rounding. CPU only: CUDA calls ignore it and compute exactly. */
+typedef enum mxfp4_precision {
+  MXFP4_PRECISION_EXACT = 0,
+  MXFP4_PRECISION_INT8_ACTIVATIONS = 1
+} mxfp4_precision;
+
+/* How mxfp4_linear_ex / mxfp4_gather_linear_ex run. Zero-initialise it (or call
+ * mxfp4_run_options_init) and set what you need; a NULL options pointer means all defaults. */
+typedef struct mxfp4_run_options {
+  void* stream;      /* a cudaStream_t (NULL: the legacy default stream); CPU calls ignore it */
+  int32_t precision; /* an mxfp4_precision */
+  /* CUDA gather_linear: device scratch on the weight's device of at least
+   * mxfp4_gather_linear_workspace_bytes(...) bytes, borrowed for the call (keep it valid until
+   * the stream has run the call). NULL: calls that need scratch take stream-ordered memory
+   * (cudaMallocAsync). CPU calls and linear ignore it. */
+  void* workspace;
+  size_t workspace_bytes;
+} mxfp4_run_options;
+
+/* Sets `options` to the defaults (NULL stream, EXACT, no workspace). */
+mxfp4_status mxfp4_run_options_init(mxfp4_run_options* options);
+
+/* mxfp4_linear with options (NULL: defaults, the same as mxfp4_linear(x, weight, out, NULL)). */
+mxfp4_status mxfp4_linear_ex(const mxfp4_tensor* x, const mxfp4_weight* weight,
+                             const mxfp4_tensor* out, const mxfp4_run_options* options);
+/* mxfp4_gather_linear with options (NULL: defaults). */
+mxfp4_status mxfp4_gather_linear_ex(const mxfp4_tensor* x, const mxfp4_tensor* indices,
+                                    const mxfp4_weight* weight, const mxfp4_tensor* out,
+                                    const mxfp4_run_options* options);
+/* Bytes of workspace a CUDA gather_linear of `tokens` x `topk` pairs over `experts` experts uses
+ * (0 for small batches); MXFP4_ERR_INVALID_ARGUMENT for negative or huge counts. */
+mxfp4_status mxfp4_gather_linear_workspace_bytes(int64_t tokens, int64_t topk, int64_t experts,
+                                                 size_t* bytes);
+
 /* ---- Files ----------------------------------------------------------------------------------- */
 
-/* File formats. MXFP4_FORMAT_AUTO picks the format from the file's contents when reading and
- * from its extension when writing. Only safetensors is implemented so far; the others answer
- * MXFP4_ERR_UNSUPPORTED. */
-typedef enum mxfp4_format { MXFP4_FORMAT_AUTO = 0, MXFP4_FORMAT_SAFETENSORS = 1 } mxfp4_format;
+/* File formats. MXFP4_FORMAT_AUTO picks the format from the file's contents when reading (GGUF by
+ * its magic, safetensors with uqff.version.* scalars as UQFF 1.x, anything else as safetensors:
+ * GPT-OSS and legacy UQFF files are read as plain safetensors unless named) and from its
+ * extension when writing (.safetensors, .gguf, .uqff = UQFF 1.x). Whatever a format calls the
+ * parts of an MXFP4 weight, the non-safetensors formats list, read and write them as `P.blocks`,
+ * `P.scales` and `P.bias`. */
+typedef enum mxfp4_format {
+  MXFP4_FORMAT_AUTO = 0,
+  MXFP4_FORMAT_SAFETENSORS = 1,
+  MXFP4_FORMAT_GGUF = 2,       /* llama.cpp GGUF v3 (P.weight as GGML_TYPE_MXFP4) */
+  MXFP4_FORMAT_UQFF1 = 3,      /* mistral.rs UQFF 1.x */
+  MXFP4_FORMAT_GPTOSS = 4,     /* GPT-OSS safetensors (P_blocks [.., N, K/32, 16]) */
+  MXFP4_FORMAT_UQFF_LEGACY = 5 /* mistral.rs UQFF 0.2.0 blobs (MXFP4 weights only) */
+} mxfp4_format;
 
 /* An opened file: its list of tensors, read-only. */
 typedef struct mxfp4_file mxfp4_file;

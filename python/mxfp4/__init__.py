@@ -20,7 +20,9 @@ Errors: the classes of :mod:`mxfp4._errors` (re-exported here), carrying the lib
 messages.
 
 Files: :func:`open` lists the tensors and MXFP4 weights of a file and loads them;
-:func:`save` writes arrays and weights. safetensors for now.
+:func:`save` writes arrays and weights. Formats: safetensors, gguf, uqff1 (mistral.rs UQFF 1.x),
+gptoss (GPT-OSS safetensors) and uqff-legacy (UQFF 0.2.0 blobs); MXFP4 weights appear as
+``P.blocks``, ``P.scales`` and ``P.bias`` in all of them.
 """
 
 from __future__ import annotations
@@ -48,6 +50,7 @@ from ._mxfp4 import (
     cuda_device_count,
     dequantize,
     gather_linear,
+    gather_linear_workspace_bytes,
     linear,
     num_threads,
     quantize,
@@ -61,7 +64,9 @@ DEFAULT_SCALE_RULE = ScaleRule.mse
 
 
 def open(path: str, format: str = "auto") -> File:  # noqa: A001 - the name users expect
-    """Opens and validates a file of tensors (safetensors for now); use it as a context manager.
+    """Opens and validates a file of tensors; use it as a context manager. ``format="auto"``
+    reads GGUF and UQFF 1.x by their contents and anything else as safetensors; name
+    ``"gptoss"`` or ``"uqff-legacy"`` to see those files' weights as ``P.blocks``/``P.scales``.
 
     >>> with mxfp4.open("model.safetensors") as f:
     ...     w = f.load_weight(f.weight_names[0])
@@ -91,6 +96,7 @@ __all__ = [
     "cuda_device_count",
     "dequantize",
     "gather_linear",
+    "gather_linear_workspace_bytes",
     "linear",
     "num_threads",
     "open",

@@ -3,7 +3,7 @@ Bindings of the mxfp4 C++ library (use the mxfp4 package, not this module).
 """
 
 import enum
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 import numpy
 
@@ -138,17 +138,29 @@ def quantize(weight: _A, *, rule: ScaleRule = ScaleRule.mse, non_finite: NonFini
 def dequantize(weight: Mxfp4Weight, dtype: str | Any | None = None, *, out: Array | None = None, stream: int | None = None) -> Array:
     """The same as weight.dequantize(dtype, out=out)."""
 
-def linear(x: _A, weight: Mxfp4Weight, *, out: _A | None = None, stream: int | None = None) -> _A:
+def linear(x: _A, weight: Mxfp4Weight, *, out: _A | None = None, stream: int | None = None, precision: Literal['exact', 'int8_activations'] = 'exact') -> _A:
     """
     x [..., K] -> x W^T + bias [..., N] in x's dtype, for a dense weight; accumulates
     in f32. Returns a new array of x's framework, or writes into out.
+    precision='int8_activations' rounds each 32-element block of x to int8 (CPU only,
+    faster for few rows; error bounded by max|x_block|/254 * sum|w| per block);
+    'exact' (default) uses x as given.
     """
 
-def gather_linear(x: _A, indices: Array, weight: Mxfp4Weight, *, out: _A | None = None, stream: int | None = None) -> _A:
+def gather_linear(x: _A, indices: Array, weight: Mxfp4Weight, *, out: _A | None = None, stream: int | None = None, precision: Literal['exact', 'int8_activations'] = 'exact', workspace: Array | None = None) -> _A:
     """
     Mixture of experts: out[t, s] = x_row W[e]^T + bias[e], e = indices[t, s], for a
     stacked weight [E, N, K]. x is [T, K] (every slot uses row t) or [T, topk, K];
     indices u32/i32/i64 [T, topk] in [0, E). Output [T, topk, N] in x's dtype.
+    precision: as for linear. workspace: an array on the weight's device (CUDA) of at
+    least gather_linear_workspace_bytes(T, topk, E) bytes lent as scratch, so the call
+    allocates nothing; CPU calls ignore it.
+    """
+
+def gather_linear_workspace_bytes(tokens: int, topk: int, experts: int) -> int:
+    """
+    Bytes of workspace a CUDA gather_linear of tokens x topk pairs over experts experts
+    uses (0 for small batches).
     """
 
 class TensorInfo:
@@ -175,11 +187,17 @@ class TensorInfo:
     def __repr__(self) -> str: ...
 
 class File:
-    """An opened file (safetensors for now); read-only."""
+    """
+    An opened file (safetensors, gguf, uqff1, gptoss or uqff-legacy); read-only.
+    MXFP4 weights are listed as P.blocks, P.scales and P.bias in every format.
+    """
 
     @staticmethod
     def open(path: str, format: str = 'auto') -> File:
-        """Opens and validates path ('auto' tells the format from the contents)."""
+        """
+        Opens and validates path in format: 'auto' (gguf or uqff1 by the contents,
+        else safetensors), 'safetensors', 'gguf', 'uqff1', 'gptoss' or 'uqff-legacy'.
+        """
 
     @property
     def path(self) -> str:
@@ -187,7 +205,7 @@ class File:
 
     @property
     def format(self) -> str:
-        """The file's format ('safetensors')."""
+        """The file's format ('safetensors', 'gguf', 'uqff1', 'gptoss', 'uqff-legacy')."""
 
     @property
     def tensors(self) -> list[TensorInfo]:
@@ -222,6 +240,8 @@ class File:
 def save(path: str, tensors: dict[str, Array | Mxfp4Weight], metadata: dict[str, str] | None = None, format: str = 'auto') -> int:
     """
     Writes tensors (a dict: name -> array, or prefix -> Mxfp4Weight, written as
-    prefix.blocks, prefix.scales and prefix.bias) and string metadata to path, atomically.
+    prefix.blocks, prefix.scales and prefix.bias) and string metadata to path, atomically,
+    in format: 'auto' (from the extension: .safetensors, .gguf, .uqff = uqff1),
+    'safetensors', 'gguf', 'uqff1', 'gptoss' or 'uqff-legacy' (MXFP4 weights only).
     Returns the file's size in bytes.
     """

@@ -399,11 +399,35 @@ nb::object quantize(nb::handle weight, mxfp4::ScaleRule rule, mxfp4::NonFinitePo
                         to_python(std::move(q.scales), w.framework));
 }
 
+mxfp4::Precision parse_precision(const char* op, const std::string& precision) {
+  if (precision == "exact") return mxfp4::Precision::exact;
+  if (precision == "int8_activations") return mxfp4::Precision::int8_activations;
+  throw mxfp4::InvalidArgument(std::string(op) + ": unknown precision '" + precision +
+                               "' (known: exact, int8_activations)");
+}
+
+// The precision and, when given, the workspace (an array on the weight's device whose storage
+// the call borrows as scratch) of a linear or gather_linear call.
+void set_run_extras(mxfp4::RunOptions& run, const char* op, const std::string& precision,
+                    nb::handle workspace, const PyWeight& weight,
+                    std::optional<ArrayArg>& workspace_arg) {
+  run.precision = parse_precision(op, precision);
+  if (workspace.is_none()) return;
+  workspace_arg = to_output(workspace, op, "workspace");
+  Tensor& w = workspace_arg->tensor;
+  if (w.device() != weight.weight.device()) {
+    throw mxfp4::InvalidArgument(std::string(op) + ": workspace must be on the weight's device");
+  }
+  run.workspace = {w.data(), w.nbytes()};
+}
+
 nb::object linear(nb::handle x, const PyWeight& weight, nb::handle out,
-                  std::optional<std::uintptr_t> stream) {
+                  std::optional<std::uintptr_t> stream, const std::string& precision) {
   const char* op = "linear";
   ArrayArg xa = to_array(x, op, "x");
-  const mxfp4::RunOptions run = run_options(stream, xa);
+  mxfp4::RunOptions run = run_options(stream, xa);
+  std::optional<ArrayArg> no_workspace;
+  set_run_extras(run, op, precision, nb::none(), weight, no_workspace);
   if (!out.is_none()) {
     ArrayArg o = to_output(out, op, "out");
     nb::gil_scoped_release release;
@@ -419,11 +443,14 @@ nb::object linear(nb::handle x, const PyWeight& weight, nb::handle out,
 }
 
 nb::object gather_linear(nb::handle x, nb::handle indices, const PyWeight& weight, nb::handle out,
-                         std::optional<std::uintptr_t> stream) {
+                         std::optional<std::uintptr_t> stream, const std::string& precision,
+                         nb::handle workspace) {
   const char* op = "gather_linear";
   ArrayArg xa = to_array(x, op, "x");
   ArrayArg ids = to_array(indices, op, "indices");
-  const mxfp4::RunOptions run = run_options(stream, xa);
+  mxfp4::RunOptions run = run_options(stream, xa);
+  std::optional<ArrayArg> workspace_arg;
+  set_run_extras(run, op, precision, workspace, weight, workspace_arg);
   if (!out.is_none()) {
     ArrayArg o = to_output(out, op, "out");
     nb::gil_scoped_release release;
@@ -663,14 +690,29 @@ NB_MODULE(_mxfp4, m) {
       "weight"_a, "dtype"_a = nb::none(), nb::kw_only(), "out"_a = nb::none(),
       "stream"_a = nb::none(), "The same as weight.dequantize(dtype, out=out).");
   m.def("linear", &linear, "x"_a.none(), "weight"_a, nb::kw_only(), "out"_a = nb::none(),
-        "stream"_a = nb::none(),
+        "stream"_a = nb::none(), "precision"_a = "exact",
         "x [..., K] -> x W^T + bias [..., N] in x's dtype, for a dense weight; accumulates\n"
-        "in f32. Returns a new array of x's framework, or writes into out.");
+        "in f32. Returns a new array of x's framework, or writes into out.\n"
+        "precision='int8_activations' rounds each 32-element block of x to int8 (CPU only,\n"
+        "faster for few rows; error bounded by max|x_block|/254 * sum|w| per block);\n"
+        "'exact' (default) uses x as given.");
   m.def("gather_linear", &gather_linear, "x"_a.none(), "indices"_a.none(), "weight"_a,
-        nb::kw_only(), "out"_a = nb::none(), "stream"_a = nb::none(),
+        nb::kw_only(), "out"_a = nb::none(), "stream"_a = nb::none(), "precision"_a = "exact",
+        "workspace"_a = nb::none(),
         "Mixture of experts: out[t, s] = x_row W[e]^T + bias[e], e = indices[t, s], for a\n"
         "stacked weight [E, N, K]. x is [T, K] (every slot uses row t) or [T, topk, K];\n"
-        "indices u32/i32/i64 [T, topk] in [0, E). Output [T, topk, N] in x's dtype.");
+        "indices u32/i32/i64 [T, topk] in [0, E). Output [T, topk, N] in x's dtype.\n"
+        "precision: as for linear. workspace: an array on the weight's device (CUDA) of at\n"
+        "least gather_linear_workspace_bytes(T, topk, E) bytes lent as scratch, so the call\n"
+        "allocates nothing; CPU calls ignore it.");
+  m.def(
+      "gather_linear_workspace_bytes",
+      [](std::int64_t tokens, std::int64_t topk, std::int64_t experts) {
+        return mxfp4::gather_linear_workspace_bytes(tokens, topk, experts);
+      },
+      "tokens"_a, "topk"_a, "experts"_a,
+      "Bytes of workspace a CUDA gather_linear of tokens x topk pairs over experts experts\n"
+      "uses (0 for small batches).");
 
   nb::class_<PyTensorInfo>(m, "TensorInfo", "A tensor as a file lists it.")
       .def_ro("name", &PyTensorInfo::name)
@@ -697,15 +739,19 @@ NB_MODULE(_mxfp4, m) {
                "', shape=" + shape + ")";
       });
 
-  nb::class_<PyFile>(m, "File", "An opened file (safetensors for now); read-only.")
+  nb::class_<PyFile>(
+      m, "File",
+      "An opened file (safetensors, gguf, uqff1, gptoss or uqff-legacy); read-only.\n"
+      "MXFP4 weights are listed as P.blocks, P.scales and P.bias in every format.")
       .def_static("open", &file_open, "path"_a, "format"_a = "auto",
-                  "Opens and validates path ('auto' tells the format from the contents).")
+                  "Opens and validates path in format: 'auto' (gguf or uqff1 by the contents,\n"
+                  "else safetensors), 'safetensors', 'gguf', 'uqff1', 'gptoss' or 'uqff-legacy'.")
       .def_prop_ro(
           "path", [](const PyFile& f) { return f.get().source(); }, "The file's path.")
       .def_prop_ro(
           "format",
           [](const PyFile& f) { return mxfp4::detail::file_format_name(f.get().format()); },
-          "The file's format ('safetensors').")
+          "The file's format ('safetensors', 'gguf', 'uqff1', 'gptoss', 'uqff-legacy').")
       .def_prop_ro("tensors", &file_tensors, "The tensors, in file order.")
       .def_prop_ro(
           "metadata", [](const PyFile& f) { return f.get().metadata(); },
@@ -751,6 +797,8 @@ NB_MODULE(_mxfp4, m) {
 
   m.def("save", &save, "path"_a, "tensors"_a, "metadata"_a = nb::none(), "format"_a = "auto",
         "Writes tensors (a dict: name -> array, or prefix -> Mxfp4Weight, written as\n"
-        "prefix.blocks, prefix.scales and prefix.bias) and string metadata to path, atomically.\n"
+        "prefix.blocks, prefix.scales and prefix.bias) and string metadata to path, atomically,\n"
+        "in format: 'auto' (from the extension: .safetensors, .gguf, .uqff = uqff1),\n"
+        "'safetensors', 'gguf', 'uqff1', 'gptoss' or 'uqff-legacy' (MXFP4 weights only).\n"
         "Returns the file's size in bytes.");
 }

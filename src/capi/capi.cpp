@@ -29,6 +29,12 @@ static_assert(static_cast<int>(mxfp4::DType::i64) == MXFP4_I64);
 static_assert(static_cast<int>(mxfp4::ScaleRule::mistralrs) == MXFP4_SCALE_MISTRALRS);
 static_assert(static_cast<int>(mxfp4::NonFinitePolicy::nan_block) == MXFP4_NON_FINITE_NAN_BLOCK);
 static_assert(static_cast<int>(mxfp4::detail::FileFormat::safetensors) == MXFP4_FORMAT_SAFETENSORS);
+static_assert(static_cast<int>(mxfp4::Precision::int8_activations) ==
+              MXFP4_PRECISION_INT8_ACTIVATIONS);
+static_assert(static_cast<int>(mxfp4::detail::FileFormat::gguf) == MXFP4_FORMAT_GGUF);
+static_assert(static_cast<int>(mxfp4::detail::FileFormat::uqff1) == MXFP4_FORMAT_UQFF1);
+static_assert(static_cast<int>(mxfp4::detail::FileFormat::gptoss) == MXFP4_FORMAT_GPTOSS);
+static_assert(static_cast<int>(mxfp4::detail::FileFormat::uqff_legacy) == MXFP4_FORMAT_UQFF_LEGACY);
 
 struct mxfp4_weight {
   mxfp4::Mxfp4Weight weight;
@@ -202,6 +208,30 @@ mxfp4::QuantizeOptions quantize_options(const char* op, std::int32_t rule,
 mxfp4::RunOptions run_options(void* stream) {
   mxfp4::RunOptions r;
   r.stream.handle = stream;
+  return r;
+}
+
+mxfp4::RunOptions run_options(const char* op, const mxfp4_run_options* options) {
+  mxfp4::RunOptions r;
+  if (options == nullptr) return r;
+  r.stream.handle = options->stream;
+  switch (options->precision) {
+    case MXFP4_PRECISION_EXACT:
+      r.precision = mxfp4::Precision::exact;
+      break;
+    case MXFP4_PRECISION_INT8_ACTIVATIONS:
+      r.precision = mxfp4::Precision::int8_activations;
+      break;
+    default:
+      throw mxfp4::InvalidArgument(std::string(op) + ": unknown precision " +
+                                   std::to_string(options->precision) +
+                                   " (known: 0 exact, 1 int8_activations)");
+  }
+  if (options->workspace == nullptr && options->workspace_bytes != 0) {
+    throw mxfp4::InvalidArgument(std::string(op) + ": workspace is NULL but workspace_bytes is " +
+                                 std::to_string(options->workspace_bytes));
+  }
+  r.workspace = {options->workspace, options->workspace_bytes};
   return r;
 }
 
@@ -418,6 +448,48 @@ mxfp4_status mxfp4_gather_linear(const mxfp4_tensor* x, const mxfp4_tensor* indi
     const mxfp4::Mxfp4Weight& w = weight_of(op, weight);
     Tensor o = to_tensor(op, "out", out);
     mxfp4::gather_linear_into(xv, ids, w, o, run_options(stream));
+  });
+}
+
+mxfp4_status mxfp4_run_options_init(mxfp4_run_options* options) {
+  return guarded([&] {
+    mxfp4_run_options& o = require("run_options_init", "options", options);
+    o = mxfp4_run_options{};
+    o.precision = MXFP4_PRECISION_EXACT;
+  });
+}
+
+mxfp4_status mxfp4_linear_ex(const mxfp4_tensor* x, const mxfp4_weight* weight,
+                             const mxfp4_tensor* out, const mxfp4_run_options* options) {
+  return guarded([&] {
+    const char* op = "linear";
+    const mxfp4::RunOptions run = run_options(op, options);
+    const Tensor xv = to_tensor(op, "x", x);
+    const mxfp4::Mxfp4Weight& w = weight_of(op, weight);
+    Tensor o = to_tensor(op, "out", out);
+    mxfp4::linear_into(xv, w, o, run);
+  });
+}
+
+mxfp4_status mxfp4_gather_linear_ex(const mxfp4_tensor* x, const mxfp4_tensor* indices,
+                                    const mxfp4_weight* weight, const mxfp4_tensor* out,
+                                    const mxfp4_run_options* options) {
+  return guarded([&] {
+    const char* op = "gather_linear";
+    const mxfp4::RunOptions run = run_options(op, options);
+    const Tensor xv = to_tensor(op, "x", x);
+    const Tensor ids = to_tensor(op, "indices", indices);
+    const mxfp4::Mxfp4Weight& w = weight_of(op, weight);
+    Tensor o = to_tensor(op, "out", out);
+    mxfp4::gather_linear_into(xv, ids, w, o, run);
+  });
+}
+
+mxfp4_status mxfp4_gather_linear_workspace_bytes(int64_t tokens, int64_t topk, int64_t experts,
+                                                 size_t* bytes) {
+  return guarded([&] {
+    std::size_t& result = require("gather_linear_workspace_bytes", "bytes", bytes);
+    result = mxfp4::gather_linear_workspace_bytes(tokens, topk, experts);
   });
 }
 

@@ -308,6 +308,93 @@ static void test_gather_linear(void) {
   mxfp4_weight_destroy(weight);
 }
 
+/* Run options: the defaults are mxfp4_linear exactly; int8 activations differ from exact by at
+ * most the documented bound; gather_linear_ex takes them too; bad options are refused. */
+static void test_run_options(void) {
+  enum { M = 3, N = 16, K = 128, E = 2, TOPK = 2 };
+  static float w[N * K], dq[N * K], x[M * K], exact[M * N], y[M * N], gy[M * TOPK * N];
+  static float gexact[M * TOPK * N];
+  const int64_t wshape[2] = {N, K}, xshape[2] = {M, K}, yshape[2] = {M, N};
+  const int64_t ewshape[3] = {E, N / E, K}, idshape[2] = {M, TOPK}, gyshape[3] = {M, TOPK, N / E};
+  const int32_t ids[M * TOPK] = {0, 1, 1, 0, 1, 1};
+  mxfp4_tensor tw = cpu_tensor(w, MXFP4_F32, 2, wshape);
+  mxfp4_tensor tew = cpu_tensor(w, MXFP4_F32, 3, ewshape);
+  mxfp4_tensor tdq = cpu_tensor(dq, MXFP4_F32, 2, wshape);
+  mxfp4_tensor tx = cpu_tensor(x, MXFP4_F32, 2, xshape);
+  mxfp4_tensor texact = cpu_tensor(exact, MXFP4_F32, 2, yshape);
+  mxfp4_tensor ty = cpu_tensor(y, MXFP4_F32, 2, yshape);
+  mxfp4_tensor tids = cpu_tensor((void*)ids, MXFP4_I32, 2, idshape);
+  mxfp4_tensor tgy = cpu_tensor(gy, MXFP4_F32, 3, gyshape);
+  mxfp4_tensor tgexact = cpu_tensor(gexact, MXFP4_F32, 3, gyshape);
+  mxfp4_weight *weight = NULL, *experts = NULL;
+  mxfp4_run_options options;
+  size_t bytes = 1;
+  int i, j, b, k, within = 1, differs = 0;
+  for (i = 0; i < N * K; ++i)
+    w[i] = next_random(1.0f);
+  for (i = 0; i < M * K; ++i)
+    x[i] = next_random(1.0f);
+  CHECK_OK(mxfp4_weight_quantize(&tw, NULL, MXFP4_SCALE_DEFAULT, 0, NULL, &weight));
+  CHECK_OK(mxfp4_weight_quantize(&tew, NULL, MXFP4_SCALE_DEFAULT, 0, NULL, &experts));
+  if (weight == NULL || experts == NULL) return;
+  CHECK_OK(mxfp4_dequantize(weight, &tdq, NULL));
+  CHECK_OK(mxfp4_linear(&tx, weight, &texact, NULL));
+  CHECK_OK(mxfp4_linear_ex(&tx, weight, &ty, NULL));
+  CHECK(memcmp(exact, y, sizeof y) == 0);
+  memset(&options, 0xAB, sizeof options);
+  CHECK_OK(mxfp4_run_options_init(&options));
+  CHECK(options.stream == NULL && options.precision == MXFP4_PRECISION_EXACT &&
+        options.workspace == NULL && options.workspace_bytes == 0);
+  memset(y, 0, sizeof y);
+  CHECK_OK(mxfp4_linear_ex(&tx, weight, &ty, &options));
+  CHECK(memcmp(exact, y, sizeof y) == 0);
+
+  options.precision = MXFP4_PRECISION_INT8_ACTIVATIONS;
+  CHECK_OK(mxfp4_linear_ex(&tx, weight, &ty, &options));
+  for (i = 0; i < M; ++i) {
+    for (j = 0; j < N; ++j) {
+      double bound = 1e-5 * (1.0 + fabs(exact[i * N + j]));
+      for (b = 0; b < K / 32; ++b) {
+        double xmax = 0.0, wsum = 0.0;
+        for (k = b * 32; k < b * 32 + 32; ++k) {
+          if (fabs(x[i * K + k]) > xmax) xmax = fabs(x[i * K + k]);
+          wsum += fabs(dq[j * K + k]);
+        }
+        bound += xmax / 254.0 * wsum;
+      }
+      if (fabs((double)y[i * N + j] - exact[i * N + j]) > bound) within = 0;
+      if (y[i * N + j] != exact[i * N + j]) differs = 1;
+    }
+  }
+  CHECK(within);
+  CHECK(differs); /* x is not on the int8 grid, so some output must move */
+
+  CHECK_OK(mxfp4_gather_linear(&tx, &tids, experts, &tgexact, NULL));
+  CHECK_OK(mxfp4_gather_linear_ex(&tx, &tids, experts, &tgy, NULL));
+  CHECK(memcmp(gexact, gy, sizeof gy) == 0);
+  CHECK_OK(mxfp4_gather_linear_ex(&tx, &tids, experts, &tgy, &options));
+  differs = 0;
+  for (i = 0; i < M * TOPK * N / E; ++i) {
+    if (gy[i] != gexact[i]) differs = 1;
+    if (fabs((double)gy[i] - gexact[i]) > 0.05 * (1.0 + fabs(gexact[i]))) differs = 2;
+  }
+  CHECK(differs == 1);
+
+  options.precision = 7;
+  CHECK_ERROR(mxfp4_linear_ex(&tx, weight, &ty, &options), MXFP4_ERR_INVALID_ARGUMENT,
+              "precision 7");
+  options.precision = MXFP4_PRECISION_EXACT;
+  options.workspace_bytes = 64;
+  CHECK_ERROR(mxfp4_gather_linear_ex(&tx, &tids, experts, &tgy, &options),
+              MXFP4_ERR_INVALID_ARGUMENT, "workspace");
+  CHECK_ERROR(mxfp4_run_options_init(NULL), MXFP4_ERR_INVALID_ARGUMENT, "options");
+  CHECK_OK(mxfp4_gather_linear_workspace_bytes(4, 2, 8, &bytes));
+  CHECK_ERROR(mxfp4_gather_linear_workspace_bytes(-1, 2, 8, &bytes), MXFP4_ERR_INVALID_ARGUMENT,
+              "tokens");
+  mxfp4_weight_destroy(weight);
+  mxfp4_weight_destroy(experts);
+}
+
 /* A weight from caller parts: copied or borrowed, with the same results either way. */
 static void test_from_parts(void) {
   enum { N = 4, K = 32 };
@@ -390,10 +477,12 @@ static void test_files(const char* dir) {
   const char* value = NULL;
   const char* prefix = NULL;
   size_t count = 0, index = 0;
-  char path[1024], bad_path[1024], garbage[1024], missing[1024];
+  char path[1024], bad_path[1024], garbage[1024], missing[1024], gguf[1024], uqff[1024];
   FILE* f;
   int i;
   snprintf(path, sizeof path, "%s/capi.safetensors", dir);
+  snprintf(gguf, sizeof gguf, "%s/capi.gguf", dir);
+  snprintf(uqff, sizeof uqff, "%s/capi.uqff1", dir);
   snprintf(bad_path, sizeof bad_path, "%s/capi_dup.safetensors", dir);
   snprintf(garbage, sizeof garbage, "%s/garbage.safetensors", dir);
   snprintf(missing, sizeof missing, "%s/absent.safetensors", dir);
@@ -418,6 +507,8 @@ static void test_files(const char* dir) {
   CHECK_OK(mxfp4_writer_add_tensor(writer, "norm.weight", &tnorm));
   CHECK_OK(mxfp4_writer_set_metadata(writer, "origin", "test_capi"));
   CHECK_OK(mxfp4_writer_save(writer, path, MXFP4_FORMAT_AUTO));
+  CHECK_OK(mxfp4_writer_save(writer, gguf, MXFP4_FORMAT_AUTO)); /* GGUF by its extension */
+  CHECK_OK(mxfp4_writer_save(writer, uqff, MXFP4_FORMAT_UQFF1));
   CHECK_ERROR(mxfp4_writer_save(writer, "out.bin", MXFP4_FORMAT_AUTO), MXFP4_ERR_INVALID_ARGUMENT,
               "extension");
   CHECK_ERROR(mxfp4_writer_save(writer, path, 42), MXFP4_ERR_INVALID_ARGUMENT, "format 42");
@@ -477,6 +568,41 @@ static void test_files(const char* dir) {
   CHECK_OK(mxfp4_linear(&tx, loaded, &ty2, NULL));
   CHECK(memcmp(y1, y2, sizeof y1) == 0);
   mxfp4_weight_destroy(loaded);
+  loaded = NULL;
+  /* The same weights and tensors through GGUF and UQFF 1.x, found by content. */
+  {
+    const char* others[2];
+    const int32_t formats[2] = {MXFP4_FORMAT_GGUF, MXFP4_FORMAT_UQFF1};
+    mxfp4_device cpu = {MXFP4_DEVICE_CPU, 0};
+    int j;
+    others[0] = gguf;
+    others[1] = uqff;
+    for (j = 0; j < 2; ++j) {
+      CHECK_OK(mxfp4_file_open(others[j], MXFP4_FORMAT_AUTO, &file));
+      if (file == NULL) return;
+      CHECK_OK(mxfp4_file_weight_count(file, &count));
+      CHECK(count == 2);
+      CHECK_OK(mxfp4_file_weight_name(file, 1, &prefix));
+      CHECK(prefix != NULL && strcmp(prefix, "experts") == 0);
+      memset(norm_back, 0, sizeof norm_back);
+      CHECK_OK(mxfp4_file_read_tensor(file, "norm.weight", &tback, NULL));
+      CHECK(memcmp(norm, norm_back, sizeof norm) == 0);
+      CHECK_OK(mxfp4_file_metadata(file, "origin", &value));
+      CHECK(value != NULL && strcmp(value, "test_capi") == 0);
+      CHECK_OK(mxfp4_file_load_weight(file, "layers.0.up", cpu, &loaded));
+      mxfp4_file_close(file);
+      if (loaded == NULL) return;
+      CHECK_OK(mxfp4_weight_get_part(loaded, MXFP4_PART_BLOCKS, &p2));
+      CHECK(memcmp(p1.data, p2.data, N * K / 2) == 0);
+      memset(y2, 0, sizeof y2);
+      CHECK_OK(mxfp4_linear(&tx, loaded, &ty2, NULL));
+      CHECK(memcmp(y1, y2, sizeof y1) == 0);
+      mxfp4_weight_destroy(loaded);
+      loaded = NULL;
+      /* Opened as the wrong format, it is a format error. */
+      CHECK_ERROR(mxfp4_file_open(others[j], formats[1 - j], &file), MXFP4_ERR_FORMAT, "capi.");
+    }
+  }
   mxfp4_weight_destroy(dense);
   mxfp4_weight_destroy(experts);
 
@@ -627,6 +753,7 @@ int main(int argc, char** argv) {
   test_weight_dequantize();
   test_linear();
   test_gather_linear();
+  test_run_options();
   test_from_parts();
   test_files(argv[1]);
   test_errors();

@@ -322,6 +322,106 @@ def test_save_and_open_round_trip(tmp_path: pathlib.Path) -> None:
     np.testing.assert_array_equal(mxfp4.linear(x, loaded), mxfp4.linear(x, dense))
 
 
+@pytest.mark.parametrize("fmt,filename,dense_tensors", [
+    ("safetensors", "m.safetensors", True),
+    ("gguf", "m.gguf", True),
+    ("uqff1", "m.uqff", True),
+    ("gptoss", "gptoss.safetensors", True),
+    ("uqff-legacy", "legacy.uqff", False),
+])
+def test_every_format_round_trips_weights_bit_exactly(tmp_path: pathlib.Path, fmt: str,
+                                                      filename: str, dense_tensors: bool) -> None:
+    dense = mxfp4.Mxfp4Weight.quantize(randn(16, 64, seed=60), randn(16, seed=61))
+    experts = mxfp4.Mxfp4Weight.quantize(randn(3, 8, 32, seed=62))
+    norm = randn(64, seed=63)
+    tensors: dict[str, object] = {"layers.0.up": dense, "experts": experts}
+    if dense_tensors:
+        tensors["norm.weight"] = norm
+    path = tmp_path / filename
+    size = mxfp4.save(str(path), tensors, metadata={"origin": "pytest"}, format=fmt)
+    assert size == path.stat().st_size
+    assert os.listdir(tmp_path) == [filename]
+    by_content = fmt in ("safetensors", "gguf", "uqff1")
+    if not by_content:  # GPT-OSS and legacy UQFF files are safetensors unless named
+        with mxfp4.open(str(path)) as f:
+            assert f.format == "safetensors"
+    for open_as in (("auto",) if by_content else ()) + (fmt,):
+        with mxfp4.open(str(path), format=open_as) as f:
+            assert f.format == fmt
+            assert f.weight_names == ["layers.0.up", "experts"]
+            assert f.metadata["origin"] == "pytest"
+            for name, want in (("layers.0.up", dense), ("experts", experts)):
+                got = f.load_weight(name)
+                np.testing.assert_array_equal(got.blocks, want.blocks)
+                np.testing.assert_array_equal(got.scales, want.scales)
+                assert (got.bias is None) == (want.bias is None)
+                if want.bias is not None:
+                    np.testing.assert_array_equal(got.bias, want.bias)
+            np.testing.assert_array_equal(f.read("experts.scales"), experts.scales)
+            if dense_tensors:
+                np.testing.assert_array_equal(f.read("norm.weight"), norm)
+    if fmt in ("gguf", "uqff1"):  # told from the extension too
+        again = tmp_path / ("again." + filename.split(".")[-1])
+        mxfp4.save(str(again), tensors)
+        with mxfp4.open(str(again)) as f:
+            assert f.format == fmt
+
+
+def test_formats_refuse_what_they_cannot_hold(tmp_path: pathlib.Path) -> None:
+    weight = mxfp4.Mxfp4Weight.quantize(randn(4, 32))
+    with pytest.raises(mxfp4.InvalidArgument, match="MXFP4 weights only"):
+        mxfp4.save(str(tmp_path / "x.uqff"), {"w": weight, "norm": randn(4)},
+                   format="uqff-legacy")
+    with pytest.raises(mxfp4.InvalidArgument, match="'raw' is U8"):
+        mxfp4.save(str(tmp_path / "x.gguf"), {"raw": np.zeros(4, np.uint8)})
+    assert os.listdir(tmp_path) == []
+    mxfp4.save(str(tmp_path / "m.safetensors"), {"w": weight})
+    with pytest.raises(mxfp4.FormatError):
+        mxfp4.open(str(tmp_path / "m.safetensors"), format="gguf")
+
+
+def int8_bound(x: np.ndarray, wdq: np.ndarray) -> np.ndarray:
+    """The documented bound on |int8_activations - exact| for x [M, K] and w [N, K]."""
+    xb = np.abs(x.astype(np.float64)).reshape(x.shape[0], -1, 32).max(axis=2) / 254.0  # [M, B]
+    wb = np.abs(wdq.astype(np.float64)).reshape(wdq.shape[0], -1, 32).sum(axis=2)      # [N, B]
+    return xb @ wb.T
+
+
+def test_precision_int8_activations_stays_within_its_bound() -> None:
+    weight = mxfp4.Mxfp4Weight.quantize(randn(24, 128, seed=70), randn(24, seed=71))
+    x = randn(4, 128, seed=72)
+    exact = mxfp4.linear(x, weight)
+    np.testing.assert_array_equal(mxfp4.linear(x, weight, precision="exact"), exact)
+    approx = mxfp4.linear(x, weight, precision="int8_activations")
+    assert approx.shape == exact.shape and approx.dtype == exact.dtype
+    diff = np.abs(approx.astype(np.float64) - exact)
+    assert np.any(diff > 0)  # x is not on the int8 grid
+    bound = int8_bound(x, weight.dequantize()) + 1e-5 * (1 + np.abs(exact))
+    assert np.all(diff <= bound)
+
+    experts = mxfp4.Mxfp4Weight.quantize(randn(3, 16, 64, seed=73))
+    xs = randn(5, 64, seed=74)
+    ids = np.array([[0, 2], [1, 1], [2, 0], [0, 1], [2, 2]], dtype=np.int32)
+    gexact = mxfp4.gather_linear(xs, ids, experts)
+    np.testing.assert_array_equal(mxfp4.gather_linear(xs, ids, experts, precision="exact"),
+                                  gexact)
+    gapprox = mxfp4.gather_linear(xs, ids, experts, precision="int8_activations")
+    dq = experts.dequantize()
+    gdiff = np.abs(gapprox.astype(np.float64) - gexact)
+    assert np.any(gdiff > 0)
+    for t in range(5):
+        for s in range(2):
+            b = int8_bound(xs[t:t + 1], dq[ids[t, s]])[0] + 1e-5 * (1 + np.abs(gexact[t, s]))
+            assert np.all(gdiff[t, s] <= b)
+    # A workspace on the CPU is accepted and ignored.
+    ws = np.zeros(mxfp4.gather_linear_workspace_bytes(5, 2, 3) + 16, dtype=np.uint8)
+    np.testing.assert_array_equal(mxfp4.gather_linear(xs, ids, experts, workspace=ws), gexact)
+    with pytest.raises(mxfp4.InvalidArgument, match="unknown precision 'int4'"):
+        mxfp4.linear(x, weight, precision="int4")
+    with pytest.raises(mxfp4.InvalidArgument, match="tokens"):
+        mxfp4.gather_linear_workspace_bytes(-1, 2, 3)
+
+
 def test_file_errors(tmp_path: pathlib.Path) -> None:
     with pytest.raises(mxfp4.IoError, match="absent.safetensors") as e:
         mxfp4.open(str(tmp_path / "absent.safetensors"))

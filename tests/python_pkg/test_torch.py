@@ -111,6 +111,26 @@ def test_cuda_gather_linear() -> None:
     assert torch.allclose(y.cpu(), ref, rtol=1e-3, atol=1e-3)
 
 
+@needs_cuda
+def test_cuda_gather_linear_with_a_workspace_and_precision() -> None:
+    # A batch large enough to sort tokens by expert: with a lent workspace the result is the
+    # same as with stream-ordered scratch; int8 precision is ignored on CUDA (exact).
+    experts = mxfp4.Mxfp4Weight.quantize(randn(8, 32, 64, seed=16)).to("cuda")
+    tokens, topk = 256, 4
+    g = torch.Generator().manual_seed(17)
+    ids = torch.randint(0, 8, (tokens, topk), generator=g, dtype=torch.int32).cuda()
+    x = randn(tokens, 64, seed=18).cuda()
+    plain = mxfp4.gather_linear(x, ids, experts)
+    size = mxfp4.gather_linear_workspace_bytes(tokens, topk, 8)
+    workspace = torch.empty(max(size, 1), dtype=torch.uint8, device="cuda")
+    lent = mxfp4.gather_linear(x, ids, experts, workspace=workspace)
+    assert torch.allclose(lent, plain, rtol=1e-5, atol=1e-5)
+    exact_anyway = mxfp4.gather_linear(x, ids, experts, precision="int8_activations")
+    assert torch.allclose(exact_anyway, plain, rtol=1e-5, atol=1e-5)
+    with pytest.raises(mxfp4.InvalidArgument, match="workspace"):
+        mxfp4.gather_linear(x, ids, experts, workspace=np.zeros(max(size, 1), np.uint8))
+
+
 def test_numpy_inputs_still_give_numpy() -> None:
     weight = mxfp4.Mxfp4Weight.quantize(np.ones((8, 32), np.float32))
     assert isinstance(mxfp4.linear(np.ones((1, 32), np.float32), weight), np.ndarray)

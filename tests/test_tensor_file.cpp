@@ -1,0 +1,224 @@
+// The front ends' file seam (src/io/tensor_file.hpp) in every format: save named tensors and
+// weights, open the file (by content and by name), and get the same weight bytes, dense tensors
+// and metadata back; plus the errors of formats that cannot hold what they are given.
+#include <gtest/gtest.h>
+
+#include <unistd.h>
+
+#include <cstdint>
+#include <filesystem>
+#include <map>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "io/tensor_file.hpp"
+#include "mxfp4/error.hpp"
+#include "mxfp4/weight.hpp"
+
+namespace {
+
+namespace fs = std::filesystem;
+using mxfp4::Device;
+using mxfp4::DType;
+using mxfp4::Mxfp4Weight;
+using mxfp4::Shape;
+using mxfp4::Tensor;
+using mxfp4::detail::FileFormat;
+using mxfp4::detail::NamedTensor;
+
+class TempDir {
+ public:
+  TempDir() {
+    const auto* info = ::testing::UnitTest::GetInstance()->current_test_info();
+    path_ = fs::temp_directory_path() /
+            ("mxfp4_tensor_file_" + std::string(info->name()) + "_" + std::to_string(::getpid()));
+    fs::remove_all(path_);
+    fs::create_directories(path_);
+  }
+  ~TempDir() {
+    std::error_code ec;
+    fs::remove_all(path_, ec);
+  }
+  std::string file(const std::string& name) const { return (path_ / name).string(); }
+  std::size_t entries() const {
+    return static_cast<std::size_t>(std::distance(fs::directory_iterator(path_), {}));
+  }
+
+ private:
+  fs::path path_;
+};
+
+Tensor random_tensor(const Shape& shape, std::uint32_t seed) {
+  std::mt19937 gen(seed);
+  std::normal_distribution<float> dist(0.0f, 1.5f);
+  std::vector<float> v(static_cast<std::size_t>(mxfp4::shape_numel(shape)));
+  for (float& x : v)
+    x = dist(gen);
+  return Tensor::from_vector(v, shape);
+}
+
+std::vector<std::uint8_t> bytes_of(const Tensor& t) {
+  const auto* p = static_cast<const std::uint8_t*>(t.data());
+  return {p, p + t.nbytes()};
+}
+
+void expect_same_weight(const Mxfp4Weight& a, const Mxfp4Weight& b) {
+  EXPECT_EQ(a.blocks().shape(), b.blocks().shape());
+  EXPECT_EQ(bytes_of(a.blocks()), bytes_of(b.blocks()));
+  EXPECT_EQ(a.scales().shape(), b.scales().shape());
+  EXPECT_EQ(bytes_of(a.scales()), bytes_of(b.scales()));
+  ASSERT_EQ(a.bias().has_value(), b.bias().has_value());
+  if (a.bias()) {
+    EXPECT_EQ(a.bias()->dtype(), b.bias()->dtype());
+    EXPECT_EQ(bytes_of(*a.bias()), bytes_of(*b.bias()));
+  }
+}
+
+struct Fixture {
+  Mxfp4Weight dense;    // [48, 64] with an f32 bias
+  Mxfp4Weight experts;  // [3, 16, 96] without a bias
+  Tensor norm;          // f32 [8]
+  Fixture()
+      : dense(Mxfp4Weight::quantize(random_tensor({48, 64}, 1), random_tensor({48}, 2))),
+        experts(Mxfp4Weight::quantize(random_tensor({3, 16, 96}, 3))),
+        norm(random_tensor({8}, 4)) {}
+  std::vector<NamedTensor> tensors(bool with_dense) const {
+    std::vector<NamedTensor> out;
+    mxfp4::detail::append_weight(out, "model.layers.0.proj", dense);
+    if (with_dense) out.push_back({"model.norm.weight", norm});
+    mxfp4::detail::append_weight(out, "model.layers.0.experts", experts);
+    return out;
+  }
+};
+
+struct Case {
+  FileFormat format;
+  const char* file;
+  bool dense_tensors;  // whether the format holds dense tensors
+};
+
+constexpr Case kCases[] = {
+    {FileFormat::safetensors, "m.safetensors", true},
+    {FileFormat::gguf, "m.gguf", true},
+    {FileFormat::uqff1, "m.uqff", true},
+    {FileFormat::gptoss, "gptoss.safetensors", true},
+    {FileFormat::uqff_legacy, "legacy.uqff", false},
+};
+
+TEST(TensorFile, EveryFormatRoundTripsWeightsTensorsAndMetadataBitExactly) {
+  const Fixture f;
+  for (const Case& c : kCases) {
+    SCOPED_TRACE(mxfp4::detail::file_format_name(c.format));
+    TempDir dir;
+    const std::string path = dir.file(c.file);
+    const std::uint64_t size = mxfp4::detail::save_tensor_file(
+        path, c.format, f.tensors(c.dense_tensors), {{"note", "seam test"}});
+    EXPECT_EQ(size, fs::file_size(path));
+    EXPECT_EQ(dir.entries(), 1u);  // no temporary file left behind
+
+    // auto reads GGUF and UQFF 1.x by content; GPT-OSS and legacy UQFF files stay safetensors.
+    const bool by_content = c.format == FileFormat::safetensors || c.format == FileFormat::gguf ||
+                            c.format == FileFormat::uqff1;
+    if (!by_content) {
+      EXPECT_EQ(mxfp4::detail::open_tensor_file(path)->format(), FileFormat::safetensors);
+    }
+    for (FileFormat open_as : {by_content ? FileFormat::auto_detect : c.format, c.format}) {
+      const auto r = mxfp4::detail::open_tensor_file(path, open_as);
+      EXPECT_EQ(r->format(), c.format);
+      EXPECT_EQ(r->source(), path);
+      EXPECT_EQ(r->weight_names(),
+                (std::vector<std::string>{"model.layers.0.proj", "model.layers.0.experts"}));
+      expect_same_weight(r->load_weight("model.layers.0.proj", Device::cpu()), f.dense);
+      expect_same_weight(r->load_weight("model.layers.0.experts", Device::cpu()), f.experts);
+      // The parts under their linear names, whatever the file calls them.
+      EXPECT_EQ(bytes_of(r->read("model.layers.0.proj.blocks")), bytes_of(f.dense.blocks()));
+      EXPECT_EQ(bytes_of(r->read("model.layers.0.experts.scales")), bytes_of(f.experts.scales()));
+      EXPECT_EQ(bytes_of(r->read("model.layers.0.proj.bias")), bytes_of(*f.dense.bias()));
+      const auto i = r->find("model.layers.0.experts.blocks");
+      ASSERT_TRUE(i.has_value());
+      EXPECT_EQ(r->tensors()[*i].shape, (Shape{3, 16, 48}));
+      EXPECT_EQ(r->tensors()[*i].nbytes, 3u * 16u * 48u);
+      if (c.dense_tensors) {
+        const Tensor norm = r->read("model.norm.weight");
+        EXPECT_EQ(norm.dtype(), DType::f32);
+        EXPECT_EQ(norm.shape(), (Shape{8}));
+        EXPECT_EQ(bytes_of(norm), bytes_of(f.norm));
+        EXPECT_EQ(r->tensors().size(), 6u);
+      } else {
+        EXPECT_EQ(r->tensors().size(), 5u);
+      }
+      ASSERT_EQ(r->metadata().count("note"), 1u);
+      EXPECT_EQ(r->metadata().at("note"), "seam test");
+      EXPECT_THROW(r->read("model.layers.0.absent"), mxfp4::InvalidArgument);
+      EXPECT_THROW(r->load_weight("model.norm", Device::cpu()), mxfp4::InvalidArgument);
+    }
+  }
+}
+
+TEST(TensorFile, SaveTellsTheFormatFromTheExtension) {
+  const Fixture f;
+  TempDir dir;
+  const std::map<std::string, FileFormat> expected = {{"a.safetensors", FileFormat::safetensors},
+                                                      {"a.gguf", FileFormat::gguf},
+                                                      {"a.uqff", FileFormat::uqff1}};
+  for (const auto& [name, format] : expected) {
+    SCOPED_TRACE(name);
+    mxfp4::detail::save_tensor_file(dir.file(name), FileFormat::auto_detect, f.tensors(true));
+    EXPECT_EQ(mxfp4::detail::open_tensor_file(dir.file(name))->format(), format);
+  }
+  EXPECT_THROW(
+      mxfp4::detail::save_tensor_file(dir.file("a.bin"), FileFormat::auto_detect, f.tensors(true)),
+      mxfp4::InvalidArgument);
+}
+
+TEST(TensorFile, FormatsRefuseWhatTheyCannotHoldAndLeaveNoFile) {
+  const Fixture f;
+  TempDir dir;
+  // Legacy UQFF holds MXFP4 weights only.
+  EXPECT_THROW(
+      mxfp4::detail::save_tensor_file(dir.file("x.uqff"), FileFormat::uqff_legacy, f.tensors(true)),
+      mxfp4::InvalidArgument);
+  // GGUF has no u8 tensor type.
+  std::vector<NamedTensor> bytes = {{"raw", Tensor::zeros({4}, DType::u8)}};
+  EXPECT_THROW(mxfp4::detail::save_tensor_file(dir.file("x.gguf"), FileFormat::gguf, bytes),
+               mxfp4::InvalidArgument);
+  // Parts that do not make a weight are named.
+  std::vector<NamedTensor> broken = {{"w.blocks", Tensor::zeros({4, 16}, DType::u8)},
+                                     {"w.scales", Tensor::zeros({4, 3}, DType::u8)}};
+  try {
+    mxfp4::detail::save_tensor_file(dir.file("y.gguf"), FileFormat::gguf, broken);
+    ADD_FAILURE() << "no error";
+  } catch (const mxfp4::InvalidArgument& e) {
+    EXPECT_NE(std::string(e.what()).find("w.blocks"), std::string::npos) << e.what();
+  }
+  EXPECT_EQ(dir.entries(), 0u);
+}
+
+TEST(TensorFile, OpeningInTheWrongFormatIsAFormatError) {
+  const Fixture f;
+  TempDir dir;
+  mxfp4::detail::save_tensor_file(dir.file("m.safetensors"), FileFormat::safetensors,
+                                  f.tensors(true));
+  mxfp4::detail::save_tensor_file(dir.file("m.gguf"), FileFormat::gguf, f.tensors(true));
+  EXPECT_THROW(mxfp4::detail::open_tensor_file(dir.file("m.safetensors"), FileFormat::gguf),
+               mxfp4::FormatError);
+  EXPECT_THROW(mxfp4::detail::open_tensor_file(dir.file("m.gguf"), FileFormat::safetensors),
+               mxfp4::FormatError);
+  EXPECT_THROW(mxfp4::detail::open_tensor_file(dir.file("absent.gguf"), FileFormat::gguf),
+               mxfp4::IoError);
+  EXPECT_THROW(mxfp4::detail::open_tensor_file(dir.file("absent.gguf")), mxfp4::IoError);
+}
+
+TEST(TensorFile, FormatNamesAndNumbers) {
+  for (FileFormat fmt : {FileFormat::auto_detect, FileFormat::safetensors, FileFormat::gguf,
+                         FileFormat::uqff1, FileFormat::gptoss, FileFormat::uqff_legacy}) {
+    EXPECT_EQ(mxfp4::detail::parse_file_format(mxfp4::detail::file_format_name(fmt)), fmt);
+    EXPECT_EQ(mxfp4::detail::file_format_from_int(static_cast<int>(fmt)), fmt);
+  }
+  EXPECT_EQ(std::string(mxfp4::detail::file_format_name(FileFormat::uqff_legacy)), "uqff-legacy");
+  EXPECT_THROW(mxfp4::detail::parse_file_format("ggml"), mxfp4::InvalidArgument);
+  EXPECT_THROW(mxfp4::detail::file_format_from_int(6), mxfp4::InvalidArgument);
+}
+
+}  // namespace

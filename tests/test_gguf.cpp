@@ -4,6 +4,7 @@
 // all-or-nothing behaviour.
 #include <gtest/gtest.h>
 #include <sys/resource.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <csignal>
@@ -675,6 +676,23 @@ TEST(GgufWriter, MissingFolderIsAnIoError) {
   TempDir dir;
   EXPECT_THROW(write_gguf(dir.file("no/such/x.gguf"), {}, {}), mxfp4::IoError);
   EXPECT_TRUE(dir.listing().empty());
+}
+
+// Like the safetensors writer (the check lives in the shared AtomicFile): a pipe or device at
+// the target is refused, never replaced by a regular file.
+TEST(GgufWriter, RefusesToReplaceAPipe) {
+  TempDir dir;
+  const std::string pipe = dir.file("pipe");
+  ASSERT_EQ(::mkfifo(pipe.c_str(), 0600), 0);
+  const Tensor at = Tensor::from_vector(std::vector<float>{1, 2, 3}, {3});
+  try {
+    write_gguf(pipe, {}, {gguf_item("a", at)});
+    FAIL() << "write_gguf replaced a pipe";
+  } catch (const mxfp4::IoError& e) {
+    EXPECT_NE(std::string(e.what()).find("not a regular file"), std::string::npos) << e.what();
+  }
+  EXPECT_TRUE(fs::is_fifo(pipe));
+  EXPECT_EQ(dir.listing(), std::vector<std::string>{"pipe"});
 }
 
 TEST(GgufWriter, ReplacesAnExistingFileWhole) {

@@ -1,6 +1,7 @@
 #include "io/atomic_file.hpp"
 
 #include <fcntl.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <atomic>
@@ -40,14 +41,28 @@ std::string temporary_name(const std::string& path, int attempt) {
 
 }  // namespace
 
+void refuse_special_target(const std::string& path, const std::string& what) {
+  struct stat st {};
+  if (::stat(path.c_str(), &st) == 0 && !S_ISREG(st.st_mode) && !S_ISDIR(st.st_mode)) {
+    throw IoError(what + ": exists and is not a regular file; refusing to replace it");
+  }
+}
+
+int create_temporary_beside(const std::string& path, std::string& tmp) {
+  int fd = -1;
+  for (int attempt = 0; attempt < 100 && fd < 0; ++attempt) {
+    tmp = temporary_name(path, attempt);
+    // 0666 lets the umask decide the final permissions, as for any newly created file.
+    fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0666);
+    if (fd < 0 && errno != EEXIST) break;
+  }
+  return fd;
+}
+
 AtomicFile::AtomicFile(std::string path, std::string what)
     : path_(std::move(path)), what_(std::move(what)) {
-  for (int attempt = 0; attempt < 100 && fd_ < 0; ++attempt) {
-    tmp_ = temporary_name(path_, attempt);
-    // 0666 lets the umask decide the final permissions, as for any newly created file.
-    fd_ = ::open(tmp_.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0666);
-    if (fd_ < 0 && errno != EEXIST) break;
-  }
+  refuse_special_target(path_, what_);
+  fd_ = create_temporary_beside(path_, tmp_);
   if (fd_ < 0) {
     throw IoError(what_ + ": cannot create a temporary file beside it ('" + tmp_ +
                   "'): " + os_error(errno));

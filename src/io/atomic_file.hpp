@@ -11,10 +11,18 @@
 
 namespace mxfp4::io {
 
+// The pieces every atomic writer here shares (AtomicFile, the safetensors writer and its index):
+// Throws IoError (prefixed by `what`) when `path` exists and is neither a regular file nor a
+// folder: a device, pipe or socket is never replaced by a file (e.g. /dev/null as root).
+void refuse_special_target(const std::string& path, const std::string& what);
+// Creates a new temporary file beside `path` (O_EXCL, a name no other writer picks) and returns
+// its descriptor, its name in `tmp`; -1 with errno set when it cannot.
+int create_temporary_beside(const std::string& path, std::string& tmp);
+
 class AtomicFile {
  public:
   // Creates the temporary beside `path`; throws IoError naming `what` (e.g. "write_gguf 'x'")
-  // when it cannot.
+  // when it cannot, or when `path` is a device, pipe or socket (refuse_special_target).
   AtomicFile(std::string path, std::string what);
   AtomicFile(const AtomicFile&) = delete;
   AtomicFile& operator=(const AtomicFile&) = delete;

@@ -2,6 +2,8 @@
 // offset and dim is checked, with overflow-checked arithmetic, before any byte is handed out.
 #include "mxfp4/io/safetensors.hpp"
 
+#include "io/atomic_file.hpp"
+
 #include <fcntl.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
@@ -561,23 +563,6 @@ class FdWriter {
   std::vector<std::uint8_t> buffer_;
 };
 
-// A name for the temporary beside `path` that no other writer (thread or process) picks.
-std::string temporary_name(const std::string& path, int attempt) {
-  static std::atomic<std::uint64_t> counter{0};
-  std::uint64_t x = static_cast<std::uint64_t>(::getpid()) * 0x9E3779B97F4A7C15ull;
-  x ^= static_cast<std::uint64_t>(
-      std::chrono::high_resolution_clock::now().time_since_epoch().count());
-  x ^= (counter.fetch_add(1) + static_cast<std::uint64_t>(attempt)) * 0xBF58476D1CE4E5B9ull;
-  x ^= x >> 31;
-  static constexpr char kAlnum[] = "abcdefghijklmnopqrstuvwxyz0123456789";
-  std::string suffix;
-  for (int i = 0; i < 8; ++i) {
-    suffix += kAlnum[x % 36];
-    x /= 36;
-  }
-  return path + ".tmp." + suffix;
-}
-
 }  // namespace
 
 namespace {
@@ -715,18 +700,8 @@ SafetensorsWriter::SafetensorsWriter(std::string path, std::vector<SafetensorsTe
   const std::string header = build_header(w.prefix, tensors, metadata, w.sizes, data_size);
   w.tensors = std::move(tensors);
   file_size_ = 8 + header.size() + data_size;
-  // A device, pipe or socket at `path` is never replaced by a file (e.g. /dev/null as root).
-  struct stat st {};
-  if (::stat(path_.c_str(), &st) == 0 && !S_ISREG(st.st_mode) && !S_ISDIR(st.st_mode)) {
-    throw IoError(w.prefix + "exists and is not a regular file; refusing to replace it");
-  }
-
-  for (int attempt = 0; attempt < 100 && w.fd < 0; ++attempt) {
-    w.tmp = temporary_name(path_, attempt);
-    // 0666 lets the umask decide the final permissions, as for any newly created file.
-    w.fd = ::open(w.tmp.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0666);
-    if (w.fd < 0 && errno != EEXIST) break;
-  }
+  refuse_special_target(path_, "write_safetensors '" + path_ + "'");
+  w.fd = create_temporary_beside(path_, w.tmp);
   if (w.fd < 0) {
     const std::string tmp = w.tmp;
     w.tmp.clear();
@@ -1263,8 +1238,7 @@ CheckpointWriteResult write_planned(const std::string& out, const std::string& p
     index["metadata"] = json::object({{"total_size", total}});
     index["weight_map"] = std::move(weight_map);
     const std::string text = index.dump(2) + "\n";
-    index_tmp = temporary_name(index_path, 0);
-    const int fd = ::open(index_tmp.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0666);
+    const int fd = create_temporary_beside(index_path, index_tmp);
     if (fd < 0) {
       throw IoError(prefix + "cannot create the index '" + index_tmp + "': " + os_error(errno));
     }

@@ -1,7 +1,7 @@
 // GPU benchmark of the dense MXFP4 linear layer, with cuBLAS bf16 on the dequantized weight and
 // the card's device-to-device copy bandwidth measured in the same run.
 //
-//   bench_cuda_linear [--quick] [--no-dense] [--no-moe] [--no-quantize] [--n N] [--m M]
+//   bench_cuda_linear [--quick] [--no-dense] [--no-moe] [--no-quantize] [--n N] [--m M[,M...]]
 //                     [--out FILE.md]
 //
 // Every timed region is a CUDA graph of `reps` calls, replayed after a warm-up; weights (ours
@@ -150,8 +150,13 @@ std::vector<std::int32_t> route(std::int64_t tokens, int topk, int experts, bool
 // GPT-OSS-120b MoE layers: gather_linear against (a) cuBLAS bf16 dense GEMM of equal flops,
 // (b) our dense kernel run expert by expert on pre-gathered tokens, (c) the time to read the
 // touched experts at the measured copy bandwidth.
+// Whether a token count is among those --m asked for (all when it named none).
+bool selected(const std::vector<std::int64_t>& only, std::int64_t m) {
+  return only.empty() || std::find(only.begin(), only.end(), m) != only.end();
+}
+
 std::string bench_moe(cudaStream_t stream, cublasHandle_t handle, double copy_bw, bool quick,
-                      std::int64_t only_n, std::int64_t only_m) {
+                      std::int64_t only_n, const std::vector<std::int64_t>& only_m) {
   std::string report =
       "\n| MoE layer (E x N x K, top-4) | T | routing | mxfp4 us | touched experts | touched "
       "TB/s | % of copy BW | TFLOP/s | cuBLAS bf16 equal-flop us | vs cuBLAS | expert-by-expert "
@@ -171,7 +176,7 @@ std::string bench_moe(cudaStream_t stream, cublasHandle_t handle, double copy_bw
     for (int c = 0; c < 4; ++c)
       wd.push_back(random_host({s.n, s.k}, DType::bf16, 10 + c).to(kGpu));
     for (std::int64_t t : ts) {
-      if (only_m != 0 && t != only_m) continue;
+      if (!selected(only_m, t)) continue;
       for (bool skewed : {false, true}) {
         // Routing sets rotate across replays so that small T does not re-read experts from L2.
         const int sets = t <= 16 ? 32 : 2;
@@ -257,13 +262,22 @@ int main(int argc, char** argv) {
   bool skip_quantize = false;
   bool skip_dense = false, skip_moe = false;
   std::string out_path;
-  std::int64_t only_n = 0, only_m = 0;  // --n / --m: run just that weight height / token count
+  // --n: run just that weight height; --m M1,M2,...: just those token counts.
+  std::int64_t only_n = 0;
+  std::vector<std::int64_t> only_m;
   for (int i = 1; i < argc; ++i) {
     if (std::strcmp(argv[i], "--quick") == 0) quick = true;
     if (std::strcmp(argv[i], "--no-quantize") == 0) skip_quantize = true;
     if (std::strcmp(argv[i], "--out") == 0 && i + 1 < argc) out_path = argv[++i];
     if (std::strcmp(argv[i], "--n") == 0 && i + 1 < argc) only_n = std::atoll(argv[++i]);
-    if (std::strcmp(argv[i], "--m") == 0 && i + 1 < argc) only_m = std::atoll(argv[++i]);
+    if (std::strcmp(argv[i], "--m") == 0 && i + 1 < argc) {
+      for (const char* p = argv[++i]; *p != '\0';) {
+        char* end = nullptr;
+        only_m.push_back(std::strtoll(p, &end, 10));
+        if (end == p) break;
+        p = *end == ',' ? end + 1 : end;
+      }
+    }
     if (std::strcmp(argv[i], "--no-dense") == 0) skip_dense = true;
     if (std::strcmp(argv[i], "--no-moe") == 0) skip_moe = true;
   }
@@ -325,7 +339,7 @@ int main(int argc, char** argv) {
       wdg.push_back(wd.to(kGpu));
 
     for (std::int64_t m : ms) {
-      if (only_m != 0 && m != only_m) continue;
+      if (!selected(only_m, m)) continue;
       const Tensor x = random_host({m, s.k}, DType::bf16, 2).to(kGpu);
       Tensor y = Tensor::empty({m, s.n}, DType::bf16, kGpu);
       const double flops = 2.0 * static_cast<double>(m) * s.n * s.k;

@@ -52,19 +52,21 @@ __global__ void count_kernel(const void* ids, DType id_dtype, std::int64_t pairs
 
 // Tile classes of the sorted pairs (kernel_args.hpp): an expert with c tokens gets one tile of
 // the decode kernel's 8 (c <= 8), one tile of 32 (c <= mid_max: the GEMM's for bf16, else the
-// decode kernel's, then with mid_max unbounded) or GEMM tiles of 128 (more).
+// decode kernel's, then with mid_max unbounded) or GEMM tiles of large_tile (128; 256 for the
+// wgmma GEMM).
 constexpr int kSmallTile = 8;
 constexpr int kMidTile = 32;
 constexpr int kLargeTile = 128;
 
 // One warp: pair offsets per expert (cursor starts there), and the three classes' tile lists,
 // written at list + class_base[class]; totals[class] = their lengths.
-__global__ void plan_kernel(const int* counts, int experts, int mid_max, int* offsets, int* cursor,
-                            int* totals, int4* list, int mid_base, int large_base) {
+__global__ void plan_kernel(const int* counts, int experts, int mid_max, int large_tile,
+                            int* offsets, int* cursor, int* totals, int4* list, int mid_base,
+                            int large_base) {
   const int lane = static_cast<int>(threadIdx.x);
   int pair_base = 0, base[3] = {0, 0, 0};
   const int class_base[3] = {0, mid_base, large_base};
-  const int class_tile[3] = {kSmallTile, kMidTile, kLargeTile};
+  const int class_tile[3] = {kSmallTile, kMidTile, large_tile};
   for (int e0 = 0; e0 < experts; e0 += 32) {
     const int e = e0 + lane;
     const int c = e < experts ? counts[e] : 0;
@@ -230,8 +232,14 @@ void gather_linear(const detail::GatherLinearArgs& a) {
   auto* perm = reinterpret_cast<std::int32_t*>(base + plan.perm_at());
   auto* list = reinterpret_cast<int4*>(base + plan.list_at());
   const bool gemm = a.x_dtype == DType::bf16;
-  // Without the GEMM, the middle class takes every expert above 8 tokens.
+  // Without the GEMM, the middle class takes every expert above 8 tokens. With it, experts up to
+  // 32 tokens get one tile of 32 (sm_80 GEMM) and larger ones tiles of 128, or on Hopper tiles
+  // of 256 for the wgmma GEMM, which runs each at the width its tokens need (sm90_gemm.cu;
+  // measured: for experts of 32 tokens the sm_80 GEMM's tile of 32 is faster). choose_kernel
+  // for many tokens tells whether the device has it (unless MXFP4_CUDA_KERNEL forces another).
+  const bool sm90 = gemm && choose_kernel(a.x_dtype, std::int64_t{1} << 20, a.w.n).sm90;
   const int mid_max = gemm ? static_cast<int>(detail::kCudaGemmMinTokens) : INT_MAX;
+  const int large_tile = sm90 ? 256 : kLargeTile;
   const std::int64_t small_tiles = plan.small_tiles();
   const std::int64_t mid_tiles = gemm ? std::min(a.w.experts, pairs / 9) : plan.mid_tiles();
   const std::int64_t mid_base = small_tiles;
@@ -245,8 +253,9 @@ void gather_linear(const detail::GatherLinearArgs& a) {
           a.indices, a.index_dtype, pairs, experts, topk, counts, error, static_cast<T*>(a.out), n);
     });
     check_launch("count_kernel");
-    plan_kernel<<<1, 32, 0, stream>>>(counts, experts, mid_max, offsets, cursor, totals, list,
-                                      static_cast<int>(mid_base), static_cast<int>(large_base));
+    plan_kernel<<<1, 32, 0, stream>>>(counts, experts, mid_max, large_tile, offsets, cursor, totals,
+                                      list, static_cast<int>(mid_base),
+                                      static_cast<int>(large_base));
     check_launch("plan_kernel");
     scatter_kernel<<<blocks_for(pairs, 256), 256, 0, stream>>>(a.indices, a.index_dtype, pairs,
                                                                experts, cursor, perm);
@@ -265,7 +274,11 @@ void gather_linear(const detail::GatherLinearArgs& a) {
     if (gemm) {
       rows.tile_list = list + large_base;
       rows.tile_total = totals + 2;
-      launch_gemm(a.x, rows, plan.large_tiles(), kLargeTile, a.w, a.out, stream);
+      if (sm90) {
+        launch_sm90_gemm(a.x, rows, plan.large_tiles(), large_tile, false, a.w, a.out, stream);
+      } else {
+        launch_gemm(a.x, rows, plan.large_tiles(), kLargeTile, a.w, a.out, stream);
+      }
     }
   } catch (...) {
     if (owned) cudaFreeAsync(space, stream);

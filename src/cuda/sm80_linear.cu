@@ -282,8 +282,12 @@ KernelChoice choose_kernel(DType x_dtype, std::int64_t tokens, std::int64_t n) {
     return std::string(env != nullptr ? env : "");
   }();
   const bool gemm_ok = x_dtype == DType::bf16;
+  const bool sm90_ok = gemm_ok && sm90_gemm_available();
   if (gemm_ok && forced == "gemm64") return {true, 64};
   if (gemm_ok && forced == "gemm128") return {true, 128};
+  if (sm90_ok && forced == "wgmma128") return {true, 128, true};
+  if (sm90_ok && forced == "wgmma256") return {true, 256, true};
+  if (sm90_ok && forced == "wgmma128w") return {true, 128, true, true};
   const KernelChoice decode{false, tokens <= 8 ? 8 : tokens <= 16 ? 16 : 32};
   if (!gemm_ok || forced == "decode" || tokens <= 16) return decode;
   // The GEMM needs enough 128-row weight tiles to fill the card; otherwise the decode kernel's
@@ -291,6 +295,9 @@ KernelChoice choose_kernel(DType x_dtype, std::int64_t tokens, std::int64_t n) {
   // (bench/RESULTS.md): the GEMM wins from N = 8192 (64 tiles) and loses at N <= 5760.
   const std::int64_t weight_tiles = (n + 127) / 128;
   if (tokens <= 64) return weight_tiles >= 64 ? KernelChoice{true, 64} : decode;
+  // wgmma GEMM: 256-token tiles (measured fastest from M = 1024), 128 up to M = 256, where
+  // twice the tiles keep more SMs busy.
+  if (sm90_ok) return {true, tokens <= 256 ? 128 : 256, true};
   return {true, 128};
 }
 
@@ -333,7 +340,9 @@ void linear(const detail::LinearArgs& a) {
   rows.rows = a.m;
   const KernelChoice choice = choose_kernel(a.x_dtype, a.m, a.w.n);
   const std::int64_t tiles = (a.m + choice.tile_tokens - 1) / choice.tile_tokens;
-  if (choice.gemm) {
+  if (choice.sm90) {
+    launch_sm90_gemm(a.x, rows, tiles, choice.tile_tokens, choice.wide, a.w, a.out, stream);
+  } else if (choice.gemm) {
     launch_gemm(a.x, rows, tiles, choice.tile_tokens, a.w, a.out, stream);
   } else {
     launch_decode(a.x, a.x_dtype, rows, tiles, choice.tile_tokens, a.w, a.out, stream);

@@ -1,0 +1,415 @@
+// Tiled MXFP4 GEMM for many tokens on Hopper (sm_90a), bf16 activations, with warpgroup MMA:
+// y[m, n] = sum_k x[m, k] W[n, k] + b[n].
+//
+// A CTA of two warpgroups computes 128 weight rows x kTokens tokens (128 or 256); warpgroup q
+// owns weight rows [64 q, 64 q + 64) and every token, as one wgmma m64nTk16 accumulator. The
+// weight is the MMA's A operand and comes from registers: each thread decodes its rows' E2M1
+// codes and multiplies them by the block's scale in bf16 (exact, as in sm80_gemm.cu), so the
+// tensor cores see exactly the reference's weight values. x is the B operand, read by the
+// tensor cores straight from shared memory in the 128-byte-swizzled K-major layout.
+//
+// Stages of 64 k (two MXFP4 blocks) of x, of the packed weight and of its scales go through
+// shared memory with cp.async (which can gather the rows of a mixture-of-experts tile), kStages
+// deep with a prefetch distance of kStages - 2: wgmma runs asynchronously, so one group may
+// still read the stage before the one being computed. Decoding the next block overlaps the
+// tensor cores' work on the current one (two register sets of A fragments, alternating).
+//
+// A lane (g, t) of a warp needs, for its rows g and g + 8 and each k16 step, the codes of
+// elements 2t, 2t+1, 2t+8, 2t+9 of the step: bytes t, t+4, t+8 and t+12 of the row's 16-byte
+// block, picked out of one 16-byte shared-memory load with three byte permutes.
+//
+// Persistent CTAs walk (token tile, weight tile) pairs in raster groups of 8 token tiles, as
+// the sm_80 GEMM does, with TokenRows for the dense and the grouped (MoE) layouts.
+#include <cstdint>
+#include <type_traits>
+
+#include "cuda/linear_kernels.hpp"
+#include "cuda/wgmma.cuh"
+
+namespace mxfp4::cuda {
+
+namespace {
+
+constexpr int kTileK = 2 * kBlockSize;
+constexpr int kThreads = 256;
+constexpr int kGroup = 8;
+
+// kSub m64 sub-tiles per warpgroup: a CTA covers kTileW = 128 kSub weight rows.
+template <int kTokens, int kSub>
+struct Sm90Config {
+  static constexpr int kTileW = 128 * kSub;
+  static constexpr int kXBytes = kTokens * kTileK * 2;  // [token][64 k] bf16, swizzled
+  static constexpr int kWBytes = kTileW * 2 * kBlockBytes;
+  static constexpr int kSBytes = 2 * kTileW * 4;  // [block][row] scales as bf16 pairs
+  static constexpr int kStageBytes = (kXBytes + kWBytes + kSBytes + 1023) / 1024 * 1024;
+  static constexpr int kStages = kXBytes + kWBytes > 32768 ? 5 : 6;
+  static constexpr int kSmemBytes = kStages * kStageBytes + 1024;  // + alignment slack
+  static constexpr int kOutStride = kTileW + 8;  // bf16 per token row of the output tile
+  static constexpr int kAcc = kTokens / 2;       // f32 accumulators per thread and sub-tile
+  static_assert(kTokens * kOutStride * 2 <= kStages * kStageBytes, "output tile must fit");
+};
+
+#if defined(MXFP4_SM90A_DEVICE)
+
+// wgmma with N tokens (32, 64, 128, 192 or 256), the accumulators of the first N / 2 registers.
+// A partly filled tile (the last of a dense batch, a mixture-of-experts expert's tokens) runs
+// at the width its tokens need.
+template <int N>
+__device__ __forceinline__ void wgmma_n(float* d, const std::uint32_t (&a)[4], std::uint64_t desc) {
+  if constexpr (N == 256) {
+    sm90::wgmma_m64n256k16(d, a, desc);
+  } else if constexpr (N == 192) {
+    sm90::wgmma_m64n192k16(d, a, desc);
+  } else if constexpr (N == 128) {
+    sm90::wgmma_m64n128k16(d, a, desc);
+  } else if constexpr (N == 64) {
+    sm90::wgmma_m64n64k16(d, a, desc);
+  } else {
+    sm90::wgmma_m64n32k16(d, a, desc);
+  }
+}
+
+// Bytes t, t+4, t+8, t+12 of a 16-byte block (sel = t | (t + 4) << 4), lowest first.
+__device__ __forceinline__ std::uint32_t lane_bytes(const uint4& v, std::uint32_t sel) {
+  const std::uint32_t lo = __byte_perm(v.x, v.y, sel);
+  const std::uint32_t hi = __byte_perm(v.z, v.w, sel);
+  return __byte_perm(lo, hi, 0x5410);
+}
+
+template <int kTokens, int kSub>
+__device__ __forceinline__ void sm90_tile(std::uint8_t* smem, const __nv_bfloat16* __restrict__ x,
+                                          const TokenRows& rows, const TokenRows::Tile& tile,
+                                          int tile_w, const std::uint8_t* __restrict__ blocks,
+                                          const std::uint8_t* __restrict__ scales,
+                                          const void* __restrict__ bias, DType bias_dtype,
+                                          __nv_bfloat16* __restrict__ out, int n, int k,
+                                          bool vector_store) {
+  using C = Sm90Config<kTokens, kSub>;
+  constexpr int kTileW = C::kTileW;
+  const int tid = static_cast<int>(threadIdx.x);
+  const int wg = tid >> 7;
+  const int warp = (tid >> 5) & 3;
+  const int lane = tid & 31;
+  const int g = lane >> 2;
+  const int t = lane & 3;
+  const int nblk = k / kBlockSize;
+  const int ktiles = (nblk + 1) / 2;
+  const int w0 = tile_w * kTileW;
+  const int width = tile.count <= 32    ? 32
+                    : tile.count <= 64  ? 64
+                    : tile.count <= 128 ? 128
+                    : tile.count <= 192 ? 192
+                                        : 256;
+  blocks += static_cast<std::int64_t>(tile.expert) * n * (k / 2);
+  scales += static_cast<std::int64_t>(tile.expert) * n * nblk;
+
+  // Loads: thread tid copies 16-byte chunk (tid % 8) of token rows tid / 8 + 32 i; and for
+  // weight rows tid % 128 + 128 j (j < kSub), block tid / 128 of the stage and its scale.
+  const int xc = tid & 7;
+  const __nv_bfloat16* xsrc[kTokens / 32];
+#pragma unroll
+  for (int i = 0; i < kTokens / 32; ++i) {
+    const int local = min(tid / 8 + 32 * i, tile.count - 1);
+    xsrc[i] = x + rows.x_row(rows.pair(tile.first + local)) * k + 8 * xc;
+  }
+  const int lrow = tid & 127;
+  const int lblk = tid >> 7;
+  const std::uint8_t* wsrc[kSub];
+  const std::uint8_t* ssrc[kSub];
+  bool wrow_ok[kSub];
+#pragma unroll
+  for (int j = 0; j < kSub; ++j) {
+    const int wrow = w0 + lrow + 128 * j;
+    wrow_ok[j] = wrow < n;
+    wsrc[j] = blocks + static_cast<std::int64_t>(min(wrow, n - 1)) * (k / 2);
+    ssrc[j] = scales + static_cast<std::int64_t>(min(wrow, n - 1)) * nblk;
+  }
+  const std::uint32_t smem_base = static_cast<std::uint32_t>(__cvta_generic_to_shared(smem));
+
+  auto issue = [&](int slot, int kt) {
+    std::uint8_t* st = smem + slot * C::kStageBytes;
+    const int xblk = 2 * kt + (xc >> 2);
+    // Rows past the tile's tokens are not loaded: they meet only output columns never stored.
+#pragma unroll
+    for (int i = 0; i < kTokens / 32; ++i) {
+      const int r = tid / 8 + 32 * i;
+      if (r < tile.count) {
+        const bool ok = xblk < nblk;
+        cp_async16(st + r * 128 + ((xc ^ (r & 7)) << 4),
+                   xsrc[i] + (ok ? std::int64_t{kt} * kTileK : 0), ok ? 16 : 0);
+      }
+    }
+    const int blk = 2 * kt + lblk;
+#pragma unroll
+    for (int j = 0; j < kSub; ++j) {
+      const bool ok = wrow_ok[j] && blk < nblk;
+      cp_async16(st + C::kXBytes + (lrow + 128 * j) * 32 + lblk * 16,
+                 wsrc[j] + std::int64_t{blk} * kBlockBytes * (ok ? 1 : 0), ok ? 16 : 0);
+    }
+  };
+  // Missing blocks get scale 1 (127): zero codes times a NaN scale would be NaN. Each scale
+  // goes to shared memory as the bf16 pair the decode multiplies by (made once, not per lane).
+  using ScaleBytes = std::uint8_t[kSub];
+  auto load_scales = [&](int kt, ScaleBytes& v) {
+    const int blk = 2 * kt + lblk;
+#pragma unroll
+    for (int j = 0; j < kSub; ++j)
+      v[j] = wrow_ok[j] && blk < nblk ? __ldg(ssrc[j] + blk) : std::uint8_t{127};
+  };
+  auto store_scales = [&](int slot, const ScaleBytes& v) {
+    auto* sc =
+        reinterpret_cast<std::uint32_t*>(smem + slot * C::kStageBytes + C::kXBytes + C::kWBytes);
+#pragma unroll
+    for (int j = 0; j < kSub; ++j)
+      sc[lblk * kTileW + lrow + 128 * j] = bf16_scale_pair(v[j]);
+  };
+
+  constexpr int S = C::kStages;
+  ScaleBytes pending;
+#pragma unroll
+  for (int s = 0; s < S - 2; ++s) {
+    if (s < ktiles) {
+      issue(s, s);
+      load_scales(s, pending);
+      store_scales(s, pending);
+    }
+    cp_async_commit();
+  }
+
+  float acc[kSub][C::kAcc];
+#pragma unroll
+  for (int j = 0; j < kSub; ++j) {
+#pragma unroll
+    for (int i = 0; i < C::kAcc; ++i)
+      acc[j][i] = 0.0f;
+  }
+
+  // This lane's A rows: ra and ra + 8 of each sub-tile (128 j apart).
+  const int ra = wg * 64 + warp * 16 + g;
+  const std::uint32_t sel = static_cast<std::uint32_t>(t | ((t + 4) << 4));
+  std::uint32_t f[2][kSub][2][4] = {};  // A fragments: [block][sub-tile][k16 step][register]
+  int pending_slot = -1;
+  // The k loop, for one wgmma width N (chosen once per tile: a branch around each wgmma would
+  // make ptxas insert warpgroup synchronization).
+  auto k_loop = [&](auto n_tag) {
+    constexpr int N = decltype(n_tag)::value;
+    for (int kt = 0; kt < ktiles; ++kt) {
+      cp_async_wait<S - 3>();
+      sm90::fence_proxy_async();
+      __syncthreads();
+      if (pending_slot >= 0) store_scales(pending_slot, pending);
+      const int next = kt + S - 2;
+      pending_slot = -1;
+      if (next < ktiles) {
+        issue(next % S, next);
+        load_scales(next, pending);
+        pending_slot = next % S;
+      }
+      cp_async_commit();
+
+      const int slot = kt % S;
+      const std::uint8_t* st = smem + slot * C::kStageBytes;
+      const std::uint32_t x_addr = smem_base + static_cast<std::uint32_t>(slot * C::kStageBytes);
+#pragma unroll
+      for (int b = 0; b < 2; ++b) {
+        // The group before this one, which read `f` last, is done (wait below): decode block b.
+        const auto* sc =
+            reinterpret_cast<const std::uint32_t*>(st + C::kXBytes + C::kWBytes) + b * kTileW;
+#pragma unroll
+        for (int j = 0; j < kSub; ++j) {
+          const int r = ra + 128 * j;
+          const uint4 va = *reinterpret_cast<const uint4*>(st + C::kXBytes + r * 32 + b * 16);
+          const uint4 vb = *reinterpret_cast<const uint4*>(st + C::kXBytes + (r + 8) * 32 + b * 16);
+          const std::uint32_t sa = sc[r];
+          const std::uint32_t sb = sc[r + 8];
+          const std::uint32_t wa = lane_bytes(va, sel);
+          const std::uint32_t wb = lane_bytes(vb, sel);
+          decode4<__nv_bfloat16>(wa & 0xFFFFu, f[b][j][0][0], f[b][j][0][2]);
+          decode4<__nv_bfloat16>(wb & 0xFFFFu, f[b][j][0][1], f[b][j][0][3]);
+          decode4<__nv_bfloat16>(wa >> 16, f[b][j][1][0], f[b][j][1][2]);
+          decode4<__nv_bfloat16>(wb >> 16, f[b][j][1][1], f[b][j][1][3]);
+#pragma unroll
+          for (int s = 0; s < 2; ++s) {
+            f[b][j][s][0] = bf16x2_mul(f[b][j][s][0], sa);
+            f[b][j][s][2] = bf16x2_mul(f[b][j][s][2], sa);
+            f[b][j][s][1] = bf16x2_mul(f[b][j][s][1], sb);
+            f[b][j][s][3] = bf16x2_mul(f[b][j][s][3], sb);
+          }
+        }
+        sm90::wgmma_fence();
+#pragma unroll
+        for (int j = 0; j < kSub; ++j)
+          sm90::fence_accumulators<N / 2>(acc[j]);
+          // Block b's two k16 steps start 64 b and 64 b + 32 bytes into each 128-byte token row.
+#pragma unroll
+        for (int s = 0; s < 2; ++s) {
+#pragma unroll
+          for (int j = 0; j < kSub; ++j)
+            wgmma_n<N>(acc[j], f[b][j][s], sm90::sw128_desc(x_addr + 64 * b + 32 * s));
+        }
+        sm90::wgmma_commit();
+#pragma unroll
+        for (int j = 0; j < kSub; ++j)
+          sm90::fence_accumulators<N / 2>(acc[j]);
+        // The other block's group is done; its A registers (kept live until here by the fence)
+        // may be written again. ptxas does not track wgmma's asynchronous register reads.
+        sm90::wgmma_wait<1>();
+        sm90::fence_registers(f[b ^ 1]);
+      }
+    }
+  };
+  if (kTokens >= 256 && width > 192) {
+    k_loop(std::integral_constant<int, 256>{});
+  } else if (kTokens >= 256 && width > 128) {
+    k_loop(std::integral_constant<int, 192>{});
+  } else if (width > 64) {
+    k_loop(std::integral_constant<int, 128>{});
+  } else if (width > 32) {
+    k_loop(std::integral_constant<int, 64>{});
+  } else {
+    k_loop(std::integral_constant<int, 32>{});
+  }
+  sm90::wgmma_wait<0>();
+#pragma unroll
+  for (int j = 0; j < kSub; ++j)
+    sm90::fence_accumulators<C::kAcc>(acc[j]);
+  cp_async_wait<0>();
+  __syncthreads();
+
+  // Epilogue: bias in f32, bf16 tile [token][weight row] in shared memory, then whole rows out.
+  auto* tile_out = reinterpret_cast<__nv_bfloat16*>(smem);
+#pragma unroll
+  for (int j = 0; j < kSub; ++j) {
+    const int r = ra + 128 * j;
+    float ba = 0.0f, bb = 0.0f;
+    if (bias != nullptr) {
+      const std::int64_t base = static_cast<std::int64_t>(tile.expert) * n;
+      if (w0 + r < n) ba = load_bias(bias, bias_dtype, base + w0 + r);
+      if (w0 + r + 8 < n) bb = load_bias(bias, bias_dtype, base + w0 + r + 8);
+    }
+#pragma unroll
+    for (int q = 0; q < kTokens / 8; ++q) {
+      if (8 * q >= width) break;
+      const int tok = 8 * q + 2 * t;
+      tile_out[tok * C::kOutStride + r] = __float2bfloat16_rn(acc[j][4 * q] + ba);
+      tile_out[(tok + 1) * C::kOutStride + r] = __float2bfloat16_rn(acc[j][4 * q + 1] + ba);
+      tile_out[tok * C::kOutStride + r + 8] = __float2bfloat16_rn(acc[j][4 * q + 2] + bb);
+      tile_out[(tok + 1) * C::kOutStride + r + 8] = __float2bfloat16_rn(acc[j][4 * q + 3] + bb);
+    }
+  }
+  __syncthreads();
+  const int cols = min(kTileW, n - w0);
+  if (vector_store) {
+    // n % 8 == 0: a row's values are aligned 8-value chunks, each entirely in or out of range.
+    constexpr int kChunks = kTileW / 8;
+    const int c = tid % kChunks;
+    if (8 * c < cols) {
+      for (int r = tid / kChunks; r < tile.count; r += kThreads / kChunks) {
+        const uint4 v = *reinterpret_cast<const uint4*>(&tile_out[r * C::kOutStride + 8 * c]);
+        *reinterpret_cast<uint4*>(out + rows.pair(tile.first + r) * n + w0 + 8 * c) = v;
+      }
+    }
+  } else {
+    for (int r = tid >> 5; r < tile.count; r += kThreads / 32) {
+      __nv_bfloat16* dst = out + rows.pair(tile.first + r) * n + w0;
+      for (int c = lane; c < cols; c += 32)
+        dst[c] = tile_out[r * C::kOutStride + c];
+    }
+  }
+  __syncthreads();  // the stages are free again
+}
+
+#endif  // MXFP4_SM90A_DEVICE
+
+template <int kTokens, int kSub>
+__global__ void __launch_bounds__(kThreads, 1)
+    sm90_gemm_kernel(const __nv_bfloat16* __restrict__ x, TokenRows rows, int tiles_t, int tiles_w,
+                     const std::uint8_t* __restrict__ blocks,
+                     const std::uint8_t* __restrict__ scales, const void* __restrict__ bias,
+                     DType bias_dtype, __nv_bfloat16* __restrict__ out, int n, int k,
+                     bool vector_store) {
+#if defined(MXFP4_SM90A_DEVICE)
+  extern __shared__ uint4 smem_raw[];
+  // The swizzle atoms need 1024-byte alignment; the launch asks for 1 KiB of slack.
+  const auto raw = static_cast<std::uint32_t>(__cvta_generic_to_shared(smem_raw));
+  std::uint8_t* smem =
+      reinterpret_cast<std::uint8_t*>(smem_raw) + ((1024u - (raw & 1023u)) & 1023u);
+  if (rows.tile_list != nullptr) tiles_t = min(tiles_t, *rows.tile_total);
+  const int per_group = kGroup * tiles_w;
+  for (int pid = static_cast<int>(blockIdx.x); pid < tiles_t * tiles_w;
+       pid += static_cast<int>(gridDim.x)) {
+    const int first_t = (pid / per_group) * kGroup;
+    const int group_size = min(tiles_t - first_t, kGroup);
+    const int tile_t = first_t + (pid % per_group) % group_size;
+    const int tile_w = (pid % per_group) / group_size;
+    const TokenRows::Tile tile = rows.tile(tile_t, kTokens);
+    if (tile.count == 0) continue;
+    sm90_tile<kTokens, kSub>(smem, x, rows, tile, tile_w, blocks, scales, bias, bias_dtype, out, n,
+                             k, vector_store);
+  }
+#else
+  (void)x, (void)rows, (void)tiles_t, (void)tiles_w, (void)blocks, (void)scales, (void)bias;
+  (void)bias_dtype, (void)out, (void)n, (void)k, (void)vector_store;
+#endif
+}
+
+template <int kTokens, int kSub>
+void launch_sm90_tiles(const void* x, const TokenRows& rows, std::int64_t tiles,
+                       const detail::WeightArgs& w, void* out, cudaStream_t stream) {
+  using C = Sm90Config<kTokens, kSub>;
+  constexpr int kTileW = C::kTileW;
+  const int n = static_cast<int>(w.n);
+  const int k = static_cast<int>(w.k);
+  const std::int64_t tiles_w = (n + kTileW - 1) / kTileW;
+  const std::int64_t ctas = tiles * tiles_w;
+  if (ctas == 0) return;
+  if (ctas >= (std::int64_t{1} << 31)) {
+    throw Unsupported("linear: " + std::to_string(ctas) + " tiles exceed one CUDA grid");
+  }
+  int device = 0, sms = 0;
+  check(cudaGetDevice(&device), "cudaGetDevice");
+  check(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device),
+        "cudaDeviceGetAttribute(multiprocessors)");
+  check(cudaFuncSetAttribute(sm90_gemm_kernel<kTokens, kSub>,
+                             cudaFuncAttributeMaxDynamicSharedMemorySize, C::kSmemBytes),
+        "cudaFuncSetAttribute(sm90_gemm_kernel)");
+  const std::int64_t grid = std::min<std::int64_t>(ctas, sms);  // one CTA per SM
+  const bool vector_store = n % 8 == 0 && (reinterpret_cast<std::uintptr_t>(out) & 15) == 0;
+  sm90_gemm_kernel<kTokens, kSub><<<static_cast<unsigned>(grid), kThreads, C::kSmemBytes, stream>>>(
+      static_cast<const __nv_bfloat16*>(x), rows, static_cast<int>(tiles),
+      static_cast<int>(tiles_w), w.blocks, w.scales, w.bias, w.bias_dtype,
+      static_cast<__nv_bfloat16*>(out), n, k, vector_store);
+  check_launch("sm90_gemm_kernel");
+}
+
+}  // namespace
+
+bool sm90_gemm_available() {
+#if defined(MXFP4_HAVE_SM90A)
+  static const bool available = [] {
+    int device = 0, major = 0, minor = 0;
+    if (cudaGetDevice(&device) != cudaSuccess) return false;
+    if (cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device) != cudaSuccess ||
+        cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, device) != cudaSuccess) {
+      return false;
+    }
+    return major == 9 && minor == 0;
+  }();
+  return available;
+#else
+  return false;
+#endif
+}
+
+void launch_sm90_gemm(const void* x, const TokenRows& rows, std::int64_t tiles, int tile_tokens,
+                      bool wide, const detail::WeightArgs& w, void* out, cudaStream_t stream) {
+  if (tile_tokens == 256) {
+    launch_sm90_tiles<256, 1>(x, rows, tiles, w, out, stream);
+  } else if (wide) {
+    launch_sm90_tiles<128, 2>(x, rows, tiles, w, out, stream);
+  } else {
+    launch_sm90_tiles<128, 1>(x, rows, tiles, w, out, stream);
+  }
+}
+
+}  // namespace mxfp4::cuda

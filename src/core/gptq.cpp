@@ -164,18 +164,24 @@ std::vector<double> gptq_inverse_factor(const std::vector<double>& h, std::int64
   // Rows of (L^-1)^T: t_c[i] = (L^-1)[i][c] for i >= c, by forward substitution down column c.
   std::vector<double> t(kk * kk, 0.0);
   const double* l = a.data();
-  const std::int64_t tasks = (k + 7) / 8;
-  cpu::parallel_for(tasks, [&](std::int64_t task) {
-    for (std::int64_t c = task * 8; c < std::min(k, task * 8 + 8); ++c) {
-      double* tc = t.data() + c * k;
-      tc[c] = 1.0 / l[c * k + c];
-      for (std::int64_t i = c + 1; i < k; ++i) {
-        tc[i] = -dot(l + i * k + c, tc + c, i - c) / l[i * k + i];
+  // Columns go in groups that share each row of L as it streams past (it stays in cache for the
+  // group's dot products).
+  constexpr std::int64_t kGroup = 16;
+  cpu::parallel_for((k + kGroup - 1) / kGroup, [&](std::int64_t task) {
+    const std::int64_t c0 = task * kGroup;
+    const std::int64_t c1 = std::min(k, c0 + kGroup);
+    for (std::int64_t i = c0; i < k; ++i) {
+      const double* li = l + i * k;
+      for (std::int64_t c = c0; c < std::min(c1, i + 1); ++c) {
+        double* tc = t.data() + c * k;
+        tc[i] = c == i ? 1.0 / li[i] : -dot(li + c, tc + c, i - c) / li[i];
       }
     }
   });
-  // U[i][j] = (L^-1)[k-1-i][k-1-j] = t_{k-1-j}[k-1-i] for j >= i.
-  std::vector<double> u(kk * kk, 0.0);
+  // U[i][j] = (L^-1)[k-1-i][k-1-j] = t_{k-1-j}[k-1-i] for j >= i, in L's storage (no longer
+  // needed), so that at most two K x K matrices are held besides H.
+  std::vector<double> u = std::move(a);
+  std::fill(u.begin(), u.end(), 0.0);
   for (std::int64_t i = 0; i < k; ++i) {
     for (std::int64_t j = i; j < k; ++j) {
       u[static_cast<std::size_t>(i * k + j)] =

@@ -10,8 +10,8 @@
 // under that scale, one by one, each passing its error on.
 //
 // The result is an ordinary Mxfp4Weight: same layout, same readers and kernels. Use it when a
-// model's accuracy after round-to-nearest is not enough and a few hundred representative inputs
-// per layer are at hand (see README.md and docs/minilm-embeddings.md).
+// model's accuracy after round-to-nearest is not enough and a few thousand representative input
+// rows (tokens) per layer are at hand (see README.md and docs/minilm-embeddings.md).
 #pragma once
 
 #include <cstdint>

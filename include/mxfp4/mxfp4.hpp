@@ -5,6 +5,7 @@
 #include "mxfp4/dtype.hpp"
 #include "mxfp4/error.hpp"
 #include "mxfp4/format.hpp"
+#include "mxfp4/gptq.hpp"
 #include "mxfp4/ops.hpp"
 #include "mxfp4/tensor.hpp"
 #include "mxfp4/version.hpp"

@@ -19,6 +19,9 @@ unless ``stream=`` names a ``cudaStream_t`` (as an int).
 Errors: the classes of :mod:`mxfp4._errors` (re-exported here), carrying the library's
 messages.
 
+Data-aware quantization: :meth:`Mxfp4Weight.quantize_gptq` (GPTQ) takes a :class:`Hessian`
+accumulated from a layer's calibration inputs (:func:`hessian`, ``Hessian.add``).
+
 Files: :func:`open` lists the tensors and MXFP4 weights of a file and loads them;
 :func:`save` writes arrays and weights. Formats: safetensors, gguf, uqff1 (mistral.rs UQFF 1.x),
 gptoss (GPT-OSS safetensors) and uqff-legacy (UQFF 0.2.0 blobs); MXFP4 weights appear as
@@ -41,6 +44,7 @@ from ._errors import (
 )
 from ._mxfp4 import (
     File,
+    Hessian,
     Mxfp4Weight,
     NonFinitePolicy,
     ScaleRule,
@@ -51,6 +55,7 @@ from ._mxfp4 import (
     dequantize,
     gather_linear,
     gather_linear_workspace_bytes,
+    hessian,
     linear,
     num_threads,
     quantize,
@@ -81,6 +86,7 @@ __all__ = [
     "Error",
     "File",
     "FormatError",
+    "Hessian",
     "IndexOutOfRange",
     "InvalidArgument",
     "IoError",
@@ -97,6 +103,7 @@ __all__ = [
     "dequantize",
     "gather_linear",
     "gather_linear_workspace_bytes",
+    "hessian",
     "linear",
     "num_threads",
     "open",

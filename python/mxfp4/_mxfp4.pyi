@@ -78,6 +78,19 @@ class Mxfp4Weight:
         """
 
     @staticmethod
+    def quantize_gptq(weight: Array, hessian: Hessian | Array, bias: Array | None = None, *, rule: ScaleRule = ScaleRule.mse, damp: float = 0.01) -> Mxfp4Weight:
+        """
+        Quantizes weight (f32/f16/bf16 [N, K] on the CPU, K a multiple of 32) with
+        GPTQ error correction: each column's rounding error moves onto the columns
+        not yet quantized so that x W^T changes least on the calibration inputs.
+        hessian: a Hessian accumulated from the layer's inputs, or an array X^T X
+        [K, K] (float32 or float64). Each 32-column block's scale is chosen by rule
+        from the error-updated weights. damp * mean(diag H) is added to H's diagonal
+        (0.01, GPTQ's default). bias (optional, [N]) is copied. A diagonal H gives
+        exactly Mxfp4Weight.quantize's result.
+        """
+
+    @staticmethod
     def from_parts(blocks: Array, scales: Array, bias: Array | None = None) -> Mxfp4Weight:
         """
         A weight viewing existing parts (no copy; the arrays are kept alive):
@@ -128,6 +141,42 @@ class Mxfp4Weight:
         """A copy of the weight on device ('cpu', 'cuda', 'cuda:N')."""
 
     def __repr__(self) -> str: ...
+
+class Hessian:
+    """
+    The sum of x^T x over a layer's calibration inputs x (rows are samples), [K, K] in
+    float64: what Mxfp4Weight.quantize_gptq needs. Stream batches with add().
+    """
+
+    def __init__(self, in_features: int) -> None:
+        """An all-zero Hessian for K inputs."""
+
+    @staticmethod
+    def from_array(hessian: Array) -> Hessian:
+        """A Hessian holding an existing matrix [K, K] (float32 or float64)."""
+
+    def add(self, activations: Array) -> None:
+        """
+        Adds x^T x for activations f32/f16/bf16 [..., K] (CPU); every row is a sample.
+        """
+
+    @property
+    def in_features(self) -> int:
+        """K."""
+
+    @property
+    def samples(self) -> int:
+        """Rows added so far."""
+
+    def numpy(self) -> numpy.ndarray:
+        """The matrix as a new float64 numpy array [K, K]."""
+
+    def __repr__(self) -> str: ...
+
+def hessian(activations: Array) -> Hessian:
+    """
+    Hessian(K) with activations [..., K] added: x^T x over its rows, float64.
+    """
 
 def quantize(weight: _A, *, rule: ScaleRule = ScaleRule.mse, non_finite: NonFinitePolicy = NonFinitePolicy.error, out: tuple[Array, Array] | None = None, stream: int | None = None) -> tuple[_A, _A]:
     """

@@ -22,6 +22,7 @@
 #include "io/tensor_file.hpp"
 #include "mxfp4/cpu.hpp"
 #include "mxfp4/device.hpp"
+#include "mxfp4/gptq.hpp"
 #include "mxfp4/ops.hpp"
 #include "mxfp4/version.hpp"
 #include "mxfp4/weight.hpp"
@@ -316,6 +317,69 @@ PyWeight weight_quantize(nb::handle weight, nb::handle bias, mxfp4::ScaleRule ru
     std::optional<Tensor> bt;
     if (b) bt = b->tensor.clone();
     out.weight = Mxfp4Weight::from_parts(std::move(q.blocks), std::move(q.scales), std::move(bt));
+  }
+  return out;
+}
+
+// ---- GPTQ (include/mxfp4/gptq.hpp) ----
+
+// A Hessian from an array [K, K]: float64 (numpy) is taken as is, anything else goes through the
+// library's f32 path (which names a wrong dtype or shape).
+mxfp4::Hessian hessian_from_array(nb::handle obj, const char* op) {
+  using F64 = nb::ndarray<const double, nb::ndim<2>, nb::c_contig, nb::device::cpu>;
+  F64 f64;
+  if (!is_torch_tensor(obj) && nb::try_cast(obj, f64, false)) {
+    if (f64.shape(0) != f64.shape(1)) {
+      throw mxfp4::ShapeMismatch(std::string(op) + ": hessian must be square [K, K], got [" +
+                                 std::to_string(f64.shape(0)) + ", " +
+                                 std::to_string(f64.shape(1)) + "]");
+    }
+    const auto k = static_cast<std::int64_t>(f64.shape(0));
+    std::vector<double> v(f64.data(), f64.data() + f64.size());
+    return mxfp4::Hessian::from_values(k, std::move(v));
+  }
+  ArrayArg h = to_array(obj, op, "hessian");
+  return mxfp4::Hessian::from_tensor(h.tensor);
+}
+
+nb::object hessian_to_numpy(const mxfp4::Hessian& h) {
+  auto* values = new std::vector<double>(h.values());
+  nb::capsule owner(values, [](void* p) noexcept { delete static_cast<std::vector<double>*>(p); });
+  const std::size_t shape[2] = {static_cast<std::size_t>(h.in_features()),
+                                static_cast<std::size_t>(h.in_features())};
+  return nb::ndarray<nb::numpy, double, nb::ndim<2>>(values->data(), 2, shape, owner).cast();
+}
+
+void hessian_add(mxfp4::Hessian& self, nb::handle activations) {
+  ArrayArg x = to_array(activations, "Hessian.add", "activations");
+  nb::gil_scoped_release release;
+  self.add(x.tensor);
+}
+
+PyWeight weight_quantize_gptq(nb::handle weight, nb::handle hessian, nb::handle bias,
+                              mxfp4::ScaleRule rule, double damp) {
+  const char* op = "Mxfp4Weight.quantize_gptq";
+  ArrayArg w = to_array(weight, op, "weight");
+  std::optional<ArrayArg> b = to_optional_array(bias, op, "bias");
+  if (hessian.is_none()) throw mxfp4::InvalidArgument(std::string(op) + ": hessian is None");
+  std::optional<mxfp4::Hessian> owned;
+  const mxfp4::Hessian* h = nullptr;
+  if (nb::isinstance<mxfp4::Hessian>(hessian)) {
+    h = nb::inst_ptr<mxfp4::Hessian>(hessian);
+  } else {
+    owned = hessian_from_array(hessian, op);
+    h = &*owned;
+  }
+  mxfp4::GptqOptions options;
+  options.rule = rule;
+  options.damp = damp;
+  PyWeight out;
+  out.framework = w.framework;
+  {
+    nb::gil_scoped_release release;
+    std::optional<Tensor> bt;
+    if (b) bt = b->tensor.clone();
+    out.weight = mxfp4::quantize_gptq(w.tensor, *h, std::move(bt), options);
   }
   return out;
 }
@@ -631,6 +695,17 @@ NB_MODULE(_mxfp4, m) {
                   "Quantizes weight (f32/f16/bf16 [N, K] or [E, N, K], K a multiple of 32).\n"
                   "bias (optional, [N] or [E, N]) is copied. The weight lives on the input's "
                   "device.")
+      .def_static("quantize_gptq", &weight_quantize_gptq, "weight"_a.none(), "hessian"_a.none(),
+                  "bias"_a = nb::none(), nb::kw_only(), "rule"_a = mxfp4::kDefaultScaleRule,
+                  "damp"_a = 0.01,
+                  "Quantizes weight (f32/f16/bf16 [N, K] on the CPU, K a multiple of 32) with\n"
+                  "GPTQ error correction: each column's rounding error moves onto the columns\n"
+                  "not yet quantized so that x W^T changes least on the calibration inputs.\n"
+                  "hessian: a Hessian accumulated from the layer's inputs, or an array X^T X\n"
+                  "[K, K] (float32 or float64). Each 32-column block's scale is chosen by rule\n"
+                  "from the error-updated weights. damp * mean(diag H) is added to H's diagonal\n"
+                  "(0.01, GPTQ's default). bias (optional, [N]) is copied. A diagonal H gives\n"
+                  "exactly Mxfp4Weight.quantize's result.")
       .def_static("from_parts", &weight_from_parts, "blocks"_a, "scales"_a, "bias"_a = nb::none(),
                   "A weight viewing existing parts (no copy; the arrays are kept alive):\n"
                   "blocks u8 [.., N, K/2], scales u8 [.., N, K/32], bias [N] / [E, N] or None.")
@@ -677,6 +752,37 @@ NB_MODULE(_mxfp4, m) {
            "A copy of the weight on device ('cpu', 'cuda', 'cuda:N').")
       .def("__repr__", &weight_repr);
 
+  nb::class_<mxfp4::Hessian>(
+      m, "Hessian",
+      "The sum of x^T x over a layer's calibration inputs x (rows are samples), [K, K] in\n"
+      "float64: what Mxfp4Weight.quantize_gptq needs. Stream batches with add().")
+      .def(nb::init<std::int64_t>(), "in_features"_a, "An all-zero Hessian for K inputs.")
+      .def_static(
+          "from_array", [](nb::handle h) { return hessian_from_array(h, "Hessian.from_array"); },
+          "hessian"_a, "A Hessian holding an existing matrix [K, K] (float32 or float64).")
+      .def("add", &hessian_add, "activations"_a,
+           "Adds x^T x for activations f32/f16/bf16 [..., K] (CPU); every row is a sample.")
+      .def_prop_ro("in_features", &mxfp4::Hessian::in_features, "K.")
+      .def_prop_ro("samples", &mxfp4::Hessian::samples, "Rows added so far.")
+      .def("numpy", &hessian_to_numpy, "The matrix as a new float64 numpy array [K, K].")
+      .def("__repr__", [](const mxfp4::Hessian& h) {
+        return "Hessian(in_features=" + std::to_string(h.in_features()) +
+               ", samples=" + std::to_string(h.samples()) + ")";
+      });
+  m.def(
+      "hessian",
+      [](nb::handle activations) {
+        ArrayArg x = to_array(activations, "hessian", "activations");
+        if (x.tensor.rank() < 1) {
+          throw mxfp4::ShapeMismatch("hessian: activations must be [..., K], got a scalar");
+        }
+        mxfp4::Hessian h(x.tensor.dim(-1));
+        nb::gil_scoped_release release;
+        h.add(x.tensor);
+        return h;
+      },
+      "activations"_a.none(),
+      "Hessian(K) with activations [..., K] added: x^T x over its rows, float64.");
   m.def("quantize", &quantize, "weight"_a.none(), nb::kw_only(),
         "rule"_a = mxfp4::kDefaultScaleRule, "non_finite"_a = mxfp4::NonFinitePolicy::error,
         "out"_a = nb::none(), "stream"_a = nb::none(),

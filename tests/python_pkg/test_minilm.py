@@ -1,5 +1,7 @@
 """all-MiniLM-L6-v2 end to end (examples/minilm_embeddings.py): the numpy f32 forward against the
-values sentence-transformers publishes, then every linear layer in MXFP4 through the package."""
+values sentence-transformers publishes, then every linear layer in MXFP4 through the package,
+round-to-nearest with every rule and GPTQ (sequential, calibrated on sentences that are not
+evaluated) with the default rule."""
 
 from __future__ import annotations
 
@@ -94,18 +96,44 @@ def test_mxfp4_default_rule_measured_level(run) -> None:
     assert r.weight_sqnr_db > 18.5
 
 
+def test_calibration_is_not_the_evaluation_set() -> None:
+    assert len(minilm.CALIBRATION) >= 64
+    assert len(set(minilm.CALIBRATION)) == len(minilm.CALIBRATION)
+    assert not set(minilm.CALIBRATION) & set(minilm.SENTENCES)
+
+
+def test_gptq_default_rule_beats_round_to_nearest(run) -> None:
+    assert [r.rule for r in run.gptq] == ["mse"]
+    g = run.gptq[0]
+    rtn = next(r for r in run.results if r.rule == "mse")
+    assert g.top1_agreement == 1.0
+    assert g.mean_cosine >= 0.98
+    assert g.worst_cosine >= 0.97
+    assert g.mean_cosine > rtn.mean_cosine + 0.01
+    assert g.worst_cosine > rtn.worst_cosine + 0.01
+    # GPTQ moves the weights further from f32 to bring the outputs closer.
+    assert g.weight_sqnr_db < rtn.weight_sqnr_db
+
+
 @pytest.mark.xfail(strict=True, reason="issue 6's target (mean cosine >= 0.99 with the default "
-                   "rule) is not reached by weight-only MXFP4 of all 36 linear layers: 0.966, "
-                   "see docs/minilm-embeddings.md")
+                   "rule) is not reached by weight-only MXFP4 of all 36 linear layers, not even "
+                   "with GPTQ: 0.966 round-to-nearest, 0.983 GPTQ, see docs/minilm-embeddings.md")
 def test_mxfp4_default_rule_reaches_the_issue_target(run) -> None:
-    r = next(r for r in run.results if r.rule == "mse")
-    assert r.mean_cosine >= 0.99
+    best = max(r.mean_cosine for r in run.results + run.gptq if r.rule == "mse")
+    assert best >= 0.99
 
 
 def test_docs_show_these_numbers(run) -> None:
     text = (REPO / "docs" / "minilm-embeddings.md").read_text()
     for r in run.results[1:]:
         row = re.search(rf"\| MXFP4 `{r.rule}`[^|]*\| ([\d.]+) dB \| ([\d.]+) \| ([\d.]+) \|", text)
+        assert row, r.rule
+        assert abs(float(row.group(1)) - r.weight_sqnr_db) < 0.02
+        assert abs(float(row.group(2)) - r.mean_cosine) < 3e-4
+        assert abs(float(row.group(3)) - r.worst_cosine) < 3e-4
+    for r in run.gptq:
+        row = re.search(rf"\| MXFP4 GPTQ `{r.rule}`[^|]*\| ([\d.]+) dB \| ([\d.]+) \| ([\d.]+) \|",
+                        text)
         assert row, r.rule
         assert abs(float(row.group(1)) - r.weight_sqnr_db) < 0.02
         assert abs(float(row.group(2)) - r.mean_cosine) < 3e-4

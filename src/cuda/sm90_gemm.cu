@@ -32,7 +32,8 @@ namespace {
 
 constexpr int kTileK = 2 * kBlockSize;
 constexpr int kThreads = 256;
-constexpr int kGroup = 8;
+// Token tiles per raster group (used by sm_90a device code only).
+[[maybe_unused]] constexpr int kGroup = 8;
 
 // kSub m64 sub-tiles per warpgroup: a CTA covers kTileW = 128 kSub weight rows.
 template <int kTokens, int kSub>
@@ -45,7 +46,6 @@ struct Sm90Config {
   static constexpr int kStages = kXBytes + kWBytes > 32768 ? 5 : 6;
   static constexpr int kSmemBytes = kStages * kStageBytes + 1024;  // + alignment slack
   static constexpr int kOutStride = kTileW + 8;  // bf16 per token row of the output tile
-  static constexpr int kAcc = kTokens / 2;       // f32 accumulators per thread and sub-tile
   static_assert(kTokens * kOutStride * 2 <= kStages * kStageBytes, "output tile must fit");
 };
 
@@ -86,6 +86,7 @@ __device__ __forceinline__ void sm90_tile(std::uint8_t* smem, const __nv_bfloat1
                                           bool vector_store) {
   using C = Sm90Config<kTokens, kSub>;
   constexpr int kTileW = C::kTileW;
+  constexpr int kAcc = kTokens / 2;  // f32 accumulators per thread and sub-tile
   const int tid = static_cast<int>(threadIdx.x);
   const int wg = tid >> 7;
   const int warp = (tid >> 5) & 3;
@@ -176,11 +177,11 @@ __device__ __forceinline__ void sm90_tile(std::uint8_t* smem, const __nv_bfloat1
     cp_async_commit();
   }
 
-  float acc[kSub][C::kAcc];
+  float acc[kSub][kAcc];
 #pragma unroll
   for (int j = 0; j < kSub; ++j) {
 #pragma unroll
-    for (int i = 0; i < C::kAcc; ++i)
+    for (int i = 0; i < kAcc; ++i)
       acc[j][i] = 0.0f;
   }
 
@@ -272,7 +273,7 @@ __device__ __forceinline__ void sm90_tile(std::uint8_t* smem, const __nv_bfloat1
   sm90::wgmma_wait<0>();
 #pragma unroll
   for (int j = 0; j < kSub; ++j)
-    sm90::fence_accumulators<C::kAcc>(acc[j]);
+    sm90::fence_accumulators<kAcc>(acc[j]);
   cp_async_wait<0>();
   __syncthreads();
 

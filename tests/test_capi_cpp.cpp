@@ -5,19 +5,17 @@
 
 #include <cstdint>
 #include <cstring>
-#include <filesystem>
 #include <functional>
 #include <limits>
 #include <random>
 #include <string>
 #include <vector>
 
-#include <unistd.h>
-
 #include "core/backend.hpp"
 #include "mxfp4/io/safetensors.hpp"
 #include "mxfp4/mxfp4.h"
 #include "mxfp4/mxfp4.hpp"
+#include "test_files.hpp"
 
 namespace {
 
@@ -25,6 +23,7 @@ using mxfp4::DType;
 using mxfp4::ScaleRule;
 using mxfp4::Shape;
 using mxfp4::Tensor;
+using mxfp4::test::bytes_of;
 
 mxfp4_tensor describe(const Tensor& t) {
   mxfp4_tensor d{};
@@ -44,11 +43,6 @@ Tensor random_tensor(const Shape& shape, std::uint32_t seed, float scale = 1.0f)
   for (float& x : v)
     x = dist(gen);
   return Tensor::from_vector(v, shape);
-}
-
-std::vector<std::uint8_t> bytes_of(const Tensor& t) {
-  const auto* p = static_cast<const std::uint8_t*>(t.data());
-  return {p, p + t.nbytes()};
 }
 
 struct CWeight {
@@ -185,10 +179,8 @@ TEST(CApiVsCpp, ErrorsCarryTheCppCodeAndMessage) {
 }
 
 TEST(CApiVsCpp, SavedFilesReadBackWithTheCppReader) {
-  const std::filesystem::path dir =
-      std::filesystem::temp_directory_path() / ("mxfp4_capi_cpp_" + std::to_string(::getpid()));
-  std::filesystem::create_directories(dir);
-  const std::string path = (dir / "w.safetensors").string();
+  const mxfp4::test::TempDir dir;
+  const std::string path = dir.file("w.safetensors");
   const Tensor w = random_tensor({16, 64}, 41), bias = random_tensor({16}, 42);
   const mxfp4_tensor tw = describe(w), tbias = describe(bias);
   CWeight cw;
@@ -209,7 +201,6 @@ TEST(CApiVsCpp, SavedFilesReadBackWithTheCppReader) {
   EXPECT_EQ(bytes_of(f.tensor("up.scales")), bytes_of(cpp.scales()));
   EXPECT_EQ(bytes_of(f.tensor("up.bias")), bytes_of(bias));
   EXPECT_EQ(bytes_of(f.tensor("norm")), bytes_of(bias));
-  std::filesystem::remove_all(dir);
 }
 
 }  // namespace

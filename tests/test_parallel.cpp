@@ -3,7 +3,6 @@
 // from a checkpoint), and a simulated expert-parallel layer built from the dispatch plan gives
 // the single-device result.
 #include <gtest/gtest.h>
-#include <unistd.h>
 
 #include <cmath>
 #include <filesystem>
@@ -14,12 +13,14 @@
 #include "mxfp4/io/safetensors.hpp"
 #include "mxfp4/ops.hpp"
 #include "mxfp4/parallel.hpp"
+#include "test_files.hpp"
 
 namespace mp = mxfp4::parallel;
 using mxfp4::DType;
 using mxfp4::Mxfp4Weight;
 using mxfp4::Shape;
 using mxfp4::Tensor;
+using mxfp4::test::expect_same_weight;
 
 namespace {
 
@@ -38,11 +39,6 @@ Mxfp4Weight random_weight(const Shape& shape, bool with_bias, std::uint32_t seed
     bias = random_tensor(Shape(shape.begin(), shape.end() - 1), seed + 1);
   }
   return Mxfp4Weight::quantize(random_tensor(shape, seed), bias);
-}
-
-std::vector<std::uint8_t> bytes_of(const Tensor& t) {
-  const auto* p = static_cast<const std::uint8_t*>(t.data());
-  return {p, p + t.nbytes()};
 }
 
 // Elements [rows, cols] of a 2-D f32 tensor [R, C] as a vector.
@@ -259,15 +255,8 @@ TEST(ParallelShard, ExpertShardsHoldTheirExperts) {
 
 class ParallelCheckpoint : public ::testing::Test {
  protected:
-  void SetUp() override {
-    dir_ = std::filesystem::temp_directory_path() /
-           ("mxfp4_parallel_" + std::to_string(::getpid()) + "_" +
-            ::testing::UnitTest::GetInstance()->current_test_info()->name());
-    std::filesystem::create_directories(dir_);
-  }
-  void TearDown() override { std::filesystem::remove_all(dir_); }
-  std::string path(const char* name) const { return (dir_ / name).string(); }
-  std::filesystem::path dir_;
+  std::string path(const char* name) const { return dir_.file(name); }
+  mxfp4::test::TempDir dir_;
 };
 
 TEST_F(ParallelCheckpoint, ShardsFromTheMappedFileEqualShardsOfTheWeight) {
@@ -286,26 +275,17 @@ TEST_F(ParallelCheckpoint, ShardsFromTheMappedFileEqualShardsOfTheWeight) {
   const mp::CheckpointWeightNames e{"e.blocks", "e.scales", "e.bias"};
   const Mxfp4Weight dense_bf16 =
       Mxfp4Weight::from_parts(dense.blocks(), dense.scales(), dense_bias);
-  const auto same = [](const Mxfp4Weight& a, const Mxfp4Weight& b, const std::string& what) {
-    EXPECT_EQ(a.blocks().shape(), b.blocks().shape()) << what;
-    EXPECT_EQ(bytes_of(a.blocks()), bytes_of(b.blocks())) << what;
-    EXPECT_EQ(bytes_of(a.scales()), bytes_of(b.scales())) << what;
-    ASSERT_EQ(a.bias().has_value(), b.bias().has_value()) << what;
-    if (a.bias()) {
-      EXPECT_EQ(a.bias()->dtype(), b.bias()->dtype()) << what;
-      EXPECT_EQ(bytes_of(*a.bias()), bytes_of(*b.bias())) << what;
-    }
-  };
   for (int ranks : {1, 2, 3, 5}) {
     for (int r = 0; r < ranks; ++r) {
       const std::string at = " rank " + std::to_string(r) + "/" + std::to_string(ranks);
-      same(mp::load_column_shard(ckpt, d, r, ranks), mp::shard_column(dense_bf16, r, ranks),
-           "column" + at);
-      same(mp::load_row_shard(ckpt, d, r, ranks), mp::shard_row(dense_bf16, r, ranks), "row" + at);
-      same(mp::load_expert_shard(ckpt, e, r, ranks), mp::shard_experts(stack, r, ranks),
-           "experts" + at);
-      same(mp::load_column_shard(ckpt, e, r, ranks), mp::shard_column(stack, r, ranks),
-           "stacked column" + at);
+      expect_same_weight(mp::load_column_shard(ckpt, d, r, ranks),
+                         mp::shard_column(dense_bf16, r, ranks), "column" + at);
+      expect_same_weight(mp::load_row_shard(ckpt, d, r, ranks), mp::shard_row(dense_bf16, r, ranks),
+                         "row" + at);
+      expect_same_weight(mp::load_expert_shard(ckpt, e, r, ranks),
+                         mp::shard_experts(stack, r, ranks), "experts" + at);
+      expect_same_weight(mp::load_column_shard(ckpt, e, r, ranks),
+                         mp::shard_column(stack, r, ranks), "stacked column" + at);
     }
   }
   const Mxfp4Weight no_bias = mp::load_row_shard(ckpt, {"d.blocks", "d.scales", {}}, 0, 2);

@@ -13,6 +13,8 @@
 #include <filesystem>
 #include <fstream>
 #include <iterator>
+#include <optional>
+#include <random>
 #include <stdexcept>
 #include <string>
 #include <vector>
@@ -160,6 +162,26 @@ class FileSizeLimit {
 inline Bytes bytes_of(const Tensor& t) {
   const auto* p = static_cast<const std::uint8_t*>(t.data());
   return Bytes(p, p + t.nbytes());
+}
+
+// A weight quantized from normal(0, stddev) values (std::mt19937 from `seed`), with a bias of
+// `bias_dtype` (drawn after the weight) when one is given.
+inline Mxfp4Weight random_weight(const Shape& shape, std::uint32_t seed,
+                                 std::optional<DType> bias_dtype, float stddev = 1.0f) {
+  std::mt19937 rng(seed);
+  std::normal_distribution<float> dist(0.0f, stddev);
+  std::vector<float> v(static_cast<std::size_t>(shape_numel(shape)));
+  for (float& x : v)
+    x = dist(rng);
+  std::optional<Tensor> bias;
+  if (bias_dtype) {
+    const Shape bshape(shape.begin(), shape.end() - 1);
+    std::vector<float> b(static_cast<std::size_t>(shape_numel(bshape)));
+    for (float& x : b)
+      x = dist(rng);
+    bias = Tensor::from_vector(b, bshape).to(*bias_dtype);
+  }
+  return Mxfp4Weight::quantize(Tensor::from_vector(v, shape), bias);
 }
 
 // Same parts, shapes, dtypes and bytes; `what` names the pair in failures.

@@ -78,23 +78,6 @@ void expect_format_error(const Bytes& bytes, const std::string& needle) {
   expect_refused<mxfp4::FormatError>(bytes, needle);
 }
 
-Mxfp4Weight random_weight(Shape shape, std::uint32_t seed, bool with_bias = false) {
-  std::mt19937 rng(seed);
-  std::normal_distribution<float> dist(0.0f, 2.0f);
-  std::vector<float> v(static_cast<std::size_t>(mxfp4::shape_numel(shape)));
-  for (float& x : v)
-    x = dist(rng);
-  std::optional<Tensor> bias;
-  if (with_bias) {
-    Shape bshape(shape.begin(), shape.end() - 1);
-    std::vector<float> b(static_cast<std::size_t>(mxfp4::shape_numel(bshape)));
-    for (float& x : b)
-      x = dist(rng);
-    bias = Tensor::from_vector(b, bshape);
-  }
-  return Mxfp4Weight::quantize(Tensor::from_vector(v, shape), bias);
-}
-
 // ---- the MXFP4 block layout ---------------------------------------------------------------------
 
 TEST(GgufMxfp4Layout, HandBuiltBlock) {
@@ -165,7 +148,7 @@ TEST(GgufMxfp4Layout, SizeMismatchIsRefused) {
 }
 
 TEST(GgufMxfp4Layout, WeightFromGgufDecodesLikeASplitHalfDecoder) {
-  const Mxfp4Weight w = random_weight({6, 96}, 3);
+  const Mxfp4Weight w = random_weight({6, 96}, 3, {}, 2.0f);
   const GgufTensorItem item = gguf_mxfp4_item("w", w);
   EXPECT_EQ(item.type, GgmlType::mxfp4);
   EXPECT_EQ(item.shape, (Shape{6, 96}));
@@ -281,8 +264,8 @@ TEST(GgufRoundTrip, EveryMetadataTypeAndTensorType) {
   const Tensor tb16 = t32.to(DType::bf16);
   const Tensor ti32 = Tensor::from_vector(std::vector<std::int32_t>{1, -2, 3}, {3});
   const Tensor scalar = Tensor::from_vector(std::vector<float>{42.0f}, {});
-  const Mxfp4Weight dense = random_weight({7, 64}, 1, true);
-  const Mxfp4Weight experts = random_weight({3, 5, 96}, 2, true);
+  const Mxfp4Weight dense = random_weight({7, 64}, 1, DType::f32, 2.0f);
+  const Mxfp4Weight experts = random_weight({3, 5, 96}, 2, DType::f32, 2.0f);
   const std::string path = dir.file("rt.gguf");
   write_gguf(
       path, meta,
@@ -344,7 +327,7 @@ TEST(GgufRoundTrip, EveryMetadataTypeAndTensorType) {
 
 TEST(GgufReader, WrongAccessorsAreTypedErrors) {
   TempDir dir;
-  const Mxfp4Weight w = random_weight({4, 32}, 5);
+  const Mxfp4Weight w = random_weight({4, 32}, 5, {}, 2.0f);
   const Tensor t = Tensor::from_vector(std::vector<float>{1, 2, 3, 4}, {4});
   const Tensor wrong_bias = Tensor::from_vector(std::vector<float>{1, 2, 3}, {3});
   write_gguf(dir.file("a.gguf"), {},
@@ -363,7 +346,7 @@ TEST(GgufReader, WrongAccessorsAreTypedErrors) {
 
 TEST(GgufReader, EveryTruncationIsAFormatError) {
   TempDir dir;
-  const Mxfp4Weight w = random_weight({2, 64}, 9);
+  const Mxfp4Weight w = random_weight({2, 64}, 9, {}, 2.0f);
   write_gguf(dir.file("t.gguf"), every_value_type(), {gguf_mxfp4_item("w", w)});
   const Bytes full = read_all(dir.file("t.gguf"));
   const std::size_t data_end = full.size() - (64 - (2 * 2 * 17) % 64) % 64;
@@ -483,7 +466,7 @@ TEST(GgufReader, OneF32FileHelperIsValid) {
 
 TEST(GgufReader, ParseAndParseViewAgreeWithOpen) {
   TempDir dir;
-  const Mxfp4Weight w = random_weight({2, 64}, 8);
+  const Mxfp4Weight w = random_weight({2, 64}, 8, {}, 2.0f);
   write_gguf(dir.file("a.gguf"), {{"k", "v"}}, {gguf_mxfp4_item("w", w)});
   const Bytes bytes = read_all(dir.file("a.gguf"));
   const GgufFile opened = GgufFile::open(dir.file("a.gguf"));

@@ -42,23 +42,6 @@ Bytes iota_bytes(std::size_t n, std::uint8_t start) {
   return b;
 }
 
-Mxfp4Weight random_weight(Shape shape, std::uint32_t seed, std::optional<DType> bias_dtype) {
-  std::mt19937 rng(seed);
-  std::normal_distribution<float> dist(0.0f, 1.0f);
-  std::vector<float> v(static_cast<std::size_t>(mxfp4::shape_numel(shape)));
-  for (float& x : v)
-    x = dist(rng);
-  std::optional<Tensor> bias;
-  if (bias_dtype) {
-    Shape bshape(shape.begin(), shape.end() - 1);
-    std::vector<float> b(static_cast<std::size_t>(mxfp4::shape_numel(bshape)));
-    for (float& x : b)
-      x = dist(rng);
-    bias = Tensor::from_vector(b, bshape).to(*bias_dtype);
-  }
-  return Mxfp4Weight::quantize(Tensor::from_vector(v, shape), bias);
-}
-
 void expect_blob_error(const Bytes& blob, const std::string& needle) {
   try {
     deserialize_uqff_blob(blob, "b");

@@ -10,6 +10,7 @@
 #include <filesystem>
 #include <system_error>
 
+#include "io/posix_file.hpp"
 #include "mxfp4/error.hpp"
 
 namespace mxfp4::io {
@@ -17,10 +18,6 @@ namespace mxfp4::io {
 namespace {
 
 constexpr std::size_t kBuffer = std::size_t{1} << 20;
-
-std::string os_error(int err) {
-  return std::system_category().message(err);
-}
 
 // A name beside `path` that no other writer (thread or process) picks.
 std::string temporary_name(const std::string& path, int attempt) {

@@ -3,17 +3,14 @@
 #include "mxfp4/io/safetensors.hpp"
 
 #include "io/atomic_file.hpp"
+#include "io/posix_file.hpp"
 
 #include <fcntl.h>
-#include <sys/mman.h>
-#include <sys/stat.h>
 #include <unistd.h>
 
 #include <algorithm>
-#include <atomic>
 #include <bit>
 #include <cerrno>
-#include <chrono>
 #include <cstring>
 #include <filesystem>
 #include <limits>
@@ -104,26 +101,6 @@ std::string try_nbytes(std::string_view dtype, const Shape& shape, std::uint64_t
 [[noreturn]] void fail(const std::string& prefix, const std::string& what) {
   throw FormatError(prefix + what);
 }
-
-std::string os_error(int err) {
-  return std::system_category().message(err);
-}
-
-// Closes a file descriptor on scope exit unless released.
-class FdGuard {
- public:
-  explicit FdGuard(int fd) : fd_(fd) {}
-  FdGuard(const FdGuard&) = delete;
-  FdGuard& operator=(const FdGuard&) = delete;
-  ~FdGuard() {
-    if (fd_ >= 0) ::close(fd_);
-  }
-  int get() const { return fd_; }
-  int release() { return std::exchange(fd_, -1); }
-
- private:
-  int fd_;
-};
 
 std::uint64_t read_u64_le(const std::uint8_t* p) {
   std::uint64_t v = 0;
@@ -243,15 +220,8 @@ std::uint64_t safetensors_nbytes(std::string_view dtype, const Shape& shape) {
 struct SafetensorsFile::Storage {
   const std::uint8_t* data = nullptr;
   std::size_t size = 0;
-  void* map = nullptr;  // non-null: munmap(map, size) on destruction
+  std::shared_ptr<void> map;  // non-null: the file's mapping
   std::vector<std::uint8_t> owned;
-
-  Storage() = default;
-  Storage(const Storage&) = delete;
-  Storage& operator=(const Storage&) = delete;
-  ~Storage() {
-    if (map != nullptr) ::munmap(map, size);
-  }
 };
 
 bool SafetensorsFile::memory_mapped() const {
@@ -259,30 +229,13 @@ bool SafetensorsFile::memory_mapped() const {
 }
 
 SafetensorsFile SafetensorsFile::open(const std::string& path) {
-  const std::string prefix = "safetensors file '" + path + "': ";
-  FdGuard fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC));
-  if (fd.get() < 0) throw IoError(prefix + "cannot open: " + os_error(errno));
-  struct stat st {};
-  if (::fstat(fd.get(), &st) != 0) throw IoError(prefix + "cannot stat: " + os_error(errno));
-  if (!S_ISREG(st.st_mode)) throw IoError(prefix + "is not a regular file");
-  const auto size = static_cast<std::uint64_t>(st.st_size);
-  if (size > std::numeric_limits<std::size_t>::max()) {
-    throw IoError(prefix + "is too large (" + std::to_string(size) + " bytes) to map");
-  }
+  // Private and writable: tensors handed out may be written through (copy on write) without ever
+  // reaching the file.
+  FileMap m = map_file(path, "safetensors file '" + path + "': ", true);
   auto storage = std::make_shared<Storage>();
-  if (size > 0) {
-    // Private and writable: tensors handed out may be written through (copy on write) without
-    // ever reaching the file.
-    void* map = ::mmap(nullptr, static_cast<std::size_t>(size), PROT_READ | PROT_WRITE, MAP_PRIVATE,
-                       fd.get(), 0);
-    if (map == MAP_FAILED) {
-      throw IoError(prefix + "cannot map its " + std::to_string(size) +
-                    " bytes: " + os_error(errno));
-    }
-    storage->map = map;
-    storage->data = static_cast<const std::uint8_t*>(map);
-    storage->size = static_cast<std::size_t>(size);
-  }
+  storage->data = static_cast<const std::uint8_t*>(m.mapping.get());
+  storage->size = m.size;
+  storage->map = std::move(m.mapping);
   return parse_storage(std::move(storage), path);
 }
 

@@ -34,10 +34,6 @@ namespace {
 
 constexpr std::string_view kLayerNamesKey = "mxfp4.layer_names";
 
-Shape lead_shape(const LogicalTensor& t) {
-  return t.experts > 0 ? Shape{t.experts, t.n} : Shape{t.n};
-}
-
 Shape with_last(Shape s, std::int64_t last) {
   s.push_back(last);
   return s;
@@ -172,14 +168,9 @@ class Uqff1Layout final : public Layout {
     }
     for (std::size_t i = 0; i < c.tensors.size(); ++i) {
       const LogicalTensor& t = c.tensors[i];
-      auto notify = [&options, i] {
-        if (options.on_tensor) options.on_tensor(i);
-      };
+      const auto notify = tensor_notifier(options, i);
       if (!t.is_mxfp4()) {
-        physical.push_back({{t.name, t.dtype, t.shape}, [&t, notify] {
-                              notify();
-                              return t.bytes();
-                            }});
+        physical.push_back(dense_streamed(t, notify));
         continue;
       }
       auto w = std::make_shared<SharedWeight>(t);
@@ -510,9 +501,7 @@ class GgufLayout final : public Layout {
     std::vector<GgufTensorItem> items;
     for (std::size_t i = 0; i < c.tensors.size(); ++i) {
       const LogicalTensor& t = c.tensors[i];
-      auto notify = [&options, i] {
-        if (options.on_tensor) options.on_tensor(i);
-      };
+      const auto notify = tensor_notifier(options, i);
       if (!t.is_mxfp4()) {
         GgufTensorItem item;
         item.name = t.name;

@@ -1,11 +1,14 @@
 // Pieces the layouts share (layout.cpp, layout_codecs.cpp); not part of the public API.
 #pragma once
 
+#include <cstddef>
+#include <functional>
 #include <string>
 #include <string_view>
 #include <vector>
 
 #include "mxfp4/io/layout.hpp"
+#include "mxfp4/io/safetensors.hpp"
 
 namespace mxfp4::io::detail {
 
@@ -22,6 +25,26 @@ class SharedWeight {
   const LogicalTensor& t_;
   Mxfp4Weight w_;
 };
+
+// The leading dims of an MXFP4 tensor's parts: [E, N] for experts, else [N].
+inline Shape lead_shape(const LogicalTensor& t) {
+  return t.experts > 0 ? Shape{t.experts, t.n} : Shape{t.n};
+}
+
+// Tells options.on_tensor (if set) that logical tensor `i` is about to be produced.
+inline std::function<void()> tensor_notifier(const LayoutWriteOptions& options, std::size_t i) {
+  return [&options, i] {
+    if (options.on_tensor) options.on_tensor(i);
+  };
+}
+
+// A dense (not MXFP4) logical tensor, written under its own name as it is.
+inline StreamedTensor dense_streamed(const LogicalTensor& t, std::function<void()> notify) {
+  return {{t.name, t.dtype, t.shape}, [&t, notify = std::move(notify)] {
+            notify();
+            return t.bytes();
+          }};
+}
 
 // The layouts of the codec files (layout_codecs.cpp), for the registry in layout.cpp.
 const Layout& uqff1_layout();

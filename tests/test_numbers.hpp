@@ -1,6 +1,6 @@
 // Floating-point helpers the numeric tests share, written independently of the library: float
-// bits, decoders of f16 and bf16 (sign, biased exponent, fraction -> double), and rounding to a
-// format in double arithmetic.
+// bits, decoders of f16 and bf16 (sign, biased exponent, fraction -> double), rounding to a
+// format in double arithmetic, and random f32 tensors (std::mt19937).
 #pragma once
 
 #include <algorithm>
@@ -8,8 +8,11 @@
 #include <cstdint>
 #include <cstring>
 #include <limits>
+#include <random>
+#include <vector>
 
 #include "mxfp4/dtype.hpp"
+#include "mxfp4/tensor.hpp"
 
 namespace mxfp4::test {
 
@@ -88,6 +91,26 @@ inline double ulp_of(DType d, double v) {
   int ex;
   std::frexp(std::fabs(v), &ex);
   return std::ldexp(1.0, std::max(ex - 1, emin) - mant);
+}
+
+// f32 values uniform in [-scale, scale).
+inline Tensor random_uniform(const Shape& shape, std::uint32_t seed, float scale = 1.0f) {
+  std::mt19937 rng(seed);
+  std::uniform_real_distribution<float> dist(-scale, scale);
+  std::vector<float> v(static_cast<std::size_t>(shape_numel(shape)));
+  for (auto& x : v)
+    x = dist(rng);
+  return Tensor::from_vector(v, shape);
+}
+
+// f32 values normal(0, stddev).
+inline Tensor random_normal(const Shape& shape, std::uint32_t seed, float stddev = 1.0f) {
+  std::mt19937 rng(seed);
+  std::normal_distribution<float> dist(0.0f, stddev);
+  std::vector<float> v(static_cast<std::size_t>(shape_numel(shape)));
+  for (auto& x : v)
+    x = dist(rng);
+  return Tensor::from_vector(v, shape);
 }
 
 }  // namespace mxfp4::test

@@ -14,6 +14,7 @@
 #include "mxfp4/ops.hpp"
 #include "mxfp4/parallel.hpp"
 #include "test_files.hpp"
+#include "test_numbers.hpp"
 
 namespace mp = mxfp4::parallel;
 using mxfp4::DType;
@@ -21,24 +22,16 @@ using mxfp4::Mxfp4Weight;
 using mxfp4::Shape;
 using mxfp4::Tensor;
 using mxfp4::test::expect_same_weight;
+using mxfp4::test::random_uniform;
 
 namespace {
-
-Tensor random_tensor(const Shape& shape, std::uint32_t seed, float scale = 1.0F) {
-  std::mt19937 rng(seed);
-  std::uniform_real_distribution<float> dist(-scale, scale);
-  std::vector<float> v(static_cast<std::size_t>(mxfp4::shape_numel(shape)));
-  for (auto& x : v)
-    x = dist(rng);
-  return Tensor::from_vector(v, shape);
-}
 
 Mxfp4Weight random_weight(const Shape& shape, bool with_bias, std::uint32_t seed) {
   std::optional<Tensor> bias;
   if (with_bias) {
-    bias = random_tensor(Shape(shape.begin(), shape.end() - 1), seed + 1);
+    bias = random_uniform(Shape(shape.begin(), shape.end() - 1), seed + 1);
   }
-  return Mxfp4Weight::quantize(random_tensor(shape, seed), bias);
+  return Mxfp4Weight::quantize(random_uniform(shape, seed), bias);
 }
 
 // Elements [rows, cols] of a 2-D f32 tensor [R, C] as a vector.
@@ -175,7 +168,7 @@ TEST(ParallelShard, ColumnShardsHoldTheirRowsAndBias) {
 
 TEST(ParallelShard, ColumnParallelLinearConcatenatesToTheFullLinear) {
   const Mxfp4Weight w = random_weight({29, 128}, true, 3);
-  const Tensor x = random_tensor({5, 128}, 4);
+  const Tensor x = random_uniform({5, 128}, 4);
   const Tensor want = mxfp4::linear(x, w);
   for (int ranks : {1, 2, 4}) {
     std::vector<float> got(5 * 29);
@@ -219,7 +212,7 @@ TEST(ParallelShard, RowShardsHoldTheirBlocksAndBiasOnRankZeroOnly) {
 TEST(ParallelShard, RowParallelPartialSumsAddUpToTheFullLinear) {
   const std::int64_t k = 9 * 32;
   const Mxfp4Weight w = random_weight({24, k}, true, 5);
-  const Tensor x = random_tensor({6, k}, 6);
+  const Tensor x = random_uniform({6, k}, 6);
   const Tensor want = mxfp4::linear(x, w);
   for (int ranks : {1, 2, 4}) {
     std::vector<float> sum(6 * 24, 0.0F);
@@ -294,7 +287,7 @@ TEST_F(ParallelCheckpoint, ShardsFromTheMappedFileEqualShardsOfTheWeight) {
 
 TEST_F(ParallelCheckpoint, RefusesEntriesThatAreNotAnMxfp4Weight) {
   const Mxfp4Weight w = random_weight({8, 64}, true, 41);
-  const Tensor f = random_tensor({8, 32}, 42);
+  const Tensor f = random_uniform({8, 32}, 42);
   const Tensor bad_scales = Tensor::zeros({8, 3}, DType::u8);
   const std::string file = path("bad.safetensors");
   mxfp4::io::write_safetensors(file, {mxfp4::io::safetensors_item("blocks", w.blocks()),
@@ -413,7 +406,7 @@ TEST(ParallelDispatch, SimulatedExpertParallelLayerEqualsTheSingleDeviceLayer) {
     std::vector<mp::DispatchPlan> plans;
     for (int s = 0; s < ranks; ++s) {
       const std::int64_t tokens = s == 1 ? 0 : 5 + s;  // rank 1 has no tokens
-      x[static_cast<std::size_t>(s)] = random_tensor({tokens, k}, 60 + static_cast<unsigned>(s));
+      x[static_cast<std::size_t>(s)] = random_uniform({tokens, k}, 60 + static_cast<unsigned>(s));
       std::vector<std::int32_t> ids(static_cast<std::size_t>(tokens * topk));
       for (auto& v : ids)
         v = static_cast<std::int32_t>(rng() % (s == 2 ? 1 : experts));

@@ -14,6 +14,7 @@
 #include "mxfp4/error.hpp"
 #include "mxfp4/weight.hpp"
 #include "test_files.hpp"
+#include "test_numbers.hpp"
 
 namespace {
 
@@ -27,23 +28,15 @@ using mxfp4::detail::FileFormat;
 using mxfp4::detail::NamedTensor;
 using namespace mxfp4::test;
 
-Tensor random_tensor(const Shape& shape, std::uint32_t seed) {
-  std::mt19937 gen(seed);
-  std::normal_distribution<float> dist(0.0f, 1.5f);
-  std::vector<float> v(static_cast<std::size_t>(mxfp4::shape_numel(shape)));
-  for (float& x : v)
-    x = dist(gen);
-  return Tensor::from_vector(v, shape);
-}
-
 struct Fixture {
   Mxfp4Weight dense;    // [48, 64] with an f32 bias
   Mxfp4Weight experts;  // [3, 16, 96] without a bias
   Tensor norm;          // f32 [8]
   Fixture()
-      : dense(Mxfp4Weight::quantize(random_tensor({48, 64}, 1), random_tensor({48}, 2))),
-        experts(Mxfp4Weight::quantize(random_tensor({3, 16, 96}, 3))),
-        norm(random_tensor({8}, 4)) {}
+      : dense(
+            Mxfp4Weight::quantize(random_normal({48, 64}, 1, 1.5f), random_normal({48}, 2, 1.5f))),
+        experts(Mxfp4Weight::quantize(random_normal({3, 16, 96}, 3, 1.5f))),
+        norm(random_normal({8}, 4, 1.5f)) {}
   std::vector<NamedTensor> tensors(bool with_dense) const {
     std::vector<NamedTensor> out;
     mxfp4::detail::append_weight(out, "model.layers.0.proj", dense);

@@ -295,15 +295,21 @@ void BM_MatmulBf16(benchmark::State& state) {
 BENCHMARK(BM_MatmulBf16)->Arg(512)->Unit(benchmark::kMillisecond)->UseRealTime();
 
 #if defined(MXFP4_BENCH_OPENBLAS)
+// The weight as f32 [n, k], for sgemm.
+std::vector<float> dequantized(const Weight& w) {
+  std::vector<float> wf(static_cast<std::size_t>(w.n * w.k));
+  const mxfp4::detail::DequantizeArgs da{w.blocks.data(), w.scales.data(), w.n,    w.k,
+                                         wf.data(),       DType::f32,      nullptr};
+  kernels().dequantize_rows(da, 0, w.n);
+  return wf;
+}
+
 // OpenBLAS on the dequantized weight: C[M, N] = X[M, K] W[N, K]^T, one thread.
 void BM_Sgemm(benchmark::State& state) {
   const int64_t m = state.range(0), n = 4096, k = 4096;
   openblas_set_num_threads(1);
   const Weight w(n, k, 100);
-  std::vector<float> wf(static_cast<std::size_t>(n * k));
-  const mxfp4::detail::DequantizeArgs da{w.blocks.data(), w.scales.data(), n,      k,
-                                         wf.data(),       DType::f32,      nullptr};
-  kernels().dequantize_rows(da, 0, n);
+  const std::vector<float> wf = dequantized(w);
   const std::vector<float> x = random_floats(static_cast<std::size_t>(m * k), 1);
   std::vector<float> c(static_cast<std::size_t>(m * n));
   for (auto _ : state) {
@@ -370,10 +376,7 @@ BENCHMARK(BM_DecodeVsBandwidth)->Unit(benchmark::kMillisecond)->UseRealTime()->M
 void BM_PrefillVsSgemm(benchmark::State& state) {
   const int64_t m = 512, n = 4096, k = 4096;
   const Weight w(n, k, 100);
-  std::vector<float> wf(static_cast<std::size_t>(n * k));
-  const mxfp4::detail::DequantizeArgs da{w.blocks.data(), w.scales.data(), n,      k,
-                                         wf.data(),       DType::f32,      nullptr};
-  kernels().dequantize_rows(da, 0, n);
+  const std::vector<float> wf = dequantized(w);
   const std::vector<float> x = random_floats(static_cast<std::size_t>(m * k), 1);
   std::vector<float> out(static_cast<std::size_t>(m * n)), c(out.size());
   std::vector<const void*> xr(static_cast<std::size_t>(m));

@@ -185,16 +185,7 @@ LogicalCheckpoint read_named(const std::string& path, const Naming& naming, std:
       continue;
     }
     if (consumed.count(e.name) != 0) continue;
-    LogicalTensor t;
-    t.name = e.name;
-    t.dtype = e.dtype;
-    t.shape = e.shape;
-    const std::string name = e.name;
-    t.bytes = [st, name] {
-      const auto r = st->find(name);
-      return TensorBytes{r.file->bytes(*r.entry), r.file->keep_alive()};
-    };
-    c.tensors.push_back(std::move(t));
+    c.tensors.push_back(detail::dense_from(st, e));
   }
   return c;
 }

@@ -62,20 +62,6 @@ LogicalCheckpoint base_checkpoint(const std::string& path, std::string_view layo
   return c;
 }
 
-LogicalTensor dense_from(const std::shared_ptr<SafetensorsCheckpoint>& st,
-                         const SafetensorsEntry& e) {
-  LogicalTensor t;
-  t.name = e.name;
-  t.dtype = e.dtype;
-  t.shape = e.shape;
-  const std::string name = e.name;
-  t.bytes = [st, name] {
-    const auto r = st->find(name);
-    return TensorBytes{r.file->bytes(*r.entry), r.file->keep_alive()};
-  };
-  return t;
-}
-
 LogicalTensor mxfp4_from(std::string name, const Mxfp4Weight& w,
                          std::function<Mxfp4Weight()> produce) {
   LogicalTensor t;

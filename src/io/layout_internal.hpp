@@ -3,6 +3,7 @@
 
 #include <cstddef>
 #include <functional>
+#include <memory>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -44,6 +45,20 @@ inline StreamedTensor dense_streamed(const LogicalTensor& t, std::function<void(
             notify();
             return t.bytes();
           }};
+}
+
+// The dense tensor `e` of the checkpoint `st`, read from it when produced.
+inline LogicalTensor dense_from(const std::shared_ptr<SafetensorsCheckpoint>& st,
+                                const SafetensorsEntry& e) {
+  LogicalTensor t;
+  t.name = e.name;
+  t.dtype = e.dtype;
+  t.shape = e.shape;
+  t.bytes = [st, name = e.name] {
+    const auto r = st->find(name);
+    return TensorBytes{r.file->bytes(*r.entry), r.file->keep_alive()};
+  };
+  return t;
 }
 
 // The layouts of the codec files (layout_codecs.cpp), for the registry in layout.cpp.

@@ -8,7 +8,6 @@
 #include <cerrno>
 #include <chrono>
 #include <filesystem>
-#include <system_error>
 
 #include "io/posix_file.hpp"
 #include "mxfp4/error.hpp"

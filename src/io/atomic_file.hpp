@@ -1,7 +1,9 @@
 // An output file that appears at its path complete or not at all: bytes go to a temporary file in
-// the same folder, which commit() flushes, syncs and renames over the target. Destroying an
-// AtomicFile that was not committed removes the temporary, so a failure (an exception anywhere
-// between open and commit, a full disk) leaves an existing target untouched.
+// the same folder, which commit() flushes, syncs and renames over the target (finish() and
+// publish() are its two halves, for writers of several files). Destroying an AtomicFile that was
+// not published removes the temporary, so a failure (an exception anywhere between open and
+// commit, a full disk) leaves an existing target untouched. The one temporary-file mechanism of
+// the library's writers.
 #pragma once
 
 #include <cstddef>

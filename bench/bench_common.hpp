@@ -1,5 +1,5 @@
-// Helpers shared by the CPU benchmarks: deterministic random data, random MXFP4 weights, and
-// Google Benchmark rate counters.
+// Helpers shared by the CPU benchmarks: deterministic random data, random MXFP4 weights (and
+// copies of them to rotate over), and Google Benchmark rate counters.
 #pragma once
 
 #include <benchmark/benchmark.h>
@@ -7,44 +7,15 @@
 #include <algorithm>
 #include <cstdint>
 #include <cstring>
+#include <map>
 #include <optional>
 #include <utility>
+#include <vector>
 
+#include "bench_rng.hpp"
 #include "mxfp4/mxfp4.hpp"
 
 namespace mxfp4::bench {
-
-// xoshiro256** seeded by splitmix64: the same numbers on every platform and standard library.
-class Rng {
- public:
-  explicit Rng(std::uint64_t seed) {
-    for (auto& w : s_) {
-      std::uint64_t z = (seed += 0x9E3779B97F4A7C15ull);
-      z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
-      z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
-      w = z ^ (z >> 31);
-    }
-  }
-  std::uint64_t next() {
-    const std::uint64_t result = rotl(s_[1] * 5, 7) * 9;
-    const std::uint64_t t = s_[1] << 17;
-    s_[2] ^= s_[0];
-    s_[3] ^= s_[1];
-    s_[1] ^= s_[2];
-    s_[0] ^= s_[3];
-    s_[2] ^= t;
-    s_[3] = rotl(s_[3], 45);
-    return result;
-  }
-  // Uniform in (-1, 1), as f32.
-  float symmetric() {
-    return static_cast<float>((static_cast<double>(next() >> 11) + 0.5) * 0x1.0p-52 - 1.0);
-  }
-
- private:
-  static std::uint64_t rotl(std::uint64_t x, int k) { return (x << k) | (x >> (64 - k)); }
-  std::uint64_t s_[4];
-};
 
 inline Tensor random_f32(Shape shape, std::uint64_t seed) {
   Tensor t = Tensor::empty(std::move(shape), DType::f32);
@@ -84,6 +55,27 @@ inline Mxfp4Weight random_weight(std::int64_t experts, std::int64_t n, std::int6
 // MXFP4 bytes of an [N, K] matrix: K/2 code bytes and K/32 scale bytes per row (4.25 bits each).
 inline double packed_bytes(std::int64_t n, std::int64_t k) {
   return static_cast<double>(n) * static_cast<double>(k / 2 + k / kBlockSize);
+}
+
+// Weights are rotated over copies that together exceed this many bytes (the last-level cache of
+// the machines we run on is at most a few tens of MB).
+inline constexpr double kRotationBytes = 128e6;
+
+// How many copies of `bytes_each` bytes together exceed kRotationBytes.
+inline std::size_t copies_for(double bytes_each) {
+  return static_cast<std::size_t>(kRotationBytes / bytes_each) + 1;
+}
+
+// Copies of a random dense [N, K] weight (seeds 10, 11, ...), built once per shape.
+inline const std::vector<Mxfp4Weight>& rotated_weights(std::int64_t n, std::int64_t k) {
+  static std::map<std::pair<std::int64_t, std::int64_t>, std::vector<Mxfp4Weight>> cache;
+  std::vector<Mxfp4Weight>& weights = cache[{n, k}];
+  if (weights.empty()) {
+    const std::size_t copies = copies_for(packed_bytes(n, k));
+    for (std::size_t c = 0; c < copies; ++c)
+      weights.push_back(random_weight(0, n, k, false, 10 + c));
+  }
+  return weights;
 }
 
 // A per-second counter of `per_iteration` units (decimal prefixes).

@@ -62,10 +62,12 @@ using mxfp4::CpuIsa;
 using mxfp4::DType;
 using mxfp4::Mxfp4Weight;
 using mxfp4::Tensor;
+using mxfp4::bench::copies_for;
 using mxfp4::bench::packed_bytes;
 using mxfp4::bench::random_f32;
 using mxfp4::bench::random_weight;
 using mxfp4::bench::Rng;
+using mxfp4::bench::rotated_weights;
 using mxfp4::bench::set_rate;
 using mxfp4::detail::weight_args;
 using std::int64_t;
@@ -74,25 +76,6 @@ void set_linear_counters(benchmark::State& state, int64_t m, int64_t n, int64_t 
   set_rate(state, "weight_GB/s", packed_bytes(n, k) * 1e-9);
   set_rate(state, "GFLOP/s",
            2.0 * static_cast<double>(m) * static_cast<double>(n) * static_cast<double>(k) * 1e-9);
-}
-
-// Copies of a dense weight together above this many bytes (far above a 48 MiB LLC).
-constexpr double kRotationBytes = 128e6;
-
-std::size_t copies_for(double bytes_each) {
-  return static_cast<std::size_t>(kRotationBytes / bytes_each) + 1;
-}
-
-// Copies of a random [N, K] weight, built once per shape.
-const std::vector<Mxfp4Weight>& rotated_weights(int64_t n, int64_t k) {
-  static std::map<std::pair<int64_t, int64_t>, std::vector<Mxfp4Weight>> cache;
-  std::vector<Mxfp4Weight>& weights = cache[{n, k}];
-  if (weights.empty()) {
-    const std::size_t copies = copies_for(packed_bytes(n, k));
-    for (std::size_t c = 0; c < copies; ++c)
-      weights.push_back(random_weight(0, n, k, false, 10 + c));
-  }
-  return weights;
 }
 
 // The CPU backend's instruction set for one benchmark, restored afterwards.

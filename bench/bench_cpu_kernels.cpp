@@ -162,12 +162,29 @@ BENCHMARK(BM_ReadBandwidth)
 
 // ---- matmul_rows ------------------------------------------------------------------------------
 
-// M rows times an N x K weight, all columns in one call; weights rotated over `copies`.
-void run_matmul(benchmark::State& state, int64_t m, int64_t n, int64_t k, int copies, DType dt,
-                int64_t col_chunk) {
+// `copies` random weights [n, k] (seeds 100, 101, ...) to rotate over.
+std::vector<std::unique_ptr<Weight>> weight_copies(int64_t n, int64_t k, int copies) {
   std::vector<std::unique_ptr<Weight>> w;
   for (int c = 0; c < copies; ++c)
     w.push_back(std::make_unique<Weight>(n, k, 100 + c));
+  return w;
+}
+
+// weight_GB/s and GFLOP/s of the iterations so far, each M rows times the weight `w`.
+void set_matmul_counters(benchmark::State& state, const Weight& w, int64_t m) {
+  const double iters = static_cast<double>(state.iterations());
+  state.counters["weight_GB/s"] =
+      benchmark::Counter(w.bytes() * iters * 1e-9, benchmark::Counter::kIsRate);
+  state.counters["GFLOP/s"] =
+      benchmark::Counter(2.0 * static_cast<double>(m) * static_cast<double>(w.n) *
+                             static_cast<double>(w.k) * iters * 1e-9,
+                         benchmark::Counter::kIsRate);
+}
+
+// M rows times an N x K weight, all columns in one call; weights rotated over `copies`.
+void run_matmul(benchmark::State& state, int64_t m, int64_t n, int64_t k, int copies, DType dt,
+                int64_t col_chunk) {
+  const std::vector<std::unique_ptr<Weight>> w = weight_copies(n, k, copies);
   const std::vector<float> xf = random_floats(static_cast<std::size_t>(m * k), 1);
   const std::size_t es = dt == DType::f32 ? 4 : 2;
   std::vector<uint8_t> x(static_cast<std::size_t>(m * k) * es),
@@ -197,12 +214,7 @@ void run_matmul(benchmark::State& state, int64_t m, int64_t n, int64_t k, int co
     benchmark::ClobberMemory();
     next = (next + 1) % w.size();
   }
-  const double iters = static_cast<double>(state.iterations());
-  state.counters["weight_GB/s"] =
-      benchmark::Counter(w[0]->bytes() * iters * 1e-9, benchmark::Counter::kIsRate);
-  state.counters["GFLOP/s"] = benchmark::Counter(
-      2.0 * static_cast<double>(m) * static_cast<double>(n) * static_cast<double>(k) * iters * 1e-9,
-      benchmark::Counter::kIsRate);
+  set_matmul_counters(state, *w[0], m);
 }
 
 // Matrix-vector products (and small batches) on an 8192 x 8192 weight (34 MB), 8 copies.
@@ -222,9 +234,7 @@ BENCHMARK(BM_DecodeHot)->Arg(1)->Arg(8)->Unit(benchmark::kMillisecond)->UseRealT
 // and on BM_Decode's 8192 x 8192 copies. The rows are quantized once, outside the timed loop
 // (the backend does it once per call: K elements per row, against N * K weights).
 void run_matmul_int8(benchmark::State& state, int64_t m, int64_t n, int64_t k, int copies) {
-  std::vector<std::unique_ptr<Weight>> w;
-  for (int c = 0; c < copies; ++c)
-    w.push_back(std::make_unique<Weight>(n, k, 100 + c));
+  const std::vector<std::unique_ptr<Weight>> w = weight_copies(n, k, copies);
   const std::vector<float> xf = random_floats(static_cast<std::size_t>(m * k), 1);
   std::vector<std::int32_t> q(static_cast<std::size_t>(m * mxfp4::cpu::int8_row_bytes(k) / 4));
   std::vector<const std::int8_t*> xr(static_cast<std::size_t>(m));
@@ -244,12 +254,7 @@ void run_matmul_int8(benchmark::State& state, int64_t m, int64_t n, int64_t k, i
     benchmark::ClobberMemory();
     next = (next + 1) % w.size();
   }
-  const double iters = static_cast<double>(state.iterations());
-  state.counters["weight_GB/s"] =
-      benchmark::Counter(w[0]->bytes() * iters * 1e-9, benchmark::Counter::kIsRate);
-  state.counters["GFLOP/s"] = benchmark::Counter(
-      2.0 * static_cast<double>(m) * static_cast<double>(n) * static_cast<double>(k) * iters * 1e-9,
-      benchmark::Counter::kIsRate);
+  set_matmul_counters(state, *w[0], m);
 }
 
 void BM_DecodeHotInt8(benchmark::State& state) {
@@ -290,15 +295,21 @@ void BM_MatmulBf16(benchmark::State& state) {
 BENCHMARK(BM_MatmulBf16)->Arg(512)->Unit(benchmark::kMillisecond)->UseRealTime();
 
 #if defined(MXFP4_BENCH_OPENBLAS)
+// The weight as f32 [n, k], for sgemm.
+std::vector<float> dequantized(const Weight& w) {
+  std::vector<float> wf(static_cast<std::size_t>(w.n * w.k));
+  const mxfp4::detail::DequantizeArgs da{w.blocks.data(), w.scales.data(), w.n,    w.k,
+                                         wf.data(),       DType::f32,      nullptr};
+  kernels().dequantize_rows(da, 0, w.n);
+  return wf;
+}
+
 // OpenBLAS on the dequantized weight: C[M, N] = X[M, K] W[N, K]^T, one thread.
 void BM_Sgemm(benchmark::State& state) {
   const int64_t m = state.range(0), n = 4096, k = 4096;
   openblas_set_num_threads(1);
   const Weight w(n, k, 100);
-  std::vector<float> wf(static_cast<std::size_t>(n * k));
-  const mxfp4::detail::DequantizeArgs da{w.blocks.data(), w.scales.data(), n,      k,
-                                         wf.data(),       DType::f32,      nullptr};
-  kernels().dequantize_rows(da, 0, n);
+  const std::vector<float> wf = dequantized(w);
   const std::vector<float> x = random_floats(static_cast<std::size_t>(m * k), 1);
   std::vector<float> c(static_cast<std::size_t>(m * n));
   for (auto _ : state) {
@@ -330,9 +341,7 @@ void BM_DecodeVsBandwidth(benchmark::State& state) {
     return;
   }
   const int64_t n = 8192, k = 8192;
-  std::vector<std::unique_ptr<Weight>> w;
-  for (int c = 0; c < 8; ++c)
-    w.push_back(std::make_unique<Weight>(n, k, 100 + c));
+  const std::vector<std::unique_ptr<Weight>> w = weight_copies(n, k, 8);
   const std::size_t nbw = std::size_t{1} << 26;  // 256 MiB
   Buffer<float> buf(nbw);
   const std::vector<float> x = random_floats(static_cast<std::size_t>(k), 1);
@@ -367,10 +376,7 @@ BENCHMARK(BM_DecodeVsBandwidth)->Unit(benchmark::kMillisecond)->UseRealTime()->M
 void BM_PrefillVsSgemm(benchmark::State& state) {
   const int64_t m = 512, n = 4096, k = 4096;
   const Weight w(n, k, 100);
-  std::vector<float> wf(static_cast<std::size_t>(n * k));
-  const mxfp4::detail::DequantizeArgs da{w.blocks.data(), w.scales.data(), n,      k,
-                                         wf.data(),       DType::f32,      nullptr};
-  kernels().dequantize_rows(da, 0, n);
+  const std::vector<float> wf = dequantized(w);
   const std::vector<float> x = random_floats(static_cast<std::size_t>(m * k), 1);
   std::vector<float> out(static_cast<std::size_t>(m * n)), c(out.size());
   std::vector<const void*> xr(static_cast<std::size_t>(m));

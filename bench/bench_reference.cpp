@@ -40,12 +40,9 @@ using mxfp4::bench::packed_bytes;
 using mxfp4::bench::random_f32;
 using mxfp4::bench::random_weight;
 using mxfp4::bench::Rng;
+using mxfp4::bench::rotated_weights;
 using mxfp4::bench::set_rate;
 using mxfp4::detail::weight_args;
-
-// Enough copies of an [N, K] weight that together they exceed this many bytes (the last-level
-// cache of the machines we run on is at most a few tens of MB).
-constexpr double kRotationBytes = 128e6;
 
 // ---- Shared inputs, built once -----------------------------------------------------------------
 
@@ -104,19 +101,6 @@ void bm_dequantize(benchmark::State& state, DType dtype) {
   state.SetBytesProcessed(iters * static_cast<std::int64_t>(out.nbytes()));
   state.SetItemsProcessed(iters * out.numel());
   set_rate(state, "weight_bytes/s", packed_bytes(kSquare, kSquare));
-}
-
-// Copies of a random [N, K] weight, built once per shape.
-const std::vector<Mxfp4Weight>& rotated_weights(std::int64_t n, std::int64_t k) {
-  static std::map<std::pair<std::int64_t, std::int64_t>, std::vector<Mxfp4Weight>> cache;
-  std::vector<Mxfp4Weight>& weights = cache[{n, k}];
-  if (weights.empty()) {
-    const auto copies = static_cast<std::uint64_t>(kRotationBytes / packed_bytes(n, k)) + 1;
-    for (std::uint64_t c = 0; c < copies; ++c) {
-      weights.push_back(random_weight(0, n, k, false, 10 + c));
-    }
-  }
-  return weights;
 }
 
 void bm_linear(benchmark::State& state, std::int64_t m, std::int64_t n, std::int64_t k) {

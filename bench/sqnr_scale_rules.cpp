@@ -23,41 +23,17 @@
 #include <string>
 #include <vector>
 
+#include "bench_rng.hpp"
 #include "mxfp4/mxfp4.hpp"
 
 namespace {
 
 // ---- Random numbers ---------------------------------------------------------------------------
 
-std::uint64_t splitmix64(std::uint64_t& state) {
-  std::uint64_t z = (state += 0x9E3779B97F4A7C15ull);
-  z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
-  z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
-  return z ^ (z >> 31);
-}
-
-std::uint64_t rotl(std::uint64_t x, int k) {
-  return (x << k) | (x >> (64 - k));
-}
-
-class Rng {
+// bench_rng.hpp's generator, with the samplers these distributions need.
+class Rng : public mxfp4::bench::Rng {
  public:
-  explicit Rng(std::uint64_t seed) {
-    for (auto& w : s_)
-      w = splitmix64(seed);
-  }
-  // xoshiro256**
-  std::uint64_t next() {
-    const std::uint64_t result = rotl(s_[1] * 5, 7) * 9;
-    const std::uint64_t t = s_[1] << 17;
-    s_[2] ^= s_[0];
-    s_[3] ^= s_[1];
-    s_[1] ^= s_[2];
-    s_[0] ^= s_[3];
-    s_[2] ^= t;
-    s_[3] = rotl(s_[3], 45);
-    return result;
-  }
+  using mxfp4::bench::Rng::Rng;
   // Uniform in the open interval (0, 1): never 0, never 1.
   double uniform() { return (static_cast<double>(next() >> 11) + 0.5) * 0x1.0p-53; }
   // Standard normal by Box-Muller; both outputs of a pair are used, in order.
@@ -88,7 +64,6 @@ class Rng {
   }
 
  private:
-  std::uint64_t s_[4];
   double spare_ = 0.0;
   bool has_spare_ = false;
 };

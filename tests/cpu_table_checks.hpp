@@ -24,6 +24,7 @@
 #include "mxfp4/format.hpp"
 #include "mxfp4/weight.hpp"
 #include "reference/reference.hpp"
+#include "test_numbers.hpp"
 
 namespace cpu_table_checks {
 
@@ -45,11 +46,7 @@ inline std::string name_of(ScaleRule r) {
   return mxfp4::scale_rule_name(r);
 }
 
-inline float from_bits(std::uint32_t u) {
-  float f;
-  std::memcpy(&f, &u, sizeof f);
-  return f;
-}
+using mxfp4::test::from_bits;
 
 // An f32 array stored in a floating dtype (rounded by the library's conversions).
 inline std::vector<std::uint8_t> encode_as(const std::vector<float>& v, DType d) {

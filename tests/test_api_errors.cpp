@@ -10,13 +10,10 @@
 #include <string>
 #include <vector>
 
+#include "mxfp4/device.hpp"
 #include "mxfp4/ops.hpp"
 #include "mxfp4/tensor.hpp"
 #include "mxfp4/weight.hpp"
-#if __has_include("mxfp4/device.hpp")
-#include "mxfp4/device.hpp"
-#define MXFP4_TEST_HAS_DEVICE_HPP 1
-#endif
 
 namespace {
 
@@ -25,14 +22,6 @@ using mxfp4::DType;
 using mxfp4::Mxfp4Weight;
 using mxfp4::Shape;
 using mxfp4::Tensor;
-
-bool cuda_in_build() {
-#if defined(MXFP4_TEST_HAS_DEVICE_HPP)
-  return mxfp4::cuda_built();
-#else
-  return false;
-#endif
-}
 
 // Runs f, expects exactly error type E (and its code), and returns the message.
 template <typename E>
@@ -430,7 +419,7 @@ TEST(GatherErrors, OutputOfGatherInto) {
 // --------------------------------------------------------------------------------------
 
 TEST(DeviceErrors, CudaTensorsAreUnsupportedInACpuBuild) {
-  if (cuda_in_build()) GTEST_SKIP() << "this build has the CUDA backend";
+  if (mxfp4::cuda_built()) GTEST_SKIP() << "this build has the CUDA backend";
   static float host[4 * 64];
   static std::uint8_t bytes[4 * 32 + 4 * 2];
   const Tensor wx = Tensor::view(host, {4, 64}, DType::f32, Device::cuda());

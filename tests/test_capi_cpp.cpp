@@ -5,19 +5,18 @@
 
 #include <cstdint>
 #include <cstring>
-#include <filesystem>
 #include <functional>
 #include <limits>
 #include <random>
 #include <string>
 #include <vector>
 
-#include <unistd.h>
-
 #include "core/backend.hpp"
 #include "mxfp4/io/safetensors.hpp"
 #include "mxfp4/mxfp4.h"
 #include "mxfp4/mxfp4.hpp"
+#include "test_files.hpp"
+#include "test_numbers.hpp"
 
 namespace {
 
@@ -25,6 +24,8 @@ using mxfp4::DType;
 using mxfp4::ScaleRule;
 using mxfp4::Shape;
 using mxfp4::Tensor;
+using mxfp4::test::bytes_of;
+using mxfp4::test::random_normal;
 
 mxfp4_tensor describe(const Tensor& t) {
   mxfp4_tensor d{};
@@ -35,20 +36,6 @@ mxfp4_tensor describe(const Tensor& t) {
   d.dtype = static_cast<std::int32_t>(t.dtype());
   d.device = {MXFP4_DEVICE_CPU, 0};
   return d;
-}
-
-Tensor random_tensor(const Shape& shape, std::uint32_t seed, float scale = 1.0f) {
-  std::mt19937 gen(seed);
-  std::normal_distribution<float> dist(0.0f, scale);
-  std::vector<float> v(static_cast<std::size_t>(mxfp4::shape_numel(shape)));
-  for (float& x : v)
-    x = dist(gen);
-  return Tensor::from_vector(v, shape);
-}
-
-std::vector<std::uint8_t> bytes_of(const Tensor& t) {
-  const auto* p = static_cast<const std::uint8_t*>(t.data());
-  return {p, p + t.nbytes()};
 }
 
 struct CWeight {
@@ -62,7 +49,7 @@ constexpr ScaleRule kRules[] = {ScaleRule::floor, ScaleRule::ceil, ScaleRule::ev
 TEST(CApiVsCpp, QuantizeGivesTheReferenceBytesForEveryRuleAndDtype) {
   for (DType dtype : {DType::f32, DType::bf16, DType::f16}) {
     for (const Shape& shape : {Shape{7, 96}, Shape{3, 5, 64}}) {
-      const Tensor w = random_tensor(shape, 11, 2.5f).to(dtype);
+      const Tensor w = random_normal(shape, 11, 2.5f).to(dtype);
       const std::int64_t k = shape.back();
       Shape bshape = shape, sshape = shape;
       bshape.back() = k / 2;
@@ -96,8 +83,8 @@ TEST(CApiVsCpp, QuantizeGivesTheReferenceBytesForEveryRuleAndDtype) {
 }
 
 TEST(CApiVsCpp, LinearAndGatherMatchTheCppApiBitForBit) {
-  const Tensor w = random_tensor({24, 128}, 21), bias = random_tensor({24}, 22);
-  const Tensor x = random_tensor({5, 128}, 23);
+  const Tensor w = random_normal({24, 128}, 21), bias = random_normal({24}, 22);
+  const Tensor x = random_normal({5, 128}, 23);
   const mxfp4_tensor tw = describe(w), tbias = describe(bias);
   CWeight cw;
   ASSERT_EQ(mxfp4_weight_quantize(&tw, &tbias, MXFP4_SCALE_MSE, 0, nullptr, &cw.handle), MXFP4_OK);
@@ -110,13 +97,13 @@ TEST(CApiVsCpp, LinearAndGatherMatchTheCppApiBitForBit) {
     EXPECT_EQ(bytes_of(out), bytes_of(mxfp4::linear(xd, cpp))) << mxfp4::dtype_name(dtype);
   }
 
-  const Tensor ew = random_tensor({4, 16, 64}, 24), eb = random_tensor({4, 16}, 25);
+  const Tensor ew = random_normal({4, 16, 64}, 24), eb = random_normal({4, 16}, 25);
   const mxfp4_tensor tew = describe(ew), teb = describe(eb);
   CWeight ce;
   ASSERT_EQ(mxfp4_weight_quantize(&tew, &teb, MXFP4_SCALE_FLOOR, 0, nullptr, &ce.handle), MXFP4_OK);
   const mxfp4::Mxfp4Weight cppe = mxfp4::Mxfp4Weight::quantize(ew, eb, {ScaleRule::floor});
   const Tensor ids = Tensor::from_vector(std::vector<std::int64_t>{3, 0, 1, 1, 2, 3}, {3, 2});
-  const Tensor gx = random_tensor({3, 64}, 26);
+  const Tensor gx = random_normal({3, 64}, 26);
   Tensor gout = Tensor::zeros({3, 2, 16}, DType::f32);
   const mxfp4_tensor tgx = describe(gx), tids = describe(ids), tgout = describe(gout);
   ASSERT_EQ(mxfp4_gather_linear(&tgx, &tids, ce.handle, &tgout, nullptr), MXFP4_OK);
@@ -145,39 +132,39 @@ void expect_same_error(const std::function<void()>& cpp, const std::function<mxf
 }
 
 TEST(CApiVsCpp, ErrorsCarryTheCppCodeAndMessage) {
-  const Tensor w = random_tensor({8, 64}, 31);
+  const Tensor w = random_normal({8, 64}, 31);
   const mxfp4_tensor tw = describe(w);
   CWeight cw;
   ASSERT_EQ(mxfp4_weight_quantize(&tw, nullptr, MXFP4_SCALE_MSE, 0, nullptr, &cw.handle), MXFP4_OK);
   const mxfp4::Mxfp4Weight cpp = mxfp4::Mxfp4Weight::quantize(w);
-  const Tensor bad_x = random_tensor({2, 32}, 32);
+  const Tensor bad_x = random_normal({2, 32}, 32);
   Tensor out = Tensor::zeros({2, 8}, DType::f32);
   const mxfp4_tensor tbx = describe(bad_x), tout = describe(out);
   expect_same_error([&] { (void)mxfp4::linear(bad_x, cpp); },
                     [&] { return mxfp4_linear(&tbx, cw.handle, &tout, nullptr); });
 
-  const Tensor w40 = random_tensor({2, 40}, 33);
+  const Tensor w40 = random_normal({2, 40}, 33);
   const mxfp4_tensor tw40 = describe(w40);
   mxfp4_weight* never = nullptr;
   expect_same_error([&] { (void)mxfp4::Mxfp4Weight::quantize(w40); },
                     [&] { return mxfp4_weight_quantize(&tw40, nullptr, 3, 0, nullptr, &never); });
   EXPECT_EQ(never, nullptr);
 
-  Tensor nan_w = random_tensor({2, 64}, 34);
+  Tensor nan_w = random_normal({2, 64}, 34);
   nan_w.data_as<float>()[70] = std::numeric_limits<float>::quiet_NaN();
   Tensor b = Tensor::zeros({2, 32}, DType::u8), s = Tensor::zeros({2, 2}, DType::u8);
   const mxfp4_tensor tn = describe(nan_w), tb = describe(b), ts = describe(s);
   expect_same_error([&] { (void)mxfp4::quantize(nan_w); },
                     [&] { return mxfp4_quantize(&tn, &tb, &ts, 3, 0, nullptr); });
 
-  const Tensor ew = random_tensor({2, 8, 64}, 35);
+  const Tensor ew = random_normal({2, 8, 64}, 35);
   const mxfp4::Mxfp4Weight cppe = mxfp4::Mxfp4Weight::quantize(ew);
   const mxfp4_tensor tew = describe(ew);
   CWeight ce;
   ASSERT_EQ(mxfp4_weight_quantize(&tew, nullptr, MXFP4_SCALE_MSE, 0, nullptr, &ce.handle),
             MXFP4_OK);
   const Tensor ids = Tensor::from_vector(std::vector<std::int32_t>{0, 2}, {1, 2});
-  const Tensor gx = random_tensor({1, 64}, 36);
+  const Tensor gx = random_normal({1, 64}, 36);
   Tensor gout = Tensor::zeros({1, 2, 8}, DType::f32);
   const mxfp4_tensor tids = describe(ids), tgx = describe(gx), tgout = describe(gout);
   expect_same_error([&] { (void)mxfp4::gather_linear(gx, ids, cppe); },
@@ -185,11 +172,9 @@ TEST(CApiVsCpp, ErrorsCarryTheCppCodeAndMessage) {
 }
 
 TEST(CApiVsCpp, SavedFilesReadBackWithTheCppReader) {
-  const std::filesystem::path dir =
-      std::filesystem::temp_directory_path() / ("mxfp4_capi_cpp_" + std::to_string(::getpid()));
-  std::filesystem::create_directories(dir);
-  const std::string path = (dir / "w.safetensors").string();
-  const Tensor w = random_tensor({16, 64}, 41), bias = random_tensor({16}, 42);
+  const mxfp4::test::TempDir dir;
+  const std::string path = dir.file("w.safetensors");
+  const Tensor w = random_normal({16, 64}, 41), bias = random_normal({16}, 42);
   const mxfp4_tensor tw = describe(w), tbias = describe(bias);
   CWeight cw;
   ASSERT_EQ(mxfp4_weight_quantize(&tw, &tbias, MXFP4_SCALE_MSE, 0, nullptr, &cw.handle), MXFP4_OK);
@@ -209,7 +194,6 @@ TEST(CApiVsCpp, SavedFilesReadBackWithTheCppReader) {
   EXPECT_EQ(bytes_of(f.tensor("up.scales")), bytes_of(cpp.scales()));
   EXPECT_EQ(bytes_of(f.tensor("up.bias")), bytes_of(bias));
   EXPECT_EQ(bytes_of(f.tensor("norm")), bytes_of(bias));
-  std::filesystem::remove_all(dir);
 }
 
 }  // namespace

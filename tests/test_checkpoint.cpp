@@ -1,13 +1,10 @@
 // Whole-checkpoint quantization and dequantization (mxfp4/io/checkpoint.hpp) on the built-in
 // example and on hand-made files with every kind of tensor the quantizer must skip.
 #include <gtest/gtest.h>
-#include <unistd.h>
 
 #include <cmath>
 #include <cstring>
 #include <filesystem>
-#include <fstream>
-#include <iterator>
 #include <limits>
 #include <map>
 #include <string>
@@ -16,6 +13,7 @@
 #include "mxfp4/io/checkpoint.hpp"
 #include "mxfp4/io/safetensors.hpp"
 #include "mxfp4/mxfp4.hpp"
+#include "test_files.hpp"
 
 namespace {
 
@@ -26,31 +24,7 @@ using mxfp4::Tensor;
 using mxfp4::io::SafetensorsFile;
 using mxfp4::io::SkipReason;
 using mxfp4::io::TensorAction;
-using Bytes = std::vector<std::uint8_t>;
-
-class TempDir {
- public:
-  TempDir() {
-    const auto* info = ::testing::UnitTest::GetInstance()->current_test_info();
-    path_ = fs::temp_directory_path() / ("mxfp4_ck_" + std::string(info->test_suite_name()) + "_" +
-                                         info->name() + "_" + std::to_string(::getpid()));
-    fs::remove_all(path_);
-    fs::create_directories(path_);
-  }
-  ~TempDir() {
-    std::error_code ec;
-    fs::remove_all(path_, ec);
-  }
-  std::string file(const std::string& name) const { return (path_ / name).string(); }
-
- private:
-  fs::path path_;
-};
-
-Bytes read_all(const std::string& path) {
-  std::ifstream f(path, std::ios::binary);
-  return Bytes(std::istreambuf_iterator<char>(f), std::istreambuf_iterator<char>());
-}
+using namespace mxfp4::test;
 
 Bytes entry_bytes(const SafetensorsFile& f, const std::string& name) {
   const auto* e = f.find(name);
@@ -405,7 +379,7 @@ TEST(checkpoint_quantize, InPlaceAndBadInputs) {
   EXPECT_EQ(again.bits_per_weight(), 0.0);
 
   EXPECT_THROW(mxfp4::io::quantize_checkpoint(dir.file("absent"), dir.file("o")), mxfp4::IoError);
-  std::ofstream(dir.file("junk")) << "definitely not a safetensors file";
+  write_text(dir.file("junk"), "definitely not a safetensors file");
   EXPECT_THROW(mxfp4::io::quantize_checkpoint(dir.file("junk"), dir.file("o")), mxfp4::FormatError);
   mxfp4::QuantizeOptions bad;
   bad.rule = static_cast<mxfp4::ScaleRule>(99);

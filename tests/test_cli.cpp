@@ -2,11 +2,9 @@
 // "mxfp4: error: ..." line on stderr on failure, 2 on usage errors; no partial output files.
 #include <gtest/gtest.h>
 #include <sys/wait.h>
-#include <unistd.h>
 
 #include <cstdlib>
 #include <filesystem>
-#include <fstream>
 #include <limits>
 #include <string>
 
@@ -14,6 +12,7 @@
 
 #include "mxfp4/io/safetensors.hpp"
 #include "mxfp4/mxfp4.hpp"
+#include "test_files.hpp"
 
 #ifndef MXFP4_CLI
 #error "MXFP4_CLI must name the mxfp4 executable"
@@ -25,43 +24,21 @@
 namespace {
 
 namespace fs = std::filesystem;
+using namespace mxfp4::test;
 
 class cli_command : public ::testing::Test {
  protected:
-  void SetUp() override {
-    const auto* info = ::testing::UnitTest::GetInstance()->current_test_info();
-    dir_ = fs::temp_directory_path() /
-           ("mxfp4_cli_" + std::string(info->name()) + "_" + std::to_string(::getpid()));
-    fs::remove_all(dir_);
-    fs::create_directories(dir_);
-  }
-  void TearDown() override {
-    std::error_code ec;
-    fs::remove_all(dir_, ec);
-  }
-
-  std::string file(const std::string& name) const { return (dir_ / name).string(); }
-
-  static std::string slurp(const fs::path& p) {
-    std::error_code ec;
-    const auto n = fs::file_size(p, ec);
-    if (ec) return {};
-    std::string s(static_cast<std::size_t>(n), '\0');
-    std::ifstream f(p, std::ios::binary);
-    f.read(s.data(), static_cast<std::streamsize>(s.size()));
-    s.resize(static_cast<std::size_t>(f.gcount()));
-    return s;
-  }
+  std::string file(const std::string& name) const { return dir_.file(name); }
 
   // Runs `mxfp4 <args>`; returns the exit status and fills out_ and err_.
   int run(const std::string& args) {
     const std::string cmd = std::string(MXFP4_CLI_LAUNCHER) + " '" + MXFP4_CLI + "' " + args +
                             " >'" + file("stdout.txt") + "' 2>'" + file("stderr.txt") + "'";
     const int status = std::system(cmd.c_str());
-    out_ = slurp(dir_ / "stdout.txt");
-    err_ = slurp(dir_ / "stderr.txt");
-    fs::remove(dir_ / "stdout.txt");
-    fs::remove(dir_ / "stderr.txt");
+    out_ = read_text(file("stdout.txt"));
+    err_ = read_text(file("stderr.txt"));
+    fs::remove(file("stdout.txt"));
+    fs::remove(file("stderr.txt"));
     return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
   }
 
@@ -81,7 +58,7 @@ class cli_command : public ::testing::Test {
     return s;
   }
 
-  fs::path dir_;
+  TempDir dir_;
   std::string out_, err_;
 };
 
@@ -135,7 +112,7 @@ TEST_F(cli_command, FailuresPrintOneLineAndWriteNothing) {
   EXPECT_TRUE(out_.empty()) << out_;
   EXPECT_FALSE(fs::exists(file("out.safetensors")));
 
-  std::ofstream(file("junk.safetensors")) << "not a safetensors file at all";
+  write_text(file("junk.safetensors"), "not a safetensors file at all");
   EXPECT_EQ(run("info " + q("junk.safetensors")), 1);
   expect_one_error_line();
   EXPECT_EQ(run("dequantize " + q("junk.safetensors") + " " + q("out.safetensors")), 1);
@@ -209,7 +186,7 @@ TEST_F(cli_command, LayoutsConvertInspectVerify) {
   // The shards joined again are the very file an unsharded quantize writes.
   ASSERT_EQ(run("convert " + q("shards") + " " + q("one.safetensors") + " --to linear"), 0) << err_;
   ASSERT_EQ(run("quantize " + q("ex.safetensors") + " " + q("single.safetensors")), 0) << err_;
-  EXPECT_EQ(slurp(file("one.safetensors")), slurp(file("single.safetensors")));
+  EXPECT_EQ(read_text(file("one.safetensors")), read_text(file("single.safetensors")));
 }
 
 TEST_F(cli_command, FormatFailuresPrintOneLineAndWriteNothing) {

@@ -34,6 +34,7 @@ using mxfp4::DType;
 using mxfp4::ScaleRule;
 using mxfp4::cpu::Kernels;
 using mxfp4::cpu::RowBatch;
+using mxfp4::test::to_bits;
 using std::int64_t;
 using std::uint16_t;
 using std::uint32_t;
@@ -94,12 +95,6 @@ constexpr DType kFloatTypes[] = {DType::f32, DType::bf16, DType::f16};
 
 std::size_t elem_size(DType d) {
   return d == DType::f32 ? 4 : 2;
-}
-
-uint32_t float_bits(float f) {
-  uint32_t u;
-  std::memcpy(&u, &f, sizeof u);
-  return u;
 }
 
 // A floating array of any of the three types, stored as bytes.
@@ -551,12 +546,12 @@ TEST(CpuAvx512, MatmulOutputRoundingMatchesDtype) {
             const float y = x.get(i * k) + p.bias.get(c);
             uint32_t want;
             if (dt == DType::f32) {
-              want = float_bits(y);
+              want = to_bits(y);
             } else {
               want = dt == DType::bf16 ? mxfp4::f32_to_bf16(y) : mxfp4::f32_to_f16(y);
             }
             ASSERT_EQ(got.raw(i * n + c), want)
-                << "row " << i << " col " << c << " y bits " << std::hex << float_bits(y);
+                << "row " << i << " col " << c << " y bits " << std::hex << to_bits(y);
           }
         }
       }

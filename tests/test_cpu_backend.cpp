@@ -27,6 +27,7 @@
 #include "cpu/thread_pool.hpp"
 #include "mxfp4/mxfp4.hpp"
 #include "reference/reference.hpp"
+#include "test_numbers.hpp"
 
 namespace {
 
@@ -34,6 +35,7 @@ using mxfp4::CpuIsa;
 using mxfp4::DType;
 using mxfp4::ScaleRule;
 using mxfp4::Tensor;
+using mxfp4::test::ulp_of;
 namespace cpu = mxfp4::cpu;
 namespace detail = mxfp4::detail;
 
@@ -429,14 +431,6 @@ Buffer random_activations(DType dtype, std::int64_t count, std::uint64_t seed) {
   for (std::int64_t i = 0; i < count; ++i)
     x.set(i, normal(g));
   return x;
-}
-
-double ulp_of(DType d, double v) {
-  const int mant = d == DType::f16 ? 10 : d == DType::bf16 ? 7 : 23;
-  const int emin = d == DType::f16 ? -14 : -126;
-  int ex;
-  std::frexp(std::fabs(v), &ex);
-  return std::ldexp(1.0, std::max(ex - 1, emin) - mant);
 }
 
 // The reference's output [rows, n], where row r is x[x_rows[r]] . W[experts[r]]^T + bias, and

@@ -12,27 +12,18 @@
 
 #include "mxfp4/format.hpp"
 #include "mxfp4/weight.hpp"
+#include "test_numbers.hpp"
 
 namespace {
 
 using mxfp4::ScaleRule;
+using namespace mxfp4::test;
 
 // E2M1 magnitudes by code 0..7 (FORMATS.md section 1).
 constexpr float kMagnitudes[8] = {0.0f, 0.5f, 1.0f, 1.5f, 2.0f, 3.0f, 4.0f, 6.0f};
 
 constexpr ScaleRule kRules[] = {ScaleRule::floor, ScaleRule::ceil, ScaleRule::even, ScaleRule::mse,
                                 ScaleRule::mistralrs};
-
-float from_bits(std::uint32_t u) {
-  float f;
-  std::memcpy(&f, &u, sizeof f);
-  return f;
-}
-std::uint32_t to_bits(float f) {
-  std::uint32_t u;
-  std::memcpy(&u, &f, sizeof u);
-  return u;
-}
 
 std::string rule_label(ScaleRule r) {
   return mxfp4::scale_rule_name(r);

@@ -3,17 +3,12 @@
 // type, every kind of corrupt file the reader must refuse with a FormatError, and the writer's
 // all-or-nothing behaviour.
 #include <gtest/gtest.h>
-#include <sys/resource.h>
 #include <sys/stat.h>
 #include <unistd.h>
-
-#include <csignal>
 
 #include <cstdint>
 #include <cstring>
 #include <filesystem>
-#include <fstream>
-#include <iterator>
 #include <limits>
 #include <optional>
 #include <random>
@@ -22,6 +17,7 @@
 
 #include "mxfp4/io/gguf.hpp"
 #include "mxfp4/mxfp4.hpp"
+#include "test_files.hpp"
 
 namespace {
 
@@ -31,65 +27,13 @@ using mxfp4::Mxfp4Weight;
 using mxfp4::Shape;
 using mxfp4::Tensor;
 using namespace mxfp4::io;
-using Bytes = std::vector<std::uint8_t>;
-
-class TempDir {
- public:
-  TempDir() {
-    const auto* info = ::testing::UnitTest::GetInstance()->current_test_info();
-    path_ = fs::temp_directory_path() / ("mxfp4_gguf_" + std::string(info->test_suite_name()) +
-                                         "_" + info->name() + "_" + std::to_string(::getpid()));
-    fs::remove_all(path_);
-    fs::create_directories(path_);
-  }
-  ~TempDir() {
-    std::error_code ec;
-    fs::permissions(path_, fs::perms::owner_all, fs::perm_options::add, ec);
-    fs::remove_all(path_, ec);
-  }
-  std::string file(const std::string& name) const { return (path_ / name).string(); }
-  std::vector<std::string> listing() const {
-    std::vector<std::string> names;
-    for (const auto& e : fs::directory_iterator(path_))
-      names.push_back(e.path().filename());
-    std::sort(names.begin(), names.end());
-    return names;
-  }
-  const fs::path& path() const { return path_; }
-
- private:
-  fs::path path_;
-};
-
-Bytes read_all(const std::string& path) {
-  std::ifstream f(path, std::ios::binary);
-  return Bytes(std::istreambuf_iterator<char>(f), std::istreambuf_iterator<char>());
-}
+using namespace mxfp4::test;
 
 // Little-endian bytes built field by field, straight from the GGUF spec.
-struct Builder {
-  Bytes b;
-  Builder& u8(std::uint8_t v) {
-    b.push_back(v);
-    return *this;
-  }
-  Builder& u32(std::uint32_t v) {
-    for (int i = 0; i < 4; ++i)
-      b.push_back(static_cast<std::uint8_t>(v >> (8 * i)));
-    return *this;
-  }
-  Builder& u64(std::uint64_t v) {
-    for (int i = 0; i < 8; ++i)
-      b.push_back(static_cast<std::uint8_t>(v >> (8 * i)));
-    return *this;
-  }
+struct Builder : LittleEndianBuilder<Builder> {
   Builder& str(const std::string& s) {
     u64(s.size());
     b.insert(b.end(), s.begin(), s.end());
-    return *this;
-  }
-  Builder& raw(const Bytes& x) {
-    b.insert(b.end(), x.begin(), x.end());
     return *this;
   }
   Builder& pad_to(std::size_t alignment) {
@@ -132,28 +76,6 @@ void expect_refused(const Bytes& bytes, const std::string& needle) {
 }
 void expect_format_error(const Bytes& bytes, const std::string& needle) {
   expect_refused<mxfp4::FormatError>(bytes, needle);
-}
-
-Mxfp4Weight random_weight(Shape shape, std::uint32_t seed, bool with_bias = false) {
-  std::mt19937 rng(seed);
-  std::normal_distribution<float> dist(0.0f, 2.0f);
-  std::vector<float> v(static_cast<std::size_t>(mxfp4::shape_numel(shape)));
-  for (float& x : v)
-    x = dist(rng);
-  std::optional<Tensor> bias;
-  if (with_bias) {
-    Shape bshape(shape.begin(), shape.end() - 1);
-    std::vector<float> b(static_cast<std::size_t>(mxfp4::shape_numel(bshape)));
-    for (float& x : b)
-      x = dist(rng);
-    bias = Tensor::from_vector(b, bshape);
-  }
-  return Mxfp4Weight::quantize(Tensor::from_vector(v, shape), bias);
-}
-
-Bytes tensor_bytes(const Tensor& t) {
-  const auto* p = static_cast<const std::uint8_t*>(t.data());
-  return Bytes(p, p + t.nbytes());
 }
 
 // ---- the MXFP4 block layout ---------------------------------------------------------------------
@@ -226,7 +148,7 @@ TEST(GgufMxfp4Layout, SizeMismatchIsRefused) {
 }
 
 TEST(GgufMxfp4Layout, WeightFromGgufDecodesLikeASplitHalfDecoder) {
-  const Mxfp4Weight w = random_weight({6, 96}, 3);
+  const Mxfp4Weight w = random_weight({6, 96}, 3, {}, 2.0f);
   const GgufTensorItem item = gguf_mxfp4_item("w", w);
   EXPECT_EQ(item.type, GgmlType::mxfp4);
   EXPECT_EQ(item.shape, (Shape{6, 96}));
@@ -249,8 +171,8 @@ TEST(GgufMxfp4Layout, WeightFromGgufDecodesLikeASplitHalfDecoder) {
   EXPECT_EQ(std::memcmp(decoded.data(), ref.data(), ref.nbytes()), 0);
 
   const Mxfp4Weight back = mxfp4_weight_from_gguf(data, {6, 96});
-  EXPECT_EQ(tensor_bytes(back.blocks()), tensor_bytes(w.blocks()));
-  EXPECT_EQ(tensor_bytes(back.scales()), tensor_bytes(w.scales()));
+  EXPECT_EQ(bytes_of(back.blocks()), bytes_of(w.blocks()));
+  EXPECT_EQ(bytes_of(back.scales()), bytes_of(w.scales()));
   EXPECT_THROW(mxfp4_weight_from_gguf(data, {6, 95}), mxfp4::ShapeMismatch);
   EXPECT_THROW(mxfp4_weight_from_gguf(data, {3, 96}), mxfp4::InvalidArgument);
   EXPECT_THROW(mxfp4_weight_from_gguf(data, {576}), mxfp4::ShapeMismatch);
@@ -342,8 +264,8 @@ TEST(GgufRoundTrip, EveryMetadataTypeAndTensorType) {
   const Tensor tb16 = t32.to(DType::bf16);
   const Tensor ti32 = Tensor::from_vector(std::vector<std::int32_t>{1, -2, 3}, {3});
   const Tensor scalar = Tensor::from_vector(std::vector<float>{42.0f}, {});
-  const Mxfp4Weight dense = random_weight({7, 64}, 1, true);
-  const Mxfp4Weight experts = random_weight({3, 5, 96}, 2, true);
+  const Mxfp4Weight dense = random_weight({7, 64}, 1, DType::f32, 2.0f);
+  const Mxfp4Weight experts = random_weight({3, 5, 96}, 2, DType::f32, 2.0f);
   const std::string path = dir.file("rt.gguf");
   write_gguf(
       path, meta,
@@ -373,7 +295,7 @@ TEST(GgufRoundTrip, EveryMetadataTypeAndTensorType) {
     const Tensor r = file.tensor(name);
     EXPECT_EQ(r.dtype(), t.dtype()) << name;
     EXPECT_EQ(r.shape(), t.shape()) << name;
-    EXPECT_EQ(tensor_bytes(r), tensor_bytes(t)) << name;
+    EXPECT_EQ(bytes_of(r), bytes_of(t)) << name;
   }
   EXPECT_EQ(file.find("dense.weight")->type, GgmlType::mxfp4);
   EXPECT_EQ(file.find("experts.weight")->ne, (std::vector<std::uint64_t>{96, 5, 3}));
@@ -383,10 +305,10 @@ TEST(GgufRoundTrip, EveryMetadataTypeAndTensorType) {
     const Mxfp4Weight r = file.mxfp4_weight(name + ".weight", name + ".bias");
     EXPECT_EQ(r.stacked(), w.stacked());
     EXPECT_EQ(r.blocks().shape(), w.blocks().shape());
-    EXPECT_EQ(tensor_bytes(r.blocks()), tensor_bytes(w.blocks())) << name;
-    EXPECT_EQ(tensor_bytes(r.scales()), tensor_bytes(w.scales())) << name;
+    EXPECT_EQ(bytes_of(r.blocks()), bytes_of(w.blocks())) << name;
+    EXPECT_EQ(bytes_of(r.scales()), bytes_of(w.scales())) << name;
     ASSERT_TRUE(r.bias().has_value());
-    EXPECT_EQ(tensor_bytes(*r.bias()), tensor_bytes(*w.bias()));
+    EXPECT_EQ(bytes_of(*r.bias()), bytes_of(*w.bias()));
   }
   // Writing what we read gives the same file.
   std::vector<GgufTensorItem> items;
@@ -405,7 +327,7 @@ TEST(GgufRoundTrip, EveryMetadataTypeAndTensorType) {
 
 TEST(GgufReader, WrongAccessorsAreTypedErrors) {
   TempDir dir;
-  const Mxfp4Weight w = random_weight({4, 32}, 5);
+  const Mxfp4Weight w = random_weight({4, 32}, 5, {}, 2.0f);
   const Tensor t = Tensor::from_vector(std::vector<float>{1, 2, 3, 4}, {4});
   const Tensor wrong_bias = Tensor::from_vector(std::vector<float>{1, 2, 3}, {3});
   write_gguf(dir.file("a.gguf"), {},
@@ -424,15 +346,14 @@ TEST(GgufReader, WrongAccessorsAreTypedErrors) {
 
 TEST(GgufReader, EveryTruncationIsAFormatError) {
   TempDir dir;
-  const Mxfp4Weight w = random_weight({2, 64}, 9);
+  const Mxfp4Weight w = random_weight({2, 64}, 9, {}, 2.0f);
   write_gguf(dir.file("t.gguf"), every_value_type(), {gguf_mxfp4_item("w", w)});
   const Bytes full = read_all(dir.file("t.gguf"));
   const std::size_t data_end = full.size() - (64 - (2 * 2 * 17) % 64) % 64;
   for (std::size_t n = 0; n < data_end; ++n) {
-    const Bytes cut(full.begin(), full.begin() + static_cast<std::ptrdiff_t>(n));
-    EXPECT_THROW(GgufFile::parse(cut, "cut"), mxfp4::FormatError) << n;
+    EXPECT_THROW(GgufFile::parse(prefix_of(full, n), "cut"), mxfp4::FormatError) << n;
   }
-  EXPECT_NO_THROW(GgufFile::parse(Bytes(full.begin(), full.begin() + data_end), "cut"));
+  EXPECT_NO_THROW(GgufFile::parse(prefix_of(full, data_end), "cut"));
 }
 
 TEST(GgufReader, BadHeaders) {
@@ -545,7 +466,7 @@ TEST(GgufReader, OneF32FileHelperIsValid) {
 
 TEST(GgufReader, ParseAndParseViewAgreeWithOpen) {
   TempDir dir;
-  const Mxfp4Weight w = random_weight({2, 64}, 8);
+  const Mxfp4Weight w = random_weight({2, 64}, 8, {}, 2.0f);
   write_gguf(dir.file("a.gguf"), {{"k", "v"}}, {gguf_mxfp4_item("w", w)});
   const Bytes bytes = read_all(dir.file("a.gguf"));
   const GgufFile opened = GgufFile::open(dir.file("a.gguf"));
@@ -566,9 +487,9 @@ TEST(GgufReader, ParseAndParseViewAgreeWithOpen) {
     const GgufFile f = GgufFile::open(dir.file("a.gguf"));
     copy = f;
   }
-  EXPECT_EQ(tensor_bytes(copy->mxfp4_weight("w").blocks()), tensor_bytes(w.blocks()));
+  EXPECT_EQ(bytes_of(copy->mxfp4_weight("w").blocks()), bytes_of(w.blocks()));
   // An empty file is a format error, not a failed mapping.
-  { std::ofstream(dir.file("empty.gguf")); }
+  write_all(dir.file("empty.gguf"), {});
   EXPECT_THROW(GgufFile::open(dir.file("empty.gguf")), mxfp4::FormatError);
   EXPECT_THROW(GgufFile::open(dir.path().string()), mxfp4::IoError);  // a folder
 }
@@ -650,23 +571,15 @@ TEST(GgufWriter, FullDiskLeavesTheOldFile) {
   const Tensor t = Tensor::from_vector(std::vector<float>{1, 2}, {2});
   write_gguf(path, {{"v", std::uint32_t{1}}}, {gguf_item("a", t)});
   const Bytes before = read_all(path);
-  // A file size limit makes write() fail with EFBIG half way (works as root too).
-  rlimit old{};
-  ASSERT_EQ(::getrlimit(RLIMIT_FSIZE, &old), 0);
-  auto* old_handler = std::signal(SIGXFSZ, SIG_IGN);
-  rlimit small = old;
-  small.rlim_cur = 4096;
-  ASSERT_EQ(::setrlimit(RLIMIT_FSIZE, &small), 0);
   const Tensor big = Tensor::zeros({1 << 20}, DType::f32);
   bool threw = false;
   try {
+    const FileSizeLimit limit(4096);
     write_gguf(path, {{"v", std::uint32_t{2}}}, {gguf_item("big", big)});
   } catch (const mxfp4::IoError& e) {
     threw = true;
     EXPECT_NE(std::string(e.what()).find("cannot write"), std::string::npos) << e.what();
   }
-  ::setrlimit(RLIMIT_FSIZE, &old);
-  std::signal(SIGXFSZ, old_handler);
   EXPECT_TRUE(threw);
   EXPECT_EQ(read_all(path), before);
   EXPECT_EQ(dir.listing(), std::vector<std::string>{"x.gguf"});

@@ -1,5 +1,5 @@
 // f16 and bf16 <-> f32 conversions (dtype.hpp). Expected values come from hand-written bit
-// patterns and from an independent rounding written here in double arithmetic.
+// patterns and from an independent rounding in double arithmetic (test_numbers.hpp).
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -9,71 +9,11 @@
 #include <random>
 
 #include "mxfp4/dtype.hpp"
+#include "test_numbers.hpp"
 
 namespace {
 
-float from_bits(std::uint32_t u) {
-  float f;
-  std::memcpy(&f, &u, sizeof f);
-  return f;
-}
-std::uint32_t to_bits(float f) {
-  std::uint32_t u;
-  std::memcpy(&u, &f, sizeof u);
-  return u;
-}
-
-// Independent decoders: sign, biased exponent, fraction -> double.
-double decode_f16(std::uint16_t h) {
-  const int sign = h >> 15;
-  const int exp = (h >> 10) & 0x1F;
-  const int man = h & 0x3FF;
-  double v;
-  if (exp == 0x1F) {
-    v = man ? std::numeric_limits<double>::quiet_NaN() : std::numeric_limits<double>::infinity();
-  } else if (exp == 0) {
-    v = std::ldexp(static_cast<double>(man), -24);
-  } else {
-    v = std::ldexp(1024.0 + man, exp - 15 - 10);
-  }
-  return sign ? -v : v;
-}
-double decode_bf16(std::uint16_t h) {
-  const int sign = h >> 15;
-  const int exp = (h >> 7) & 0xFF;
-  const int man = h & 0x7F;
-  double v;
-  if (exp == 0xFF) {
-    v = man ? std::numeric_limits<double>::quiet_NaN() : std::numeric_limits<double>::infinity();
-  } else if (exp == 0) {
-    v = std::ldexp(static_cast<double>(man), -133);
-  } else {
-    v = std::ldexp(128.0 + man, exp - 127 - 7);
-  }
-  return sign ? -v : v;
-}
-
-// Nearest value with `mant` fraction bits and exponent >= emin (gradual underflow below), ties
-// to even, +/-Inf past the largest finite value. v is finite.
-double round_to_format(double v, int mant, int emin, int emax) {
-  if (v == 0.0) return v;
-  const double a = std::fabs(v);
-  int ex;
-  std::frexp(a, &ex);  // a = f * 2^ex, f in [0.5, 1)
-  int e = ex - 1;
-  if (e < emin) e = emin;
-  const double quantum = std::ldexp(1.0, e - mant);
-  double r = std::nearbyint(a / quantum) * quantum;  // default rounding mode: nearest even
-  const double max_finite = std::ldexp(2.0 - std::ldexp(1.0, -mant), emax);
-  if (r > max_finite) r = std::numeric_limits<double>::infinity();
-  return std::copysign(r, v);
-}
-double round_f16(double v) {
-  return round_to_format(v, 10, -14, 15);
-}
-double round_bf16(double v) {
-  return round_to_format(v, 7, -126, 127);
-}
+using namespace mxfp4::test;
 
 bool is_f16_nan(std::uint16_t h) {
   return (h & 0x7C00) == 0x7C00 && (h & 0x3FF) != 0;

@@ -2,17 +2,13 @@
 // layer loaders (with a GPT-OSS-layout fixture dequantized independently here), the layouts and
 // the bit-exactness of conversions between them.
 #include <gtest/gtest.h>
-#include <sys/resource.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
 #include <algorithm>
 #include <cmath>
-#include <csignal>
 #include <cstring>
 #include <filesystem>
-#include <fstream>
-#include <iterator>
 #include <limits>
 #include <map>
 #include <optional>
@@ -26,6 +22,7 @@
 #include "mxfp4/io/safetensors.hpp"
 #include "mxfp4/io/uqff.hpp"
 #include "mxfp4/mxfp4.hpp"
+#include "test_files.hpp"
 
 namespace {
 
@@ -37,54 +34,7 @@ using mxfp4::io::SafetensorsCheckpoint;
 using mxfp4::io::SafetensorsFile;
 using mxfp4::io::SafetensorsItem;
 using mxfp4::io::write_safetensors;
-using Bytes = std::vector<std::uint8_t>;
-
-class TempDir {
- public:
-  TempDir() {
-    const auto* info = ::testing::UnitTest::GetInstance()->current_test_info();
-    path_ = fs::temp_directory_path() / ("mxfp4_layout_" + std::string(info->test_suite_name()) +
-                                         "_" + info->name() + "_" + std::to_string(::getpid()));
-    fs::remove_all(path_);
-    fs::create_directories(path_);
-  }
-  ~TempDir() {
-    std::error_code ec;
-    fs::remove_all(path_, ec);
-  }
-  std::string file(const std::string& name) const { return (path_ / name).string(); }
-  const fs::path& path() const { return path_; }
-  std::vector<std::string> listing(const fs::path& sub = {}) const {
-    std::vector<std::string> names;
-    for (const auto& e : fs::directory_iterator(path_ / sub))
-      names.push_back(e.path().filename());
-    std::sort(names.begin(), names.end());
-    return names;
-  }
-
- private:
-  fs::path path_;
-};
-
-Bytes read_all(const std::string& path) {
-  std::ifstream f(path, std::ios::binary);
-  return Bytes(std::istreambuf_iterator<char>(f), std::istreambuf_iterator<char>());
-}
-
-void write_text(const std::string& path, const std::string& text) {
-  std::ofstream f(path, std::ios::binary);
-  f << text;
-}
-
-Bytes pattern(std::size_t n, std::uint32_t seed, std::uint8_t lo = 0, std::uint8_t hi = 255) {
-  Bytes b(n);
-  std::uint32_t x = seed * 2654435761u + 1u;
-  for (auto& v : b) {
-    x = x * 1664525u + 1013904223u;
-    v = static_cast<std::uint8_t>(lo + (x >> 24) % (static_cast<unsigned>(hi - lo) + 1u));
-  }
-  return b;
-}
+using namespace mxfp4::test;
 
 Bytes entry_bytes(const SafetensorsCheckpoint& c, const std::string& name) {
   const auto r = c.find(name);
@@ -141,12 +91,10 @@ TEST(safetensors_mmap, NonUtf8NamesAndTruncatedFilesAreFormatErrors) {
   const std::string path = dir.file("a.safetensors");
   std::string header = "{\"\xff\xfe\":{\"dtype\":\"U8\",\"shape\":[1],\"data_offsets\":[0,1]}}";
   Bytes b;
-  for (int i = 0; i < 8; ++i)
-    b.push_back(static_cast<std::uint8_t>(header.size() >> (8 * i)));
+  append_le(b, header.size(), 8);
   b.insert(b.end(), header.begin(), header.end());
   b.push_back(7);
-  std::ofstream(path, std::ios::binary)
-      .write(reinterpret_cast<const char*>(b.data()), static_cast<std::streamsize>(b.size()));
+  write_all(path, b);
   const std::string m = error_of([&] { SafetensorsFile::open(path); });
   EXPECT_NE(m.find(path), std::string::npos) << m;
   EXPECT_NE(m.find("UTF-8"), std::string::npos) << m;
@@ -317,26 +265,21 @@ TEST(safetensors_shards, AFullDiskKeepsTheOldCheckpoint) {
     big["t" + std::to_string(i)] = Bytes(1u << 20, static_cast<std::uint8_t>(i));
   mxfp4::io::CheckpointWriteOptions options;
   options.max_shard_bytes = 1u << 20;
-  rlimit old{};
-  ASSERT_EQ(::getrlimit(RLIMIT_FSIZE, &old), 0);
-  auto* old_handler = std::signal(SIGXFSZ, SIG_IGN);
-  rlimit limit = old;
-  limit.rlim_cur = 512 * 1024;  // every shard fails half way, as on a full disk
-  ASSERT_EQ(::setrlimit(RLIMIT_FSIZE, &limit), 0);
-  const std::string m =
-      error_of([&] { mxfp4::io::write_checkpoint(dir.file("ck"), streamed(big), {}, options); });
-  ::setrlimit(RLIMIT_FSIZE, &old);
-  std::signal(SIGXFSZ, old_handler);
+  const rlim_t limit = 512 * 1024;  // every shard fails half way, as on a full disk
+  std::string m;
+  {
+    const FileSizeLimit full_disk(limit);
+    m = error_of([&] { mxfp4::io::write_checkpoint(dir.file("ck"), streamed(big), {}, options); });
+  }
   EXPECT_NE(m.find("cannot write"), std::string::npos) << m;
   EXPECT_EQ(dir.listing("ck"), before);
   EXPECT_EQ(read_all(dir.file("ck/model.safetensors")), old_bytes);
   // A folder the failed call created is gone again.
-  ASSERT_EQ(::setrlimit(RLIMIT_FSIZE, &limit), 0);
-  std::signal(SIGXFSZ, SIG_IGN);
-  EXPECT_THROW(mxfp4::io::write_checkpoint(dir.file("fresh"), streamed(big), {}, options),
-               mxfp4::IoError);
-  ::setrlimit(RLIMIT_FSIZE, &old);
-  std::signal(SIGXFSZ, old_handler);
+  {
+    const FileSizeLimit full_disk(limit);
+    EXPECT_THROW(mxfp4::io::write_checkpoint(dir.file("fresh"), streamed(big), {}, options),
+                 mxfp4::IoError);
+  }
   EXPECT_FALSE(fs::exists(dir.file("fresh")));
 }
 

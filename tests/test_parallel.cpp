@@ -3,7 +3,6 @@
 // from a checkpoint), and a simulated expert-parallel layer built from the dispatch plan gives
 // the single-device result.
 #include <gtest/gtest.h>
-#include <unistd.h>
 
 #include <cmath>
 #include <filesystem>
@@ -14,35 +13,25 @@
 #include "mxfp4/io/safetensors.hpp"
 #include "mxfp4/ops.hpp"
 #include "mxfp4/parallel.hpp"
+#include "test_files.hpp"
+#include "test_numbers.hpp"
 
 namespace mp = mxfp4::parallel;
 using mxfp4::DType;
 using mxfp4::Mxfp4Weight;
 using mxfp4::Shape;
 using mxfp4::Tensor;
+using mxfp4::test::expect_same_weight;
+using mxfp4::test::random_uniform;
 
 namespace {
-
-Tensor random_tensor(const Shape& shape, std::uint32_t seed, float scale = 1.0F) {
-  std::mt19937 rng(seed);
-  std::uniform_real_distribution<float> dist(-scale, scale);
-  std::vector<float> v(static_cast<std::size_t>(mxfp4::shape_numel(shape)));
-  for (auto& x : v)
-    x = dist(rng);
-  return Tensor::from_vector(v, shape);
-}
 
 Mxfp4Weight random_weight(const Shape& shape, bool with_bias, std::uint32_t seed) {
   std::optional<Tensor> bias;
   if (with_bias) {
-    bias = random_tensor(Shape(shape.begin(), shape.end() - 1), seed + 1);
+    bias = random_uniform(Shape(shape.begin(), shape.end() - 1), seed + 1);
   }
-  return Mxfp4Weight::quantize(random_tensor(shape, seed), bias);
-}
-
-std::vector<std::uint8_t> bytes_of(const Tensor& t) {
-  const auto* p = static_cast<const std::uint8_t*>(t.data());
-  return {p, p + t.nbytes()};
+  return Mxfp4Weight::quantize(random_uniform(shape, seed), bias);
 }
 
 // Elements [rows, cols] of a 2-D f32 tensor [R, C] as a vector.
@@ -179,7 +168,7 @@ TEST(ParallelShard, ColumnShardsHoldTheirRowsAndBias) {
 
 TEST(ParallelShard, ColumnParallelLinearConcatenatesToTheFullLinear) {
   const Mxfp4Weight w = random_weight({29, 128}, true, 3);
-  const Tensor x = random_tensor({5, 128}, 4);
+  const Tensor x = random_uniform({5, 128}, 4);
   const Tensor want = mxfp4::linear(x, w);
   for (int ranks : {1, 2, 4}) {
     std::vector<float> got(5 * 29);
@@ -223,7 +212,7 @@ TEST(ParallelShard, RowShardsHoldTheirBlocksAndBiasOnRankZeroOnly) {
 TEST(ParallelShard, RowParallelPartialSumsAddUpToTheFullLinear) {
   const std::int64_t k = 9 * 32;
   const Mxfp4Weight w = random_weight({24, k}, true, 5);
-  const Tensor x = random_tensor({6, k}, 6);
+  const Tensor x = random_uniform({6, k}, 6);
   const Tensor want = mxfp4::linear(x, w);
   for (int ranks : {1, 2, 4}) {
     std::vector<float> sum(6 * 24, 0.0F);
@@ -259,15 +248,8 @@ TEST(ParallelShard, ExpertShardsHoldTheirExperts) {
 
 class ParallelCheckpoint : public ::testing::Test {
  protected:
-  void SetUp() override {
-    dir_ = std::filesystem::temp_directory_path() /
-           ("mxfp4_parallel_" + std::to_string(::getpid()) + "_" +
-            ::testing::UnitTest::GetInstance()->current_test_info()->name());
-    std::filesystem::create_directories(dir_);
-  }
-  void TearDown() override { std::filesystem::remove_all(dir_); }
-  std::string path(const char* name) const { return (dir_ / name).string(); }
-  std::filesystem::path dir_;
+  std::string path(const char* name) const { return dir_.file(name); }
+  mxfp4::test::TempDir dir_;
 };
 
 TEST_F(ParallelCheckpoint, ShardsFromTheMappedFileEqualShardsOfTheWeight) {
@@ -286,26 +268,17 @@ TEST_F(ParallelCheckpoint, ShardsFromTheMappedFileEqualShardsOfTheWeight) {
   const mp::CheckpointWeightNames e{"e.blocks", "e.scales", "e.bias"};
   const Mxfp4Weight dense_bf16 =
       Mxfp4Weight::from_parts(dense.blocks(), dense.scales(), dense_bias);
-  const auto same = [](const Mxfp4Weight& a, const Mxfp4Weight& b, const std::string& what) {
-    EXPECT_EQ(a.blocks().shape(), b.blocks().shape()) << what;
-    EXPECT_EQ(bytes_of(a.blocks()), bytes_of(b.blocks())) << what;
-    EXPECT_EQ(bytes_of(a.scales()), bytes_of(b.scales())) << what;
-    ASSERT_EQ(a.bias().has_value(), b.bias().has_value()) << what;
-    if (a.bias()) {
-      EXPECT_EQ(a.bias()->dtype(), b.bias()->dtype()) << what;
-      EXPECT_EQ(bytes_of(*a.bias()), bytes_of(*b.bias())) << what;
-    }
-  };
   for (int ranks : {1, 2, 3, 5}) {
     for (int r = 0; r < ranks; ++r) {
       const std::string at = " rank " + std::to_string(r) + "/" + std::to_string(ranks);
-      same(mp::load_column_shard(ckpt, d, r, ranks), mp::shard_column(dense_bf16, r, ranks),
-           "column" + at);
-      same(mp::load_row_shard(ckpt, d, r, ranks), mp::shard_row(dense_bf16, r, ranks), "row" + at);
-      same(mp::load_expert_shard(ckpt, e, r, ranks), mp::shard_experts(stack, r, ranks),
-           "experts" + at);
-      same(mp::load_column_shard(ckpt, e, r, ranks), mp::shard_column(stack, r, ranks),
-           "stacked column" + at);
+      expect_same_weight(mp::load_column_shard(ckpt, d, r, ranks),
+                         mp::shard_column(dense_bf16, r, ranks), "column" + at);
+      expect_same_weight(mp::load_row_shard(ckpt, d, r, ranks), mp::shard_row(dense_bf16, r, ranks),
+                         "row" + at);
+      expect_same_weight(mp::load_expert_shard(ckpt, e, r, ranks),
+                         mp::shard_experts(stack, r, ranks), "experts" + at);
+      expect_same_weight(mp::load_column_shard(ckpt, e, r, ranks),
+                         mp::shard_column(stack, r, ranks), "stacked column" + at);
     }
   }
   const Mxfp4Weight no_bias = mp::load_row_shard(ckpt, {"d.blocks", "d.scales", {}}, 0, 2);
@@ -314,7 +287,7 @@ TEST_F(ParallelCheckpoint, ShardsFromTheMappedFileEqualShardsOfTheWeight) {
 
 TEST_F(ParallelCheckpoint, RefusesEntriesThatAreNotAnMxfp4Weight) {
   const Mxfp4Weight w = random_weight({8, 64}, true, 41);
-  const Tensor f = random_tensor({8, 32}, 42);
+  const Tensor f = random_uniform({8, 32}, 42);
   const Tensor bad_scales = Tensor::zeros({8, 3}, DType::u8);
   const std::string file = path("bad.safetensors");
   mxfp4::io::write_safetensors(file, {mxfp4::io::safetensors_item("blocks", w.blocks()),
@@ -433,7 +406,7 @@ TEST(ParallelDispatch, SimulatedExpertParallelLayerEqualsTheSingleDeviceLayer) {
     std::vector<mp::DispatchPlan> plans;
     for (int s = 0; s < ranks; ++s) {
       const std::int64_t tokens = s == 1 ? 0 : 5 + s;  // rank 1 has no tokens
-      x[static_cast<std::size_t>(s)] = random_tensor({tokens, k}, 60 + static_cast<unsigned>(s));
+      x[static_cast<std::size_t>(s)] = random_uniform({tokens, k}, 60 + static_cast<unsigned>(s));
       std::vector<std::int32_t> ids(static_cast<std::size_t>(tokens * topk));
       for (auto& v : ids)
         v = static_cast<std::int32_t>(rng() % (s == 2 ? 1 : experts));

@@ -17,12 +17,14 @@
 #include "mxfp4/ops.hpp"
 #include "mxfp4/tensor.hpp"
 #include "mxfp4/weight.hpp"
+#include "test_numbers.hpp"
 
 namespace {
 
 using mxfp4::DType;
 using mxfp4::Mxfp4Weight;
 using mxfp4::ScaleRule;
+using namespace mxfp4::test;
 using mxfp4::Shape;
 using mxfp4::Tensor;
 
@@ -78,68 +80,6 @@ double e2m1_value(int code) {
 double mx_value(int code, int scale) {
   if (scale == 255) return std::numeric_limits<double>::quiet_NaN();
   return e2m1_value(code) * std::ldexp(1.0, scale - 127);
-}
-
-double decode_f16(std::uint16_t h) {
-  const int exp = (h >> 10) & 0x1F;
-  const int man = h & 0x3FF;
-  double v;
-  if (exp == 0x1F) {
-    v = man ? std::numeric_limits<double>::quiet_NaN() : std::numeric_limits<double>::infinity();
-  } else if (exp == 0) {
-    v = std::ldexp(static_cast<double>(man), -24);
-  } else {
-    v = std::ldexp(1024.0 + man, exp - 25);
-  }
-  return (h >> 15) ? -v : v;
-}
-double decode_bf16(std::uint16_t h) {
-  const int exp = (h >> 7) & 0xFF;
-  const int man = h & 0x7F;
-  double v;
-  if (exp == 0xFF) {
-    v = man ? std::numeric_limits<double>::quiet_NaN() : std::numeric_limits<double>::infinity();
-  } else if (exp == 0) {
-    v = std::ldexp(static_cast<double>(man), -133);
-  } else {
-    v = std::ldexp(128.0 + man, exp - 134);
-  }
-  return (h >> 15) ? -v : v;
-}
-
-// Nearest value with `mant` fraction bits, exponent >= emin (gradual underflow), ties to even,
-// +/-Inf past the largest finite value.
-double round_to_format(double v, int mant, int emin, int emax) {
-  if (v == 0.0 || !std::isfinite(v)) return v;
-  const double a = std::fabs(v);
-  int ex;
-  std::frexp(a, &ex);
-  const int e = std::max(ex - 1, emin);
-  const double quantum = std::ldexp(1.0, e - mant);
-  double r = std::nearbyint(a / quantum) * quantum;
-  if (r > std::ldexp(2.0 - std::ldexp(1.0, -mant), emax))
-    r = std::numeric_limits<double>::infinity();
-  return std::copysign(r, v);
-}
-double round_f32(double v) {
-  return round_to_format(v, 23, -126, 127);
-}
-double round_f16(double v) {
-  return round_to_format(v, 10, -14, 15);
-}
-double round_bf16(double v) {
-  return round_to_format(v, 7, -126, 127);
-}
-double round_to(DType d, double v) {
-  return d == DType::f16 ? round_f16(v) : d == DType::bf16 ? round_bf16(v) : round_f32(v);
-}
-// Spacing of format `d` at magnitude |v| (the larger spacing at a power of two).
-double ulp_of(DType d, double v) {
-  const int mant = d == DType::f16 ? 10 : d == DType::bf16 ? 7 : 23;
-  const int emin = d == DType::f16 ? -14 : -126;
-  int ex;
-  std::frexp(std::fabs(v), &ex);
-  return std::ldexp(1.0, std::max(ex - 1, emin) - mant);
 }
 
 // Element i of a floating tensor, decoded here.

@@ -2,22 +2,20 @@
 // file the reader must refuse (with a FormatError naming the file and the tensor), and the
 // writer's all-or-nothing behaviour.
 #include <gtest/gtest.h>
-#include <sys/resource.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include <csignal>
 #include <cstdint>
 #include <cstring>
 #include <filesystem>
-#include <fstream>
-#include <iterator>
 #include <limits>
+#include <optional>
 #include <string>
 #include <vector>
 
 #include "mxfp4/io/safetensors.hpp"
 #include "mxfp4/mxfp4.hpp"
+#include "test_files.hpp"
 
 namespace {
 
@@ -27,67 +25,16 @@ using mxfp4::Shape;
 using mxfp4::io::SafetensorsFile;
 using mxfp4::io::SafetensorsItem;
 using mxfp4::io::write_safetensors;
-using Bytes = std::vector<std::uint8_t>;
-
-// A fresh directory per test: CTest runs tests in parallel processes.
-class TempDir {
- public:
-  TempDir() {
-    const auto* info = ::testing::UnitTest::GetInstance()->current_test_info();
-    path_ = fs::temp_directory_path() / ("mxfp4_st_" + std::string(info->test_suite_name()) + "_" +
-                                         info->name() + "_" + std::to_string(::getpid()));
-    fs::remove_all(path_);
-    fs::create_directories(path_);
-  }
-  ~TempDir() {
-    std::error_code ec;
-    fs::permissions(path_, fs::perms::owner_all, fs::perm_options::add, ec);
-    fs::remove_all(path_, ec);
-  }
-  std::string file(const std::string& name) const { return (path_ / name).string(); }
-  const fs::path& path() const { return path_; }
-  std::vector<std::string> listing() const {
-    std::vector<std::string> names;
-    for (const auto& e : fs::directory_iterator(path_))
-      names.push_back(e.path().filename());
-    std::sort(names.begin(), names.end());
-    return names;
-  }
-
- private:
-  fs::path path_;
-};
-
-Bytes read_all(const std::string& path) {
-  std::ifstream f(path, std::ios::binary);
-  return Bytes(std::istreambuf_iterator<char>(f), std::istreambuf_iterator<char>());
-}
-
-void write_all(const std::string& path, const Bytes& bytes) {
-  std::ofstream f(path, std::ios::binary);
-  f.write(reinterpret_cast<const char*>(bytes.data()), static_cast<std::streamsize>(bytes.size()));
-}
+using namespace mxfp4::test;
 
 // A file: u64 LE `length` (the header's size unless given), the header text, then `data`.
 Bytes make_file(const std::string& header, const Bytes& data = {},
                 std::optional<std::uint64_t> length = std::nullopt) {
   const std::uint64_t n = length.value_or(header.size());
   Bytes b;
-  for (int i = 0; i < 8; ++i)
-    b.push_back(static_cast<std::uint8_t>(n >> (8 * i)));
+  append_le(b, n, 8);
   b.insert(b.end(), header.begin(), header.end());
   b.insert(b.end(), data.begin(), data.end());
-  return b;
-}
-
-// Deterministic filler bytes.
-Bytes pattern(std::size_t n, std::uint32_t seed) {
-  Bytes b(n);
-  std::uint32_t x = seed * 2654435761u + 1u;
-  for (auto& v : b) {
-    x = x * 1664525u + 1013904223u;
-    v = static_cast<std::uint8_t>(x >> 24);
-  }
   return b;
 }
 
@@ -512,10 +459,7 @@ TEST(safetensors_corrupt, EveryPrefixOfAValidFileIsRefusedCleanly) {
       pattern(8, 3));
   ASSERT_NO_THROW(SafetensorsFile::parse(good, "good"));
   for (std::size_t n = 0; n < good.size(); ++n) {
-    EXPECT_THROW(
-        SafetensorsFile::parse(Bytes(good.begin(), good.begin() + static_cast<long>(n)), "cut"),
-        mxfp4::FormatError)
-        << n;
+    EXPECT_THROW(SafetensorsFile::parse(prefix_of(good, n), "cut"), mxfp4::FormatError) << n;
   }
 }
 
@@ -624,23 +568,15 @@ TEST(safetensors_write, ShortWriteRemovesTheTemporaryAndKeepsTheTarget) {
   const std::string path = dir.file("out.safetensors");
   write_safetensors(path, {{"keep", "U8", {2}, Bytes{1, 2}}});
   const Bytes before = read_all(path);
-  // A file size limit makes write() fail with EFBIG half way (works as root too).
-  rlimit old{};
-  ASSERT_EQ(::getrlimit(RLIMIT_FSIZE, &old), 0);
-  auto* old_handler = std::signal(SIGXFSZ, SIG_IGN);
-  rlimit small = old;
-  small.rlim_cur = 4096;
-  ASSERT_EQ(::setrlimit(RLIMIT_FSIZE, &small), 0);
   const Bytes big(3u << 20, 0xAB);
   bool threw = false;
   try {
+    const FileSizeLimit limit(4096);
     write_safetensors(path, {{"big", "U8", {static_cast<std::int64_t>(big.size())}, big}});
   } catch (const mxfp4::IoError& e) {
     threw = true;
     EXPECT_NE(std::string(e.what()).find("cannot write"), std::string::npos) << e.what();
   }
-  ::setrlimit(RLIMIT_FSIZE, &old);
-  std::signal(SIGXFSZ, old_handler);
   EXPECT_TRUE(threw);
   EXPECT_EQ(read_all(path), before);
   EXPECT_EQ(dir.listing(), std::vector<std::string>{"out.safetensors"});

@@ -7,11 +7,8 @@
 #include <string>
 #include <vector>
 
-#include "mxfp4/tensor.hpp"
-#if __has_include("mxfp4/device.hpp")
 #include "mxfp4/device.hpp"
-#define MXFP4_TEST_HAS_DEVICE_HPP 1
-#endif
+#include "mxfp4/tensor.hpp"
 
 namespace {
 
@@ -19,14 +16,6 @@ using mxfp4::Device;
 using mxfp4::DType;
 using mxfp4::Shape;
 using mxfp4::Tensor;
-
-bool cuda_in_build() {
-#if defined(MXFP4_TEST_HAS_DEVICE_HPP)
-  return mxfp4::cuda_built();
-#else
-  return false;
-#endif
-}
 
 bool contains(const std::string& s, const std::string& part) {
   return s.find(part) != std::string::npos;
@@ -322,7 +311,7 @@ TEST(Tensor, CudaDeviceIsUnsupportedWithoutTheCudaBackend) {
   EXPECT_EQ(mxfp4::to_string(Device::cpu()), "cpu");
   EXPECT_FALSE(Device::cuda() == Device::cpu());
   EXPECT_FALSE(Device::cuda(0) == Device::cuda(1));
-  if (cuda_in_build()) GTEST_SKIP() << "this build has the CUDA backend";
+  if (mxfp4::cuda_built()) GTEST_SKIP() << "this build has the CUDA backend";
   EXPECT_THROW(Tensor::empty({2}, DType::f32, Device::cuda()), mxfp4::Unsupported);
   EXPECT_THROW(Tensor::zeros({2}, DType::f32, Device::cuda()), mxfp4::Unsupported);
   try {

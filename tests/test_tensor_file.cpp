@@ -3,8 +3,6 @@
 // and metadata back; plus the errors of formats that cannot hold what they are given.
 #include <gtest/gtest.h>
 
-#include <unistd.h>
-
 #include <cstdint>
 #include <filesystem>
 #include <map>
@@ -15,6 +13,8 @@
 #include "io/tensor_file.hpp"
 #include "mxfp4/error.hpp"
 #include "mxfp4/weight.hpp"
+#include "test_files.hpp"
+#include "test_numbers.hpp"
 
 namespace {
 
@@ -26,63 +26,17 @@ using mxfp4::Shape;
 using mxfp4::Tensor;
 using mxfp4::detail::FileFormat;
 using mxfp4::detail::NamedTensor;
-
-class TempDir {
- public:
-  TempDir() {
-    const auto* info = ::testing::UnitTest::GetInstance()->current_test_info();
-    path_ = fs::temp_directory_path() /
-            ("mxfp4_tensor_file_" + std::string(info->name()) + "_" + std::to_string(::getpid()));
-    fs::remove_all(path_);
-    fs::create_directories(path_);
-  }
-  ~TempDir() {
-    std::error_code ec;
-    fs::remove_all(path_, ec);
-  }
-  std::string file(const std::string& name) const { return (path_ / name).string(); }
-  std::size_t entries() const {
-    return static_cast<std::size_t>(std::distance(fs::directory_iterator(path_), {}));
-  }
-
- private:
-  fs::path path_;
-};
-
-Tensor random_tensor(const Shape& shape, std::uint32_t seed) {
-  std::mt19937 gen(seed);
-  std::normal_distribution<float> dist(0.0f, 1.5f);
-  std::vector<float> v(static_cast<std::size_t>(mxfp4::shape_numel(shape)));
-  for (float& x : v)
-    x = dist(gen);
-  return Tensor::from_vector(v, shape);
-}
-
-std::vector<std::uint8_t> bytes_of(const Tensor& t) {
-  const auto* p = static_cast<const std::uint8_t*>(t.data());
-  return {p, p + t.nbytes()};
-}
-
-void expect_same_weight(const Mxfp4Weight& a, const Mxfp4Weight& b) {
-  EXPECT_EQ(a.blocks().shape(), b.blocks().shape());
-  EXPECT_EQ(bytes_of(a.blocks()), bytes_of(b.blocks()));
-  EXPECT_EQ(a.scales().shape(), b.scales().shape());
-  EXPECT_EQ(bytes_of(a.scales()), bytes_of(b.scales()));
-  ASSERT_EQ(a.bias().has_value(), b.bias().has_value());
-  if (a.bias()) {
-    EXPECT_EQ(a.bias()->dtype(), b.bias()->dtype());
-    EXPECT_EQ(bytes_of(*a.bias()), bytes_of(*b.bias()));
-  }
-}
+using namespace mxfp4::test;
 
 struct Fixture {
   Mxfp4Weight dense;    // [48, 64] with an f32 bias
   Mxfp4Weight experts;  // [3, 16, 96] without a bias
   Tensor norm;          // f32 [8]
   Fixture()
-      : dense(Mxfp4Weight::quantize(random_tensor({48, 64}, 1), random_tensor({48}, 2))),
-        experts(Mxfp4Weight::quantize(random_tensor({3, 16, 96}, 3))),
-        norm(random_tensor({8}, 4)) {}
+      : dense(
+            Mxfp4Weight::quantize(random_normal({48, 64}, 1, 1.5f), random_normal({48}, 2, 1.5f))),
+        experts(Mxfp4Weight::quantize(random_normal({3, 16, 96}, 3, 1.5f))),
+        norm(random_normal({8}, 4, 1.5f)) {}
   std::vector<NamedTensor> tensors(bool with_dense) const {
     std::vector<NamedTensor> out;
     mxfp4::detail::append_weight(out, "model.layers.0.proj", dense);
@@ -115,7 +69,7 @@ TEST(TensorFile, EveryFormatRoundTripsWeightsTensorsAndMetadataBitExactly) {
     const std::uint64_t size = mxfp4::detail::save_tensor_file(
         path, c.format, f.tensors(c.dense_tensors), {{"note", "seam test"}});
     EXPECT_EQ(size, fs::file_size(path));
-    EXPECT_EQ(dir.entries(), 1u);  // no temporary file left behind
+    EXPECT_EQ(dir.listing().size(), 1u);  // no temporary file left behind
 
     // auto reads GGUF and UQFF 1.x by content; GPT-OSS and legacy UQFF files stay safetensors.
     const bool by_content = c.format == FileFormat::safetensors || c.format == FileFormat::gguf ||
@@ -192,7 +146,7 @@ TEST(TensorFile, FormatsRefuseWhatTheyCannotHoldAndLeaveNoFile) {
   } catch (const mxfp4::InvalidArgument& e) {
     EXPECT_NE(std::string(e.what()).find("w.blocks"), std::string::npos) << e.what();
   }
-  EXPECT_EQ(dir.entries(), 0u);
+  EXPECT_EQ(dir.listing().size(), 0u);
 }
 
 TEST(TensorFile, OpeningInTheWrongFormatIsAFormatError) {

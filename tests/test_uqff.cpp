@@ -2,11 +2,9 @@
 // reader's version rule and its refusal of every kind of corrupt blob, legacy .uqff files of
 // blobs, and UQFF 1.x on safetensors (names, dtypes and shapes checked tensor by tensor).
 #include <gtest/gtest.h>
-#include <unistd.h>
 
 #include <cstdint>
 #include <cstring>
-#include <filesystem>
 #include <random>
 #include <string>
 #include <vector>
@@ -14,51 +12,18 @@
 #include "mxfp4/io/safetensors.hpp"
 #include "mxfp4/io/uqff.hpp"
 #include "mxfp4/mxfp4.hpp"
+#include "test_files.hpp"
 
 namespace {
 
-namespace fs = std::filesystem;
 using mxfp4::DType;
 using mxfp4::Mxfp4Weight;
 using mxfp4::Shape;
 using mxfp4::Tensor;
 using namespace mxfp4::io;
-using Bytes = std::vector<std::uint8_t>;
+using namespace mxfp4::test;
 
-class TempDir {
- public:
-  TempDir() {
-    const auto* info = ::testing::UnitTest::GetInstance()->current_test_info();
-    path_ = fs::temp_directory_path() / ("mxfp4_uqff_" + std::string(info->test_suite_name()) +
-                                         "_" + info->name() + "_" + std::to_string(::getpid()));
-    fs::remove_all(path_);
-    fs::create_directories(path_);
-  }
-  ~TempDir() {
-    std::error_code ec;
-    fs::remove_all(path_, ec);
-  }
-  std::string file(const std::string& name) const { return (path_ / name).string(); }
-
- private:
-  fs::path path_;
-};
-
-struct Builder {
-  Bytes b;
-  Builder& u8(std::uint8_t v) {
-    b.push_back(v);
-    return *this;
-  }
-  Builder& u32(std::uint32_t v) {
-    for (int i = 0; i < 4; ++i)
-      b.push_back(static_cast<std::uint8_t>(v >> (8 * i)));
-    return *this;
-  }
-  Builder& raw(const Bytes& x) {
-    b.insert(b.end(), x.begin(), x.end());
-    return *this;
-  }
+struct Builder : LittleEndianBuilder<Builder> {
   // A blob tensor: data length, dtype code, ndims, dims, data.
   Builder& tensor(std::uint32_t code, std::vector<std::uint32_t> dims, const Bytes& data) {
     u32(static_cast<std::uint32_t>(data.size()))
@@ -70,46 +35,11 @@ struct Builder {
   }
 };
 
-Bytes tensor_bytes(const Tensor& t) {
-  const auto* p = static_cast<const std::uint8_t*>(t.data());
-  return Bytes(p, p + t.nbytes());
-}
-
 Bytes iota_bytes(std::size_t n, std::uint8_t start) {
   Bytes b(n);
   for (std::size_t i = 0; i < n; ++i)
     b[i] = static_cast<std::uint8_t>(start + i * 37);
   return b;
-}
-
-Mxfp4Weight random_weight(Shape shape, std::uint32_t seed, std::optional<DType> bias_dtype) {
-  std::mt19937 rng(seed);
-  std::normal_distribution<float> dist(0.0f, 1.0f);
-  std::vector<float> v(static_cast<std::size_t>(mxfp4::shape_numel(shape)));
-  for (float& x : v)
-    x = dist(rng);
-  std::optional<Tensor> bias;
-  if (bias_dtype) {
-    Shape bshape(shape.begin(), shape.end() - 1);
-    std::vector<float> b(static_cast<std::size_t>(mxfp4::shape_numel(bshape)));
-    for (float& x : b)
-      x = dist(rng);
-    bias = Tensor::from_vector(b, bshape).to(*bias_dtype);
-  }
-  return Mxfp4Weight::quantize(Tensor::from_vector(v, shape), bias);
-}
-
-void expect_same_weight(const Mxfp4Weight& a, const Mxfp4Weight& b) {
-  EXPECT_EQ(a.blocks().shape(), b.blocks().shape());
-  EXPECT_EQ(a.scales().shape(), b.scales().shape());
-  EXPECT_EQ(tensor_bytes(a.blocks()), tensor_bytes(b.blocks()));
-  EXPECT_EQ(tensor_bytes(a.scales()), tensor_bytes(b.scales()));
-  ASSERT_EQ(a.bias().has_value(), b.bias().has_value());
-  if (a.bias()) {
-    EXPECT_EQ(a.bias()->dtype(), b.bias()->dtype());
-    EXPECT_EQ(a.bias()->shape(), b.bias()->shape());
-    EXPECT_EQ(tensor_bytes(*a.bias()), tensor_bytes(*b.bias()));
-  }
 }
 
 void expect_blob_error(const Bytes& blob, const std::string& needle) {
@@ -229,8 +159,7 @@ TEST(UqffBlob, HeaderBytes) {
 TEST(UqffBlob, EveryTruncationIsAFormatError) {
   const Bytes full = serialize_uqff_blob(random_weight({3, 64}, 4, DType::f16));
   for (std::size_t n = 0; n < full.size(); ++n) {
-    const Bytes cut(full.begin(), full.begin() + static_cast<std::ptrdiff_t>(n));
-    EXPECT_THROW(deserialize_uqff_blob(cut), mxfp4::FormatError) << n;
+    EXPECT_THROW(deserialize_uqff_blob(prefix_of(full, n)), mxfp4::FormatError) << n;
   }
   Bytes longer = full;
   longer.push_back(0);

@@ -3,6 +3,8 @@
 Each carries the library's one-line message (the argument, what was expected, what was given)
 and derives from both :class:`Error` and the built-in exception a Python caller would expect,
 so ``except ValueError`` catches a shape mismatch as well as ``except mxfp4.ShapeMismatch``.
+The classes are made from one table (their names, built-in bases and codes follow the C++
+library's ErrorCode); ``_errors.pyi`` declares them for type checkers.
 """
 
 from __future__ import annotations
@@ -14,69 +16,27 @@ class Error(Exception):
     code: str = "error"
 
 
-class InvalidArgument(Error, ValueError):
-    """A value outside its domain (unknown rule or device, absent tensor name, ...)."""
+# name, built-in base, code (ErrorCode's name), docstring
+_CLASSES: tuple[tuple[str, type[Exception], str, str], ...] = (
+    ("InvalidArgument", ValueError, "invalid_argument",
+     "A value outside its domain (unknown rule or device, absent tensor name, ...)."),
+    ("ShapeMismatch", ValueError, "shape_mismatch",
+     "A tensor's rank or dims disagree with what the call needs."),
+    ("DTypeMismatch", TypeError, "dtype_mismatch",
+     "A tensor's element type is not one the call accepts."),
+    ("IndexOutOfRange", IndexError, "index_out_of_range", "An expert id outside [0, E)."),
+    ("NonFiniteValue", ValueError, "non_finite", "NaN or Inf where a finite value is required."),
+    ("FormatError", ValueError, "format_error", "A file does not follow its format."),
+    ("IoError", OSError, "io_error", "The operating system refused a read, write or rename."),
+    ("Unsupported", NotImplementedError, "unsupported",
+     "A valid request this build or device cannot do (e.g. CUDA tensors without CUDA)."),
+    ("DeviceError", RuntimeError, "device_error", "The CUDA runtime reported a failure."),
+)
 
-    code = "invalid_argument"
+for _name, _base, _code, _doc in _CLASSES:
+    globals()[_name] = type(
+        _name, (Error, _base), {"__doc__": _doc, "__module__": __name__, "code": _code}
+    )
+del _name, _base, _code, _doc
 
-
-class ShapeMismatch(Error, ValueError):
-    """A tensor's rank or dims disagree with what the call needs."""
-
-    code = "shape_mismatch"
-
-
-class DTypeMismatch(Error, TypeError):
-    """A tensor's element type is not one the call accepts."""
-
-    code = "dtype_mismatch"
-
-
-class IndexOutOfRange(Error, IndexError):
-    """An expert id outside [0, E)."""
-
-    code = "index_out_of_range"
-
-
-class NonFiniteValue(Error, ValueError):
-    """NaN or Inf where a finite value is required."""
-
-    code = "non_finite"
-
-
-class FormatError(Error, ValueError):
-    """A file does not follow its format."""
-
-    code = "format_error"
-
-
-class IoError(Error, OSError):
-    """The operating system refused a read, write or rename."""
-
-    code = "io_error"
-
-
-class Unsupported(Error, NotImplementedError):
-    """A valid request this build or device cannot do (e.g. CUDA tensors without CUDA)."""
-
-    code = "unsupported"
-
-
-class DeviceError(Error, RuntimeError):
-    """The CUDA runtime reported a failure."""
-
-    code = "device_error"
-
-
-__all__ = [
-    "Error",
-    "InvalidArgument",
-    "ShapeMismatch",
-    "DTypeMismatch",
-    "IndexOutOfRange",
-    "NonFiniteValue",
-    "FormatError",
-    "IoError",
-    "Unsupported",
-    "DeviceError",
-]
+__all__ = ["Error", *(entry[0] for entry in _CLASSES)]

@@ -24,17 +24,8 @@
 //   + bias.
 // Outputs are rounded to nearest even (bf16 as dtype.hpp's f32_to_bf16, f16 by vcvtps2ph).
 
-// GCC 12 reports the `__m512i __Y = __Y;` of _mm512_undefined_epi32 and its kin (used by most
-// AVX-512 intrinsics) as (maybe-)uninitialized once inlined (GCC bug 105593, fixed in GCC 13).
-#if defined(__GNUC__) && !defined(__clang__)
-#pragma GCC diagnostic push
-#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
-#pragma GCC diagnostic ignored "-Wuninitialized"
-#include <immintrin.h>
-#pragma GCC diagnostic pop
-#else
-#include <immintrin.h>
-#endif
+// First, before any header that might include <immintrin.h> without the pragmas.
+#include "cpu/immintrin_avx512.hpp"
 
 #include <algorithm>
 #include <cmath>

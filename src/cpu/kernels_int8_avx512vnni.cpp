@@ -9,16 +9,8 @@
 //
 // No inline function of the project's headers is called here (see kernels_avx512.cpp's note).
 
-// GCC 12: _mm512_undefined_* inside the intrinsics trips -Wmaybe-uninitialized (GCC bug 105593).
-#if defined(__GNUC__) && !defined(__clang__)
-#pragma GCC diagnostic push
-#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
-#pragma GCC diagnostic ignored "-Wuninitialized"
-#include <immintrin.h>
-#pragma GCC diagnostic pop
-#else
-#include <immintrin.h>
-#endif
+// First, before any header that might include <immintrin.h> without the pragmas.
+#include "cpu/immintrin_avx512.hpp"
 
 #include <algorithm>
 #include <cstdint>

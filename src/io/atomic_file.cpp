@@ -8,8 +8,8 @@
 #include <cerrno>
 #include <chrono>
 #include <filesystem>
-#include <system_error>
 
+#include "io/posix_file.hpp"
 #include "mxfp4/error.hpp"
 
 namespace mxfp4::io {
@@ -17,10 +17,6 @@ namespace mxfp4::io {
 namespace {
 
 constexpr std::size_t kBuffer = std::size_t{1} << 20;
-
-std::string os_error(int err) {
-  return std::system_category().message(err);
-}
 
 // A name beside `path` that no other writer (thread or process) picks.
 std::string temporary_name(const std::string& path, int attempt) {
@@ -38,8 +34,6 @@ std::string temporary_name(const std::string& path, int attempt) {
   }
   return path + ".tmp." + suffix;
 }
-
-}  // namespace
 
 void refuse_special_target(const std::string& path, const std::string& what) {
   struct stat st {};
@@ -59,6 +53,8 @@ int create_temporary_beside(const std::string& path, std::string& tmp) {
   return fd;
 }
 
+}  // namespace
+
 AtomicFile::AtomicFile(std::string path, std::string what)
     : path_(std::move(path)), what_(std::move(what)) {
   refuse_special_target(path_, what_);
@@ -71,12 +67,19 @@ AtomicFile::AtomicFile(std::string path, std::string what)
 }
 
 AtomicFile::~AtomicFile() {
-  if (committed_) return;
+  discard();
+}
+
+void AtomicFile::discard() noexcept {
+  if (published_ || tmp_.empty()) return;
   if (fd_ >= 0) ::close(fd_);
+  fd_ = -1;
   ::unlink(tmp_.c_str());
+  tmp_.clear();
 }
 
 void AtomicFile::write(const void* data, std::size_t n) {
+  if (fd_ < 0) throw IoError(what_ + ": write after the file was finished or discarded");
   const auto* p = static_cast<const std::uint8_t*>(data);
   size_ += n;
   if (buffer_.size() + n <= kBuffer) {
@@ -117,17 +120,24 @@ void AtomicFile::write_all(const std::uint8_t* p, std::size_t n) {
   }
 }
 
-void AtomicFile::commit() {
-  if (committed_) throw IoError(what_ + ": committed twice");
+void AtomicFile::finish() {
+  if (finished_) throw IoError(what_ + ": finished twice");
+  if (fd_ < 0) throw IoError(what_ + ": the temporary was discarded");
   flush();
   if (::fsync(fd_) != 0) throw IoError(what_ + ": fsync failed: " + os_error(errno));
   const int fd = fd_;
   fd_ = -1;
   if (::close(fd) != 0) throw IoError(what_ + ": close failed: " + os_error(errno));
+  finished_ = true;
+}
+
+void AtomicFile::publish() {
+  if (!finished_ || tmp_.empty()) throw IoError(what_ + ": published before it was finished");
+  if (published_) throw IoError(what_ + ": published twice");
   if (::rename(tmp_.c_str(), path_.c_str()) != 0) {
     throw IoError(what_ + ": cannot rename the temporary '" + tmp_ + "' to it: " + os_error(errno));
   }
-  committed_ = true;
+  published_ = true;
   // Make the rename itself durable; the data is already safe, so a failure here is not an error.
   std::filesystem::path dir = std::filesystem::path(path_).parent_path();
   if (dir.empty()) dir = ".";
@@ -136,6 +146,11 @@ void AtomicFile::commit() {
     (void)::fsync(dfd);
     ::close(dfd);
   }
+}
+
+void AtomicFile::commit() {
+  finish();
+  publish();
 }
 
 }  // namespace mxfp4::io

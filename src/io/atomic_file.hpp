@@ -1,7 +1,9 @@
 // An output file that appears at its path complete or not at all: bytes go to a temporary file in
-// the same folder, which commit() flushes, syncs and renames over the target. Destroying an
-// AtomicFile that was not committed removes the temporary, so a failure (an exception anywhere
-// between open and commit, a full disk) leaves an existing target untouched.
+// the same folder, which commit() flushes, syncs and renames over the target (finish() and
+// publish() are its two halves, for writers of several files). Destroying an AtomicFile that was
+// not published removes the temporary, so a failure (an exception anywhere between open and
+// commit, a full disk) leaves an existing target untouched. The one temporary-file mechanism of
+// the library's writers.
 #pragma once
 
 #include <cstddef>
@@ -11,18 +13,11 @@
 
 namespace mxfp4::io {
 
-// The pieces every atomic writer here shares (AtomicFile, the safetensors writer and its index):
-// Throws IoError (prefixed by `what`) when `path` exists and is neither a regular file nor a
-// folder: a device, pipe or socket is never replaced by a file (e.g. /dev/null as root).
-void refuse_special_target(const std::string& path, const std::string& what);
-// Creates a new temporary file beside `path` (O_EXCL, a name no other writer picks) and returns
-// its descriptor, its name in `tmp`; -1 with errno set when it cannot.
-int create_temporary_beside(const std::string& path, std::string& tmp);
-
 class AtomicFile {
  public:
-  // Creates the temporary beside `path`; throws IoError naming `what` (e.g. "write_gguf 'x'")
-  // when it cannot, or when `path` is a device, pipe or socket (refuse_special_target).
+  // Creates the temporary beside `path` (O_EXCL, a name no other writer picks); throws IoError
+  // naming `what` (e.g. "write_gguf 'x'") when it cannot, or when `path` exists and is neither a
+  // regular file nor a folder: a device, pipe or socket is never replaced by a file.
   AtomicFile(std::string path, std::string what);
   AtomicFile(const AtomicFile&) = delete;
   AtomicFile& operator=(const AtomicFile&) = delete;
@@ -34,8 +29,17 @@ class AtomicFile {
   void write_zeros(std::size_t n);
   // Bytes written so far.
   std::uint64_t size() const { return size_; }
-  // Flushes, fsyncs, closes and renames the temporary over the target; throws IoError.
+  // The target.
+  const std::string& path() const { return path_; }
+  // Flushes, fsyncs and closes the temporary, which keeps its temporary name; throws IoError.
+  // Writers of several files finish every one before publishing any.
+  void finish();
+  // Renames the finished temporary over the target and syncs the folder; throws IoError.
+  void publish();
+  // finish() then publish().
   void commit();
+  // Removes the temporary now, as destruction would; nothing can be written after it.
+  void discard() noexcept;
 
  private:
   void flush();
@@ -45,7 +49,8 @@ class AtomicFile {
   std::string what_;
   std::string tmp_;
   int fd_ = -1;
-  bool committed_ = false;
+  bool finished_ = false;
+  bool published_ = false;
   std::uint64_t size_ = 0;
   std::vector<std::uint8_t> buffer_;
 };

@@ -1,10 +1,6 @@
 #include "mxfp4/io/checkpoint.hpp"
 
-#include <fcntl.h>
-#include <unistd.h>
-
 #include <algorithm>
-#include <cerrno>
 #include <cmath>
 #include <cstdio>
 #include <cstring>
@@ -20,6 +16,7 @@
 #include <utility>
 
 #include "core/convert.hpp"
+#include "io/atomic_file.hpp"
 #include "mxfp4/error.hpp"
 #include "mxfp4/ops.hpp"
 #include "mxfp4/version.hpp"
@@ -256,28 +253,11 @@ std::regex compile_regex(const std::string& pattern, const char* what) {
   }
 }
 
-// Writes `text` to `path` through a temporary beside it and a rename.
+// Writes `text` to `path` all or nothing: a temporary beside it, renamed over it.
 void write_text_atomically(const std::string& path, const std::string& text) {
-  const std::string tmp = path + ".tmp." + std::to_string(::getpid());
-  const int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0666);
-  if (fd < 0) throw IoError("cannot create '" + tmp + "': " + std::strerror(errno));
-  std::size_t done = 0;
-  while (done < text.size()) {
-    const ssize_t w = ::write(fd, text.data() + done, text.size() - done);
-    if (w < 0 && errno == EINTR) continue;
-    if (w < 0) {
-      const int err = errno;
-      ::close(fd);
-      ::unlink(tmp.c_str());
-      throw IoError("cannot write '" + tmp + "': " + std::strerror(err));
-    }
-    done += static_cast<std::size_t>(w);
-  }
-  if (::fsync(fd) != 0 || ::close(fd) != 0 || ::rename(tmp.c_str(), path.c_str()) != 0) {
-    const int err = errno;
-    ::unlink(tmp.c_str());
-    throw IoError("cannot write '" + path + "': " + std::strerror(err));
-  }
+  AtomicFile out(path, "config '" + path + "'");
+  out.write(text.data(), text.size());
+  out.commit();
 }
 
 // config.json of `from_folder`, copied to `out` (a folder) with an MXFP4 quantization_config.

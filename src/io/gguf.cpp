@@ -3,21 +3,15 @@
 // overflow-checked arithmetic, before anything is allocated or handed out.
 #include "mxfp4/io/gguf.hpp"
 
-#include <fcntl.h>
-#include <sys/mman.h>
-#include <sys/stat.h>
-#include <unistd.h>
-
 #include <algorithm>
 #include <bit>
-#include <cerrno>
 #include <cstring>
 #include <limits>
 #include <new>
 #include <set>
-#include <system_error>
 
 #include "io/atomic_file.hpp"
+#include "io/posix_file.hpp"
 #include "io/utf8.hpp"
 #include "mxfp4/error.hpp"
 
@@ -82,10 +76,6 @@ std::string ne_string(std::span<const std::uint64_t> ne) {
     s += std::to_string(ne[i]);
   }
   return s + "]";
-}
-
-std::string os_error(int err) {
-  return std::system_category().message(err);
 }
 
 // Bounds-checked little-endian reads from the file; every failure names the field and offset.
@@ -218,21 +208,6 @@ GgufValue read_value(Cursor& c, GgufValueType type, const std::string& what, int
   }
   c.fail(what + ": unknown value type");
 }
-
-// Closes a file descriptor on scope exit.
-class FdGuard {
- public:
-  explicit FdGuard(int fd) : fd_(fd) {}
-  FdGuard(const FdGuard&) = delete;
-  FdGuard& operator=(const FdGuard&) = delete;
-  ~FdGuard() {
-    if (fd_ >= 0) ::close(fd_);
-  }
-  int get() const { return fd_; }
-
- private:
-  int fd_;
-};
 
 std::optional<DType> dtype_of_ggml(GgmlType type) {
   switch (type) {
@@ -371,20 +346,10 @@ Shape GgufTensorInfo::shape() const {
 }
 
 GgufFile GgufFile::open(const std::string& path) {
-  const std::string prefix = "GGUF file '" + path + "': ";
-  FdGuard fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC));
-  if (fd.get() < 0) throw IoError(prefix + "cannot open: " + os_error(errno));
-  struct stat st {};
-  if (::fstat(fd.get(), &st) != 0) throw IoError(prefix + "cannot stat: " + os_error(errno));
-  if (!S_ISREG(st.st_mode)) throw IoError(prefix + "is not a regular file");
-  const auto size = static_cast<std::uint64_t>(st.st_size);
-  if (size == 0) return parse({}, path);  // mmap refuses empty files; parse names the problem
-  void* p = ::mmap(nullptr, static_cast<std::size_t>(size), PROT_READ, MAP_PRIVATE, fd.get(), 0);
-  if (p == MAP_FAILED)
-    throw IoError(prefix + "cannot map " + std::to_string(size) + " bytes: " + os_error(errno));
-  std::shared_ptr<const void> mapping(
-      p, [size](const void* q) { ::munmap(const_cast<void*>(q), static_cast<std::size_t>(size)); });
-  return parse_storage(std::move(mapping), static_cast<const std::uint8_t*>(p), size, path);
+  FileMap m = map_file(path, "GGUF file '" + path + "': ", false);
+  const auto* data = static_cast<const std::uint8_t*>(m.mapping.get());
+  if (data == nullptr) return parse({}, path);  // an empty file: parse names the problem
+  return parse_storage(std::move(m.mapping), data, m.size, path);
 }
 
 GgufFile GgufFile::parse(std::vector<std::uint8_t> bytes, const std::string& source) {

@@ -185,16 +185,7 @@ LogicalCheckpoint read_named(const std::string& path, const Naming& naming, std:
       continue;
     }
     if (consumed.count(e.name) != 0) continue;
-    LogicalTensor t;
-    t.name = e.name;
-    t.dtype = e.dtype;
-    t.shape = e.shape;
-    const std::string name = e.name;
-    t.bytes = [st, name] {
-      const auto r = st->find(name);
-      return TensorBytes{r.file->bytes(*r.entry), r.file->keep_alive()};
-    };
-    c.tensors.push_back(std::move(t));
+    c.tensors.push_back(detail::dense_from(st, e));
   }
   return c;
 }
@@ -221,18 +212,13 @@ LayoutWriteResult write_named(const LogicalCheckpoint& c, const std::string& out
   for (std::size_t i = 0; i < c.tensors.size(); ++i) {
     const LogicalTensor& t = c.tensors[i];
     const auto& names = result.names[i];
-    auto notify = [&options, i] {
-      if (options.on_tensor) options.on_tensor(i);
-    };
+    const auto notify = detail::tensor_notifier(options, i);
     if (!t.is_mxfp4()) {
-      physical.push_back({{t.name, t.dtype, t.shape}, [&t, notify] {
-                            notify();
-                            return t.bytes();
-                          }});
+      physical.push_back(detail::dense_streamed(t, notify));
       continue;
     }
     auto w = std::make_shared<detail::SharedWeight>(t);
-    Shape lead = t.experts > 0 ? Shape{t.experts, t.n} : Shape{t.n};
+    Shape lead = detail::lead_shape(t);
     Shape bshape = lead;
     if (naming.four_d) {
       bshape.push_back(t.k / kBlockSize);

@@ -34,10 +34,6 @@ namespace {
 
 constexpr std::string_view kLayerNamesKey = "mxfp4.layer_names";
 
-Shape lead_shape(const LogicalTensor& t) {
-  return t.experts > 0 ? Shape{t.experts, t.n} : Shape{t.n};
-}
-
 Shape with_last(Shape s, std::int64_t last) {
   s.push_back(last);
   return s;
@@ -64,20 +60,6 @@ LogicalCheckpoint base_checkpoint(const std::string& path, std::string_view layo
   c.folder = st.folder();
   c.source_bytes = st.total_bytes();
   return c;
-}
-
-LogicalTensor dense_from(const std::shared_ptr<SafetensorsCheckpoint>& st,
-                         const SafetensorsEntry& e) {
-  LogicalTensor t;
-  t.name = e.name;
-  t.dtype = e.dtype;
-  t.shape = e.shape;
-  const std::string name = e.name;
-  t.bytes = [st, name] {
-    const auto r = st->find(name);
-    return TensorBytes{r.file->bytes(*r.entry), r.file->keep_alive()};
-  };
-  return t;
 }
 
 LogicalTensor mxfp4_from(std::string name, const Mxfp4Weight& w,
@@ -172,14 +154,9 @@ class Uqff1Layout final : public Layout {
     }
     for (std::size_t i = 0; i < c.tensors.size(); ++i) {
       const LogicalTensor& t = c.tensors[i];
-      auto notify = [&options, i] {
-        if (options.on_tensor) options.on_tensor(i);
-      };
+      const auto notify = tensor_notifier(options, i);
       if (!t.is_mxfp4()) {
-        physical.push_back({{t.name, t.dtype, t.shape}, [&t, notify] {
-                              notify();
-                              return t.bytes();
-                            }});
+        physical.push_back(dense_streamed(t, notify));
         continue;
       }
       auto w = std::make_shared<SharedWeight>(t);
@@ -510,9 +487,7 @@ class GgufLayout final : public Layout {
     std::vector<GgufTensorItem> items;
     for (std::size_t i = 0; i < c.tensors.size(); ++i) {
       const LogicalTensor& t = c.tensors[i];
-      auto notify = [&options, i] {
-        if (options.on_tensor) options.on_tensor(i);
-      };
+      const auto notify = tensor_notifier(options, i);
       if (!t.is_mxfp4()) {
         GgufTensorItem item;
         item.name = t.name;

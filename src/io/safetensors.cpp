@@ -3,17 +3,14 @@
 #include "mxfp4/io/safetensors.hpp"
 
 #include "io/atomic_file.hpp"
+#include "io/posix_file.hpp"
 
 #include <fcntl.h>
-#include <sys/mman.h>
-#include <sys/stat.h>
 #include <unistd.h>
 
 #include <algorithm>
-#include <atomic>
 #include <bit>
 #include <cerrno>
-#include <chrono>
 #include <cstring>
 #include <filesystem>
 #include <limits>
@@ -104,26 +101,6 @@ std::string try_nbytes(std::string_view dtype, const Shape& shape, std::uint64_t
 [[noreturn]] void fail(const std::string& prefix, const std::string& what) {
   throw FormatError(prefix + what);
 }
-
-std::string os_error(int err) {
-  return std::system_category().message(err);
-}
-
-// Closes a file descriptor on scope exit unless released.
-class FdGuard {
- public:
-  explicit FdGuard(int fd) : fd_(fd) {}
-  FdGuard(const FdGuard&) = delete;
-  FdGuard& operator=(const FdGuard&) = delete;
-  ~FdGuard() {
-    if (fd_ >= 0) ::close(fd_);
-  }
-  int get() const { return fd_; }
-  int release() { return std::exchange(fd_, -1); }
-
- private:
-  int fd_;
-};
 
 std::uint64_t read_u64_le(const std::uint8_t* p) {
   std::uint64_t v = 0;
@@ -243,15 +220,8 @@ std::uint64_t safetensors_nbytes(std::string_view dtype, const Shape& shape) {
 struct SafetensorsFile::Storage {
   const std::uint8_t* data = nullptr;
   std::size_t size = 0;
-  void* map = nullptr;  // non-null: munmap(map, size) on destruction
+  std::shared_ptr<void> map;  // non-null: the file's mapping
   std::vector<std::uint8_t> owned;
-
-  Storage() = default;
-  Storage(const Storage&) = delete;
-  Storage& operator=(const Storage&) = delete;
-  ~Storage() {
-    if (map != nullptr) ::munmap(map, size);
-  }
 };
 
 bool SafetensorsFile::memory_mapped() const {
@@ -259,30 +229,13 @@ bool SafetensorsFile::memory_mapped() const {
 }
 
 SafetensorsFile SafetensorsFile::open(const std::string& path) {
-  const std::string prefix = "safetensors file '" + path + "': ";
-  FdGuard fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC));
-  if (fd.get() < 0) throw IoError(prefix + "cannot open: " + os_error(errno));
-  struct stat st {};
-  if (::fstat(fd.get(), &st) != 0) throw IoError(prefix + "cannot stat: " + os_error(errno));
-  if (!S_ISREG(st.st_mode)) throw IoError(prefix + "is not a regular file");
-  const auto size = static_cast<std::uint64_t>(st.st_size);
-  if (size > std::numeric_limits<std::size_t>::max()) {
-    throw IoError(prefix + "is too large (" + std::to_string(size) + " bytes) to map");
-  }
+  // Private and writable: tensors handed out may be written through (copy on write) without ever
+  // reaching the file.
+  FileMap m = map_file(path, "safetensors file '" + path + "': ", true);
   auto storage = std::make_shared<Storage>();
-  if (size > 0) {
-    // Private and writable: tensors handed out may be written through (copy on write) without
-    // ever reaching the file.
-    void* map = ::mmap(nullptr, static_cast<std::size_t>(size), PROT_READ | PROT_WRITE, MAP_PRIVATE,
-                       fd.get(), 0);
-    if (map == MAP_FAILED) {
-      throw IoError(prefix + "cannot map its " + std::to_string(size) +
-                    " bytes: " + os_error(errno));
-    }
-    storage->map = map;
-    storage->data = static_cast<const std::uint8_t*>(map);
-    storage->size = static_cast<std::size_t>(size);
-  }
+  storage->data = static_cast<const std::uint8_t*>(m.mapping.get());
+  storage->size = m.size;
+  storage->map = std::move(m.mapping);
   return parse_storage(std::move(storage), path);
 }
 
@@ -521,52 +474,6 @@ SafetensorsItem safetensors_item(std::string name, const Tensor& tensor) {
 
 namespace {
 
-// Buffered writes to a file descriptor; large spans go straight through.
-class FdWriter {
- public:
-  FdWriter(int fd, const std::string& tmp) : fd_(fd), tmp_(tmp) { buffer_.reserve(kBuffer); }
-
-  void write(const std::uint8_t* p, std::size_t n) {
-    if (buffer_.size() + n <= kBuffer) {
-      buffer_.insert(buffer_.end(), p, p + n);
-      return;
-    }
-    flush();
-    if (n >= kBuffer) {
-      write_all(p, n);
-    } else {
-      buffer_.insert(buffer_.end(), p, p + n);
-    }
-  }
-  void flush() {
-    write_all(buffer_.data(), buffer_.size());
-    buffer_.clear();
-  }
-
- private:
-  static constexpr std::size_t kBuffer = std::size_t{1} << 20;
-
-  void write_all(const std::uint8_t* p, std::size_t n) {
-    while (n > 0) {
-      const ssize_t w = ::write(fd_, p, n);
-      if (w < 0) {
-        if (errno == EINTR) continue;
-        throw IoError("cannot write '" + tmp_ + "': " + os_error(errno));
-      }
-      p += w;
-      n -= static_cast<std::size_t>(w);
-    }
-  }
-
-  int fd_;
-  std::string tmp_;
-  std::vector<std::uint8_t> buffer_;
-};
-
-}  // namespace
-
-namespace {
-
 // The header of a file holding `tensors` with `metadata`, validated; sets sizes and data_size.
 std::string build_header(const std::string& prefix,
                          const std::vector<SafetensorsTensorInfo>& tensors,
@@ -631,26 +538,12 @@ std::string build_header(const std::string& prefix,
   return header;
 }
 
-void sync_parent_folder(const std::string& path) {
-  // Makes a rename durable; the data is already safe, so a failure here is not an error.
-  std::filesystem::path dir = std::filesystem::path(path).parent_path();
-  if (dir.empty()) dir = ".";
-  const int dfd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-  if (dfd >= 0) {
-    (void)::fsync(dfd);
-    ::close(dfd);
-  }
-}
-
 }  // namespace
 
 class SafetensorsWriter::Impl {
  public:
   std::string prefix;
-  std::string path;
-  std::string tmp;
-  int fd = -1;
-  std::unique_ptr<FdWriter> out;
+  std::unique_ptr<AtomicFile> out;  // null once discarded
   std::vector<SafetensorsTensorInfo> tensors;
   std::vector<std::uint64_t> sizes;
   std::size_t current = 0;
@@ -658,17 +551,8 @@ class SafetensorsWriter::Impl {
   bool finished = false;
   bool published = false;
 
-  Impl() = default;
-  Impl(const Impl&) = delete;
-  Impl& operator=(const Impl&) = delete;
-  ~Impl() { discard(); }
-
-  void discard() noexcept {
-    if (fd >= 0) ::close(fd);
-    fd = -1;
-    if (!published && !tmp.empty()) ::unlink(tmp.c_str());
-    tmp.clear();
-  }
+  // Removes the temporary unless it was published.
+  void discard() noexcept { out.reset(); }
   void skip_complete() {
     while (current < tensors.size() && done_in_current == sizes[current]) {
       ++current;
@@ -695,27 +579,18 @@ SafetensorsWriter::SafetensorsWriter(std::string path, std::vector<SafetensorsTe
     : impl_(std::make_unique<Impl>()), path_(std::move(path)) {
   Impl& w = *impl_;
   w.prefix = "write_safetensors '" + path_ + "': ";
-  w.path = path_;
   std::uint64_t data_size = 0;
   const std::string header = build_header(w.prefix, tensors, metadata, w.sizes, data_size);
   w.tensors = std::move(tensors);
   file_size_ = 8 + header.size() + data_size;
-  refuse_special_target(path_, "write_safetensors '" + path_ + "'");
-  w.fd = create_temporary_beside(path_, w.tmp);
-  if (w.fd < 0) {
-    const std::string tmp = w.tmp;
-    w.tmp.clear();
-    throw IoError(w.prefix + "cannot create a temporary file beside it ('" + tmp +
-                  "'): " + os_error(errno));
-  }
+  w.out = std::make_unique<AtomicFile>(path_, "write_safetensors '" + path_ + "'");
   w.guarded([&] {
-    w.out = std::make_unique<FdWriter>(w.fd, w.tmp);
     std::uint8_t len[8];
     std::uint64_t n = header.size();
     for (int i = 0; i < 8; ++i, n >>= 8)
       len[i] = static_cast<std::uint8_t>(n & 0xFF);
     w.out->write(len, sizeof len);
-    w.out->write(reinterpret_cast<const std::uint8_t*>(header.data()), header.size());
+    w.out->write(header.data(), header.size());
     w.skip_complete();
   });
 }
@@ -728,7 +603,7 @@ const SafetensorsTensorInfo* SafetensorsWriter::next() const {
 
 void SafetensorsWriter::write(std::span<const std::uint8_t> bytes) {
   Impl& w = *impl_;
-  if (w.finished || w.fd < 0) {
+  if (w.finished || !w.out) {
     throw InvalidArgument(w.prefix + "write after the file was finished or failed");
   }
   std::size_t pos = 0;
@@ -751,7 +626,7 @@ void SafetensorsWriter::write(std::span<const std::uint8_t> bytes) {
 void SafetensorsWriter::finish() {
   Impl& w = *impl_;
   if (w.finished) return;
-  if (w.fd < 0) throw InvalidArgument(w.prefix + "finish after a failed write");
+  if (!w.out) throw InvalidArgument(w.prefix + "finish after a failed write");
   if (w.current < w.tensors.size()) {
     const auto& t = w.tensors[w.current];
     const std::string missing = std::to_string(w.sizes[w.current] - w.done_in_current);
@@ -759,12 +634,7 @@ void SafetensorsWriter::finish() {
     throw InvalidArgument(w.prefix + "tensor '" + t.name + "': " + missing +
                           " of its bytes never arrived");
   }
-  w.guarded([&] {
-    w.out->flush();
-    if (::fsync(w.fd) != 0) throw IoError(w.prefix + "fsync failed: " + os_error(errno));
-    const int fd = std::exchange(w.fd, -1);
-    if (::close(fd) != 0) throw IoError(w.prefix + "close failed: " + os_error(errno));
-  });
+  w.guarded([&] { w.out->finish(); });
   w.finished = true;
 }
 
@@ -772,14 +642,9 @@ void SafetensorsWriter::publish() {
   Impl& w = *impl_;
   if (!w.finished) throw InvalidArgument(w.prefix + "publish before finish");
   if (w.published) return;
-  w.guarded([&] {
-    if (::rename(w.tmp.c_str(), w.path.c_str()) != 0) {
-      throw IoError(w.prefix + "cannot rename the temporary '" + w.tmp +
-                    "' to it: " + os_error(errno));
-    }
-  });
+  if (!w.out) throw InvalidArgument(w.prefix + "publish after a failed write");
+  w.guarded([&] { w.out->publish(); });
   w.published = true;
-  sync_parent_folder(w.path);
 }
 
 std::uint64_t SafetensorsWriter::commit() {
@@ -1229,49 +1094,28 @@ CheckpointWriteResult write_planned(const std::string& out, const std::string& p
     }
     w.finish();
   }
-  std::unique_ptr<SafetensorsWriter> index_writer;
-  std::string index_path;
-  std::string index_tmp;
+  // Finished before any shard is published, published last: a reader that finds the index finds
+  // every shard it names. Destroyed unpublished (an exception), it removes its temporary.
+  std::unique_ptr<AtomicFile> index;
   if (shards.size() > 1) {
-    index_path = (fs::path(out) / kSafetensorsIndexName).string();
-    json index = json::object();
-    index["metadata"] = json::object({{"total_size", total}});
-    index["weight_map"] = std::move(weight_map);
-    const std::string text = index.dump(2) + "\n";
-    const int fd = create_temporary_beside(index_path, index_tmp);
-    if (fd < 0) {
-      throw IoError(prefix + "cannot create the index '" + index_tmp + "': " + os_error(errno));
-    }
-    try {
-      FdWriter w(fd, index_tmp);
-      w.write(reinterpret_cast<const std::uint8_t*>(text.data()), text.size());
-      w.flush();
-      if (::fsync(fd) != 0) throw IoError("fsync failed: " + os_error(errno));
-    } catch (const IoError& e) {
-      ::close(fd);
-      ::unlink(index_tmp.c_str());
-      throw IoError(prefix + e.what());
-    }
-    ::close(fd);
+    const std::string index_path = (fs::path(out) / kSafetensorsIndexName).string();
+    json text = json::object();
+    text["metadata"] = json::object({{"total_size", total}});
+    text["weight_map"] = std::move(weight_map);
+    const std::string dumped = text.dump(2) + "\n";
+    index = std::make_unique<AtomicFile>(index_path, prefix + "the index '" + index_path + "'");
+    index->write(dumped.data(), dumped.size());
+    index->finish();
   }
-  try {
-    for (auto& w : writers) {
-      w->publish();
-      result.files.push_back(w->path());
-      result.bytes += w->file_size();
-    }
-  } catch (...) {
-    if (!index_tmp.empty()) ::unlink(index_tmp.c_str());
-    throw;
+  for (auto& w : writers) {
+    w->publish();
+    result.files.push_back(w->path());
+    result.bytes += w->file_size();
   }
-  if (!index_tmp.empty()) {
-    if (::rename(index_tmp.c_str(), index_path.c_str()) != 0) {
-      const int err = errno;
-      ::unlink(index_tmp.c_str());
-      throw IoError(prefix + "cannot rename the index into place: " + os_error(err));
-    }
-    result.files.push_back(index_path);
-    result.bytes += fs::file_size(index_path);
+  if (index) {
+    index->publish();
+    result.files.push_back(index->path());
+    result.bytes += index->size();
   }
   if (!single_file) {
     // Files of an earlier checkpoint in the same folder would make it ambiguous.

@@ -228,22 +228,12 @@ class LayoutReader final : public TensorFileReader {
   std::map<std::string, PartRef> parts_;
 };
 
-// The layout-layer name of a format other than safetensors.
+// The layout-layer name of a format other than safetensors: the format's own name.
 std::string_view layout_of(FileFormat format) {
-  switch (format) {
-    case FileFormat::gguf:
-      return "gguf";
-    case FileFormat::uqff1:
-      return "uqff1";
-    case FileFormat::gptoss:
-      return "gptoss";
-    case FileFormat::uqff_legacy:
-      return "uqff-legacy";
-    case FileFormat::auto_detect:
-    case FileFormat::safetensors:
-      break;
+  if (format == FileFormat::auto_detect || format == FileFormat::safetensors) {
+    throw InvalidArgument("unknown file format " + std::to_string(static_cast<int>(format)));
   }
-  throw InvalidArgument("unknown file format " + std::to_string(static_cast<int>(format)));
+  return file_format_name(format);
 }
 
 FileFormat format_of_layout(std::string_view layout) {

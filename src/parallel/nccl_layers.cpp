@@ -11,6 +11,7 @@
 #include <thread>
 #include <utility>
 
+#include "io/atomic_file.hpp"
 #include "mxfp4/parallel_nccl.hpp"
 #include "parallel/nccl_kernels.hpp"
 
@@ -130,19 +131,11 @@ std::string nccl_unique_id_hex() {
 }
 
 void write_nccl_unique_id(const std::string& path, const std::string& hex) {
-  const std::string tmp = path + ".tmp." + std::to_string(static_cast<long>(::getpid()));
-  {
-    std::ofstream out(tmp, std::ios::trunc);
-    out << hex << '\n';
-    out.flush();
-    if (!out) throw IoError("parallel: cannot write the NCCL id to '" + tmp + "'");
-  }
-  std::error_code ec;
-  std::filesystem::rename(tmp, path, ec);
-  if (ec) {
-    std::filesystem::remove(tmp, ec);
-    throw IoError("parallel: cannot rename '" + tmp + "' to '" + path + "'");
-  }
+  // All or nothing: a reader polling for `path` never sees half an id.
+  io::AtomicFile out(path, "parallel: the NCCL id file '" + path + "'");
+  const std::string line = hex + "\n";
+  out.write(line.data(), line.size());
+  out.commit();
 }
 
 std::string read_nccl_unique_id(const std::string& path, double timeout_seconds) {

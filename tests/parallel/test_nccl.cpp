@@ -24,6 +24,7 @@
 #include <utility>
 #include <vector>
 
+#include "../test_numbers.hpp"
 #include "mxfp4/io/safetensors.hpp"
 #include "mxfp4/ops.hpp"
 #include "mxfp4/parallel.hpp"
@@ -35,6 +36,7 @@ using mxfp4::DType;
 using mxfp4::Mxfp4Weight;
 using mxfp4::Shape;
 using mxfp4::Tensor;
+using mxfp4::test::random_uniform;
 
 namespace {
 
@@ -49,15 +51,6 @@ struct Args {
 
 Device gpu(const mp::NcclCommunicator& comm) {
   return Device::cuda(comm.device());
-}
-
-Tensor random_f32(const Shape& shape, std::uint32_t seed, float scale = 1.0F) {
-  std::mt19937 rng(seed);
-  std::uniform_real_distribution<float> dist(-scale, scale);
-  std::vector<float> v(static_cast<std::size_t>(mxfp4::shape_numel(shape)));
-  for (auto& x : v)
-    x = dist(rng);
-  return Tensor::from_vector(v, shape);
 }
 
 // Random bytes in [lo, lo + span) (splitmix64), fast enough for gigabytes of weights.
@@ -170,9 +163,9 @@ class Runner {
 Mxfp4Weight make_weight(const Shape& shape, std::uint32_t seed) {
   mxfp4::QuantizeOptions options;
   options.rule = mxfp4::ScaleRule::floor;  // the fastest rule: only the shards matter here
-  return Mxfp4Weight::quantize(random_f32(shape, seed),
-                               random_f32(Shape(shape.begin(), shape.end() - 1), seed + 1, 8.0F),
-                               options);
+  return Mxfp4Weight::quantize(
+      random_uniform(shape, seed),
+      random_uniform(Shape(shape.begin(), shape.end() - 1), seed + 1, 8.0F), options);
 }
 
 // Each rank writes the whole weight to a file of its own and reads its shard back from the
@@ -194,7 +187,7 @@ std::string column_case(Runner& run, std::int64_t m, std::int64_t n, std::int64_
                                                               comm.rank(), comm.ranks())
                                       : mp::shard_column(w, comm.rank(), comm.ranks());
   mp::ColumnParallelLinear layer(comm, shard, n);
-  const Tensor x = random_f32({m, k}, 101).to(dtype).to(gpu(comm));
+  const Tensor x = random_uniform({m, k}, 101).to(dtype).to(gpu(comm));
   const Tensor got = layer.forward(x).to(Device::cpu());
   const Tensor want = mxfp4::linear(x, to_device(w, gpu(comm))).to(Device::cpu());
   return compare(got, want, kTol);
@@ -208,7 +201,7 @@ std::string row_case(Runner& run, std::int64_t m, std::int64_t n, std::int64_t k
       from_file ? mp::load_row_shard(save(w, run.path("row")), kNames, comm.rank(), comm.ranks())
                 : mp::shard_row(w, comm.rank(), comm.ranks());
   mp::RowParallelLinear layer(comm, shard, k);
-  const Tensor x = random_f32({m, k}, 201).to(dtype).to(gpu(comm));
+  const Tensor x = random_uniform({m, k}, 201).to(dtype).to(gpu(comm));
   const Tensor got = layer.forward(layer.slice_input(x)).to(Device::cpu());
   const Tensor want = mxfp4::linear(x, to_device(w, gpu(comm))).to(Device::cpu());
   return compare(got, want, kTol);
@@ -220,7 +213,7 @@ std::string mlp_case(Runner& run, std::int64_t m, std::int64_t d, std::int64_t h
   const Mxfp4Weight down = make_weight({d, h}, 310);
   mp::ColumnParallelLinear up_layer(comm, mp::shard_column(up, comm.rank(), comm.ranks()), h);
   mp::RowParallelLinear down_layer(comm, mp::shard_row(down, comm.rank(), comm.ranks()), h);
-  const Tensor x = random_f32({m, d}, 301).to(DType::bf16).to(gpu(comm));
+  const Tensor x = random_uniform({m, d}, 301).to(DType::bf16).to(gpu(comm));
   const Tensor got = down_layer.forward(up_layer.forward_local(x)).to(Device::cpu());
   const Tensor want =
       mxfp4::linear(mxfp4::linear(x, to_device(up, gpu(comm))), to_device(down, gpu(comm)))
@@ -244,7 +237,7 @@ std::string moe_case(Runner& run, std::int64_t total, std::int64_t experts, std:
                                                               comm.rank(), comm.ranks())
                                       : mp::shard_experts(w, comm.rank(), comm.ranks());
   mp::ExpertParallelMoE layer(comm, shard, experts);
-  const Tensor x_all = random_f32({total, k}, 401).to(DType::bf16);
+  const Tensor x_all = random_uniform({total, k}, 401).to(DType::bf16);
   std::mt19937 rng(402);
   std::vector<std::int32_t> ids(static_cast<std::size_t>(total * topk));
   for (auto& v : ids) {
@@ -351,7 +344,7 @@ void run_bench(mp::NcclCommunicator& comm) {
     mp::ColumnParallelLinear up(comm, random_mxfp4({cols.size()}, dm, 1000 + r), h);
     mp::RowParallelLinear down(comm, random_mxfp4({dm}, rows.size(), 2000 + r), h);
     for (const std::int64_t m : {16, 2048}) {
-      const Tensor x = random_f32({m, dm}, 3000).to(DType::bf16).to(d);
+      const Tensor x = random_uniform({m, dm}, 3000).to(DType::bf16).to(d);
       const double us = time_us(comm, [&] { down.forward(up.forward_local(x)); });
       const double bytes = comm.all_reduce_sum(static_cast<double>(down.last_bytes().sent)) / ranks;
       bench_line(comm, "Llama-70B MLP M=" + std::to_string(m), us, bytes);
@@ -383,7 +376,8 @@ void run_bench(mp::NcclCommunicator& comm) {
       for (auto& v : ids)
         v = static_cast<std::int32_t>(rng() % e);
       const Tensor idx = Tensor::from_vector(ids, {t, topk}).to(d);
-      const Tensor x = random_f32({t, k}, 6000 + static_cast<unsigned>(r)).to(DType::bf16).to(d);
+      const Tensor x =
+          random_uniform({t, k}, 6000 + static_cast<unsigned>(r)).to(DType::bf16).to(d);
       const double us = time_us(comm, [&] { moe.forward(x, idx); });
       const double bytes = comm.all_reduce_sum(static_cast<double>(moe.last_bytes().sent)) / ranks;
       bench_line(comm, "GPT-OSS-120b MoE T=" + std::to_string(total) + " top-4", us, bytes);

@@ -2,12 +2,10 @@
 // round trip, its time-out and format errors, and communicator arguments refused before any
 // CUDA or NCCL call.
 #include <gtest/gtest.h>
-#include <unistd.h>
 
-#include <filesystem>
-#include <fstream>
 #include <string>
 
+#include "../test_files.hpp"
 #include "mxfp4/parallel_nccl.hpp"
 
 namespace mp = mxfp4::parallel;
@@ -16,16 +14,8 @@ namespace {
 
 class NcclBootstrap : public ::testing::Test {
  protected:
-  void SetUp() override {
-    dir_ = std::filesystem::temp_directory_path() /
-           ("mxfp4_nccl_bootstrap_" + std::to_string(::getpid()) + "_" +
-            std::string(::testing::UnitTest::GetInstance()->current_test_info()->name()));
-    std::filesystem::remove_all(dir_);
-    std::filesystem::create_directories(dir_);
-  }
-  void TearDown() override { std::filesystem::remove_all(dir_); }
-  std::string path(const char* name) const { return (dir_ / name).string(); }
-  std::filesystem::path dir_;
+  std::string path(const char* name) const { return dir_.file(name); }
+  mxfp4::test::TempDir dir_;
 };
 
 std::string sample_id() {
@@ -41,18 +31,15 @@ TEST_F(NcclBootstrap, IdFileRoundTripsAndLeavesNoTemporary) {
   const std::string file = path("id");
   mp::write_nccl_unique_id(file, sample_id());
   EXPECT_EQ(mp::read_nccl_unique_id(file, 1.0), sample_id());
-  int entries = 0;
-  for ([[maybe_unused]] const auto& e : std::filesystem::directory_iterator(dir_))
-    ++entries;
-  EXPECT_EQ(entries, 1);
+  EXPECT_EQ(dir_.listing().size(), 1u);
 }
 
 TEST_F(NcclBootstrap, ReadTimesOutOrRefusesWhatIsNotAnId) {
   EXPECT_THROW(mp::read_nccl_unique_id(path("absent"), 0.05), mxfp4::IoError);
   const std::string file = path("bad");
-  std::ofstream(file) << "not an id\n";
+  mxfp4::test::write_text(file, "not an id\n");
   EXPECT_THROW(mp::read_nccl_unique_id(file, 1.0), mxfp4::FormatError);
-  std::ofstream(file, std::ios::trunc) << sample_id().substr(0, 255) << '\n';
+  mxfp4::test::write_text(file, sample_id().substr(0, 255) + '\n');
   EXPECT_THROW(mp::read_nccl_unique_id(file, 1.0), mxfp4::FormatError);
   EXPECT_THROW(mp::write_nccl_unique_id(path("no/such/folder/id"), sample_id()), mxfp4::IoError);
 }

@@ -13,15 +13,15 @@ namespace mxfp4::cuda {
 
 // Which kernel runs a weight for about `tokens` tokens (per expert, for gather_linear), and with
 // how many tokens per tile: the decode kernel (8, 16 or 32 tokens per tile; every dtype), the
-// sm_80 tiled GEMM (64 or 128; bf16 only) or, on Hopper, the wgmma GEMM (128 or 256; bf16
-// only; 128 or, wide, 256 weight rows per tile). MXFP4_CUDA_KERNEL=decode|gemm64|gemm128|
-// wgmma128|wgmma256|wgmma128w forces a choice where the dtype and the device allow it (for
-// benchmarks and tuning).
+// sm_80 tiled GEMM (64 or 128; bf16 only) or, on Hopper, the wgmma GEMM (128 or 256 tokens;
+// bf16 only; 128 weight rows per tile, or 64 or 256 with 128 tokens).
+// MXFP4_CUDA_KERNEL=decode|gemm64|gemm128|wgmma128|wgmma256|wgmma64r|wgmma256r forces a choice
+// where the dtype and the device allow it (for benchmarks and tuning).
 struct KernelChoice {
   bool gemm;
   int tile_tokens;
-  bool sm90 = false;  // the wgmma GEMM (sm90_gemm.cu)
-  bool wide = false;  // sm90: 256 weight rows per tile
+  bool sm90 = false;    // the wgmma GEMM (sm90_gemm.cu)
+  int tile_rows = 128;  // sm90: weight rows per tile
 };
 KernelChoice choose_kernel(DType x_dtype, std::int64_t tokens, std::int64_t n);
 
@@ -39,8 +39,8 @@ void launch_gemm(const void* x, const TokenRows& rows, std::int64_t tiles, int t
 bool sm90_gemm_available();
 
 // The wgmma GEMM (bf16 x only, sm_90a): `tiles` tiles of `tile_tokens` (128 or 256) tokens
-// mapped by `rows`, times weight tiles of 128 rows (or 256 when `wide`, with 128 tokens).
+// mapped by `rows`, times weight tiles of `tile_rows` rows (128; 64 or 256 with 128 tokens).
 void launch_sm90_gemm(const void* x, const TokenRows& rows, std::int64_t tiles, int tile_tokens,
-                      bool wide, const detail::WeightArgs& w, void* out, cudaStream_t stream);
+                      int tile_rows, const detail::WeightArgs& w, void* out, cudaStream_t stream);
 
 }  // namespace mxfp4::cuda

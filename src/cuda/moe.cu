@@ -275,7 +275,7 @@ void gather_linear(const detail::GatherLinearArgs& a) {
       rows.tile_list = list + large_base;
       rows.tile_total = totals + 2;
       if (sm90) {
-        launch_sm90_gemm(a.x, rows, plan.large_tiles(), large_tile, false, a.w, a.out, stream);
+        launch_sm90_gemm(a.x, rows, plan.large_tiles(), large_tile, 128, a.w, a.out, stream);
       } else {
         launch_gemm(a.x, rows, plan.large_tiles(), kLargeTile, a.w, a.out, stream);
       }

@@ -287,7 +287,8 @@ KernelChoice choose_kernel(DType x_dtype, std::int64_t tokens, std::int64_t n) {
   if (gemm_ok && forced == "gemm128") return {true, 128};
   if (sm90_ok && forced == "wgmma128") return {true, 128, true};
   if (sm90_ok && forced == "wgmma256") return {true, 256, true};
-  if (sm90_ok && forced == "wgmma128w") return {true, 128, true, true};
+  if (sm90_ok && forced == "wgmma256r") return {true, 128, true, 256};
+  if (sm90_ok && forced == "wgmma64r") return {true, 128, true, 64};
   const KernelChoice decode{false, tokens <= 8 ? 8 : tokens <= 16 ? 16 : 32};
   if (!gemm_ok || forced == "decode" || tokens <= 16) return decode;
   // The GEMM needs enough 128-row weight tiles to fill the card; otherwise the decode kernel's
@@ -296,8 +297,17 @@ KernelChoice choose_kernel(DType x_dtype, std::int64_t tokens, std::int64_t n) {
   const std::int64_t weight_tiles = (n + 127) / 128;
   if (tokens <= 64) return weight_tiles >= 64 ? KernelChoice{true, 64} : decode;
   // wgmma GEMM: 256-token tiles (measured fastest from M = 1024), 128 up to M = 256, where
-  // twice the tiles keep more SMs busy.
-  if (sm90_ok) return {true, tokens <= 256 ? 128 : 256, true};
+  // twice the tiles keep more SMs busy; and where 128-row tiles would leave SMs idle, tiles of
+  // 64 rows (one warpgroup per CTA, two CTAs per SM).
+  if (sm90_ok) {
+    if (tokens > 256) return {true, 256, true};
+    const std::int64_t tiles128 = weight_tiles * ((tokens + 127) / 128);
+    int device = 0, sms = 0;
+    check(cudaGetDevice(&device), "cudaGetDevice");
+    check(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device),
+          "cudaDeviceGetAttribute(multiprocessors)");
+    return {true, 128, true, tiles128 < sms ? 64 : 128};
+  }
   return {true, 128};
 }
 
@@ -341,7 +351,7 @@ void linear(const detail::LinearArgs& a) {
   const KernelChoice choice = choose_kernel(a.x_dtype, a.m, a.w.n);
   const std::int64_t tiles = (a.m + choice.tile_tokens - 1) / choice.tile_tokens;
   if (choice.sm90) {
-    launch_sm90_gemm(a.x, rows, tiles, choice.tile_tokens, choice.wide, a.w, a.out, stream);
+    launch_sm90_gemm(a.x, rows, tiles, choice.tile_tokens, choice.tile_rows, a.w, a.out, stream);
   } else if (choice.gemm) {
     launch_gemm(a.x, rows, tiles, choice.tile_tokens, a.w, a.out, stream);
   } else {

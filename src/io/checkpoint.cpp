@@ -450,14 +450,13 @@ QuantizeReport quantize_checkpoint(const std::string& in, const std::string& out
     hessians = std::make_shared<const SafetensorsFile>(SafetensorsFile::open(options.hessians));
     for (const SafetensorsEntry& e : hessians->entries()) {
       const std::string what = hp + "Hessian '" + e.name + "' ";
-      std::size_t i = SIZE_MAX;
-      for (std::size_t j = 0; j < src.tensors.size() && i == SIZE_MAX; ++j) {
-        if (src.tensors[j].name == e.name && !src.tensors[j].is_mxfp4()) i = j;
+      const auto found = dense.find(e.name);
+      if (found == dense.end()) {
+        throw InvalidArgument(what +
+                              "names no weight of the input to quantize (the input has no dense "
+                              "tensor of that name)");
       }
-      if (i == SIZE_MAX) {
-        throw InvalidArgument(what + "names no weight of the input to quantize (no tensor '" +
-                              e.name + "')");
-      }
+      const std::size_t i = found->second;
       const LogicalTensor& t = src.tensors[i];
       const TensorReport& r = report.tensors[first_row[i]];
       if (!plans[i].quantize) {

@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "core/backend.hpp"
+#include "mxfp4/gptq.hpp"
 #include "mxfp4/io/safetensors.hpp"
 #include "mxfp4/mxfp4.h"
 #include "mxfp4/mxfp4.hpp"
@@ -194,6 +195,223 @@ TEST(CApiVsCpp, SavedFilesReadBackWithTheCppReader) {
   EXPECT_EQ(bytes_of(f.tensor("up.scales")), bytes_of(cpp.scales()));
   EXPECT_EQ(bytes_of(f.tensor("up.bias")), bytes_of(bias));
   EXPECT_EQ(bytes_of(f.tensor("norm")), bytes_of(bias));
+}
+
+// ---- GPTQ: the C handles against mxfp4::Hessian and mxfp4::quantize_gptq ----
+
+struct CHessian {
+  mxfp4_hessian* handle = nullptr;
+  ~CHessian() { mxfp4_hessian_destroy(handle); }
+};
+
+std::vector<double> c_values(const mxfp4_hessian* h, std::int64_t k) {
+  std::vector<double> v(static_cast<std::size_t>(k * k));
+  EXPECT_EQ(mxfp4_hessian_read_values(h, v.data(), v.size()), MXFP4_OK)
+      << mxfp4_last_error_message();
+  return v;
+}
+
+// Activations whose columns correlate (a shared component), so that GPTQ moves error around.
+Tensor correlated_activations(std::int64_t rows, std::int64_t k, std::uint32_t seed) {
+  const Tensor noise = random_normal({rows, k}, seed);
+  const Tensor shared = random_normal({rows, 1}, seed + 1);
+  Tensor x = Tensor::empty({rows, k}, DType::f32);
+  for (std::int64_t r = 0; r < rows; ++r) {
+    for (std::int64_t c = 0; c < k; ++c) {
+      x.data_as<float>()[r * k + c] =
+          noise.data_as<float>()[r * k + c] + 2.0f * shared.data_as<float>()[r];
+    }
+  }
+  return x;
+}
+
+TEST(CApiVsCpp, HessiansMatchTheCppAccumulatorBitForBit) {
+  constexpr std::int64_t k = 96;
+  const Tensor x1 = correlated_activations(70, k, 51), x2 = random_normal({3, 2, k}, 53);
+  for (DType dtype : {DType::f32, DType::bf16, DType::f16}) {
+    SCOPED_TRACE(mxfp4::dtype_name(dtype));
+    const Tensor a = x1.to(dtype), b = x2.to(dtype);
+    mxfp4::Hessian cpp(k);
+    cpp.add(a);
+    cpp.add(b);
+    CHessian c;
+    ASSERT_EQ(mxfp4_hessian_create(k, &c.handle), MXFP4_OK);
+    const mxfp4_tensor ta = describe(a), tb = describe(b);
+    ASSERT_EQ(mxfp4_hessian_add(c.handle, &ta), MXFP4_OK) << mxfp4_last_error_message();
+    ASSERT_EQ(mxfp4_hessian_add(c.handle, &tb), MXFP4_OK) << mxfp4_last_error_message();
+    mxfp4_hessian_info info{};
+    ASSERT_EQ(mxfp4_hessian_get_info(c.handle, &info), MXFP4_OK);
+    EXPECT_EQ(info.in_features, k);
+    EXPECT_EQ(info.samples, 76);
+    EXPECT_EQ(info.samples, cpp.samples());
+    EXPECT_EQ(c_values(c.handle, k), cpp.values());
+  }
+  // Whole matrices: f32 through from_tensor, f64 through from_values, as in C++.
+  mxfp4::Hessian acc(k);
+  acc.add(x1);
+  const Tensor h32 = acc.to_tensor();
+  const mxfp4_tensor th32 = describe(h32);
+  CHessian from_tensor, from_values;
+  ASSERT_EQ(mxfp4_hessian_from_tensor(&th32, &from_tensor.handle), MXFP4_OK);
+  EXPECT_EQ(c_values(from_tensor.handle, k), mxfp4::Hessian::from_tensor(h32).values());
+  ASSERT_EQ(
+      mxfp4_hessian_from_values(k, acc.values().data(), acc.values().size(), &from_values.handle),
+      MXFP4_OK);
+  EXPECT_EQ(c_values(from_values.handle, k), acc.values());
+  mxfp4_hessian_info info{};
+  ASSERT_EQ(mxfp4_hessian_get_info(from_values.handle, &info), MXFP4_OK);
+  EXPECT_EQ(info.samples, 0);
+}
+
+TEST(CApiVsCpp, QuantizeGptqMatchesTheCppApiBitForBit) {
+  constexpr std::int64_t n = 24, k = 128;
+  const Tensor x = correlated_activations(300, k, 61);
+  mxfp4::Hessian cpp_h(k);
+  cpp_h.add(x);
+  CHessian ch;
+  const mxfp4_tensor tx = describe(x);
+  ASSERT_EQ(mxfp4_hessian_create(k, &ch.handle), MXFP4_OK);
+  ASSERT_EQ(mxfp4_hessian_add(ch.handle, &tx), MXFP4_OK);
+  const Tensor w32 = random_normal({n, k}, 62, 0.5f), bias = random_normal({n}, 63);
+  for (DType dtype : {DType::f32, DType::bf16, DType::f16}) {
+    const Tensor w = w32.to(dtype);
+    for (ScaleRule rule : kRules) {
+      for (double damp : {0.01, 0.0, 0.5}) {
+        SCOPED_TRACE(std::string(mxfp4::dtype_name(dtype)) + " " + mxfp4::scale_rule_name(rule) +
+                     " damp " + std::to_string(damp));
+        const bool with_bias = rule != ScaleRule::floor;
+        const mxfp4_tensor tw = describe(w), tb = describe(bias);
+        CWeight cw;
+        ASSERT_EQ(mxfp4_quantize_gptq(&tw, ch.handle, with_bias ? &tb : nullptr,
+                                      static_cast<std::int32_t>(rule), damp, &cw.handle),
+                  MXFP4_OK)
+            << mxfp4_last_error_message();
+        const mxfp4::Mxfp4Weight cpp =
+            mxfp4::quantize_gptq(w, cpp_h, with_bias ? std::optional<Tensor>(bias) : std::nullopt,
+                                 mxfp4::GptqOptions{rule, damp});
+        mxfp4_tensor part{};
+        ASSERT_EQ(mxfp4_weight_get_part(cw.handle, MXFP4_PART_BLOCKS, &part), MXFP4_OK);
+        EXPECT_EQ(mxfp4::test::bytes_of(
+                      Tensor::view(part.data, {part.shape[0], part.shape[1]}, DType::u8)),
+                  bytes_of(cpp.blocks()));
+        ASSERT_EQ(mxfp4_weight_get_part(cw.handle, MXFP4_PART_SCALES, &part), MXFP4_OK);
+        EXPECT_EQ(mxfp4::test::bytes_of(
+                      Tensor::view(part.data, {part.shape[0], part.shape[1]}, DType::u8)),
+                  bytes_of(cpp.scales()));
+        ASSERT_EQ(mxfp4_weight_get_part(cw.handle, MXFP4_PART_BIAS, &part),
+                  with_bias ? MXFP4_OK : MXFP4_ERR_INVALID_ARGUMENT);
+        if (with_bias) {
+          // A copy: the weight does not view the caller's bias.
+          EXPECT_NE(part.data, bias.data());
+          EXPECT_EQ(bytes_of(Tensor::view(part.data, {n}, DType::f32)), bytes_of(bias));
+        }
+      }
+    }
+  }
+}
+
+TEST(CApiVsCpp, GptqErrorsCarryTheCppCodeAndMessage) {
+  constexpr std::int64_t k = 64;
+  CHessian ch;
+  ASSERT_EQ(mxfp4_hessian_create(k, &ch.handle), MXFP4_OK);
+  mxfp4::Hessian cpp_h(k);
+  const Tensor x = random_normal({40, k}, 71);
+  const mxfp4_tensor tx = describe(x);
+  ASSERT_EQ(mxfp4_hessian_add(ch.handle, &tx), MXFP4_OK);
+  cpp_h.add(x);
+  mxfp4_hessian* never_h = nullptr;
+  mxfp4_weight* never_w = nullptr;
+
+  // K out of range.
+  for (std::int64_t bad_k : {std::int64_t{0}, std::int64_t{-3}, std::int64_t{65537}}) {
+    expect_same_error([&] { (void)mxfp4::Hessian(bad_k); },
+                      [&] { return mxfp4_hessian_create(bad_k, &never_h); });
+  }
+  // Activations of the wrong K, with NaN, of an integer dtype: H unchanged.
+  const Tensor x32 = random_normal({4, 32}, 72);
+  Tensor xnan = random_normal({3, k}, 73);
+  xnan.data_as<float>()[k + 5] = std::numeric_limits<float>::quiet_NaN();
+  const Tensor xint = Tensor::zeros({2, k}, DType::i32);
+  for (const Tensor* bad : std::initializer_list<const Tensor*>{&x32, &xnan, &xint}) {
+    const mxfp4_tensor tb = describe(*bad);
+    expect_same_error([&] { cpp_h.add(*bad); }, [&] { return mxfp4_hessian_add(ch.handle, &tb); });
+  }
+  EXPECT_EQ(c_values(ch.handle, k), cpp_h.values());
+  mxfp4_hessian_info info{};
+  ASSERT_EQ(mxfp4_hessian_get_info(ch.handle, &info), MXFP4_OK);
+  EXPECT_EQ(info.samples, 40);
+
+  // Whole matrices: not square, wrong dtype, NaN, wrong count.
+  const Tensor rect = Tensor::zeros({k, k + 1}, DType::f32),
+               h64 = Tensor::zeros({k, k}, DType::i64);
+  Tensor hnan = Tensor::zeros({k, k}, DType::f32);
+  hnan.data_as<float>()[3 * k + 7] = std::numeric_limits<float>::infinity();
+  for (const Tensor* bad : std::initializer_list<const Tensor*>{&rect, &h64, &hnan}) {
+    const mxfp4_tensor tb = describe(*bad);
+    expect_same_error([&] { (void)mxfp4::Hessian::from_tensor(*bad); },
+                      [&] { return mxfp4_hessian_from_tensor(&tb, &never_h); });
+  }
+  std::vector<double> vals(static_cast<std::size_t>(k * k), 0.0);
+  vals[5] = std::numeric_limits<double>::quiet_NaN();
+  expect_same_error(
+      [&] { (void)mxfp4::Hessian::from_values(k, vals); },
+      [&] { return mxfp4_hessian_from_values(k, vals.data(), vals.size(), &never_h); });
+  EXPECT_EQ(mxfp4_hessian_from_values(k, vals.data(), vals.size() - 1, &never_h),
+            MXFP4_ERR_SHAPE_MISMATCH);
+  EXPECT_NE(std::string(mxfp4_last_error_message()).find("needs 4096 values, got count 4095"),
+            std::string::npos)
+      << mxfp4_last_error_message();
+  EXPECT_EQ(never_h, nullptr);
+
+  // quantize_gptq: K mismatch, stacked experts, NaN weight, bad damp, bad rule, not positive
+  // definite, a bias of the wrong shape.
+  const Tensor w96 = random_normal({4, 96}, 74), stacked = random_normal({2, 4, k}, 75);
+  Tensor wnan = random_normal({4, k}, 76);
+  wnan.data_as<float>()[9] = -std::numeric_limits<float>::infinity();
+  const Tensor w = random_normal({4, k}, 77), bias5 = random_normal({5}, 78);
+  for (const Tensor* bad : std::initializer_list<const Tensor*>{&w96, &stacked, &wnan}) {
+    const mxfp4_tensor tb = describe(*bad);
+    expect_same_error([&] { (void)mxfp4::quantize_gptq(*bad, cpp_h); },
+                      [&] {
+                        return mxfp4_quantize_gptq(&tb, ch.handle, nullptr, MXFP4_SCALE_MSE, 0.01,
+                                                   &never_w);
+                      });
+  }
+  const mxfp4_tensor tw = describe(w), tb5 = describe(bias5);
+  for (double damp :
+       {-0.5, std::numeric_limits<double>::quiet_NaN(), std::numeric_limits<double>::infinity()}) {
+    expect_same_error(
+        [&] {
+          (void)mxfp4::quantize_gptq(w, cpp_h, {}, mxfp4::GptqOptions{ScaleRule::mse, damp});
+        },
+        [&] {
+          return mxfp4_quantize_gptq(&tw, ch.handle, nullptr, MXFP4_SCALE_MSE, damp, &never_w);
+        });
+  }
+  expect_same_error(
+      [&] { (void)mxfp4::quantize_gptq(w, cpp_h, bias5); },
+      [&] { return mxfp4_quantize_gptq(&tw, ch.handle, &tb5, MXFP4_SCALE_MSE, 0.01, &never_w); });
+  // Indefinite: 1 on the diagonal, 2 beside it in the first two columns.
+  std::vector<double> indefinite(static_cast<std::size_t>(k * k), 0.0);
+  for (std::int64_t i = 0; i < k; ++i)
+    indefinite[static_cast<std::size_t>(i * k + i)] = 1.0;
+  indefinite[1] = indefinite[k] = 2.0;
+  const mxfp4::Hessian cpp_bad = mxfp4::Hessian::from_values(k, indefinite);
+  CHessian c_bad;
+  ASSERT_EQ(mxfp4_hessian_from_values(k, indefinite.data(), indefinite.size(), &c_bad.handle),
+            MXFP4_OK);
+  expect_same_error(
+      [&] {
+        (void)mxfp4::quantize_gptq(w, cpp_bad, {}, mxfp4::GptqOptions{ScaleRule::mse, 0.0});
+      },
+      [&] {
+        return mxfp4_quantize_gptq(&tw, c_bad.handle, nullptr, MXFP4_SCALE_MSE, 0.0, &never_w);
+      });
+  EXPECT_EQ(mxfp4_quantize_gptq(&tw, ch.handle, nullptr, 7, 0.01, &never_w),
+            MXFP4_ERR_INVALID_ARGUMENT);
+  EXPECT_NE(std::string(mxfp4_last_error_message()).find("unknown scale rule 7"),
+            std::string::npos);
+  EXPECT_EQ(never_w, nullptr);
 }
 
 }  // namespace

@@ -512,3 +512,167 @@ TEST(checkpoint_dequantize, UnpairedOrInvalidPairsAreErrors) {
 }
 
 }  // namespace
+
+// ---- GPTQ: a Hessians file ----------------------------------------------------------------------
+
+namespace gptq {
+
+// H = X^T X of activations [rows, k] whose columns share a component (so GPTQ moves error).
+mxfp4::Hessian hessian_of(std::int64_t k, std::int64_t rows) {
+  Tensor x = values({rows, k}, DType::f32);
+  const Tensor shared = values({rows}, DType::f32, 3.0f);
+  for (std::int64_t r = 0; r < rows; ++r) {
+    for (std::int64_t c = 0; c < k; ++c)
+      x.data_as<float>()[r * k + c] += shared.data_as<float>()[(r * 7 + 3) % rows];
+  }
+  mxfp4::Hessian h(k);
+  h.add(x);
+  return h;
+}
+
+// An F64 safetensors item viewing `v` (which must outlive the write).
+mxfp4::io::SafetensorsItem f64_item(const std::string& name, const std::vector<double>& v,
+                                    std::int64_t k) {
+  return {name,
+          "F64",
+          {k, k},
+          std::span<const std::uint8_t>(reinterpret_cast<const std::uint8_t*>(v.data()),
+                                        v.size() * sizeof(double))};
+}
+
+}  // namespace gptq
+
+TEST(checkpoint_gptq, NamedWeightsGetQuantizeGptqsBytesOthersRoundToNearest) {
+  TempDir dir;
+  const std::string in = dir.file("in.safetensors");
+  const std::string hessians = dir.file("h.safetensors");
+  mxfp4::io::write_example_checkpoint(in);
+  const auto src = SafetensorsFile::open(in);
+  // up (F32 [256, 128]) with an F32 Hessian, down (BF16 [128, 256]) with an F64 one.
+  const mxfp4::Hessian h_up = gptq::hessian_of(128, 400);
+  const mxfp4::Hessian h_down = gptq::hessian_of(256, 600);
+  const Tensor up32 = h_up.to_tensor();
+  write(hessians, {{"layers.0.mlp.up.weight", up32}},
+        {gptq::f64_item("layers.0.mlp.down.weight", h_down.values(), 256)});
+
+  for (mxfp4::ScaleRule rule : {mxfp4::ScaleRule::mse, mxfp4::ScaleRule::floor}) {
+    for (double damp : {0.01, 0.1}) {
+      SCOPED_TRACE(std::string(mxfp4::scale_rule_name(rule)) + " damp " + std::to_string(damp));
+      const std::string out = dir.file("out.safetensors");
+      mxfp4::io::CheckpointQuantizeOptions options;
+      options.quantize.rule = rule;
+      options.hessians = hessians;
+      options.damp = damp;
+      const auto report = mxfp4::io::quantize_checkpoint(in, out, options);
+      const auto q = SafetensorsFile::open(out);
+      const mxfp4::GptqOptions go{rule, damp};
+      const mxfp4::Mxfp4Weight up = mxfp4::quantize_gptq(src.tensor("layers.0.mlp.up.weight"),
+                                                         mxfp4::Hessian::from_tensor(up32), {}, go);
+      const mxfp4::Mxfp4Weight down =
+          mxfp4::quantize_gptq(src.tensor("layers.0.mlp.down.weight"),
+                               mxfp4::Hessian::from_values(256, h_down.values()), {}, go);
+      EXPECT_EQ(entry_bytes(q, "layers.0.mlp.up.blocks"), bytes_of(up.blocks()));
+      EXPECT_EQ(entry_bytes(q, "layers.0.mlp.up.scales"), bytes_of(up.scales()));
+      EXPECT_EQ(entry_bytes(q, "layers.0.mlp.down.blocks"), bytes_of(down.blocks()));
+      EXPECT_EQ(entry_bytes(q, "layers.0.mlp.down.scales"), bytes_of(down.scales()));
+      // GPTQ changed something: not the round-to-nearest bytes.
+      const mxfp4::QuantizedTensor up_rtn =
+          mxfp4::quantize(src.tensor("layers.0.mlp.up.weight"), {rule});
+      EXPECT_NE(entry_bytes(q, "layers.0.mlp.up.blocks"), bytes_of(up_rtn.blocks));
+      // Weights without a Hessian: round to nearest, as before.
+      const mxfp4::QuantizedTensor experts = mxfp4::quantize(src.tensor("experts.weight"), {rule});
+      EXPECT_EQ(entry_bytes(q, "experts.blocks"), bytes_of(experts.blocks));
+      EXPECT_EQ(entry_bytes(q, "experts.scales"), bytes_of(experts.scales));
+      for (const std::string name : {"layers.0.mlp.up.bias", "layers.0.mlp.down.bias",
+                                     "experts.bias", "norm.weight", "position_ids"}) {
+        EXPECT_EQ(entry_bytes(q, name), entry_bytes(src, name)) << name;
+      }
+      using mxfp4::io::QuantizeMethod;
+      EXPECT_EQ(report_for(report, "layers.0.mlp.up.weight").method, QuantizeMethod::gptq);
+      EXPECT_EQ(report_for(report, "layers.0.mlp.down.weight").method, QuantizeMethod::gptq);
+      EXPECT_EQ(report_for(report, "experts.weight").method, QuantizeMethod::rtn);
+      EXPECT_EQ(report_for(report, "experts.weight").action, TensorAction::quantized);
+      // The error columns describe the GPTQ weight (worse per weight than round to nearest,
+      // which minimises exactly that, but still MXFP4-sized).
+      const auto& r = report_for(report, "layers.0.mlp.up.weight");
+      EXPECT_GT(r.sqnr_db, 5.0);
+      EXPECT_LT(r.sqnr_db, 30.0);
+      EXPECT_EQ(report.count(TensorAction::quantized), 3u);
+    }
+  }
+  EXPECT_STREQ(mxfp4::io::quantize_method_name(mxfp4::io::QuantizeMethod::rtn), "rtn");
+  EXPECT_STREQ(mxfp4::io::quantize_method_name(mxfp4::io::QuantizeMethod::gptq), "gptq");
+}
+
+TEST(checkpoint_gptq, BadHessiansAreErrorsBeforeAnyOutput) {
+  TempDir dir;
+  const std::string in = dir.file("in.safetensors");
+  const std::string hessians = dir.file("h.safetensors");
+  const std::string out = dir.file("out.safetensors");
+  mxfp4::io::write_example_checkpoint(in);
+  const Tensor good = gptq::hessian_of(128, 300).to_tensor();
+
+  // Runs quantize_checkpoint with a Hessians file of `tensors`; expects an error of type E whose
+  // message holds `part`, and no output.
+  const auto expect_error = [&](const std::vector<std::pair<std::string, Tensor>>& tensors,
+                                const std::string& part, auto error_type, double damp = 0.01,
+                                const std::string& exclude = "") {
+    using E = decltype(error_type);
+    write(hessians, tensors);
+    mxfp4::io::CheckpointQuantizeOptions options;
+    options.hessians = hessians;
+    options.damp = damp;
+    options.exclude = exclude;
+    try {
+      mxfp4::io::quantize_checkpoint(in, out, options);
+      ADD_FAILURE() << "no error for " << part;
+    } catch (const E& e) {
+      EXPECT_NE(std::string(e.what()).find(part), std::string::npos) << e.what();
+    }
+    EXPECT_FALSE(fs::exists(out)) << part;
+  };
+  const mxfp4::InvalidArgument invalid("");
+  const mxfp4::ShapeMismatch shape("");
+  expect_error({{"layers.9.weight", good}},
+               "Hessian 'layers.9.weight' names no weight of the input to quantize", invalid);
+  expect_error({{"norm.weight", good}},
+               "'norm.weight' names a tensor that is not quantized (skipped: rank 1", invalid);
+  expect_error({{"layers.0.mlp.up.bias", good}}, "not quantized (not a P.weight)", invalid);
+  expect_error({{"layers.0.mlp.up.weight", good}}, "(skipped: matches --exclude 'up')", invalid,
+               0.01, "up");
+  expect_error({{"experts.weight", good}},
+               "belongs to a stack of experts F32 [4, 64, 128]: GPTQ quantizes one matrix [N, K] "
+               "per Hessian",
+               shape);
+  expect_error({{"layers.0.mlp.down.weight", good}},
+               "is [128, 128] but weight BF16 [128, 256] needs [K, K] = [256, 256]", shape);
+  expect_error({{"layers.0.mlp.up.weight", Tensor::zeros({128, 64}, DType::f32)}}, "is [128, 64]",
+               shape);
+  expect_error({{"layers.0.mlp.up.weight", good.to(DType::bf16)}},
+               "is BF16; Hessians must be F32 or F64", mxfp4::DTypeMismatch(""));
+  expect_error({{"layers.0.mlp.up.weight", good}}, "damp must be finite and >= 0", invalid, -1.0);
+  // Found while quantizing: NaN, not positive definite. Still nothing is written.
+  Tensor nan = good.clone();
+  nan.data_as<float>()[5 * 128 + 2] = std::numeric_limits<float>::quiet_NaN();
+  expect_error({{"layers.0.mlp.up.weight", nan}},
+               "tensor 'layers.0.mlp.up.weight': Hessian::from_values: hessian holds NaN at row 5, "
+               "column 2",
+               mxfp4::NonFiniteValue(""));
+  Tensor indefinite = Tensor::zeros({128, 128}, DType::f32);
+  for (int i = 0; i < 128; ++i)
+    indefinite.data_as<float>()[i * 128 + i] = 1.0f;
+  indefinite.data_as<float>()[1] = indefinite.data_as<float>()[128] = 2.0f;
+  expect_error({{"layers.0.mlp.up.weight", indefinite}}, "not positive definite", invalid, 0.0);
+
+  // An absent file; an existing output survives a failure.
+  mxfp4::io::CheckpointQuantizeOptions options;
+  options.hessians = dir.file("absent.safetensors");
+  EXPECT_THROW(mxfp4::io::quantize_checkpoint(in, out, options), mxfp4::IoError);
+  EXPECT_FALSE(fs::exists(out));
+  mxfp4::io::write_example_checkpoint(out);
+  const Bytes before = read_all(out);
+  write(hessians, {{"experts.weight", good}});
+  options.hessians = hessians;
+  EXPECT_THROW(mxfp4::io::quantize_checkpoint(in, out, options), mxfp4::ShapeMismatch);
+  EXPECT_EQ(read_all(out), before);
+}

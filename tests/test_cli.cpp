@@ -13,6 +13,7 @@
 #include "mxfp4/io/safetensors.hpp"
 #include "mxfp4/mxfp4.hpp"
 #include "test_files.hpp"
+#include "test_numbers.hpp"
 
 #ifndef MXFP4_CLI
 #error "MXFP4_CLI must name the mxfp4 executable"
@@ -137,6 +138,89 @@ TEST_F(cli_command, NonFiniteWeights) {
       0)
       << err_;
   EXPECT_NE(out_.find("1 blocks hold NaN or Inf"), std::string::npos) << out_;
+}
+
+// --hessians: the named weights get quantize_gptq's bytes, the report says which method each
+// weight got, and a bad Hessian is one error line with no output.
+TEST_F(cli_command, GptqWithAHessiansFile) {
+  ASSERT_EQ(run("example " + q("ex.safetensors")), 0) << err_;
+  const auto src = mxfp4::io::SafetensorsFile::open(file("ex.safetensors"));
+  const mxfp4::Tensor x = mxfp4::test::random_normal({300, 128}, 5);
+  mxfp4::Hessian h(128);
+  h.add(x);
+  const mxfp4::Tensor h32 = h.to_tensor();
+  mxfp4::io::write_safetensors(file("h.safetensors"),
+                               {mxfp4::io::safetensors_item("layers.0.mlp.up.weight", h32)});
+  ASSERT_EQ(run("quantize " + q("ex.safetensors") + " " + q("q.safetensors") + " --hessians " +
+                q("h.safetensors") + " --scale-rule ceil --damp 0.05"),
+            0)
+      << err_;
+  const auto out = mxfp4::io::SafetensorsFile::open(file("q.safetensors"));
+  const mxfp4::Mxfp4Weight ref =
+      mxfp4::quantize_gptq(src.tensor("layers.0.mlp.up.weight"), mxfp4::Hessian::from_tensor(h32),
+                           {}, mxfp4::GptqOptions{mxfp4::ScaleRule::ceil, 0.05});
+  EXPECT_EQ(bytes_of(out.tensor("layers.0.mlp.up.blocks")), bytes_of(ref.blocks()));
+  EXPECT_EQ(bytes_of(out.tensor("layers.0.mlp.up.scales")), bytes_of(ref.scales()));
+  const mxfp4::QuantizedTensor rtn =
+      mxfp4::quantize(src.tensor("layers.0.mlp.down.weight"), {mxfp4::ScaleRule::ceil});
+  EXPECT_EQ(bytes_of(out.tensor("layers.0.mlp.down.blocks")), bytes_of(rtn.blocks));
+  // The method column: the line of each weight.
+  const auto line_of = [&](const std::string& name) {
+    const std::size_t at = out_.find(name + " ");
+    if (at == std::string::npos) return std::string();
+    return out_.substr(at, out_.find('\n', at) - at);
+  };
+  EXPECT_NE(out_.find("method"), std::string::npos) << out_;
+  EXPECT_NE(line_of("layers.0.mlp.up.weight").find(" gptq "), std::string::npos) << out_;
+  EXPECT_NE(line_of("layers.0.mlp.down.weight").find(" rtn "), std::string::npos) << out_;
+  EXPECT_NE(line_of("experts.weight").find(" rtn "), std::string::npos) << out_;
+  EXPECT_NE(out_.find("3 weights quantized (1 with GPTQ (damp 0.05), 2 rounded to nearest;"),
+            std::string::npos)
+      << out_;
+  // Without --hessians every quantized weight is rtn.
+  ASSERT_EQ(run("quantize " + q("ex.safetensors") + " " + q("r.safetensors")), 0) << err_;
+  EXPECT_NE(line_of("layers.0.mlp.up.weight").find(" rtn "), std::string::npos) << out_;
+  EXPECT_EQ(out_.find(" gptq "), std::string::npos) << out_;
+
+  // Errors: a shape that does not fit, a tensor that is not quantized, stacked experts, an absent
+  // file. One line, exit 1, no output.
+  const mxfp4::Tensor small = mxfp4::Tensor::zeros({64, 64}, mxfp4::DType::f32);
+  const std::pair<std::string, std::string> bad[] = {
+      {"layers.0.mlp.down.weight", "is [128, 128] but weight BF16 [128, 256] needs [K, K]"},
+      {"norm.weight", "'norm.weight' names a tensor that is not quantized (skipped"},
+      {"experts.weight", "stacked expert weights are not supported"},
+  };
+  for (const auto& [name, message] : bad) {
+    mxfp4::io::write_safetensors(file("bad.safetensors"), {mxfp4::io::safetensors_item(name, h32)});
+    EXPECT_EQ(run("quantize " + q("ex.safetensors") + " " + q("never.safetensors") +
+                  " --hessians " + q("bad.safetensors")),
+              1)
+        << name;
+    expect_one_error_line();
+    EXPECT_NE(err_.find(message), std::string::npos) << err_;
+    EXPECT_FALSE(fs::exists(file("never.safetensors")));
+  }
+  mxfp4::io::write_safetensors(file("bad.safetensors"),
+                               {mxfp4::io::safetensors_item("layers.0.mlp.up.weight", small)});
+  EXPECT_EQ(run("quantize " + q("ex.safetensors") + " " + q("never.safetensors") + " --hessians " +
+                q("bad.safetensors")),
+            1);
+  expect_one_error_line();
+  EXPECT_NE(err_.find("is [64, 64]"), std::string::npos) << err_;
+  EXPECT_EQ(run("quantize " + q("ex.safetensors") + " " + q("never.safetensors") + " --hessians " +
+                q("absent.safetensors")),
+            1);
+  expect_one_error_line();
+  EXPECT_FALSE(fs::exists(file("never.safetensors")));
+  // --damp needs --hessians; a negative one is a usage error.
+  EXPECT_EQ(run("quantize " + q("ex.safetensors") + " " + q("never.safetensors") + " --damp 0.1"),
+            2);
+  expect_one_error_line();
+  EXPECT_EQ(run("quantize " + q("ex.safetensors") + " " + q("never.safetensors") + " --hessians " +
+                q("h.safetensors") + " --damp -1"),
+            2);
+  expect_one_error_line();
+  EXPECT_FALSE(fs::exists(file("never.safetensors")));
 }
 
 TEST_F(cli_command, LayoutsConvertInspectVerify) {

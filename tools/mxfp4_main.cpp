@@ -205,6 +205,8 @@ struct QuantizeArgs {
   std::string include;
   std::string exclude;
   std::string shard;
+  std::string hessians;
+  double damp = 0.01;
 };
 
 int run_quantize(const std::string& in, const std::string& out, const QuantizeArgs& a) {
@@ -216,6 +218,8 @@ int run_quantize(const std::string& in, const std::string& out, const QuantizeAr
   options.include = a.include;
   options.exclude = a.exclude;
   if (!a.shard.empty()) options.max_shard_bytes = parse_size(a.shard);
+  options.hessians = a.hessians;
+  options.damp = a.damp;
   Progress progress;
   options.progress = [&](const mxfp4::io::QuantizeProgress& p) { progress(p); };
   const mxfp4::io::QuantizeReport report = mxfp4::io::quantize_checkpoint(in, out, options);
@@ -224,14 +228,17 @@ int run_quantize(const std::string& in, const std::string& out, const QuantizeAr
             << " (layout: " << report.layout
             << ", scale rule: " << mxfp4::scale_rule_name(report.rule) << ")\n\n";
   std::vector<std::vector<std::string>> rows = {
-      {"tensor", "dtype", "shape", "action", "SQNR dB", "max err"}};
+      {"tensor", "dtype", "shape", "action", "method", "SQNR dB", "max err"}};
+  std::size_t gptq = 0;
   for (const auto& t : report.tensors) {
     const bool q = t.action == mxfp4::io::TensorAction::quantized;
+    gptq += q && t.method == mxfp4::io::QuantizeMethod::gptq ? 1 : 0;
     rows.push_back({t.name, t.dtype, t.dtype.empty() ? "" : mxfp4::to_string(t.shape),
-                    mxfp4::io::tensor_action_name(t.action), q ? sqnr_text(t.sqnr_db) : "-",
-                    q ? format("%.3g", t.max_abs_error) : "-"});
+                    mxfp4::io::tensor_action_name(t.action),
+                    q ? mxfp4::io::quantize_method_name(t.method) : "-",
+                    q ? sqnr_text(t.sqnr_db) : "-", q ? format("%.3g", t.max_abs_error) : "-"});
   }
-  print_table(rows, {false, false, false, false, true, true});
+  print_table(rows, {false, false, false, false, false, true, true});
 
   const std::size_t skipped = report.count(mxfp4::io::TensorAction::skipped);
   if (skipped > 0) {
@@ -249,8 +256,13 @@ int run_quantize(const std::string& in, const std::string& out, const QuantizeAr
                    "NaN)\n";
     }
   }
+  const std::size_t quantized = report.count(mxfp4::io::TensorAction::quantized);
   std::cout << '\n'
-            << report.count(mxfp4::io::TensorAction::quantized) << " weights quantized ("
+            << quantized << " weights quantized ("
+            << (a.hessians.empty()
+                    ? ""
+                    : std::to_string(gptq) + " with GPTQ (damp " + format("%g", a.damp) + "), " +
+                          std::to_string(quantized - gptq) + " rounded to nearest; ")
             << report.quantized_values << " values), " << skipped << " skipped, "
             << report.count(mxfp4::io::TensorAction::copied) << " other tensors copied\n";
   if (report.quantized_values > 0) {
@@ -490,6 +502,19 @@ int main(int argc, char** argv) {
   quantize->add_option("--max-shard-size", qa.shard,
                        "split the output into shards of at most this size (e.g. 5GB); OUT is "
                        "then a folder with model.safetensors.index.json");
+  auto* hessians = quantize->add_option(
+      "--hessians", qa.hessians,
+      "GPTQ: a .safetensors file mapping weight names (P.weight, as in IN) to "
+      "the K x K Hessian (F32 or F64, X^T X of the layer's calibration inputs) "
+      "of each 2-D weight to quantize with GPTQ; the weights it does not name "
+      "are rounded to nearest");
+  quantize
+      ->add_option("--damp", qa.damp,
+                   "GPTQ dampening: damp * mean(diag H) is added to H's diagonal (>= 0; more "
+                   "damping corrects less)")
+      ->check(CLI::NonNegativeNumber)
+      ->needs(hessians)
+      ->capture_default_str();
   quantize->add_flag("--allow-nonfinite", qa.allow_nonfinite,
                      "encode blocks holding NaN or Inf with scale 0xFF (they decode as NaN) "
                      "instead of failing");

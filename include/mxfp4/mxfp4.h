@@ -23,9 +23,9 @@
  * status code and a message. The library never aborts or exits on bad input.
  *
  * Ownership and lifetimes.
- * - Handles (mxfp4_weight, mxfp4_file, mxfp4_writer) are opaque. A function that creates one
- *   writes it to a `T** out` parameter; the caller owns it and releases it with the matching
- *   mxfp4_*_destroy / mxfp4_file_close (which accept NULL). A handle is independent of every
+ * - Handles (mxfp4_weight, mxfp4_hessian, mxfp4_file, mxfp4_writer) are opaque. A function that
+ * creates one writes it to a `T** out` parameter; the caller owns it and releases it with the
+ * matching mxfp4_*_destroy / mxfp4_file_close (which accept NULL). A handle is independent of every
  *   other handle: destroying a file does not invalidate weights loaded from it, and a writer
  *   keeps what was added to it alive by itself.
  * - Tensors (mxfp4_tensor) describe caller-owned memory: a pointer, a shape, a dtype and a
@@ -49,10 +49,10 @@
  *
  * Thread safety. Functions may be called from any thread. Handles are safe to share between
  * threads for reading (an mxfp4_weight used by several concurrent mxfp4_linear calls, an
- * mxfp4_file read concurrently); a handle must not be destroyed, or an mxfp4_writer modified,
- * while another thread uses it. The CPU backend runs each call on its own thread pool
- * (mxfp4_set_num_threads); callers that run the library from several threads of their own
- * should set it to 1.
+ * mxfp4_file read concurrently); a handle must not be destroyed, or an mxfp4_writer or
+ * mxfp4_hessian modified (mxfp4_writer_add_*, mxfp4_hessian_add), while another thread uses it.
+ * The CPU backend runs each call on its own thread pool (mxfp4_set_num_threads); callers that
+ * run the library from several threads of their own should set it to 1.
  *
  * Stability. Values of the enums are fixed (new ones are appended); the structs below are never
  * changed (a new layout would get a new name); functions are only added.
@@ -221,6 +221,58 @@ typedef enum mxfp4_weight_part {
 mxfp4_status mxfp4_weight_get_part(const mxfp4_weight* weight, int32_t part, mxfp4_tensor* view);
 
 void mxfp4_weight_destroy(mxfp4_weight* weight);
+
+/* ---- Data-aware quantization (GPTQ) ------------------------------------------------------------
+ *
+ * GPTQ (include/mxfp4/gptq.hpp) quantizes a weight [N, K] one input column at a time and moves
+ * each column's error onto the columns not yet quantized, weighted by H = X^T X, the Gram matrix
+ * of the layer's calibration inputs X [samples, K]. The result is an ordinary mxfp4_weight. */
+
+/* H for K inputs, accumulated in double precision: an opaque handle (mxfp4_hessian_destroy). */
+typedef struct mxfp4_hessian mxfp4_hessian;
+
+/* An all-zero H for `in_features` inputs (1 <= K <= 65536; MXFP4_ERR_INVALID_ARGUMENT else). */
+mxfp4_status mxfp4_hessian_create(int64_t in_features, mxfp4_hessian** out);
+/* H from an existing matrix f32 [K, K] on the CPU (e.g. X^T X computed elsewhere); only its
+ * symmetric part is used. MXFP4_ERR_SHAPE_MISMATCH when not square, MXFP4_ERR_DTYPE_MISMATCH
+ * for another dtype, MXFP4_ERR_NON_FINITE naming the first NaN/Inf entry. */
+mxfp4_status mxfp4_hessian_from_tensor(const mxfp4_tensor* matrix, mxfp4_hessian** out);
+/* H from `count` = K * K doubles, row-major (copied); the same checks. */
+mxfp4_status mxfp4_hessian_from_values(int64_t in_features, const double* values, size_t count,
+                                       mxfp4_hessian** out);
+/* Adds x^T x for `activations` f32/f16/bf16 [..., K] on the CPU: every row of the flattened
+ * [rows, K] is one sample. MXFP4_ERR_SHAPE_MISMATCH when the last dim is not K,
+ * MXFP4_ERR_NON_FINITE naming the first NaN/Inf element; on failure H is unchanged. */
+mxfp4_status mxfp4_hessian_add(mxfp4_hessian* hessian, const mxfp4_tensor* activations);
+
+typedef struct mxfp4_hessian_info {
+  int64_t in_features; /* K */
+  int64_t samples;     /* rows added by mxfp4_hessian_add so far (0 for a matrix given whole) */
+} mxfp4_hessian_info;
+
+mxfp4_status mxfp4_hessian_get_info(const mxfp4_hessian* hessian, mxfp4_hessian_info* info);
+/* Copies the K * K values of H (row-major, symmetric) into the caller's `values`; `count` must be
+ * K * K (MXFP4_ERR_SHAPE_MISMATCH else). */
+mxfp4_status mxfp4_hessian_read_values(const mxfp4_hessian* hessian, double* values, size_t count);
+void mxfp4_hessian_destroy(mxfp4_hessian* hessian);
+
+/* GPTQ's usual dampening: 1% of the mean of H's diagonal is added to the diagonal. */
+#define MXFP4_GPTQ_DEFAULT_DAMP 0.01
+
+/* Quantizes `weight` f32/f16/bf16 [N, K] (CPU, K a positive multiple of 32, finite) with GPTQ
+ * error correction under `hessian` (for the same K), block scales chosen by `rule` (an
+ * mxfp4_scale_rule), `damp` * mean(diag H) added to H's diagonal (finite, >= 0; more damping
+ * corrects less). `bias` may be NULL, or f32/f16/bf16 [N]; it is copied. The new weight owns its
+ * storage on the CPU; the hessian is not changed and may be reused. Columns no sample reached
+ * (H_ii == 0) are rounded to nearest; a diagonal H gives exactly mxfp4_weight_quantize's bytes.
+ * Errors: MXFP4_ERR_SHAPE_MISMATCH (weight not [N, K] - a stack of experts [E, N, K] needs one
+ * H per expert -, K not a multiple of 32, H for another K), MXFP4_ERR_DTYPE_MISMATCH,
+ * MXFP4_ERR_UNSUPPORTED (CUDA memory), MXFP4_ERR_NON_FINITE (NaN/Inf in weight),
+ * MXFP4_ERR_INVALID_ARGUMENT (NULL pointers, unknown rule, bad damp, H not positive definite
+ * after dampening or with a negative diagonal entry). Cost O(K^3 + N K^2) time, O(K^2) memory. */
+mxfp4_status mxfp4_quantize_gptq(const mxfp4_tensor* weight, const mxfp4_hessian* hessian,
+                                 const mxfp4_tensor* bias, int32_t rule, double damp,
+                                 mxfp4_weight** out);
 
 /* ---- Operations on caller-owned buffers ------------------------------------------------------ */
 

@@ -16,6 +16,7 @@
 #include "io/tensor_file.hpp"
 #include "mxfp4/cpu.hpp"
 #include "mxfp4/device.hpp"
+#include "mxfp4/gptq.hpp"
 #include "mxfp4/ops.hpp"
 #include "mxfp4/version.hpp"
 #include "mxfp4/weight.hpp"
@@ -38,6 +39,10 @@ static_assert(static_cast<int>(mxfp4::detail::FileFormat::uqff_legacy) == MXFP4_
 
 struct mxfp4_weight {
   mxfp4::Mxfp4Weight weight;
+};
+
+struct mxfp4_hessian {
+  mxfp4::Hessian hessian;
 };
 
 struct mxfp4_file {
@@ -239,6 +244,10 @@ const mxfp4::Mxfp4Weight& weight_of(const char* op, const mxfp4_weight* w) {
   return require(op, "weight", w).weight;
 }
 
+const mxfp4::Hessian& hessian_of(const char* op, const mxfp4_hessian* h) {
+  return require(op, "hessian", h).hessian;
+}
+
 const mxfp4::detail::TensorFileReader& reader_of(const char* op, const mxfp4_file* f) {
   return *require(op, "file", f).reader;
 }
@@ -404,6 +413,111 @@ mxfp4_status mxfp4_weight_get_part(const mxfp4_weight* weight, int32_t part, mxf
 
 void mxfp4_weight_destroy(mxfp4_weight* weight) {
   delete weight;
+}
+
+mxfp4_status mxfp4_hessian_create(int64_t in_features, mxfp4_hessian** out) {
+  return guarded([&] {
+    mxfp4_hessian*& result = require("hessian_create", "out", out);
+    auto handle = std::make_unique<mxfp4_hessian>(mxfp4_hessian{mxfp4::Hessian(in_features)});
+    result = handle.release();
+  });
+}
+
+mxfp4_status mxfp4_hessian_from_tensor(const mxfp4_tensor* matrix, mxfp4_hessian** out) {
+  return guarded([&] {
+    const char* op = "hessian_from_tensor";
+    mxfp4_hessian*& result = require(op, "out", out);
+    const Tensor m = to_tensor(op, "matrix", matrix);
+    auto handle = std::make_unique<mxfp4_hessian>(mxfp4_hessian{mxfp4::Hessian::from_tensor(m)});
+    result = handle.release();
+  });
+}
+
+mxfp4_status mxfp4_hessian_from_values(int64_t in_features, const double* values, size_t count,
+                                       mxfp4_hessian** out) {
+  return guarded([&] {
+    const char* op = "hessian_from_values";
+    mxfp4_hessian*& result = require(op, "out", out);
+    if (values == nullptr) throw InvalidArgument(where(op, "values") + " is NULL");
+    // The count is checked against K before the copy, so that a lying count reads nothing; a K
+    // out of range copies nothing and gets Hessian::from_values's error.
+    constexpr std::int64_t kMaxInFeatures = 65536;  // gptq.hpp
+    const bool k_ok = in_features >= 1 && in_features <= kMaxInFeatures;
+    if (k_ok && count != static_cast<std::size_t>(in_features * in_features)) {
+      throw mxfp4::ShapeMismatch(std::string(op) + ": K=" + std::to_string(in_features) +
+                                 " needs " + std::to_string(in_features * in_features) +
+                                 " values, got count " + std::to_string(count));
+    }
+    std::vector<double> v;
+    if (k_ok) v.assign(values, values + count);
+    auto handle = std::make_unique<mxfp4_hessian>(
+        mxfp4_hessian{mxfp4::Hessian::from_values(in_features, std::move(v))});
+    result = handle.release();
+  });
+}
+
+mxfp4_status mxfp4_hessian_add(mxfp4_hessian* hessian, const mxfp4_tensor* activations) {
+  return guarded([&] {
+    const char* op = "hessian_add";
+    mxfp4_hessian& h = require(op, "hessian", hessian);
+    const Tensor x = to_tensor(op, "activations", activations);
+    h.hessian.add(x);
+  });
+}
+
+mxfp4_status mxfp4_hessian_get_info(const mxfp4_hessian* hessian, mxfp4_hessian_info* info) {
+  return guarded([&] {
+    const char* op = "hessian_get_info";
+    const mxfp4::Hessian& h = hessian_of(op, hessian);
+    mxfp4_hessian_info& out = require(op, "info", info);
+    mxfp4_hessian_info i{};
+    i.in_features = h.in_features();
+    i.samples = h.samples();
+    out = i;
+  });
+}
+
+mxfp4_status mxfp4_hessian_read_values(const mxfp4_hessian* hessian, double* values, size_t count) {
+  return guarded([&] {
+    const char* op = "hessian_read_values";
+    const mxfp4::Hessian& h = hessian_of(op, hessian);
+    double* dst = &require(op, "values", values);
+    const std::vector<double>& v = h.values();
+    if (count != v.size()) {
+      throw mxfp4::ShapeMismatch(
+          std::string(op) + ": the hessian has K=" + std::to_string(h.in_features()) + ", so " +
+          std::to_string(v.size()) + " values; count is " + std::to_string(count));
+    }
+    std::copy(v.begin(), v.end(), dst);
+  });
+}
+
+void mxfp4_hessian_destroy(mxfp4_hessian* hessian) {
+  delete hessian;
+}
+
+mxfp4_status mxfp4_quantize_gptq(const mxfp4_tensor* weight, const mxfp4_hessian* hessian,
+                                 const mxfp4_tensor* bias, int32_t rule, double damp,
+                                 mxfp4_weight** out) {
+  return guarded([&] {
+    const char* op = "quantize_gptq";
+    mxfp4_weight*& result = require(op, "out", out);
+    const Tensor w = to_tensor(op, "weight", weight);
+    const mxfp4::Hessian& h = hessian_of(op, hessian);
+    std::optional<Tensor> b = to_optional_tensor(op, "bias", bias);
+    mxfp4::GptqOptions options;
+    options.rule = quantize_options(op, rule, MXFP4_NON_FINITE_ERROR).rule;
+    options.damp = damp;
+    // The bias is validated as given, then the weight keeps a copy of it.
+    mxfp4::Mxfp4Weight q = mxfp4::quantize_gptq(w, h, b, options);
+    auto handle = std::make_unique<mxfp4_weight>();
+    if (b) {
+      handle->weight = mxfp4::Mxfp4Weight::from_parts(q.blocks(), q.scales(), b->clone());
+    } else {
+      handle->weight = std::move(q);
+    }
+    result = handle.release();
+  });
 }
 
 mxfp4_status mxfp4_quantize(const mxfp4_tensor* weight, const mxfp4_tensor* blocks,

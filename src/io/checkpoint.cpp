@@ -7,6 +7,7 @@
 #include <filesystem>
 #include <limits>
 #include <map>
+#include <memory>
 #include <nlohmann/json.hpp>
 #include <numbers>
 #include <optional>
@@ -18,6 +19,7 @@
 #include "core/convert.hpp"
 #include "io/atomic_file.hpp"
 #include "mxfp4/error.hpp"
+#include "mxfp4/gptq.hpp"
 #include "mxfp4/ops.hpp"
 #include "mxfp4/version.hpp"
 
@@ -95,6 +97,16 @@ const char* tensor_action_name(TensorAction action) noexcept {
       return "copied";
     case TensorAction::skipped:
       return "skipped";
+  }
+  return "?";
+}
+
+const char* quantize_method_name(QuantizeMethod method) noexcept {
+  switch (method) {
+    case QuantizeMethod::rtn:
+      return "rtn";
+    case QuantizeMethod::gptq:
+      return "gptq";
   }
   return "?";
 }
@@ -212,6 +224,15 @@ std::uint64_t logical_bytes(const LogicalTensor& t) {
   return lead * static_cast<std::uint64_t>(t.k / 2 + t.k / kBlockSize) +
          (t.has_bias() ? lead * static_cast<std::uint64_t>(safetensors_dtype_bits(t.bias_dtype) / 8)
                        : 0);
+}
+
+// The Hessian `e` of the Hessians file (F32 or F64 [K, K], checked by the caller).
+Hessian load_hessian(const SafetensorsFile& file, const SafetensorsEntry& e) {
+  if (e.dtype == "F32") return Hessian::from_tensor(file.tensor(e.name));
+  const std::span<const std::uint8_t> b = file.bytes(e);
+  std::vector<double> v(b.size() / sizeof(double));
+  if (!b.empty()) std::memcpy(v.data(), b.data(), v.size() * sizeof(double));
+  return Hessian::from_values(e.shape.at(0), std::move(v));
 }
 
 // The name a logical tensor had in its input, for messages.
@@ -350,9 +371,10 @@ QuantizeReport quantize_checkpoint(const std::string& in, const std::string& out
   // Decide for every tensor first, so that a bad name is reported before any work.
   struct Plan {
     bool quantize = false;
-    std::string layer;            // P without its dot
-    std::size_t bias = SIZE_MAX;  // index of the attached P.bias in src.tensors
-    std::size_t row = 0;          // report row of the weight
+    std::string layer;                          // P without its dot
+    std::size_t bias = SIZE_MAX;                // index of the attached P.bias in src.tensors
+    std::size_t row = 0;                        // report row of the weight
+    const SafetensorsEntry* hessian = nullptr;  // GPTQ: its entry in the Hessians file
   };
   std::vector<Plan> plans(src.tensors.size());
   std::set<std::size_t> attached;
@@ -417,6 +439,51 @@ QuantizeReport quantize_checkpoint(const std::string& in, const std::string& out
     report.tensors.push_back(std::move(r));
   }
 
+  // GPTQ: every Hessian must belong to a weight being quantized, and fit it.
+  std::shared_ptr<const SafetensorsFile> hessians;
+  if (!options.hessians.empty()) {
+    const std::string hp = prefix + "hessians '" + options.hessians + "': ";
+    if (!std::isfinite(options.damp) || options.damp < 0.0) {
+      throw InvalidArgument(prefix + "damp must be finite and >= 0, got " +
+                            std::to_string(options.damp));
+    }
+    hessians = std::make_shared<const SafetensorsFile>(SafetensorsFile::open(options.hessians));
+    for (const SafetensorsEntry& e : hessians->entries()) {
+      const std::string what = hp + "Hessian '" + e.name + "' ";
+      const auto found = dense.find(e.name);
+      if (found == dense.end()) {
+        throw InvalidArgument(what +
+                              "names no weight of the input to quantize (the input has no dense "
+                              "tensor of that name)");
+      }
+      const std::size_t i = found->second;
+      const LogicalTensor& t = src.tensors[i];
+      const TensorReport& r = report.tensors[first_row[i]];
+      if (!plans[i].quantize) {
+        throw InvalidArgument(
+            what + "names a tensor that is not quantized (" +
+            (r.action == TensorAction::skipped ? "skipped: " + r.reason : "not a P.weight") + ")");
+      }
+      if (t.shape.size() != 2) {
+        throw ShapeMismatch(what + "belongs to a stack of experts " + t.dtype + " " +
+                            to_string(t.shape) +
+                            ": GPTQ quantizes one matrix [N, K] per Hessian, stacked expert "
+                            "weights are not supported (leave it out of the file to round it to "
+                            "nearest)");
+      }
+      if (e.dtype != "F32" && e.dtype != "F64") {
+        throw DTypeMismatch(what + "is " + e.dtype + "; Hessians must be F32 or F64");
+      }
+      const std::int64_t k = t.shape.back();
+      if (e.shape != Shape{k, k}) {
+        throw ShapeMismatch(what + "is " + to_string(e.shape) + " but weight " + t.dtype + " " +
+                            to_string(t.shape) + " needs [K, K] = " + to_string(Shape{k, k}));
+      }
+      plans[i].hessian = &e;
+      report.tensors[plans[i].row].method = QuantizeMethod::gptq;
+    }
+  }
+
   LogicalCheckpoint dst;
   dst.source = src.source;
   dst.layout = std::string(layout.name());
@@ -446,13 +513,23 @@ QuantizeReport quantize_checkpoint(const std::string& in, const std::string& out
     TensorReport* row = &report.tensors[plan.row];
     QuantizeReport* rep = &report;
     const QuantizeOptions qo = options.quantize;
-    q.weight = [&t, bias, row, rep, qo, prefix] {
+    const SafetensorsEntry* he = plan.hessian;
+    const double damp = options.damp;
+    q.weight = [&t, bias, row, rep, qo, prefix, hessians, he, damp] {
       const Tensor source = dense_tensor(t, prefix);
       QuantizedTensor qt;
       try {
-        qt = quantize(source, qo);
+        if (he != nullptr) {
+          const Hessian h = load_hessian(*hessians, *he);
+          const Mxfp4Weight w = quantize_gptq(source, h, {}, GptqOptions{qo.rule, damp});
+          qt = {w.blocks(), w.scales()};
+        } else {
+          qt = quantize(source, qo);
+        }
       } catch (const NonFiniteValue& err) {
         throw NonFiniteValue(prefix + "tensor '" + t.name + "': " + err.what());
+      } catch (const InvalidArgument& err) {  // GPTQ: H not positive definite
+        throw InvalidArgument(prefix + "tensor '" + t.name + "': " + err.what());
       } catch (const Error& err) {
         throw Error(err.code(), prefix + "tensor '" + t.name + "': " + err.what());
       }

@@ -724,6 +724,273 @@ static void test_errors(void) {
 }
 
 /* The last error is per thread: a failure on another thread leaves this thread's message. */
+/* GPTQ: a Hessian accumulated from activations holds X^T X; with a diagonal H GPTQ gives round to
+ * nearest's bytes; with correlated inputs it gives a smaller output error than round to nearest;
+ * the bias is copied; every bad input is a typed error that leaves the handles unchanged. */
+#define GK 64
+#define GN 8
+#define GROWS 200
+
+/* sum over samples of (x (W - Q)^T)^2, Q decoded from the weight's parts. */
+static double output_error(const float* x, int64_t rows, const float* w, const mxfp4_weight* q) {
+  mxfp4_tensor blocks, scales;
+  double err = 0.0;
+  int64_t r, n, c;
+  CHECK_OK(mxfp4_weight_get_part(q, MXFP4_PART_BLOCKS, &blocks));
+  CHECK_OK(mxfp4_weight_get_part(q, MXFP4_PART_SCALES, &scales));
+  for (r = 0; r < rows; ++r) {
+    for (n = 0; n < GN; ++n) {
+      double d = 0.0;
+      for (c = 0; c < GK; ++c) {
+        d += (double)x[r * GK + c] *
+             ((double)w[n * GK + c] -
+              decode((const uint8_t*)blocks.data, (const uint8_t*)scales.data, GK, n, c));
+      }
+      err += d * d;
+    }
+  }
+  return err;
+}
+
+static void test_gptq(void) {
+  static float x[GROWS * GK];
+  static uint16_t xb[GROWS * GK];
+  static double want[GK * GK], got[GK * GK], diag[GK * GK];
+  float w[GN * GK], bias[GN], nan_x[2 * GK];
+  const int64_t xshape[2] = {GROWS, GK}, wshape[2] = {GN, GK}, bshape[1] = {GN};
+  const int64_t hshape[2] = {GK, GK}, stacked_shape[3] = {2, GN / 2, GK}, nan_shape[2] = {2, GK};
+  mxfp4_tensor tx = cpu_tensor(x, MXFP4_F32, 2, xshape);
+  mxfp4_tensor txb = cpu_tensor(xb, MXFP4_BF16, 2, xshape);
+  mxfp4_tensor tw = cpu_tensor(w, MXFP4_F32, 2, wshape);
+  mxfp4_tensor tbias = cpu_tensor(bias, MXFP4_F32, 1, bshape);
+  mxfp4_tensor tnan = cpu_tensor(nan_x, MXFP4_F32, 2, nan_shape);
+  mxfp4_hessian* h = NULL;
+  mxfp4_hessian* hb = NULL;
+  mxfp4_hessian* hd = NULL;
+  mxfp4_hessian* never = (mxfp4_hessian*)&g_seed; /* must stay untouched */
+  mxfp4_weight* gptq = NULL;
+  mxfp4_weight* rtn = NULL;
+  mxfp4_weight* never_w = (mxfp4_weight*)&g_seed;
+  mxfp4_hessian_info info;
+  mxfp4_tensor part;
+  int64_t r, i, j;
+  int same = 1;
+  int exact = 1;
+
+  /* Inputs with a shared component (correlated columns), exact in bf16. */
+  for (r = 0; r < GROWS; ++r) {
+    const float common = next_random(2.0f);
+    for (i = 0; i < GK; ++i) {
+      float v = common + next_random(0.5f);
+      uint32_t bits;
+      memcpy(&bits, &v, sizeof bits);
+      bits &= 0xFFFF0000u;
+      memcpy(&v, &bits, sizeof v);
+      x[r * GK + i] = v;
+      xb[r * GK + i] = (uint16_t)(bits >> 16);
+    }
+  }
+  for (i = 0; i < GN * GK; ++i)
+    w[i] = next_random(1.0f);
+  for (i = 0; i < GN; ++i)
+    bias[i] = next_random(1.0f);
+
+  /* H = X^T X, accumulated in two batches, f32 and bf16 alike. */
+  CHECK_OK(mxfp4_hessian_create(GK, &h));
+  CHECK_OK(mxfp4_hessian_add(h, &tx));
+  CHECK_OK(mxfp4_hessian_get_info(h, &info));
+  CHECK(info.in_features == GK && info.samples == GROWS);
+  CHECK_OK(mxfp4_hessian_create(GK, &hb));
+  txb.shape[0] = GROWS / 2;
+  CHECK_OK(mxfp4_hessian_add(hb, &txb));
+  txb.data = xb + (GROWS / 2) * GK;
+  CHECK_OK(mxfp4_hessian_add(hb, &txb));
+  for (i = 0; i < GK; ++i) {
+    for (j = 0; j < GK; ++j) {
+      double s = 0.0;
+      for (r = 0; r < GROWS; ++r)
+        s += (double)x[r * GK + i] * (double)x[r * GK + j];
+      want[i * GK + j] = s;
+    }
+  }
+  CHECK_OK(mxfp4_hessian_read_values(h, got, GK * GK));
+  for (i = 0; i < GK * GK; ++i)
+    same &= fabs(got[i] - want[i]) <= 1e-12 * (1.0 + fabs(want[i]));
+  CHECK(same);
+  CHECK_OK(mxfp4_hessian_read_values(hb, diag, GK * GK));
+  CHECK(memcmp(diag, got, sizeof got) == 0);
+
+  /* GPTQ beats round to nearest on the layer's output over the calibration inputs. */
+  CHECK_OK(mxfp4_quantize_gptq(&tw, h, &tbias, MXFP4_SCALE_MSE, MXFP4_GPTQ_DEFAULT_DAMP, &gptq));
+  CHECK_OK(mxfp4_weight_quantize(&tw, &tbias, MXFP4_SCALE_MSE, MXFP4_NON_FINITE_ERROR, NULL, &rtn));
+  if (gptq != NULL && rtn != NULL) {
+    const double e_gptq = output_error(x, GROWS, w, gptq);
+    const double e_rtn = output_error(x, GROWS, w, rtn);
+    CHECK(e_gptq < 0.8 * e_rtn);
+    CHECK_OK(mxfp4_weight_get_part(gptq, MXFP4_PART_BIAS, &part));
+    CHECK(part.data != (void*)bias && part.rank == 1 && part.shape[0] == GN);
+    CHECK(memcmp(part.data, bias, sizeof bias) == 0);
+  }
+  mxfp4_weight_destroy(gptq);
+  mxfp4_weight_destroy(rtn);
+  gptq = NULL;
+  rtn = NULL;
+
+  /* A diagonal H (from a matrix given whole, f32 or f64) moves no error: round to nearest. */
+  memset(diag, 0, sizeof diag);
+  for (i = 0; i < GK; ++i)
+    diag[i * GK + i] = 1.0 + (double)i;
+  CHECK_OK(mxfp4_hessian_from_values(GK, diag, GK * GK, &hd));
+  CHECK_OK(mxfp4_hessian_get_info(hd, &info));
+  CHECK(info.in_features == GK && info.samples == 0);
+  CHECK_OK(mxfp4_quantize_gptq(&tw, hd, NULL, MXFP4_SCALE_FLOOR, 0.0, &gptq));
+  CHECK_OK(mxfp4_weight_quantize(&tw, NULL, MXFP4_SCALE_FLOOR, MXFP4_NON_FINITE_ERROR, NULL, &rtn));
+  if (gptq != NULL && rtn != NULL) {
+    mxfp4_tensor a, b;
+    CHECK_OK(mxfp4_weight_get_part(gptq, MXFP4_PART_BLOCKS, &a));
+    CHECK_OK(mxfp4_weight_get_part(rtn, MXFP4_PART_BLOCKS, &b));
+    exact &= memcmp(a.data, b.data, GN * GK / 2) == 0;
+    CHECK_OK(mxfp4_weight_get_part(gptq, MXFP4_PART_SCALES, &a));
+    CHECK_OK(mxfp4_weight_get_part(rtn, MXFP4_PART_SCALES, &b));
+    exact &= memcmp(a.data, b.data, GN * GK / 32) == 0;
+    CHECK(exact);
+    CHECK_ERROR(mxfp4_weight_get_part(gptq, MXFP4_PART_BIAS, &part), MXFP4_ERR_INVALID_ARGUMENT,
+                "no bias");
+  }
+  mxfp4_weight_destroy(gptq);
+  mxfp4_weight_destroy(rtn);
+  gptq = NULL;
+  mxfp4_hessian_destroy(hd);
+  hd = NULL;
+  {
+    float f[GK * GK];
+    mxfp4_tensor tf = cpu_tensor(f, MXFP4_F32, 2, hshape);
+    for (i = 0; i < GK * GK; ++i)
+      f[i] = (float)diag[i];
+    CHECK_OK(mxfp4_hessian_from_tensor(&tf, &hd));
+    CHECK_OK(mxfp4_hessian_read_values(hd, got, GK * GK));
+    CHECK(memcmp(got, diag, sizeof got) == 0);
+    /* Errors of whole matrices. */
+    f[3 * GK + 5] = NAN;
+    CHECK_ERROR(mxfp4_hessian_from_tensor(&tf, &never), MXFP4_ERR_NON_FINITE,
+                "NaN at row 3, column 5");
+    tf.shape[1] = GK - 1;
+    CHECK_ERROR(mxfp4_hessian_from_tensor(&tf, &never), MXFP4_ERR_SHAPE_MISMATCH, "square");
+    tf.shape[1] = GK;
+    tf.dtype = MXFP4_BF16;
+    CHECK_ERROR(mxfp4_hessian_from_tensor(&tf, &never), MXFP4_ERR_DTYPE_MISMATCH, "f32");
+    CHECK_ERROR(mxfp4_hessian_from_tensor(NULL, &never), MXFP4_ERR_INVALID_ARGUMENT,
+                "matrix is NULL");
+    tf.dtype = MXFP4_F32;
+    CHECK_ERROR(mxfp4_hessian_from_tensor(&tf, NULL), MXFP4_ERR_INVALID_ARGUMENT, "out is NULL");
+  }
+  diag[7] = INFINITY;
+  CHECK_ERROR(mxfp4_hessian_from_values(GK, diag, GK * GK, &never), MXFP4_ERR_NON_FINITE,
+              "+Inf at row 0, column 7");
+  diag[7] = 0.0;
+  CHECK_ERROR(mxfp4_hessian_from_values(GK, diag, GK * GK - 1, &never), MXFP4_ERR_SHAPE_MISMATCH,
+              "needs 4096 values");
+  CHECK_ERROR(mxfp4_hessian_from_values(GK, NULL, GK * GK, &never), MXFP4_ERR_INVALID_ARGUMENT,
+              "values is NULL");
+  CHECK_ERROR(mxfp4_hessian_from_values(0, diag, 0, &never), MXFP4_ERR_INVALID_ARGUMENT,
+              "in_features");
+  CHECK_ERROR(mxfp4_hessian_create(0, &never), MXFP4_ERR_INVALID_ARGUMENT, "in_features");
+  CHECK_ERROR(mxfp4_hessian_create(65537, &never), MXFP4_ERR_INVALID_ARGUMENT, "65537");
+  CHECK_ERROR(mxfp4_hessian_create(GK, NULL), MXFP4_ERR_INVALID_ARGUMENT, "out is NULL");
+  CHECK(never == (mxfp4_hessian*)&g_seed);
+
+  /* Bad activations leave H unchanged. */
+  for (i = 0; i < 2 * GK; ++i)
+    nan_x[i] = 1.0f;
+  nan_x[GK + 9] = NAN;
+  CHECK_ERROR(mxfp4_hessian_add(h, &tnan), MXFP4_ERR_NON_FINITE, "NaN at row 1, column 9");
+  tnan.shape[1] = 32;
+  CHECK_ERROR(mxfp4_hessian_add(h, &tnan), MXFP4_ERR_SHAPE_MISMATCH, "K=64");
+  tnan.shape[1] = GK;
+  tnan.dtype = MXFP4_I32;
+  CHECK_ERROR(mxfp4_hessian_add(h, &tnan), MXFP4_ERR_DTYPE_MISMATCH, "f32, f16 or bf16");
+  CHECK_ERROR(mxfp4_hessian_add(NULL, &tx), MXFP4_ERR_INVALID_ARGUMENT, "hessian is NULL");
+  CHECK_ERROR(mxfp4_hessian_add(h, NULL), MXFP4_ERR_INVALID_ARGUMENT, "activations is NULL");
+  CHECK_OK(mxfp4_hessian_get_info(h, &info));
+  CHECK(info.samples == GROWS);
+  CHECK_OK(mxfp4_hessian_read_values(h, got, GK * GK));
+  same = 1;
+  for (i = 0; i < GK * GK; ++i)
+    same &= fabs(got[i] - want[i]) <= 1e-12 * (1.0 + fabs(want[i]));
+  CHECK(same);
+  CHECK_ERROR(mxfp4_hessian_read_values(h, got, GK), MXFP4_ERR_SHAPE_MISMATCH, "4096 values");
+  CHECK_ERROR(mxfp4_hessian_read_values(h, NULL, GK * GK), MXFP4_ERR_INVALID_ARGUMENT,
+              "values is NULL");
+  CHECK_ERROR(mxfp4_hessian_get_info(NULL, &info), MXFP4_ERR_INVALID_ARGUMENT, "hessian is NULL");
+  CHECK_ERROR(mxfp4_hessian_get_info(h, NULL), MXFP4_ERR_INVALID_ARGUMENT, "info is NULL");
+
+  /* quantize_gptq's errors; `out` stays untouched. */
+  {
+    float w96[GN * 96];
+    float stacked[GN * GK];
+    const int64_t w96_shape[2] = {GN, 96};
+    mxfp4_tensor t96 = cpu_tensor(w96, MXFP4_F32, 2, w96_shape);
+    mxfp4_tensor tstacked = cpu_tensor(stacked, MXFP4_F32, 3, stacked_shape);
+    mxfp4_tensor tbad_bias = tbias;
+    mxfp4_hessian* indefinite = NULL;
+    for (i = 0; i < GN * 96; ++i)
+      w96[i] = 1.0f;
+    memcpy(stacked, w, sizeof stacked);
+    CHECK_ERROR(mxfp4_quantize_gptq(&t96, h, NULL, MXFP4_SCALE_MSE, 0.01, &never_w),
+                MXFP4_ERR_SHAPE_MISMATCH, "hessian is for K=64");
+    CHECK_ERROR(mxfp4_quantize_gptq(&tstacked, h, NULL, MXFP4_SCALE_MSE, 0.01, &never_w),
+                MXFP4_ERR_SHAPE_MISMATCH, "one matrix [N, K]");
+    tw.shape[1] = 40;
+    CHECK_ERROR(mxfp4_quantize_gptq(&tw, h, NULL, MXFP4_SCALE_MSE, 0.01, &never_w),
+                MXFP4_ERR_SHAPE_MISMATCH, "multiple of 32");
+    tw.shape[1] = GK;
+    w[GK + 3] = NAN;
+    CHECK_ERROR(mxfp4_quantize_gptq(&tw, h, NULL, MXFP4_SCALE_MSE, 0.01, &never_w),
+                MXFP4_ERR_NON_FINITE, "NaN at row 1, column 3");
+    w[GK + 3] = 0.25f;
+    CHECK_ERROR(mxfp4_quantize_gptq(&tw, h, NULL, MXFP4_SCALE_MSE, -0.01, &never_w),
+                MXFP4_ERR_INVALID_ARGUMENT, "damp");
+    CHECK_ERROR(mxfp4_quantize_gptq(&tw, h, NULL, MXFP4_SCALE_MSE, NAN, &never_w),
+                MXFP4_ERR_INVALID_ARGUMENT, "damp");
+    CHECK_ERROR(mxfp4_quantize_gptq(&tw, h, NULL, 9, 0.01, &never_w), MXFP4_ERR_INVALID_ARGUMENT,
+                "scale rule 9");
+    tbad_bias.shape[0] = GN - 1;
+    CHECK_ERROR(mxfp4_quantize_gptq(&tw, h, &tbad_bias, MXFP4_SCALE_MSE, 0.01, &never_w),
+                MXFP4_ERR_SHAPE_MISMATCH, "bias");
+    tw.dtype = MXFP4_U8;
+    CHECK_ERROR(mxfp4_quantize_gptq(&tw, h, NULL, MXFP4_SCALE_MSE, 0.01, &never_w),
+                MXFP4_ERR_DTYPE_MISMATCH, "f32, f16 or bf16");
+    tw.dtype = MXFP4_F32;
+    CHECK_ERROR(mxfp4_quantize_gptq(NULL, h, NULL, MXFP4_SCALE_MSE, 0.01, &never_w),
+                MXFP4_ERR_INVALID_ARGUMENT, "weight is NULL");
+    CHECK_ERROR(mxfp4_quantize_gptq(&tw, NULL, NULL, MXFP4_SCALE_MSE, 0.01, &never_w),
+                MXFP4_ERR_INVALID_ARGUMENT, "hessian is NULL");
+    CHECK_ERROR(mxfp4_quantize_gptq(&tw, h, NULL, MXFP4_SCALE_MSE, 0.01, NULL),
+                MXFP4_ERR_INVALID_ARGUMENT, "out is NULL");
+    /* 1 on the diagonal and 2 beside it: an eigenvalue -1, not positive definite. */
+    memset(diag, 0, sizeof diag);
+    for (i = 0; i < GK; ++i)
+      diag[i * GK + i] = 1.0;
+    diag[1] = diag[GK] = 2.0;
+    CHECK_OK(mxfp4_hessian_from_values(GK, diag, GK * GK, &indefinite));
+    CHECK_ERROR(mxfp4_quantize_gptq(&tw, indefinite, NULL, MXFP4_SCALE_MSE, 0.0, &never_w),
+                MXFP4_ERR_INVALID_ARGUMENT, "not positive definite");
+    diag[GK + 1] = -1.0;
+    mxfp4_hessian_destroy(indefinite);
+    indefinite = NULL;
+    CHECK_OK(mxfp4_hessian_from_values(GK, diag, GK * GK, &indefinite));
+    CHECK_ERROR(mxfp4_quantize_gptq(&tw, indefinite, NULL, MXFP4_SCALE_MSE, 0.01, &never_w),
+                MXFP4_ERR_INVALID_ARGUMENT, "diagonal entry 1 is negative");
+    mxfp4_hessian_destroy(indefinite);
+    CHECK(never_w == (mxfp4_weight*)&g_seed);
+  }
+
+  mxfp4_hessian_destroy(h);
+  mxfp4_hessian_destroy(hb);
+  mxfp4_hessian_destroy(hd);
+  mxfp4_hessian_destroy(NULL);
+}
+
 static void* fail_on_other_thread(void* result) {
   const mxfp4_status s = mxfp4_parse_scale_rule("other-thread", (int32_t*)result);
   *(int*)result = (s == MXFP4_ERR_INVALID_ARGUMENT &&
@@ -757,6 +1024,7 @@ int main(int argc, char** argv) {
   test_from_parts();
   test_files(argv[1]);
   test_errors();
+  test_gptq();
   test_thread_local_messages();
   printf("capi: %d checks passed, %d failed\n", g_passed, g_failed);
   return g_failed == 0 ? 0 : 1;

@@ -36,6 +36,14 @@ enum class TensorAction : std::uint8_t {
 // "quantized", "dequantized", "copied", "skipped".
 const char* tensor_action_name(TensorAction action) noexcept;
 
+// How a quantized weight was rounded.
+enum class QuantizeMethod : std::uint8_t {
+  rtn = 0,   // round to nearest under the scale rule (mxfp4::quantize)
+  gptq = 1,  // GPTQ under the weight's Hessian (mxfp4::quantize_gptq, gptq.hpp)
+};
+// "rtn", "gptq".
+const char* quantize_method_name(QuantizeMethod method) noexcept;
+
 // Why a `P.weight` was not quantized.
 enum class SkipReason : std::uint8_t {
   none = 0,
@@ -72,6 +80,8 @@ struct TensorReport {
   double sqnr_db = 0.0;         // 10 log10(sum x^2 / sum (x - q)^2); +inf when exact
   double max_abs_error = 0.0;   // max |x - q|
   std::int64_t nan_blocks = 0;  // blocks with scale 0xFF (non-finite input, nan_block policy)
+  // Quantized only: rounded to nearest, or GPTQ (CheckpointQuantizeOptions::hessians names it).
+  QuantizeMethod method = QuantizeMethod::rtn;
 };
 
 struct QuantizeReport {
@@ -115,6 +125,12 @@ struct CheckpointQuantizeOptions {
   bool honour_modules_to_not_convert = true;
   std::uint64_t max_shard_bytes = 0;  // see write_checkpoint
   std::function<void(const QuantizeProgress&)> progress;
+  // GPTQ: the path of a .safetensors file mapping weight names (`P.weight`, as in the input) to
+  // the K x K Hessian (F32 or F64, e.g. X^T X of the layer's calibration inputs) of each weight to
+  // quantize with quantize_gptq (rule quantize.rule, dampening `damp`); "" for none. Weights it
+  // does not name are rounded to nearest as usual.
+  std::string hessians;
+  double damp = 0.01;  // GptqOptions::damp, for the weights `hessians` names
 };
 
 // Reads `in`, quantizes every `P.weight` that is F32/F16/BF16, 2-D or 3-D, with a last dim K that
@@ -132,7 +148,13 @@ QuantizeReport quantize_checkpoint(const std::string& in, const std::string& out
 // When `in` is a folder with config.json and `out` a folder, config.json is copied with
 // quantization_config {"quant_method": "mxfp4", "modules_to_not_convert": [...]}.
 // Throws InvalidArgument for a bad regular expression or layout, Unsupported for a layout not
-// built yet.
+// built yet. With `hessians`, before any work: IoError / FormatError for the file,
+// InvalidArgument when it names a tensor that is not quantized (absent, not a P.weight, skipped)
+// or damp is negative or not finite, ShapeMismatch for a Hessian that is not [K, K] or belongs to
+// a stack of experts [E, N, K] (GPTQ takes one matrix [N, K] per Hessian), DTypeMismatch for a
+// dtype other than F32 and F64; while quantizing (nothing is written then): NonFiniteValue for
+// NaN/Inf in a Hessian or its weight (--allow-nonfinite does not apply to GPTQ), InvalidArgument
+// for a Hessian that is not positive definite after dampening.
 QuantizeReport quantize_checkpoint(const std::string& in, const std::string& out,
                                    const CheckpointQuantizeOptions& options);
 

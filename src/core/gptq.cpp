@@ -7,18 +7,17 @@
 #include <string>
 #include <utility>
 
+#include "core/checks.hpp"
 #include "core/gptq_internal.hpp"
 #include "cpu/thread_pool.hpp"
 
 namespace mxfp4 {
 
+using detail::describe;
+
 namespace {
 
 constexpr std::int64_t kMaxHessianDim = 65536;
-
-std::string describe(const char* name, const Tensor& t) {
-  return std::string(name) + " " + std::string(dtype_name(t.dtype())) + " " + to_string(t.shape());
-}
 
 std::string non_finite_name(double v) {
   return std::isnan(v) ? "NaN" : (v > 0 ? "+Inf" : "-Inf");
@@ -321,17 +320,7 @@ Mxfp4Weight quantize_gptq(const Tensor& weight, const Hessian& hessian, std::opt
         std::string(op) + ": hessian is for K=" + std::to_string(hessian.in_features()) +
         " inputs but " + describe("weight", weight) + " has K=" + std::to_string(k));
   }
-  switch (options.rule) {
-    case ScaleRule::floor:
-    case ScaleRule::ceil:
-    case ScaleRule::even:
-    case ScaleRule::mse:
-    case ScaleRule::mistralrs:
-      break;
-    default:
-      throw InvalidArgument(std::string(op) + ": unknown scale rule " +
-                            std::to_string(static_cast<int>(options.rule)));
-  }
+  detail::require_known_rule(op, options.rule);
   if (!std::isfinite(options.damp) || options.damp < 0.0) {
     throw InvalidArgument(std::string(op) + ": damp must be finite and >= 0, got " +
                           std::to_string(options.damp));

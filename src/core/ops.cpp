@@ -5,16 +5,15 @@
 #include <string>
 
 #include "core/backend.hpp"
+#include "core/checks.hpp"
 #include "core/convert.hpp"
 #include "core/weight_args.hpp"
 
 namespace mxfp4 {
 
-namespace {
+using detail::describe;
 
-std::string describe(const char* name, const Tensor& t) {
-  return std::string(name) + " " + std::string(dtype_name(t.dtype())) + " " + to_string(t.shape());
-}
+namespace {
 
 void require_defined(const char* op, const char* name, const Tensor& t) {
   if (!t.defined()) throw InvalidArgument(std::string(op) + ": " + name + " is undefined");
@@ -108,17 +107,7 @@ void quantize_into(const Tensor& weight, Tensor& blocks, Tensor& scales,
   require_disjoint(op, "blocks", blocks, "weight", weight);
   require_disjoint(op, "scales", scales, "weight", weight);
   require_disjoint(op, "scales", scales, "blocks", blocks);
-  switch (options.rule) {
-    case ScaleRule::floor:
-    case ScaleRule::ceil:
-    case ScaleRule::even:
-    case ScaleRule::mse:
-    case ScaleRule::mistralrs:
-      break;
-    default:
-      throw InvalidArgument(std::string(op) + ": unknown scale rule " +
-                            std::to_string(static_cast<int>(options.rule)));
-  }
+  detail::require_known_rule(op, options.rule);
   detail::QuantizeArgs a{};
   a.weight = weight.data();
   a.weight_dtype = weight.dtype();

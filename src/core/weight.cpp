@@ -2,18 +2,17 @@
 
 #include <string>
 
+#include "core/checks.hpp"
 #include "mxfp4/ops.hpp"
 
 namespace mxfp4 {
+
+using detail::describe;
 
 namespace {
 
 constexpr ScaleRule kAllRules[] = {ScaleRule::floor, ScaleRule::ceil, ScaleRule::even,
                                    ScaleRule::mse, ScaleRule::mistralrs};
-
-std::string describe(const char* name, const Tensor& t) {
-  return std::string(name) + " " + std::string(dtype_name(t.dtype())) + " " + to_string(t.shape());
-}
 
 }  // namespace
 

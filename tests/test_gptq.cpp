@@ -4,6 +4,7 @@
 
 #include <cmath>
 #include <cstdint>
+#include <cstring>
 #include <limits>
 #include <random>
 #include <string>
@@ -549,3 +550,84 @@ TEST(Gptq, Errors) {
 }
 
 }  // namespace
+
+// A stack of experts [E, N, K], each with the Hessian of its own inputs: byte for byte what
+// quantizing each expert alone gives, bias kept; a count or shape that does not fit is refused,
+// and a failing expert is named.
+TEST(Gptq, StackedExpertsEachUseTheirOwnHessian) {
+  const std::int64_t experts = 3, n = 5, k = 64;
+  std::vector<float> w;
+  std::vector<Hessian> hs;
+  for (std::int64_t e = 0; e < experts; ++e) {
+    const std::vector<float> we =
+        random_normal(static_cast<std::size_t>(n * k), 70 + static_cast<std::uint32_t>(e), 0.05f);
+    w.insert(w.end(), we.begin(), we.end());
+    Hessian h(k);
+    h.add(matrix(correlated_activations(120, k, 80 + static_cast<std::uint32_t>(e)), 120, k));
+    hs.push_back(std::move(h));
+  }
+  const Tensor stacked = Tensor::from_vector(w, {experts, n, k});
+  const Tensor bias =
+      Tensor::from_vector(random_normal(static_cast<std::size_t>(experts * n), 90), {experts, n});
+  for (ScaleRule rule : kRules) {
+    GptqOptions options;
+    options.rule = rule;
+    const Mxfp4Weight got = mxfp4::quantize_gptq(stacked, hs, bias, options);
+    ASSERT_EQ(got.blocks().shape(), (mxfp4::Shape{experts, n, k / 2}));
+    ASSERT_EQ(got.scales().shape(), (mxfp4::Shape{experts, n, k / 32}));
+    ASSERT_TRUE(got.bias().has_value());
+    EXPECT_EQ(std::memcmp(got.bias()->data(), bias.data(), bias.nbytes()), 0);
+    for (std::int64_t e = 0; e < experts; ++e) {
+      const Tensor we = Tensor::from_vector(
+          std::vector<float>(w.begin() + e * n * k, w.begin() + (e + 1) * n * k), {n, k});
+      const Mxfp4Weight one =
+          mxfp4::quantize_gptq(we, hs[static_cast<std::size_t>(e)], std::nullopt, options);
+      EXPECT_EQ(std::memcmp(got.blocks().data_as<std::uint8_t>() + e * n * (k / 2),
+                            one.blocks().data(), one.blocks().nbytes()),
+                0)
+          << "expert " << e;
+      EXPECT_EQ(std::memcmp(got.scales().data_as<std::uint8_t>() + e * n * (k / 32),
+                            one.scales().data(), one.scales().nbytes()),
+                0)
+          << "expert " << e;
+    }
+    // Another expert's Hessian gives other bytes: each expert really used its own.
+    std::vector<Hessian> swapped;
+    swapped.push_back(hs[1]);
+    swapped.push_back(hs[0]);
+    swapped.push_back(hs[2]);
+    const Mxfp4Weight other = mxfp4::quantize_gptq(stacked, swapped, std::nullopt, options);
+    EXPECT_NE(std::memcmp(other.blocks().data(), got.blocks().data(), got.blocks().nbytes()), 0);
+  }
+  // One matrix with one Hessian is the single-matrix call.
+  const Tensor first = stacked.slice_rows(0, 1).reshape({n, k});
+  const Mxfp4Weight single = mxfp4::quantize_gptq(first, std::vector<Hessian>{hs[0]});
+  const Mxfp4Weight direct = mxfp4::quantize_gptq(first, hs[0]);
+  EXPECT_EQ(std::memcmp(single.blocks().data(), direct.blocks().data(), direct.blocks().nbytes()),
+            0);
+
+  expect_error<mxfp4::ShapeMismatch>(
+      [&] {
+        mxfp4::quantize_gptq(stacked, std::vector<Hessian>{hs[0], hs[1]});
+      },
+      "has 3 experts but 2 Hessians");
+  expect_error<mxfp4::ShapeMismatch>(
+      [&] {
+        mxfp4::quantize_gptq(first, std::vector<Hessian>{hs[0], hs[1]});
+      },
+      "must be a stack of experts [E, N, K]");
+  expect_error<mxfp4::ShapeMismatch>(
+      [&] { mxfp4::quantize_gptq(stacked, hs, Tensor::zeros({experts * n}, DType::f32)); },
+      "bias must be [3, 5]");
+  std::vector<Hessian> bad = hs;
+  bad[2] = Hessian(32);
+  expect_error<mxfp4::ShapeMismatch>([&] { mxfp4::quantize_gptq(stacked, bad); },
+                                     "quantize_gptq: expert 2: quantize_gptq: hessian is for K=32");
+  std::vector<float> with_nan = w;
+  with_nan[static_cast<std::size_t>(n * k + 3)] = std::nanf("");
+  expect_error<mxfp4::NonFiniteValue>(
+      [&] {
+        mxfp4::quantize_gptq(Tensor::from_vector(with_nan, {experts, n, k}), hs);
+      },
+      "expert 1");
+}

@@ -76,4 +76,12 @@ struct GptqOptions {
 Mxfp4Weight quantize_gptq(const Tensor& weight, const Hessian& hessian,
                           std::optional<Tensor> bias = {}, const GptqOptions& options = {});
 
+// Mixture-of-experts weights: weight [E, N, K] (or [N, K] with one Hessian), expert e quantized
+// with hessians[e], the Hessian of the inputs routed to it; bias optional [E, N]. The result is
+// one stacked weight, byte for byte what quantizing each expert alone and stacking gives.
+// Throws ShapeMismatch when hessians.size() is not E (or bias not [E, N]), plus the errors of the
+// single-matrix quantize_gptq, naming the expert.
+Mxfp4Weight quantize_gptq(const Tensor& weight, const std::vector<Hessian>& hessians,
+                          std::optional<Tensor> bias = {}, const GptqOptions& options = {});
+
 }  // namespace mxfp4

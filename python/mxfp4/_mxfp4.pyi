@@ -3,7 +3,7 @@ Bindings of the mxfp4 C++ library (use the mxfp4 package, not this module).
 """
 
 import enum
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal, Sequence, TypeVar
 
 import numpy
 
@@ -78,16 +78,17 @@ class Mxfp4Weight:
         """
 
     @staticmethod
-    def quantize_gptq(weight: Array, hessian: Hessian | Array, bias: Array | None = None, *, rule: ScaleRule = ScaleRule.mse, damp: float = 0.01) -> Mxfp4Weight:
+    def quantize_gptq(weight: Array, hessian: Hessian | Array | Sequence[Hessian | Array], bias: Array | None = None, *, rule: ScaleRule = ScaleRule.mse, damp: float = 0.01) -> Mxfp4Weight:
         """
         Quantizes weight (f32/f16/bf16 [N, K] on the CPU, K a multiple of 32) with
         GPTQ error correction: each column's rounding error moves onto the columns
         not yet quantized so that x W^T changes least on the calibration inputs.
         hessian: a Hessian accumulated from the layer's inputs, or an array X^T X
-        [K, K] (float32 or float64). Each 32-column block's scale is chosen by rule
-        from the error-updated weights. damp * mean(diag H) is added to H's diagonal
-        (0.01, GPTQ's default). bias (optional, [N]) is copied. A diagonal H gives
-        exactly Mxfp4Weight.quantize's result.
+        [K, K] (float32 or float64); for a stack of experts [E, N, K], a list of E
+        of them (each expert's own inputs). Each 32-column block's scale is chosen
+        by rule from the error-updated weights. damp * mean(diag H) is added to H's
+        diagonal (0.01, GPTQ's default). bias (optional, [N] or [E, N]) is copied.
+        A diagonal H gives exactly Mxfp4Weight.quantize's result.
         """
 
     @staticmethod

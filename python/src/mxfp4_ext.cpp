@@ -362,9 +362,20 @@ PyWeight weight_quantize_gptq(nb::handle weight, nb::handle hessian, nb::handle 
   ArrayArg w = to_array(weight, op, "weight");
   std::optional<ArrayArg> b = to_optional_array(bias, op, "bias");
   if (hessian.is_none()) throw mxfp4::InvalidArgument(std::string(op) + ": hessian is None");
+  // One Hessian (or array) for a matrix [N, K]; a list or tuple of them, one per expert, for a
+  // stack [E, N, K].
+  auto one_hessian = [&](nb::handle obj) -> mxfp4::Hessian {
+    if (nb::isinstance<mxfp4::Hessian>(obj)) return *nb::inst_ptr<mxfp4::Hessian>(obj);
+    return hessian_from_array(obj, op);
+  };
+  std::vector<mxfp4::Hessian> stack;
+  const bool stacked = nb::isinstance<nb::list>(hessian) || nb::isinstance<nb::tuple>(hessian);
   std::optional<mxfp4::Hessian> owned;
   const mxfp4::Hessian* h = nullptr;
-  if (nb::isinstance<mxfp4::Hessian>(hessian)) {
+  if (stacked) {
+    for (nb::handle item : hessian)
+      stack.push_back(one_hessian(item));
+  } else if (nb::isinstance<mxfp4::Hessian>(hessian)) {
     h = nb::inst_ptr<mxfp4::Hessian>(hessian);
   } else {
     owned = hessian_from_array(hessian, op);
@@ -379,7 +390,8 @@ PyWeight weight_quantize_gptq(nb::handle weight, nb::handle hessian, nb::handle 
     nb::gil_scoped_release release;
     std::optional<Tensor> bt;
     if (b) bt = b->tensor.clone();
-    out.weight = mxfp4::quantize_gptq(w.tensor, *h, std::move(bt), options);
+    out.weight = stacked ? mxfp4::quantize_gptq(w.tensor, stack, std::move(bt), options)
+                         : mxfp4::quantize_gptq(w.tensor, *h, std::move(bt), options);
   }
   return out;
 }
@@ -702,10 +714,11 @@ NB_MODULE(_mxfp4, m) {
                   "GPTQ error correction: each column's rounding error moves onto the columns\n"
                   "not yet quantized so that x W^T changes least on the calibration inputs.\n"
                   "hessian: a Hessian accumulated from the layer's inputs, or an array X^T X\n"
-                  "[K, K] (float32 or float64). Each 32-column block's scale is chosen by rule\n"
-                  "from the error-updated weights. damp * mean(diag H) is added to H's diagonal\n"
-                  "(0.01, GPTQ's default). bias (optional, [N]) is copied. A diagonal H gives\n"
-                  "exactly Mxfp4Weight.quantize's result.")
+                  "[K, K] (float32 or float64); for a stack of experts [E, N, K], a list of E\n"
+                  "of them (each expert's own inputs). Each 32-column block's scale is chosen\n"
+                  "by rule from the error-updated weights. damp * mean(diag H) is added to H's\n"
+                  "diagonal (0.01, GPTQ's default). bias (optional, [N] or [E, N]) is copied.\n"
+                  "A diagonal H gives exactly Mxfp4Weight.quantize's result.")
       .def_static("from_parts", &weight_from_parts, "blocks"_a, "scales"_a, "bias"_a = nb::none(),
                   "A weight viewing existing parts (no copy; the arrays are kept alive):\n"
                   "blocks u8 [.., N, K/2], scales u8 [.., N, K/32], bias [N] / [E, N] or None.")

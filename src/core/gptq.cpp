@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <string>
 #include <utility>
 
@@ -411,6 +412,82 @@ Mxfp4Weight quantize_gptq(const Tensor& weight, const Hessian& hessian, std::opt
       }
     }
   });
+  return Mxfp4Weight::from_parts(std::move(blocks), std::move(scales), std::move(bias));
+}
+
+namespace {
+
+// The same typed error, its message prefixed with `context` (which expert of a stack failed).
+[[noreturn]] void rethrow_with_context(const Error& e, const std::string& context) {
+  const std::string message = context + ": " + e.what();
+  switch (e.code()) {
+    case ErrorCode::shape_mismatch:
+      throw ShapeMismatch(message);
+    case ErrorCode::dtype_mismatch:
+      throw DTypeMismatch(message);
+    case ErrorCode::non_finite:
+      throw NonFiniteValue(message);
+    case ErrorCode::unsupported:
+      throw Unsupported(message);
+    case ErrorCode::index_out_of_range:
+      throw IndexOutOfRange(message);
+    case ErrorCode::format_error:
+      throw FormatError(message);
+    case ErrorCode::io_error:
+      throw IoError(message);
+    case ErrorCode::device_error:
+      throw DeviceError(message);
+    case ErrorCode::invalid_argument:
+      break;
+  }
+  throw InvalidArgument(message);
+}
+
+}  // namespace
+
+Mxfp4Weight quantize_gptq(const Tensor& weight, const std::vector<Hessian>& hessians,
+                          std::optional<Tensor> bias, const GptqOptions& options) {
+  const char* op = "quantize_gptq";
+  if (!weight.defined()) throw InvalidArgument(std::string(op) + ": weight is undefined");
+  if (weight.rank() == 2 && hessians.size() == 1) {
+    return quantize_gptq(weight, hessians[0], std::move(bias), options);
+  }
+  if (weight.rank() != 3) {
+    throw ShapeMismatch(std::string(op) + ": with " + std::to_string(hessians.size()) +
+                        " Hessians the weight must be a stack of experts [E, N, K], got " +
+                        describe("weight", weight));
+  }
+  const std::int64_t experts = weight.dim(0), n = weight.dim(1), k = weight.dim(2);
+  if (static_cast<std::int64_t>(hessians.size()) != experts) {
+    throw ShapeMismatch(std::string(op) + ": " + describe("weight", weight) + " has " +
+                        std::to_string(experts) + " experts but " +
+                        std::to_string(hessians.size()) + " Hessians were given");
+  }
+  if (bias &&
+      (!bias->defined() || bias->rank() != 2 || bias->dim(0) != experts || bias->dim(1) != n)) {
+    throw ShapeMismatch(std::string(op) + ": bias must be [" + std::to_string(experts) + ", " +
+                        std::to_string(n) + "] for " + describe("weight", weight) +
+                        (bias->defined() ? ", got " + describe("bias", *bias) : std::string()));
+  }
+  if (k % kBlockSize != 0) {
+    throw ShapeMismatch(std::string(op) + ": K (weight's last dim) must be a positive multiple " +
+                        "of " + std::to_string(kBlockSize) + ", got " + describe("weight", weight));
+  }
+  Tensor blocks = Tensor::empty({experts, n, k / 2}, DType::u8);
+  Tensor scales = Tensor::empty({experts, n, k / kBlockSize}, DType::u8);
+  for (std::int64_t e = 0; e < experts; ++e) {
+    const Tensor slice = weight.slice_rows(e, e + 1).reshape({n, k});
+    Mxfp4Weight one;
+    try {
+      one = quantize_gptq(slice, hessians[static_cast<std::size_t>(e)], std::nullopt, options);
+    } catch (const Error& err) {
+      rethrow_with_context(err, std::string(op) + ": expert " + std::to_string(e));
+    }
+    std::memcpy(blocks.data_as<std::uint8_t>() + e * n * (k / 2), one.blocks().data(),
+                one.blocks().nbytes());
+    std::memcpy(scales.data_as<std::uint8_t>() + e * n * (k / kBlockSize), one.scales().data(),
+                one.scales().nbytes());
+  }
   return Mxfp4Weight::from_parts(std::move(blocks), std::move(scales), std::move(bias));
 }
 

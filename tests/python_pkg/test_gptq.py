@@ -63,6 +63,28 @@ def test_gptq_beats_round_to_nearest_on_the_layer_output() -> None:
             assert mxfp4.linear(x[:5], g).shape == (5, n)
 
 
+def test_stacked_experts_take_one_hessian_each() -> None:
+    e, n, k = 3, 8, 64
+    w = np.stack([weight(n, k, 200 + i) for i in range(e)])
+    xs = [correlated(150, k, 300 + i) for i in range(e)]
+    hs = [mxfp4.hessian(x) for x in xs]
+    bias = np.random.default_rng(5).standard_normal((e, n)).astype(np.float32)
+    # Hessian objects or arrays, in a list or a tuple: the same bytes as expert by expert.
+    for hess in (hs, tuple(h.numpy() for h in hs)):
+        g = mxfp4.Mxfp4Weight.quantize_gptq(w, hess, bias)
+        assert g.stacked and g.num_experts == e
+        assert g.blocks.shape == (e, n, k // 2) and g.scales.shape == (e, n, k // 32)
+        np.testing.assert_array_equal(g.bias, bias)
+        for i in range(e):
+            one = mxfp4.Mxfp4Weight.quantize_gptq(w[i], hs[i])
+            np.testing.assert_array_equal(g.blocks[i], one.blocks)
+            np.testing.assert_array_equal(g.scales[i], one.scales)
+    with pytest.raises(mxfp4.ShapeMismatch, match="has 3 experts but 2 Hessians"):
+        mxfp4.Mxfp4Weight.quantize_gptq(w, hs[:2])
+    with pytest.raises(mxfp4.ShapeMismatch, match="expert 1"):
+        mxfp4.Mxfp4Weight.quantize_gptq(w, [hs[0], mxfp4.Hessian(32), hs[2]])
+
+
 def test_hessian_forms_agree() -> None:
     x = correlated(200, 64, 4)
     w = weight(16, 64, 5)

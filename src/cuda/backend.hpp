@@ -17,4 +17,13 @@ void gather_linear(const detail::GatherLinearArgs& args);
 // an expert id outside [0, E) since the last check.
 void check_index_errors();
 
+// What kernel launches need to know of the current device, read once per device and cached
+// (the attribute queries stay off the per-call path; a process may drive devices of different
+// architectures, so nothing is cached process-wide).
+struct DeviceFacts {
+  int multiprocessors = 0;
+  int major = 0, minor = 0;  // compute capability
+};
+const DeviceFacts& current_device_facts();
+
 }  // namespace mxfp4::cuda

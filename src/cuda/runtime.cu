@@ -1,4 +1,7 @@
 // Device memory, copies and streams through the CUDA runtime.
+#include <map>
+#include <mutex>
+
 #include "core/device_memory.hpp"
 #include "cuda/backend.hpp"
 #include "cuda/common.cuh"
@@ -17,6 +20,30 @@ int cuda_device_count() noexcept {
   }
   return n;
 }
+
+namespace cuda {
+
+const DeviceFacts& current_device_facts() {
+  static std::mutex mutex;
+  static std::map<int, DeviceFacts> facts;  // node-based: references stay valid
+  int device = 0;
+  check(cudaGetDevice(&device), "cudaGetDevice");
+  const std::lock_guard<std::mutex> lock(mutex);
+  auto it = facts.find(device);
+  if (it == facts.end()) {
+    DeviceFacts f;
+    check(cudaDeviceGetAttribute(&f.multiprocessors, cudaDevAttrMultiProcessorCount, device),
+          "cudaDeviceGetAttribute(multiprocessors)");
+    check(cudaDeviceGetAttribute(&f.major, cudaDevAttrComputeCapabilityMajor, device),
+          "cudaDeviceGetAttribute(compute capability)");
+    check(cudaDeviceGetAttribute(&f.minor, cudaDevAttrComputeCapabilityMinor, device),
+          "cudaDeviceGetAttribute(compute capability)");
+    it = facts.emplace(device, f).first;
+  }
+  return it->second;
+}
+
+}  // namespace cuda
 
 void synchronize(Stream stream) {
   cuda::check(cudaStreamSynchronize(cuda::as_stream(stream.handle)), "cudaStreamSynchronize");

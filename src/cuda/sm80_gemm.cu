@@ -20,6 +20,7 @@
 // and results scattered to their output rows. No allocation, no host synchronization.
 #include <cstdint>
 
+#include "cuda/backend.hpp"
 #include "cuda/linear_kernels.hpp"
 
 namespace mxfp4::cuda {
@@ -269,10 +270,7 @@ void launch_gemm_tiles(const void* x, const TokenRows& rows, std::int64_t tiles,
     throw Unsupported("linear: " + std::to_string(ctas) + " tiles exceed one CUDA grid");
   }
   constexpr std::size_t smem = kSmemBytes<kTileT>;
-  int device = 0, sms = 0;
-  check(cudaGetDevice(&device), "cudaGetDevice");
-  check(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device),
-        "cudaDeviceGetAttribute(multiprocessors)");
+  const int sms = current_device_facts().multiprocessors;
   // Two CTAs fit an SM (registers and shared memory): a persistent grid of that many.
   const std::int64_t grid = std::min<std::int64_t>(ctas, 2 * static_cast<std::int64_t>(sms));
   check(cudaFuncSetAttribute(gemm_bf16_kernel<kTileT>, cudaFuncAttributeMaxDynamicSharedMemorySize,

@@ -302,11 +302,7 @@ KernelChoice choose_kernel(DType x_dtype, std::int64_t tokens, std::int64_t n) {
   if (sm90_ok) {
     if (tokens > 256) return {true, 256, true};
     const std::int64_t tiles128 = weight_tiles * ((tokens + 127) / 128);
-    int device = 0, sms = 0;
-    check(cudaGetDevice(&device), "cudaGetDevice");
-    check(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device),
-          "cudaDeviceGetAttribute(multiprocessors)");
-    return {true, 128, true, tiles128 < sms ? 64 : 128};
+    return {true, 128, true, tiles128 < current_device_facts().multiprocessors ? 64 : 128};
   }
   return {true, 128};
 }

@@ -23,6 +23,7 @@
 #include <cstdint>
 #include <type_traits>
 
+#include "cuda/backend.hpp"
 #include "cuda/linear_kernels.hpp"
 #include "cuda/wgmma.cuh"
 
@@ -372,10 +373,7 @@ void launch_sm90_tiles(const void* x, const TokenRows& rows, std::int64_t tiles,
   if (ctas >= (std::int64_t{1} << 31)) {
     throw Unsupported("linear: " + std::to_string(ctas) + " tiles exceed one CUDA grid");
   }
-  int device = 0, sms = 0;
-  check(cudaGetDevice(&device), "cudaGetDevice");
-  check(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device),
-        "cudaDeviceGetAttribute(multiprocessors)");
+  const int sms = current_device_facts().multiprocessors;
   check(cudaFuncSetAttribute(sm90_gemm_kernel<kTokens, kSub, kWG>,
                              cudaFuncAttributeMaxDynamicSharedMemorySize, C::kSmemBytes),
         "cudaFuncSetAttribute(sm90_gemm_kernel)");
@@ -398,16 +396,9 @@ void launch_sm90_tiles(const void* x, const TokenRows& rows, std::int64_t tiles,
 
 bool sm90_gemm_available() {
 #if defined(MXFP4_HAVE_SM90A)
-  static const bool available = [] {
-    int device = 0, major = 0, minor = 0;
-    if (cudaGetDevice(&device) != cudaSuccess) return false;
-    if (cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device) != cudaSuccess ||
-        cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, device) != cudaSuccess) {
-      return false;
-    }
-    return major == 9 && minor == 0;
-  }();
-  return available;
+  // Per device: on any other architecture the kernel's body is empty (sm_80/sm_89 passes).
+  const DeviceFacts& d = current_device_facts();
+  return d.major == 9 && d.minor == 0;
 #else
   return false;
 #endif

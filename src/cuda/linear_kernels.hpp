@@ -16,7 +16,8 @@ namespace mxfp4::cuda {
 // sm_80 tiled GEMM (64 or 128; bf16 only) or, on Hopper, the wgmma GEMM (128 or 256 tokens;
 // bf16 only; 128 weight rows per tile, or 64 or 256 with 128 tokens).
 // MXFP4_CUDA_KERNEL=decode|gemm64|gemm128|wgmma128|wgmma256|wgmma64r|wgmma256r forces a choice
-// where the dtype and the device allow it (for benchmarks and tuning).
+// where the dtype and the device allow it (for benchmarks and tuning); decode_lo and decode_hi
+// force the decode kernel and its lower or higher occupancy variant (sm80_linear.cu).
 struct KernelChoice {
   bool gemm;
   int tile_tokens;

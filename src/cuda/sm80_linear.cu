@@ -5,9 +5,11 @@
 // when there is one token (decode). The MMA's reduction order over k is free as long as A and
 // B agree, so we permute k inside each 32-element block such that lane (g, t) holds elements
 // 8t..8t+7 of the block: its A fragment is one 4-byte word of packed codes per row, and its B
-// fragment one 16-byte load of x. Each block is multiplied on its own (two MMAs) and its f32
-// partial sum scaled by the block's E8M0 scale in f32, so E2M1 values are fed to the tensor
-// cores exactly in either 16-bit type and no scale can overflow or flush a 16-bit operand.
+// fragment one 16-byte load of x. For f16, each block is multiplied on its own (two MMAs) and its
+// f32 partial sum scaled by the block's E8M0 scale in f32, so no scale can overflow or flush an
+// f16 operand. For bf16, which holds every scaled value exactly, the weight is scaled before the
+// MMA and each lane takes all its k slots from one block it loaded whole (no transpose): about
+// half the instructions per weight element (see accumulate_pre_scaled).
 // The warps of a CTA split K; partial sums are reduced through shared memory in a fixed order
 // (deterministic results). No allocation, no host synchronization.
 //
@@ -58,46 +60,18 @@ __device__ __forceinline__ Step load_step(const std::uint8_t* __restrict__ wa_ro
   return st;
 }
 
-// One tile: 16 weight rows (blockIdx.x) x the tile's tokens. Ends with a barrier, so a CTA can
-// go on to its next tile.
+// The main loop for f16 x, accumulating one 16-row tile's partial sums over this warp's share of
+// K into acc: E2M1 fed to the MMAs unscaled, each block's two MMAs summed in f32 and scaled by the
+// block's scale in f32 (a scale times an E2M1 value may not fit f16). Lane (g, t) loads whole
+// blocks and a quad transpose hands it word t of four blocks (its A fragment of each).
 template <typename T, int NT>
-__device__ __forceinline__ void linear_tile(const T* __restrict__ x, const TokenRows& rows,
-                                            const TokenRows::Tile& tile,
-                                            const std::uint8_t* __restrict__ blocks,
-                                            const std::uint8_t* __restrict__ scales,
-                                            const void* __restrict__ bias, DType bias_dtype,
-                                            T* __restrict__ out, int n, int k) {
+__device__ __forceinline__ void accumulate_post_scaled(
+    float (&acc)[NT][4], const T* const (&x_lane)[NT], int tokens_left,
+    const std::uint8_t* __restrict__ wa_row, const std::uint8_t* __restrict__ wb_row,
+    const std::uint8_t* __restrict__ sa_row, const std::uint8_t* __restrict__ sb_row, int nblk) {
   const int warp = static_cast<int>(threadIdx.x) >> 5;
   const int lane = static_cast<int>(threadIdx.x) & 31;
-  const int g = lane >> 2;
   const int t = lane & 3;
-  const int row0 = static_cast<int>(blockIdx.x) * 16;
-  const int nblk = k / kBlockSize;
-  blocks += static_cast<std::int64_t>(tile.expert) * n * (k / 2);
-  scales += static_cast<std::int64_t>(tile.expert) * n * nblk;
-  const std::int64_t bias0 = static_cast<std::int64_t>(tile.expert) * n;
-
-  // Rows past n read row n-1 (in bounds) and are never stored.
-  const int ra = min(row0 + g, n - 1);
-  const int rb = min(row0 + g + 8, n - 1);
-  const std::uint8_t* wa_row = blocks + std::int64_t{ra} * (k / 2);
-  const std::uint8_t* wb_row = blocks + std::int64_t{rb} * (k / 2);
-  const std::uint8_t* sa_row = scales + std::int64_t{ra} * nblk;
-  const std::uint8_t* sb_row = scales + std::int64_t{rb} * nblk;
-  // Lane (g, t) of n-tile nt reads x[token 8 nt + g of the tile][32 blk + 8t .. +8).
-  const T* x_lane[NT];
-#pragma unroll
-  for (int nt = 0; nt < NT; ++nt) {
-    const int local = min(8 * nt + g, tile.count - 1);
-    x_lane[nt] = x + rows.x_row(rows.pair(tile.first + local)) * k + 8 * t;
-  }
-  const int tokens_left = tile.count - g;  // n-tile nt is valid for this lane when 8 nt < this
-
-  float acc[NT][4];
-#pragma unroll
-  for (int nt = 0; nt < NT; ++nt)
-    acc[nt][0] = acc[nt][1] = acc[nt][2] = acc[nt][3] = 0.0f;
-
   constexpr int kStep = 8;  // blocks per warp step
   int b0 = warp * kStep;
   Step next = load_step(wa_row, wb_row, sa_row, sb_row, b0, t, nblk);
@@ -138,8 +112,8 @@ __device__ __forceinline__ void linear_tile(const T* __restrict__ x, const Token
         for (int nt = 0; nt < NT; ++nt) {
           uint4 xv = make_uint4(0, 0, 0, 0);
           if (8 * nt < tokens_left && in_k) {
-            xv = __ldg(
-                reinterpret_cast<const uint4*>(x_lane[nt] + std::int64_t{b0 + i} * kBlockSize));
+            xv = __ldg(reinterpret_cast<const uint4*>(x_lane[nt] + 8 * t +
+                                                      std::int64_t{b0 + i} * kBlockSize));
           }
           float part[4] = {0.0f, 0.0f, 0.0f, 0.0f};
           mma_16816<T>(part, a0, xv.x, xv.y);
@@ -151,6 +125,177 @@ __device__ __forceinline__ void linear_tile(const T* __restrict__ x, const Token
         }
       }
     }
+  }
+}
+
+// What a lane loads for one step of the bf16 loop: block `blk` of rows a (g) and b (g + 8) and
+// their scales; and, for each n-tile, the same block of x for token 8 nt + g (64 bytes).
+struct WeightStep {
+  uint4 wa, wb;
+  std::uint32_t sa, sb;
+};
+
+__device__ __forceinline__ WeightStep load_weight_step(const std::uint8_t* __restrict__ wa_row,
+                                                       const std::uint8_t* __restrict__ wb_row,
+                                                       const std::uint8_t* __restrict__ sa_row,
+                                                       const std::uint8_t* __restrict__ sb_row,
+                                                       int blk, int nblk) {
+  WeightStep st{make_uint4(0, 0, 0, 0), make_uint4(0, 0, 0, 0), 127u, 127u};
+  if (blk < nblk) {  // past the end: zero codes times 1, against zero x
+    st.wa = __ldg(reinterpret_cast<const uint4*>(wa_row + blk * kBlockBytes));
+    st.wb = __ldg(reinterpret_cast<const uint4*>(wb_row + blk * kBlockBytes));
+    st.sa = __ldg(sa_row + blk);
+    st.sb = __ldg(sb_row + blk);
+  }
+  return st;
+}
+
+// x for n-tile nt, 16-byte pieces q0 .. q0 + kQ - 1 of block `blk`.
+template <int NT, int kQ>
+__device__ __forceinline__ void load_x_part(uint4 (&xs)[NT][4], int q0,
+                                            const __nv_bfloat16* const (&x_lane)[NT],
+                                            int tokens_left, int blk, int nblk) {
+#pragma unroll
+  for (int nt = 0; nt < NT; ++nt) {
+#pragma unroll
+    for (int q = q0; q < q0 + kQ; ++q) {
+      xs[nt][q] = make_uint4(0, 0, 0, 0);
+      if (blk < nblk && 8 * nt < tokens_left) {
+        xs[nt][q] = __ldg(
+            reinterpret_cast<const uint4*>(x_lane[nt] + std::int64_t{blk} * kBlockSize + 8 * q));
+      }
+    }
+  }
+}
+
+// How far ahead of its use the bf16 loop loads x (from L2, mostly): not at all (at the start of
+// its step), half a step (each half into the registers the step has just finished with), or a
+// whole step (a second set of registers). Further ahead costs 8 or 16 registers per n-tile.
+enum class XAhead { kNone, kHalf, kFull };
+
+// The main loop for bf16 x. The MMA's order over k is free as long as A and B agree: in each
+// group of four blocks, lane (g, t) takes every k slot it owns from block b0 + t, so its A
+// fragments come straight from the 16 bytes it loaded (no transpose) and its B fragments from the
+// 64 bytes of x it loaded. The four lanes of a quad then mix four blocks in one MMA, so each
+// E2M1 pair is scaled before the MMA, exactly in bf16 (bf16 holds every E2M1 value times every
+// E8M0 scale), and the MMAs accumulate straight into acc. About half the instructions per weight
+// element of the f16 loop. The next step's weight is always loaded a step ahead.
+template <int NT, XAhead kAhead>
+__device__ __forceinline__ void accumulate_pre_scaled(
+    float (&acc)[NT][4], const __nv_bfloat16* const (&x_lane)[NT], int tokens_left,
+    const std::uint8_t* __restrict__ wa_row, const std::uint8_t* __restrict__ wb_row,
+    const std::uint8_t* __restrict__ sa_row, const std::uint8_t* __restrict__ sb_row, int nblk) {
+  const int warp = static_cast<int>(threadIdx.x) >> 5;
+  const int t = static_cast<int>(threadIdx.x) & 3;
+  constexpr int kStep = 4;  // blocks per warp step
+  constexpr int kStride = kWarps * kStep;
+  int b0 = warp * kStep;
+  WeightStep next = load_weight_step(wa_row, wb_row, sa_row, sb_row, b0 + t, nblk);
+  uint4 xs[NT][4];
+  uint4 x_next[kAhead == XAhead::kFull ? NT : 1][4];
+  if constexpr (kAhead == XAhead::kHalf)
+    load_x_part<NT, 4>(xs, 0, x_lane, tokens_left, b0 + t, nblk);
+  if constexpr (kAhead == XAhead::kFull) {
+    load_x_part<NT, 4>(x_next, 0, x_lane, tokens_left, b0 + t, nblk);
+  }
+  for (; b0 < nblk; b0 += kStride) {
+    const WeightStep cur = next;
+    const int blk_next = b0 + kStride + t;
+    if constexpr (kAhead == XAhead::kNone)
+      load_x_part<NT, 4>(xs, 0, x_lane, tokens_left, b0 + t, nblk);
+    if constexpr (kAhead == XAhead::kFull) {
+#pragma unroll
+      for (int nt = 0; nt < NT; ++nt) {
+#pragma unroll
+        for (int q = 0; q < 4; ++q)
+          xs[nt][q] = x_next[nt][q];
+      }
+    }
+    if (b0 + kStride < nblk) {
+      next = load_weight_step(wa_row, wb_row, sa_row, sb_row, blk_next, nblk);
+      if constexpr (kAhead == XAhead::kFull) {
+        load_x_part<NT, 4>(x_next, 0, x_lane, tokens_left, blk_next, nblk);
+      }
+    }
+    const std::uint32_t fa = bf16_scale_pair(cur.sa);
+    const std::uint32_t fb = bf16_scale_pair(cur.sb);
+#pragma unroll
+    for (int s = 0; s < 8; ++s) {  // elements 4s .. 4s+3 of the lane's block
+      const std::uint32_t va = word(cur.wa, s >> 1) >> (16 * (s & 1));
+      const std::uint32_t vb = word(cur.wb, s >> 1) >> (16 * (s & 1));
+      std::uint32_t a[4];
+      decode4<__nv_bfloat16>(va & 0xFFFFu, a[0], a[2]);
+      decode4<__nv_bfloat16>(vb & 0xFFFFu, a[1], a[3]);
+      a[0] = bf16x2_mul(a[0], fa);
+      a[2] = bf16x2_mul(a[2], fa);
+      a[1] = bf16x2_mul(a[1], fb);
+      a[3] = bf16x2_mul(a[3], fb);
+#pragma unroll
+      for (int nt = 0; nt < NT; ++nt) {
+        const uint4& xv = xs[nt][s >> 1];
+        mma_16816<__nv_bfloat16>(acc[nt], a, (s & 1) ? xv.z : xv.x, (s & 1) ? xv.w : xv.y);
+      }
+      if constexpr (kAhead == XAhead::kHalf) {
+        if (s == 3) load_x_part<NT, 2>(xs, 0, x_lane, tokens_left, blk_next, nblk);
+        if (s == 7) load_x_part<NT, 2>(xs, 2, x_lane, tokens_left, blk_next, nblk);
+      }
+    }
+  }
+}
+
+// The decode kernel comes in variants of CTAs per SM (the register cap) for bf16: with one
+// n-tile 3 (x half a step ahead) or 4 (x not ahead, 61 registers); with two, 2 (x a step ahead)
+// or 3 (half a step). pick_ctas chooses per launch.
+template <int NT, int kCtas>
+constexpr XAhead x_ahead() {
+  if (NT == 1) return kCtas >= 4 ? XAhead::kNone : XAhead::kHalf;
+  return kCtas <= 2 ? XAhead::kFull : XAhead::kHalf;
+}
+
+// One tile: 16 weight rows (blockIdx.x) x the tile's tokens. Ends with a barrier, so a CTA can
+// go on to its next tile.
+template <typename T, int NT, int kCtas>
+__device__ __forceinline__ void linear_tile(const T* __restrict__ x, const TokenRows& rows,
+                                            const TokenRows::Tile& tile,
+                                            const std::uint8_t* __restrict__ blocks,
+                                            const std::uint8_t* __restrict__ scales,
+                                            const void* __restrict__ bias, DType bias_dtype,
+                                            T* __restrict__ out, int n, int k) {
+  const int warp = static_cast<int>(threadIdx.x) >> 5;
+  const int lane = static_cast<int>(threadIdx.x) & 31;
+  const int g = lane >> 2;
+  const int row0 = static_cast<int>(blockIdx.x) * 16;
+  const int nblk = k / kBlockSize;
+  blocks += static_cast<std::int64_t>(tile.expert) * n * (k / 2);
+  scales += static_cast<std::int64_t>(tile.expert) * n * nblk;
+  const std::int64_t bias0 = static_cast<std::int64_t>(tile.expert) * n;
+
+  // Rows past n read row n-1 (in bounds) and are never stored.
+  const int ra = min(row0 + g, n - 1);
+  const int rb = min(row0 + g + 8, n - 1);
+  const std::uint8_t* wa_row = blocks + std::int64_t{ra} * (k / 2);
+  const std::uint8_t* wb_row = blocks + std::int64_t{rb} * (k / 2);
+  const std::uint8_t* sa_row = scales + std::int64_t{ra} * nblk;
+  const std::uint8_t* sb_row = scales + std::int64_t{rb} * nblk;
+  // Lane (g, t) of n-tile nt reads x row of token 8 nt + g of the tile.
+  const T* x_lane[NT];
+#pragma unroll
+  for (int nt = 0; nt < NT; ++nt) {
+    const int local = min(8 * nt + g, tile.count - 1);
+    x_lane[nt] = x + rows.x_row(rows.pair(tile.first + local)) * k;
+  }
+  const int tokens_left = tile.count - g;  // n-tile nt is valid for this lane when 8 nt < this
+
+  float acc[NT][4];
+#pragma unroll
+  for (int nt = 0; nt < NT; ++nt)
+    acc[nt][0] = acc[nt][1] = acc[nt][2] = acc[nt][3] = 0.0f;
+  // (32-token tiles keep the f16 loop, whose x loads need fewer registers.)
+  if constexpr (std::is_same_v<T, __nv_bfloat16> && NT <= 2) {
+    accumulate_pre_scaled<NT, x_ahead<NT, kCtas>()>(acc, x_lane, tokens_left, wa_row, wb_row,
+                                                    sa_row, sb_row, nblk);
+  } else {
+    accumulate_post_scaled<T, NT>(acc, x_lane, tokens_left, wa_row, wb_row, sa_row, sb_row, nblk);
   }
 
   __shared__ float partial[kWarps][NT * 4][32];
@@ -184,8 +329,8 @@ __device__ __forceinline__ void linear_tile(const T* __restrict__ x, const Token
 // rows of x and out by `rows` (dense, or one expert's tokens); a grouped grid stops at the first
 // empty tile (past the planned ones). kRoute: small expert batches routed in the CTA.
 // Register caps: 3 CTAs per SM for decode (NT = 1), 2 above; no variant spills.
-template <typename T, int NT, bool kRoute>
-__global__ void __launch_bounds__(kWarps * 32, NT == 1 ? 3 : 2)
+template <typename T, int NT, bool kRoute, int kCtas>
+__global__ void __launch_bounds__(kWarps * 32, kCtas)
     linear_mma_kernel(const T* __restrict__ x, TokenRows rows, std::int64_t tiles,
                       const std::uint8_t* __restrict__ blocks,
                       const std::uint8_t* __restrict__ scales, const void* __restrict__ bias,
@@ -201,7 +346,7 @@ __global__ void __launch_bounds__(kWarps * 32, NT == 1 ? 3 : 2)
       tile = rows.tile(index, 8 * NT);
     }
     if (tile.count == 0) break;  // the whole CTA
-    linear_tile<T, NT>(x, rows, tile, blocks, scales, bias, bias_dtype, out, n, k);
+    linear_tile<T, NT, kCtas>(x, rows, tile, blocks, scales, bias, bias_dtype, out, n, k);
   }
 }
 
@@ -245,12 +390,46 @@ bool aligned(const void* p, std::uintptr_t bytes) {
   return (reinterpret_cast<std::uintptr_t>(p) & (bytes - 1)) == 0;
 }
 
+// The kernel choice forced by MXFP4_CUDA_KERNEL (empty: none), read once.
+const std::string& forced_kernel() {
+  static const std::string forced = [] {
+    const char* env = std::getenv("MXFP4_CUDA_KERNEL");
+    return std::string(env != nullptr ? env : "");
+  }();
+  return forced;
+}
+
+// Of two occupancies (CTAs per SM), the one with the lower cost for `ctas` CTAs: the number of
+// waves times the CTAs sharing an SM's bandwidth in each, over their relative throughput. A
+// higher occupancy hides more latency (measured on an H100: about 15% more throughput per SM at
+// 3 or 4 CTAs than at 2), but a last, partial wave costs as much time as a full one: Llama-70B
+// down (512 CTAs) runs fastest at 4 CTAs per SM (one wave) with one n-tile and at 2 (two waves)
+// with two, where 3 would take two waves of which the second is a third full.
+// MXFP4_CUDA_KERNEL=decode_lo|decode_hi force the lower or higher one (tests).
+int pick_ctas(std::int64_t ctas, int a, int b) {
+  if (forced_kernel() == "decode_lo") return a;
+  if (forced_kernel() == "decode_hi") return b;
+  const std::int64_t sms = current_device_facts().multiprocessors;
+  auto cost = [&](int o) {
+    const std::int64_t waves = (ctas + o * sms - 1) / (o * sms);
+    return static_cast<double>(waves * o) / (o >= 3 ? 1.15 : 1.0);
+  };
+  return cost(b) < cost(a) ? b : a;
+}
+
+template <typename T, int NT, bool kRoute, int kCtas>
+void launch_variant(dim3 grid, const void* x, const TokenRows& rows, std::int64_t tiles,
+                    const detail::WeightArgs& w, void* out, cudaStream_t stream) {
+  linear_mma_kernel<T, NT, kRoute, kCtas><<<grid, kWarps * 32, 0, stream>>>(
+      static_cast<const T*>(x), rows, tiles, w.blocks, w.scales, w.bias, w.bias_dtype,
+      static_cast<T*>(out), static_cast<int>(w.n), static_cast<int>(w.k));
+  check_launch("linear_mma_kernel");
+}
+
 template <typename T, int NT>
 void launch_mma(const void* x, const TokenRows& rows, std::int64_t tiles,
                 const detail::WeightArgs& w, void* out, cudaStream_t stream) {
-  const int n = static_cast<int>(w.n);
-  const int k = static_cast<int>(w.k);
-  const unsigned row_tiles = static_cast<unsigned>((n + 15) / 16);
+  const unsigned row_tiles = static_cast<unsigned>((w.n + 15) / 16);
   // Dense tiles are all full: one CTA each (up to grid.y's 65535). Grouped grids are upper
   // bounds: enough CTAs for a few waves walk the planned tiles, instead of a CTA per bound.
   std::int64_t y = std::min<std::int64_t>(tiles, 65535);
@@ -259,28 +438,28 @@ void launch_mma(const void* x, const TokenRows& rows, std::int64_t tiles,
   }
   if (y == 0) return;
   const dim3 grid(row_tiles, static_cast<unsigned>(y));
+  constexpr bool kBf16 = std::is_same_v<T, __nv_bfloat16>;
   if constexpr (NT == 1) {
-    if (rows.route_ids != nullptr) {
-      linear_mma_kernel<T, NT, true><<<grid, kWarps * 32, 0, stream>>>(
-          static_cast<const T*>(x), rows, tiles, w.blocks, w.scales, w.bias, w.bias_dtype,
-          static_cast<T*>(out), n, k);
-      check_launch("linear_mma_kernel");
-      return;
+    if (rows.route_ids != nullptr)
+      return launch_variant<T, 1, true, 3>(grid, x, rows, tiles, w, out, stream);
+    if (kBf16 && pick_ctas(std::int64_t{row_tiles} * y, 3, 4) == 4) {
+      return launch_variant < T, 1, false, kBf16 ? 4 : 3 > (grid, x, rows, tiles, w, out, stream);
     }
+    return launch_variant<T, 1, false, 3>(grid, x, rows, tiles, w, out, stream);
+  } else if constexpr (NT == 2) {
+    if (kBf16 && pick_ctas(std::int64_t{row_tiles} * y, 2, 3) == 3) {
+      return launch_variant < T, 2, false, kBf16 ? 3 : 2 > (grid, x, rows, tiles, w, out, stream);
+    }
+    return launch_variant<T, 2, false, 2>(grid, x, rows, tiles, w, out, stream);
+  } else {
+    return launch_variant<T, NT, false, 2>(grid, x, rows, tiles, w, out, stream);
   }
-  linear_mma_kernel<T, NT, false>
-      <<<grid, kWarps * 32, 0, stream>>>(static_cast<const T*>(x), rows, tiles, w.blocks, w.scales,
-                                         w.bias, w.bias_dtype, static_cast<T*>(out), n, k);
-  check_launch("linear_mma_kernel");
 }
 
 }  // namespace
 
 KernelChoice choose_kernel(DType x_dtype, std::int64_t tokens, std::int64_t n) {
-  static const std::string forced = [] {
-    const char* env = std::getenv("MXFP4_CUDA_KERNEL");
-    return std::string(env != nullptr ? env : "");
-  }();
+  const std::string& forced = forced_kernel();
   const bool gemm_ok = x_dtype == DType::bf16;
   const bool sm90_ok = gemm_ok && sm90_gemm_available();
   if (gemm_ok && forced == "gemm64") return {true, 64};
@@ -290,7 +469,7 @@ KernelChoice choose_kernel(DType x_dtype, std::int64_t tokens, std::int64_t n) {
   if (sm90_ok && forced == "wgmma256r") return {true, 128, true, 256};
   if (sm90_ok && forced == "wgmma64r") return {true, 128, true, 64};
   const KernelChoice decode{false, tokens <= 8 ? 8 : tokens <= 16 ? 16 : 32};
-  if (!gemm_ok || forced == "decode" || tokens <= 16) return decode;
+  if (!gemm_ok || forced.rfind("decode", 0) == 0 || tokens <= 16) return decode;
   // The GEMM needs enough 128-row weight tiles to fill the card; otherwise the decode kernel's
   // 16-row tiles and in-CTA split of K keep more SMs busy. Measured on an H100 at M = 64
   // (bench/RESULTS.md): the GEMM wins from N = 8192 (64 tiles) and loses at N <= 5760.

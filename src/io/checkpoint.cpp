@@ -234,13 +234,13 @@ Hessian load_hessian(const SafetensorsFile& file, const SafetensorsEntry& e, std
   const std::int64_t k = e.shape.back();
   const std::size_t count = static_cast<std::size_t>(k) * static_cast<std::size_t>(k);
   const std::size_t size = e.dtype == "F32" ? sizeof(float) : sizeof(double);
+  const std::size_t bytes = count * size;  // K >= 32 for a weight being quantized: never 0
   const std::span<const std::uint8_t> all = file.bytes(e);
-  const std::size_t at = static_cast<std::size_t>(index) * count * size;
-  if (index < 0 || at > all.size() || all.size() - at < count * size) {
+  if (index < 0 || bytes == 0 || static_cast<std::size_t>(index) >= all.size() / bytes) {
     throw FormatError("Hessian '" + e.name + "': matrix " + std::to_string(index) +
                       " lies outside its " + std::to_string(all.size()) + " bytes");
   }
-  const std::uint8_t* p = all.data() + at;
+  const std::uint8_t* p = all.data() + static_cast<std::size_t>(index) * bytes;
   std::vector<double> v(count);
   if (size == sizeof(float)) {
     for (std::size_t i = 0; i < count; ++i) {

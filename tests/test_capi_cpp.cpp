@@ -414,4 +414,132 @@ TEST(CApiVsCpp, GptqErrorsCarryTheCppCodeAndMessage) {
   EXPECT_EQ(never_w, nullptr);
 }
 
+// mxfp4_quantize_gptq_experts against mxfp4::quantize_gptq(weight, std::vector<Hessian>): the
+// same bytes for every dtype and rule, with and without bias, and the same errors where both
+// report them (the C call checks its handles first, naming the one at fault).
+TEST(CApiVsCpp, QuantizeGptqExpertsMatchesTheCppStackedOverloadBitForBit) {
+  constexpr std::int64_t experts = 3, n = 8, k = 96;
+  std::vector<mxfp4::Hessian> cpp_hs;
+  std::vector<CHessian> c_hs(experts);
+  std::vector<const mxfp4_hessian*> handles;
+  for (std::int64_t e = 0; e < experts; ++e) {
+    const Tensor x = correlated_activations(150, k, 81 + static_cast<std::uint32_t>(e));
+    cpp_hs.emplace_back(k);
+    cpp_hs.back().add(x);
+    const mxfp4_tensor tx = describe(x);
+    auto& c = c_hs[static_cast<std::size_t>(e)];
+    ASSERT_EQ(mxfp4_hessian_create(k, &c.handle), MXFP4_OK);
+    ASSERT_EQ(mxfp4_hessian_add(c.handle, &tx), MXFP4_OK);
+    handles.push_back(c.handle);
+  }
+  const Tensor w32 = random_normal({experts, n, k}, 91, 0.5f);
+  const Tensor bias = random_normal({experts, n}, 92);
+  for (DType dtype : {DType::f32, DType::bf16, DType::f16}) {
+    const Tensor w = w32.to(dtype);
+    for (ScaleRule rule : kRules) {
+      const bool with_bias = rule != ScaleRule::even;
+      const double damp = rule == ScaleRule::ceil ? 0.0 : 0.05;
+      SCOPED_TRACE(std::string(mxfp4::dtype_name(dtype)) + " " + mxfp4::scale_rule_name(rule));
+      const mxfp4_tensor tw = describe(w), tb = describe(bias);
+      CWeight cw;
+      ASSERT_EQ(mxfp4_quantize_gptq_experts(&tw, handles.data(), handles.size(),
+                                            with_bias ? &tb : nullptr,
+                                            static_cast<std::int32_t>(rule), damp, &cw.handle),
+                MXFP4_OK)
+          << mxfp4_last_error_message();
+      const mxfp4::Mxfp4Weight cpp =
+          mxfp4::quantize_gptq(w, cpp_hs, with_bias ? std::optional<Tensor>(bias) : std::nullopt,
+                               mxfp4::GptqOptions{rule, damp});
+      mxfp4_tensor part{};
+      ASSERT_EQ(mxfp4_weight_get_part(cw.handle, MXFP4_PART_BLOCKS, &part), MXFP4_OK);
+      ASSERT_EQ(part.rank, 3);
+      EXPECT_EQ(bytes_of(Tensor::view(part.data, {experts, n, k / 2}, DType::u8)),
+                bytes_of(cpp.blocks()));
+      ASSERT_EQ(mxfp4_weight_get_part(cw.handle, MXFP4_PART_SCALES, &part), MXFP4_OK);
+      EXPECT_EQ(bytes_of(Tensor::view(part.data, {experts, n, k / 32}, DType::u8)),
+                bytes_of(cpp.scales()));
+      ASSERT_EQ(mxfp4_weight_get_part(cw.handle, MXFP4_PART_BIAS, &part),
+                with_bias ? MXFP4_OK : MXFP4_ERR_INVALID_ARGUMENT);
+      if (with_bias) {
+        EXPECT_NE(part.data, bias.data());
+        EXPECT_EQ(bytes_of(Tensor::view(part.data, {experts, n}, DType::f32)), bytes_of(bias));
+      }
+    }
+  }
+
+  // Errors both APIs find the same way: a bias of the wrong shape, K not a multiple of 32, bad
+  // damp, NaN in one expert, one expert's H not positive definite.
+  mxfp4_weight* never_w = nullptr;
+  const auto c_call = [&](const Tensor& w, const Tensor* b,
+                          const std::vector<const mxfp4_hessian*>& hs, double damp) {
+    const mxfp4_tensor tw = describe(w);
+    mxfp4_tensor tb{};
+    if (b != nullptr) tb = describe(*b);
+    return mxfp4_quantize_gptq_experts(&tw, hs.data(), hs.size(), b != nullptr ? &tb : nullptr,
+                                       MXFP4_SCALE_MSE, damp, &never_w);
+  };
+  const Tensor bias_flat = random_normal({experts * n}, 93);
+  expect_same_error([&] { (void)mxfp4::quantize_gptq(w32, cpp_hs, bias_flat); },
+                    [&] { return c_call(w32, &bias_flat, handles, 0.01); });
+  for (double damp : {-1.0, std::numeric_limits<double>::quiet_NaN()}) {
+    expect_same_error(
+        [&] {
+          (void)mxfp4::quantize_gptq(w32, cpp_hs, {}, mxfp4::GptqOptions{ScaleRule::mse, damp});
+        },
+        [&] { return c_call(w32, nullptr, handles, damp); });
+  }
+  Tensor wnan = w32.clone();
+  wnan.data_as<float>()[2 * n * k + 7] = std::numeric_limits<float>::quiet_NaN();
+  expect_same_error([&] { (void)mxfp4::quantize_gptq(wnan, cpp_hs); },
+                    [&] { return c_call(wnan, nullptr, handles, 0.01); });
+  EXPECT_NE(std::string(mxfp4_last_error_message()).find("expert 2"), std::string::npos);
+  std::vector<double> indefinite(static_cast<std::size_t>(k * k), 0.0);
+  for (std::int64_t i = 0; i < k; ++i)
+    indefinite[static_cast<std::size_t>(i * k + i)] = 1.0;
+  indefinite[1] = indefinite[k] = 2.0;
+  CHessian c_bad;
+  ASSERT_EQ(mxfp4_hessian_from_values(k, indefinite.data(), indefinite.size(), &c_bad.handle),
+            MXFP4_OK);
+  std::vector<mxfp4::Hessian> cpp_bad = cpp_hs;
+  cpp_bad[1] = mxfp4::Hessian::from_values(k, indefinite);
+  std::vector<const mxfp4_hessian*> c_bad_hs = handles;
+  c_bad_hs[1] = c_bad.handle;
+  expect_same_error(
+      [&] {
+        (void)mxfp4::quantize_gptq(w32, cpp_bad, {}, mxfp4::GptqOptions{ScaleRule::mse, 0.0});
+      },
+      [&] { return c_call(w32, nullptr, c_bad_hs, 0.0); });
+  EXPECT_NE(std::string(mxfp4_last_error_message()).find("expert 1"), std::string::npos);
+  const Tensor w40 = random_normal({experts, n, 40}, 94);
+  CHessian h40;
+  ASSERT_EQ(mxfp4_hessian_create(40, &h40.handle), MXFP4_OK);
+  const std::vector<const mxfp4_hessian*> hs40(experts, h40.handle);
+  expect_same_error(
+      [&] {
+        (void)mxfp4::quantize_gptq(w40, std::vector<mxfp4::Hessian>(experts, mxfp4::Hessian(40)));
+      },
+      [&] { return c_call(w40, nullptr, hs40, 0.01); });
+  // The C call's own checks: count, NULL handles, K of each handle, rank.
+  EXPECT_EQ(c_call(w32, nullptr, {handles[0], handles[1]}, 0.01), MXFP4_ERR_SHAPE_MISMATCH);
+  EXPECT_NE(std::string(mxfp4_last_error_message()).find("has 3 experts but count is 2"),
+            std::string::npos)
+      << mxfp4_last_error_message();
+  EXPECT_EQ(c_call(w32, nullptr, {handles[0], nullptr, handles[2]}, 0.01),
+            MXFP4_ERR_INVALID_ARGUMENT);
+  EXPECT_NE(std::string(mxfp4_last_error_message()).find("hessians[1] is NULL"), std::string::npos)
+      << mxfp4_last_error_message();
+  EXPECT_EQ(c_call(w32, nullptr, {handles[0], handles[1], h40.handle}, 0.01),
+            MXFP4_ERR_SHAPE_MISMATCH);
+  EXPECT_NE(std::string(mxfp4_last_error_message())
+                .find("hessians[2] is for K=40 inputs but weight f32 [3, 8, 96] has K=96"),
+            std::string::npos)
+      << mxfp4_last_error_message();
+  EXPECT_EQ(c_call(w32.slice_rows(0, 1).reshape({n, k}), nullptr, {handles[0]}, 0.01),
+            MXFP4_ERR_SHAPE_MISMATCH);
+  EXPECT_NE(std::string(mxfp4_last_error_message()).find("use mxfp4_quantize_gptq"),
+            std::string::npos)
+      << mxfp4_last_error_message();
+  EXPECT_EQ(never_w, nullptr);
+}
+
 }  // namespace

@@ -604,6 +604,65 @@ TEST(checkpoint_gptq, NamedWeightsGetQuantizeGptqsBytesOthersRoundToNearest) {
   EXPECT_STREQ(mxfp4::io::quantize_method_name(mxfp4::io::QuantizeMethod::gptq), "gptq");
 }
 
+// A stack of experts [E, N, K] named in the Hessians file takes [E, K, K], one Hessian per expert
+// (F32 or F64): byte for byte quantize_gptq(weight, std::vector<Hessian>), the bias carried over.
+TEST(checkpoint_gptq, StackedExpertsTakeOneHessianPerExpert) {
+  TempDir dir;
+  const std::string in = dir.file("in.safetensors");
+  const std::string hessians = dir.file("h.safetensors");
+  const std::string out = dir.file("out.safetensors");
+  mxfp4::io::write_example_checkpoint(in);
+  const auto src = SafetensorsFile::open(in);
+  const Tensor experts = src.tensor("experts.weight");
+  ASSERT_EQ(experts.shape(), (mxfp4::Shape{4, 64, 128}));
+  std::vector<mxfp4::Hessian> hs;
+  std::vector<double> f64;
+  for (std::int64_t e = 0; e < 4; ++e) {
+    hs.push_back(gptq::hessian_of(128, 200 + 50 * e));
+    f64.insert(f64.end(), hs.back().values().begin(), hs.back().values().end());
+  }
+  const std::span<const std::uint8_t> f64_bytes(reinterpret_cast<const std::uint8_t*>(f64.data()),
+                                                f64.size() * sizeof(double));
+  Tensor f32 = Tensor::empty({4, 128, 128}, DType::f32);
+  for (std::size_t i = 0; i < f64.size(); ++i)
+    f32.data_as<float>()[i] = static_cast<float>(f64[i]);
+  for (const bool use_f64 : {false, true}) {
+    SCOPED_TRACE(use_f64 ? "F64" : "F32");
+    if (use_f64) {
+      write(hessians, {}, {{"experts.weight", "F64", {4, 128, 128}, f64_bytes}});
+    } else {
+      write(hessians, {{"experts.weight", f32}});
+    }
+    // The F32 file holds each H rounded to f32: the reference reads it the same way.
+    std::vector<mxfp4::Hessian> want;
+    for (std::int64_t e = 0; e < 4; ++e) {
+      want.push_back(use_f64 ? hs[static_cast<std::size_t>(e)]
+                             : mxfp4::Hessian::from_tensor(
+                                   f32.slice_rows(e, e + 1).reshape({128, 128}).clone()));
+    }
+    mxfp4::io::CheckpointQuantizeOptions options;
+    options.quantize.rule = mxfp4::ScaleRule::ceil;
+    options.hessians = hessians;
+    options.damp = 0.05;
+    const auto report = mxfp4::io::quantize_checkpoint(in, out, options);
+    const auto q = SafetensorsFile::open(out);
+    const mxfp4::Mxfp4Weight ref =
+        mxfp4::quantize_gptq(experts, want, {}, mxfp4::GptqOptions{mxfp4::ScaleRule::ceil, 0.05});
+    EXPECT_EQ(entry_bytes(q, "experts.blocks"), bytes_of(ref.blocks()));
+    EXPECT_EQ(entry_bytes(q, "experts.scales"), bytes_of(ref.scales()));
+    EXPECT_EQ(entry_bytes(q, "experts.bias"), entry_bytes(src, "experts.bias"));
+    const mxfp4::QuantizedTensor rtn = mxfp4::quantize(experts, {mxfp4::ScaleRule::ceil});
+    EXPECT_NE(entry_bytes(q, "experts.blocks"), bytes_of(rtn.blocks));
+    using mxfp4::io::QuantizeMethod;
+    EXPECT_EQ(report_for(report, "experts.weight").method, QuantizeMethod::gptq);
+    EXPECT_EQ(report_for(report, "layers.0.mlp.up.weight").method, QuantizeMethod::rtn);
+    EXPECT_EQ(
+        entry_bytes(q, "layers.0.mlp.up.blocks"),
+        bytes_of(mxfp4::quantize(src.tensor("layers.0.mlp.up.weight"), {mxfp4::ScaleRule::ceil})
+                     .blocks));
+  }
+}
+
 TEST(checkpoint_gptq, BadHessiansAreErrorsBeforeAnyOutput) {
   TempDir dir;
   const std::string in = dir.file("in.safetensors");
@@ -640,10 +699,15 @@ TEST(checkpoint_gptq, BadHessiansAreErrorsBeforeAnyOutput) {
   expect_error({{"layers.0.mlp.up.bias", good}}, "not quantized (not a P.weight)", invalid);
   expect_error({{"layers.0.mlp.up.weight", good}}, "(skipped: matches --exclude 'up')", invalid,
                0.01, "up");
+  // A stack of experts takes [E, K, K]: one matrix, or the wrong count, is named with both shapes.
   expect_error({{"experts.weight", good}},
-               "belongs to a stack of experts F32 [4, 64, 128]: GPTQ quantizes one matrix [N, K] "
-               "per Hessian",
+               "Hessian 'experts.weight' is [128, 128] but weight F32 [4, 64, 128] (a stack of 4 "
+               "experts, one Hessian each) needs [E, K, K] = [4, 128, 128]",
                shape);
+  expect_error({{"experts.weight", Tensor::zeros({3, 128, 128}, DType::f32)}},
+               "is [3, 128, 128] but weight F32 [4, 64, 128]", shape);
+  expect_error({{"layers.0.mlp.up.weight", Tensor::zeros({1, 128, 128}, DType::f32)}},
+               "is [1, 128, 128] but weight F32 [256, 128] needs [K, K] = [128, 128]", shape);
   expect_error({{"layers.0.mlp.down.weight", good}},
                "is [128, 128] but weight BF16 [128, 256] needs [K, K] = [256, 256]", shape);
   expect_error({{"layers.0.mlp.up.weight", Tensor::zeros({128, 64}, DType::f32)}}, "is [128, 64]",
@@ -663,6 +727,28 @@ TEST(checkpoint_gptq, BadHessiansAreErrorsBeforeAnyOutput) {
     indefinite.data_as<float>()[i * 128 + i] = 1.0f;
   indefinite.data_as<float>()[1] = indefinite.data_as<float>()[128] = 2.0f;
   expect_error({{"layers.0.mlp.up.weight", indefinite}}, "not positive definite", invalid, 0.0);
+  // In a stack, the expert whose Hessian fails is named.
+  Tensor stack = Tensor::zeros({4, 128, 128}, DType::f32);
+  for (std::int64_t e = 0; e < 4; ++e) {
+    std::memcpy(stack.data_as<float>() + e * 128 * 128,
+                (e == 2 ? indefinite : good).data_as<float>(), 128 * 128 * sizeof(float));
+  }
+  expect_error({{"experts.weight", stack}},
+               "tensor 'experts.weight': quantize_gptq: expert 2: quantize_gptq: hessian is not "
+               "positive definite",
+               invalid, 0.0);
+  // Experts go in order, each Hessian read when its turn comes: expert 2 fails before expert 3's
+  // Inf is seen; with expert 2 mended, expert 3's Inf is the error.
+  stack.data_as<float>()[3 * 128 * 128 + 7 * 128 + 1] = std::numeric_limits<float>::infinity();
+  expect_error({{"experts.weight", stack}},
+               "tensor 'experts.weight': quantize_gptq: expert 2: quantize_gptq: hessian is not "
+               "positive definite",
+               invalid, 0.0);
+  std::memcpy(stack.data_as<float>() + 2 * 128 * 128, good.data(), good.nbytes());
+  expect_error({{"experts.weight", stack}},
+               "tensor 'experts.weight': quantize_gptq: expert 3: Hessian::from_values: hessian "
+               "holds +Inf at row 7, column 1",
+               mxfp4::NonFiniteValue(""));
 
   // An absent file; an existing output survives a failure.
   mxfp4::io::CheckpointQuantizeOptions options;

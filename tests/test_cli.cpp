@@ -4,6 +4,7 @@
 #include <sys/wait.h>
 
 #include <cstdlib>
+#include <cstring>
 #include <filesystem>
 #include <limits>
 #include <string>
@@ -182,13 +183,15 @@ TEST_F(cli_command, GptqWithAHessiansFile) {
   EXPECT_NE(line_of("layers.0.mlp.up.weight").find(" rtn "), std::string::npos) << out_;
   EXPECT_EQ(out_.find(" gptq "), std::string::npos) << out_;
 
-  // Errors: a shape that does not fit, a tensor that is not quantized, stacked experts, an absent
-  // file. One line, exit 1, no output.
+  // Errors: a shape that does not fit (a matrix for a stack of experts too), a tensor that is not
+  // quantized, an absent file. One line, exit 1, no output.
   const mxfp4::Tensor small = mxfp4::Tensor::zeros({64, 64}, mxfp4::DType::f32);
   const std::pair<std::string, std::string> bad[] = {
       {"layers.0.mlp.down.weight", "is [128, 128] but weight BF16 [128, 256] needs [K, K]"},
       {"norm.weight", "'norm.weight' names a tensor that is not quantized (skipped"},
-      {"experts.weight", "stacked expert weights are not supported"},
+      {"experts.weight",
+       "Hessian 'experts.weight' is [128, 128] but weight F32 [4, 64, 128] (a stack of 4 experts, "
+       "one Hessian each) needs [E, K, K] = [4, 128, 128]"},
   };
   for (const auto& [name, message] : bad) {
     mxfp4::io::write_safetensors(file("bad.safetensors"), {mxfp4::io::safetensors_item(name, h32)});
@@ -220,6 +223,99 @@ TEST_F(cli_command, GptqWithAHessiansFile) {
                 q("h.safetensors") + " --damp -1"),
             2);
   expect_one_error_line();
+  EXPECT_FALSE(fs::exists(file("never.safetensors")));
+}
+
+// --hessians for a stack of experts [E, N, K]: the file maps the weight's own name to [E, K, K],
+// expert e's Hessian at [e]; the output is quantize_gptq(weight, hessians)'s bytes in any layout,
+// the method column says gptq, and a Hessian of the wrong shape names the tensor and both shapes.
+TEST_F(cli_command, GptqForAStackOfExperts) {
+  ASSERT_EQ(run("example " + q("ex.safetensors")), 0) << err_;
+  const auto src = mxfp4::io::SafetensorsFile::open(file("ex.safetensors"));
+  const mxfp4::Tensor experts = src.tensor("experts.weight");
+  ASSERT_EQ(experts.shape(), (mxfp4::Shape{4, 64, 128}));
+  std::vector<mxfp4::Hessian> hs;
+  mxfp4::Tensor stack = mxfp4::Tensor::empty({4, 128, 128}, mxfp4::DType::f32);
+  for (std::int64_t e = 0; e < 4; ++e) {
+    mxfp4::Hessian h(128);
+    h.add(mxfp4::test::random_normal({100 + 40 * e, 128}, 20 + static_cast<std::uint32_t>(e)));
+    // What the file holds (f32) is what the reference gets.
+    const mxfp4::Tensor h32 = h.to_tensor();
+    std::memcpy(stack.data_as<float>() + e * 128 * 128, h32.data(), h32.nbytes());
+    hs.push_back(mxfp4::Hessian::from_tensor(h32));
+  }
+  mxfp4::io::write_safetensors(file("h.safetensors"),
+                               {mxfp4::io::safetensors_item("experts.weight", stack)});
+  const mxfp4::Mxfp4Weight ref =
+      mxfp4::quantize_gptq(experts, hs, {}, mxfp4::GptqOptions{mxfp4::ScaleRule::even, 0.02});
+  for (const std::string layout : {"linear", "gptoss"}) {
+    SCOPED_TRACE(layout);
+    ASSERT_EQ(run("quantize " + q("ex.safetensors") + " " + q("q.safetensors") + " --hessians " +
+                  q("h.safetensors") + " --scale-rule even --damp 0.02 --layout " + layout),
+              0)
+        << err_;
+    const auto line_of = [&](const std::string& name) {
+      const std::size_t at = out_.find(name + " ");
+      if (at == std::string::npos) return std::string();
+      return out_.substr(at, out_.find('\n', at) - at);
+    };
+    EXPECT_NE(line_of("experts.weight").find(" gptq "), std::string::npos) << out_;
+    EXPECT_NE(line_of("layers.0.mlp.up.weight").find(" rtn "), std::string::npos) << out_;
+    EXPECT_NE(out_.find("3 weights quantized (1 with GPTQ (damp 0.02), 2 rounded to nearest;"),
+              std::string::npos)
+        << out_;
+    const auto out = mxfp4::io::SafetensorsFile::open(file("q.safetensors"));
+    if (layout == "linear") {
+      EXPECT_EQ(bytes_of(out.tensor("experts.blocks")), bytes_of(ref.blocks()));
+      EXPECT_EQ(bytes_of(out.tensor("experts.scales")), bytes_of(ref.scales()));
+      EXPECT_EQ(bytes_of(out.tensor("experts.bias")), bytes_of(src.tensor("experts.bias")));
+    } else {
+      // GPT-OSS: P_blocks [E, N, K/32, 16] holds the same bytes in the same order.
+      ASSERT_NE(out.find("experts_blocks"), nullptr);
+      EXPECT_EQ(out.find("experts_blocks")->shape, (mxfp4::Shape{4, 64, 4, 16}));
+      EXPECT_EQ(bytes_of(out.tensor("experts_blocks")), bytes_of(ref.blocks()));
+      EXPECT_EQ(bytes_of(out.tensor("experts_scales")), bytes_of(ref.scales()));
+    }
+  }
+  const mxfp4::QuantizedTensor rtn = mxfp4::quantize(experts, {mxfp4::ScaleRule::even});
+  EXPECT_NE(bytes_of(rtn.blocks), bytes_of(ref.blocks()));
+
+  // Wrong shapes for the stack: too few experts, the wrong K, a 4-D tensor; a stack for a matrix.
+  const std::pair<std::string, mxfp4::Shape> bad[] = {
+      {"experts.weight", {3, 128, 128}},
+      {"experts.weight", {4, 64, 64}},
+      {"experts.weight", {4, 1, 128, 128}},
+      {"layers.0.mlp.up.weight", {4, 128, 128}},
+  };
+  for (const auto& [name, shape] : bad) {
+    SCOPED_TRACE(name + " " + mxfp4::to_string(shape));
+    mxfp4::io::write_safetensors(
+        file("bad.safetensors"),
+        {mxfp4::io::safetensors_item(name, mxfp4::Tensor::zeros(shape, mxfp4::DType::f32))});
+    EXPECT_EQ(run("quantize " + q("ex.safetensors") + " " + q("never.safetensors") +
+                  " --hessians " + q("bad.safetensors")),
+              1);
+    expect_one_error_line();
+    const std::string want =
+        "Hessian '" + name + "' is " + mxfp4::to_string(shape) + " but weight " +
+        (name == "experts.weight" ? std::string("F32 [4, 64, 128] (a stack of 4 experts, one "
+                                                "Hessian each) needs [E, K, K] = [4, 128, 128]")
+                                  : std::string("F32 [256, 128] needs [K, K] = [128, 128]"));
+    EXPECT_NE(err_.find(want), std::string::npos) << err_;
+    EXPECT_FALSE(fs::exists(file("never.safetensors")));
+  }
+  // A bad expert's Hessian fails while quantizing, naming the tensor and the expert.
+  stack.data_as<float>()[2 * 128 * 128 + 5] = std::numeric_limits<float>::quiet_NaN();
+  mxfp4::io::write_safetensors(file("bad.safetensors"),
+                               {mxfp4::io::safetensors_item("experts.weight", stack)});
+  EXPECT_EQ(run("quantize " + q("ex.safetensors") + " " + q("never.safetensors") + " --hessians " +
+                q("bad.safetensors")),
+            1);
+  expect_one_error_line();
+  EXPECT_NE(err_.find("tensor 'experts.weight': quantize_gptq: expert 2: Hessian::from_values: "
+                      "hessian holds NaN at row 0, column 5"),
+            std::string::npos)
+      << err_;
   EXPECT_FALSE(fs::exists(file("never.safetensors")));
 }
 

@@ -631,3 +631,51 @@ TEST(Gptq, StackedExpertsEachUseTheirOwnHessian) {
       },
       "expert 1");
 }
+
+// The Hessians of a stack through a callback (what the C API and the Hessians file of
+// `mxfp4 quantize` use): asked for once per expert, in order, after every per-call check; the
+// same bytes as the std::vector overload; an error thrown by the callback names the expert; a
+// per-call argument (damp) is reported once, not as an expert's error.
+TEST(Gptq, StackedExpertsFromACallback) {
+  const std::int64_t experts = 3, n = 4, k = 64;
+  const Tensor stacked = Tensor::from_vector(
+      random_normal(static_cast<std::size_t>(experts * n * k), 101, 0.1f), {experts, n, k});
+  std::vector<Hessian> hs;
+  for (std::int64_t e = 0; e < experts; ++e) {
+    Hessian h(k);
+    h.add(matrix(correlated_activations(90, k, 110 + static_cast<std::uint32_t>(e)), 90, k));
+    hs.push_back(std::move(h));
+  }
+  std::vector<std::int64_t> asked;
+  const mxfp4::detail::HessianOfExpert from_list = [&](std::int64_t e) -> const Hessian& {
+    asked.push_back(e);
+    return hs[static_cast<std::size_t>(e)];
+  };
+  const Mxfp4Weight got =
+      mxfp4::detail::quantize_gptq_experts(stacked, experts, from_list, std::nullopt, {});
+  EXPECT_EQ(asked, (std::vector<std::int64_t>{0, 1, 2}));
+  const Mxfp4Weight want = mxfp4::quantize_gptq(stacked, hs);
+  EXPECT_EQ(std::memcmp(got.blocks().data(), want.blocks().data(), want.blocks().nbytes()), 0);
+  EXPECT_EQ(std::memcmp(got.scales().data(), want.scales().data(), want.scales().nbytes()), 0);
+
+  asked.clear();
+  GptqOptions bad_damp;
+  bad_damp.damp = -1.0;
+  expect_error<mxfp4::InvalidArgument>(
+      [&] {
+        mxfp4::detail::quantize_gptq_experts(stacked, experts, from_list, std::nullopt, bad_damp);
+      },
+      "quantize_gptq: damp must be finite and >= 0");
+  EXPECT_TRUE(asked.empty());
+  expect_error<mxfp4::ShapeMismatch>(
+      [&] { mxfp4::detail::quantize_gptq_experts(stacked, 2, from_list, std::nullopt, {}); },
+      "has 3 experts but 2 Hessians");
+  EXPECT_TRUE(asked.empty());
+  const mxfp4::detail::HessianOfExpert failing = [&](std::int64_t e) -> const Hessian& {
+    if (e == 1) throw mxfp4::FormatError("no Hessian here");
+    return hs[static_cast<std::size_t>(e)];
+  };
+  expect_error<mxfp4::FormatError>(
+      [&] { mxfp4::detail::quantize_gptq_experts(stacked, experts, failing, std::nullopt, {}); },
+      "quantize_gptq: expert 1: no Hessian here");
+}

@@ -505,9 +505,10 @@ int main(int argc, char** argv) {
   auto* hessians = quantize->add_option(
       "--hessians", qa.hessians,
       "GPTQ: a .safetensors file mapping weight names (P.weight, as in IN) to "
-      "the K x K Hessian (F32 or F64, X^T X of the layer's calibration inputs) "
-      "of each 2-D weight to quantize with GPTQ; the weights it does not name "
-      "are rounded to nearest");
+      "the Hessian (F32 or F64, X^T X of the layer's calibration inputs) of "
+      "each weight to quantize with GPTQ: [K, K] for a matrix [N, K], [E, K, K] "
+      "(one per expert) for a stack of experts [E, N, K]; the weights it does "
+      "not name are rounded to nearest");
   quantize
       ->add_option("--damp", qa.damp,
                    "GPTQ dampening: damp * mean(diag H) is added to H's diagonal (>= 0; more "

@@ -266,13 +266,33 @@ void mxfp4_hessian_destroy(mxfp4_hessian* hessian);
  * storage on the CPU; the hessian is not changed and may be reused. Columns no sample reached
  * (H_ii == 0) are rounded to nearest; a diagonal H gives exactly mxfp4_weight_quantize's bytes.
  * Errors: MXFP4_ERR_SHAPE_MISMATCH (weight not [N, K] - a stack of experts [E, N, K] needs one
- * H per expert -, K not a multiple of 32, H for another K), MXFP4_ERR_DTYPE_MISMATCH,
+ * H per expert: mxfp4_quantize_gptq_experts -, K not a multiple of 32, H for another K),
+ * MXFP4_ERR_DTYPE_MISMATCH,
  * MXFP4_ERR_UNSUPPORTED (CUDA memory), MXFP4_ERR_NON_FINITE (NaN/Inf in weight),
  * MXFP4_ERR_INVALID_ARGUMENT (NULL pointers, unknown rule, bad damp, H not positive definite
  * after dampening or with a negative diagonal entry). Cost O(K^3 + N K^2) time, O(K^2) memory. */
 mxfp4_status mxfp4_quantize_gptq(const mxfp4_tensor* weight, const mxfp4_hessian* hessian,
                                  const mxfp4_tensor* bias, int32_t rule, double damp,
                                  mxfp4_weight** out);
+
+/* GPTQ for a stack of experts: `weight` f32/f16/bf16 [E, N, K] (CPU), expert e quantized as
+ * mxfp4_quantize_gptq would quantize the matrix weight[e] under hessians[e], the Hessian of the
+ * inputs routed to expert e. `hessians` points to `count` handles, which must be E (E >= 1), none
+ * NULL, each for the weight's K; the same handle may appear more than once; the array and the
+ * handles are only read during the call (none is kept or changed; in C, declare the array as
+ * `const mxfp4_hessian* hs[E]`, since an `mxfp4_hessian**` needs a cast). `bias` may be NULL, or
+ * f32/f16/bf16 [E, N]; it is copied. The result is one stacked mxfp4_weight, byte for byte the E
+ * per-expert results stacked (the C++ quantize_gptq(weight, std::vector<Hessian>)). Errors:
+ * MXFP4_ERR_SHAPE_MISMATCH (weight not [E, N, K] - one matrix [N, K] goes to
+ * mxfp4_quantize_gptq -, count not E, hessians[e] for another K, bias not [E, N], K not a
+ * multiple of 32), MXFP4_ERR_INVALID_ARGUMENT (weight, out, hessians or hessians[e] NULL, unknown
+ * rule, bad damp, an H not positive definite), MXFP4_ERR_DTYPE_MISMATCH, MXFP4_ERR_UNSUPPORTED
+ * (CUDA memory), MXFP4_ERR_NON_FINITE; a failure inside one expert's quantization names it
+ * ("expert 3: ..."). Cost E times mxfp4_quantize_gptq's; memory O(K^2) beyond the result. */
+mxfp4_status mxfp4_quantize_gptq_experts(const mxfp4_tensor* weight,
+                                         const mxfp4_hessian* const* hessians, size_t count,
+                                         const mxfp4_tensor* bias, int32_t rule, double damp,
+                                         mxfp4_weight** out);
 
 /* ---- Operations on caller-owned buffers ------------------------------------------------------ */
 

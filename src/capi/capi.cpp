@@ -13,6 +13,8 @@
 #include <utility>
 #include <vector>
 
+#include "core/checks.hpp"
+#include "core/gptq_internal.hpp"
 #include "io/tensor_file.hpp"
 #include "mxfp4/cpu.hpp"
 #include "mxfp4/device.hpp"
@@ -510,6 +512,59 @@ mxfp4_status mxfp4_quantize_gptq(const mxfp4_tensor* weight, const mxfp4_hessian
     options.damp = damp;
     // The bias is validated as given, then the weight keeps a copy of it.
     mxfp4::Mxfp4Weight q = mxfp4::quantize_gptq(w, h, b, options);
+    auto handle = std::make_unique<mxfp4_weight>();
+    if (b) {
+      handle->weight = mxfp4::Mxfp4Weight::from_parts(q.blocks(), q.scales(), b->clone());
+    } else {
+      handle->weight = std::move(q);
+    }
+    result = handle.release();
+  });
+}
+
+mxfp4_status mxfp4_quantize_gptq_experts(const mxfp4_tensor* weight,
+                                         const mxfp4_hessian* const* hessians, size_t count,
+                                         const mxfp4_tensor* bias, int32_t rule, double damp,
+                                         mxfp4_weight** out) {
+  return guarded([&] {
+    const char* op = "quantize_gptq_experts";
+    mxfp4_weight*& result = require(op, "out", out);
+    const Tensor w = to_tensor(op, "weight", weight);
+    if (w.rank() != 3) {
+      throw mxfp4::ShapeMismatch(
+          std::string(op) +
+          ": weight must be a stack of experts [E, N, K] (for one matrix [N, K] " +
+          "use mxfp4_quantize_gptq), got " + mxfp4::detail::describe("weight", w));
+    }
+    if (hessians == nullptr) throw InvalidArgument(where(op, "hessians") + " is NULL");
+    const std::int64_t experts = w.dim(0), k = w.dim(2);
+    if (count != static_cast<std::size_t>(experts)) {
+      throw mxfp4::ShapeMismatch(std::string(op) + ": " + mxfp4::detail::describe("weight", w) +
+                                 " has " + std::to_string(experts) + " experts but count is " +
+                                 std::to_string(count) + " (one Hessian per expert)");
+    }
+    // Every handle before any work, so that a bad one costs no quantization.
+    for (std::size_t e = 0; e < count; ++e) {
+      const std::string name = "hessians[" + std::to_string(e) + "]";
+      if (hessians[e] == nullptr) throw InvalidArgument(where(op, name.c_str()) + " is NULL");
+      const std::int64_t hk = hessians[e]->hessian.in_features();
+      if (hk != k) {
+        throw mxfp4::ShapeMismatch(
+            std::string(op) + ": " + name + " is for K=" + std::to_string(hk) + " inputs but " +
+            mxfp4::detail::describe("weight", w) + " has K=" + std::to_string(k));
+      }
+    }
+    std::optional<Tensor> b = to_optional_tensor(op, "bias", bias);
+    mxfp4::GptqOptions options;
+    options.rule = quantize_options(op, rule, MXFP4_NON_FINITE_ERROR).rule;
+    options.damp = damp;
+    // The handles are lent, not copied (each H is K * K doubles).
+    mxfp4::Mxfp4Weight q = mxfp4::detail::quantize_gptq_experts(
+        w, experts,
+        [&](std::int64_t e) -> const mxfp4::Hessian& {
+          return hessians[static_cast<std::size_t>(e)]->hessian;
+        },
+        b, options);
     auto handle = std::make_unique<mxfp4_weight>();
     if (b) {
       handle->weight = mxfp4::Mxfp4Weight::from_parts(q.blocks(), q.scales(), b->clone());

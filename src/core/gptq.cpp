@@ -49,6 +49,14 @@ void require_finite_values(const char* op, const std::vector<double>& v, std::in
   }
 }
 
+void require_options(const char* op, const GptqOptions& options) {
+  detail::require_known_rule(op, options.rule);
+  if (!std::isfinite(options.damp) || options.damp < 0.0) {
+    throw InvalidArgument(std::string(op) + ": damp must be finite and >= 0, got " +
+                          std::to_string(options.damp));
+  }
+}
+
 // The elements of a CPU f32/f16/bf16 tensor as f32 (a converted copy unless already f32).
 Tensor as_f32(const Tensor& t) {
   return t.dtype() == DType::f32 ? t : t.to(DType::f32);
@@ -321,11 +329,7 @@ Mxfp4Weight quantize_gptq(const Tensor& weight, const Hessian& hessian, std::opt
         std::string(op) + ": hessian is for K=" + std::to_string(hessian.in_features()) +
         " inputs but " + describe("weight", weight) + " has K=" + std::to_string(k));
   }
-  detail::require_known_rule(op, options.rule);
-  if (!std::isfinite(options.damp) || options.damp < 0.0) {
-    throw InvalidArgument(std::string(op) + ": damp must be finite and >= 0, got " +
-                          std::to_string(options.damp));
-  }
+  require_options(op, options);
   const Tensor w32 = as_f32(weight);
   const float* wp = w32.data_as<float>();
   for (std::int64_t i = 0; i < n * k; ++i) {
@@ -445,23 +449,28 @@ namespace {
 
 }  // namespace
 
-Mxfp4Weight quantize_gptq(const Tensor& weight, const std::vector<Hessian>& hessians,
-                          std::optional<Tensor> bias, const GptqOptions& options) {
+namespace detail {
+
+Mxfp4Weight quantize_gptq_experts(const Tensor& weight, std::int64_t count,
+                                  const HessianOfExpert& hessian_of, std::optional<Tensor> bias,
+                                  const GptqOptions& options) {
   const char* op = "quantize_gptq";
   if (!weight.defined()) throw InvalidArgument(std::string(op) + ": weight is undefined");
-  if (weight.rank() == 2 && hessians.size() == 1) {
-    return quantize_gptq(weight, hessians[0], std::move(bias), options);
-  }
   if (weight.rank() != 3) {
-    throw ShapeMismatch(std::string(op) + ": with " + std::to_string(hessians.size()) +
+    throw ShapeMismatch(std::string(op) + ": with " + std::to_string(count) +
                         " Hessians the weight must be a stack of experts [E, N, K], got " +
                         describe("weight", weight));
   }
+  require_cpu(op, "weight", weight);
+  if (!is_floating(weight.dtype())) {
+    throw DTypeMismatch(std::string(op) + ": weight must be f32, f16 or bf16, got " +
+                        describe("weight", weight));
+  }
   const std::int64_t experts = weight.dim(0), n = weight.dim(1), k = weight.dim(2);
-  if (static_cast<std::int64_t>(hessians.size()) != experts) {
+  if (count != experts) {
     throw ShapeMismatch(std::string(op) + ": " + describe("weight", weight) + " has " +
-                        std::to_string(experts) + " experts but " +
-                        std::to_string(hessians.size()) + " Hessians were given");
+                        std::to_string(experts) + " experts but " + std::to_string(count) +
+                        " Hessians were given");
   }
   if (bias &&
       (!bias->defined() || bias->rank() != 2 || bias->dim(0) != experts || bias->dim(1) != n)) {
@@ -469,17 +478,18 @@ Mxfp4Weight quantize_gptq(const Tensor& weight, const std::vector<Hessian>& hess
                         std::to_string(n) + "] for " + describe("weight", weight) +
                         (bias->defined() ? ", got " + describe("bias", *bias) : std::string()));
   }
-  if (k % kBlockSize != 0) {
+  if (k <= 0 || k % kBlockSize != 0) {
     throw ShapeMismatch(std::string(op) + ": K (weight's last dim) must be a positive multiple " +
                         "of " + std::to_string(kBlockSize) + ", got " + describe("weight", weight));
   }
+  require_options(op, options);  // per call, not per expert
   Tensor blocks = Tensor::empty({experts, n, k / 2}, DType::u8);
   Tensor scales = Tensor::empty({experts, n, k / kBlockSize}, DType::u8);
   for (std::int64_t e = 0; e < experts; ++e) {
     const Tensor slice = weight.slice_rows(e, e + 1).reshape({n, k});
     Mxfp4Weight one;
     try {
-      one = quantize_gptq(slice, hessians[static_cast<std::size_t>(e)], std::nullopt, options);
+      one = quantize_gptq(slice, hessian_of(e), std::nullopt, options);
     } catch (const Error& err) {
       rethrow_with_context(err, std::string(op) + ": expert " + std::to_string(e));
     }
@@ -489,6 +499,19 @@ Mxfp4Weight quantize_gptq(const Tensor& weight, const std::vector<Hessian>& hess
                 one.scales().nbytes());
   }
   return Mxfp4Weight::from_parts(std::move(blocks), std::move(scales), std::move(bias));
+}
+
+}  // namespace detail
+
+Mxfp4Weight quantize_gptq(const Tensor& weight, const std::vector<Hessian>& hessians,
+                          std::optional<Tensor> bias, const GptqOptions& options) {
+  if (weight.defined() && weight.rank() == 2 && hessians.size() == 1) {
+    return quantize_gptq(weight, hessians[0], std::move(bias), options);
+  }
+  return detail::quantize_gptq_experts(
+      weight, static_cast<std::int64_t>(hessians.size()),
+      [&](std::int64_t e) -> const Hessian& { return hessians[static_cast<std::size_t>(e)]; },
+      std::move(bias), options);
 }
 
 }  // namespace mxfp4

@@ -17,6 +17,7 @@
 #include <utility>
 
 #include "core/convert.hpp"
+#include "core/gptq_internal.hpp"
 #include "io/atomic_file.hpp"
 #include "mxfp4/error.hpp"
 #include "mxfp4/gptq.hpp"
@@ -226,13 +227,31 @@ std::uint64_t logical_bytes(const LogicalTensor& t) {
                        : 0);
 }
 
-// The Hessian `e` of the Hessians file (F32 or F64 [K, K], checked by the caller).
-Hessian load_hessian(const SafetensorsFile& file, const SafetensorsEntry& e) {
-  if (e.dtype == "F32") return Hessian::from_tensor(file.tensor(e.name));
-  const std::span<const std::uint8_t> b = file.bytes(e);
-  std::vector<double> v(b.size() / sizeof(double));
-  if (!b.empty()) std::memcpy(v.data(), b.data(), v.size() * sizeof(double));
-  return Hessian::from_values(e.shape.at(0), std::move(v));
+// Matrix `index` of the Hessians file's entry `e`: the entry is F32 or F64 [K, K] (index 0) or
+// [E, K, K] for a stack of experts (index e for expert e), as the caller checked. Read from the
+// file's bytes one matrix at a time, so a stack never holds more than one Hessian in memory.
+Hessian load_hessian(const SafetensorsFile& file, const SafetensorsEntry& e, std::int64_t index) {
+  const std::int64_t k = e.shape.back();
+  const std::size_t count = static_cast<std::size_t>(k) * static_cast<std::size_t>(k);
+  const std::size_t size = e.dtype == "F32" ? sizeof(float) : sizeof(double);
+  const std::size_t bytes = count * size;  // K >= 32 for a weight being quantized: never 0
+  const std::span<const std::uint8_t> all = file.bytes(e);
+  if (index < 0 || bytes == 0 || static_cast<std::size_t>(index) >= all.size() / bytes) {
+    throw FormatError("Hessian '" + e.name + "': matrix " + std::to_string(index) +
+                      " lies outside its " + std::to_string(all.size()) + " bytes");
+  }
+  const std::uint8_t* p = all.data() + static_cast<std::size_t>(index) * bytes;
+  std::vector<double> v(count);
+  if (size == sizeof(float)) {
+    for (std::size_t i = 0; i < count; ++i) {
+      float f = 0.0f;
+      std::memcpy(&f, p + i * sizeof(float), sizeof(float));
+      v[i] = static_cast<double>(f);
+    }
+  } else if (count > 0) {
+    std::memcpy(v.data(), p, count * sizeof(double));
+  }
+  return Hessian::from_values(k, std::move(v));
 }
 
 // The name a logical tensor had in its input, for messages.
@@ -464,20 +483,20 @@ QuantizeReport quantize_checkpoint(const std::string& in, const std::string& out
             what + "names a tensor that is not quantized (" +
             (r.action == TensorAction::skipped ? "skipped: " + r.reason : "not a P.weight") + ")");
       }
-      if (t.shape.size() != 2) {
-        throw ShapeMismatch(what + "belongs to a stack of experts " + t.dtype + " " +
-                            to_string(t.shape) +
-                            ": GPTQ quantizes one matrix [N, K] per Hessian, stacked expert "
-                            "weights are not supported (leave it out of the file to round it to "
-                            "nearest)");
-      }
       if (e.dtype != "F32" && e.dtype != "F64") {
         throw DTypeMismatch(what + "is " + e.dtype + "; Hessians must be F32 or F64");
       }
+      // A matrix [N, K] takes H [K, K]; a stack of experts [E, N, K] one H per expert, [E, K, K].
       const std::int64_t k = t.shape.back();
-      if (e.shape != Shape{k, k}) {
+      const bool stack = t.shape.size() == 3;
+      const Shape want = stack ? Shape{t.shape[0], k, k} : Shape{k, k};
+      if (e.shape != want) {
         throw ShapeMismatch(what + "is " + to_string(e.shape) + " but weight " + t.dtype + " " +
-                            to_string(t.shape) + " needs [K, K] = " + to_string(Shape{k, k}));
+                            to_string(t.shape) +
+                            (stack ? " (a stack of " + std::to_string(t.shape[0]) +
+                                         " experts, one Hessian each) needs [E, K, K] = "
+                                   : std::string(" needs [K, K] = ")) +
+                            to_string(want));
       }
       plans[i].hessian = &e;
       report.tensors[plans[i].row].method = QuantizeMethod::gptq;
@@ -519,8 +538,20 @@ QuantizeReport quantize_checkpoint(const std::string& in, const std::string& out
       const Tensor source = dense_tensor(t, prefix);
       QuantizedTensor qt;
       try {
-        if (he != nullptr) {
-          const Hessian h = load_hessian(*hessians, *he);
+        if (he != nullptr && source.rank() == 3) {
+          // Expert e's Hessian is read when its turn comes and dropped before the next one.
+          std::optional<Hessian> current;
+          const Mxfp4Weight w = detail::quantize_gptq_experts(
+              source, source.dim(0),
+              [&](std::int64_t e) -> const Hessian& {
+                current.reset();
+                current.emplace(load_hessian(*hessians, *he, e));
+                return *current;
+              },
+              {}, GptqOptions{qo.rule, damp});
+          qt = {w.blocks(), w.scales()};
+        } else if (he != nullptr) {
+          const Hessian h = load_hessian(*hessians, *he, 0);
           const Mxfp4Weight w = quantize_gptq(source, h, {}, GptqOptions{qo.rule, damp});
           qt = {w.blocks(), w.scales()};
         } else {

@@ -991,6 +991,158 @@ static void test_gptq(void) {
   mxfp4_hessian_destroy(NULL);
 }
 
+/* GPTQ for a stack of experts: expert e of the result is byte for byte mxfp4_quantize_gptq of the
+ * matrix weight[e] under hessians[e] (which is the C++ quantize_gptq(weight, hessians)); the bias
+ * is copied; every bad argument is a typed error naming it, leaving `out` untouched. */
+#define SE 3
+#define SN 4
+
+/* Do the blocks and scales of expert `e` of `stack` equal those of the dense weight `one`? */
+static int same_expert_bytes(const mxfp4_weight* stack, int64_t e, const mxfp4_weight* one) {
+  mxfp4_tensor sb, ss, ob, os;
+  if (mxfp4_weight_get_part(stack, MXFP4_PART_BLOCKS, &sb) != MXFP4_OK ||
+      mxfp4_weight_get_part(stack, MXFP4_PART_SCALES, &ss) != MXFP4_OK ||
+      mxfp4_weight_get_part(one, MXFP4_PART_BLOCKS, &ob) != MXFP4_OK ||
+      mxfp4_weight_get_part(one, MXFP4_PART_SCALES, &os) != MXFP4_OK) {
+    return 0;
+  }
+  return memcmp((const uint8_t*)sb.data + e * SN * (GK / 2), ob.data, SN * GK / 2) == 0 &&
+         memcmp((const uint8_t*)ss.data + e * SN * (GK / 32), os.data, SN * GK / 32) == 0;
+}
+
+static void test_gptq_experts(void) {
+  static float x[GROWS * GK];
+  float w[SE * SN * GK], bias[SE * SN];
+  static double indefinite[GK * GK];
+  const int64_t xshape[2] = {GROWS / 2, GK}, wshape[3] = {SE, SN, GK}, bshape[2] = {SE, SN};
+  const int64_t one_shape[2] = {SN, GK};
+  mxfp4_tensor tx = cpu_tensor(x, MXFP4_F32, 2, xshape);
+  mxfp4_tensor tw = cpu_tensor(w, MXFP4_F32, 3, wshape);
+  mxfp4_tensor tbias = cpu_tensor(bias, MXFP4_F32, 2, bshape);
+  mxfp4_hessian* ha = NULL;
+  mxfp4_hessian* hb = NULL;
+  mxfp4_hessian* h32 = NULL;
+  mxfp4_hessian* hbad = NULL;
+  const mxfp4_hessian* hs[SE];
+  mxfp4_weight* stack = NULL;
+  mxfp4_weight* never_w = (mxfp4_weight*)&g_seed;
+  mxfp4_weight_info info;
+  mxfp4_tensor part;
+  int64_t r, i, e;
+
+  /* Two sets of correlated inputs: expert 0 and 2 see the first, expert 1 the second. */
+  for (r = 0; r < GROWS; ++r) {
+    const float common = next_random(2.0f);
+    for (i = 0; i < GK; ++i)
+      x[r * GK + i] = common * (r < GROWS / 2 ? 1.0f : -0.5f) + next_random(0.5f);
+  }
+  for (i = 0; i < SE * SN * GK; ++i)
+    w[i] = next_random(1.0f);
+  for (i = 0; i < SE * SN; ++i)
+    bias[i] = next_random(1.0f);
+  CHECK_OK(mxfp4_hessian_create(GK, &ha));
+  CHECK_OK(mxfp4_hessian_add(ha, &tx));
+  tx.data = x + (GROWS / 2) * GK;
+  CHECK_OK(mxfp4_hessian_create(GK, &hb));
+  CHECK_OK(mxfp4_hessian_add(hb, &tx));
+  hs[0] = ha;
+  hs[1] = hb;
+  hs[2] = ha; /* the same handle twice is fine */
+
+  CHECK_OK(mxfp4_quantize_gptq_experts(&tw, hs, SE, &tbias, MXFP4_SCALE_MSE, 0.01, &stack));
+  if (stack != NULL) {
+    CHECK_OK(mxfp4_weight_get_info(stack, &info));
+    CHECK(info.stacked == 1 && info.has_bias == 1 && info.num_experts == SE &&
+          info.out_features == SN && info.in_features == GK);
+    CHECK_OK(mxfp4_weight_get_part(stack, MXFP4_PART_BIAS, &part));
+    CHECK(part.data != (void*)bias && part.rank == 2 && part.shape[0] == SE && part.shape[1] == SN);
+    CHECK(memcmp(part.data, bias, sizeof bias) == 0);
+    for (e = 0; e < SE; ++e) {
+      mxfp4_tensor slice = cpu_tensor(w + e * SN * GK, MXFP4_F32, 2, one_shape);
+      mxfp4_weight* one = NULL;
+      CHECK_OK(mxfp4_quantize_gptq(&slice, hs[e], NULL, MXFP4_SCALE_MSE, 0.01, &one));
+      if (one != NULL) CHECK(same_expert_bytes(stack, e, one));
+      mxfp4_weight_destroy(one);
+    }
+    /* Each expert really used its own H: under hb, expert 0 gets other bytes. */
+    {
+      mxfp4_tensor slice = cpu_tensor(w, MXFP4_F32, 2, one_shape);
+      mxfp4_weight* other = NULL;
+      CHECK_OK(mxfp4_quantize_gptq(&slice, hb, NULL, MXFP4_SCALE_MSE, 0.01, &other));
+      if (other != NULL) CHECK(!same_expert_bytes(stack, 0, other));
+      mxfp4_weight_destroy(other);
+    }
+  }
+  mxfp4_weight_destroy(stack);
+  stack = NULL;
+  /* No bias: none in the result. */
+  CHECK_OK(mxfp4_quantize_gptq_experts(&tw, hs, SE, NULL, MXFP4_SCALE_CEIL, 0.0, &stack));
+  if (stack != NULL) {
+    CHECK_ERROR(mxfp4_weight_get_part(stack, MXFP4_PART_BIAS, &part), MXFP4_ERR_INVALID_ARGUMENT,
+                "no bias");
+  }
+  mxfp4_weight_destroy(stack);
+
+  /* Errors, each before any work where the arguments show it; `out` stays untouched. */
+  CHECK_OK(mxfp4_hessian_create(32, &h32));
+  CHECK_ERROR(mxfp4_quantize_gptq_experts(&tw, hs, SE, NULL, MXFP4_SCALE_MSE, 0.01, NULL),
+              MXFP4_ERR_INVALID_ARGUMENT, "quantize_gptq_experts: out is NULL");
+  CHECK_ERROR(mxfp4_quantize_gptq_experts(NULL, hs, SE, NULL, MXFP4_SCALE_MSE, 0.01, &never_w),
+              MXFP4_ERR_INVALID_ARGUMENT, "weight is NULL");
+  CHECK_ERROR(mxfp4_quantize_gptq_experts(&tw, NULL, SE, NULL, MXFP4_SCALE_MSE, 0.01, &never_w),
+              MXFP4_ERR_INVALID_ARGUMENT, "hessians is NULL");
+  CHECK_ERROR(mxfp4_quantize_gptq_experts(&tw, hs, SE - 1, NULL, MXFP4_SCALE_MSE, 0.01, &never_w),
+              MXFP4_ERR_SHAPE_MISMATCH, "weight f32 [3, 4, 64] has 3 experts but count is 2");
+  CHECK_ERROR(mxfp4_quantize_gptq_experts(&tw, hs, SE + 1, NULL, MXFP4_SCALE_MSE, 0.01, &never_w),
+              MXFP4_ERR_SHAPE_MISMATCH, "count is 4");
+  hs[1] = NULL;
+  CHECK_ERROR(mxfp4_quantize_gptq_experts(&tw, hs, SE, NULL, MXFP4_SCALE_MSE, 0.01, &never_w),
+              MXFP4_ERR_INVALID_ARGUMENT, "hessians[1] is NULL");
+  hs[1] = hb;
+  hs[2] = h32;
+  CHECK_ERROR(mxfp4_quantize_gptq_experts(&tw, hs, SE, NULL, MXFP4_SCALE_MSE, 0.01, &never_w),
+              MXFP4_ERR_SHAPE_MISMATCH, "hessians[2] is for K=32 inputs but weight f32 [3, 4, 64]");
+  hs[2] = ha;
+  tw.rank = 2;
+  CHECK_ERROR(mxfp4_quantize_gptq_experts(&tw, hs, SE, NULL, MXFP4_SCALE_MSE, 0.01, &never_w),
+              MXFP4_ERR_SHAPE_MISMATCH, "must be a stack of experts [E, N, K]");
+  tw.rank = 3;
+  tbias.shape[1] = SN + 1;
+  CHECK_ERROR(mxfp4_quantize_gptq_experts(&tw, hs, SE, &tbias, MXFP4_SCALE_MSE, 0.01, &never_w),
+              MXFP4_ERR_SHAPE_MISMATCH, "bias must be [3, 4]");
+  tbias.shape[1] = SN;
+  CHECK_ERROR(mxfp4_quantize_gptq_experts(&tw, hs, SE, NULL, 9, 0.01, &never_w),
+              MXFP4_ERR_INVALID_ARGUMENT, "scale rule 9");
+  CHECK_ERROR(mxfp4_quantize_gptq_experts(&tw, hs, SE, NULL, MXFP4_SCALE_MSE, -1.0, &never_w),
+              MXFP4_ERR_INVALID_ARGUMENT, "damp");
+  tw.dtype = MXFP4_I32;
+  CHECK_ERROR(mxfp4_quantize_gptq_experts(&tw, hs, SE, NULL, MXFP4_SCALE_MSE, 0.01, &never_w),
+              MXFP4_ERR_DTYPE_MISMATCH, "f32, f16 or bf16");
+  tw.dtype = MXFP4_F32;
+  tw.shape[2] = 40;
+  CHECK_ERROR(mxfp4_quantize_gptq_experts(&tw, hs, SE, NULL, MXFP4_SCALE_MSE, 0.01, &never_w),
+              MXFP4_ERR_SHAPE_MISMATCH, "K=40");
+  tw.shape[2] = GK;
+  /* Found while quantizing: the failing expert is named. */
+  w[SN * GK + 5] = NAN;
+  CHECK_ERROR(mxfp4_quantize_gptq_experts(&tw, hs, SE, NULL, MXFP4_SCALE_MSE, 0.01, &never_w),
+              MXFP4_ERR_NON_FINITE, "expert 1: quantize_gptq: weight [4, 64] holds NaN at row 0");
+  w[SN * GK + 5] = 0.5f;
+  for (i = 0; i < GK; ++i)
+    indefinite[i * GK + i] = 1.0;
+  indefinite[1] = indefinite[GK] = 2.0;
+  CHECK_OK(mxfp4_hessian_from_values(GK, indefinite, GK * GK, &hbad));
+  hs[2] = hbad;
+  CHECK_ERROR(mxfp4_quantize_gptq_experts(&tw, hs, SE, NULL, MXFP4_SCALE_MSE, 0.0, &never_w),
+              MXFP4_ERR_INVALID_ARGUMENT, "expert 2: quantize_gptq: hessian is not positive");
+  CHECK(never_w == (mxfp4_weight*)&g_seed);
+
+  mxfp4_hessian_destroy(ha);
+  mxfp4_hessian_destroy(hb);
+  mxfp4_hessian_destroy(h32);
+  mxfp4_hessian_destroy(hbad);
+}
+
 static void* fail_on_other_thread(void* result) {
   const mxfp4_status s = mxfp4_parse_scale_rule("other-thread", (int32_t*)result);
   *(int*)result = (s == MXFP4_ERR_INVALID_ARGUMENT &&
@@ -1025,6 +1177,7 @@ int main(int argc, char** argv) {
   test_files(argv[1]);
   test_errors();
   test_gptq();
+  test_gptq_experts();
   test_thread_local_messages();
   printf("capi: %d checks passed, %d failed\n", g_passed, g_failed);
   return g_failed == 0 ? 0 : 1;

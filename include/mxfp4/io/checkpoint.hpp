@@ -126,9 +126,11 @@ struct CheckpointQuantizeOptions {
   std::uint64_t max_shard_bytes = 0;  // see write_checkpoint
   std::function<void(const QuantizeProgress&)> progress;
   // GPTQ: the path of a .safetensors file mapping weight names (`P.weight`, as in the input) to
-  // the K x K Hessian (F32 or F64, e.g. X^T X of the layer's calibration inputs) of each weight to
-  // quantize with quantize_gptq (rule quantize.rule, dampening `damp`); "" for none. Weights it
-  // does not name are rounded to nearest as usual.
+  // the Hessian (F32 or F64, e.g. X^T X of the layer's calibration inputs) of each weight to
+  // quantize with quantize_gptq (rule quantize.rule, dampening `damp`); "" for none. The key is
+  // the weight's own name whatever its rank: a matrix [N, K] takes one Hessian [K, K], a stack of
+  // experts [E, N, K] one per expert, [E, K, K] (element e from the inputs routed to expert e).
+  // Weights it does not name are rounded to nearest as usual.
   std::string hessians;
   double damp = 0.01;  // GptqOptions::damp, for the weights `hessians` names
 };
@@ -150,11 +152,12 @@ QuantizeReport quantize_checkpoint(const std::string& in, const std::string& out
 // Throws InvalidArgument for a bad regular expression or layout, Unsupported for a layout not
 // built yet. With `hessians`, before any work: IoError / FormatError for the file,
 // InvalidArgument when it names a tensor that is not quantized (absent, not a P.weight, skipped)
-// or damp is negative or not finite, ShapeMismatch for a Hessian that is not [K, K] or belongs to
-// a stack of experts [E, N, K] (GPTQ takes one matrix [N, K] per Hessian), DTypeMismatch for a
-// dtype other than F32 and F64; while quantizing (nothing is written then): NonFiniteValue for
-// NaN/Inf in a Hessian or its weight (--allow-nonfinite does not apply to GPTQ), InvalidArgument
-// for a Hessian that is not positive definite after dampening.
+// or damp is negative or not finite, ShapeMismatch for a Hessian that is not [K, K] for a matrix
+// [N, K] or [E, K, K] for a stack of experts [E, N, K] (the message names the tensor and both
+// shapes), DTypeMismatch for a dtype other than F32 and F64; while quantizing (nothing is written
+// then): NonFiniteValue for NaN/Inf in a Hessian or its weight (--allow-nonfinite does not apply
+// to GPTQ), InvalidArgument for a Hessian that is not positive definite after dampening (for a
+// stack, the message names the expert).
 QuantizeReport quantize_checkpoint(const std::string& in, const std::string& out,
                                    const CheckpointQuantizeOptions& options);
 

@@ -2,7 +2,9 @@
 // the card's device-to-device copy bandwidth measured in the same run.
 //
 //   bench_cuda_linear [--quick] [--no-dense] [--no-moe] [--no-quantize] [--n N] [--m M[,M...]]
-//                     [--out FILE.md]
+//                     [--f16] [--out FILE.md]
+// --f16: dense layers with f16 activations (cuBLAS f16 on the f16-dequantized weight as the
+// baseline); the MoE and quantize parts stay bf16.
 //
 // Every timed region is a CUDA graph of `reps` calls, replayed after a warm-up; weights (ours
 // and cuBLAS's) rotate through enough copies to exceed the L2 cache, so each call reads its
@@ -261,6 +263,7 @@ int main(int argc, char** argv) {
   bool quick = false;
   bool skip_quantize = false;
   bool skip_dense = false, skip_moe = false;
+  DType act = DType::bf16;  // activations of the dense part
   std::string out_path;
   // --n: run just that weight height; --m M1,M2,...: just those token counts.
   std::int64_t only_n = 0;
@@ -279,6 +282,7 @@ int main(int argc, char** argv) {
       }
     }
     if (std::strcmp(argv[i], "--no-dense") == 0) skip_dense = true;
+    if (std::strcmp(argv[i], "--f16") == 0) act = DType::f16;
     if (std::strcmp(argv[i], "--no-moe") == 0) skip_moe = true;
   }
   if (mxfp4::cuda_device_count() == 0) {
@@ -305,9 +309,14 @@ int main(int argc, char** argv) {
                 "(read + write).\n\n",
                 prop.name, prop.multiProcessorCount, prop.l2CacheSize >> 20, copy_bw / 1e9);
   report += line;
-  report +=
-      "| shape (N x K) | M | mxfp4 us | weight TB/s | % of copy BW | TFLOP/s | cuBLAS bf16 us | "
-      "cuBLAS TFLOP/s | speedup vs cuBLAS |\n|---|---|---|---|---|---|---|---|---|\n";
+  const char* act_name = act == DType::f16 ? "f16" : "bf16";
+  const cudaDataType act_cuda = act == DType::f16 ? CUDA_R_16F : CUDA_R_16BF;
+  std::snprintf(line, sizeof line,
+                "| shape (N x K), %s x | M | mxfp4 us | weight TB/s | %% of copy BW | TFLOP/s | "
+                "cuBLAS %s us | cuBLAS TFLOP/s | speedup vs cuBLAS |\n"
+                "|---|---|---|---|---|---|---|---|---|\n",
+                act_name, act_name);
+  report += line;
 
   std::vector<Shape> shapes = {{"4096x4096", 4096, 4096},
                                {"GPT-OSS gate_up 5760x2880", 5760, 2880},
@@ -332,7 +341,7 @@ int main(int argc, char** argv) {
     for (int c = 0; c < copies; ++c) {
       wg.push_back(mxfp4::Mxfp4Weight::from_parts(wq.blocks().to(kGpu), wq.scales().to(kGpu)));
     }
-    const Tensor wd = wq.dequantize(DType::bf16);
+    const Tensor wd = wq.dequantize(act);
     const int dcopies = static_cast<int>(std::max<std::size_t>(1, rotate_bytes / wd.nbytes() + 1));
     std::vector<Tensor> wdg;
     for (int c = 0; c < dcopies; ++c)
@@ -340,8 +349,8 @@ int main(int argc, char** argv) {
 
     for (std::int64_t m : ms) {
       if (!selected(only_m, m)) continue;
-      const Tensor x = random_host({m, s.k}, DType::bf16, 2).to(kGpu);
-      Tensor y = Tensor::empty({m, s.n}, DType::bf16, kGpu);
+      const Tensor x = random_host({m, s.k}, act, 2).to(kGpu);
+      Tensor y = Tensor::empty({m, s.n}, act, kGpu);
       const double flops = 2.0 * static_cast<double>(m) * s.n * s.k;
       const int reps = std::max(copies, dcopies) * (m <= 64 ? 4 : 1);
       const double ours = time_graph(stream, reps, [&](int r) {
@@ -351,9 +360,9 @@ int main(int argc, char** argv) {
       const double theirs = time_graph(stream, reps, [&](int r) {
         CHECK_CUBLAS(cublasGemmEx(
             handle, CUBLAS_OP_T, CUBLAS_OP_N, static_cast<int>(s.n), static_cast<int>(m),
-            static_cast<int>(s.k), &alpha, wdg[r % dcopies].data(), CUDA_R_16BF,
-            static_cast<int>(s.k), x.data(), CUDA_R_16BF, static_cast<int>(s.k), &beta, y.data(),
-            CUDA_R_16BF, static_cast<int>(s.n), CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+            static_cast<int>(s.k), &alpha, wdg[r % dcopies].data(), act_cuda, static_cast<int>(s.k),
+            x.data(), act_cuda, static_cast<int>(s.k), &beta, y.data(), act_cuda,
+            static_cast<int>(s.n), CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
       });
       const double tbs = static_cast<double>(q_bytes) / (ours * 1e-3) / 1e12;
       std::snprintf(line, sizeof line,

@@ -276,6 +276,65 @@ TEST(Cuda, LinearKeepsExtremeScalesExact) {
   }
 }
 
+// f16 x: scaled weight values outside f16's range (scale 2^-30: below its smallest subnormal;
+// 2^20: above 65504) must still be exact, on the decode kernel (M = 1) and the GEMM (M = 130,
+// where f16 x is split into two bf16 parts on Hopper); and an infinity in x must come out as
+// the reference's infinity or NaN, not as the NaN a careless split (inf - inf) would give.
+TEST(Cuda, LinearKeepsF16ExactOutsideItsRange) {
+  REQUIRE_GPU();
+  const std::int64_t n = 40, k = 256;
+  std::mt19937_64 rng(11);
+  std::vector<std::uint8_t> codes(static_cast<std::size_t>(n * k / 2));
+  for (auto& c : codes)
+    c = static_cast<std::uint8_t>(rng());
+  for (const bool tiny : {true, false}) {
+    std::vector<std::uint8_t> scales(static_cast<std::size_t>(n * k / 32),
+                                     tiny ? std::uint8_t{127 - 30} : std::uint8_t{127 + 20});
+    const auto w = mxfp4::Mxfp4Weight::from_parts(Tensor::from_vector(codes, {n, k / 2}),
+                                                  Tensor::from_vector(scales, {n, k / 32}));
+    const auto wg = to_gpu_dense(w);
+    for (std::int64_t m : {1, 130}) {
+      const Tensor x =
+          random_tensor({m, k}, DType::f32, 20 + m, tiny ? 0x1p14f : 0x1p-14f).to(DType::f16);
+      const Tensor got = mxfp4::linear(x.to(kGpu), wg).to(mxfp4::Device::cpu());
+      const Tensor ref = mxfp4::linear(x, w);
+      for (std::int64_t i = 0; i < got.numel(); ++i) {
+        if (ref.item_as_double(i) != 0.0) {
+          ASSERT_NE(got.item_as_double(i), 0.0) << "flushed to zero at " << i;
+        }
+      }
+      expect_linear_close(
+          x, w, ref, got,
+          std::string(tiny ? "f16 scale 2^-30" : "f16 scale 2^20") + " M=" + std::to_string(m));
+    }
+  }
+  // Infinities: token 0 has +inf at k = 3, token 1 -inf at k = 200; the rest finite.
+  const auto w = mxfp4::Mxfp4Weight::quantize(random_tensor({n, k}, DType::f32, 30));
+  const auto wg = to_gpu_dense(w);
+  for (std::int64_t m : {2, 130}) {
+    Tensor x = random_tensor({m, k}, DType::f32, 31);
+    x.data_as<float>()[3] = INFINITY;
+    x.data_as<float>()[k + 200] = -INFINITY;
+    const Tensor xh = x.to(DType::f16);
+    const Tensor got = mxfp4::linear(xh.to(kGpu), wg).to(mxfp4::Device::cpu());
+    const Tensor ref = mxfp4::linear(xh, w);
+    for (std::int64_t i = 0; i < got.numel(); ++i) {
+      const double r = ref.item_as_double(i);
+      if (!std::isfinite(r)) {
+        ASSERT_TRUE(same_value(r, got.item_as_double(i)))
+            << "M=" << m << " element " << i << ": gpu " << got.item_as_double(i) << " reference "
+            << r;
+      }
+    }
+    EXPECT_TRUE(std::isinf(ref.item_as_double(0)) || std::isnan(ref.item_as_double(0)));
+    // The finite tokens (2 .. m-1) match as usual.
+    if (m > 2) {
+      const Tensor xs = xh.slice_rows(2, m);
+      expect_linear_close(xs, w, mxfp4::linear(xs, w), got.slice_rows(2, m), "f16 finite rows");
+    }
+  }
+}
+
 TEST(Cuda, LinearKeepsLeadingDims) {
   REQUIRE_GPU();
   const auto w = mxfp4::Mxfp4Weight::quantize(random_tensor({5, 64}, DType::f32, 1));

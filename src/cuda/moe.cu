@@ -231,17 +231,19 @@ void gather_linear(const detail::GatherLinearArgs& a) {
   int* totals = reinterpret_cast<int*>(base + plan.totals_at());
   auto* perm = reinterpret_cast<std::int32_t*>(base + plan.perm_at());
   auto* list = reinterpret_cast<int4*>(base + plan.list_at());
-  const bool gemm = a.x_dtype == DType::bf16;
-  // Without the GEMM, the middle class takes every expert above 8 tokens. With it, experts up to
-  // 32 tokens get one tile of 32 (sm_80 GEMM) and larger ones tiles of 128, or on Hopper tiles
-  // of 256 for the wgmma GEMM, which runs each at the width its tokens need (sm90_gemm.cu;
-  // measured: for experts of 32 tokens the sm_80 GEMM's tile of 32 is faster). choose_kernel
-  // for many tokens tells whether the device has it (unless MXFP4_CUDA_KERNEL forces another).
-  const bool sm90 = gemm && choose_kernel(a.x_dtype, std::int64_t{1} << 20, a.w.n).sm90;
-  const int mid_max = gemm ? static_cast<int>(detail::kCudaGemmMinTokens) : INT_MAX;
-  const int large_tile = sm90 ? 256 : kLargeTile;
+  // Without a GEMM, the middle class takes every expert above 8 tokens. With one, experts up to
+  // 32 tokens get one tile of 32 (sm_80 GEMM for bf16, the decode kernel for f16) and larger
+  // ones tiles of 128, or on Hopper tiles of 256 (128 for f16) for the wgmma GEMM, which runs
+  // each at the width its tokens need (sm90_gemm.cu; measured: for experts of 32 tokens the
+  // sm_80 GEMM's tile of 32 is faster). choose_kernel for many tokens tells whether the device
+  // has it (unless MXFP4_CUDA_KERNEL forces another).
+  const bool gemm = a.x_dtype == DType::bf16;  // the sm_80 GEMM
+  const bool sm90 = choose_kernel(a.x_dtype, std::int64_t{1} << 20, a.w.n).sm90;
+  const bool large = gemm || sm90;  // a class of large experts, on a GEMM
+  const int mid_max = large ? static_cast<int>(detail::kCudaGemmMinTokens) : INT_MAX;
+  const int large_tile = sm90 ? (gemm ? 256 : 128) : kLargeTile;
   const std::int64_t small_tiles = plan.small_tiles();
-  const std::int64_t mid_tiles = gemm ? std::min(a.w.experts, pairs / 9) : plan.mid_tiles();
+  const std::int64_t mid_tiles = large ? std::min(a.w.experts, pairs / 9) : plan.mid_tiles();
   const std::int64_t mid_base = small_tiles;
   const std::int64_t large_base = small_tiles + plan.mid_tiles();
   try {
@@ -271,11 +273,12 @@ void gather_linear(const detail::GatherLinearArgs& a) {
     } else {
       launch_decode(a.x, a.x_dtype, rows, mid_tiles, kMidTile, a.w, a.out, stream);
     }
-    if (gemm) {
+    if (large) {
       rows.tile_list = list + large_base;
       rows.tile_total = totals + 2;
       if (sm90) {
-        launch_sm90_gemm(a.x, rows, plan.large_tiles(), large_tile, 128, a.w, a.out, stream);
+        launch_sm90_gemm(a.x, a.x_dtype, rows, plan.large_tiles(), large_tile, 128, a.w, a.out,
+                         stream);
       } else {
         launch_gemm(a.x, rows, plan.large_tiles(), kLargeTile, a.w, a.out, stream);
       }

@@ -460,16 +460,19 @@ void launch_mma(const void* x, const TokenRows& rows, std::int64_t tiles,
 
 KernelChoice choose_kernel(DType x_dtype, std::int64_t tokens, std::int64_t n) {
   const std::string& forced = forced_kernel();
-  const bool gemm_ok = x_dtype == DType::bf16;
-  const bool sm90_ok = gemm_ok && sm90_gemm_available();
+  const bool gemm_ok = x_dtype == DType::bf16;  // the sm_80 GEMM; the wgmma GEMM takes f16 too
+  const bool sm90_ok = (gemm_ok || x_dtype == DType::f16) && sm90_gemm_available();
   if (gemm_ok && forced == "gemm64") return {true, 64};
   if (gemm_ok && forced == "gemm128") return {true, 128};
+  if (sm90_ok && !gemm_ok && forced.rfind("wgmma", 0) == 0) return {true, 128, true};
   if (sm90_ok && forced == "wgmma128") return {true, 128, true};
   if (sm90_ok && forced == "wgmma256") return {true, 256, true};
   if (sm90_ok && forced == "wgmma256r") return {true, 128, true, 256};
   if (sm90_ok && forced == "wgmma64r") return {true, 128, true, 64};
   const KernelChoice decode{false, tokens <= 8 ? 8 : tokens <= 16 ? 16 : 32};
-  if (!gemm_ok || forced.rfind("decode", 0) == 0 || tokens <= 16) return decode;
+  if (forced.rfind("decode", 0) == 0 || tokens <= 16) return decode;
+  // f16: the wgmma GEMM (x split into two bf16 parts, one tile shape) from 65 tokens.
+  if (!gemm_ok) return sm90_ok && tokens > 64 ? KernelChoice{true, 128, true} : decode;
   // The GEMM needs enough 128-row weight tiles to fill the card; otherwise the decode kernel's
   // 16-row tiles and in-CTA split of K keep more SMs busy. Measured on an H100 at M = 64
   // (bench/RESULTS.md): the GEMM wins from N = 8192 (64 tiles) and loses at N <= 5760.
@@ -526,7 +529,8 @@ void linear(const detail::LinearArgs& a) {
   const KernelChoice choice = choose_kernel(a.x_dtype, a.m, a.w.n);
   const std::int64_t tiles = (a.m + choice.tile_tokens - 1) / choice.tile_tokens;
   if (choice.sm90) {
-    launch_sm90_gemm(a.x, rows, tiles, choice.tile_tokens, choice.tile_rows, a.w, a.out, stream);
+    launch_sm90_gemm(a.x, a.x_dtype, rows, tiles, choice.tile_tokens, choice.tile_rows, a.w, a.out,
+                     stream);
   } else if (choice.gemm) {
     launch_gemm(a.x, rows, tiles, choice.tile_tokens, a.w, a.out, stream);
   } else {

@@ -1,5 +1,5 @@
-// Tiled MXFP4 GEMM for many tokens on Hopper (sm_90a), bf16 activations, with warpgroup MMA:
-// y[m, n] = sum_k x[m, k] W[n, k] + b[n].
+// Tiled MXFP4 GEMM for many tokens on Hopper (sm_90a), bf16 or f16 activations, with warpgroup
+// MMA: y[m, n] = sum_k x[m, k] W[n, k] + b[n].
 //
 // A CTA of two warpgroups computes 128 weight rows x kTokens tokens (128 or 256); warpgroup q
 // owns weight rows [64 q, 64 q + 64) and every token, as one wgmma m64nTk16 accumulator. The
@@ -17,6 +17,13 @@
 // A lane (g, t) of a warp needs, for its rows g and g + 8 and each k16 step, the codes of
 // elements 2t, 2t+1, 2t+8, 2t+9 of the step: bytes t, t+4, t+8 and t+12 of the row's 16-byte
 // block, picked out of one 16-byte shared-memory load with three byte permutes.
+//
+// f16 x: a scaled E2M1 value need not fit f16 (2^-24 .. 65504), but it always fits bf16, so the
+// weight stays bf16 and x is split exactly into two bf16 parts, x = hi + lo (hi = x rounded to
+// bf16; the rest has at most 3 significant bits): each stage's f16 tile is rewritten in shared
+// memory as hi, with lo beside it, and every wgmma runs twice, on hi and on lo. The products are
+// exact and summed in f32, as for bf16; the tensor cores do twice the work (128-token tiles,
+// whose stages have room for both parts).
 //
 // Persistent CTAs walk (token tile, weight tile) pairs in raster groups of 8 token tiles, as
 // the sm_80 GEMM does, with TokenRows for the dense and the grouped (MoE) layouts.
@@ -37,19 +44,25 @@ constexpr int kTileK = 2 * kBlockSize;
 
 // kWG warpgroups (1 or 2) of kSub m64 sub-tiles each: a CTA covers kTileW = 64 kWG kSub weight
 // rows.
-template <int kTokens, int kSub, int kWG>
+// kSplit: f16 x, split into bf16 hi and lo parts (a second x tile per stage).
+template <int kTokens, int kSub, int kWG, bool kSplit = false>
 struct Sm90Config {
   static constexpr int kThreads = 128 * kWG;
   static constexpr int kTileW = 64 * kWG * kSub;
   static constexpr int kXBytes = kTokens * kTileK * 2;  // [token][64 k] bf16, swizzled
+  static constexpr int kLoOffset = kXBytes;             // f16: the lo parts, same layout
+  static constexpr int kWOffset = kXBytes * (kSplit ? 2 : 1);
   static constexpr int kWBytes = kTileW * 2 * kBlockBytes;
+  static constexpr int kSOffset = kWOffset + kWBytes;
   static constexpr int kSBytes = 2 * kTileW * 4;  // [block][row] scales as bf16 pairs
-  static constexpr int kStageBytes = (kXBytes + kWBytes + kSBytes + 1023) / 1024 * 1024;
-  // One warpgroup: 5 stages, so two CTAs fit an SM.
-  static constexpr int kStages = kWG == 1 || kXBytes + kWBytes > 32768 ? 5 : 6;
+  static constexpr int kStageBytes = (kSOffset + kSBytes + 1023) / 1024 * 1024;
+  // One warpgroup: 5 stages, so two CTAs fit an SM. Split: 6 stages of 37 KiB (128 tokens).
+  static constexpr int kStages = kWG == 1 || kWOffset + kWBytes > 32768 ? (kSplit ? 6 : 5) : 6;
   static constexpr int kSmemBytes = kStages * kStageBytes + 1024;  // + alignment slack
   static constexpr int kOutStride = kTileW + 8;  // bf16 per token row of the output tile
   static_assert(kTokens * kOutStride * 2 <= kStages * kStageBytes, "output tile must fit");
+  static_assert(kStages * kStageBytes + 1024 <= 227 * 1024, "stages must fit shared memory");
+  static_assert(!kSplit || kTokens == 128, "split x: 128-token tiles only");
 };
 
 #if defined(MXFP4_SM90A_DEVICE)
@@ -79,15 +92,30 @@ __device__ __forceinline__ std::uint32_t lane_bytes(const uint4& v, std::uint32_
   return __byte_perm(lo, hi, 0x5410);
 }
 
-template <int kTokens, int kSub, int kWG>
-__device__ __forceinline__ void sm90_tile(std::uint8_t* smem, const __nv_bfloat16* __restrict__ x,
+// Two f16 (a word) -> bf16 pairs hi and lo with hi + lo equal to them exactly: hi rounded to
+// nearest, lo the (exact) rest; lo is 0 for an infinity (whose rest would be NaN).
+__device__ __forceinline__ void split_f16x2(std::uint32_t v, std::uint32_t& hi, std::uint32_t& lo) {
+  __half2 h;
+  memcpy(&h, &v, 4);
+  const float2 f = __half22float2(h);
+  const __nv_bfloat162 b = __floats2bfloat162_rn(f.x, f.y);
+  const float2 bf = __bfloat1622float2(b);
+  const float r0 = isinf(f.x) ? 0.0f : f.x - bf.x;
+  const float r1 = isinf(f.y) ? 0.0f : f.y - bf.y;
+  const __nv_bfloat162 l = __floats2bfloat162_rn(r0, r1);
+  memcpy(&hi, &b, 4);
+  memcpy(&lo, &l, 4);
+}
+
+template <typename T, int kTokens, int kSub, int kWG>
+__device__ __forceinline__ void sm90_tile(std::uint8_t* smem, const T* __restrict__ x,
                                           const TokenRows& rows, const TokenRows::Tile& tile,
                                           int tile_w, const std::uint8_t* __restrict__ blocks,
                                           const std::uint8_t* __restrict__ scales,
                                           const void* __restrict__ bias, DType bias_dtype,
-                                          __nv_bfloat16* __restrict__ out, int n, int k,
-                                          bool vector_store) {
-  using C = Sm90Config<kTokens, kSub, kWG>;
+                                          T* __restrict__ out, int n, int k, bool vector_store) {
+  constexpr bool kSplit = std::is_same_v<T, __half>;
+  using C = Sm90Config<kTokens, kSub, kWG, kSplit>;
   constexpr int kTileW = C::kTileW;
   constexpr int kThreads = C::kThreads;
   constexpr int kXRows = kThreads / 8;  // token rows per pass of the x loads
@@ -112,7 +140,7 @@ __device__ __forceinline__ void sm90_tile(std::uint8_t* smem, const __nv_bfloat1
   // Loads: thread tid copies 16-byte chunk (tid % 8) of token rows tid / 8 + kXRows i; and
   // block tid % 2 of weight rows lrow[j] = (tid + kThreads j) / 2 (j < kSub) with its scale.
   const int xc = tid & 7;
-  const __nv_bfloat16* xsrc[kTokens / kXRows];
+  const T* xsrc[kTokens / kXRows];
 #pragma unroll
   for (int i = 0; i < kTokens / kXRows; ++i) {
     const int local = min(tid / 8 + kXRows * i, tile.count - 1);
@@ -150,7 +178,7 @@ __device__ __forceinline__ void sm90_tile(std::uint8_t* smem, const __nv_bfloat1
 #pragma unroll
     for (int j = 0; j < kSub; ++j) {
       const bool ok = wrow_ok[j] && blk < nblk;
-      cp_async16(st + C::kXBytes + lrow[j] * 32 + lblk * 16,
+      cp_async16(st + C::kWOffset + lrow[j] * 32 + lblk * 16,
                  wsrc[j] + std::int64_t{blk} * kBlockBytes * (ok ? 1 : 0), ok ? 16 : 0);
     }
   };
@@ -164,11 +192,28 @@ __device__ __forceinline__ void sm90_tile(std::uint8_t* smem, const __nv_bfloat1
       v[j] = wrow_ok[j] && blk < nblk ? __ldg(ssrc[j] + blk) : std::uint8_t{127};
   };
   auto store_scales = [&](int slot, const ScaleBytes& v) {
-    auto* sc =
-        reinterpret_cast<std::uint32_t*>(smem + slot * C::kStageBytes + C::kXBytes + C::kWBytes);
+    auto* sc = reinterpret_cast<std::uint32_t*>(smem + slot * C::kStageBytes + C::kSOffset);
 #pragma unroll
     for (int j = 0; j < kSub; ++j)
       sc[lblk * kTileW + lrow[j]] = bf16_scale_pair(v[j]);
+  };
+
+  // f16: a landed stage's x tile becomes bf16 hi (in place) and lo (beside it), 16 bytes at a
+  // time (the split is per element, so the swizzle is kept). The writes reach the tensor cores
+  // after fence_proxy_async and the barrier at the top of the next k step.
+  auto split_stage = [&](int slot) {
+    std::uint8_t* st = smem + slot * C::kStageBytes;
+#pragma unroll
+    for (int c = tid; c < kTokens * 8; c += kThreads) {
+      uint4 v = *reinterpret_cast<const uint4*>(st + 16 * c);
+      uint4 lo;
+      split_f16x2(v.x, v.x, lo.x);
+      split_f16x2(v.y, v.y, lo.y);
+      split_f16x2(v.z, v.z, lo.z);
+      split_f16x2(v.w, v.w, lo.w);
+      *reinterpret_cast<uint4*>(st + 16 * c) = v;
+      *reinterpret_cast<uint4*>(st + C::kLoOffset + 16 * c) = lo;
+    }
   };
 
   constexpr int S = C::kStages;
@@ -181,6 +226,11 @@ __device__ __forceinline__ void sm90_tile(std::uint8_t* smem, const __nv_bfloat1
       store_scales(s, pending);
     }
     cp_async_commit();
+  }
+  if constexpr (kSplit) {
+    cp_async_wait<S - 3>();  // stage 0 has landed
+    __syncthreads();
+    split_stage(0);
   }
 
   float acc[kSub][kAcc];
@@ -201,7 +251,8 @@ __device__ __forceinline__ void sm90_tile(std::uint8_t* smem, const __nv_bfloat1
   auto k_loop = [&](auto n_tag) {
     constexpr int N = decltype(n_tag)::value;
     for (int kt = 0; kt < ktiles; ++kt) {
-      cp_async_wait<S - 3>();
+      // Stage kt has landed; f16: stage kt + 1 too, to be split during this step.
+      cp_async_wait<kSplit ? S - 4 : S - 3>();
       sm90::fence_proxy_async();
       __syncthreads();
       if (pending_slot >= 0) store_scales(pending_slot, pending);
@@ -213,6 +264,9 @@ __device__ __forceinline__ void sm90_tile(std::uint8_t* smem, const __nv_bfloat1
         pending_slot = next % S;
       }
       cp_async_commit();
+      if constexpr (kSplit) {
+        if (kt + 1 < ktiles) split_stage((kt + 1) % S);
+      }
 
       const int slot = kt % S;
       const std::uint8_t* st = smem + slot * C::kStageBytes;
@@ -220,13 +274,13 @@ __device__ __forceinline__ void sm90_tile(std::uint8_t* smem, const __nv_bfloat1
 #pragma unroll
       for (int b = 0; b < 2; ++b) {
         // The group before this one, which read `f` last, is done (wait below): decode block b.
-        const auto* sc =
-            reinterpret_cast<const std::uint32_t*>(st + C::kXBytes + C::kWBytes) + b * kTileW;
+        const auto* sc = reinterpret_cast<const std::uint32_t*>(st + C::kSOffset) + b * kTileW;
 #pragma unroll
         for (int j = 0; j < kSub; ++j) {
           const int r = ra + 64 * kWG * j;
-          const uint4 va = *reinterpret_cast<const uint4*>(st + C::kXBytes + r * 32 + b * 16);
-          const uint4 vb = *reinterpret_cast<const uint4*>(st + C::kXBytes + (r + 8) * 32 + b * 16);
+          const uint4 va = *reinterpret_cast<const uint4*>(st + C::kWOffset + r * 32 + b * 16);
+          const uint4 vb =
+              *reinterpret_cast<const uint4*>(st + C::kWOffset + (r + 8) * 32 + b * 16);
           const std::uint32_t sa = sc[r];
           const std::uint32_t sb = sc[r + 8];
           const std::uint32_t wa = lane_bytes(va, sel);
@@ -251,8 +305,13 @@ __device__ __forceinline__ void sm90_tile(std::uint8_t* smem, const __nv_bfloat1
 #pragma unroll
         for (int s = 0; s < 2; ++s) {
 #pragma unroll
-          for (int j = 0; j < kSub; ++j)
+          for (int j = 0; j < kSub; ++j) {
             wgmma_n<N>(acc[j], f[b][j][s], sm90::sw128_desc(x_addr + 64 * b + 32 * s));
+            if constexpr (kSplit) {
+              wgmma_n<N>(acc[j], f[b][j][s],
+                         sm90::sw128_desc(x_addr + C::kLoOffset + 64 * b + 32 * s));
+            }
+          }
         }
         sm90::wgmma_commit();
 #pragma unroll
@@ -284,7 +343,7 @@ __device__ __forceinline__ void sm90_tile(std::uint8_t* smem, const __nv_bfloat1
   __syncthreads();
 
   // Epilogue: bias in f32, bf16 tile [token][weight row] in shared memory, then whole rows out.
-  auto* tile_out = reinterpret_cast<__nv_bfloat16*>(smem);
+  auto* tile_out = reinterpret_cast<T*>(smem);
 #pragma unroll
   for (int j = 0; j < kSub; ++j) {
     const int r = ra + 64 * kWG * j;
@@ -298,10 +357,10 @@ __device__ __forceinline__ void sm90_tile(std::uint8_t* smem, const __nv_bfloat1
     for (int q = 0; q < kTokens / 8; ++q) {
       if (8 * q >= width) break;
       const int tok = 8 * q + 2 * t;
-      tile_out[tok * C::kOutStride + r] = __float2bfloat16_rn(acc[j][4 * q] + ba);
-      tile_out[(tok + 1) * C::kOutStride + r] = __float2bfloat16_rn(acc[j][4 * q + 1] + ba);
-      tile_out[tok * C::kOutStride + r + 8] = __float2bfloat16_rn(acc[j][4 * q + 2] + bb);
-      tile_out[(tok + 1) * C::kOutStride + r + 8] = __float2bfloat16_rn(acc[j][4 * q + 3] + bb);
+      tile_out[tok * C::kOutStride + r] = from_float<T>(acc[j][4 * q] + ba);
+      tile_out[(tok + 1) * C::kOutStride + r] = from_float<T>(acc[j][4 * q + 1] + ba);
+      tile_out[tok * C::kOutStride + r + 8] = from_float<T>(acc[j][4 * q + 2] + bb);
+      tile_out[(tok + 1) * C::kOutStride + r + 8] = from_float<T>(acc[j][4 * q + 3] + bb);
     }
   }
   __syncthreads();
@@ -318,7 +377,7 @@ __device__ __forceinline__ void sm90_tile(std::uint8_t* smem, const __nv_bfloat1
     }
   } else {
     for (int r = tid >> 5; r < tile.count; r += kThreads / 32) {
-      __nv_bfloat16* dst = out + rows.pair(tile.first + r) * n + w0;
+      T* dst = out + rows.pair(tile.first + r) * n + w0;
       for (int c = lane; c < cols; c += 32)
         dst[c] = tile_out[r * C::kOutStride + c];
     }
@@ -328,13 +387,12 @@ __device__ __forceinline__ void sm90_tile(std::uint8_t* smem, const __nv_bfloat1
 
 #endif  // MXFP4_SM90A_DEVICE
 
-template <int kTokens, int kSub, int kWG>
+template <typename T, int kTokens, int kSub, int kWG>
 __global__ void __launch_bounds__(128 * kWG, kWG == 1 ? 2 : 1)
-    sm90_gemm_kernel(const __nv_bfloat16* __restrict__ x, TokenRows rows, int tiles_t, int tiles_w,
+    sm90_gemm_kernel(const T* __restrict__ x, TokenRows rows, int tiles_t, int tiles_w,
                      const std::uint8_t* __restrict__ blocks,
                      const std::uint8_t* __restrict__ scales, const void* __restrict__ bias,
-                     DType bias_dtype, __nv_bfloat16* __restrict__ out, int n, int k,
-                     bool vector_store) {
+                     DType bias_dtype, T* __restrict__ out, int n, int k, bool vector_store) {
 #if defined(MXFP4_SM90A_DEVICE)
   extern __shared__ uint4 smem_raw[];
   // The swizzle atoms need 1024-byte alignment; the launch asks for 1 KiB of slack.
@@ -351,8 +409,8 @@ __global__ void __launch_bounds__(128 * kWG, kWG == 1 ? 2 : 1)
     const int tile_w = (pid % per_group) / group_size;
     const TokenRows::Tile tile = rows.tile(tile_t, kTokens);
     if (tile.count == 0) continue;
-    sm90_tile<kTokens, kSub, kWG>(smem, x, rows, tile, tile_w, blocks, scales, bias, bias_dtype,
-                                  out, n, k, vector_store);
+    sm90_tile<T, kTokens, kSub, kWG>(smem, x, rows, tile, tile_w, blocks, scales, bias, bias_dtype,
+                                     out, n, k, vector_store);
   }
 #else
   (void)x, (void)rows, (void)tiles_t, (void)tiles_w, (void)blocks, (void)scales, (void)bias;
@@ -360,10 +418,10 @@ __global__ void __launch_bounds__(128 * kWG, kWG == 1 ? 2 : 1)
 #endif
 }
 
-template <int kTokens, int kSub, int kWG>
+template <typename T, int kTokens, int kSub, int kWG>
 void launch_sm90_tiles(const void* x, const TokenRows& rows, std::int64_t tiles,
                        const detail::WeightArgs& w, void* out, cudaStream_t stream) {
-  using C = Sm90Config<kTokens, kSub, kWG>;
+  using C = Sm90Config<kTokens, kSub, kWG, std::is_same_v<T, __half>>;
   constexpr int kTileW = C::kTileW;
   const int n = static_cast<int>(w.n);
   const int k = static_cast<int>(w.k);
@@ -374,21 +432,20 @@ void launch_sm90_tiles(const void* x, const TokenRows& rows, std::int64_t tiles,
     throw Unsupported("linear: " + std::to_string(ctas) + " tiles exceed one CUDA grid");
   }
   const int sms = current_device_facts().multiprocessors;
-  check(cudaFuncSetAttribute(sm90_gemm_kernel<kTokens, kSub, kWG>,
+  check(cudaFuncSetAttribute(sm90_gemm_kernel<T, kTokens, kSub, kWG>,
                              cudaFuncAttributeMaxDynamicSharedMemorySize, C::kSmemBytes),
         "cudaFuncSetAttribute(sm90_gemm_kernel)");
   int per_sm = 0;
-  check(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, sm90_gemm_kernel<kTokens, kSub, kWG>,
-                                                      C::kThreads, C::kSmemBytes),
+  check(cudaOccupancyMaxActiveBlocksPerMultiprocessor(
+            &per_sm, sm90_gemm_kernel<T, kTokens, kSub, kWG>, C::kThreads, C::kSmemBytes),
         "cudaOccupancyMaxActiveBlocksPerMultiprocessor(sm90_gemm_kernel)");
   const std::int64_t grid =
       std::min<std::int64_t>(ctas, static_cast<std::int64_t>(sms) * std::max(per_sm, 1));
   const bool vector_store = n % 8 == 0 && (reinterpret_cast<std::uintptr_t>(out) & 15) == 0;
-  sm90_gemm_kernel<kTokens, kSub, kWG>
+  sm90_gemm_kernel<T, kTokens, kSub, kWG>
       <<<static_cast<unsigned>(grid), C::kThreads, C::kSmemBytes, stream>>>(
-          static_cast<const __nv_bfloat16*>(x), rows, static_cast<int>(tiles),
-          static_cast<int>(tiles_w), w.blocks, w.scales, w.bias, w.bias_dtype,
-          static_cast<__nv_bfloat16*>(out), n, k, vector_store);
+          static_cast<const T*>(x), rows, static_cast<int>(tiles), static_cast<int>(tiles_w),
+          w.blocks, w.scales, w.bias, w.bias_dtype, static_cast<T*>(out), n, k, vector_store);
   check_launch("sm90_gemm_kernel");
 }
 
@@ -404,16 +461,19 @@ bool sm90_gemm_available() {
 #endif
 }
 
-void launch_sm90_gemm(const void* x, const TokenRows& rows, std::int64_t tiles, int tile_tokens,
-                      int tile_rows, const detail::WeightArgs& w, void* out, cudaStream_t stream) {
-  if (tile_tokens == 256) {
-    launch_sm90_tiles<256, 1, 2>(x, rows, tiles, w, out, stream);
+void launch_sm90_gemm(const void* x, DType x_dtype, const TokenRows& rows, std::int64_t tiles,
+                      int tile_tokens, int tile_rows, const detail::WeightArgs& w, void* out,
+                      cudaStream_t stream) {
+  if (x_dtype == DType::f16) {  // one shape: stages with both parts fill shared memory
+    launch_sm90_tiles<__half, 128, 1, 2>(x, rows, tiles, w, out, stream);
+  } else if (tile_tokens == 256) {
+    launch_sm90_tiles<__nv_bfloat16, 256, 1, 2>(x, rows, tiles, w, out, stream);
   } else if (tile_rows == 256) {
-    launch_sm90_tiles<128, 2, 2>(x, rows, tiles, w, out, stream);
+    launch_sm90_tiles<__nv_bfloat16, 128, 2, 2>(x, rows, tiles, w, out, stream);
   } else if (tile_rows == 64) {
-    launch_sm90_tiles<128, 1, 1>(x, rows, tiles, w, out, stream);
+    launch_sm90_tiles<__nv_bfloat16, 128, 1, 1>(x, rows, tiles, w, out, stream);
   } else {
-    launch_sm90_tiles<128, 1, 2>(x, rows, tiles, w, out, stream);
+    launch_sm90_tiles<__nv_bfloat16, 128, 1, 2>(x, rows, tiles, w, out, stream);
   }
 }
 

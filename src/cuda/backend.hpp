@@ -26,4 +26,9 @@ struct DeviceFacts {
 };
 const DeviceFacts& current_device_facts();
 
+// Readies `kernel` (a __global__ function) for launches of `threads` threads with `smem_bytes`
+// of dynamic shared memory on the current device: raises its shared-memory limit there, once
+// per device and kernel, and returns how many such CTAs fit an SM (at least 1), also cached.
+int prepare_kernel(const void* kernel, int threads, int smem_bytes, const char* name);
+
 }  // namespace mxfp4::cuda

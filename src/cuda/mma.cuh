@@ -56,6 +56,30 @@ __device__ __forceinline__ void decode4(std::uint32_t v, std::uint32_t& p0, std:
   }
 }
 
+// The exact CUDA-core dot product of one weight row (its packed blocks and scales) with one row
+// of x, by a whole warp: lanes stride over the blocks, each block summed in f32 and scaled, then
+// a fixed butterfly reduction (every lane gets the sum). For f32 x and misaligned buffers.
+template <typename T>
+__device__ __forceinline__ float warp_row_dot(const T* __restrict__ xr,
+                                              const std::uint8_t* __restrict__ w,
+                                              const std::uint8_t* __restrict__ s, std::int64_t nblk,
+                                              int lane) {
+  float acc = 0.0f;
+  for (std::int64_t b = lane; b < nblk; b += 32) {
+    float part = 0.0f;
+    for (int j = 0; j < kBlockBytes; ++j) {
+      const std::uint8_t byte = w[b * kBlockBytes + j];
+      part = fmaf(to_float(xr[b * kBlockSize + 2 * j]), e2m1_decode(byte & 0xF), part);
+      part = fmaf(to_float(xr[b * kBlockSize + 2 * j + 1]), e2m1_decode(byte >> 4), part);
+    }
+    acc = fmaf(part, e8m0_decode(s[b]), acc);
+  }
+#pragma unroll
+  for (int off = 16; off > 0; off >>= 1)
+    acc += __shfl_xor_sync(0xFFFFFFFFu, acc, off);
+  return acc;
+}
+
 // E8M0 byte -> f32 without branches: 2^(s-127) is s << 23 for s in 1..254; bytes 0 (2^-127,
 // subnormal) and 255 (NaN) both also need mantissa bit 22.
 __device__ __forceinline__ float scale_value(std::uint32_t s) {

@@ -137,22 +137,8 @@ __global__ void __launch_bounds__(256)
   if (e < 0 || e >= experts) return;  // reported by count_kernel
   const std::int64_t nblk = k / kBlockSize;
   const std::int64_t wrow = e * n + row;
-  const std::uint8_t* w = blocks + wrow * (k / 2);
   const T* xr = x + (x_per_slot ? p : p / topk) * k;
-  float acc = 0.0f;
-  for (std::int64_t b = lane; b < nblk; b += 32) {
-    const float s = e8m0_decode(scales[wrow * nblk + b]);
-    float part = 0.0f;
-    for (int j = 0; j < kBlockBytes; ++j) {
-      const std::uint8_t byte = w[b * kBlockBytes + j];
-      part = fmaf(to_float(xr[b * kBlockSize + 2 * j]), e2m1_decode(byte & 0xF), part);
-      part = fmaf(to_float(xr[b * kBlockSize + 2 * j + 1]), e2m1_decode(byte >> 4), part);
-    }
-    acc = fmaf(part, s, acc);
-  }
-#pragma unroll
-  for (int off = 16; off > 0; off >>= 1)
-    acc += __shfl_xor_sync(0xFFFFFFFFu, acc, off);
+  float acc = warp_row_dot(xr, blocks + wrow * (k / 2), scales + wrow * nblk, nblk, lane);
   if (lane == 0) {
     if (bias != nullptr) acc += load_bias(bias, bias_dtype, wrow);
     out[p * n + row] = from_float<T>(acc);

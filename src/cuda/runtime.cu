@@ -1,6 +1,9 @@
 // Device memory, copies and streams through the CUDA runtime.
+#include <algorithm>
 #include <map>
 #include <mutex>
+#include <string>
+#include <tuple>
 
 #include "core/device_memory.hpp"
 #include "cuda/backend.hpp"
@@ -39,6 +42,36 @@ const DeviceFacts& current_device_facts() {
     check(cudaDeviceGetAttribute(&f.minor, cudaDevAttrComputeCapabilityMinor, device),
           "cudaDeviceGetAttribute(compute capability)");
     it = facts.emplace(device, f).first;
+  }
+  return it->second;
+}
+
+int prepare_kernel(const void* kernel, int threads, int smem_bytes, const char* name) {
+  struct Key {
+    int device;
+    const void* kernel;
+    int threads, smem;
+    bool operator<(const Key& o) const {
+      return std::tie(device, kernel, threads, smem) <
+             std::tie(o.device, o.kernel, o.threads, o.smem);
+    }
+  };
+  static std::mutex mutex;
+  static std::map<Key, int> fits;
+  int device = 0;
+  check(cudaGetDevice(&device), "cudaGetDevice");
+  const Key key{device, kernel, threads, smem_bytes};
+  const std::lock_guard<std::mutex> lock(mutex);
+  auto it = fits.find(key);
+  if (it == fits.end()) {
+    const std::string what(name);
+    check(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem_bytes),
+          ("cudaFuncSetAttribute(" + what + ")").c_str());
+    int per_sm = 0;
+    check(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, threads,
+                                                        static_cast<std::size_t>(smem_bytes)),
+          ("cudaOccupancyMaxActiveBlocksPerMultiprocessor(" + what + ")").c_str());
+    it = fits.emplace(key, std::max(per_sm, 1)).first;
   }
   return it->second;
 }

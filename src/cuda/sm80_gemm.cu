@@ -21,6 +21,7 @@
 #include <cstdint>
 
 #include "cuda/backend.hpp"
+#include "cuda/gemm_tiles.cuh"
 #include "cuda/linear_kernels.hpp"
 
 namespace mxfp4::cuda {
@@ -31,7 +32,6 @@ constexpr int kTileW = 128;             // weight rows per CTA
 constexpr int kTileK = 2 * kBlockSize;  // k per stage
 constexpr int kStages = 4;
 constexpr int kThreads = 128;              // 4 warps
-constexpr int kGroup = 8;                  // token tiles per raster group
 constexpr int kXChunks = kTileK * 2 / 16;  // 16-byte chunks per token row per stage (8)
 constexpr int kOutStride = kTileW + 8;     // bf16 elements per token row of the output tile
 
@@ -195,46 +195,19 @@ __device__ __forceinline__ void gemm_tile(uint4* smem_raw, const __nv_bfloat16* 
 #pragma unroll
   for (int i = 0; i < 2; ++i) {
     const int ra = warp * 32 + 16 * i + g;
-    float ba = 0.0f, bb = 0.0f;
-    if (bias != nullptr) {
-      const std::int64_t base = static_cast<std::int64_t>(tile.expert) * n;
-      if (w0 + ra < n) ba = load_bias(bias, bias_dtype, base + w0 + ra);
-      if (w0 + ra + 8 < n) bb = load_bias(bias, bias_dtype, base + w0 + ra + 8);
-    }
+    const float ba = row_bias(bias, bias_dtype, tile, w0 + ra, n);
+    const float bb = row_bias(bias, bias_dtype, tile, w0 + ra + 8, n);
 #pragma unroll
-    for (int j = 0; j < kTileT / 8; ++j) {
-      const int tok = 8 * j + 2 * t;
-      tile_out[tok * kOutStride + ra] = __float2bfloat16_rn(acc[i][j][0] + ba);
-      tile_out[(tok + 1) * kOutStride + ra] = __float2bfloat16_rn(acc[i][j][1] + ba);
-      tile_out[tok * kOutStride + ra + 8] = __float2bfloat16_rn(acc[i][j][2] + bb);
-      tile_out[(tok + 1) * kOutStride + ra + 8] = __float2bfloat16_rn(acc[i][j][3] + bb);
-    }
+    for (int j = 0; j < kTileT / 8; ++j)
+      stage_fragment(tile_out, kOutStride, ra, 8 * j + 2 * t, acc[i][j], ba, bb);
   }
   __syncthreads();
-  const int cols = min(kTileW, n - w0);
-  if (vector_store) {
-    // n % 8 == 0: a row's 128 values are 16 aligned chunks, each entirely in or out of range.
-    const int c = tid & 15;
-    if (8 * c < cols) {
-      for (int r = tid >> 4; r < tile.count; r += kThreads / 16) {
-        const uint4 v = *reinterpret_cast<const uint4*>(&tile_out[r * kOutStride + 8 * c]);
-        *reinterpret_cast<uint4*>(out + rows.pair(tile.first + r) * n + w0 + 8 * c) = v;
-      }
-    }
-  } else {
-    for (int r = warp; r < tile.count; r += kThreads / 32) {
-      __nv_bfloat16* dst = out + rows.pair(tile.first + r) * n + w0;
-      for (int c = lane; c < cols; c += 32)
-        dst[c] = tile_out[r * kOutStride + c];
-    }
-  }
+  store_tile<__nv_bfloat16, kTileW, kThreads>(tile_out, kOutStride, out, rows, tile, w0, n,
+                                              vector_store);
   __syncthreads();  // the stages are free again
 }
 
-// Persistent CTAs walk the (token tile, weight tile) pairs in raster order: groups of kGroup
-// token tiles sweep the weight tiles together, so a weight tile read from DRAM is reused from L2.
-// Grouped grids: tiles_t is an upper bound; the planned count is read on the device and empty
-// tiles are skipped.
+// Persistent CTAs walk the (token tile, weight tile) pairs in raster order (gemm_tiles.cuh).
 template <int kTileT>
 __global__ void __launch_bounds__(kThreads, 2)
     gemm_bf16_kernel(const __nv_bfloat16* __restrict__ x, TokenRows rows, int tiles_t, int tiles_w,
@@ -243,19 +216,10 @@ __global__ void __launch_bounds__(kThreads, 2)
                      DType bias_dtype, __nv_bfloat16* __restrict__ out, int n, int k,
                      bool vector_store) {
   extern __shared__ uint4 smem_raw[];
-  if (rows.tile_list != nullptr) tiles_t = min(tiles_t, *rows.tile_total);
-  const int per_group = kGroup * tiles_w;
-  for (int pid = static_cast<int>(blockIdx.x); pid < tiles_t * tiles_w;
-       pid += static_cast<int>(gridDim.x)) {
-    const int first_t = (pid / per_group) * kGroup;
-    const int group_size = min(tiles_t - first_t, kGroup);
-    const int tile_t = first_t + (pid % per_group) % group_size;
-    const int tile_w = (pid % per_group) / group_size;
-    const TokenRows::Tile tile = rows.tile(tile_t, kTileT);
-    if (tile.count == 0) continue;
+  for_each_gemm_tile(rows, tiles_t, tiles_w, kTileT, [&](const TokenRows::Tile& tile, int tile_w) {
     gemm_tile<kTileT>(smem_raw, x, rows, tile, tile_w, blocks, scales, bias, bias_dtype, out, n, k,
                       vector_store);
-  }
+  });
 }
 
 template <int kTileT>
@@ -264,19 +228,15 @@ void launch_gemm_tiles(const void* x, const TokenRows& rows, std::int64_t tiles,
   const int n = static_cast<int>(w.n);
   const int k = static_cast<int>(w.k);
   const std::int64_t tiles_w = (n + kTileW - 1) / kTileW;
-  const std::int64_t ctas = tiles * tiles_w;
+  const std::int64_t ctas = gemm_tile_pairs(tiles, tiles_w);
   if (ctas == 0) return;
-  if (ctas >= (std::int64_t{1} << 31)) {
-    throw Unsupported("linear: " + std::to_string(ctas) + " tiles exceed one CUDA grid");
-  }
   constexpr std::size_t smem = kSmemBytes<kTileT>;
   const int sms = current_device_facts().multiprocessors;
   // Two CTAs fit an SM (registers and shared memory): a persistent grid of that many.
   const std::int64_t grid = std::min<std::int64_t>(ctas, 2 * static_cast<std::int64_t>(sms));
-  check(cudaFuncSetAttribute(gemm_bf16_kernel<kTileT>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                             static_cast<int>(smem)),
-        "cudaFuncSetAttribute(gemm_bf16_kernel)");
-  const bool vector_store = n % 8 == 0 && (reinterpret_cast<std::uintptr_t>(out) & 15) == 0;
+  prepare_kernel(reinterpret_cast<const void*>(gemm_bf16_kernel<kTileT>), kThreads,
+                 static_cast<int>(smem), "gemm_bf16_kernel");
+  const bool vector_store = vector_store_ok(n, out);
   gemm_bf16_kernel<kTileT><<<static_cast<unsigned>(grid), kThreads, smem, stream>>>(
       static_cast<const __nv_bfloat16*>(x), rows, static_cast<int>(tiles),
       static_cast<int>(tiles_w), w.blocks, w.scales, w.bias, w.bias_dtype,

@@ -364,22 +364,7 @@ __global__ void __launch_bounds__(256)
   const std::int64_t token = item / n;
   const std::int64_t row = item % n;
   const std::int64_t nblk = k / kBlockSize;
-  const std::uint8_t* w = blocks + row * (k / 2);
-  const T* xr = x + token * k;
-  float acc = 0.0f;
-  for (std::int64_t b = lane; b < nblk; b += 32) {
-    const float s = e8m0_decode(scales[row * nblk + b]);
-    float part = 0.0f;
-    for (int j = 0; j < kBlockBytes; ++j) {
-      const std::uint8_t byte = w[b * kBlockBytes + j];
-      part = fmaf(to_float(xr[b * kBlockSize + 2 * j]), e2m1_decode(byte & 0xF), part);
-      part = fmaf(to_float(xr[b * kBlockSize + 2 * j + 1]), e2m1_decode(byte >> 4), part);
-    }
-    acc = fmaf(part, s, acc);
-  }
-#pragma unroll
-  for (int off = 16; off > 0; off >>= 1)
-    acc += __shfl_xor_sync(0xFFFFFFFFu, acc, off);
+  float acc = warp_row_dot(x + token * k, blocks + row * (k / 2), scales + row * nblk, nblk, lane);
   if (lane == 0) {
     if (bias != nullptr) acc += load_bias(bias, bias_dtype, row);
     out[token * n + row] = from_float<T>(acc);

@@ -25,12 +25,13 @@
 // exact and summed in f32, as for bf16; the tensor cores do twice the work (128-token tiles,
 // whose stages have room for both parts).
 //
-// Persistent CTAs walk (token tile, weight tile) pairs in raster groups of 8 token tiles, as
-// the sm_80 GEMM does, with TokenRows for the dense and the grouped (MoE) layouts.
+// Persistent CTAs walk (token tile, weight tile) pairs in raster groups of 8 token tiles
+// (gemm_tiles.cuh), with TokenRows for the dense and the grouped (MoE) layouts.
 #include <cstdint>
 #include <type_traits>
 
 #include "cuda/backend.hpp"
+#include "cuda/gemm_tiles.cuh"
 #include "cuda/linear_kernels.hpp"
 #include "cuda/wgmma.cuh"
 
@@ -39,8 +40,6 @@ namespace mxfp4::cuda {
 namespace {
 
 constexpr int kTileK = 2 * kBlockSize;
-// Token tiles per raster group (used by sm_90a device code only).
-[[maybe_unused]] constexpr int kGroup = 8;
 
 // kWG warpgroups (1 or 2) of kSub m64 sub-tiles each: a CTA covers kTileW = 64 kWG kSub weight
 // rows.
@@ -63,6 +62,7 @@ struct Sm90Config {
   static_assert(kTokens * kOutStride * 2 <= kStages * kStageBytes, "output tile must fit");
   static_assert(kStages * kStageBytes + 1024 <= 227 * 1024, "stages must fit shared memory");
   static_assert(!kSplit || kTokens == 128, "split x: 128-token tiles only");
+  static_assert(kLoOffset % 1024 == 0 && kWOffset % 1024 == 0, "swizzle atoms: 1 KiB aligned");
 };
 
 #if defined(MXFP4_SM90A_DEVICE)
@@ -342,46 +342,22 @@ __device__ __forceinline__ void sm90_tile(std::uint8_t* smem, const T* __restric
   cp_async_wait<0>();
   __syncthreads();
 
-  // Epilogue: bias in f32, bf16 tile [token][weight row] in shared memory, then whole rows out.
+  // Epilogue: bias in f32, the output tile [token][weight row] in shared memory, then whole
+  // rows out.
   auto* tile_out = reinterpret_cast<T*>(smem);
 #pragma unroll
   for (int j = 0; j < kSub; ++j) {
     const int r = ra + 64 * kWG * j;
-    float ba = 0.0f, bb = 0.0f;
-    if (bias != nullptr) {
-      const std::int64_t base = static_cast<std::int64_t>(tile.expert) * n;
-      if (w0 + r < n) ba = load_bias(bias, bias_dtype, base + w0 + r);
-      if (w0 + r + 8 < n) bb = load_bias(bias, bias_dtype, base + w0 + r + 8);
-    }
+    const float ba = row_bias(bias, bias_dtype, tile, w0 + r, n);
+    const float bb = row_bias(bias, bias_dtype, tile, w0 + r + 8, n);
 #pragma unroll
     for (int q = 0; q < kTokens / 8; ++q) {
       if (8 * q >= width) break;
-      const int tok = 8 * q + 2 * t;
-      tile_out[tok * C::kOutStride + r] = from_float<T>(acc[j][4 * q] + ba);
-      tile_out[(tok + 1) * C::kOutStride + r] = from_float<T>(acc[j][4 * q + 1] + ba);
-      tile_out[tok * C::kOutStride + r + 8] = from_float<T>(acc[j][4 * q + 2] + bb);
-      tile_out[(tok + 1) * C::kOutStride + r + 8] = from_float<T>(acc[j][4 * q + 3] + bb);
+      stage_fragment(tile_out, C::kOutStride, r, 8 * q + 2 * t, &acc[j][4 * q], ba, bb);
     }
   }
   __syncthreads();
-  const int cols = min(kTileW, n - w0);
-  if (vector_store) {
-    // n % 8 == 0: a row's values are aligned 8-value chunks, each entirely in or out of range.
-    constexpr int kChunks = kTileW / 8;
-    const int c = tid % kChunks;
-    if (8 * c < cols) {
-      for (int r = tid / kChunks; r < tile.count; r += kThreads / kChunks) {
-        const uint4 v = *reinterpret_cast<const uint4*>(&tile_out[r * C::kOutStride + 8 * c]);
-        *reinterpret_cast<uint4*>(out + rows.pair(tile.first + r) * n + w0 + 8 * c) = v;
-      }
-    }
-  } else {
-    for (int r = tid >> 5; r < tile.count; r += kThreads / 32) {
-      T* dst = out + rows.pair(tile.first + r) * n + w0;
-      for (int c = lane; c < cols; c += 32)
-        dst[c] = tile_out[r * C::kOutStride + c];
-    }
-  }
+  store_tile<T, kTileW, kThreads>(tile_out, C::kOutStride, out, rows, tile, w0, n, vector_store);
   __syncthreads();  // the stages are free again
 }
 
@@ -399,19 +375,10 @@ __global__ void __launch_bounds__(128 * kWG, kWG == 1 ? 2 : 1)
   const auto raw = static_cast<std::uint32_t>(__cvta_generic_to_shared(smem_raw));
   std::uint8_t* smem =
       reinterpret_cast<std::uint8_t*>(smem_raw) + ((1024u - (raw & 1023u)) & 1023u);
-  if (rows.tile_list != nullptr) tiles_t = min(tiles_t, *rows.tile_total);
-  const int per_group = kGroup * tiles_w;
-  for (int pid = static_cast<int>(blockIdx.x); pid < tiles_t * tiles_w;
-       pid += static_cast<int>(gridDim.x)) {
-    const int first_t = (pid / per_group) * kGroup;
-    const int group_size = min(tiles_t - first_t, kGroup);
-    const int tile_t = first_t + (pid % per_group) % group_size;
-    const int tile_w = (pid % per_group) / group_size;
-    const TokenRows::Tile tile = rows.tile(tile_t, kTokens);
-    if (tile.count == 0) continue;
+  for_each_gemm_tile(rows, tiles_t, tiles_w, kTokens, [&](const TokenRows::Tile& tile, int tile_w) {
     sm90_tile<T, kTokens, kSub, kWG>(smem, x, rows, tile, tile_w, blocks, scales, bias, bias_dtype,
                                      out, n, k, vector_store);
-  }
+  });
 #else
   (void)x, (void)rows, (void)tiles_t, (void)tiles_w, (void)blocks, (void)scales, (void)bias;
   (void)bias_dtype, (void)out, (void)n, (void)k, (void)vector_store;
@@ -426,22 +393,14 @@ void launch_sm90_tiles(const void* x, const TokenRows& rows, std::int64_t tiles,
   const int n = static_cast<int>(w.n);
   const int k = static_cast<int>(w.k);
   const std::int64_t tiles_w = (n + kTileW - 1) / kTileW;
-  const std::int64_t ctas = tiles * tiles_w;
+  const std::int64_t ctas = gemm_tile_pairs(tiles, tiles_w);
   if (ctas == 0) return;
-  if (ctas >= (std::int64_t{1} << 31)) {
-    throw Unsupported("linear: " + std::to_string(ctas) + " tiles exceed one CUDA grid");
-  }
   const int sms = current_device_facts().multiprocessors;
-  check(cudaFuncSetAttribute(sm90_gemm_kernel<T, kTokens, kSub, kWG>,
-                             cudaFuncAttributeMaxDynamicSharedMemorySize, C::kSmemBytes),
-        "cudaFuncSetAttribute(sm90_gemm_kernel)");
-  int per_sm = 0;
-  check(cudaOccupancyMaxActiveBlocksPerMultiprocessor(
-            &per_sm, sm90_gemm_kernel<T, kTokens, kSub, kWG>, C::kThreads, C::kSmemBytes),
-        "cudaOccupancyMaxActiveBlocksPerMultiprocessor(sm90_gemm_kernel)");
-  const std::int64_t grid =
-      std::min<std::int64_t>(ctas, static_cast<std::int64_t>(sms) * std::max(per_sm, 1));
-  const bool vector_store = n % 8 == 0 && (reinterpret_cast<std::uintptr_t>(out) & 15) == 0;
+  const int per_sm =
+      prepare_kernel(reinterpret_cast<const void*>(sm90_gemm_kernel<T, kTokens, kSub, kWG>),
+                     C::kThreads, C::kSmemBytes, "sm90_gemm_kernel");
+  const std::int64_t grid = std::min<std::int64_t>(ctas, static_cast<std::int64_t>(sms) * per_sm);
+  const bool vector_store = vector_store_ok(n, out);
   sm90_gemm_kernel<T, kTokens, kSub, kWG>
       <<<static_cast<unsigned>(grid), C::kThreads, C::kSmemBytes, stream>>>(
           static_cast<const T*>(x), rows, static_cast<int>(tiles), static_cast<int>(tiles_w),

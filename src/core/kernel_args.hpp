@@ -72,9 +72,10 @@ struct GatherLinearArgs {
 
 // CUDA gather_linear: batches of at most kCudaCtaRoutePairs (token, slot) pairs are routed
 // inside each CTA and need no workspace. Larger ones sort the pairs by expert and plan tiles in
-// three classes by an expert's token count: at most 8 (decode kernel, tiles of 8), at most
-// kCudaGemmMinTokens (one tile of 32: tiled GEMM for bf16, decode kernel for f16), more (tiled
-// GEMM, tiles of 128; f16 stays in the second class, with as many tiles of 32 as it needs).
+// four classes by an expert's token count: at most 8 (decode kernel, one tile of 8), at most 16
+// (decode kernel, one tile of 16), at most kCudaGemmMinTokens (one tile of 32: tiled GEMM for
+// bf16, decode kernel for f16), more (a GEMM's tiles; without one, f16 stays in the third class,
+// with as many tiles of 32 as it needs).
 inline constexpr std::int64_t kCudaCtaRoutePairs = 16;
 inline constexpr std::int64_t kCudaGemmMinTokens = 32;
 
@@ -82,11 +83,14 @@ struct CudaGatherPlan {
   std::int64_t pairs, experts;
   // Upper bounds of the tiles of each class (the grids launched).
   std::int64_t small_tiles() const { return std::min(experts, pairs); }
-  std::int64_t mid_tiles() const { return std::min(experts, pairs / 9) + pairs / 32; }
+  std::int64_t sixteen_tiles() const { return std::min(experts, pairs / 9); }
+  std::int64_t mid_tiles() const { return std::min(experts, pairs / 17) + pairs / 32; }
   std::int64_t large_tiles() const {
     return std::min(experts, pairs / (kCudaGemmMinTokens + 1)) + pairs / 128;
   }
-  std::int64_t list_entries() const { return small_tiles() + mid_tiles() + large_tiles(); }
+  std::int64_t list_entries() const {
+    return small_tiles() + sixteen_tiles() + mid_tiles() + large_tiles();
+  }
   // Workspace layout: counts[E], offsets[E + 1], cursor[E], totals[4], perm[pairs], then the
   // tile list (16 bytes an entry); each part 256-byte aligned.
   static std::size_t up(std::size_t v) { return (v + 255) & ~std::size_t{255}; }

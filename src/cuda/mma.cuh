@@ -187,6 +187,7 @@ struct TokenRows {
   const void* route_ids = nullptr;
   DType route_dtype = DType::i32;
   int route_pairs = 0;
+  int route_groups = 1;         // tiles a CTA computes at once (sm80_linear.cu)
   IndexError* error = nullptr;  // where out-of-range ids are recorded
 
   struct Tile {

@@ -5,9 +5,9 @@
 // - small batches (at most kCtaRoutePairs pairs): every CTA of the decode kernel sorts the ids
 //   itself (route.cuh): one launch, no workspace;
 // - larger ones: a counting sort in three small kernels into a workspace (count per expert; a
-//   plan: prefix sums and a tile list in three classes by an expert's token count; scatter into
-//   a permutation), then per class the decode kernel with tiles of 8 or 32 tokens, or the tiled
-//   GEMM with tiles of 128, each tile one expert's tokens: x rows are gathered through the
+//   plan: prefix sums and a tile list in four classes by an expert's token count; scatter into
+//   a permutation), then per class the decode kernel with tiles of 8, 16 or 32 tokens, or a
+//   tiled GEMM, each tile one expert's tokens: x rows are gathered through the
 //   permutation and each result written to its own output row [t, s]. Grids are sized by upper
 //   bounds on the host; CTAs past the planned tiles exit at once.
 // No host round trip and no synchronization. Out-of-range ids are recorded in a per-device
@@ -51,39 +51,47 @@ __global__ void count_kernel(const void* ids, DType id_dtype, std::int64_t pairs
 }
 
 // Tile classes of the sorted pairs (kernel_args.hpp): an expert with c tokens gets one tile of
-// the decode kernel's 8 (c <= 8), one tile of 32 (c <= mid_max: the GEMM's for bf16, else the
-// decode kernel's, then with mid_max unbounded) or GEMM tiles of large_tile (128; 256 for the
-// wgmma GEMM).
+// the decode kernel's 8 (c <= 8) or 16 (c <= 16), one tile of 32 (c <= mid_max: the GEMM's for
+// bf16, else the decode kernel's, then with mid_max unbounded) or GEMM tiles of large_tile (128;
+// 256 for the wgmma GEMM with bf16).
+constexpr int kClasses = 4;
 constexpr int kSmallTile = 8;
+constexpr int kSixteenTile = 16;
 constexpr int kMidTile = 32;
 constexpr int kLargeTile = 128;
 
-// One warp: pair offsets per expert (cursor starts there), and the three classes' tile lists,
-// written at list + class_base[class]; totals[class] = their lengths.
+// One warp: pair offsets per expert (cursor starts there), and the classes' tile lists, written
+// at list + class_base[class]; totals[class] = their lengths.
+struct ClassBases {
+  int base[kClasses];
+};
+
 __global__ void plan_kernel(const int* counts, int experts, int mid_max, int large_tile,
-                            int* offsets, int* cursor, int* totals, int4* list, int mid_base,
-                            int large_base) {
+                            int* offsets, int* cursor, int* totals, int4* list,
+                            ClassBases class_base) {
   const int lane = static_cast<int>(threadIdx.x);
-  int pair_base = 0, base[3] = {0, 0, 0};
-  const int class_base[3] = {0, mid_base, large_base};
-  const int class_tile[3] = {kSmallTile, kMidTile, large_tile};
+  int pair_base = 0, base[kClasses] = {};
+  const int class_tile[kClasses] = {kSmallTile, kSixteenTile, kMidTile, large_tile};
   for (int e0 = 0; e0 < experts; e0 += 32) {
     const int e = e0 + lane;
     const int c = e < experts ? counts[e] : 0;
-    const int cls = c <= kSmallTile ? 0 : c <= mid_max ? 1 : 2;
+    const int cls = c <= kSmallTile ? 0 : c <= kSixteenTile ? 1 : c <= mid_max ? 2 : 3;
     const int tiles = c == 0 ? 0 : (c + class_tile[cls] - 1) / class_tile[cls];
-    int pc = c, tc[3] = {cls == 0 ? tiles : 0, cls == 1 ? tiles : 0, cls == 2 ? tiles : 0};
+    int pc = c, tc[kClasses];
+#pragma unroll
+    for (int i = 0; i < kClasses; ++i)
+      tc[i] = cls == i ? tiles : 0;
 #pragma unroll
     for (int d = 1; d < 32; d <<= 1) {
       const int up = __shfl_up_sync(0xFFFFFFFFu, pc, d);
-      int ut[3];
+      int ut[kClasses];
 #pragma unroll
-      for (int i = 0; i < 3; ++i)
+      for (int i = 0; i < kClasses; ++i)
         ut[i] = __shfl_up_sync(0xFFFFFFFFu, tc[i], d);
       if (lane >= d) {
         pc += up;
 #pragma unroll
-        for (int i = 0; i < 3; ++i)
+        for (int i = 0; i < kClasses; ++i)
           tc[i] += ut[i];
       }
     }
@@ -94,20 +102,20 @@ __global__ void plan_kernel(const int* counts, int experts, int mid_max, int lar
       const int t0 = base[cls] + tc[cls] - tiles;  // this expert's first tile in its class
       for (int j = 0; j < tiles; ++j) {
         const int begin = j * class_tile[cls];
-        list[class_base[cls] + t0 + j] =
+        list[class_base.base[cls] + t0 + j] =
             make_int4(e, first + begin, min(class_tile[cls], c - begin), 0);
       }
     }
     pair_base += __shfl_sync(0xFFFFFFFFu, pc, 31);
 #pragma unroll
-    for (int i = 0; i < 3; ++i)
+    for (int i = 0; i < kClasses; ++i)
       base[i] += __shfl_sync(0xFFFFFFFFu, tc[i], 31);
   }
   if (lane == 0) {
     offsets[experts] = pair_base;
-    totals[0] = base[0];
-    totals[1] = base[1];
-    totals[2] = base[2];
+#pragma unroll
+    for (int i = 0; i < kClasses; ++i)
+      totals[i] = base[i];
   }
 }
 
@@ -217,11 +225,12 @@ void gather_linear(const detail::GatherLinearArgs& a) {
   int* totals = reinterpret_cast<int*>(base + plan.totals_at());
   auto* perm = reinterpret_cast<std::int32_t*>(base + plan.perm_at());
   auto* list = reinterpret_cast<int4*>(base + plan.list_at());
-  // Without a GEMM, the middle class takes every expert above 8 tokens. With one, experts up to
-  // 32 tokens get one tile of 32 (sm_80 GEMM for bf16, the decode kernel for f16) and larger
-  // ones tiles of 128, or on Hopper tiles of 256 (128 for f16) for the wgmma GEMM, which runs
-  // each at the width its tokens need (sm90_gemm.cu; measured: for experts of 32 tokens the
-  // sm_80 GEMM's tile of 32 is faster). choose_kernel for many tokens tells whether the device
+  // Experts of 9 to 16 tokens get one decode tile of 16 (measured: faster than the sm_80 GEMM's
+  // tile of 32 there). Without a GEMM, the third class takes every expert above 16 tokens. With
+  // one, experts up to 32 tokens get one tile of 32 (sm_80 GEMM for bf16, the decode kernel for
+  // f16) and larger ones tiles of 128, or on Hopper tiles of 256 (128 for f16) for the wgmma GEMM,
+  // which runs each at the width its tokens need (sm90_gemm.cu; measured: for experts of 32 tokens
+  // the sm_80 GEMM's tile of 32 is faster). choose_kernel for many tokens tells whether the device
   // has it (unless MXFP4_CUDA_KERNEL forces another).
   const bool gemm = a.x_dtype == DType::bf16;  // the sm_80 GEMM
   const bool sm90 = choose_kernel(a.x_dtype, std::int64_t{1} << 20, a.w.n).sm90;
@@ -229,9 +238,13 @@ void gather_linear(const detail::GatherLinearArgs& a) {
   const int mid_max = large ? static_cast<int>(detail::kCudaGemmMinTokens) : INT_MAX;
   const int large_tile = sm90 ? (gemm ? 256 : 128) : kLargeTile;
   const std::int64_t small_tiles = plan.small_tiles();
-  const std::int64_t mid_tiles = large ? std::min(a.w.experts, pairs / 9) : plan.mid_tiles();
-  const std::int64_t mid_base = small_tiles;
-  const std::int64_t large_base = small_tiles + plan.mid_tiles();
+  const std::int64_t sixteen_tiles = plan.sixteen_tiles();
+  const std::int64_t mid_tiles = large ? std::min(a.w.experts, pairs / 17) : plan.mid_tiles();
+  ClassBases bases;
+  bases.base[0] = 0;
+  bases.base[1] = static_cast<int>(small_tiles);
+  bases.base[2] = static_cast<int>(small_tiles + sixteen_tiles);
+  bases.base[3] = static_cast<int>(small_tiles + sixteen_tiles + plan.mid_tiles());
   try {
     check(cudaMemsetAsync(counts, 0, sizeof(int) * static_cast<std::size_t>(experts), stream),
           "cudaMemsetAsync(gather_linear counts)");
@@ -242,8 +255,7 @@ void gather_linear(const detail::GatherLinearArgs& a) {
     });
     check_launch("count_kernel");
     plan_kernel<<<1, 32, 0, stream>>>(counts, experts, mid_max, large_tile, offsets, cursor, totals,
-                                      list, static_cast<int>(mid_base),
-                                      static_cast<int>(large_base));
+                                      list, bases);
     check_launch("plan_kernel");
     scatter_kernel<<<blocks_for(pairs, 256), 256, 0, stream>>>(a.indices, a.index_dtype, pairs,
                                                                experts, cursor, perm);
@@ -252,16 +264,19 @@ void gather_linear(const detail::GatherLinearArgs& a) {
     rows.tile_list = list;
     rows.tile_total = totals;
     launch_decode(a.x, a.x_dtype, rows, small_tiles, kSmallTile, a.w, a.out, stream);
-    rows.tile_list = list + mid_base;
+    rows.tile_list = list + bases.base[1];
     rows.tile_total = totals + 1;
+    launch_decode(a.x, a.x_dtype, rows, sixteen_tiles, kSixteenTile, a.w, a.out, stream);
+    rows.tile_list = list + bases.base[2];
+    rows.tile_total = totals + 2;
     if (gemm) {
       launch_gemm(a.x, rows, mid_tiles, kMidTile, a.w, a.out, stream);
     } else {
       launch_decode(a.x, a.x_dtype, rows, mid_tiles, kMidTile, a.w, a.out, stream);
     }
     if (large) {
-      rows.tile_list = list + large_base;
-      rows.tile_total = totals + 2;
+      rows.tile_list = list + bases.base[3];
+      rows.tile_total = totals + 3;
       if (sm90) {
         launch_sm90_gemm(a.x, a.x_dtype, rows, plan.large_tiles(), large_tile, 128, a.w, a.out,
                          stream);

@@ -54,16 +54,17 @@ struct CtaRoute {
   std::int32_t perm[kCtaRoutePairs];    // position -> pair, sorted by expert (stable)
   std::int32_t expert[kCtaRoutePairs];  // expert of each position; experts (past the end) if bad
   std::int32_t warp_flags[kRouteWarps];
-  TokenRows::Tile tile;
+  TokenRows::Tile tiles[kCtaRoutePairs];  // every tile, in position order
+  int tile_count;
 };
 
 // Called by all threads of a CTA of at least 32 * kRouteWarps threads. Sorts the pairs by expert
-// into `route`, cuts each expert's run into tiles of `tile_tokens` and returns tile `index`
-// (count 0 if there is no such tile). Bad ids sort last and form no tile; they are reported by
-// the CTA with `reporter` set.
+// into `route` and cuts each expert's run into tiles of `tile_tokens`: route.tiles[0 ..
+// route.tile_count). Bad ids sort last and form no tile; they are reported by the CTA with
+// `reporter` set.
 template <typename T>
-__device__ TokenRows::Tile route_in_cta(const TokenRows& rows, std::int64_t index, int tile_tokens,
-                                        CtaRoute& route, bool reporter, T* out, int n) {
+__device__ void route_in_cta(const TokenRows& rows, int tile_tokens, CtaRoute& route, bool reporter,
+                             T* out, int n) {
   const int tid = static_cast<int>(threadIdx.x);
   const int pairs = rows.route_pairs;
   const int experts = rows.experts;
@@ -78,7 +79,6 @@ __device__ TokenRows::Tile route_in_cta(const TokenRows& rows, std::int64_t inde
     }
     route.expert[tid] = e;
   }
-  if (tid == 0) route.tile = {0, 0, 0};
   __syncthreads();
   int rank = 0;
   if (tid < pairs) {
@@ -113,16 +113,21 @@ __device__ TokenRows::Tile route_in_cta(const TokenRows& rows, std::int64_t inde
     int before = __popc(ballot & ((1u << (tid & 31)) - 1u));
     for (int w = 0; w < (tid >> 5); ++w)
       before += route.warp_flags[w];
-    if (start && before == index) {
+    if (start) {
       const int ep = route.expert[tid];
       int end = tid + 1;
       while (end < pairs && end - tid < tile_tokens && route.expert[end] == ep)
         ++end;
-      route.tile = {ep, tid, end - tid};
+      route.tiles[before] = {ep, tid, end - tid};
+    }
+    if (tid == 0) {
+      int total = 0;
+      for (int w = 0; w < kRouteWarps; ++w)
+        total += route.warp_flags[w];
+      route.tile_count = total;
     }
   }
   __syncthreads();
-  return route.tile;
 }
 
 }  // namespace mxfp4::cuda

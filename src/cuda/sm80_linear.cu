@@ -68,19 +68,18 @@ template <typename T, int NT>
 __device__ __forceinline__ void accumulate_post_scaled(
     float (&acc)[NT][4], const T* const (&x_lane)[NT], int tokens_left,
     const std::uint8_t* __restrict__ wa_row, const std::uint8_t* __restrict__ wb_row,
-    const std::uint8_t* __restrict__ sa_row, const std::uint8_t* __restrict__ sb_row, int nblk) {
-  const int warp = static_cast<int>(threadIdx.x) >> 5;
+    const std::uint8_t* __restrict__ sa_row, const std::uint8_t* __restrict__ sb_row, int nblk,
+    int member, int members) {
   const int lane = static_cast<int>(threadIdx.x) & 31;
   const int t = lane & 3;
   constexpr int kStep = 8;  // blocks per warp step
-  int b0 = warp * kStep;
+  const int stride = members * kStep;
+  int b0 = member * kStep;
   Step next = load_step(wa_row, wb_row, sa_row, sb_row, b0, t, nblk);
-  for (; b0 < nblk; b0 += kWarps * kStep) {
+  for (; b0 < nblk; b0 += stride) {
     Step cur = next;
     // Issue the next step's loads before computing on this one: bytes in flight hide latency.
-    if (b0 + kWarps * kStep < nblk) {
-      next = load_step(wa_row, wb_row, sa_row, sb_row, b0 + kWarps * kStep, t, nblk);
-    }
+    if (b0 + stride < nblk) next = load_step(wa_row, wb_row, sa_row, sb_row, b0 + stride, t, nblk);
 #pragma unroll
     for (int h = 0; h < 2; ++h) {
       quad_transpose(cur.wa[h], t);
@@ -184,12 +183,12 @@ template <int NT, XAhead kAhead>
 __device__ __forceinline__ void accumulate_pre_scaled(
     float (&acc)[NT][4], const __nv_bfloat16* const (&x_lane)[NT], int tokens_left,
     const std::uint8_t* __restrict__ wa_row, const std::uint8_t* __restrict__ wb_row,
-    const std::uint8_t* __restrict__ sa_row, const std::uint8_t* __restrict__ sb_row, int nblk) {
-  const int warp = static_cast<int>(threadIdx.x) >> 5;
+    const std::uint8_t* __restrict__ sa_row, const std::uint8_t* __restrict__ sb_row, int nblk,
+    int member, int members) {
   const int t = static_cast<int>(threadIdx.x) & 3;
   constexpr int kStep = 4;  // blocks per warp step
-  constexpr int kStride = kWarps * kStep;
-  int b0 = warp * kStep;
+  const int stride = members * kStep;
+  int b0 = member * kStep;
   WeightStep next = load_weight_step(wa_row, wb_row, sa_row, sb_row, b0 + t, nblk);
   uint4 xs[NT][4];
   uint4 x_next[kAhead == XAhead::kFull ? NT : 1][4];
@@ -198,9 +197,9 @@ __device__ __forceinline__ void accumulate_pre_scaled(
   if constexpr (kAhead == XAhead::kFull) {
     load_x_part<NT, 4>(x_next, 0, x_lane, tokens_left, b0 + t, nblk);
   }
-  for (; b0 < nblk; b0 += kStride) {
+  for (; b0 < nblk; b0 += stride) {
     const WeightStep cur = next;
-    const int blk_next = b0 + kStride + t;
+    const int blk_next = b0 + stride + t;
     if constexpr (kAhead == XAhead::kNone)
       load_x_part<NT, 4>(xs, 0, x_lane, tokens_left, b0 + t, nblk);
     if constexpr (kAhead == XAhead::kFull) {
@@ -211,7 +210,7 @@ __device__ __forceinline__ void accumulate_pre_scaled(
           xs[nt][q] = x_next[nt][q];
       }
     }
-    if (b0 + kStride < nblk) {
+    if (b0 + stride < nblk) {
       next = load_weight_step(wa_row, wb_row, sa_row, sb_row, blk_next, nblk);
       if constexpr (kAhead == XAhead::kFull) {
         load_x_part<NT, 4>(x_next, 0, x_lane, tokens_left, blk_next, nblk);
@@ -252,31 +251,35 @@ constexpr XAhead x_ahead() {
   return kCtas <= 2 ? XAhead::kFull : XAhead::kHalf;
 }
 
-// One tile: 16 weight rows (blockIdx.x) x the tile's tokens. Ends with a barrier, so a CTA can
-// go on to its next tile.
+// Up to kWarps tiles at once: 16 weight rows (blockIdx.x) times each tile's tokens. The warps
+// form `groups` groups (warp w in group w % groups), group i computes tiles[i], its warps
+// splitting K; partial sums are reduced through shared memory in a fixed order. Ends with a
+// barrier, so a CTA can go on to its next tiles. Dense batches: one group of every warp.
 template <typename T, int NT, int kCtas>
-__device__ __forceinline__ void linear_tile(const T* __restrict__ x, const TokenRows& rows,
-                                            const TokenRows::Tile& tile,
-                                            const std::uint8_t* __restrict__ blocks,
-                                            const std::uint8_t* __restrict__ scales,
-                                            const void* __restrict__ bias, DType bias_dtype,
-                                            T* __restrict__ out, int n, int k) {
+__device__ __forceinline__ void linear_tiles(const T* __restrict__ x, const TokenRows& rows,
+                                             const TokenRows::Tile* tiles, int groups,
+                                             const std::uint8_t* __restrict__ blocks,
+                                             const std::uint8_t* __restrict__ scales,
+                                             const void* __restrict__ bias, DType bias_dtype,
+                                             T* __restrict__ out, int n, int k) {
   const int warp = static_cast<int>(threadIdx.x) >> 5;
   const int lane = static_cast<int>(threadIdx.x) & 31;
   const int g = lane >> 2;
   const int row0 = static_cast<int>(blockIdx.x) * 16;
   const int nblk = k / kBlockSize;
-  blocks += static_cast<std::int64_t>(tile.expert) * n * (k / 2);
-  scales += static_cast<std::int64_t>(tile.expert) * n * nblk;
-  const std::int64_t bias0 = static_cast<std::int64_t>(tile.expert) * n;
+  const int group = warp % groups;
+  const int members = (kWarps - group + groups - 1) / groups;
+  const TokenRows::Tile tile = tiles[group];
+  const std::uint8_t* wblocks = blocks + static_cast<std::int64_t>(tile.expert) * n * (k / 2);
+  const std::uint8_t* wscales = scales + static_cast<std::int64_t>(tile.expert) * n * nblk;
 
   // Rows past n read row n-1 (in bounds) and are never stored.
   const int ra = min(row0 + g, n - 1);
   const int rb = min(row0 + g + 8, n - 1);
-  const std::uint8_t* wa_row = blocks + std::int64_t{ra} * (k / 2);
-  const std::uint8_t* wb_row = blocks + std::int64_t{rb} * (k / 2);
-  const std::uint8_t* sa_row = scales + std::int64_t{ra} * nblk;
-  const std::uint8_t* sb_row = scales + std::int64_t{rb} * nblk;
+  const std::uint8_t* wa_row = wblocks + std::int64_t{ra} * (k / 2);
+  const std::uint8_t* wb_row = wblocks + std::int64_t{rb} * (k / 2);
+  const std::uint8_t* sa_row = wscales + std::int64_t{ra} * nblk;
+  const std::uint8_t* sb_row = wscales + std::int64_t{rb} * nblk;
   // Lane (g, t) of n-tile nt reads x row of token 8 nt + g of the tile.
   const T* x_lane[NT];
 #pragma unroll
@@ -293,9 +296,10 @@ __device__ __forceinline__ void linear_tile(const T* __restrict__ x, const Token
   // (32-token tiles keep the f16 loop, whose x loads need fewer registers.)
   if constexpr (std::is_same_v<T, __nv_bfloat16> && NT <= 2) {
     accumulate_pre_scaled<NT, x_ahead<NT, kCtas>()>(acc, x_lane, tokens_left, wa_row, wb_row,
-                                                    sa_row, sb_row, nblk);
+                                                    sa_row, sb_row, nblk, warp / groups, members);
   } else {
-    accumulate_post_scaled<T, NT>(acc, x_lane, tokens_left, wa_row, wb_row, sa_row, sb_row, nblk);
+    accumulate_post_scaled<T, NT>(acc, x_lane, tokens_left, wa_row, wb_row, sa_row, sb_row, nblk,
+                                  warp / groups, members);
   }
 
   __shared__ float partial[kWarps][NT * 4][32];
@@ -306,20 +310,23 @@ __device__ __forceinline__ void linear_tile(const T* __restrict__ x, const Token
       partial[warp][nt * 4 + i][lane] = acc[nt][i];
   }
   __syncthreads();
-  for (int idx = static_cast<int>(threadIdx.x); idx < NT * 4 * 32; idx += kWarps * 32) {
-    const int frag = idx >> 5;
+  for (int idx = static_cast<int>(threadIdx.x); idx < groups * NT * 4 * 32; idx += kWarps * 32) {
+    const int gi = idx / (NT * 4 * 32);
+    const int frag = (idx >> 5) % (NT * 4);
     const int l = idx & 31;
     float s = 0.0f;
-#pragma unroll
-    for (int w = 0; w < kWarps; ++w)
+    for (int w = gi; w < kWarps; w += groups)
       s += partial[w][frag][l];
+    const TokenRows::Tile ti = groups == 1 ? tile : tiles[gi];
     const int nt = frag >> 2;
     const int i = frag & 3;
     const int row = row0 + (l >> 2) + (i >= 2 ? 8 : 0);
     const int local = nt * 8 + 2 * (l & 3) + (i & 1);
-    if (row < n && local < tile.count) {
-      if (bias != nullptr) s += load_bias(bias, bias_dtype, bias0 + row);
-      out[rows.pair(tile.first + local) * n + row] = from_float<T>(s);
+    if (row < n && local < ti.count) {
+      if (bias != nullptr) {
+        s += load_bias(bias, bias_dtype, static_cast<std::int64_t>(ti.expert) * n + row);
+      }
+      out[rows.pair(ti.first + local) * n + row] = from_float<T>(s);
     }
   }
   __syncthreads();  // `partial` is free again
@@ -327,26 +334,36 @@ __device__ __forceinline__ void linear_tile(const T* __restrict__ x, const Token
 
 // grid.x: 16-row tiles of the weight; grid.y walks tiles 0 .. tiles-1 of 8 * NT tokens, mapped to
 // rows of x and out by `rows` (dense, or one expert's tokens); a grouped grid stops at the first
-// empty tile (past the planned ones). kRoute: small expert batches routed in the CTA.
-// Register caps: 3 CTAs per SM for decode (NT = 1), 2 above; no variant spills.
+// empty tile (past the planned ones). kRoute: a small batch of expert ids, which each CTA sorts
+// itself (route.cuh) into tiles of 8 tokens; grid.y then walks rounds of rows.route_groups
+// tiles, computed at once by kWarps / route_groups warps each (with one token per expert, as in
+// decode, a CTA reads its rows of every touched expert at once instead of one after another).
+// Register caps: see decode_ctas; no variant spills.
+constexpr int kMaxRouteGroups = kWarps / 2;
+
 template <typename T, int NT, bool kRoute, int kCtas>
 __global__ void __launch_bounds__(kWarps * 32, kCtas)
     linear_mma_kernel(const T* __restrict__ x, TokenRows rows, std::int64_t tiles,
                       const std::uint8_t* __restrict__ blocks,
                       const std::uint8_t* __restrict__ scales, const void* __restrict__ bias,
                       DType bias_dtype, T* __restrict__ out, int n, int k) {
-  for (std::int64_t index = blockIdx.y; index < tiles; index += gridDim.y) {
-    TokenRows::Tile tile;
-    if constexpr (kRoute) {
-      // A small batch of expert ids: this CTA sorts them itself (route.cuh).
-      __shared__ CtaRoute route;
-      tile = route_in_cta(rows, index, 8 * NT, route, blockIdx.x == 0 && index == 0, out, n);
-      rows.perm = route.perm;
-    } else {
-      tile = rows.tile(index, 8 * NT);
+  if constexpr (kRoute) {
+    __shared__ CtaRoute route;
+    route_in_cta(rows, 8 * NT, route, blockIdx.x == 0 && blockIdx.y == 0, out, n);
+    rows.perm = route.perm;
+    const int per_round = rows.route_groups;
+    for (int first = static_cast<int>(blockIdx.y) * per_round; first < route.tile_count;
+         first += static_cast<int>(gridDim.y) * per_round) {
+      const int groups = min(route.tile_count - first, per_round);
+      linear_tiles<T, NT, kCtas>(x, rows, route.tiles + first, groups, blocks, scales, bias,
+                                 bias_dtype, out, n, k);
     }
-    if (tile.count == 0) break;  // the whole CTA
-    linear_tile<T, NT, kCtas>(x, rows, tile, blocks, scales, bias, bias_dtype, out, n, k);
+  } else {
+    for (std::int64_t index = blockIdx.y; index < tiles; index += gridDim.y) {
+      const TokenRows::Tile tile = rows.tile(index, 8 * NT);
+      if (tile.count == 0) break;  // the whole CTA
+      linear_tiles<T, NT, kCtas>(x, rows, &tile, 1, blocks, scales, bias, bias_dtype, out, n, k);
+    }
   }
 }
 
@@ -418,6 +435,16 @@ void launch_mma(const void* x, const TokenRows& rows, std::int64_t tiles,
   // Dense tiles are all full: one CTA each (up to grid.y's 65535). Grouped grids are upper
   // bounds: enough CTAs for a few waves walk the planned tiles, instead of a CTA per bound.
   std::int64_t y = std::min<std::int64_t>(tiles, 65535);
+  TokenRows routed = rows;
+  if (rows.route_ids != nullptr) {
+    // Tiles per round: as many as keep about two CTAs per SM busy (rounds x row tiles).
+    const std::int64_t enough = 2 * std::int64_t{current_device_facts().multiprocessors};
+    int groups = kMaxRouteGroups;
+    while (groups > 1 && row_tiles * ((tiles + groups - 1) / groups) < enough)
+      groups /= 2;
+    routed.route_groups = groups;
+    y = (tiles + groups - 1) / groups;  // rounds
+  }
   if (rows.tile_list != nullptr || rows.route_ids != nullptr) {
     y = std::min<std::int64_t>(y, std::max<std::int64_t>(1, 2112 / row_tiles));
   }
@@ -426,7 +453,7 @@ void launch_mma(const void* x, const TokenRows& rows, std::int64_t tiles,
   constexpr bool kBf16 = std::is_same_v<T, __nv_bfloat16>;
   if constexpr (NT == 1) {
     if (rows.route_ids != nullptr)
-      return launch_variant<T, 1, true, 3>(grid, x, rows, tiles, w, out, stream);
+      return launch_variant<T, 1, true, 3>(grid, x, routed, tiles, w, out, stream);
     if (kBf16 && pick_ctas(std::int64_t{row_tiles} * y, 3, 4) == 4) {
       return launch_variant < T, 1, false, kBf16 ? 4 : 3 > (grid, x, rows, tiles, w, out, stream);
     }

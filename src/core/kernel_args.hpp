@@ -76,7 +76,7 @@ struct GatherLinearArgs {
 // (decode kernel, one tile of 16), at most kCudaGemmMinTokens (one tile of 32: tiled GEMM for
 // bf16, decode kernel for f16), more (a GEMM's tiles; without one, f16 stays in the third class,
 // with as many tiles of 32 as it needs).
-inline constexpr std::int64_t kCudaCtaRoutePairs = 16;
+inline constexpr std::int64_t kCudaCtaRoutePairs = 64;
 inline constexpr std::int64_t kCudaGemmMinTokens = 32;
 
 struct CudaGatherPlan {

@@ -17,7 +17,8 @@ namespace mxfp4::cuda {
 // tokens, 128 weight rows per tile, or 64 or 256 with 128 tokens; f16: 128 x 128).
 // MXFP4_CUDA_KERNEL=decode|gemm64|gemm128|wgmma128|wgmma256|wgmma64r|wgmma256r forces a choice
 // where the dtype and the device allow it (for benchmarks and tuning); decode_lo and decode_hi
-// force the decode kernel and its lower or higher occupancy variant (sm80_linear.cu).
+// force the decode kernel and its lower or higher occupancy variant, decode_rows2 its CTAs of
+// two 16-row tiles (sm80_linear.cu).
 struct KernelChoice {
   bool gemm;
   int tile_tokens;

@@ -255,20 +255,24 @@ constexpr XAhead x_ahead() {
 // form `groups` groups (warp w in group w % groups), group i computes tiles[i], its warps
 // splitting K; partial sums are reduced through shared memory in a fixed order. Ends with a
 // barrier, so a CTA can go on to its next tiles. Dense batches: one group of every warp.
-template <typename T, int NT, int kCtas>
+template <typename T, int NT, int kCtas, int kRowTiles = 1>
 __device__ __forceinline__ void linear_tiles(const T* __restrict__ x, const TokenRows& rows,
                                              const TokenRows::Tile* tiles, int groups,
                                              const std::uint8_t* __restrict__ blocks,
                                              const std::uint8_t* __restrict__ scales,
                                              const void* __restrict__ bias, DType bias_dtype,
                                              T* __restrict__ out, int n, int k) {
-  const int warp = static_cast<int>(threadIdx.x) >> 5;
+  // kRowTiles 16-row tiles per CTA (dense only), each with kWarps / kRowTiles warps splitting K.
+  constexpr int kRowWarps = kWarps / kRowTiles;
+  const int all_warp = static_cast<int>(threadIdx.x) >> 5;
+  const int rt = kRowTiles == 1 ? 0 : all_warp / kRowWarps;
+  const int warp = kRowTiles == 1 ? all_warp : all_warp % kRowWarps;  // within its row tile
   const int lane = static_cast<int>(threadIdx.x) & 31;
   const int g = lane >> 2;
-  const int row0 = static_cast<int>(blockIdx.x) * 16;
+  const int row0 = (static_cast<int>(blockIdx.x) * kRowTiles + rt) * 16;
   const int nblk = k / kBlockSize;
   const int group = warp % groups;
-  const int members = (kWarps - group + groups - 1) / groups;
+  const int members = (kRowWarps - group + groups - 1) / groups;
   const TokenRows::Tile tile = tiles[group];
   const std::uint8_t* wblocks = blocks + static_cast<std::int64_t>(tile.expert) * n * (k / 2);
   const std::uint8_t* wscales = scales + static_cast<std::int64_t>(tile.expert) * n * nblk;
@@ -307,20 +311,23 @@ __device__ __forceinline__ void linear_tiles(const T* __restrict__ x, const Toke
   for (int nt = 0; nt < NT; ++nt) {
 #pragma unroll
     for (int i = 0; i < 4; ++i)
-      partial[warp][nt * 4 + i][lane] = acc[nt][i];
+      partial[all_warp][nt * 4 + i][lane] = acc[nt][i];
   }
   __syncthreads();
-  for (int idx = static_cast<int>(threadIdx.x); idx < groups * NT * 4 * 32; idx += kWarps * 32) {
-    const int gi = idx / (NT * 4 * 32);
+  for (int idx = static_cast<int>(threadIdx.x); idx < kRowTiles * groups * NT * 4 * 32;
+       idx += kWarps * 32) {
+    const int r = kRowTiles == 1 ? 0 : idx / (NT * 4 * 32);  // kRowTiles > 1: groups == 1
+    const int gi = kRowTiles == 1 ? idx / (NT * 4 * 32) : 0;
     const int frag = (idx >> 5) % (NT * 4);
     const int l = idx & 31;
     float s = 0.0f;
-    for (int w = gi; w < kWarps; w += groups)
-      s += partial[w][frag][l];
+    for (int w = gi; w < kRowWarps; w += groups)
+      s += partial[r * kRowWarps + w][frag][l];
     const TokenRows::Tile ti = groups == 1 ? tile : tiles[gi];
     const int nt = frag >> 2;
     const int i = frag & 3;
-    const int row = row0 + (l >> 2) + (i >= 2 ? 8 : 0);
+    const int row =
+        (static_cast<int>(blockIdx.x) * kRowTiles + r) * 16 + (l >> 2) + (i >= 2 ? 8 : 0);
     const int local = nt * 8 + 2 * (l & 3) + (i & 1);
     if (row < n && local < ti.count) {
       if (bias != nullptr) {
@@ -341,7 +348,7 @@ __device__ __forceinline__ void linear_tiles(const T* __restrict__ x, const Toke
 // Register caps: see decode_ctas; no variant spills.
 constexpr int kMaxRouteGroups = kWarps / 2;
 
-template <typename T, int NT, bool kRoute, int kCtas>
+template <typename T, int NT, bool kRoute, int kCtas, int kRowTiles = 1>
 __global__ void __launch_bounds__(kWarps * 32, kCtas)
     linear_mma_kernel(const T* __restrict__ x, TokenRows rows, std::int64_t tiles,
                       const std::uint8_t* __restrict__ blocks,
@@ -362,7 +369,8 @@ __global__ void __launch_bounds__(kWarps * 32, kCtas)
     for (std::int64_t index = blockIdx.y; index < tiles; index += gridDim.y) {
       const TokenRows::Tile tile = rows.tile(index, 8 * NT);
       if (tile.count == 0) break;  // the whole CTA
-      linear_tiles<T, NT, kCtas>(x, rows, &tile, 1, blocks, scales, bias, bias_dtype, out, n, k);
+      linear_tiles<T, NT, kCtas, kRowTiles>(x, rows, &tile, 1, blocks, scales, bias, bias_dtype,
+                                            out, n, k);
     }
   }
 }
@@ -419,10 +427,11 @@ int pick_ctas(std::int64_t ctas, int a, int b) {
   return cost(b) < cost(a) ? b : a;
 }
 
-template <typename T, int NT, bool kRoute, int kCtas>
+template <typename T, int NT, bool kRoute, int kCtas, int kRowTiles = 1>
 void launch_variant(dim3 grid, const void* x, const TokenRows& rows, std::int64_t tiles,
                     const detail::WeightArgs& w, void* out, cudaStream_t stream) {
-  linear_mma_kernel<T, NT, kRoute, kCtas><<<grid, kWarps * 32, 0, stream>>>(
+  grid.x = (grid.x + kRowTiles - 1) / kRowTiles;
+  linear_mma_kernel<T, NT, kRoute, kCtas, kRowTiles><<<grid, kWarps * 32, 0, stream>>>(
       static_cast<const T*>(x), rows, tiles, w.blocks, w.scales, w.bias, w.bias_dtype,
       static_cast<T*>(out), static_cast<int>(w.n), static_cast<int>(w.k));
   check_launch("linear_mma_kernel");
@@ -451,6 +460,17 @@ void launch_mma(const void* x, const TokenRows& rows, std::int64_t tiles,
   if (y == 0) return;
   const dim3 grid(row_tiles, static_cast<unsigned>(y));
   constexpr bool kBf16 = std::is_same_v<T, __nv_bfloat16>;
+  if constexpr (NT == 1 && kBf16) {
+    // Long rows at decode: CTAs of two 16-row tiles, four warps splitting K for each. Measured
+    // on an H100 (bench/RESULTS.md, session 4), M <= 4: Llama-70B up and down 59 us (87% of
+    // copy) against 63-66 us, once each warp streams 64 blocks or more; shorter rows (K = 2880,
+    // 4096) lose (fewer CTAs), and so does M = 8 on Llama-70B up (x loads of 8 tokens).
+    const bool dense = rows.tile_list == nullptr && rows.route_ids == nullptr;
+    const bool long_rows = w.k / kBlockSize >= 64 * (kWarps / 2);
+    if (dense && (forced_kernel() == "decode_rows2" || (rows.rows <= 4 && long_rows))) {
+      return launch_variant<T, 1, false, 3, 2>(grid, x, rows, tiles, w, out, stream);
+    }
+  }
   if constexpr (NT == 1) {
     if (rows.route_ids != nullptr)
       return launch_variant<T, 1, true, 3>(grid, x, routed, tiles, w, out, stream);

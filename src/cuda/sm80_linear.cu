@@ -345,7 +345,8 @@ __device__ __forceinline__ void linear_tiles(const T* __restrict__ x, const Toke
 // itself (route.cuh) into tiles of 8 tokens; grid.y then walks rounds of rows.route_groups
 // tiles, computed at once by kWarps / route_groups warps each (with one token per expert, as in
 // decode, a CTA reads its rows of every touched expert at once instead of one after another).
-// Register caps: see decode_ctas; no variant spills.
+// Register caps: the kCtas variants (x_ahead, pick_ctas); only the 32-token tiles spill (a few
+// bytes, ptxas -v), the others do not.
 constexpr int kMaxRouteGroups = kWarps / 2;
 
 template <typename T, int NT, bool kRoute, int kCtas, int kRowTiles = 1>

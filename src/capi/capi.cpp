@@ -254,6 +254,24 @@ const mxfp4::detail::TensorFileReader& reader_of(const char* op, const mxfp4_fil
   return *require(op, "file", f).reader;
 }
 
+mxfp4::GptqOptions gptq_options(const char* op, int32_t rule, double damp) {
+  mxfp4::GptqOptions options;
+  options.rule = quantize_options(op, rule, MXFP4_NON_FINITE_ERROR).rule;
+  options.damp = damp;
+  return options;
+}
+
+// A handle for a GPTQ result; the bias, validated as given, is kept as a copy.
+mxfp4_weight* gptq_result(mxfp4::Mxfp4Weight q, const std::optional<Tensor>& bias) {
+  auto handle = std::make_unique<mxfp4_weight>();
+  if (bias) {
+    handle->weight = mxfp4::Mxfp4Weight::from_parts(q.blocks(), q.scales(), bias->clone());
+  } else {
+    handle->weight = std::move(q);
+  }
+  return handle.release();
+}
+
 }  // namespace
 
 extern "C" {
@@ -507,18 +525,9 @@ mxfp4_status mxfp4_quantize_gptq(const mxfp4_tensor* weight, const mxfp4_hessian
     const Tensor w = to_tensor(op, "weight", weight);
     const mxfp4::Hessian& h = hessian_of(op, hessian);
     std::optional<Tensor> b = to_optional_tensor(op, "bias", bias);
-    mxfp4::GptqOptions options;
-    options.rule = quantize_options(op, rule, MXFP4_NON_FINITE_ERROR).rule;
-    options.damp = damp;
-    // The bias is validated as given, then the weight keeps a copy of it.
+    const mxfp4::GptqOptions options = gptq_options(op, rule, damp);
     mxfp4::Mxfp4Weight q = mxfp4::quantize_gptq(w, h, b, options);
-    auto handle = std::make_unique<mxfp4_weight>();
-    if (b) {
-      handle->weight = mxfp4::Mxfp4Weight::from_parts(q.blocks(), q.scales(), b->clone());
-    } else {
-      handle->weight = std::move(q);
-    }
-    result = handle.release();
+    result = gptq_result(std::move(q), b);
   });
 }
 
@@ -555,9 +564,7 @@ mxfp4_status mxfp4_quantize_gptq_experts(const mxfp4_tensor* weight,
       }
     }
     std::optional<Tensor> b = to_optional_tensor(op, "bias", bias);
-    mxfp4::GptqOptions options;
-    options.rule = quantize_options(op, rule, MXFP4_NON_FINITE_ERROR).rule;
-    options.damp = damp;
+    const mxfp4::GptqOptions options = gptq_options(op, rule, damp);
     // The handles are lent, not copied (each H is K * K doubles).
     mxfp4::Mxfp4Weight q = mxfp4::detail::quantize_gptq_experts(
         w, experts,
@@ -565,13 +572,7 @@ mxfp4_status mxfp4_quantize_gptq_experts(const mxfp4_tensor* weight,
           return hessians[static_cast<std::size_t>(e)]->hessian;
         },
         b, options);
-    auto handle = std::make_unique<mxfp4_weight>();
-    if (b) {
-      handle->weight = mxfp4::Mxfp4Weight::from_parts(q.blocks(), q.scales(), b->clone());
-    } else {
-      handle->weight = std::move(q);
-    }
-    result = handle.release();
+    result = gptq_result(std::move(q), b);
   });
 }
 

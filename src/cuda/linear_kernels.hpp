@@ -14,7 +14,8 @@ namespace mxfp4::cuda {
 // Which kernel runs a weight for about `tokens` tokens (per expert, for gather_linear), and with
 // how many tokens per tile: the decode kernel (8, 16 or 32 tokens per tile; every dtype), the
 // sm_80 tiled GEMM (64 or 128; bf16 only) or, on Hopper, the wgmma GEMM (bf16: 128 or 256
-// tokens, 128 weight rows per tile, or 64 or 256 with 128 tokens; f16: 128 x 128).
+// tokens, 128 weight rows per tile, or 64 or 256 with 128 tokens; f16: 128 tokens, 128 or 256
+// rows).
 // MXFP4_CUDA_KERNEL=decode|gemm64|gemm128|wgmma128|wgmma256|wgmma64r|wgmma256r forces a choice
 // where the dtype and the device allow it (for benchmarks and tuning); decode_lo and decode_hi
 // force the decode kernel and its lower or higher occupancy variant, decode_rows2 its CTAs of
@@ -42,7 +43,7 @@ bool sm90_gemm_available();
 
 // The wgmma GEMM (sm_90a), bf16 x: `tiles` tiles of `tile_tokens` (128 or 256) tokens mapped by
 // `rows`, times weight tiles of `tile_rows` rows (128; 64 or 256 with 128 tokens). f16 x: tiles
-// of 128 tokens and 128 rows whatever the arguments (x split exactly into two bf16 parts).
+// of 128 tokens (x split exactly into two bf16 parts) and 256 rows if tile_rows is 256, else 128.
 void launch_sm90_gemm(const void* x, DType x_dtype, const TokenRows& rows, std::int64_t tiles,
                       int tile_tokens, int tile_rows, const detail::WeightArgs& w, void* out,
                       cudaStream_t stream);

@@ -60,10 +60,11 @@ __device__ __forceinline__ Step load_step(const std::uint8_t* __restrict__ wa_ro
   return st;
 }
 
-// The main loop for f16 x, accumulating one 16-row tile's partial sums over this warp's share of
-// K into acc: E2M1 fed to the MMAs unscaled, each block's two MMAs summed in f32 and scaled by the
-// block's scale in f32 (a scale times an E2M1 value may not fit f16). Lane (g, t) loads whole
-// blocks and a quad transpose hands it word t of four blocks (its A fragment of each).
+// The main loop for f16 x (and 32-token tiles), accumulating one 16-row tile's partial sums over
+// this warp's share of K into acc: E2M1 fed to the MMAs unscaled, each block's two MMAs summed in
+// f32 and scaled by the block's scale in f32 (a scale times an E2M1 value may not fit f16). Lane
+// (g, t) loads whole blocks and a quad transpose hands it word t of four blocks (its A fragment of
+// each).
 template <typename T, int NT>
 __device__ __forceinline__ void accumulate_post_scaled(
     float (&acc)[NT][4], const T* const (&x_lane)[NT], int tokens_left,
@@ -497,6 +498,7 @@ KernelChoice choose_kernel(DType x_dtype, std::int64_t tokens, std::int64_t n) {
   const bool sm90_ok = (gemm_ok || x_dtype == DType::f16) && sm90_gemm_available();
   if (gemm_ok && forced == "gemm64") return {true, 64};
   if (gemm_ok && forced == "gemm128") return {true, 128};
+  if (sm90_ok && !gemm_ok && forced == "wgmma256r") return {true, 128, true, 256};
   if (sm90_ok && !gemm_ok && forced.rfind("wgmma", 0) == 0) return {true, 128, true};
   if (sm90_ok && forced == "wgmma128") return {true, 128, true};
   if (sm90_ok && forced == "wgmma256") return {true, 256, true};
@@ -504,8 +506,15 @@ KernelChoice choose_kernel(DType x_dtype, std::int64_t tokens, std::int64_t n) {
   if (sm90_ok && forced == "wgmma64r") return {true, 128, true, 64};
   const KernelChoice decode{false, tokens <= 8 ? 8 : tokens <= 16 ? 16 : 32};
   if (forced.rfind("decode", 0) == 0 || tokens <= 16) return decode;
-  // f16: the wgmma GEMM (x split into two bf16 parts, one tile shape) from 65 tokens.
-  if (!gemm_ok) return sm90_ok && tokens > 64 ? KernelChoice{true, 128, true} : decode;
+  // f16: the wgmma GEMM (x split into two bf16 parts, 128-token tiles) from 65 tokens, with
+  // 256-row tiles (half the x splitting per weight row) once they are about two thirds of the
+  // SM count; measured on an H100 at M = 4096: 247-263 TFLOP/s against 211-219 with 128 rows.
+  if (!gemm_ok) {
+    if (!sm90_ok || tokens <= 64) return decode;
+    const std::int64_t tiles256 = (n + 255) / 256 * ((tokens + 127) / 128);
+    const bool wide = tiles256 * 3 >= 2 * std::int64_t{current_device_facts().multiprocessors};
+    return {true, 128, true, wide ? 256 : 128};
+  }
   // The GEMM needs enough 128-row weight tiles to fill the card; otherwise the decode kernel's
   // 16-row tiles and in-CTA split of K keep more SMs busy. Measured on an H100 at M = 64
   // (bench/RESULTS.md): the GEMM wins from N = 8192 (64 tiles) and loses at N <= 5760.

@@ -55,8 +55,10 @@ struct Sm90Config {
   static constexpr int kSOffset = kWOffset + kWBytes;
   static constexpr int kSBytes = 2 * kTileW * 4;  // [block][row] scales as bf16 pairs
   static constexpr int kStageBytes = (kSOffset + kSBytes + 1023) / 1024 * 1024;
-  // One warpgroup: 5 stages, so two CTAs fit an SM. Split: 6 stages of 37 KiB (128 tokens).
-  static constexpr int kStages = kWG == 1 || kWOffset + kWBytes > 32768 ? (kSplit ? 6 : 5) : 6;
+  // One warpgroup: 5 stages, so two CTAs fit an SM. Split: as many stages of 37 or 42 KiB
+  // (128 tokens, 128 or 256 rows) as fit, up to 6.
+  static constexpr int kStages = kSplit ? (kStageBytes * 6 + 1024 <= 227 * 1024 ? 6 : 5)
+                                        : (kWG == 1 || kWOffset + kWBytes > 32768 ? 5 : 6);
   static constexpr int kSmemBytes = kStages * kStageBytes + 1024;  // + alignment slack
   static constexpr int kOutStride = kTileW + 8;  // bf16 per token row of the output tile
   static_assert(kTokens * kOutStride * 2 <= kStages * kStageBytes, "output tile must fit");
@@ -423,8 +425,12 @@ bool sm90_gemm_available() {
 void launch_sm90_gemm(const void* x, DType x_dtype, const TokenRows& rows, std::int64_t tiles,
                       int tile_tokens, int tile_rows, const detail::WeightArgs& w, void* out,
                       cudaStream_t stream) {
-  if (x_dtype == DType::f16) {  // one shape: stages with both parts fill shared memory
-    launch_sm90_tiles<__half, 128, 1, 2>(x, rows, tiles, w, out, stream);
+  if (x_dtype == DType::f16) {  // 128 tokens: stages with both parts fill shared memory
+    if (tile_rows == 256) {
+      launch_sm90_tiles<__half, 128, 2, 2>(x, rows, tiles, w, out, stream);
+    } else {
+      launch_sm90_tiles<__half, 128, 1, 2>(x, rows, tiles, w, out, stream);
+    }
   } else if (tile_tokens == 256) {
     launch_sm90_tiles<__nv_bfloat16, 256, 1, 2>(x, rows, tiles, w, out, stream);
   } else if (tile_rows == 256) {

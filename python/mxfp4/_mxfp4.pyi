@@ -197,6 +197,15 @@ def linear(x: _A, weight: Mxfp4Weight, *, out: _A | None = None, stream: int | N
     'exact' (default) uses x as given.
     """
 
+def rotate_blocks(x: _A, *, out: _A | None = None) -> _A:
+    """
+    x f32/f16/bf16 [..., K] (CPU, K a multiple of 32) -> x R in x's dtype: each 32-element
+    block of every row times the normalized 32x32 Sylvester Hadamard matrix H (H = H^T =
+    H^-1, entries +-1/sqrt(32)), computed in float64 and rounded once. Quantize
+    rotate_blocks(W) and call linear(rotate_blocks(x), weight) to compute x W^T with the
+    rotated weight; for GPTQ, take the Hessian of rotate_blocks(x). out may be x itself.
+    """
+
 def gather_linear(x: _A, indices: Array, weight: Mxfp4Weight, *, out: _A | None = None, stream: int | None = None, precision: Literal['exact', 'int8_activations'] = 'exact', workspace: Array | None = None) -> _A:
     """
     Mixture of experts: out[t, s] = x_row W[e]^T + bias[e], e = indices[t, s], for a

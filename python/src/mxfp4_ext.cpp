@@ -24,6 +24,7 @@
 #include "mxfp4/device.hpp"
 #include "mxfp4/gptq.hpp"
 #include "mxfp4/ops.hpp"
+#include "mxfp4/rotate.hpp"
 #include "mxfp4/version.hpp"
 #include "mxfp4/weight.hpp"
 
@@ -518,6 +519,23 @@ nb::object linear(nb::handle x, const PyWeight& weight, nb::handle out,
   return to_python(std::move(result), xa.framework);
 }
 
+nb::object rotate_blocks(nb::handle x, nb::handle out) {
+  const char* op = "rotate_blocks";
+  ArrayArg xa = to_array(x, op, "x");
+  if (!out.is_none()) {
+    ArrayArg o = to_output(out, op, "out");
+    nb::gil_scoped_release release;
+    mxfp4::rotate_blocks_into(xa.tensor, o.tensor);
+    return nb::borrow(out);
+  }
+  Tensor result;
+  {
+    nb::gil_scoped_release release;
+    result = mxfp4::rotate_blocks(xa.tensor);
+  }
+  return to_python(std::move(result), xa.framework);
+}
+
 nb::object gather_linear(nb::handle x, nb::handle indices, const PyWeight& weight, nb::handle out,
                          std::optional<std::uintptr_t> stream, const std::string& precision,
                          nb::handle workspace) {
@@ -815,6 +833,12 @@ NB_MODULE(_mxfp4, m) {
         "precision='int8_activations' rounds each 32-element block of x to int8 (CPU only,\n"
         "faster for few rows; error bounded by max|x_block|/254 * sum|w| per block);\n"
         "'exact' (default) uses x as given.");
+  m.def("rotate_blocks", &rotate_blocks, "x"_a.none(), nb::kw_only(), "out"_a = nb::none(),
+        "x f32/f16/bf16 [..., K] (CPU, K a multiple of 32) -> x R in x's dtype: each 32-element\n"
+        "block of every row times the normalized 32x32 Sylvester Hadamard matrix H (H = H^T =\n"
+        "H^-1, entries +-1/sqrt(32)), computed in float64 and rounded once. Quantize\n"
+        "rotate_blocks(W) and call linear(rotate_blocks(x), weight) to compute x W^T with the\n"
+        "rotated weight; for GPTQ, take the Hessian of rotate_blocks(x). out may be x itself.");
   m.def("gather_linear", &gather_linear, "x"_a.none(), "indices"_a.none(), "weight"_a,
         nb::kw_only(), "out"_a = nb::none(), "stream"_a = nb::none(), "precision"_a = "exact",
         "workspace"_a = nb::none(),

@@ -78,7 +78,7 @@ class Mxfp4Weight:
         """
 
     @staticmethod
-    def quantize_gptq(weight: Array, hessian: Hessian | Array | Sequence[Hessian | Array], bias: Array | None = None, *, rule: ScaleRule = ScaleRule.mse, damp: float = 0.01) -> Mxfp4Weight:
+    def quantize_gptq(weight: Array, hessian: Hessian | Array | Sequence[Hessian | Array], bias: Array | None = None, *, rule: ScaleRule = ScaleRule.mse, damp: float = 0.01, refine_sweeps: int = 0) -> Mxfp4Weight:
         """
         Quantizes weight (f32/f16/bf16 [N, K] on the CPU, K a multiple of 32) with
         GPTQ error correction: each column's rounding error moves onto the columns
@@ -89,6 +89,9 @@ class Mxfp4Weight:
         by rule from the error-updated weights. damp * mean(diag H) is added to H's
         diagonal (0.01, GPTQ's default). bias (optional, [N] or [E, N]) is copied.
         A diagonal H gives exactly Mxfp4Weight.quantize's result.
+        refine_sweeps (0 to 1000, default 0): after GPTQ, up to this many sweeps of
+        coordinate descent on the codes, scales kept: each weight moves to a
+        neighbouring E2M1 value when that lowers tr((Q - W) H (Q - W)^T).
         """
 
     @staticmethod

@@ -358,7 +358,7 @@ void hessian_add(mxfp4::Hessian& self, nb::handle activations) {
 }
 
 PyWeight weight_quantize_gptq(nb::handle weight, nb::handle hessian, nb::handle bias,
-                              mxfp4::ScaleRule rule, double damp) {
+                              mxfp4::ScaleRule rule, double damp, int refine_sweeps) {
   const char* op = "Mxfp4Weight.quantize_gptq";
   ArrayArg w = to_array(weight, op, "weight");
   std::optional<ArrayArg> b = to_optional_array(bias, op, "bias");
@@ -385,6 +385,7 @@ PyWeight weight_quantize_gptq(nb::handle weight, nb::handle hessian, nb::handle 
   mxfp4::GptqOptions options;
   options.rule = rule;
   options.damp = damp;
+  options.refine_sweeps = refine_sweeps;
   PyWeight out;
   out.framework = w.framework;
   {
@@ -727,7 +728,7 @@ NB_MODULE(_mxfp4, m) {
                   "device.")
       .def_static("quantize_gptq", &weight_quantize_gptq, "weight"_a.none(), "hessian"_a.none(),
                   "bias"_a = nb::none(), nb::kw_only(), "rule"_a = mxfp4::kDefaultScaleRule,
-                  "damp"_a = 0.01,
+                  "damp"_a = 0.01, "refine_sweeps"_a = 0,
                   "Quantizes weight (f32/f16/bf16 [N, K] on the CPU, K a multiple of 32) with\n"
                   "GPTQ error correction: each column's rounding error moves onto the columns\n"
                   "not yet quantized so that x W^T changes least on the calibration inputs.\n"
@@ -736,7 +737,10 @@ NB_MODULE(_mxfp4, m) {
                   "of them (each expert's own inputs). Each 32-column block's scale is chosen\n"
                   "by rule from the error-updated weights. damp * mean(diag H) is added to H's\n"
                   "diagonal (0.01, GPTQ's default). bias (optional, [N] or [E, N]) is copied.\n"
-                  "A diagonal H gives exactly Mxfp4Weight.quantize's result.")
+                  "A diagonal H gives exactly Mxfp4Weight.quantize's result.\n"
+                  "refine_sweeps (0 to 1000, default 0): after GPTQ, up to this many sweeps of\n"
+                  "coordinate descent on the codes, scales kept: each weight moves to a\n"
+                  "neighbouring E2M1 value when that lowers tr((Q - W) H (Q - W)^T).")
       .def_static("from_parts", &weight_from_parts, "blocks"_a, "scales"_a, "bias"_a = nb::none(),
                   "A weight viewing existing parts (no copy; the arrays are kept alive):\n"
                   "blocks u8 [.., N, K/2], scales u8 [.., N, K/32], bias [N] / [E, N] or None.")

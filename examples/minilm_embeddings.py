@@ -653,6 +653,19 @@ def write_docs(r: Run, path: pathlib.Path) -> None:
         "than plain GPTQ) and gains more from it. " + calib_note, width=96,
         break_on_hyphens=False)
     ladder = [gptq] + r.steps + [best]
+    clipping = textwrap.fill(
+        "GPTQ trades weight error for output error: its weights are further from the f32 "
+        "weights (the SQNR column) but the layers' outputs on real inputs are closer. It helps "
+        "the rules whose scale leaves the block's largest weight unclipped (`ceil`, `even`, "
+        "`mse`) and hurts the rules that clip it (`floor` saturates values between 6 and 8 "
+        "times the scale, `mistralrs` up to 12 times): the error corrections move a block's "
+        "later weights after its scale is fixed, some of them clip, and a clipped weight's "
+        f"large error is passed on in turn (GPTQ `floor`'s worst sentence: "
+        f"{floor.worst_cosine:.4f}; on the rotated weights, whose blocks have no isolated "
+        f"large weight, GPTQ `floor` gives {floor_rot.mean_cosine:.5f}, worst sentence "
+        f"{floor_rot.worst_cosine:.5f}). The mean Spearman of the retrieval scores does not "
+        "improve reliably with GPTQ: a question's ten document scores are close together, and "
+        "their order reacts to small moves of either kind.", width=96, break_on_hyphens=False)
     attn = [v for k, v in r.channel_ratio.items() if k.endswith(".query")]
     ffn = [v for k, v in r.channel_ratio.items() if k.endswith(("intermediate.dense",
                                                                  "output.dense"))
@@ -805,24 +818,16 @@ for the rotated rows: the same as comparing W with Q R^T, R being orthogonal).
 
 {rotation}
 
-GPTQ trades weight error for output error: its weights are further from the f32 weights (the
-SQNR column) but the layers' outputs on real inputs are closer. It helps the rules whose scale
-leaves the block's largest weight unclipped (`ceil`, `even`, `mse`) and hurts the rules that clip
-it (`floor` saturates values between 6 and 8 times the scale, `mistralrs` up to 12 times): the
-error corrections move a block's later weights after its scale is fixed, some of them clip, and
-a clipped weight's large error is passed on in turn (GPTQ `floor`'s worst sentence:
-{floor.worst_cosine:.4f}; on the rotated weights, whose blocks have no isolated large weight,
-GPTQ `floor` gives {floor_rot.mean_cosine:.5f}, worst sentence {floor_rot.worst_cosine:.5f}).
-The mean Spearman of the retrieval scores does not improve reliably
-with GPTQ: a question's ten document scores are close together, and their order reacts to small
-moves of either kind.
+{clipping}
 
 ## From plain GPTQ to the target (default rule)
 
 Each step on its own and together, all on the {size} calibration sentences. "Share of the gap"
 is the part of plain GPTQ's distance to a cosine of 1 that the method removes. Times are wall
-time for quantizing the whole model on two shared cores (calibration forward passes, Hessians
-and, toward f32, the f32 model alongside included).
+time for quantizing the whole model (calibration forward passes, Hessians and, toward f32, the
+f32 model alongside included) on two cores that other jobs were using too: only their rough
+size means anything (refinement itself adds at most about what GPTQ itself costs, some 1 s
+for a 384 x 1536 layer).
 
 | method (default rule) | mean cosine | worst cosine | share of the gap | top-1 agreement | time |
 |---|---|---|---|---|---|

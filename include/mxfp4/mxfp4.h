@@ -316,6 +316,16 @@ mxfp4_status mxfp4_linear(const mxfp4_tensor* x, const mxfp4_weight* weight,
 mxfp4_status mxfp4_gather_linear(const mxfp4_tensor* x, const mxfp4_tensor* indices,
                                  const mxfp4_weight* weight, const mxfp4_tensor* out, void* stream);
 
+/* Block-wise Hadamard rotation (include/mxfp4/rotate.hpp): out = x R for x f32/f16/bf16
+ * [..., K] on the CPU (K a positive multiple of 32), each 32-element block of every row times the
+ * normalized 32 x 32 Sylvester Hadamard matrix H (H = H^T = H^-1). Computed in double precision,
+ * rounded once to f32 (f16/bf16: that f32 rounded to nearest even). out has x's shape and dtype
+ * and may be x itself (in place); any other overlap is MXFP4_ERR_INVALID_ARGUMENT. With W
+ * quantized as x R's partner (mxfp4_weight_quantize of W R), mxfp4_linear(x R) computes x W^T.
+ * Errors: MXFP4_ERR_SHAPE_MISMATCH (K not a positive multiple of 32, out's shape),
+ * MXFP4_ERR_DTYPE_MISMATCH, MXFP4_ERR_UNSUPPORTED (CUDA memory). */
+mxfp4_status mxfp4_rotate_blocks(const mxfp4_tensor* x, const mxfp4_tensor* out);
+
 /* ---- Run options (linear and gather_linear) -------------------------------------------------- */
 
 /* The arithmetic of linear and gather_linear (the C++ mxfp4::Precision).

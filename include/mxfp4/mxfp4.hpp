@@ -7,6 +7,7 @@
 #include "mxfp4/format.hpp"
 #include "mxfp4/gptq.hpp"
 #include "mxfp4/ops.hpp"
+#include "mxfp4/rotate.hpp"
 #include "mxfp4/tensor.hpp"
 #include "mxfp4/version.hpp"
 #include "mxfp4/weight.hpp"

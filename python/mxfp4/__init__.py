@@ -20,7 +20,9 @@ Errors: the classes of :mod:`mxfp4._errors` (re-exported here), carrying the lib
 messages.
 
 Data-aware quantization: :meth:`Mxfp4Weight.quantize_gptq` (GPTQ) takes a :class:`Hessian`
-accumulated from a layer's calibration inputs (:func:`hessian`, ``Hessian.add``).
+accumulated from a layer's calibration inputs (:func:`hessian`, ``Hessian.add``);
+:func:`rotate_blocks` (a Hadamard transform of each 32-element block) lets it work on the
+rotated problem ``(x R)(W R)^T``.
 
 Files: :func:`open` lists the tensors and MXFP4 weights of a file and loads them;
 :func:`save` writes arrays and weights. Formats: safetensors, gguf, uqff1 (mistral.rs UQFF 1.x),
@@ -59,6 +61,7 @@ from ._mxfp4 import (
     linear,
     num_threads,
     quantize,
+    rotate_blocks,
     save,
     set_num_threads,
     synchronize,
@@ -108,6 +111,7 @@ __all__ = [
     "num_threads",
     "open",
     "quantize",
+    "rotate_blocks",
     "save",
     "set_num_threads",
     "synchronize",

@@ -78,7 +78,7 @@ class Mxfp4Weight:
         """
 
     @staticmethod
-    def quantize_gptq(weight: Array, hessian: Hessian | Array | Sequence[Hessian | Array], bias: Array | None = None, *, rule: ScaleRule = ScaleRule.mse, damp: float = 0.01) -> Mxfp4Weight:
+    def quantize_gptq(weight: Array, hessian: Hessian | Array | Sequence[Hessian | Array], bias: Array | None = None, *, rule: ScaleRule = ScaleRule.mse, damp: float = 0.01, refine_sweeps: int = 0) -> Mxfp4Weight:
         """
         Quantizes weight (f32/f16/bf16 [N, K] on the CPU, K a multiple of 32) with
         GPTQ error correction: each column's rounding error moves onto the columns
@@ -89,6 +89,9 @@ class Mxfp4Weight:
         by rule from the error-updated weights. damp * mean(diag H) is added to H's
         diagonal (0.01, GPTQ's default). bias (optional, [N] or [E, N]) is copied.
         A diagonal H gives exactly Mxfp4Weight.quantize's result.
+        refine_sweeps (0 to 1000, default 0): after GPTQ, up to this many sweeps of
+        coordinate descent on the codes, scales kept: each weight moves to a
+        neighbouring E2M1 value when that lowers tr((Q - W) H (Q - W)^T).
         """
 
     @staticmethod
@@ -195,6 +198,15 @@ def linear(x: _A, weight: Mxfp4Weight, *, out: _A | None = None, stream: int | N
     precision='int8_activations' rounds each 32-element block of x to int8 (CPU only,
     faster for few rows; error bounded by max|x_block|/254 * sum|w| per block);
     'exact' (default) uses x as given.
+    """
+
+def rotate_blocks(x: _A, *, out: _A | None = None) -> _A:
+    """
+    x f32/f16/bf16 [..., K] (CPU, K a multiple of 32) -> x R in x's dtype: each 32-element
+    block of every row times the normalized 32x32 Sylvester Hadamard matrix H (H = H^T =
+    H^-1, entries +-1/sqrt(32)), computed in float64 and rounded once. Quantize
+    rotate_blocks(W) and call linear(rotate_blocks(x), weight) to compute x W^T with the
+    rotated weight; for GPTQ, take the Hessian of rotate_blocks(x). out may be x itself.
     """
 
 def gather_linear(x: _A, indices: Array, weight: Mxfp4Weight, *, out: _A | None = None, stream: int | None = None, precision: Literal['exact', 'int8_activations'] = 'exact', workspace: Array | None = None) -> _A:

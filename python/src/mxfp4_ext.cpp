@@ -24,6 +24,7 @@
 #include "mxfp4/device.hpp"
 #include "mxfp4/gptq.hpp"
 #include "mxfp4/ops.hpp"
+#include "mxfp4/rotate.hpp"
 #include "mxfp4/version.hpp"
 #include "mxfp4/weight.hpp"
 
@@ -357,7 +358,7 @@ void hessian_add(mxfp4::Hessian& self, nb::handle activations) {
 }
 
 PyWeight weight_quantize_gptq(nb::handle weight, nb::handle hessian, nb::handle bias,
-                              mxfp4::ScaleRule rule, double damp) {
+                              mxfp4::ScaleRule rule, double damp, int refine_sweeps) {
   const char* op = "Mxfp4Weight.quantize_gptq";
   ArrayArg w = to_array(weight, op, "weight");
   std::optional<ArrayArg> b = to_optional_array(bias, op, "bias");
@@ -384,6 +385,7 @@ PyWeight weight_quantize_gptq(nb::handle weight, nb::handle hessian, nb::handle 
   mxfp4::GptqOptions options;
   options.rule = rule;
   options.damp = damp;
+  options.refine_sweeps = refine_sweeps;
   PyWeight out;
   out.framework = w.framework;
   {
@@ -514,6 +516,23 @@ nb::object linear(nb::handle x, const PyWeight& weight, nb::handle out,
   {
     nb::gil_scoped_release release;
     result = mxfp4::linear(xa.tensor, weight.weight, run);
+  }
+  return to_python(std::move(result), xa.framework);
+}
+
+nb::object rotate_blocks(nb::handle x, nb::handle out) {
+  const char* op = "rotate_blocks";
+  ArrayArg xa = to_array(x, op, "x");
+  if (!out.is_none()) {
+    ArrayArg o = to_output(out, op, "out");
+    nb::gil_scoped_release release;
+    mxfp4::rotate_blocks_into(xa.tensor, o.tensor);
+    return nb::borrow(out);
+  }
+  Tensor result;
+  {
+    nb::gil_scoped_release release;
+    result = mxfp4::rotate_blocks(xa.tensor);
   }
   return to_python(std::move(result), xa.framework);
 }
@@ -709,7 +728,7 @@ NB_MODULE(_mxfp4, m) {
                   "device.")
       .def_static("quantize_gptq", &weight_quantize_gptq, "weight"_a.none(), "hessian"_a.none(),
                   "bias"_a = nb::none(), nb::kw_only(), "rule"_a = mxfp4::kDefaultScaleRule,
-                  "damp"_a = 0.01,
+                  "damp"_a = 0.01, "refine_sweeps"_a = 0,
                   "Quantizes weight (f32/f16/bf16 [N, K] on the CPU, K a multiple of 32) with\n"
                   "GPTQ error correction: each column's rounding error moves onto the columns\n"
                   "not yet quantized so that x W^T changes least on the calibration inputs.\n"
@@ -718,7 +737,10 @@ NB_MODULE(_mxfp4, m) {
                   "of them (each expert's own inputs). Each 32-column block's scale is chosen\n"
                   "by rule from the error-updated weights. damp * mean(diag H) is added to H's\n"
                   "diagonal (0.01, GPTQ's default). bias (optional, [N] or [E, N]) is copied.\n"
-                  "A diagonal H gives exactly Mxfp4Weight.quantize's result.")
+                  "A diagonal H gives exactly Mxfp4Weight.quantize's result.\n"
+                  "refine_sweeps (0 to 1000, default 0): after GPTQ, up to this many sweeps of\n"
+                  "coordinate descent on the codes, scales kept: each weight moves to a\n"
+                  "neighbouring E2M1 value when that lowers tr((Q - W) H (Q - W)^T).")
       .def_static("from_parts", &weight_from_parts, "blocks"_a, "scales"_a, "bias"_a = nb::none(),
                   "A weight viewing existing parts (no copy; the arrays are kept alive):\n"
                   "blocks u8 [.., N, K/2], scales u8 [.., N, K/32], bias [N] / [E, N] or None.")
@@ -815,6 +837,12 @@ NB_MODULE(_mxfp4, m) {
         "precision='int8_activations' rounds each 32-element block of x to int8 (CPU only,\n"
         "faster for few rows; error bounded by max|x_block|/254 * sum|w| per block);\n"
         "'exact' (default) uses x as given.");
+  m.def("rotate_blocks", &rotate_blocks, "x"_a.none(), nb::kw_only(), "out"_a = nb::none(),
+        "x f32/f16/bf16 [..., K] (CPU, K a multiple of 32) -> x R in x's dtype: each 32-element\n"
+        "block of every row times the normalized 32x32 Sylvester Hadamard matrix H (H = H^T =\n"
+        "H^-1, entries +-1/sqrt(32)), computed in float64 and rounded once. Quantize\n"
+        "rotate_blocks(W) and call linear(rotate_blocks(x), weight) to compute x W^T with the\n"
+        "rotated weight; for GPTQ, take the Hessian of rotate_blocks(x). out may be x itself.");
   m.def("gather_linear", &gather_linear, "x"_a.none(), "indices"_a.none(), "weight"_a,
         nb::kw_only(), "out"_a = nb::none(), "stream"_a = nb::none(), "precision"_a = "exact",
         "workspace"_a = nb::none(),

@@ -20,6 +20,7 @@
 #include "mxfp4/device.hpp"
 #include "mxfp4/gptq.hpp"
 #include "mxfp4/ops.hpp"
+#include "mxfp4/rotate.hpp"
 #include "mxfp4/version.hpp"
 #include "mxfp4/weight.hpp"
 
@@ -605,6 +606,15 @@ mxfp4_status mxfp4_linear(const mxfp4_tensor* x, const mxfp4_weight* weight,
     const mxfp4::Mxfp4Weight& w = weight_of(op, weight);
     Tensor o = to_tensor(op, "out", out);
     mxfp4::linear_into(xv, w, o, run_options(stream));
+  });
+}
+
+mxfp4_status mxfp4_rotate_blocks(const mxfp4_tensor* x, const mxfp4_tensor* out) {
+  return guarded([&] {
+    const char* op = "rotate_blocks";
+    const Tensor xv = to_tensor(op, "x", x);
+    Tensor o = to_tensor(op, "out", out);
+    mxfp4::rotate_blocks_into(xv, o);
   });
 }
 

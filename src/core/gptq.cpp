@@ -19,6 +19,7 @@ using detail::describe;
 namespace {
 
 constexpr std::int64_t kMaxHessianDim = 65536;
+constexpr int kMaxRefineSweeps = 1000;
 
 std::string non_finite_name(double v) {
   return std::isnan(v) ? "NaN" : (v > 0 ? "+Inf" : "-Inf");
@@ -120,12 +121,88 @@ std::int64_t cholesky_lower(std::vector<double>& a, std::int64_t k) {
   return -1;
 }
 
+// After GPTQ: coordinate descent on one row's codes, its block scales kept. The row's output
+// error on the calibration inputs is (q - w) H' (q - w)^T with q the dequantized row and w the
+// weight as given; moving q_j by d changes it by d (2 g_j + d H'_jj) with g = (q - w) H'. Each
+// weight in turn moves to whichever neighbouring E2M1 value (one step up or down in magnitude, or
+// from zero to +-0.5) lowers it most; g follows each move. GPTQ fixes each column once, left to
+// right, and never revisits it; this lets later columns' choices pull earlier ones back.
+// Returns the number of moves.
+std::int64_t refine_row(const float* w, const std::vector<double>& hd, std::int64_t k,
+                        std::uint8_t* packed, const std::uint8_t* scales, int sweeps) {
+  std::vector<double> q(static_cast<std::size_t>(k));
+  std::vector<double> g(static_cast<std::size_t>(k), 0.0);
+  auto code_at = [&](std::int64_t c) -> std::uint8_t {
+    const std::uint8_t byte = packed[c / 2];
+    return static_cast<std::uint8_t>(c % 2 == 0 ? byte & 0x0F : byte >> 4);
+  };
+  auto scale_of = [&](std::int64_t c) {
+    return static_cast<double>(e8m0_decode(scales[c / kBlockSize]));
+  };
+  for (std::int64_t c = 0; c < k; ++c) {
+    q[static_cast<std::size_t>(c)] = static_cast<double>(e2m1_decode(code_at(c))) * scale_of(c);
+    if (!std::isfinite(q[static_cast<std::size_t>(c)])) return 0;  // a scale at f32's edge
+  }
+  for (std::int64_t c = 0; c < k; ++c) {
+    const double e = q[static_cast<std::size_t>(c)] - static_cast<double>(w[c]);
+    if (e == 0.0) continue;
+    const double* hc = hd.data() + c * k;
+    for (std::int64_t j = 0; j < k; ++j)
+      g[static_cast<std::size_t>(j)] += e * hc[j];
+  }
+  std::int64_t moves = 0;
+  for (int sweep = 0; sweep < sweeps; ++sweep) {
+    std::int64_t moved = 0;
+    for (std::int64_t j = 0; j < k; ++j) {
+      const std::uint8_t code = code_at(j);
+      const auto sign = static_cast<std::uint8_t>(code & 0x8);
+      const int mag = code & 0x7;
+      std::uint8_t candidates[2];
+      int count = 0;
+      if (mag == 0) {
+        candidates[count++] = 0x1;  // +0.5
+        candidates[count++] = 0x9;  // -0.5
+      } else {
+        candidates[count++] = static_cast<std::uint8_t>(sign | (mag - 1));
+        if (mag < 7) candidates[count++] = static_cast<std::uint8_t>(sign | (mag + 1));
+      }
+      const double s = scale_of(j);
+      const double hjj = hd[static_cast<std::size_t>(j * k + j)];
+      const double cur = q[static_cast<std::size_t>(j)];
+      double best_gain = 0.0, best_d = 0.0;
+      std::uint8_t best_code = code;
+      for (int i = 0; i < count; ++i) {
+        const double d = static_cast<double>(e2m1_decode(candidates[i])) * s - cur;
+        const double gain = d * (2.0 * g[static_cast<std::size_t>(j)] + d * hjj);
+        // Only clear gains: a tie (or rounding noise around one) keeps the code.
+        if (gain < best_gain && gain < -1e-9 * d * d * hjj) {
+          best_gain = gain;
+          best_d = d;
+          best_code = candidates[i];
+        }
+      }
+      if (best_code == code) continue;
+      q[static_cast<std::size_t>(j)] += best_d;
+      const double* hj = hd.data() + j * k;
+      for (std::int64_t i = 0; i < k; ++i)
+        g[static_cast<std::size_t>(i)] += best_d * hj[i];
+      std::uint8_t& byte = packed[j / 2];
+      byte = (j % 2 == 0) ? static_cast<std::uint8_t>((byte & 0xF0) | best_code)
+                          : static_cast<std::uint8_t>((byte & 0x0F) | (best_code << 4));
+      ++moved;
+    }
+    moves += moved;
+    if (moved == 0) break;
+  }
+  return moves;
+}
+
 }  // namespace
 
 namespace detail {
 
-std::vector<double> gptq_inverse_factor(const std::vector<double>& h, std::int64_t k, double damp,
-                                        const char* op) {
+std::vector<double> gptq_dampened(const std::vector<double>& h, std::int64_t k, double damp,
+                                  const char* op) {
   const auto kk = static_cast<std::size_t>(k);
   // Symmetric part, dead columns, mean of the live diagonal.
   std::vector<bool> dead(kk, false);
@@ -146,9 +223,6 @@ std::vector<double> gptq_inverse_factor(const std::vector<double>& h, std::int64
     }
   }
   const double mean_diag = live > 0 ? diag_sum / static_cast<double>(live) : 1.0;
-  // GPTQ goes left to right and needs the upper Cholesky factor U of H'^-1. With J the reversal
-  // permutation, J H' J = L L^T (L lower) gives H' = (J L J)(J L J)^T with J L J upper, so
-  // H'^-1 = (J L^-1 J)^T (J L^-1 J): U = J L^-1 J. One factorisation and one triangular inverse.
   std::vector<double> a(kk * kk);
   for (std::int64_t i = 0; i < k; ++i) {
     for (std::int64_t j = 0; j <= i; ++j) {
@@ -156,12 +230,21 @@ std::vector<double> gptq_inverse_factor(const std::vector<double>& h, std::int64
           0.5 * (h[static_cast<std::size_t>(i * k + j)] + h[static_cast<std::size_t>(j * k + i)]);
       if (dead[static_cast<std::size_t>(i)] || dead[static_cast<std::size_t>(j)]) v = 0.0;
       if (i == j) v = (dead[static_cast<std::size_t>(i)] ? mean_diag : v) + damp * mean_diag;
-      const std::size_t at = static_cast<std::size_t>((k - 1 - i) * k + (k - 1 - j));
-      const std::size_t mirror = static_cast<std::size_t>((k - 1 - j) * k + (k - 1 - i));
-      a[at] = v;
-      a[mirror] = v;
+      a[static_cast<std::size_t>(i * k + j)] = v;
+      a[static_cast<std::size_t>(j * k + i)] = v;
     }
   }
+  return a;
+}
+
+std::vector<double> gptq_inverse_factor(const std::vector<double>& h, std::int64_t k, double damp,
+                                        const char* op) {
+  const auto kk = static_cast<std::size_t>(k);
+  // GPTQ goes left to right and needs the upper Cholesky factor U of H'^-1. With J the reversal
+  // permutation, J H' J = L L^T (L lower) gives H' = (J L J)(J L J)^T with J L J upper, so
+  // H'^-1 = (J L^-1 J)^T (J L^-1 J): U = J L^-1 J. One factorisation and one triangular inverse.
+  std::vector<double> a = gptq_dampened(h, k, damp, op);
+  std::reverse(a.begin(), a.end());  // J H' J: element (i, j) moves to (k-1-i, k-1-j)
   const std::int64_t bad = cholesky_lower(a, k);
   if (bad >= 0) {
     throw InvalidArgument(
@@ -339,6 +422,11 @@ Mxfp4Weight quantize_gptq(const Tensor& weight, const Hessian& hessian, std::opt
                            ", column " + std::to_string(i % k));
     }
   }
+  if (options.refine_sweeps < 0 || options.refine_sweeps > kMaxRefineSweeps) {
+    throw InvalidArgument(std::string(op) + ": refine_sweeps must be in [0, " +
+                          std::to_string(kMaxRefineSweeps) + "], got " +
+                          std::to_string(options.refine_sweeps));
+  }
   const std::vector<double> u = detail::gptq_inverse_factor(hessian.values(), k, options.damp, op);
   // A diagonal H moves no error; skipping the (zero) updates also keeps the signs of zero weights,
   // so the result is exactly round-to-nearest's.
@@ -416,6 +504,13 @@ Mxfp4Weight quantize_gptq(const Tensor& weight, const Hessian& hessian, std::opt
       }
     }
   });
+  if (options.refine_sweeps > 0) {
+    const std::vector<double> hd = detail::gptq_dampened(hessian.values(), k, options.damp, op);
+    cpu::parallel_for(n, [&](std::int64_t row) {
+      refine_row(wp + row * k, hd, k, bp + row * (k / 2), sp + row * (k / kBlockSize),
+                 options.refine_sweeps);
+    });
+  }
   return Mxfp4Weight::from_parts(std::move(blocks), std::move(scales), std::move(bias));
 }
 

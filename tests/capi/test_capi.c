@@ -248,6 +248,72 @@ static void test_linear(void) {
   mxfp4_weight_destroy(weight);
 }
 
+/* rotate_blocks: each 32-block times the normalized Sylvester Hadamard matrix, against a dense
+ * product; twice gives x back; in place; the weight rotated like x gives x W^T; errors. */
+static void test_rotate_blocks(void) {
+  enum { M = 3, N = 8, K = 64 };
+  static float x[M * K], y[M * K], back[M * K], w[N * K], wr[N * K], out[M * N], odd[M * 48];
+  const int64_t xshape[2] = {M, K}, wshape[2] = {N, K}, oshape[2] = {M, N}, oddshape[2] = {M, 48};
+  mxfp4_tensor tx = cpu_tensor(x, MXFP4_F32, 2, xshape);
+  mxfp4_tensor ty = cpu_tensor(y, MXFP4_F32, 2, xshape);
+  mxfp4_tensor tback = cpu_tensor(back, MXFP4_F32, 2, xshape);
+  mxfp4_tensor tw = cpu_tensor(w, MXFP4_F32, 2, wshape);
+  mxfp4_tensor twr = cpu_tensor(wr, MXFP4_F32, 2, wshape);
+  mxfp4_tensor tout = cpu_tensor(out, MXFP4_F32, 2, oshape);
+  mxfp4_tensor todd = cpu_tensor(odd, MXFP4_F32, 2, oddshape);
+  mxfp4_weight* weight = NULL;
+  int i, j, c, ok = 1;
+  for (i = 0; i < M * K; ++i)
+    x[i] = next_random(2.0f);
+  for (i = 0; i < N * K; ++i)
+    w[i] = next_random(1.0f);
+  CHECK_OK(mxfp4_rotate_blocks(&tx, &ty));
+  for (i = 0; i < M * K; ++i) {
+    const int block = i / 32 * 32, col = i % 32;
+    double acc = 0.0;
+    for (c = 0; c < 32; ++c) {
+      int bits = c & col, parity = 0;
+      while (bits) {
+        parity ^= bits & 1;
+        bits >>= 1;
+      }
+      acc += (parity ? -1.0 : 1.0) * x[block + c];
+    }
+    acc /= sqrt(32.0);
+    if (fabs(y[i] - acc) > 1e-6 * (1.0 + fabs(acc))) ok = 0;
+  }
+  CHECK(ok);
+  CHECK_OK(mxfp4_rotate_blocks(&ty, &tback));
+  for (i = 0; i < M * K; ++i)
+    if (fabs(back[i] - x[i]) > 1e-5) ok = 0;
+  CHECK(ok);
+  memcpy(back, x, sizeof x);
+  CHECK_OK(mxfp4_rotate_blocks(&tback, &tback)); /* in place */
+  CHECK(memcmp(back, y, sizeof y) == 0);
+  /* linear(x R, quantize(W R)) against x W^T: within the weight's quantization error. */
+  CHECK_OK(mxfp4_rotate_blocks(&tw, &twr));
+  CHECK_OK(mxfp4_weight_quantize(&twr, NULL, MXFP4_SCALE_DEFAULT, MXFP4_NON_FINITE_ERROR, NULL,
+                                 &weight));
+  if (weight != NULL) {
+    double err = 0.0, sig = 0.0;
+    CHECK_OK(mxfp4_linear(&ty, weight, &tout, NULL));
+    for (i = 0; i < M; ++i) {
+      for (j = 0; j < N; ++j) {
+        double acc = 0.0;
+        for (c = 0; c < K; ++c)
+          acc += (double)x[i * K + c] * (double)w[j * K + c];
+        err += (out[i * N + j] - acc) * (out[i * N + j] - acc);
+        sig += acc * acc;
+      }
+    }
+    CHECK(err < 0.1 * sig);
+    mxfp4_weight_destroy(weight);
+  }
+  CHECK_ERROR(mxfp4_rotate_blocks(&todd, &todd), MXFP4_ERR_SHAPE_MISMATCH, "multiple of 32");
+  CHECK_ERROR(mxfp4_rotate_blocks(&tx, &tout), MXFP4_ERR_SHAPE_MISMATCH, "out must have x's shape");
+  CHECK_ERROR(mxfp4_rotate_blocks(NULL, &ty), MXFP4_ERR_INVALID_ARGUMENT, "x");
+}
+
 /* gather_linear with x [T, K] (broadcast to the slots) and x [T, topk, K], i32 and u32 ids. */
 static void test_gather_linear(void) {
   enum { E = 4, N = 8, K = 64, T = 3, TOPK = 2 };
@@ -1178,6 +1244,7 @@ int main(int argc, char** argv) {
   test_errors();
   test_gptq();
   test_gptq_experts();
+  test_rotate_blocks();
   test_thread_local_messages();
   printf("capi: %d checks passed, %d failed\n", g_passed, g_failed);
   return g_failed == 0 ? 0 : 1;

@@ -163,3 +163,17 @@ def test_errors() -> None:
 def test_docstrings() -> None:
     for obj in (mxfp4.Hessian, mxfp4.Hessian.add, mxfp4.hessian, mxfp4.Mxfp4Weight.quantize_gptq):
         assert obj.__doc__ and len(obj.__doc__) > 20, obj
+
+
+def test_refine_sweeps_lower_the_output_error_and_keep_the_scales() -> None:
+    x, w = correlated(500, 128, 81), weight(32, 128, 82)
+    h = mxfp4.hessian(x)
+    plain = mxfp4.Mxfp4Weight.quantize_gptq(w, h)
+    refined = mxfp4.Mxfp4Weight.quantize_gptq(w, h, refine_sweeps=20)
+    np.testing.assert_array_equal(np.asarray(refined.scales), np.asarray(plain.scales))
+    assert output_error(x, w, refined) < output_error(x, w, plain)
+    assert mxfp4.Mxfp4Weight.quantize_gptq(w, h, refine_sweeps=0).blocks.tobytes() == \
+        plain.blocks.tobytes()
+    for bad in (-1, 1001):
+        with pytest.raises(mxfp4.InvalidArgument, match="refine_sweeps"):
+            mxfp4.Mxfp4Weight.quantize_gptq(w, h, refine_sweeps=bad)

@@ -1,7 +1,8 @@
 """all-MiniLM-L6-v2 end to end (examples/minilm_embeddings.py): the numpy f32 forward against the
-values sentence-transformers publishes, then every linear layer in MXFP4 through the package,
-round-to-nearest with every rule and GPTQ (sequential, calibrated on sentences that are not
-evaluated) with the default rule, plain and aimed at the f32 model's layer outputs."""
+values sentence-transformers publishes, then every linear layer in MXFP4 through the package:
+round-to-nearest with every rule (weights as given and block-rotated), GPTQ (sequential,
+calibrated on sentences that are not evaluated) with the default rule, and the best method
+(GPTQ toward the f32 outputs on rotated weights, refined), which meets issue 6's target."""
 
 from __future__ import annotations
 
@@ -31,10 +32,11 @@ def load_example(name: str):
 
 minilm = load_example("minilm_embeddings")
 
-# Measured levels (docs/minilm-embeddings.md: GPTQ 0.9854 / worst 0.9778, toward f32 0.9869 /
-# 0.9787 on the example's 512 calibration sentences), with a margin.
-GPTQ_MEAN, GPTQ_WORST = 0.984, 0.975
-TOWARD_F32_MEAN, TOWARD_F32_WORST = 0.986, 0.976
+# Measured levels (docs/minilm-embeddings.md, the example's 949 calibration sentences: GPTQ
+# 0.9865 / worst 0.9774; the best method 0.9912 / worst 0.9861), with a margin. The best method's
+# mean is held to the issue's target itself, 0.99.
+GPTQ_MEAN, GPTQ_WORST = 0.985, 0.975
+BEST_MEAN, BEST_WORST = 0.99, 0.984
 
 
 @pytest.fixture(scope="module")
@@ -103,8 +105,8 @@ def test_mxfp4_default_rule_measured_level(run) -> None:
 
 def test_calibration_is_not_the_evaluation_set() -> None:
     every = minilm.read_calibration()
-    assert minilm.CALIBRATION == every[:minilm.CALIBRATION_SIZE]
-    assert len(every) > len(minilm.CALIBRATION) >= 500
+    assert minilm.CALIBRATION == every
+    assert len(every) >= 900
     assert len(set(every)) == len(every)
     assert not set(every) & set(minilm.SENTENCES)
     assert all(not s.startswith("#") and s == s.strip() and s for s in every)
@@ -129,15 +131,48 @@ def test_gptq_default_rule_beats_round_to_nearest(run) -> None:
     assert g.weight_sqnr_db < rtn.weight_sqnr_db
 
 
-def test_gptq_toward_f32_beats_plain_gptq(run) -> None:
-    t = run.toward_f32
-    g = run.gptq[0]
-    assert t.rule == "mse"
-    assert t.top1_agreement == 1.0
-    assert t.mean_cosine >= TOWARD_F32_MEAN
-    assert t.worst_cosine >= TOWARD_F32_WORST
-    assert t.mean_cosine > g.mean_cosine + 0.001
-    assert t.worst_cosine > g.worst_cosine
+def test_rotation_hurts_round_to_nearest_here(run) -> None:
+    # Documented: the rotated weights quantize a little better, but the layers' outputs get
+    # worse (outlier input channels spread over whole blocks), with every rule.
+    assert [r.rule for r in run.rotated] == minilm.RULES
+    for plain, rotated in zip(run.results[1:], run.rotated):
+        assert rotated.method == "rotated"
+        assert rotated.top1_agreement == 1.0
+        assert rotated.mean_cosine < plain.mean_cosine, plain.rule
+    mse = next(r for r in run.rotated if r.rule == "mse")
+    assert mse.weight_sqnr_db > next(r for r in run.results if r.rule == "mse").weight_sqnr_db
+
+
+def test_best_method_beats_plain_gptq(run) -> None:
+    best, g = run.best, run.gptq[0]
+    assert (best.rule, best.method) == ("mse", "GPTQ toward f32 rotated + refinement")
+    assert best.top1_agreement == 1.0 and best.top1_accuracy == 1.0
+    assert best.mean_cosine >= BEST_MEAN
+    assert best.worst_cosine >= BEST_WORST
+    assert best.mean_cosine > g.mean_cosine + 0.003
+    assert best.worst_cosine > g.worst_cosine + 0.005
+
+
+def test_rotated_gptq_is_gptq_on_the_rotated_problem(model) -> None:
+    # gptq_linears(rotate=True) quantizes W R with the Hessian of X R (the first layer's query
+    # sees the embeddings, the same with and without quantized layers), and its weights, fed
+    # rotated inputs, compute x W^T + b.
+    import mxfp4
+
+    tok, m = model
+    first = minilm.Model(m.tensors, m.heads, layers=1)
+    ids = [tok.encode(s) for s in minilm.CALIBRATION[:16]]
+    weights = minilm.gptq_linears(first, "mse", ids, rotate=True)
+    x, _ = minilm.embeddings(first, ids)
+    xr = mxfp4.rotate_blocks(x).astype(np.float64)
+    name = "encoder.layer.0.attention.self.query"
+    w, b = m.tensors[name + ".weight"], m.tensors[name + ".bias"]
+    direct = mxfp4.Mxfp4Weight.quantize_gptq(mxfp4.rotate_blocks(w), xr.T @ xr, b)
+    np.testing.assert_array_equal(np.asarray(weights[name].blocks), np.asarray(direct.blocks))
+    np.testing.assert_array_equal(np.asarray(weights[name].scales), np.asarray(direct.scales))
+    y = minilm.mxfp4_linear(weights[name], rotated=True)(x)
+    ref = x.astype(np.float64) @ w.astype(np.float64).T + b
+    assert np.linalg.norm(y - ref) < 0.15 * np.linalg.norm(ref - b)
 
 
 def test_gptq_toward_f32_without_error_is_plain_gptq(model) -> None:
@@ -162,28 +197,23 @@ def test_gptq_toward_f32_without_error_is_plain_gptq(model) -> None:
     assert not np.array_equal(np.asarray(plain[last].blocks), np.asarray(toward[last].blocks))
 
 
-@pytest.mark.xfail(strict=True, reason="issue 6's target (mean cosine >= 0.99 with the default "
-                   "rule) is not reached by weight-only MXFP4 of all 36 linear layers, not even "
-                   "with GPTQ: 0.966 round-to-nearest, 0.985 GPTQ, 0.987 GPTQ toward f32; more "
-                   "calibration text levels off; see docs/minilm-embeddings.md")
 def test_mxfp4_default_rule_reaches_the_issue_target(run) -> None:
-    best = max(r.mean_cosine for r in run.results + run.gptq + [run.toward_f32]
-               if r.rule == "mse")
+    # Issue 6: mean cosine >= 0.99 with the default rule, every linear layer in MXFP4.
+    assert run.best.rule == minilm.mxfp4.DEFAULT_SCALE_RULE.name == "mse"
+    names = [f"encoder.layer.{i}.{n}" for i in range(6) for n in minilm.LINEAR_NAMES]
+    assert sorted(run.best_weights) == sorted(names)  # all 36 linear layers, each in MXFP4
+    for w in run.best_weights.values():
+        assert isinstance(w, minilm.mxfp4.Mxfp4Weight) and not w.stacked
+    best = max(r.mean_cosine for r in minilm.every_result(run) if r.rule == "mse")
     assert best >= 0.99
 
 
 def test_docs_show_these_numbers(run) -> None:
     text = (REPO / "docs" / "minilm-embeddings.md").read_text()
-    for r in run.results[1:]:
-        row = re.search(rf"\| MXFP4 `{r.rule}`[^|]*\| ([\d.]+) dB \| ([\d.]+) \| ([\d.]+) \|", text)
-        assert row, r.rule
-        assert abs(float(row.group(1)) - r.weight_sqnr_db) < 0.02
-        assert abs(float(row.group(2)) - r.mean_cosine) < 3e-4
-        assert abs(float(row.group(3)) - r.worst_cosine) < 3e-4
-    for kind, r in [("GPTQ", g) for g in run.gptq] + [("GPTQ toward f32", run.toward_f32)]:
-        row = re.search(rf"\| MXFP4 {kind} `{r.rule}`[^|]*\| ([\d.]+) dB \| ([\d.]+) \| "
+    for r in minilm.every_result(run)[1:]:
+        row = re.search(rf"\| {re.escape(r.label)}(?: \(default\))? \| ([\d.]+) dB \| ([\d.]+) \| "
                         r"([\d.]+) \|", text)
-        assert row, (kind, r.rule)
-        assert abs(float(row.group(1)) - r.weight_sqnr_db) < 0.02
-        assert abs(float(row.group(2)) - r.mean_cosine) < 3e-4
-        assert abs(float(row.group(3)) - r.worst_cosine) < 3e-4
+        assert row, r.label
+        assert abs(float(row.group(1)) - r.weight_sqnr_db) < 0.02, r.label
+        assert abs(float(row.group(2)) - r.mean_cosine) < 3e-4, r.label
+        assert abs(float(row.group(3)) - r.worst_cosine) < 3e-4, r.label

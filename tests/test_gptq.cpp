@@ -14,6 +14,7 @@
 #include "mxfp4/cpu.hpp"
 #include "mxfp4/gptq.hpp"
 #include "mxfp4/ops.hpp"
+#include "test_expect.hpp"
 
 namespace {
 
@@ -447,15 +448,7 @@ TEST(Gptq, DeadBlocksAreRoundToNearestAndOutputsValid) {
     EXPECT_TRUE(std::isfinite(v));
 }
 
-template <typename E, typename F>
-void expect_error(F&& f, const std::string& needle) {
-  try {
-    f();
-    ADD_FAILURE() << "no error; expected one mentioning '" << needle << "'";
-  } catch (const E& e) {
-    EXPECT_NE(std::string(e.what()).find(needle), std::string::npos) << e.what();
-  }
-}
+using mxfp4::test::expect_error;
 
 TEST(Gptq, Errors) {
   const std::int64_t n = 4, k = 64;

@@ -17,6 +17,7 @@
 #include "mxfp4/ops.hpp"
 #include "mxfp4/rotate.hpp"
 #include "mxfp4/weight.hpp"
+#include "test_expect.hpp"
 
 namespace {
 
@@ -261,15 +262,7 @@ TEST(RotateBlocks, RotatedWeightWithRotatedInputsComputesTheLayer) {
   EXPECT_GT(err / sig, weight_error / 4.0);
 }
 
-template <typename E, typename F>
-void expect_error(F&& f, const std::string& needle) {
-  try {
-    f();
-    ADD_FAILURE() << "no error; expected one mentioning '" << needle << "'";
-  } catch (const E& e) {
-    EXPECT_NE(std::string(e.what()).find(needle), std::string::npos) << e.what();
-  }
-}
+using mxfp4::test::expect_error;
 
 TEST(RotateBlocks, Errors) {
   expect_error<mxfp4::InvalidArgument>([] { mxfp4::rotate_blocks(Tensor()); }, "undefined");

@@ -15,6 +15,7 @@
 #include "mxfp4/gptq.hpp"
 #include "mxfp4/ops.hpp"
 #include "test_expect.hpp"
+#include "test_numbers.hpp"
 
 namespace {
 
@@ -24,26 +25,21 @@ using mxfp4::Hessian;
 using mxfp4::Mxfp4Weight;
 using mxfp4::ScaleRule;
 using mxfp4::Tensor;
+using mxfp4::test::expect_error;
+using mxfp4::test::random_normal_values;
 
 constexpr ScaleRule kRules[] = {ScaleRule::floor, ScaleRule::ceil, ScaleRule::even, ScaleRule::mse,
                                 ScaleRule::mistralrs};
-
-std::vector<float> random_normal(std::size_t n, std::uint32_t seed, float sigma = 1.0f) {
-  std::mt19937 gen(seed);
-  std::normal_distribution<float> dist(0.0f, sigma);
-  std::vector<float> v(n);
-  for (float& x : v)
-    x = dist(gen);
-  return v;
-}
 
 // Activations [s, k] whose columns correlate: a few shared factors plus a little noise, as the
 // inputs of a real layer do.
 std::vector<float> correlated_activations(std::int64_t s, std::int64_t k, std::uint32_t seed) {
   const std::int64_t factors = std::max<std::int64_t>(4, k / 8);
-  const std::vector<float> z = random_normal(static_cast<std::size_t>(s * factors), seed);
-  const std::vector<float> mix = random_normal(static_cast<std::size_t>(factors * k), seed + 1);
-  const std::vector<float> noise = random_normal(static_cast<std::size_t>(s * k), seed + 2, 0.2f);
+  const std::vector<float> z = random_normal_values(static_cast<std::size_t>(s * factors), seed);
+  const std::vector<float> mix =
+      random_normal_values(static_cast<std::size_t>(factors * k), seed + 1);
+  const std::vector<float> noise =
+      random_normal_values(static_cast<std::size_t>(s * k), seed + 2, 0.2f);
   std::vector<float> x(static_cast<std::size_t>(s * k));
   for (std::int64_t r = 0; r < s; ++r) {
     for (std::int64_t c = 0; c < k; ++c) {
@@ -224,7 +220,7 @@ Problem make_problem(std::int64_t s, std::int64_t n, std::int64_t k, std::uint32
             n,
             k,
             correlated_activations(s, k, seed),
-            random_normal(static_cast<std::size_t>(n * k), seed + 10, 0.05f),
+            random_normal_values(static_cast<std::size_t>(n * k), seed + 10, 0.05f),
             Hessian(k)};
   p.h.add(matrix(p.x, s, k));
   return p;
@@ -232,7 +228,7 @@ Problem make_problem(std::int64_t s, std::int64_t n, std::int64_t k, std::uint32
 
 TEST(Gptq, HessianAddIsTheSumOfOuterProductsInRowOrder) {
   const std::int64_t s = 150, k = 40;  // more rows than one internal chunk
-  std::vector<float> x = random_normal(static_cast<std::size_t>(s * k), 7);
+  std::vector<float> x = random_normal_values(static_cast<std::size_t>(s * k), 7);
   for (std::int64_t r = 0; r < s; r += 3)
     x[static_cast<std::size_t>(r * k + 5)] = 0.0f;  // zeros are skipped: still the same sums
   Hessian h(k);
@@ -366,7 +362,7 @@ TEST(Gptq, MatchesTheTextbookAlgorithm) {
 
 TEST(Gptq, DiagonalHessianIsExactlyRoundToNearest) {
   const std::int64_t n = 20, k = 96;
-  std::vector<float> w = random_normal(static_cast<std::size_t>(n * k), 31);
+  std::vector<float> w = random_normal_values(static_cast<std::size_t>(n * k), 31);
   w[5] = -0.0f;  // signs of zeros are kept too
   std::vector<double> diag(static_cast<std::size_t>(k * k), 0.0);
   for (std::int64_t i = 0; i < k; ++i)
@@ -422,8 +418,8 @@ TEST(Gptq, DeadBlocksAreRoundToNearestAndOutputsValid) {
   }
   Hessian h(k);
   h.add(matrix(x, s, k));
-  const std::vector<float> w = random_normal(static_cast<std::size_t>(n * k), 52, 0.05f);
-  const std::vector<float> bias = random_normal(static_cast<std::size_t>(n), 53);
+  const std::vector<float> w = random_normal_values(static_cast<std::size_t>(n * k), 52, 0.05f);
+  const std::vector<float> bias = random_normal_values(static_cast<std::size_t>(n), 53);
   const Mxfp4Weight g = mxfp4::quantize_gptq(matrix(w, n, k), h, Tensor::from_vector(bias, {n}));
   const Mxfp4Weight r = Mxfp4Weight::quantize(matrix(w, n, k));
   ASSERT_TRUE(g.bias().has_value());
@@ -448,11 +444,9 @@ TEST(Gptq, DeadBlocksAreRoundToNearestAndOutputsValid) {
     EXPECT_TRUE(std::isfinite(v));
 }
 
-using mxfp4::test::expect_error;
-
 TEST(Gptq, Errors) {
   const std::int64_t n = 4, k = 64;
-  const std::vector<float> w = random_normal(static_cast<std::size_t>(n * k), 61);
+  const std::vector<float> w = random_normal_values(static_cast<std::size_t>(n * k), 61);
   const Tensor wt = matrix(w, n, k);
   Hessian h(k);
   h.add(matrix(correlated_activations(100, k, 62), 100, k));
@@ -627,7 +621,7 @@ TEST(GptqRefine, EndsInALocalMinimum) {
 TEST(GptqRefine, DiagonalHessianStaysRoundToNearest) {
   // Each weight's error is then its own: round-to-nearest is already the best code.
   const std::int64_t n = 12, k = 96;
-  const std::vector<float> w = random_normal(static_cast<std::size_t>(n * k), 75);
+  const std::vector<float> w = random_normal_values(static_cast<std::size_t>(n * k), 75);
   std::vector<double> diag(static_cast<std::size_t>(k * k), 0.0);
   for (std::int64_t i = 0; i < k; ++i)
     diag[static_cast<std::size_t>(i * k + i)] = 0.5 + static_cast<double>(i % 5);
@@ -670,16 +664,16 @@ TEST(Gptq, StackedExpertsEachUseTheirOwnHessian) {
   std::vector<float> w;
   std::vector<Hessian> hs;
   for (std::int64_t e = 0; e < experts; ++e) {
-    const std::vector<float> we =
-        random_normal(static_cast<std::size_t>(n * k), 70 + static_cast<std::uint32_t>(e), 0.05f);
+    const std::vector<float> we = random_normal_values(static_cast<std::size_t>(n * k),
+                                                       70 + static_cast<std::uint32_t>(e), 0.05f);
     w.insert(w.end(), we.begin(), we.end());
     Hessian h(k);
     h.add(matrix(correlated_activations(120, k, 80 + static_cast<std::uint32_t>(e)), 120, k));
     hs.push_back(std::move(h));
   }
   const Tensor stacked = Tensor::from_vector(w, {experts, n, k});
-  const Tensor bias =
-      Tensor::from_vector(random_normal(static_cast<std::size_t>(experts * n), 90), {experts, n});
+  const Tensor bias = Tensor::from_vector(
+      random_normal_values(static_cast<std::size_t>(experts * n), 90), {experts, n});
   for (ScaleRule rule : kRules) {
     GptqOptions options;
     options.rule = rule;
@@ -750,7 +744,7 @@ TEST(Gptq, StackedExpertsEachUseTheirOwnHessian) {
 TEST(Gptq, StackedExpertsFromACallback) {
   const std::int64_t experts = 3, n = 4, k = 64;
   const Tensor stacked = Tensor::from_vector(
-      random_normal(static_cast<std::size_t>(experts * n * k), 101, 0.1f), {experts, n, k});
+      random_normal_values(static_cast<std::size_t>(experts * n * k), 101, 0.1f), {experts, n, k});
   std::vector<Hessian> hs;
   for (std::int64_t e = 0; e < experts; ++e) {
     Hessian h(k);

@@ -103,14 +103,21 @@ inline Tensor random_uniform(const Shape& shape, std::uint32_t seed, float scale
   return Tensor::from_vector(v, shape);
 }
 
-// f32 values normal(0, stddev).
-inline Tensor random_normal(const Shape& shape, std::uint32_t seed, float stddev = 1.0f) {
+// n f32 values normal(0, stddev).
+inline std::vector<float> random_normal_values(std::size_t n, std::uint32_t seed,
+                                               float stddev = 1.0f) {
   std::mt19937 rng(seed);
   std::normal_distribution<float> dist(0.0f, stddev);
-  std::vector<float> v(static_cast<std::size_t>(shape_numel(shape)));
+  std::vector<float> v(n);
   for (auto& x : v)
     x = dist(rng);
-  return Tensor::from_vector(v, shape);
+  return v;
+}
+
+// The same as a tensor.
+inline Tensor random_normal(const Shape& shape, std::uint32_t seed, float stddev = 1.0f) {
+  return Tensor::from_vector(
+      random_normal_values(static_cast<std::size_t>(shape_numel(shape)), seed, stddev), shape);
 }
 
 }  // namespace mxfp4::test

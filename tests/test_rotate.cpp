@@ -18,22 +18,16 @@
 #include "mxfp4/rotate.hpp"
 #include "mxfp4/weight.hpp"
 #include "test_expect.hpp"
+#include "test_numbers.hpp"
 
 namespace {
 
 using mxfp4::DType;
 using mxfp4::Tensor;
+using mxfp4::test::expect_error;
+using mxfp4::test::random_normal_values;
 
 constexpr int kB = 32;
-
-std::vector<float> random_normal(std::size_t n, std::uint32_t seed, float sigma = 1.0f) {
-  std::mt19937 gen(seed);
-  std::normal_distribution<float> dist(0.0f, sigma);
-  std::vector<float> v(n);
-  for (float& x : v)
-    x = dist(gen);
-  return v;
-}
 
 // The definition: Sylvester's Hadamard matrix, H[i][j] = (-1)^popcount(i & j), not normalized.
 int sign(int i, int j) {
@@ -69,7 +63,7 @@ std::vector<std::uint8_t> bytes(const Tensor& t) {
 
 TEST(RotateBlocks, MatchesDenseHadamardProduct) {
   const std::int64_t rows = 7, k = 96;
-  const std::vector<float> x = random_normal(static_cast<std::size_t>(rows * k), 1);
+  const std::vector<float> x = random_normal_values(static_cast<std::size_t>(rows * k), 1);
   const Tensor y = mxfp4::rotate_blocks(Tensor::from_vector(x, {rows, k}));
   ASSERT_EQ(y.shape(), (mxfp4::Shape{rows, k}));
   ASSERT_EQ(y.dtype(), DType::f32);
@@ -124,7 +118,7 @@ TEST(RotateBlocks, IsOrthogonalSymmetricAndItsOwnInverse) {
   }
   // Twice gives x back, to f32 rounding; norms are kept.
   const std::int64_t rows = 5, k = 128;
-  const std::vector<float> x = random_normal(static_cast<std::size_t>(rows * k), 3, 10.0f);
+  const std::vector<float> x = random_normal_values(static_cast<std::size_t>(rows * k), 3, 10.0f);
   const Tensor once = mxfp4::rotate_blocks(Tensor::from_vector(x, {rows, k}));
   const std::vector<float> twice = values(mxfp4::rotate_blocks(once));
   const std::vector<float> y = values(once);
@@ -141,7 +135,7 @@ TEST(RotateBlocks, IsOrthogonalSymmetricAndItsOwnInverse) {
 
 TEST(RotateBlocks, BlocksAreIndependentAndShapesKept) {
   // [2, 3, 64]: every 32-element block of every row is rotated on its own.
-  const std::vector<float> x = random_normal(2 * 3 * 64, 4);
+  const std::vector<float> x = random_normal_values(2 * 3 * 64, 4);
   const Tensor y = mxfp4::rotate_blocks(Tensor::from_vector(x, {2, 3, 64}));
   EXPECT_EQ(y.shape(), (mxfp4::Shape{2, 3, 64}));
   const std::vector<float> got = values(y);
@@ -160,7 +154,7 @@ TEST(RotateBlocks, BlocksAreIndependentAndShapesKept) {
 TEST(RotateBlocks, HalfTypesRoundTheF32Result) {
   const std::int64_t rows = 4, k = 64;
   const Tensor x32 =
-      Tensor::from_vector(random_normal(static_cast<std::size_t>(rows * k), 5), {rows, k});
+      Tensor::from_vector(random_normal_values(static_cast<std::size_t>(rows * k), 5), {rows, k});
   for (DType dt : {DType::f16, DType::bf16}) {
     const Tensor x = x32.to(dt);
     const Tensor y = mxfp4::rotate_blocks(x);
@@ -172,7 +166,7 @@ TEST(RotateBlocks, HalfTypesRoundTheF32Result) {
 
 TEST(RotateBlocks, IntoAndInPlace) {
   const std::int64_t rows = 6, k = 96;
-  const std::vector<float> x = random_normal(static_cast<std::size_t>(rows * k), 6);
+  const std::vector<float> x = random_normal_values(static_cast<std::size_t>(rows * k), 6);
   const Tensor xt = Tensor::from_vector(x, {rows, k});
   const Tensor want = mxfp4::rotate_blocks(xt);
   Tensor out = Tensor::empty({rows, k}, DType::f32);
@@ -187,7 +181,7 @@ TEST(RotateBlocks, ThreadCountDoesNotChangeResults) {
   // More blocks than one task holds, so several threads share the work.
   const std::int64_t rows = 300, k = 256;
   const Tensor x =
-      Tensor::from_vector(random_normal(static_cast<std::size_t>(rows * k), 7), {rows, k});
+      Tensor::from_vector(random_normal_values(static_cast<std::size_t>(rows * k), 7), {rows, k});
   const int before = mxfp4::num_threads();
   mxfp4::set_num_threads(1);
   const std::vector<std::uint8_t> one = bytes(mxfp4::rotate_blocks(x));
@@ -218,8 +212,8 @@ double relative_error(const std::vector<float>& w, std::int64_t n, std::int64_t 
 
 TEST(RotateBlocks, RotatedWeightWithRotatedInputsComputesTheLayer) {
   const std::int64_t m = 5, n = 24, k = 128;
-  const std::vector<float> w = random_normal(static_cast<std::size_t>(n * k), 8, 0.05f);
-  const std::vector<float> x = random_normal(static_cast<std::size_t>(m * k), 9);
+  const std::vector<float> w = random_normal_values(static_cast<std::size_t>(n * k), 8, 0.05f);
+  const std::vector<float> x = random_normal_values(static_cast<std::size_t>(m * k), 9);
   const Tensor wt = Tensor::from_vector(w, {n, k});
   const Tensor xt = Tensor::from_vector(x, {m, k});
   // Exactly: the rotated weight in f32 (no quantization) with rotated inputs is x W^T.
@@ -261,8 +255,6 @@ TEST(RotateBlocks, RotatedWeightWithRotatedInputsComputesTheLayer) {
   EXPECT_LT(err / sig, 4.0 * weight_error);
   EXPECT_GT(err / sig, weight_error / 4.0);
 }
-
-using mxfp4::test::expect_error;
 
 TEST(RotateBlocks, Errors) {
   expect_error<mxfp4::InvalidArgument>([] { mxfp4::rotate_blocks(Tensor()); }, "undefined");

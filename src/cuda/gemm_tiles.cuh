@@ -54,13 +54,12 @@ __device__ __forceinline__ void stage_fragment(T* tile_out, int stride, int r, i
 }
 
 // The staged tile's token rows out to their output rows (columns w0 .. w0 + kTileW, clipped to
-// n). vector_store (n % 8 == 0, 16-byte aligned output): 8-value chunks, each entirely in or out
-// of range; otherwise a warp per row.
+// n), by the kThreads threads numbered tid. vector_store (n % 8 == 0, 16-byte aligned output):
+// 8-value chunks, each entirely in or out of range; otherwise a warp per row.
 template <typename T, int kTileW, int kThreads>
 __device__ __forceinline__ void store_tile(const T* tile_out, int stride, T* __restrict__ out,
                                            const TokenRows& rows, const TokenRows::Tile& tile,
-                                           int w0, int n, bool vector_store) {
-  const int tid = static_cast<int>(threadIdx.x);
+                                           int w0, int n, bool vector_store, int tid) {
   const int cols = min(kTileW, n - w0);
   if (vector_store) {
     constexpr int kChunks = kTileW / 8;

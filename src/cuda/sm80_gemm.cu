@@ -203,7 +203,7 @@ __device__ __forceinline__ void gemm_tile(uint4* smem_raw, const __nv_bfloat16* 
   }
   __syncthreads();
   store_tile<__nv_bfloat16, kTileW, kThreads>(tile_out, kOutStride, out, rows, tile, w0, n,
-                                              vector_store);
+                                              vector_store, static_cast<int>(threadIdx.x));
   __syncthreads();  // the stages are free again
 }
 

@@ -27,6 +27,8 @@
 //
 // Persistent CTAs walk (token tile, weight tile) pairs in raster groups of 8 token tiles
 // (gemm_tiles.cuh), with TokenRows for the dense and the grouped (MoE) layouts.
+#include <cuda.h>
+
 #include <cstdint>
 #include <type_traits>
 
@@ -41,13 +43,21 @@ namespace {
 
 constexpr int kTileK = 2 * kBlockSize;
 
-// kWG warpgroups (1 or 2) of kSub m64 sub-tiles each: a CTA covers kTileW = 64 kWG kSub weight
-// rows.
-// kSplit: f16 x, split into bf16 hi and lo parts (a second x tile per stage).
+// kWG computing warpgroups (1 or 2) of kSub m64 sub-tiles each, plus one loading warpgroup: a
+// CTA covers kTileW = 64 kWG kSub weight rows. kSplit: f16 x, split into bf16 hi and lo parts
+// (a second x tile per stage).
 template <int kTokens, int kSub, int kWG, bool kSplit = false>
 struct Sm90Config {
-  static constexpr int kThreads = 128 * kWG;
+  static constexpr int kConsumers = 128 * kWG;
+  static constexpr int kThreads = kConsumers + 128;
   static constexpr int kTileW = 64 * kWG * kSub;
+  // Registers per thread: at launch, what ptxas gives each thread under the launch bounds (all
+  // it may: the kernel holds setmaxnreg), then the loading warpgroup keeps kProducerRegs (it
+  // holds a 256-token tile's x rows) and the computing ones share out the rest. Asking for more
+  // than the CTA was launched with would make setmaxnreg.inc wait forever.
+  static constexpr int kLaunchRegs = kWG == 1 ? 128 : 168;
+  static constexpr int kProducerRegs = kTokens == 256 ? 88 : 56;
+  static constexpr int kConsumerRegs = (kLaunchRegs * (kWG + 1) - kProducerRegs) / kWG / 8 * 8;
   static constexpr int kXBytes = kTokens * kTileK * 2;  // [token][64 k] bf16, swizzled
   static constexpr int kLoOffset = kXBytes;             // f16: the lo parts, same layout
   static constexpr int kWOffset = kXBytes * (kSplit ? 2 : 1);
@@ -55,14 +65,22 @@ struct Sm90Config {
   static constexpr int kSOffset = kWOffset + kWBytes;
   static constexpr int kSBytes = 2 * kTileW * 4;  // [block][row] scales as bf16 pairs
   static constexpr int kStageBytes = (kSOffset + kSBytes + 1023) / 1024 * 1024;
-  // One warpgroup: 5 stages, so two CTAs fit an SM. Split: as many stages of 37 or 42 KiB
-  // (128 tokens, 128 or 256 rows) as fit, up to 6.
-  static constexpr int kStages = kSplit ? (kStageBytes * 6 + 1024 <= 227 * 1024 ? 6 : 5)
-                                        : (kWG == 1 || kWOffset + kWBytes > 32768 ? 5 : 6);
-  static constexpr int kSmemBytes = kStages * kStageBytes + 1024;  // + alignment slack
-  static constexpr int kOutStride = kTileW + 8;  // bf16 per token row of the output tile
-  static_assert(kTokens * kOutStride * 2 <= kStages * kStageBytes, "output tile must fit");
-  static_assert(kStages * kStageBytes + 1024 <= 227 * 1024, "stages must fit shared memory");
+  // The epilogue stages 64 tokens x 64 rows at a time per computing warpgroup, apart from the
+  // stages, which the loading warpgroup is already filling with the next tile.
+  static constexpr int kChunk = 64;
+  static constexpr int kOutStride = 64 + 8;  // elements per token row of a staged chunk
+  static constexpr int kOutBytes = kWG * kChunk * kOutStride * 2;
+  static constexpr int kXRowBytes = kTokens / 16 * 128 * 4;  // cp.async loaders' x rows
+  static constexpr int kBarBytes = 2 * 8 * 8;  // full and empty mbarriers, up to 8 stages
+  static constexpr int kFixedBytes = kOutBytes + kXRowBytes + kBarBytes + 1024;  // + alignment
+  static constexpr int kSmemLimit = (kWG == 1 ? 113 : 227) * 1024;
+  static constexpr int kStages =
+      (kSmemLimit - kFixedBytes) / kStageBytes < 8 ? (kSmemLimit - kFixedBytes) / kStageBytes : 8;
+  static constexpr int kOutOffset = kStages * kStageBytes;
+  static constexpr int kXRowOffset = kOutOffset + kOutBytes;
+  static constexpr int kBarOffset = kXRowOffset + kXRowBytes;
+  static constexpr int kSmemBytes = kStages * kStageBytes + kFixedBytes;
+  static_assert(kStages >= 4, "at least four stages");
   static_assert(!kSplit || kTokens == 128, "split x: 128-token tiles only");
   static_assert(kLoOffset % 1024 == 0 && kWOffset % 1024 == 0, "swizzle atoms: 1 KiB aligned");
 };
@@ -109,305 +127,483 @@ __device__ __forceinline__ void split_f16x2(std::uint32_t v, std::uint32_t& hi, 
   memcpy(&lo, &l, 4);
 }
 
-template <typename T, int kTokens, int kSub, int kWG>
-__device__ __forceinline__ void sm90_tile(std::uint8_t* smem, const T* __restrict__ x,
-                                          const TokenRows& rows, const TokenRows::Tile& tile,
-                                          int tile_w, const std::uint8_t* __restrict__ blocks,
-                                          const std::uint8_t* __restrict__ scales,
-                                          const void* __restrict__ bias, DType bias_dtype,
-                                          T* __restrict__ out, int n, int k, bool vector_store) {
+// The pipeline: stage `it` (counted over all of a CTA's tiles) lives in slot it % kStages. The
+// loaders wait until the computing threads have released the slot (empty barrier) and fetch the
+// stage with cp.async; kLag stages later, before waiting for the next slot, they wait for their
+// own copies of it to land (f16: split it), fence it for the tensor cores and arrive on the
+// slot's full barrier. The computing threads wait on the full barrier, and release a slot once
+// the wgmma groups reading it are done, which they learn only after issuing the next stage's
+// first group. With kLag = kStages - 2, stage s is handed over once the computing threads have
+// started stage s - 2, while they are two stages of work away from needing it.
+template <int kStages>
+struct Ring {
+  std::uint32_t bars;  // shared address: full[kStages], then empty[kStages]
+  __device__ __forceinline__ std::uint32_t full(std::uint32_t it) const {
+    return bars + 8 * (it % kStages);
+  }
+  __device__ __forceinline__ std::uint32_t empty(std::uint32_t it) const {
+    return bars + 8 * (kStages + it % kStages);
+  }
+  // Parity of the phase in which stage `it` completes its slot's barrier.
+  __device__ __forceinline__ static std::uint32_t parity(std::uint32_t it) {
+    return (it / kStages) & 1u;
+  }
+};
+
+// The loading warpgroup (128 threads). Thread tid copies 16-byte chunk tid % 8 of token rows
+// tid / 8 + 16 i; and block tid % 2 of weight rows (tid + 128 j) / 2 (j < kTileW / 64) with its
+// scale, which it converts to the bf16 pair the decode multiplies by.
+//
+// kTma (dense bf16 x): thread 0 fetches each stage's x box and weight box with TMA instead, the
+// tensor maps describing x [rows, k] (128-byte swizzle, the layout above) and the blocks
+// [experts * n, k / 2]; TMA zero-fills what lies past either's end. The full barrier then
+// completes when the boxes' bytes have landed and every loader has stored its scales, and no
+// loader waits for copies.
+template <typename T, int kTokens, int kSub, int kWG, bool kTma>
+__device__ __forceinline__ void sm90_load(std::uint8_t* smem, const T* __restrict__ x,
+                                          const CUtensorMap& x_map, const CUtensorMap& w_map,
+                                          const TokenRows& rows, int tiles_t, int tiles_w,
+                                          const std::uint8_t* __restrict__ blocks,
+                                          const std::uint8_t* __restrict__ scales, int n, int k) {
   constexpr bool kSplit = std::is_same_v<T, __half>;
   using C = Sm90Config<kTokens, kSub, kWG, kSplit>;
-  constexpr int kTileW = C::kTileW;
-  constexpr int kThreads = C::kThreads;
-  constexpr int kXRows = kThreads / 8;  // token rows per pass of the x loads
-  constexpr int kAcc = kTokens / 2;     // f32 accumulators per thread and sub-tile
+  constexpr int S = C::kStages;
+  constexpr int kLag = S - 2;
+  constexpr int kXPer = kTokens / 16;    // x chunks per thread and stage
+  constexpr int kWPer = C::kTileW / 64;  // weight blocks per thread and stage
   const int tid = static_cast<int>(threadIdx.x);
-  const int wg = tid >> 7;
-  const int warp = (tid >> 5) & 3;
-  const int lane = tid & 31;
+  const int xc = tid & 7;
+  const int lblk = tid & 1;
+  const int nblk = k / kBlockSize;
+  const int ktiles = (nblk + 1) / 2;
+  const Ring<S> ring{static_cast<std::uint32_t>(__cvta_generic_to_shared(smem + C::kBarOffset))};
+  std::uint32_t it = 0;
+  std::uint32_t signaled = 0;
+
+  // Stage s has landed (this thread's part): f16 x is split, then the tensor cores may read it.
+  auto signal = [&](std::uint32_t s) {
+    if constexpr (kSplit) {
+      std::uint8_t* st = smem + (s % S) * C::kStageBytes;
+#pragma unroll
+      for (int i = 0; i < kXPer; ++i) {
+        const int r = tid / 8 + 16 * i;
+        std::uint8_t* p = st + r * 128 + ((xc ^ (r & 7)) << 4);
+        uint4 v = *reinterpret_cast<const uint4*>(p);
+        uint4 lo;
+        split_f16x2(v.x, v.x, lo.x);
+        split_f16x2(v.y, v.y, lo.y);
+        split_f16x2(v.z, v.z, lo.z);
+        split_f16x2(v.w, v.w, lo.w);
+        *reinterpret_cast<uint4*>(p) = v;
+        *reinterpret_cast<uint4*>(p + C::kLoOffset) = lo;
+      }
+    }
+    sm90::fence_proxy_async();
+    sm90::mbarrier_arrive(ring.full(s));
+  };
+
+  // Per tile: this thread's x rows in shared memory, [i][tid] (~0: past the tile's tokens; no
+  // other thread reads them). Per stage, an x chunk costs one multiply-add for its address.
+  auto* xrow = reinterpret_cast<std::uint32_t*>(smem + C::kXRowOffset);
+  const auto* x_bytes = reinterpret_cast<const std::uint8_t*>(x) + 16 * xc;
+  const auto row_bytes = static_cast<std::uint32_t>(k) * 2u;
+  const std::uint32_t smem_base = static_cast<std::uint32_t>(__cvta_generic_to_shared(smem));
+  for_each_gemm_tile(rows, tiles_t, tiles_w, kTokens, [&](const TokenRows::Tile& tile, int tile_w) {
+    const int w0 = tile_w * C::kTileW;
+    if constexpr (!kTma) {
+#pragma unroll
+      for (int i = 0; i < kXPer; ++i) {
+        const int local = tid / 8 + 16 * i;
+        xrow[i * 128 + tid] =
+            local < tile.count
+                ? static_cast<std::uint32_t>(rows.x_row(rows.pair(tile.first + local)))
+                : ~0u;
+      }
+    }
+    // Weight rows w0 + tid / 2 + 64 j: one base address each for blocks and scales.
+    const int wrow0 = w0 + tid / 2;
+    const std::int64_t row0 = static_cast<std::int64_t>(tile.expert) * n + wrow0;
+    const std::uint8_t* wsrc = blocks + row0 * (k / 2) + lblk * kBlockBytes;
+    const std::uint8_t* ssrc = scales + row0 * nblk + lblk;
+    // Scales go through registers a stage ahead, so that their loads' latency is hidden.
+    // Missing blocks get scale 1 (127): zero codes times a NaN scale would be NaN.
+    using ScaleBytes = std::uint8_t[kWPer];
+    auto load_scales = [&](int kt, ScaleBytes& v) {
+      const bool ok = 2 * kt + lblk < nblk;
+#pragma unroll
+      for (int j = 0; j < kWPer; ++j) {
+        v[j] = ok && wrow0 + 64 * j < n ? __ldg(ssrc + std::int64_t{64 * j} * nblk + 2 * kt)
+                                        : std::uint8_t{127};
+      }
+    };
+    ScaleBytes next;
+    load_scales(0, next);
+    for (int kt = 0; kt < ktiles; ++kt, ++it) {
+      ScaleBytes sv;
+#pragma unroll
+      for (int j = 0; j < kWPer; ++j)
+        sv[j] = next[j];
+      if (kt + 1 < ktiles) load_scales(kt + 1, next);
+      if constexpr (kTma) {
+        if (it >= static_cast<std::uint32_t>(S)) {
+          sm90::mbarrier_wait(ring.empty(it), Ring<S>::parity(it) ^ 1u);
+        }
+        std::uint8_t* st = smem + (it % S) * C::kStageBytes;
+        auto* sc = reinterpret_cast<std::uint32_t*>(st + C::kSOffset);
+#pragma unroll
+        for (int j = 0; j < kWPer; ++j)
+          sc[lblk * C::kTileW + ((tid + 128 * j) >> 1)] = bf16_scale_pair(sv[j]);
+        if (tid == 0) {
+          const std::uint32_t st_addr = smem_base + (it % S) * C::kStageBytes;
+          sm90::mbarrier_arrive_expect_tx(ring.full(it), C::kXBytes + C::kWBytes);
+          sm90::tma_load_2d(st_addr, &x_map, kt * kTileK, static_cast<int>(tile.first),
+                            ring.full(it));
+          sm90::tma_load_2d(st_addr + C::kWOffset, &w_map, kt * 2 * kBlockBytes,
+                            tile.expert * n + w0, ring.full(it));
+        } else {
+          sm90::mbarrier_arrive(ring.full(it));
+        }
+      } else {
+        // The oldest stage in flight, kLag back, is handed over first: the slot wait below may
+        // last as long as the computing threads take for a stage.
+        if (it - signaled >= static_cast<std::uint32_t>(kLag)) {
+          cp_async_wait<kLag - 1>();
+          signal(signaled++);
+        }
+        if (it >= static_cast<std::uint32_t>(S)) {
+          sm90::mbarrier_wait(ring.empty(it), Ring<S>::parity(it) ^ 1u);
+        }
+        std::uint8_t* st = smem + (it % S) * C::kStageBytes;
+        // Rows past the tile's tokens are not loaded: they meet only output columns never
+        // stored.
+        const bool x_ok = 2 * kt + (xc >> 2) < nblk;
+        const std::uint8_t* xk = x_bytes + (x_ok ? std::int64_t{kt} * kTileK * 2 : 0);
+#pragma unroll
+        for (int i = 0; i < kXPer; ++i) {
+          const int r = tid / 8 + 16 * i;
+          const std::uint32_t row = xrow[i * 128 + tid];
+          if (row != ~0u) {
+            cp_async16(st + r * 128 + ((xc ^ (r & 7)) << 4),
+                       xk + static_cast<std::uint64_t>(row) * row_bytes, x_ok ? 16 : 0);
+          }
+        }
+        const bool w_ok = 2 * kt + lblk < nblk;
+#pragma unroll
+        for (int j = 0; j < kWPer; ++j) {
+          const bool ok = w_ok && wrow0 + 64 * j < n;
+          cp_async16(st + C::kWOffset + ((tid + 128 * j) >> 1) * 32 + lblk * 16,
+                     ok ? wsrc + std::int64_t{64 * j} * (k / 2) + std::int64_t{kt} * 2 * kBlockBytes
+                        : blocks,
+                     ok ? 16 : 0);
+        }
+        cp_async_commit();
+        auto* sc = reinterpret_cast<std::uint32_t*>(st + C::kSOffset);
+#pragma unroll
+        for (int j = 0; j < kWPer; ++j)
+          sc[lblk * C::kTileW + ((tid + 128 * j) >> 1)] = bf16_scale_pair(sv[j]);
+      }
+    }
+  });
+  if constexpr (kTma) return;
+  cp_async_wait<0>();
+  while (signaled < it)
+    signal(signaled++);
+}
+
+// A computing warpgroup c: weight rows [64 c, 64 c + 64) of each m64 sub-tile j (64 kWG j
+// apart) and every token, as one wgmma m64nNk16 accumulator per sub-tile. Each thread decodes
+// its rows' E2M1 codes and multiplies them by the block's scale in bf16 (exact), so the tensor
+// cores see exactly the reference's weight values.
+template <typename T, int kTokens, int kSub, int kWG>
+__device__ __forceinline__ void sm90_compute(std::uint8_t* smem, const TokenRows& rows, int tiles_t,
+                                             int tiles_w, const void* __restrict__ bias,
+                                             DType bias_dtype, T* __restrict__ out, int n, int k,
+                                             bool vector_store) {
+  constexpr bool kSplit = std::is_same_v<T, __half>;
+  using C = Sm90Config<kTokens, kSub, kWG, kSplit>;
+  constexpr int S = C::kStages;
+  constexpr int kTileW = C::kTileW;
+  constexpr int kAcc = kTokens / 2;  // f32 accumulators per thread and sub-tile
+  const int ctid = static_cast<int>(threadIdx.x) - 128;
+  const int c = ctid >> 7;
+  const int warp = (ctid >> 5) & 3;
+  const int lane = ctid & 31;
   const int g = lane >> 2;
   const int t = lane & 3;
   const int nblk = k / kBlockSize;
   const int ktiles = (nblk + 1) / 2;
-  const int w0 = tile_w * kTileW;
-  const int width = tile.count <= 32    ? 32
-                    : tile.count <= 64  ? 64
-                    : tile.count <= 128 ? 128
-                    : tile.count <= 192 ? 192
-                                        : 256;
-  blocks += static_cast<std::int64_t>(tile.expert) * n * (k / 2);
-  scales += static_cast<std::int64_t>(tile.expert) * n * nblk;
-
-  // Loads: thread tid copies 16-byte chunk (tid % 8) of token rows tid / 8 + kXRows i; and
-  // block tid % 2 of weight rows lrow[j] = (tid + kThreads j) / 2 (j < kSub) with its scale.
-  const int xc = tid & 7;
-  const T* xsrc[kTokens / kXRows];
-#pragma unroll
-  for (int i = 0; i < kTokens / kXRows; ++i) {
-    const int local = min(tid / 8 + kXRows * i, tile.count - 1);
-    xsrc[i] = x + rows.x_row(rows.pair(tile.first + local)) * k + 8 * xc;
-  }
-  const int lblk = tid & 1;
-  int lrow[kSub];
-  const std::uint8_t* wsrc[kSub];
-  const std::uint8_t* ssrc[kSub];
-  bool wrow_ok[kSub];
-#pragma unroll
-  for (int j = 0; j < kSub; ++j) {
-    lrow[j] = (tid + kThreads * j) >> 1;
-    const int wrow = w0 + lrow[j];
-    wrow_ok[j] = wrow < n;
-    wsrc[j] = blocks + static_cast<std::int64_t>(min(wrow, n - 1)) * (k / 2);
-    ssrc[j] = scales + static_cast<std::int64_t>(min(wrow, n - 1)) * nblk;
-  }
+  const Ring<S> ring{static_cast<std::uint32_t>(__cvta_generic_to_shared(smem + C::kBarOffset))};
   const std::uint32_t smem_base = static_cast<std::uint32_t>(__cvta_generic_to_shared(smem));
+  // This lane's A rows: ra and ra + 8 of each sub-tile.
+  const int ra = c * 64 + warp * 16 + g;
+  const std::uint32_t sel = static_cast<std::uint32_t>(t | ((t + 4) << 4));
+  T* chunk_out = reinterpret_cast<T*>(smem + C::kOutOffset) + c * C::kChunk * C::kOutStride;
+  std::uint32_t it = 0;
 
-  auto issue = [&](int slot, int kt) {
-    std::uint8_t* st = smem + slot * C::kStageBytes;
-    const int xblk = 2 * kt + (xc >> 2);
-    // Rows past the tile's tokens are not loaded: they meet only output columns never stored.
-#pragma unroll
-    for (int i = 0; i < kTokens / kXRows; ++i) {
-      const int r = tid / 8 + kXRows * i;
-      if (r < tile.count) {
-        const bool ok = xblk < nblk;
-        cp_async16(st + r * 128 + ((xc ^ (r & 7)) << 4),
-                   xsrc[i] + (ok ? std::int64_t{kt} * kTileK : 0), ok ? 16 : 0);
-      }
-    }
-    const int blk = 2 * kt + lblk;
+  for_each_gemm_tile(rows, tiles_t, tiles_w, kTokens, [&](const TokenRows::Tile& tile, int tile_w) {
+    const int w0 = tile_w * kTileW;
+    const int width = tile.count <= 32    ? 32
+                      : tile.count <= 64  ? 64
+                      : tile.count <= 128 ? 128
+                      : tile.count <= 192 ? 192
+                                          : 256;
+    float acc[kSub][kAcc];
 #pragma unroll
     for (int j = 0; j < kSub; ++j) {
-      const bool ok = wrow_ok[j] && blk < nblk;
-      cp_async16(st + C::kWOffset + lrow[j] * 32 + lblk * 16,
-                 wsrc[j] + std::int64_t{blk} * kBlockBytes * (ok ? 1 : 0), ok ? 16 : 0);
+#pragma unroll
+      for (int i = 0; i < kAcc; ++i)
+        acc[j][i] = 0.0f;
     }
-  };
-  // Missing blocks get scale 1 (127): zero codes times a NaN scale would be NaN. Each scale
-  // goes to shared memory as the bf16 pair the decode multiplies by (made once, not per lane).
-  using ScaleBytes = std::uint8_t[kSub];
-  auto load_scales = [&](int kt, ScaleBytes& v) {
-    const int blk = 2 * kt + lblk;
+    std::uint32_t f[2][kSub][2][4] = {};  // A fragments: [block][sub-tile][k16 step][register]
+    // The k loop, for one wgmma width N (chosen once per tile: a branch around each wgmma would
+    // make ptxas insert warpgroup synchronization).
+    auto k_loop = [&](auto n_tag) {
+      constexpr int N = decltype(n_tag)::value;
+      for (int kt = 0; kt < ktiles; ++kt, ++it) {
+        sm90::mbarrier_wait(ring.full(it), Ring<S>::parity(it));
+        const int slot = static_cast<int>(it % S);
+        const std::uint8_t* st = smem + slot * C::kStageBytes;
+        const std::uint32_t x_addr = smem_base + static_cast<std::uint32_t>(slot * C::kStageBytes);
 #pragma unroll
-    for (int j = 0; j < kSub; ++j)
-      v[j] = wrow_ok[j] && blk < nblk ? __ldg(ssrc[j] + blk) : std::uint8_t{127};
-  };
-  auto store_scales = [&](int slot, const ScaleBytes& v) {
-    auto* sc = reinterpret_cast<std::uint32_t*>(smem + slot * C::kStageBytes + C::kSOffset);
-#pragma unroll
-    for (int j = 0; j < kSub; ++j)
-      sc[lblk * kTileW + lrow[j]] = bf16_scale_pair(v[j]);
-  };
-
-  // f16: a landed stage's x tile becomes bf16 hi (in place) and lo (beside it), 16 bytes at a
-  // time (the split is per element, so the swizzle is kept). The writes reach the tensor cores
-  // after fence_proxy_async and the barrier at the top of the next k step.
-  auto split_stage = [&](int slot) {
-    std::uint8_t* st = smem + slot * C::kStageBytes;
-#pragma unroll
-    for (int c = tid; c < kTokens * 8; c += kThreads) {
-      uint4 v = *reinterpret_cast<const uint4*>(st + 16 * c);
-      uint4 lo;
-      split_f16x2(v.x, v.x, lo.x);
-      split_f16x2(v.y, v.y, lo.y);
-      split_f16x2(v.z, v.z, lo.z);
-      split_f16x2(v.w, v.w, lo.w);
-      *reinterpret_cast<uint4*>(st + 16 * c) = v;
-      *reinterpret_cast<uint4*>(st + C::kLoOffset + 16 * c) = lo;
-    }
-  };
-
-  constexpr int S = C::kStages;
-  ScaleBytes pending;
-#pragma unroll
-  for (int s = 0; s < S - 2; ++s) {
-    if (s < ktiles) {
-      issue(s, s);
-      load_scales(s, pending);
-      store_scales(s, pending);
-    }
-    cp_async_commit();
-  }
-  if constexpr (kSplit) {
-    cp_async_wait<S - 3>();  // stage 0 has landed
-    __syncthreads();
-    split_stage(0);
-  }
-
-  float acc[kSub][kAcc];
-#pragma unroll
-  for (int j = 0; j < kSub; ++j) {
-#pragma unroll
-    for (int i = 0; i < kAcc; ++i)
-      acc[j][i] = 0.0f;
-  }
-
-  // This lane's A rows: ra and ra + 8 of each sub-tile (64 kWG j apart).
-  const int ra = wg * 64 + warp * 16 + g;
-  const std::uint32_t sel = static_cast<std::uint32_t>(t | ((t + 4) << 4));
-  std::uint32_t f[2][kSub][2][4] = {};  // A fragments: [block][sub-tile][k16 step][register]
-  int pending_slot = -1;
-  // The k loop, for one wgmma width N (chosen once per tile: a branch around each wgmma would
-  // make ptxas insert warpgroup synchronization).
-  auto k_loop = [&](auto n_tag) {
-    constexpr int N = decltype(n_tag)::value;
-    for (int kt = 0; kt < ktiles; ++kt) {
-      // Stage kt has landed; f16: stage kt + 1 too, to be split during this step.
-      cp_async_wait<kSplit ? S - 4 : S - 3>();
-      sm90::fence_proxy_async();
-      __syncthreads();
-      if (pending_slot >= 0) store_scales(pending_slot, pending);
-      const int next = kt + S - 2;
-      pending_slot = -1;
-      if (next < ktiles) {
-        issue(next % S, next);
-        load_scales(next, pending);
-        pending_slot = next % S;
-      }
-      cp_async_commit();
-      if constexpr (kSplit) {
-        if (kt + 1 < ktiles) split_stage((kt + 1) % S);
-      }
-
-      const int slot = kt % S;
-      const std::uint8_t* st = smem + slot * C::kStageBytes;
-      const std::uint32_t x_addr = smem_base + static_cast<std::uint32_t>(slot * C::kStageBytes);
-#pragma unroll
-      for (int b = 0; b < 2; ++b) {
-        // The group before this one, which read `f` last, is done (wait below): decode block b.
-        const auto* sc = reinterpret_cast<const std::uint32_t*>(st + C::kSOffset) + b * kTileW;
-#pragma unroll
-        for (int j = 0; j < kSub; ++j) {
-          const int r = ra + 64 * kWG * j;
-          const uint4 va = *reinterpret_cast<const uint4*>(st + C::kWOffset + r * 32 + b * 16);
-          const uint4 vb =
-              *reinterpret_cast<const uint4*>(st + C::kWOffset + (r + 8) * 32 + b * 16);
-          const std::uint32_t sa = sc[r];
-          const std::uint32_t sb = sc[r + 8];
-          const std::uint32_t wa = lane_bytes(va, sel);
-          const std::uint32_t wb = lane_bytes(vb, sel);
-          decode4<__nv_bfloat16>(wa & 0xFFFFu, f[b][j][0][0], f[b][j][0][2]);
-          decode4<__nv_bfloat16>(wb & 0xFFFFu, f[b][j][0][1], f[b][j][0][3]);
-          decode4<__nv_bfloat16>(wa >> 16, f[b][j][1][0], f[b][j][1][2]);
-          decode4<__nv_bfloat16>(wb >> 16, f[b][j][1][1], f[b][j][1][3]);
-#pragma unroll
-          for (int s = 0; s < 2; ++s) {
-            f[b][j][s][0] = bf16x2_mul(f[b][j][s][0], sa);
-            f[b][j][s][2] = bf16x2_mul(f[b][j][s][2], sa);
-            f[b][j][s][1] = bf16x2_mul(f[b][j][s][1], sb);
-            f[b][j][s][3] = bf16x2_mul(f[b][j][s][3], sb);
-          }
-        }
-        sm90::wgmma_fence();
-#pragma unroll
-        for (int j = 0; j < kSub; ++j)
-          sm90::fence_accumulators<N / 2>(acc[j]);
-          // Block b's two k16 steps start 64 b and 64 b + 32 bytes into each 128-byte token row.
-#pragma unroll
-        for (int s = 0; s < 2; ++s) {
+        for (int b = 0; b < 2; ++b) {
+          // The group before this one, which read `f` last, is done (wait below): decode block b.
+          const auto* sc = reinterpret_cast<const std::uint32_t*>(st + C::kSOffset) + b * kTileW;
 #pragma unroll
           for (int j = 0; j < kSub; ++j) {
-            wgmma_n<N>(acc[j], f[b][j][s], sm90::sw128_desc(x_addr + 64 * b + 32 * s));
-            if constexpr (kSplit) {
-              wgmma_n<N>(acc[j], f[b][j][s],
-                         sm90::sw128_desc(x_addr + C::kLoOffset + 64 * b + 32 * s));
+            const int r = ra + 64 * kWG * j;
+            const uint4 va = *reinterpret_cast<const uint4*>(st + C::kWOffset + r * 32 + b * 16);
+            const uint4 vb =
+                *reinterpret_cast<const uint4*>(st + C::kWOffset + (r + 8) * 32 + b * 16);
+            const std::uint32_t sa = sc[r];
+            const std::uint32_t sb = sc[r + 8];
+            const std::uint32_t wa = lane_bytes(va, sel);
+            const std::uint32_t wb = lane_bytes(vb, sel);
+            decode4<__nv_bfloat16>(wa & 0xFFFFu, f[b][j][0][0], f[b][j][0][2]);
+            decode4<__nv_bfloat16>(wb & 0xFFFFu, f[b][j][0][1], f[b][j][0][3]);
+            decode4<__nv_bfloat16>(wa >> 16, f[b][j][1][0], f[b][j][1][2]);
+            decode4<__nv_bfloat16>(wb >> 16, f[b][j][1][1], f[b][j][1][3]);
+#pragma unroll
+            for (int s = 0; s < 2; ++s) {
+              f[b][j][s][0] = bf16x2_mul(f[b][j][s][0], sa);
+              f[b][j][s][2] = bf16x2_mul(f[b][j][s][2], sa);
+              f[b][j][s][1] = bf16x2_mul(f[b][j][s][1], sb);
+              f[b][j][s][3] = bf16x2_mul(f[b][j][s][3], sb);
             }
           }
-        }
-        sm90::wgmma_commit();
+          sm90::wgmma_fence();
 #pragma unroll
-        for (int j = 0; j < kSub; ++j)
-          sm90::fence_accumulators<N / 2>(acc[j]);
-        // The other block's group is done; its A registers (kept live until here by the fence)
-        // may be written again. ptxas does not track wgmma's asynchronous register reads.
-        sm90::wgmma_wait<1>();
-        sm90::fence_registers(f[b ^ 1]);
+          for (int j = 0; j < kSub; ++j)
+            sm90::fence_accumulators<N / 2>(acc[j]);
+            // Block b's two k16 steps start 64 b and 64 b + 32 bytes into each 128-byte token row.
+#pragma unroll
+          for (int s = 0; s < 2; ++s) {
+#pragma unroll
+            for (int j = 0; j < kSub; ++j) {
+              wgmma_n<N>(acc[j], f[b][j][s], sm90::sw128_desc(x_addr + 64 * b + 32 * s));
+              if constexpr (kSplit) {
+                wgmma_n<N>(acc[j], f[b][j][s],
+                           sm90::sw128_desc(x_addr + C::kLoOffset + 64 * b + 32 * s));
+              }
+            }
+          }
+          sm90::wgmma_commit();
+#pragma unroll
+          for (int j = 0; j < kSub; ++j)
+            sm90::fence_accumulators<N / 2>(acc[j]);
+          // The other block's group is done; its A registers (kept live until here by the
+          // fence) may be written again. ptxas does not track wgmma's asynchronous register
+          // reads. After block 0, that group was the previous stage's last: its slot is free.
+          sm90::wgmma_wait<1>();
+          sm90::fence_registers(f[b ^ 1]);
+          if (b == 0 && kt > 0) sm90::mbarrier_arrive(ring.empty(it - 1));
+        }
+      }
+    };
+    if (kTokens >= 256 && width > 192) {
+      k_loop(std::integral_constant<int, 256>{});
+    } else if (kTokens >= 256 && width > 128) {
+      k_loop(std::integral_constant<int, 192>{});
+    } else if (width > 64) {
+      k_loop(std::integral_constant<int, 128>{});
+    } else if (width > 32) {
+      k_loop(std::integral_constant<int, 64>{});
+    } else {
+      k_loop(std::integral_constant<int, 32>{});
+    }
+    sm90::wgmma_wait<0>();
+#pragma unroll
+    for (int j = 0; j < kSub; ++j)
+      sm90::fence_accumulators<kAcc>(acc[j]);
+    sm90::mbarrier_arrive(ring.empty(it - 1));
+
+    // Epilogue, per sub-tile and 64 tokens at a time: bias in f32, the chunk [token][64 rows]
+    // in this warpgroup's shared buffer, then whole rows out.
+#pragma unroll
+    for (int j = 0; j < kSub; ++j) {
+      const int rows0 = c * 64 + 64 * kWG * j;  // the sub-tile's first row in the tile
+      const int r = warp * 16 + g;
+      const float ba = row_bias(bias, bias_dtype, tile, w0 + rows0 + r, n);
+      const float bb = row_bias(bias, bias_dtype, tile, w0 + rows0 + r + 8, n);
+#pragma unroll
+      for (int q0 = 0; q0 < kTokens; q0 += C::kChunk) {
+        if (q0 >= tile.count) break;
+#pragma unroll
+        for (int q = q0 / 8; q < (q0 + C::kChunk) / 8; ++q) {
+          if (8 * q >= width) break;
+          stage_fragment(chunk_out, C::kOutStride, r, 8 * q + 2 * t - q0, &acc[j][4 * q], ba, bb);
+        }
+        sm90::named_barrier(1 + c, 128);
+        TokenRows::Tile part = tile;
+        part.first += q0;
+        part.count = min(tile.count - q0, C::kChunk);
+        store_tile<T, 64, 128>(chunk_out, C::kOutStride, out, rows, part, w0 + rows0, n,
+                               vector_store, ctid & 127);
+        sm90::named_barrier(1 + c, 128);
       }
     }
-  };
-  if (kTokens >= 256 && width > 192) {
-    k_loop(std::integral_constant<int, 256>{});
-  } else if (kTokens >= 256 && width > 128) {
-    k_loop(std::integral_constant<int, 192>{});
-  } else if (width > 64) {
-    k_loop(std::integral_constant<int, 128>{});
-  } else if (width > 32) {
-    k_loop(std::integral_constant<int, 64>{});
-  } else {
-    k_loop(std::integral_constant<int, 32>{});
-  }
-  sm90::wgmma_wait<0>();
-#pragma unroll
-  for (int j = 0; j < kSub; ++j)
-    sm90::fence_accumulators<kAcc>(acc[j]);
-  cp_async_wait<0>();
-  __syncthreads();
-
-  // Epilogue: bias in f32, the output tile [token][weight row] in shared memory, then whole
-  // rows out.
-  auto* tile_out = reinterpret_cast<T*>(smem);
-#pragma unroll
-  for (int j = 0; j < kSub; ++j) {
-    const int r = ra + 64 * kWG * j;
-    const float ba = row_bias(bias, bias_dtype, tile, w0 + r, n);
-    const float bb = row_bias(bias, bias_dtype, tile, w0 + r + 8, n);
-#pragma unroll
-    for (int q = 0; q < kTokens / 8; ++q) {
-      if (8 * q >= width) break;
-      stage_fragment(tile_out, C::kOutStride, r, 8 * q + 2 * t, &acc[j][4 * q], ba, bb);
-    }
-  }
-  __syncthreads();
-  store_tile<T, kTileW, kThreads>(tile_out, C::kOutStride, out, rows, tile, w0, n, vector_store);
-  __syncthreads();  // the stages are free again
+  });
 }
 
 #endif  // MXFP4_SM90A_DEVICE
 
-template <typename T, int kTokens, int kSub, int kWG>
-__global__ void __launch_bounds__(128 * kWG, kWG == 1 ? 2 : 1)
-    sm90_gemm_kernel(const T* __restrict__ x, TokenRows rows, int tiles_t, int tiles_w,
-                     const std::uint8_t* __restrict__ blocks,
+template <typename T, int kTokens, int kSub, int kWG, bool kTma>
+__global__ void __launch_bounds__(128 * (kWG + 1), kWG == 1 ? 2 : 1)
+    sm90_gemm_kernel(const T* __restrict__ x, const __grid_constant__ CUtensorMap x_map,
+                     const __grid_constant__ CUtensorMap w_map, TokenRows rows, int tiles_t,
+                     int tiles_w, const std::uint8_t* __restrict__ blocks,
                      const std::uint8_t* __restrict__ scales, const void* __restrict__ bias,
                      DType bias_dtype, T* __restrict__ out, int n, int k, bool vector_store) {
 #if defined(MXFP4_SM90A_DEVICE)
+  using C = Sm90Config<kTokens, kSub, kWG, std::is_same_v<T, __half>>;
   extern __shared__ uint4 smem_raw[];
   // The swizzle atoms need 1024-byte alignment; the launch asks for 1 KiB of slack.
   const auto raw = static_cast<std::uint32_t>(__cvta_generic_to_shared(smem_raw));
   std::uint8_t* smem =
       reinterpret_cast<std::uint8_t*>(smem_raw) + ((1024u - (raw & 1023u)) & 1023u);
-  for_each_gemm_tile(rows, tiles_t, tiles_w, kTokens, [&](const TokenRows::Tile& tile, int tile_w) {
-    sm90_tile<T, kTokens, kSub, kWG>(smem, x, rows, tile, tile_w, blocks, scales, bias, bias_dtype,
-                                     out, n, k, vector_store);
-  });
+  if (threadIdx.x == 0) {
+    const Ring<C::kStages> ring{
+        static_cast<std::uint32_t>(__cvta_generic_to_shared(smem + C::kBarOffset))};
+    for (int s = 0; s < C::kStages; ++s) {
+      sm90::mbarrier_init(ring.full(s), 128);
+      sm90::mbarrier_init(ring.empty(s), C::kConsumers);
+    }
+  }
+  __syncthreads();
+  if (threadIdx.x < 128) {
+    sm90::setmaxnreg_dec<C::kProducerRegs>();
+    sm90_load<T, kTokens, kSub, kWG, kTma>(smem, x, x_map, w_map, rows, tiles_t, tiles_w, blocks,
+                                           scales, n, k);
+  } else {
+    sm90::setmaxnreg_inc<C::kConsumerRegs>();
+    sm90_compute<T, kTokens, kSub, kWG>(smem, rows, tiles_t, tiles_w, bias, bias_dtype, out, n, k,
+                                        vector_store);
+  }
 #else
-  (void)x, (void)rows, (void)tiles_t, (void)tiles_w, (void)blocks, (void)scales, (void)bias;
-  (void)bias_dtype, (void)out, (void)n, (void)k, (void)vector_store;
+  (void)x, (void)x_map, (void)w_map, (void)rows, (void)tiles_t, (void)tiles_w, (void)blocks;
+  (void)scales, (void)bias, (void)bias_dtype, (void)out, (void)n, (void)k, (void)vector_store;
 #endif
 }
 
+// cuTensorMapEncodeTiled, from the driver the runtime loaded (no link against libcuda); null
+// where the driver lacks it.
+using EncodeTiled = CUresult (*)(CUtensorMap*, CUtensorMapDataType, cuuint32_t, void*,
+                                 const cuuint64_t*, const cuuint64_t*, const cuuint32_t*,
+                                 const cuuint32_t*, CUtensorMapInterleave, CUtensorMapSwizzle,
+                                 CUtensorMapL2promotion, CUtensorMapFloatOOBfill);
+EncodeTiled encode_tiled() {
+  static const EncodeTiled fn = [] {
+    void* p = nullptr;
+    cudaDriverEntryPointQueryResult found{};
+    if (cudaGetDriverEntryPointByVersion("cuTensorMapEncodeTiled", &p, 12000, cudaEnableDefault,
+                                         &found) != cudaSuccess ||
+        found != cudaDriverEntryPointSuccess) {
+      cudaGetLastError();  // not sticky; clear it
+      return EncodeTiled{nullptr};
+    }
+    return reinterpret_cast<EncodeTiled>(p);
+  }();
+  return fn;
+}
+
+// The tensor maps of the TMA loaders: x [rows, k] bf16 in boxes of kTokens x 64 with the
+// 128-byte swizzle, and the blocks [rows, k / 2] bytes in boxes of tile_w x 32. False where the
+// driver cannot make them (the cp.async loaders run instead).
+bool make_tma_maps(const void* x, std::int64_t x_rows, std::int64_t k, int tokens,
+                   const std::uint8_t* blocks, std::int64_t w_rows, int tile_w, CUtensorMap& x_map,
+                   CUtensorMap& w_map) {
+  const EncodeTiled encode = encode_tiled();
+  if (encode == nullptr) return false;
+  const cuuint64_t x_dims[2] = {static_cast<cuuint64_t>(k), static_cast<cuuint64_t>(x_rows)};
+  const cuuint64_t x_strides[1] = {static_cast<cuuint64_t>(k) * 2};
+  const cuuint32_t x_box[2] = {static_cast<cuuint32_t>(kTileK), static_cast<cuuint32_t>(tokens)};
+  const cuuint64_t w_dims[2] = {static_cast<cuuint64_t>(k / 2), static_cast<cuuint64_t>(w_rows)};
+  const cuuint64_t w_strides[1] = {static_cast<cuuint64_t>(k / 2)};
+  const cuuint32_t w_box[2] = {2 * kBlockBytes, static_cast<cuuint32_t>(tile_w)};
+  const cuuint32_t unit[2] = {1, 1};
+  return encode(&x_map, CU_TENSOR_MAP_DATA_TYPE_BFLOAT16, 2, const_cast<void*>(x), x_dims,
+                x_strides, x_box, unit, CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_128B,
+                CU_TENSOR_MAP_L2_PROMOTION_L2_256B,
+                CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE) == CUDA_SUCCESS &&
+         encode(&w_map, CU_TENSOR_MAP_DATA_TYPE_UINT8, 2, const_cast<std::uint8_t*>(blocks), w_dims,
+                w_strides, w_box, unit, CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_NONE,
+                CU_TENSOR_MAP_L2_PROMOTION_L2_256B,
+                CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE) == CUDA_SUCCESS;
+}
+
+template <typename T, int kTokens, int kSub, int kWG, bool kTma>
+void launch_kernel(std::int64_t grid, const void* x, const CUtensorMap& x_map,
+                   const CUtensorMap& w_map, const TokenRows& rows, std::int64_t tiles,
+                   std::int64_t tiles_w, const detail::WeightArgs& w, void* out, bool vector_store,
+                   cudaStream_t stream) {
+  using C = Sm90Config<kTokens, kSub, kWG, std::is_same_v<T, __half>>;
+  sm90_gemm_kernel<T, kTokens, kSub, kWG, kTma>
+      <<<static_cast<unsigned>(grid), C::kThreads, C::kSmemBytes, stream>>>(
+          static_cast<const T*>(x), x_map, w_map, rows, static_cast<int>(tiles),
+          static_cast<int>(tiles_w), w.blocks, w.scales, w.bias, w.bias_dtype, static_cast<T*>(out),
+          static_cast<int>(w.n), static_cast<int>(w.k), vector_store);
+  check_launch("sm90_gemm_kernel");
+}
+
+// Dense bf16 x is fetched with TMA (where the driver makes the tensor maps and the weight rows
+// fit TMA's 32-bit coordinates); gathered rows (mixture of experts) and f16 x (split after
+// landing) with cp.async.
 template <typename T, int kTokens, int kSub, int kWG>
 void launch_sm90_tiles(const void* x, const TokenRows& rows, std::int64_t tiles,
                        const detail::WeightArgs& w, void* out, cudaStream_t stream) {
   using C = Sm90Config<kTokens, kSub, kWG, std::is_same_v<T, __half>>;
   constexpr int kTileW = C::kTileW;
-  const int n = static_cast<int>(w.n);
-  const int k = static_cast<int>(w.k);
-  const std::int64_t tiles_w = (n + kTileW - 1) / kTileW;
+  const std::int64_t tiles_w = (w.n + kTileW - 1) / kTileW;
   const std::int64_t ctas = gemm_tile_pairs(tiles, tiles_w);
   if (ctas == 0) return;
+  const bool vector_store = vector_store_ok(w.n, out);
   const int sms = current_device_facts().multiprocessors;
-  const int per_sm =
-      prepare_kernel(reinterpret_cast<const void*>(sm90_gemm_kernel<T, kTokens, kSub, kWG>),
-                     C::kThreads, C::kSmemBytes, "sm90_gemm_kernel");
-  const std::int64_t grid = std::min<std::int64_t>(ctas, static_cast<std::int64_t>(sms) * per_sm);
-  const bool vector_store = vector_store_ok(n, out);
-  sm90_gemm_kernel<T, kTokens, kSub, kWG>
-      <<<static_cast<unsigned>(grid), C::kThreads, C::kSmemBytes, stream>>>(
-          static_cast<const T*>(x), rows, static_cast<int>(tiles), static_cast<int>(tiles_w),
-          w.blocks, w.scales, w.bias, w.bias_dtype, static_cast<T*>(out), n, k, vector_store);
-  check_launch("sm90_gemm_kernel");
+  CUtensorMap x_map{};
+  CUtensorMap w_map{};
+  const bool dense = rows.perm == nullptr && rows.tile_list == nullptr;
+  const std::int64_t w_rows = w.experts * w.n;
+  const bool tma =
+      std::is_same_v<T, __nv_bfloat16> && dense && w_rows + kTileW < (std::int64_t{1} << 31) &&
+      rows.rows < (std::int64_t{1} << 31) &&
+      make_tma_maps(x, rows.rows, w.k, kTokens, w.blocks, w_rows, kTileW, x_map, w_map);
+  if constexpr (std::is_same_v<T, __nv_bfloat16>) {
+    if (tma) {
+      const int per_sm = prepare_kernel(
+          reinterpret_cast<const void*>(sm90_gemm_kernel<T, kTokens, kSub, kWG, true>), C::kThreads,
+          C::kSmemBytes, "sm90_gemm_kernel");
+      launch_kernel<T, kTokens, kSub, kWG, true>(
+          std::min<std::int64_t>(ctas, std::int64_t{sms} * per_sm), x, x_map, w_map, rows, tiles,
+          tiles_w, w, out, vector_store, stream);
+      return;
+    }
+  }
+  {
+    const int per_sm = prepare_kernel(
+        reinterpret_cast<const void*>(sm90_gemm_kernel<T, kTokens, kSub, kWG, false>), C::kThreads,
+        C::kSmemBytes, "sm90_gemm_kernel");
+    launch_kernel<T, kTokens, kSub, kWG, false>(
+        std::min<std::int64_t>(ctas, std::int64_t{sms} * per_sm), x, x_map, w_map, rows, tiles,
+        tiles_w, w, out, vector_store, stream);
+  }
 }
 
 }  // namespace

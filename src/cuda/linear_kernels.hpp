@@ -5,6 +5,7 @@
 #include <cuda_runtime.h>
 
 #include <cstdint>
+#include <string>
 
 #include "core/kernel_args.hpp"
 #include "cuda/mma.cuh"
@@ -27,6 +28,9 @@ struct KernelChoice {
   int tile_rows = 128;  // sm90: weight rows per tile
 };
 KernelChoice choose_kernel(DType x_dtype, std::int64_t tokens, std::int64_t n);
+// MXFP4_CUDA_KERNEL's value (empty when unset), read once. Besides the choices above,
+// wgmma_cpasync makes the wgmma GEMM load x with cp.async where it would use TMA.
+const std::string& forced_kernel();
 
 // The decode kernel (bf16 or f16 x): `tiles` tiles of `tile_tokens` tokens mapped by `rows`.
 void launch_decode(const void* x, DType x_dtype, const TokenRows& rows, std::int64_t tiles,

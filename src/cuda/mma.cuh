@@ -181,7 +181,7 @@ struct TokenRows {
   int experts = 1;
   int topk = 1;
   bool x_per_slot = true;
-  std::int64_t rows = 0;  // dense: number of rows
+  std::int64_t rows = 0;  // rows of x (dense: also the number of tokens)
   // Small batches (route.cuh): each CTA sorts these route_pairs ids itself; perm then points to
   // the CTA's shared copy.
   const void* route_ids = nullptr;

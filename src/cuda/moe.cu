@@ -192,6 +192,7 @@ void gather_linear(const detail::GatherLinearArgs& a) {
 
   TokenRows rows;
   rows.experts = experts;
+  rows.rows = a.x_per_slot ? pairs : a.tokens;  // x's rows (the wgmma GEMM's tensor map)
   rows.topk = topk;
   rows.x_per_slot = a.x_per_slot;
   rows.error = error;

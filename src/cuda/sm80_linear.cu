@@ -402,15 +402,6 @@ bool aligned(const void* p, std::uintptr_t bytes) {
   return (reinterpret_cast<std::uintptr_t>(p) & (bytes - 1)) == 0;
 }
 
-// The kernel choice forced by MXFP4_CUDA_KERNEL (empty: none), read once.
-const std::string& forced_kernel() {
-  static const std::string forced = [] {
-    const char* env = std::getenv("MXFP4_CUDA_KERNEL");
-    return std::string(env != nullptr ? env : "");
-  }();
-  return forced;
-}
-
 // Of two occupancies (CTAs per SM), the one with the lower cost for `ctas` CTAs: the number of
 // waves times the CTAs sharing an SM's bandwidth in each, over their relative throughput. A
 // higher occupancy hides more latency (measured on an H100: about 15% more throughput per SM at
@@ -491,6 +482,15 @@ void launch_mma(const void* x, const TokenRows& rows, std::int64_t tiles,
 }
 
 }  // namespace
+
+// The kernel choice forced by MXFP4_CUDA_KERNEL (empty: none), read once.
+const std::string& forced_kernel() {
+  static const std::string forced = [] {
+    const char* env = std::getenv("MXFP4_CUDA_KERNEL");
+    return std::string(env != nullptr ? env : "");
+  }();
+  return forced;
+}
 
 KernelChoice choose_kernel(DType x_dtype, std::int64_t tokens, std::int64_t n) {
   const std::string& forced = forced_kernel();

@@ -46,10 +46,11 @@ constexpr int kTileK = 2 * kBlockSize;
 // kWG computing warpgroups (1 or 2) of kSub m64 sub-tiles each, plus one loading warpgroup: a
 // CTA covers kTileW = 64 kWG kSub weight rows. kSplit: f16 x, split into bf16 hi and lo parts
 // (a second x tile per stage).
-template <int kTokens, int kSub, int kWG, bool kSplit = false>
+template <int kTokens, int kSub, int kWG, bool kSplitX = false>
 struct Sm90Config {
   static constexpr int kConsumers = 128 * kWG;
   static constexpr int kThreads = kConsumers + 128;
+  static constexpr bool kSplit = kSplitX;
   static constexpr int kTileW = 64 * kWG * kSub;
   // Registers per thread: at launch, what ptxas gives each thread under the launch bounds (all
   // it may: the kernel holds setmaxnreg), then the loading warpgroup keeps kProducerRegs (it
@@ -60,7 +61,7 @@ struct Sm90Config {
   static constexpr int kConsumerRegs = (kLaunchRegs * (kWG + 1) - kProducerRegs) / kWG / 8 * 8;
   static constexpr int kXBytes = kTokens * kTileK * 2;  // [token][64 k] bf16, swizzled
   static constexpr int kLoOffset = kXBytes;             // f16: the lo parts, same layout
-  static constexpr int kWOffset = kXBytes * (kSplit ? 2 : 1);
+  static constexpr int kWOffset = kXBytes * (kSplitX ? 2 : 1);
   static constexpr int kWBytes = kTileW * 2 * kBlockBytes;
   static constexpr int kSOffset = kWOffset + kWBytes;
   static constexpr int kSBytes = 2 * kTileW * 4;  // [block][row] scales as bf16 pairs
@@ -81,9 +82,12 @@ struct Sm90Config {
   static constexpr int kBarOffset = kXRowOffset + kXRowBytes;
   static constexpr int kSmemBytes = kStages * kStageBytes + kFixedBytes;
   static_assert(kStages >= 4, "at least four stages");
-  static_assert(!kSplit || kTokens == 128, "split x: 128-token tiles only");
+  static_assert(!kSplitX || kTokens == 128, "split x: 128-token tiles only");
   static_assert(kLoOffset % 1024 == 0 && kWOffset % 1024 == 0, "swizzle atoms: 1 KiB aligned");
 };
+
+// How the loading warpgroup fetches x (sm90_load).
+enum LoadMode : int { kLoadCpAsync = 0, kLoadTmaBox = 1 };
 
 #if defined(MXFP4_SM90A_DEVICE)
 
@@ -128,13 +132,14 @@ __device__ __forceinline__ void split_f16x2(std::uint32_t v, std::uint32_t& hi, 
 }
 
 // The pipeline: stage `it` (counted over all of a CTA's tiles) lives in slot it % kStages. The
-// loaders wait until the computing threads have released the slot (empty barrier) and fetch the
-// stage with cp.async; kLag stages later, before waiting for the next slot, they wait for their
-// own copies of it to land (f16: split it), fence it for the tensor cores and arrive on the
-// slot's full barrier. The computing threads wait on the full barrier, and release a slot once
-// the wgmma groups reading it are done, which they learn only after issuing the next stage's
-// first group. With kLag = kStages - 2, stage s is handed over once the computing threads have
-// started stage s - 2, while they are two stages of work away from needing it.
+// loaders wait until the computing threads have released the slot (empty barrier), fetch the
+// stage and arrive on the slot's full barrier, which completes when the copies have landed:
+// TMA counts its bytes there, cp.async of bf16 x arrives there by itself when done. f16 x must
+// be split once landed: the loaders wait for their own copies kLag stages later (before waiting
+// for the next slot), split them, fence them for the tensor cores and then arrive. The
+// computing threads wait on the full barrier, and release a slot once the wgmma groups reading
+// it are done, which they learn only after issuing the next stage's first group. With kLag =
+// kStages - 2, stage s is handed over once the computing threads have started stage s - 2.
 template <int kStages>
 struct Ring {
   std::uint32_t bars;  // shared address: full[kStages], then empty[kStages]
@@ -154,12 +159,12 @@ struct Ring {
 // tid / 8 + 16 i; and block tid % 2 of weight rows (tid + 128 j) / 2 (j < kTileW / 64) with its
 // scale, which it converts to the bf16 pair the decode multiplies by.
 //
-// kTma (dense bf16 x): thread 0 fetches each stage's x box and weight box with TMA instead, the
-// tensor maps describing x [rows, k] (128-byte swizzle, the layout above) and the blocks
-// [experts * n, k / 2]; TMA zero-fills what lies past either's end. The full barrier then
-// completes when the boxes' bytes have landed and every loader has stored its scales, and no
-// loader waits for copies.
-template <typename T, int kTokens, int kSub, int kWG, bool kTma>
+// kLoadTmaBox (dense bf16 x): thread 0 fetches each stage's x box (rows tile.first ...) and
+// weight box with TMA instead, the tensor maps describing x [rows, k] (128-byte swizzle, the
+// layout above) and the blocks [experts * n, k / 2]; TMA zero-fills what lies past either's
+// end. The full barrier then completes when the boxes' bytes have landed and every loader has
+// stored its scales. (TMA boxes of single gathered rows measured 2-3x slower than cp.async.)
+template <typename T, int kTokens, int kSub, int kWG, int kLoad>
 __device__ __forceinline__ void sm90_load(std::uint8_t* smem, const T* __restrict__ x,
                                           const CUtensorMap& x_map, const CUtensorMap& w_map,
                                           const TokenRows& rows, int tiles_t, int tiles_w,
@@ -210,7 +215,7 @@ __device__ __forceinline__ void sm90_load(std::uint8_t* smem, const T* __restric
   const std::uint32_t smem_base = static_cast<std::uint32_t>(__cvta_generic_to_shared(smem));
   for_each_gemm_tile(rows, tiles_t, tiles_w, kTokens, [&](const TokenRows::Tile& tile, int tile_w) {
     const int w0 = tile_w * C::kTileW;
-    if constexpr (!kTma) {
+    if constexpr (kLoad == kLoadCpAsync) {
 #pragma unroll
       for (int i = 0; i < kXPer; ++i) {
         const int local = tid / 8 + 16 * i;
@@ -244,7 +249,7 @@ __device__ __forceinline__ void sm90_load(std::uint8_t* smem, const T* __restric
       for (int j = 0; j < kWPer; ++j)
         sv[j] = next[j];
       if (kt + 1 < ktiles) load_scales(kt + 1, next);
-      if constexpr (kTma) {
+      if constexpr (kLoad != kLoadCpAsync) {
         if (it >= static_cast<std::uint32_t>(S)) {
           sm90::mbarrier_wait(ring.empty(it), Ring<S>::parity(it) ^ 1u);
         }
@@ -253,20 +258,20 @@ __device__ __forceinline__ void sm90_load(std::uint8_t* smem, const T* __restric
 #pragma unroll
         for (int j = 0; j < kWPer; ++j)
           sc[lblk * C::kTileW + ((tid + 128 * j) >> 1)] = bf16_scale_pair(sv[j]);
+        const std::uint32_t st_addr = smem_base + (it % S) * C::kStageBytes;
         if (tid == 0) {
-          const std::uint32_t st_addr = smem_base + (it % S) * C::kStageBytes;
           sm90::mbarrier_arrive_expect_tx(ring.full(it), C::kXBytes + C::kWBytes);
-          sm90::tma_load_2d(st_addr, &x_map, kt * kTileK, static_cast<int>(tile.first),
-                            ring.full(it));
           sm90::tma_load_2d(st_addr + C::kWOffset, &w_map, kt * 2 * kBlockBytes,
                             tile.expert * n + w0, ring.full(it));
+          sm90::tma_load_2d(st_addr, &x_map, kt * kTileK, static_cast<int>(tile.first),
+                            ring.full(it));
         } else {
           sm90::mbarrier_arrive(ring.full(it));
         }
       } else {
-        // The oldest stage in flight, kLag back, is handed over first: the slot wait below may
-        // last as long as the computing threads take for a stage.
-        if (it - signaled >= static_cast<std::uint32_t>(kLag)) {
+        // f16: the oldest stage in flight, kLag back, is split and handed over first: the slot
+        // wait below may last as long as the computing threads take for a stage.
+        if (kSplit && it - signaled >= static_cast<std::uint32_t>(kLag)) {
           cp_async_wait<kLag - 1>();
           signal(signaled++);
         }
@@ -297,14 +302,18 @@ __device__ __forceinline__ void sm90_load(std::uint8_t* smem, const T* __restric
                      ok ? 16 : 0);
         }
         cp_async_commit();
+        // bf16: the full barrier counts this thread's copies as one arrival once they land (the
+        // computing threads fence them for the tensor cores), and its scale stores as another.
+        if constexpr (!kSplit) sm90::cp_async_arrive_noinc(ring.full(it));
         auto* sc = reinterpret_cast<std::uint32_t*>(st + C::kSOffset);
 #pragma unroll
         for (int j = 0; j < kWPer; ++j)
           sc[lblk * C::kTileW + ((tid + 128 * j) >> 1)] = bf16_scale_pair(sv[j]);
+        if constexpr (!kSplit) sm90::mbarrier_arrive(ring.full(it));
       }
     }
   });
-  if constexpr (kTma) return;
+  if constexpr (kLoad != kLoadCpAsync || !kSplit) return;
   cp_async_wait<0>();
   while (signaled < it)
     signal(signaled++);
@@ -314,7 +323,7 @@ __device__ __forceinline__ void sm90_load(std::uint8_t* smem, const T* __restric
 // apart) and every token, as one wgmma m64nNk16 accumulator per sub-tile. Each thread decodes
 // its rows' E2M1 codes and multiplies them by the block's scale in bf16 (exact), so the tensor
 // cores see exactly the reference's weight values.
-template <typename T, int kTokens, int kSub, int kWG>
+template <typename T, int kTokens, int kSub, int kWG, int kLoad>
 __device__ __forceinline__ void sm90_compute(std::uint8_t* smem, const TokenRows& rows, int tiles_t,
                                              int tiles_w, const void* __restrict__ bias,
                                              DType bias_dtype, T* __restrict__ out, int n, int k,
@@ -361,6 +370,9 @@ __device__ __forceinline__ void sm90_compute(std::uint8_t* smem, const TokenRows
       constexpr int N = decltype(n_tag)::value;
       for (int kt = 0; kt < ktiles; ++kt, ++it) {
         sm90::mbarrier_wait(ring.full(it), Ring<S>::parity(it));
+        // cp.async wrote the stage through the generic proxy; the tensor cores read it through
+        // the async proxy.
+        if constexpr (kLoad == kLoadCpAsync && !kSplit) sm90::fence_proxy_async();
         const int slot = static_cast<int>(it % S);
         const std::uint8_t* st = smem + slot * C::kStageBytes;
         const std::uint32_t x_addr = smem_base + static_cast<std::uint32_t>(slot * C::kStageBytes);
@@ -466,7 +478,7 @@ __device__ __forceinline__ void sm90_compute(std::uint8_t* smem, const TokenRows
 
 #endif  // MXFP4_SM90A_DEVICE
 
-template <typename T, int kTokens, int kSub, int kWG, bool kTma>
+template <typename T, int kTokens, int kSub, int kWG, int kLoad>
 __global__ void __launch_bounds__(128 * (kWG + 1), kWG == 1 ? 2 : 1)
     sm90_gemm_kernel(const T* __restrict__ x, const __grid_constant__ CUtensorMap x_map,
                      const __grid_constant__ CUtensorMap w_map, TokenRows rows, int tiles_t,
@@ -484,19 +496,20 @@ __global__ void __launch_bounds__(128 * (kWG + 1), kWG == 1 ? 2 : 1)
     const Ring<C::kStages> ring{
         static_cast<std::uint32_t>(__cvta_generic_to_shared(smem + C::kBarOffset))};
     for (int s = 0; s < C::kStages; ++s) {
-      sm90::mbarrier_init(ring.full(s), 128);
+      // Each loader arrives once; with bf16 cp.async its landed copies arrive once more.
+      sm90::mbarrier_init(ring.full(s), kLoad == kLoadCpAsync && !C::kSplit ? 256 : 128);
       sm90::mbarrier_init(ring.empty(s), C::kConsumers);
     }
   }
   __syncthreads();
   if (threadIdx.x < 128) {
     sm90::setmaxnreg_dec<C::kProducerRegs>();
-    sm90_load<T, kTokens, kSub, kWG, kTma>(smem, x, x_map, w_map, rows, tiles_t, tiles_w, blocks,
-                                           scales, n, k);
+    sm90_load<T, kTokens, kSub, kWG, kLoad>(smem, x, x_map, w_map, rows, tiles_t, tiles_w, blocks,
+                                            scales, n, k);
   } else {
     sm90::setmaxnreg_inc<C::kConsumerRegs>();
-    sm90_compute<T, kTokens, kSub, kWG>(smem, rows, tiles_t, tiles_w, bias, bias_dtype, out, n, k,
-                                        vector_store);
+    sm90_compute<T, kTokens, kSub, kWG, kLoad>(smem, rows, tiles_t, tiles_w, bias, bias_dtype, out,
+                                               n, k, vector_store);
   }
 #else
   (void)x, (void)x_map, (void)w_map, (void)rows, (void)tiles_t, (void)tiles_w, (void)blocks;
@@ -550,13 +563,13 @@ bool make_tma_maps(const void* x, std::int64_t x_rows, std::int64_t k, int token
                 CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE) == CUDA_SUCCESS;
 }
 
-template <typename T, int kTokens, int kSub, int kWG, bool kTma>
+template <typename T, int kTokens, int kSub, int kWG, int kLoad>
 void launch_kernel(std::int64_t grid, const void* x, const CUtensorMap& x_map,
                    const CUtensorMap& w_map, const TokenRows& rows, std::int64_t tiles,
                    std::int64_t tiles_w, const detail::WeightArgs& w, void* out, bool vector_store,
                    cudaStream_t stream) {
   using C = Sm90Config<kTokens, kSub, kWG, std::is_same_v<T, __half>>;
-  sm90_gemm_kernel<T, kTokens, kSub, kWG, kTma>
+  sm90_gemm_kernel<T, kTokens, kSub, kWG, kLoad>
       <<<static_cast<unsigned>(grid), C::kThreads, C::kSmemBytes, stream>>>(
           static_cast<const T*>(x), x_map, w_map, rows, static_cast<int>(tiles),
           static_cast<int>(tiles_w), w.blocks, w.scales, w.bias, w.bias_dtype, static_cast<T*>(out),
@@ -581,29 +594,24 @@ void launch_sm90_tiles(const void* x, const TokenRows& rows, std::int64_t tiles,
   CUtensorMap w_map{};
   const bool dense = rows.perm == nullptr && rows.tile_list == nullptr;
   const std::int64_t w_rows = w.experts * w.n;
-  const bool tma =
-      std::is_same_v<T, __nv_bfloat16> && dense && w_rows + kTileW < (std::int64_t{1} << 31) &&
-      rows.rows < (std::int64_t{1} << 31) &&
-      make_tma_maps(x, rows.rows, w.k, kTokens, w.blocks, w_rows, kTileW, x_map, w_map);
+  auto launch = [&](auto load_tag) {
+    constexpr int kLoad = decltype(load_tag)::value;
+    const int per_sm = prepare_kernel(
+        reinterpret_cast<const void*>(sm90_gemm_kernel<T, kTokens, kSub, kWG, kLoad>), C::kThreads,
+        C::kSmemBytes, "sm90_gemm_kernel");
+    launch_kernel<T, kTokens, kSub, kWG, kLoad>(
+        std::min<std::int64_t>(ctas, std::int64_t{sms} * per_sm), x, x_map, w_map, rows, tiles,
+        tiles_w, w, out, vector_store, stream);
+  };
   if constexpr (std::is_same_v<T, __nv_bfloat16>) {
-    if (tma) {
-      const int per_sm = prepare_kernel(
-          reinterpret_cast<const void*>(sm90_gemm_kernel<T, kTokens, kSub, kWG, true>), C::kThreads,
-          C::kSmemBytes, "sm90_gemm_kernel");
-      launch_kernel<T, kTokens, kSub, kWG, true>(
-          std::min<std::int64_t>(ctas, std::int64_t{sms} * per_sm), x, x_map, w_map, rows, tiles,
-          tiles_w, w, out, vector_store, stream);
+    const bool fits = dense && w_rows + kTileW < (std::int64_t{1} << 31) &&
+                      rows.rows < (std::int64_t{1} << 31) && forced_kernel() != "wgmma_cpasync";
+    if (fits && make_tma_maps(x, rows.rows, w.k, kTokens, w.blocks, w_rows, kTileW, x_map, w_map)) {
+      launch(std::integral_constant<int, kLoadTmaBox>{});
       return;
     }
   }
-  {
-    const int per_sm = prepare_kernel(
-        reinterpret_cast<const void*>(sm90_gemm_kernel<T, kTokens, kSub, kWG, false>), C::kThreads,
-        C::kSmemBytes, "sm90_gemm_kernel");
-    launch_kernel<T, kTokens, kSub, kWG, false>(
-        std::min<std::int64_t>(ctas, std::int64_t{sms} * per_sm), x, x_map, w_map, rows, tiles,
-        tiles_w, w, out, vector_store, stream);
-  }
+  launch(std::integral_constant<int, kLoadCpAsync>{});
 }
 
 }  // namespace

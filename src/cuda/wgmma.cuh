@@ -52,6 +52,11 @@ __device__ __forceinline__ void mbarrier_wait(std::uint32_t bar, std::uint32_t p
       "r"(parity)
       : "memory");
 }
+// Arrives on `bar` once every cp.async this thread issued before has landed; the arrival counts
+// toward the barrier's expected count (.noinc).
+__device__ __forceinline__ void cp_async_arrive_noinc(std::uint32_t bar) {
+  asm volatile("cp.async.mbarrier.arrive.noinc.shared::cta.b64 [%0];\n" ::"r"(bar) : "memory");
+}
 // Arrives and adds `bytes` to the transactions the current phase waits for (TMA copies).
 __device__ __forceinline__ void mbarrier_arrive_expect_tx(std::uint32_t bar, std::uint32_t bytes) {
   asm volatile("mbarrier.arrive.expect_tx.release.cta.shared::cta.b64 _, [%0], %1;\n" ::"r"(bar),

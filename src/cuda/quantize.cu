@@ -16,7 +16,7 @@ namespace mxfp4::cuda {
 namespace {
 
 constexpr unsigned kThreads = 256;
-constexpr int kWarpSize = 32;
+constexpr unsigned kWarpSize = 32;
 
 // The input of one block as 16-byte chunks: 8 for f32, 4 for 16-bit types.
 template <typename T>
@@ -26,9 +26,9 @@ constexpr int kChunksPerBlock = kBlockSize* static_cast<int>(sizeof(T)) / 16;
 // 128-byte lines so that both the coalesced copy (8 lanes: one line) and each lane's reads of its
 // own block (8 lanes: 8 rows, same c) touch 8 distinct 16-byte bank groups.
 template <typename T>
-__device__ __forceinline__ int chunk_slot(int row, int c) {
-  constexpr int kChunks = kChunksPerBlock<T>;
-  constexpr int kRowsPerLine = 8 / kChunks;
+__device__ __forceinline__ unsigned chunk_slot(unsigned row, unsigned c) {
+  constexpr unsigned kChunks = kChunksPerBlock<T>;
+  constexpr unsigned kRowsPerLine = 8 / kChunks;
   return row * kChunks + (c ^ ((row / kRowsPerLine) % kChunks));
 }
 
@@ -68,43 +68,69 @@ __global__ void __launch_bounds__(kThreads)
     quantize_kernel(const T* __restrict__ weight, std::int64_t total_blocks,
                     std::uint8_t* __restrict__ blocks, std::uint8_t* __restrict__ scales,
                     bool vector_loads, unsigned long long* first_non_finite) {
-  constexpr int kChunks = kChunksPerBlock<T>;
-  constexpr int kPerChunk = 16 / static_cast<int>(sizeof(T));
+  constexpr unsigned kChunks = kChunksPerBlock<T>;
+  constexpr unsigned kPerChunk = 16 / sizeof(T);
   __shared__ uint4 tile[kThreads / kWarpSize][kWarpSize * kChunks];
-  const int warp = static_cast<int>(threadIdx.x) / kWarpSize;
-  const int lane = static_cast<int>(threadIdx.x) % kWarpSize;
-  const std::int64_t first = static_cast<std::int64_t>(blockIdx.x) * kThreads +
-                             static_cast<std::int64_t>(warp) * kWarpSize;
+  const unsigned warp = threadIdx.x / kWarpSize;
+  const unsigned lane = threadIdx.x % kWarpSize;
+  const std::int64_t first = static_cast<std::int64_t>(blockIdx.x) * kThreads + warp * kWarpSize;
   if (first >= total_blocks) return;  // the whole warp
-  const int count =
-      total_blocks - first < kWarpSize ? static_cast<int>(total_blocks - first) : kWarpSize;
+  const unsigned count =
+      total_blocks - first < kWarpSize ? static_cast<unsigned>(total_blocks - first) : kWarpSize;
   uint4* slice = tile[warp];
   if (vector_loads) {
+    // Load j of the warp reads its 512 contiguous bytes: lane l takes chunk l % kChunks of row
+    // l / kChunks + j * (32 / kChunks).
     const auto* src = reinterpret_cast<const uint4*>(weight + first * kBlockSize);
-    for (int i = lane; i < count * kChunks; i += kWarpSize) {
-      slice[chunk_slot<T>(i / kChunks, i % kChunks)] = __ldcs(src + i);  // read once
+    if (count == kWarpSize) {  // the common case, without a predicate per load
+      uint4 q[kChunks];
+#pragma unroll
+      for (unsigned j = 0; j < kChunks; ++j)
+        q[j] = __ldcs(src + lane + j * kWarpSize);  // read once: do not keep it in the caches
+      // chunk_slot(row, c) for row = r0 + j * kRowStep, spelled so that j only adds a constant
+      // or flips a constant bit: r0 / kRowsPerLine < kChunks / 2 and kRowStep / kRowsPerLine is
+      // a multiple of kChunks / 2, so (row / kRowsPerLine) % kChunks is the XOR of the two.
+      constexpr unsigned kRowStep = kWarpSize / kChunks, kRowsPerLine = 8 / kChunks;
+      const unsigned r0 = lane / kChunks;
+      const unsigned x = (lane % kChunks) ^ (r0 / kRowsPerLine);
+#pragma unroll
+      for (unsigned j = 0; j < kChunks; ++j) {
+        slice[(r0 + j * kRowStep) * kChunks + (x ^ ((j * kRowStep / kRowsPerLine) % kChunks))] =
+            q[j];
+      }
+    } else {
+#pragma unroll
+      for (unsigned j = 0; j < kChunks; ++j) {
+        const unsigned row = lane / kChunks + j * (kWarpSize / kChunks);
+        if (row < count) {
+          slice[chunk_slot<T>(row, lane % kChunks)] = __ldcs(src + lane + j * kWarpSize);
+        }
+      }
     }
   } else {  // a weight view that is not 16-byte aligned: element by element, same layout
     const T* src = weight + first * kBlockSize;
     T* dst = reinterpret_cast<T*>(slice);
-    for (int i = lane; i < count * kBlockSize; i += kWarpSize) {
-      const int row = i / kBlockSize, col = i % kBlockSize;
+    for (unsigned i = lane; i < count * kBlockSize; i += kWarpSize) {
+      const unsigned row = i / kBlockSize, col = i % kBlockSize;
       dst[chunk_slot<T>(row, col / kPerChunk) * kPerChunk + col % kPerChunk] = src[i];
     }
   }
   __syncwarp();
   if (lane >= count) return;
   float v[kBlockSize];
+  const uint4* row = slice + lane * kChunks;
+  const unsigned swizzle = (lane / (8 / kChunks)) % kChunks;  // chunk_slot's, for this row
 #pragma unroll
-  for (int c = 0; c < kChunks; ++c) {
-    widen(slice[chunk_slot<T>(lane, c)], v + c * kPerChunk, T{});
+  for (unsigned c = 0; c < kChunks; ++c) {
+    widen(row[c ^ swizzle], v + c * kPerChunk, T{});
   }
   const std::int64_t b = first + lane;
   std::uint32_t words[4];
   // The mse rule's rare exact path reads the block again from shared memory.
   const auto load = [slice, lane](int i) {
-    const T* row = reinterpret_cast<const T*>(slice + chunk_slot<T>(lane, i / kPerChunk));
-    return to_float(row[i % kPerChunk]);
+    const auto u = static_cast<unsigned>(i);
+    const T* chunk = reinterpret_cast<const T*>(slice + chunk_slot<T>(lane, u / kPerChunk));
+    return to_float(chunk[u % kPerChunk]);
   };
   const std::uint8_t scale = detail::quantize_block_fast<Rule>(v, words, load);
   if (scale == kScaleNaN) {  // only a block holding NaN or Inf gets it: report the first one

@@ -619,6 +619,9 @@ TEST(Cuda, QuantizeIsBitIdenticalOnHardBlocks) {
     for (int i = 0; i < 32; ++i)
       values.push_back(i % 7 == 0 ? bits(top) : (i % 2 ? -0.0f : bits(top / 3 + i)));
   }
+  // mistralrs: negative elements whose quotient underflows to -0 (code 0, not 8) at scale 2^4.
+  for (int i = 0; i < 32; ++i)
+    values.push_back(i == 0 ? 100.0f : -bits(static_cast<std::uint32_t>(i % 12)));
   const std::int64_t rows = static_cast<std::int64_t>(values.size()) / 32;
   Tensor w = Tensor::empty({rows, 32}, DType::f32);
   std::memcpy(w.data(), values.data(), values.size() * sizeof(float));

@@ -182,11 +182,12 @@ MXFP4_HD inline void code_block_fast(const float* v, int e, std::uint32_t (&word
       const float x = v[8 * w + i];
       float r;
       if constexpr (Rule == ScaleRule::mistralrs) {
-        // e2m1_encode_mistralrs sets the sign for q < 0 only, q being the reference's quotient
-        // (two multiplications: it can underflow to -0 where one would not); + 0 makes -0 +0.
-        const float q = scale_by_pow2(x, -e) + 0.0f;
+        // e2m1_encode_mistralrs sets the sign for q < 0 only (not for -0), q being the
+        // reference's quotient: two multiplications, which can underflow to -0 where one would
+        // not. (Not q + 0 to clear the sign of -0: that contracts to an FMA that keeps it.)
+        const float q = scale_by_pow2(x, -e);
         r = fabsf(q);
-        signs = (signs >> 4) | (float_bits(q) & 0x80000000u);
+        signs = (signs >> 4) | (q < 0.0f ? 0x80000000u : 0u);
       } else {
         r = fabsf(x) * inv_scale;
       }

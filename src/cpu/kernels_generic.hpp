@@ -16,8 +16,9 @@
 namespace mxfp4::cpu::generic {
 
 // Quantize codes blocks [g0, g1) with quantize_block_fast (src/core/quantize_block_fast.hpp),
-// whose bytes are quantize_block's (tests/test_quantize_block_fast.cpp) at 3 to 8 times its
-// speed; returns the flat index of the first NaN/Inf, or -1, as reference::quantize does.
+// whose bytes are quantize_block's (tests/test_quantize_block_fast.cpp) at 2 to 6 times its
+// speed (bench_cpu_kernels --isa=scalar); returns the flat index of the first NaN/Inf, or -1, as
+// reference::quantize does.
 template <ScaleRule Rule, typename Load>
 std::int64_t quantize_blocks_fast(const detail::QuantizeArgs& a, std::int64_t g0, std::int64_t g1,
                                   Load load) {
@@ -61,7 +62,7 @@ std::int64_t quantize_blocks_fast(const detail::QuantizeArgs& a, std::int64_t g0
   }
 }
 
-// Rows [r0, r1): the bytes of reference::quantize, the definition every other table must match.
+// Rows [r0, r1), with reference::quantize's bytes and first non-finite index.
 inline std::int64_t quantize_rows(const detail::QuantizeArgs& a, std::int64_t r0, std::int64_t r1) {
   const std::int64_t g0 = r0 * (a.k / kBlockSize), g1 = r1 * (a.k / kBlockSize);
   switch (a.rule) {

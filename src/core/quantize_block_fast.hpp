@@ -1,7 +1,8 @@
 // A faster quantize_block (include/mxfp4/format.hpp) for the GPU kernel and the portable CPU
 // table: the same scale byte and the same 16 packed bytes for every rule and every input
-// (tests/test_quantize_block_fast.cpp checks it), in about a third of the operations. format.hpp
-// stays the readable definition; this file is an internal header (MXFP4_HD, device and host).
+// (tests/test_quantize_block_fast.cpp checks it), in a third to a fifth of the operations.
+// format.hpp stays the readable definition; this file is an internal header (MXFP4_HD, device and
+// host).
 //
 // Element rounding. x = |v| / 2^e (one multiplication by 2^-e, exact wherever the result is a
 // normal f32; below 2^-126 every rounding gives code 0 anyway) is first clamped to 6. Its binade
@@ -24,10 +25,11 @@
 // alike). The sums here are f32 estimates G1, G0, each within 2^-17 G + 2^-139 of the reference's
 // f64 sum F (f32 rounding of at most 64 operations, the f64 sum's own 31 roundings, and the
 // sub-2^-126 elements), whether or not a compiler contracts d * d + g: the estimate decides when
-// |G0 - G1| exceeds 2^-16 (G0 + G1) + 2^-100, and otherwise (a near tie, about 1 block in 10^5
-// for random data) both sums are computed as the reference computes them, in f64 (in these
-// units, from the values in registers). Near f32's top (ceil exponent 126) candidate 126 can
-// decode amax past f32's range, which the reference scores +Inf: then 125 is chosen.
+// |G0 - G1| exceeds 2^-16 (G0 + G1) + 2^-100, and otherwise (a near tie: 1 block in 10^4 to 10^5
+// of random data) both sums are computed as the reference computes them, in f64 (in these
+// units, reading the block again through the caller's load). Near f32's top (ceil exponent 126)
+// candidate 126 can decode amax past f32's range, which the reference scores +Inf: then 125 is
+// chosen.
 #pragma once
 
 #include <cstdint>
@@ -129,7 +131,7 @@ MXFP4_HD inline int rule_exponent_fast(ScaleRule rule, std::uint32_t amax_bits) 
   const float amax = bits_to_float(amax_bits);
   if (rule == ScaleRule::mistralrs) {
     // floor(log2 y) is the answer unless y is a power of two or within 2^-11 below one: there
-    // log2(y) is at least 2^-24 above floor and 3.5e-4 below floor + 1, far more than the f32
+    // log2(y) is at least 2^-23 above floor and 3.5e-4 below floor + 1, far more than the f32
     // rounding of a log2 below 128 in magnitude moves it.
     const float y = amax / 6.0f;
     const std::uint32_t u = float_bits(y);

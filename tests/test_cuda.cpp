@@ -574,4 +574,70 @@ TEST(Cuda, GatherLinearCanBeCapturedInACudaGraph) {
 }
 #endif
 
+// ---- The quantize kernel (quantize_block_fast, branch quant-fast) on blocks built to be hard:
+// every element on E2M1's grid or its midpoints after scaling, saturation, f32's largest values,
+// subnormals, signed zeros, mse's exact ties and sums closer than its f32 estimate can tell
+// (tests/test_quantize_block_fast.cpp checks the same kinds on the CPU), every rule and input
+// type, one block a row so that the last warp is partial.
+TEST(Cuda, QuantizeIsBitIdenticalOnHardBlocks) {
+  REQUIRE_GPU();
+  std::vector<float> values;
+  const auto bits = [](std::uint32_t u) {
+    float f;
+    std::memcpy(&f, &u, sizeof f);
+    return f;
+  };
+  for (int k = -150; k <= 126; k += 2) {
+    for (float top : {6.0f, 7.0f, 12.0f, 3.5f, 5.0f}) {
+      for (int i = 0; i < 31; ++i)
+        values.push_back(
+            std::ldexp((i % 2 ? -1.0f : 1.0f) * static_cast<float>(i % 25) * 0.25f, k));
+      values.push_back(std::ldexp(top, k));
+    }
+  }
+  std::mt19937 rng(5);
+  for (int n = 0; n < 2000; ++n) {
+    const int k = static_cast<int>(rng() % 240) - 120;
+    if (n % 2) {  // amax and tiny neighbours: the mse candidates' errors tie exactly
+      for (int i = 0; i < 32; ++i)
+        values.push_back(i == n % 32
+                             ? std::ldexp(6.0f + static_cast<float>(rng() % 4096) / 512.0f, k)
+                             : std::ldexp(static_cast<float>(rng() % 100) - 50.0f, k - 20));
+    } else {  // two elements whose error differences cancel to a few ulps
+      const std::uint32_t six = 0x40C00000u, seven = 0x40E00000u, j = 1 + rng() % 60;
+      const float common = bits(six + 1 + rng() % (seven - six - 1));
+      for (int i = 0; i < 32; ++i) {
+        float x = rng() % 2 ? common : bits(six + 1 + rng() % (seven - six - 1));
+        if (i == 3) x = bits(seven + j);
+        if (i == 20) x = bits(0x3FA00000u + 16 * j + rng() % 5 - 2);  // 1.25 + m ulps
+        values.push_back(std::ldexp(rng() % 2 ? x : -x, k));
+      }
+    }
+  }
+  for (std::uint32_t top : {0x7F7FFFFFu, 0x7F600000u, 0x7F5FFFFFu, 0x7EC00001u, 0x00000003u,
+                            0x007FFFFFu, 0x00800000u}) {
+    for (int i = 0; i < 32; ++i)
+      values.push_back(i % 7 == 0 ? bits(top) : (i % 2 ? -0.0f : bits(top / 3 + i)));
+  }
+  // mistralrs: negative elements whose quotient underflows to -0 (code 0, not 8) at scale 2^4.
+  for (int i = 0; i < 32; ++i)
+    values.push_back(i == 0 ? 100.0f : -bits(static_cast<std::uint32_t>(i % 12)));
+  const std::int64_t rows = static_cast<std::int64_t>(values.size()) / 32;
+  Tensor w = Tensor::empty({rows, 32}, DType::f32);
+  std::memcpy(w.data(), values.data(), values.size() * sizeof(float));
+  for (DType dtype : {DType::f32, DType::f16, DType::bf16}) {
+    const Tensor wt = dtype == DType::f32 ? w : w.to(dtype);  // f16 overflows to Inf: NaN blocks
+    for (auto rule : {mxfp4::ScaleRule::floor, mxfp4::ScaleRule::ceil, mxfp4::ScaleRule::even,
+                      mxfp4::ScaleRule::mse, mxfp4::ScaleRule::mistralrs}) {
+      const mxfp4::QuantizeOptions opts{rule, mxfp4::NonFinitePolicy::nan_block};
+      const auto cpu = mxfp4::quantize(wt, opts);
+      const auto gpu = mxfp4::quantize(wt.to(kGpu), opts);
+      const std::string what = std::string(mxfp4::scale_rule_name(rule)) + " " +
+                               std::string(mxfp4::dtype_name(dtype)) + " hard blocks";
+      expect_bytes_equal(cpu.blocks, gpu.blocks, what + " blocks");
+      expect_bytes_equal(cpu.scales, gpu.scales, what + " scales");
+    }
+  }
+}
+
 }  // namespace

@@ -8,23 +8,76 @@
 #include <vector>
 
 #include "core/convert.hpp"
+#include "core/quantize_block_fast.hpp"
 #include "cpu/cpu_kernels.hpp"
 #include "mxfp4/format.hpp"
 #include "reference/reference.hpp"
 
 namespace mxfp4::cpu::generic {
 
-// Quantize and dequantize are the reference's own loops, run on rows [r0, r1): their bytes are
-// the definition every other table must match.
+// Quantize codes blocks [g0, g1) with quantize_block_fast (src/core/quantize_block_fast.hpp),
+// whose bytes are quantize_block's (tests/test_quantize_block_fast.cpp) at 2 to 6 times its
+// speed (bench_cpu_kernels --isa=scalar); returns the flat index of the first NaN/Inf, or -1, as
+// reference::quantize does.
+template <ScaleRule Rule, typename Load>
+std::int64_t quantize_blocks_fast(const detail::QuantizeArgs& a, std::int64_t g0, std::int64_t g1,
+                                  Load load) {
+  std::int64_t first_non_finite = -1;
+  float v[kBlockSize];
+  for (std::int64_t g = g0; g < g1; ++g) {
+    for (int i = 0; i < kBlockSize; ++i)
+      v[i] = load(g * kBlockSize + i);
+    std::uint32_t words[4];
+    const std::uint8_t scale = detail::quantize_block_fast<Rule>(v, words);
+    a.scales[g] = scale;
+    std::uint8_t* packed = a.blocks + g * kBlockBytes;
+    for (int w = 0; w < 4; ++w)
+      for (int b = 0; b < 4; ++b)
+        packed[4 * w + b] = static_cast<std::uint8_t>(words[w] >> (8 * b));
+    if (scale == kScaleNaN && first_non_finite < 0) {  // only a block with NaN/Inf gets 0xFF
+      for (int i = 0; i < kBlockSize && first_non_finite < 0; ++i)
+        if (!std::isfinite(v[i])) first_non_finite = g * kBlockSize + i;
+    }
+  }
+  return first_non_finite;
+}
+
+template <ScaleRule Rule>
+std::int64_t quantize_blocks_fast(const detail::QuantizeArgs& a, std::int64_t g0, std::int64_t g1) {
+  switch (a.weight_dtype) {
+    case DType::f16: {
+      const auto* w = static_cast<const std::uint16_t*>(a.weight);
+      return quantize_blocks_fast<Rule>(a, g0, g1,
+                                        [w](std::int64_t i) { return f16_to_f32(w[i]); });
+    }
+    case DType::bf16: {
+      const auto* w = static_cast<const std::uint16_t*>(a.weight);
+      return quantize_blocks_fast<Rule>(a, g0, g1,
+                                        [w](std::int64_t i) { return bf16_to_f32(w[i]); });
+    }
+    default: {
+      const auto* w = static_cast<const float*>(a.weight);
+      return quantize_blocks_fast<Rule>(a, g0, g1, [w](std::int64_t i) { return w[i]; });
+    }
+  }
+}
+
+// Rows [r0, r1), with reference::quantize's bytes and first non-finite index.
 inline std::int64_t quantize_rows(const detail::QuantizeArgs& a, std::int64_t r0, std::int64_t r1) {
-  detail::QuantizeArgs part = a;
-  part.weight = static_cast<const char*>(a.weight) +
-                static_cast<std::size_t>(r0 * a.k) * dtype_size(a.weight_dtype);
-  part.rows = r1 - r0;
-  part.blocks = a.blocks + r0 * (a.k / 2);
-  part.scales = a.scales + r0 * (a.k / kBlockSize);
-  const std::int64_t bad = reference::quantize(part);
-  return bad < 0 ? -1 : bad + r0 * a.k;
+  const std::int64_t g0 = r0 * (a.k / kBlockSize), g1 = r1 * (a.k / kBlockSize);
+  switch (a.rule) {
+    case ScaleRule::floor:
+      return quantize_blocks_fast<ScaleRule::floor>(a, g0, g1);
+    case ScaleRule::ceil:
+      return quantize_blocks_fast<ScaleRule::ceil>(a, g0, g1);
+    case ScaleRule::even:
+      return quantize_blocks_fast<ScaleRule::even>(a, g0, g1);
+    case ScaleRule::mse:
+      return quantize_blocks_fast<ScaleRule::mse>(a, g0, g1);
+    case ScaleRule::mistralrs:
+      return quantize_blocks_fast<ScaleRule::mistralrs>(a, g0, g1);
+  }
+  return quantize_blocks_fast<ScaleRule::floor>(a, g0, g1);
 }
 
 inline void dequantize_rows(const detail::DequantizeArgs& a, std::int64_t r0, std::int64_t r1) {

@@ -1,8 +1,12 @@
-// Quantize and dequantize on the GPU: one thread per 32-element block, through the same
-// format.hpp functions as the CPU, so the bytes are identical on every backend.
+// Quantize and dequantize on the GPU. Quantize codes each 32-element block with one thread,
+// through quantize_block_fast (src/core/quantize_block_fast.hpp), which gives quantize_block's
+// bytes (format.hpp, the CPU reference) in a third of its operations, so every backend writes the
+// same bytes.
 #include <cstdint>
 #include <limits>
+#include <type_traits>
 
+#include "core/quantize_block_fast.hpp"
 #include "cuda/backend.hpp"
 #include "cuda/common.cuh"
 #include "mxfp4/format.hpp"
@@ -12,54 +16,135 @@ namespace mxfp4::cuda {
 namespace {
 
 constexpr unsigned kThreads = 256;
+constexpr unsigned kWarpSize = 32;
 
-// A CTA quantizes kThreads consecutive blocks. Reading each block with one thread would stride
-// the warp's loads by 128 bytes; instead the CTA first copies its blocks to shared memory with
-// coalesced 16-byte loads, then each thread codes one block from there (rows padded to 33 floats
-// so the 32 threads of a warp read 32 different banks).
+// The input of one block as 16-byte chunks: 8 for f32, 4 for 16-bit types.
 template <typename T>
+constexpr int kChunksPerBlock = kBlockSize* static_cast<int>(sizeof(T)) / 16;
+
+// Where chunk c of block (row) `row` of a warp's slice lives: chunks are XOR-swizzled across
+// 128-byte lines so that both the coalesced copy (8 lanes: one line) and each lane's reads of its
+// own block (8 lanes: 8 rows, same c) touch 8 distinct 16-byte bank groups.
+template <typename T>
+__device__ __forceinline__ unsigned chunk_slot(unsigned row, unsigned c) {
+  constexpr unsigned kChunks = kChunksPerBlock<T>;
+  constexpr unsigned kRowsPerLine = 8 / kChunks;
+  return row * kChunks + (c ^ ((row / kRowsPerLine) % kChunks));
+}
+
+// 16 bytes of input -> f32 values (exact).
+__device__ __forceinline__ void widen(const uint4& q, float* out, float) {
+  out[0] = __uint_as_float(q.x);
+  out[1] = __uint_as_float(q.y);
+  out[2] = __uint_as_float(q.z);
+  out[3] = __uint_as_float(q.w);
+}
+__device__ __forceinline__ void widen(const uint4& q, float* out, __nv_bfloat16) {
+  const std::uint32_t words[4] = {q.x, q.y, q.z, q.w};
+#pragma unroll
+  for (int i = 0; i < 4; ++i) {
+    out[2 * i] = __uint_as_float(words[i] << 16);
+    out[2 * i + 1] = __uint_as_float(words[i] & 0xFFFF0000u);
+  }
+}
+__device__ __forceinline__ void widen(const uint4& q, float* out, __half) {
+  const std::uint32_t words[4] = {q.x, q.y, q.z, q.w};
+#pragma unroll
+  for (int i = 0; i < 4; ++i) {
+    __half2 h;
+    memcpy(&h, &words[i], sizeof h);
+    const float2 f = __half22float2(h);
+    out[2 * i] = f.x;
+    out[2 * i + 1] = f.y;
+  }
+}
+
+// Each warp quantizes 32 consecutive blocks, one a lane. The warp first copies them to its own
+// slice of shared memory with coalesced 16-byte streaming loads (in the input's own type: 16-bit
+// inputs take half the space), then each lane reads its block back, widens it to f32 in
+// registers and codes it. Warps never wait for each other.
+template <typename T, ScaleRule Rule>
 __global__ void __launch_bounds__(kThreads)
     quantize_kernel(const T* __restrict__ weight, std::int64_t total_blocks,
                     std::uint8_t* __restrict__ blocks, std::uint8_t* __restrict__ scales,
-                    ScaleRule rule, bool vector_loads, unsigned long long* first_non_finite) {
-  __shared__ float tile[kThreads][kBlockSize + 1];
-  const std::int64_t first = static_cast<std::int64_t>(blockIdx.x) * kThreads;
-  const int count = total_blocks - first < kThreads ? static_cast<int>(total_blocks - first)
-                                                    : static_cast<int>(kThreads);
-  // 16 bytes per load: 4 f32 or 8 16-bit values; a block is 8 or 4 such vectors.
-  constexpr int kPerVector = 16 / static_cast<int>(sizeof(T));
-  constexpr int kVectorsPerBlock = kBlockSize / kPerVector;
+                    bool vector_loads, unsigned long long* first_non_finite) {
+  constexpr unsigned kChunks = kChunksPerBlock<T>;
+  constexpr unsigned kPerChunk = 16 / sizeof(T);
+  __shared__ uint4 tile[kThreads / kWarpSize][kWarpSize * kChunks];
+  const unsigned warp = threadIdx.x / kWarpSize;
+  const unsigned lane = threadIdx.x % kWarpSize;
+  const std::int64_t first = static_cast<std::int64_t>(blockIdx.x) * kThreads + warp * kWarpSize;
+  if (first >= total_blocks) return;  // the whole warp
+  const unsigned count =
+      total_blocks - first < kWarpSize ? static_cast<unsigned>(total_blocks - first) : kWarpSize;
+  uint4* slice = tile[warp];
   if (vector_loads) {
+    // Load j of the warp reads its 512 contiguous bytes: lane l takes chunk l % kChunks of row
+    // l / kChunks + j * (32 / kChunks).
     const auto* src = reinterpret_cast<const uint4*>(weight + first * kBlockSize);
-    for (int i = static_cast<int>(threadIdx.x); i < count * kVectorsPerBlock; i += kThreads) {
-      const uint4 q = __ldcs(src + i);  // read once: do not keep it in the caches
-      T vals[kPerVector];
-      memcpy(vals, &q, sizeof q);
-      float* dst = &tile[i / kVectorsPerBlock][(i % kVectorsPerBlock) * kPerVector];
+    if (count == kWarpSize) {  // the common case, without a predicate per load
+      uint4 q[kChunks];
 #pragma unroll
-      for (int j = 0; j < kPerVector; ++j)
-        dst[j] = to_float(vals[j]);
+      for (unsigned j = 0; j < kChunks; ++j)
+        q[j] = __ldcs(src + lane + j * kWarpSize);  // read once: do not keep it in the caches
+      // chunk_slot(row, c) for row = r0 + j * kRowStep, spelled so that j only adds a constant
+      // or flips a constant bit: r0 / kRowsPerLine < kChunks / 2 and kRowStep / kRowsPerLine is
+      // a multiple of kChunks / 2, so (row / kRowsPerLine) % kChunks is the XOR of the two.
+      constexpr unsigned kRowStep = kWarpSize / kChunks, kRowsPerLine = 8 / kChunks;
+      const unsigned r0 = lane / kChunks;
+      const unsigned x = (lane % kChunks) ^ (r0 / kRowsPerLine);
+#pragma unroll
+      for (unsigned j = 0; j < kChunks; ++j) {
+        slice[(r0 + j * kRowStep) * kChunks + (x ^ ((j * kRowStep / kRowsPerLine) % kChunks))] =
+            q[j];
+      }
+    } else {
+#pragma unroll
+      for (unsigned j = 0; j < kChunks; ++j) {
+        const unsigned row = lane / kChunks + j * (kWarpSize / kChunks);
+        if (row < count) {
+          slice[chunk_slot<T>(row, lane % kChunks)] = __ldcs(src + lane + j * kWarpSize);
+        }
+      }
     }
-  } else {  // a weight view that is not 16-byte aligned
+  } else {  // a weight view that is not 16-byte aligned: element by element, same layout
     const T* src = weight + first * kBlockSize;
-    for (int i = static_cast<int>(threadIdx.x); i < count * kBlockSize; i += kThreads) {
-      tile[i / kBlockSize][i % kBlockSize] = to_float(src[i]);
+    T* dst = reinterpret_cast<T*>(slice);
+    for (unsigned i = lane; i < count * kBlockSize; i += kWarpSize) {
+      const unsigned row = i / kBlockSize, col = i % kBlockSize;
+      dst[chunk_slot<T>(row, col / kPerChunk) * kPerChunk + col % kPerChunk] = src[i];
     }
   }
-  __syncthreads();
-  if (static_cast<int>(threadIdx.x) >= count) return;
-  const std::int64_t b = first + threadIdx.x;
-  const float* v = tile[threadIdx.x];
-  for (int i = 0; i < kBlockSize; ++i) {
-    if (!isfinite(v[i])) {
-      atomicMin(first_non_finite, static_cast<unsigned long long>(b * kBlockSize + i));
-      break;
+  __syncwarp();
+  if (lane >= count) return;
+  float v[kBlockSize];
+  const uint4* row = slice + lane * kChunks;
+  const unsigned swizzle = (lane / (8 / kChunks)) % kChunks;  // chunk_slot's, for this row
+#pragma unroll
+  for (unsigned c = 0; c < kChunks; ++c) {
+    widen(row[c ^ swizzle], v + c * kPerChunk, T{});
+  }
+  const std::int64_t b = first + lane;
+  std::uint32_t words[4];
+  // The mse rule's rare exact path reads the block again from shared memory.
+  const auto load = [slice, lane](int i) {
+    const auto u = static_cast<unsigned>(i);
+    const T* chunk = reinterpret_cast<const T*>(slice + chunk_slot<T>(lane, u / kPerChunk));
+    return to_float(chunk[u % kPerChunk]);
+  };
+  const std::uint8_t scale = detail::quantize_block_fast<Rule>(v, words, load);
+  if (scale == kScaleNaN) {  // only a block holding NaN or Inf gets it: report the first one
+    for (int i = 0; i < kBlockSize; ++i) {
+      if (!isfinite(v[i])) {
+        atomicMin(first_non_finite, static_cast<unsigned long long>(b * kBlockSize + i));
+        break;
+      }
     }
   }
-  alignas(16) std::uint8_t packed[kBlockBytes];
-  scales[b] = quantize_block(rule, v, packed);
+  scales[b] = scale;
   // blocks + 16 * b is 16-byte aligned when the base is (checked by the caller).
-  *reinterpret_cast<uint4*>(blocks + b * kBlockBytes) = *reinterpret_cast<const uint4*>(packed);
+  *reinterpret_cast<uint4*>(blocks + b * kBlockBytes) =
+      make_uint4(words[0], words[1], words[2], words[3]);
 }
 
 template <typename T>
@@ -108,9 +193,29 @@ std::int64_t quantize(const detail::QuantizeArgs& a) {
           "cudaMemcpyAsync");
     dispatch_floating(a.weight_dtype, [&](auto zero) {
       using T = decltype(zero);
-      quantize_kernel<T><<<blocks_for(total, kThreads), kThreads, 0, stream>>>(
-          static_cast<const T*>(a.weight), total, a.blocks, a.scales, a.rule, aligned16(a.weight),
-          flag);
+      const auto launch = [&](auto rule) {
+        quantize_kernel<T, decltype(rule)::value>
+            <<<blocks_for(total, kThreads), kThreads, 0, stream>>>(static_cast<const T*>(a.weight),
+                                                                   total, a.blocks, a.scales,
+                                                                   aligned16(a.weight), flag);
+      };
+      switch (a.rule) {
+        case ScaleRule::floor:
+          launch(std::integral_constant<ScaleRule, ScaleRule::floor>{});
+          break;
+        case ScaleRule::ceil:
+          launch(std::integral_constant<ScaleRule, ScaleRule::ceil>{});
+          break;
+        case ScaleRule::even:
+          launch(std::integral_constant<ScaleRule, ScaleRule::even>{});
+          break;
+        case ScaleRule::mse:
+          launch(std::integral_constant<ScaleRule, ScaleRule::mse>{});
+          break;
+        case ScaleRule::mistralrs:
+          launch(std::integral_constant<ScaleRule, ScaleRule::mistralrs>{});
+          break;
+      }
     });
     check_launch("quantize_kernel");
     check(cudaMemcpyAsync(&found, flag, sizeof found, cudaMemcpyDeviceToHost, stream),

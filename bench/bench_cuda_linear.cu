@@ -196,7 +196,7 @@ std::string bench_moe(cudaStream_t stream, cublasHandle_t handle, double copy_bw
         touched /= sets;
         const Tensor x = random_host({t, s.k}, DType::bf16, 2).to(kGpu);
         Tensor y = Tensor::empty({t, topk, s.n}, DType::bf16, kGpu);
-        const std::size_t ws_bytes = mxfp4::gather_linear_workspace_bytes(t, topk, experts);
+        const std::size_t ws_bytes = mxfp4::gather_linear_workspace_bytes(t, topk, experts, s.k);
         Tensor ws = Tensor::empty({static_cast<std::int64_t>(ws_bytes) + 1}, DType::u8, kGpu);
         mxfp4::RunOptions run{mxfp4::Stream{stream}};
         run.workspace = {ws.data(), ws_bytes};

@@ -511,6 +511,12 @@ TEST(Cuda, GatherLinearWorkspaceSize) {
   EXPECT_EQ(mxfp4::gather_linear_workspace_bytes(1, 4, 128), 0u);  // routed in the kernel
   EXPECT_GE(mxfp4::gather_linear_workspace_bytes(1024, 4, 128), 4096u * 4 + 4 * 128 * 4);
   EXPECT_THROW(mxfp4::gather_linear_workspace_bytes(-1, 4, 8), mxfp4::InvalidArgument);
+  // With k: the plan plus 2 * k bytes per pair for staged x rows; k must be a block multiple.
+  EXPECT_EQ(mxfp4::gather_linear_workspace_bytes(1, 4, 128, 2880), 0u);
+  EXPECT_GE(mxfp4::gather_linear_workspace_bytes(1024, 4, 128, 2880),
+            mxfp4::gather_linear_workspace_bytes(1024, 4, 128) + 4096u * 2880 * 2);
+  EXPECT_THROW(mxfp4::gather_linear_workspace_bytes(1024, 4, 128, 33), mxfp4::InvalidArgument);
+  EXPECT_THROW(mxfp4::gather_linear_workspace_bytes(1024, 4, 128, -32), mxfp4::InvalidArgument);
 }
 
 #if defined(MXFP4_TEST_CUDA_RUNTIME)
@@ -538,7 +544,8 @@ TEST(Cuda, LinearCanBeCapturedInACudaGraph) {
   cudaStreamDestroy(stream);
 }
 
-// gather_linear too, with and without a caller workspace, for both routing paths.
+// gather_linear too, with and without a caller workspace (of the plan's size, and with room to
+// stage x rows for the Hopper GEMM), for both routing paths.
 TEST(Cuda, GatherLinearCanBeCapturedInACudaGraph) {
   REQUIRE_GPU();
   const std::int64_t experts = 8, n = 40, k = 128, topk = 2;
@@ -547,15 +554,16 @@ TEST(Cuda, GatherLinearCanBeCapturedInACudaGraph) {
   cudaStream_t stream;
   ASSERT_EQ(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking), cudaSuccess);
   for (std::int64_t tokens : {3, 300}) {
-    for (bool lend : {false, true}) {
+    for (int lend : {0, 1, 2}) {
       const Tensor x = random_tensor({tokens, k}, DType::bf16, 2);
       const Tensor ids = routing(tokens, topk, experts, false, DType::i32, 3);
       const Tensor xg = x.to(kGpu), idg = ids.to(kGpu);
       Tensor out = Tensor::zeros({tokens, topk, n}, DType::bf16, kGpu);
-      const std::size_t bytes = mxfp4::gather_linear_workspace_bytes(tokens, topk, experts);
+      const std::size_t bytes =
+          mxfp4::gather_linear_workspace_bytes(tokens, topk, experts, lend == 2 ? k : 0);
       Tensor space = Tensor::empty({static_cast<std::int64_t>(bytes) + 1}, DType::u8, kGpu);
       mxfp4::RunOptions run{mxfp4::Stream{stream}};
-      if (lend) run.workspace = {space.data(), bytes};
+      if (lend != 0) run.workspace = {space.data(), bytes};
       cudaGraph_t graph;
       ASSERT_EQ(cudaStreamBeginCapture(stream, cudaStreamCaptureModeGlobal), cudaSuccess);
       mxfp4::gather_linear_into(xg, idg, wg, out, run);
@@ -565,7 +573,10 @@ TEST(Cuda, GatherLinearCanBeCapturedInACudaGraph) {
       ASSERT_EQ(cudaGraphLaunch(exec, stream), cudaSuccess);
       ASSERT_NO_THROW(mxfp4::synchronize(mxfp4::Stream{stream}));
       expect_gather_close(x, ids, w, out.to(mxfp4::Device::cpu()),
-                          "graph T=" + std::to_string(tokens) + (lend ? " workspace" : ""));
+                          "graph T=" + std::to_string(tokens) +
+                              (lend == 0   ? ""
+                               : lend == 1 ? " workspace"
+                                           : " staging workspace"));
       cudaGraphExecDestroy(exec);
       cudaGraphDestroy(graph);
     }

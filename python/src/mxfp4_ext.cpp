@@ -854,12 +854,13 @@ NB_MODULE(_mxfp4, m) {
         "allocates nothing; CPU calls ignore it.");
   m.def(
       "gather_linear_workspace_bytes",
-      [](std::int64_t tokens, std::int64_t topk, std::int64_t experts) {
-        return mxfp4::gather_linear_workspace_bytes(tokens, topk, experts);
+      [](std::int64_t tokens, std::int64_t topk, std::int64_t experts, std::int64_t k) {
+        return mxfp4::gather_linear_workspace_bytes(tokens, topk, experts, k);
       },
-      "tokens"_a, "topk"_a, "experts"_a,
+      "tokens"_a, "topk"_a, "experts"_a, "k"_a = 0,
       "Bytes of workspace a CUDA gather_linear of tokens x topk pairs over experts experts\n"
-      "uses (0 for small batches).");
+      "uses (0 for small batches). With the weight's k: also room to stage bf16 x rows in\n"
+      "expert order, which makes the Hopper GEMM for prefill faster.");
 
   nb::class_<PyTensorInfo>(m, "TensorInfo", "A tensor as a file lists it.")
       .def_ro("name", &PyTensorInfo::name)

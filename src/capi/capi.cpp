@@ -673,6 +673,14 @@ mxfp4_status mxfp4_gather_linear_workspace_bytes(int64_t tokens, int64_t topk, i
   });
 }
 
+mxfp4_status mxfp4_gather_linear_workspace_bytes_k(int64_t tokens, int64_t topk, int64_t experts,
+                                                   int64_t k, size_t* bytes) {
+  return guarded([&] {
+    std::size_t& result = require("gather_linear_workspace_bytes_k", "bytes", bytes);
+    result = mxfp4::gather_linear_workspace_bytes(tokens, topk, experts, k);
+  });
+}
+
 mxfp4_status mxfp4_file_open(const char* path, int32_t format, mxfp4_file** out) {
   return guarded([&] {
     const char* op = "file_open";

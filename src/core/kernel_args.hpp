@@ -92,7 +92,9 @@ struct CudaGatherPlan {
     return small_tiles() + sixteen_tiles() + mid_tiles() + large_tiles();
   }
   // Workspace layout: counts[E], offsets[E + 1], cursor[E], totals[4], perm[pairs], then the
-  // tile list (16 bytes an entry); each part 256-byte aligned.
+  // tile list (16 bytes an entry); each part 256-byte aligned. Optionally after that, 16-bit x
+  // rows of K elements staged in expert order, one per pair (the Hopper GEMM loads them with
+  // TMA; without the room it gathers rows with cp.async).
   static std::size_t up(std::size_t v) { return (v + 255) & ~std::size_t{255}; }
   std::size_t counts_at() const { return 0; }
   std::size_t offsets_at() const { return counts_at() + up(static_cast<std::size_t>(experts) * 4); }
@@ -106,11 +108,18 @@ struct CudaGatherPlan {
     if (pairs <= kCudaCtaRoutePairs) return 0;
     return list_at() + static_cast<std::size_t>(list_entries()) * 16;
   }
+  std::size_t staged_at() const { return up(bytes()); }
+  std::size_t staged_bytes(std::int64_t k) const {
+    if (pairs <= kCudaCtaRoutePairs) return 0;
+    return staged_at() + static_cast<std::size_t>(pairs) * static_cast<std::size_t>(k) * 2;
+  }
 };
 
+// k = 0: the plan only; k > 0: with room to stage x rows (see CudaGatherPlan).
 inline std::size_t cuda_gather_workspace_bytes(std::int64_t tokens, std::int64_t topk,
-                                               std::int64_t experts) {
-  return CudaGatherPlan{tokens * topk, experts}.bytes();
+                                               std::int64_t experts, std::int64_t k = 0) {
+  const CudaGatherPlan plan{tokens * topk, experts};
+  return k > 0 ? plan.staged_bytes(k) : plan.bytes();
 }
 
 // The kernels of one backend, chosen once; a weight layout and its kernels never disagree.

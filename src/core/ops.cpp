@@ -340,17 +340,18 @@ void gather_linear_into(const Tensor& x, const Tensor& indices, const Mxfp4Weigh
 }
 
 std::size_t gather_linear_workspace_bytes(std::int64_t tokens, std::int64_t topk,
-                                          std::int64_t experts) {
+                                          std::int64_t experts, std::int64_t k) {
   std::int64_t pairs = 0;
   if (tokens < 0 || topk < 0 || experts < 0 || experts > (std::int64_t{1} << 40) ||
-      __builtin_mul_overflow(tokens, topk, &pairs) || pairs > (std::int64_t{1} << 40)) {
+      __builtin_mul_overflow(tokens, topk, &pairs) || pairs > (std::int64_t{1} << 40) || k < 0 ||
+      k > (std::int64_t{1} << 30) || k % kBlockSize != 0) {
     throw InvalidArgument(
-        "gather_linear_workspace_bytes: tokens, topk and experts must be >= 0 "
-        "and tokens * topk and experts at most 2^40, got tokens=" +
+        "gather_linear_workspace_bytes: tokens, topk and experts must be >= 0, tokens * topk "
+        "and experts at most 2^40, and k a multiple of 32 in [0, 2^30], got tokens=" +
         std::to_string(tokens) + ", topk=" + std::to_string(topk) +
-        ", experts=" + std::to_string(experts));
+        ", experts=" + std::to_string(experts) + ", k=" + std::to_string(k));
   }
-  return detail::cuda_gather_workspace_bytes(tokens, topk, experts);
+  return detail::cuda_gather_workspace_bytes(tokens, topk, experts, k);
 }
 
 Tensor gather_linear(const Tensor& x, const Tensor& indices, const Mxfp4Weight& weight,

@@ -188,6 +188,7 @@ struct TokenRows {
   DType route_dtype = DType::i32;
   int route_pairs = 0;
   int route_groups = 1;         // tiles a CTA computes at once (sm80_linear.cu)
+  bool x_by_position = false;   // grouped: x staged in expert order, row p at position p
   IndexError* error = nullptr;  // where out-of-range ids are recorded
 
   struct Tile {
@@ -212,6 +213,10 @@ struct TokenRows {
   }
   __device__ __forceinline__ std::int64_t x_row(std::int64_t pair_index) const {
     return x_per_slot ? pair_index : pair_index / topk;
+  }
+  // The x row the tile position reads.
+  __device__ __forceinline__ std::int64_t x_row_at(std::int64_t position) const {
+    return x_by_position ? position : x_row(pair(position));
   }
 };
 

@@ -84,7 +84,7 @@ __device__ __forceinline__ void gemm_tile(uint4* smem_raw, const __nv_bfloat16* 
 #pragma unroll
   for (int i = 0; i < kTileT / 16; ++i) {
     const int local = min(tid / 8 + 16 * i, tile.count - 1);
-    xsrc[i] = x + rows.x_row(rows.pair(tile.first + local)) * k + 8 * xc;
+    xsrc[i] = x + rows.x_row_at(tile.first + local) * k + 8 * xc;
   }
   const int wrow = w0 + tid;
   const bool wrow_ok = wrow < n;

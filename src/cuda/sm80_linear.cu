@@ -290,7 +290,7 @@ __device__ __forceinline__ void linear_tiles(const T* __restrict__ x, const Toke
 #pragma unroll
   for (int nt = 0; nt < NT; ++nt) {
     const int local = min(8 * nt + g, tile.count - 1);
-    x_lane[nt] = x + rows.x_row(rows.pair(tile.first + local)) * k;
+    x_lane[nt] = x + rows.x_row_at(tile.first + local) * k;
   }
   const int tokens_left = tile.count - g;  // n-tile nt is valid for this lane when 8 nt < this
 

@@ -219,10 +219,9 @@ __device__ __forceinline__ void sm90_load(std::uint8_t* smem, const T* __restric
 #pragma unroll
       for (int i = 0; i < kXPer; ++i) {
         const int local = tid / 8 + 16 * i;
-        xrow[i * 128 + tid] =
-            local < tile.count
-                ? static_cast<std::uint32_t>(rows.x_row(rows.pair(tile.first + local)))
-                : ~0u;
+        xrow[i * 128 + tid] = local < tile.count
+                                  ? static_cast<std::uint32_t>(rows.x_row_at(tile.first + local))
+                                  : ~0u;
       }
     }
     // Weight rows w0 + tid / 2 + 64 j: one base address each for blocks and scales.
@@ -592,7 +591,8 @@ void launch_sm90_tiles(const void* x, const TokenRows& rows, std::int64_t tiles,
   const int sms = current_device_facts().multiprocessors;
   CUtensorMap x_map{};
   CUtensorMap w_map{};
-  const bool dense = rows.perm == nullptr && rows.tile_list == nullptr;
+  // TMA boxes of x need its rows in tile order: dense x, or x staged in expert order.
+  const bool dense = (rows.perm == nullptr && rows.tile_list == nullptr) || rows.x_by_position;
   const std::int64_t w_rows = w.experts * w.n;
   auto launch = [&](auto load_tag) {
     constexpr int kLoad = decltype(load_tag)::value;

@@ -457,6 +457,17 @@ static void test_run_options(void) {
   CHECK_OK(mxfp4_gather_linear_workspace_bytes(4, 2, 8, &bytes));
   CHECK_ERROR(mxfp4_gather_linear_workspace_bytes(-1, 2, 8, &bytes), MXFP4_ERR_INVALID_ARGUMENT,
               "tokens");
+  {
+    /* With k: the plan plus 2 k bytes per pair for staged x rows. */
+    size_t plan = 0, staged = 0;
+    CHECK_OK(mxfp4_gather_linear_workspace_bytes(1000, 4, 8, &plan));
+    CHECK_OK(mxfp4_gather_linear_workspace_bytes_k(1000, 4, 8, 64, &staged));
+    CHECK(staged >= plan + 4000 * 64 * 2);
+    CHECK_OK(mxfp4_gather_linear_workspace_bytes_k(1000, 4, 8, 0, &staged));
+    CHECK(staged == plan);
+    CHECK_ERROR(mxfp4_gather_linear_workspace_bytes_k(1000, 4, 8, 48, &staged),
+                MXFP4_ERR_INVALID_ARGUMENT, "k a multiple of 32");
+  }
   mxfp4_weight_destroy(weight);
   mxfp4_weight_destroy(experts);
 }

@@ -153,25 +153,26 @@ __global__ void __launch_bounds__(256)
   }
 }
 
-// x rows of the tiles listed in `rows` copied to `staged` in tile (expert) order: position p's
-// row to row p. A CTA per tile, a warp per row, 16 bytes per lane and step (k is a multiple of
-// 32, rows are 16-byte aligned).
+// x rows of the tiles listed in `rows` (of at most tile_tokens rows) copied to `staged` in tile
+// (expert) order: position p's row to row p. A warp per row, 16 bytes per lane and step (k is a
+// multiple of 32, rows are 16-byte aligned); CTAs take groups of 8 rows of the tiles in turn.
 __global__ void __launch_bounds__(256)
-    stage_rows_kernel(const __nv_bfloat16* __restrict__ x, TokenRows rows, std::int64_t k,
-                      __nv_bfloat16* __restrict__ staged) {
-  const int total = *rows.tile_total;
+    stage_rows_kernel(const __nv_bfloat16* __restrict__ x, TokenRows rows, int tile_tokens,
+                      std::int64_t k, __nv_bfloat16* __restrict__ staged) {
+  const int groups = tile_tokens / 8;
+  const std::int64_t items = std::int64_t{*rows.tile_total} * groups;
   const int warp = static_cast<int>(threadIdx.x) >> 5;
   const int lane = static_cast<int>(threadIdx.x) & 31;
   const int chunks = static_cast<int>(k / 8);
-  for (int t = static_cast<int>(blockIdx.x); t < total; t += static_cast<int>(gridDim.x)) {
-    const int4 v = rows.tile_list[t];
-    for (int r = warp; r < v.z; r += 8) {
-      const std::int64_t position = v.y + r;
-      const auto* src = reinterpret_cast<const uint4*>(x + rows.x_row(rows.pair(position)) * k);
-      auto* dst = reinterpret_cast<uint4*>(staged + position * k);
-      for (int c = lane; c < chunks; c += 32)
-        dst[c] = __ldg(src + c);
-    }
+  for (std::int64_t i = blockIdx.x; i < items; i += gridDim.x) {
+    const int4 v = rows.tile_list[i / groups];
+    const int r = static_cast<int>(i % groups) * 8 + warp;
+    if (r >= v.z) continue;
+    const std::int64_t position = v.y + r;
+    const auto* src = reinterpret_cast<const uint4*>(x + rows.x_row(rows.pair(position)) * k);
+    auto* dst = reinterpret_cast<uint4*>(staged + position * k);
+    for (int c = lane; c < chunks; c += 32)
+      dst[c] = __ldg(src + c);
   }
 }
 
@@ -314,10 +315,11 @@ void gather_linear(const detail::GatherLinearArgs& a) {
       rows.tile_total = totals + 3;
       if (sm90 && staging) {
         auto* staged = reinterpret_cast<__nv_bfloat16*>(base + plan.staged_at());
+        const std::int64_t stage_items = plan.large_tiles() * (large_tile / 8);
         stage_rows_kernel<<<static_cast<unsigned>(std::min<std::int64_t>(
-                                plan.large_tiles(), 8 * current_device_facts().multiprocessors)),
-                            256, 0, stream>>>(static_cast<const __nv_bfloat16*>(a.x), rows, a.w.k,
-                                              staged);
+                                stage_items, 8 * current_device_facts().multiprocessors)),
+                            256, 0, stream>>>(static_cast<const __nv_bfloat16*>(a.x), rows,
+                                              large_tile, a.w.k, staged);
         check_launch("stage_rows_kernel");
         TokenRows staged_rows = rows;
         staged_rows.x_by_position = true;

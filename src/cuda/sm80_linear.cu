@@ -517,17 +517,27 @@ KernelChoice choose_kernel(DType x_dtype, std::int64_t tokens, std::int64_t n) {
   }
   // The GEMM needs enough 128-row weight tiles to fill the card; otherwise the decode kernel's
   // 16-row tiles and in-CTA split of K keep more SMs busy. Measured on an H100 at M = 64
-  // (bench/RESULTS.md): the GEMM wins from N = 8192 (64 tiles) and loses at N <= 5760.
+  // (bench/RESULTS.md): the sm_80 GEMM wins from N = 8192 (64 tiles) and loses at N <= 5760.
   const std::int64_t weight_tiles = (n + 127) / 128;
-  if (tokens <= 64) return weight_tiles >= 64 ? KernelChoice{true, 64} : decode;
-  // wgmma GEMM: 256-token tiles (measured fastest from M = 1024), 128 up to M = 256, where
-  // twice the tiles keep more SMs busy; and where 128-row tiles would leave SMs idle, tiles of
-  // 64 rows (one warpgroup per CTA, two CTAs per SM).
-  if (sm90_ok) {
-    if (tokens > 256) return {true, 256, true};
+  const std::int64_t sms = current_device_facts().multiprocessors;
+  // wgmma GEMM (bench/RESULTS.md, session 5, an H100 sweep of every tile shape at M = 64, 256
+  // and 1024 on the five dense shapes; each rule below picked the fastest there):
+  // - 33 to 64 tokens: one 128-token tile at width 64, with 256-row tiles where they fill three
+  //   quarters of the SMs, 128-row tiles where those fill a third, else 64-row tiles (two CTAs
+  //   per SM);
+  // - 65 to 256 tokens: 256-token tiles where the 128-row weight tiles alone fill the SMs, else
+  //   128-token tiles of 128 rows where they fill 90% of the SMs, else of 64 rows;
+  // - more: 256-token tiles (fastest from M = 1024).
+  if (sm90_ok && tokens > 32) {
+    if (tokens <= 64) {
+      if ((n + 255) / 256 * 4 >= 3 * sms) return {true, 128, true, 256};
+      return {true, 128, true, weight_tiles * 3 >= sms ? 128 : 64};
+    }
+    if (tokens > 256 || weight_tiles >= sms) return {true, 256, true};
     const std::int64_t tiles128 = weight_tiles * ((tokens + 127) / 128);
-    return {true, 128, true, tiles128 < current_device_facts().multiprocessors ? 64 : 128};
+    return {true, 128, true, tiles128 * 10 >= 9 * sms ? 128 : 64};
   }
+  if (tokens <= 64) return weight_tiles >= 64 ? KernelChoice{true, 64} : decode;
   return {true, 128};
 }
 

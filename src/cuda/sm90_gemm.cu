@@ -72,7 +72,7 @@ struct Sm90Config {
   static constexpr int kOutStride = 64 + 8;  // elements per token row of a staged chunk
   static constexpr int kOutBytes = kWG * kChunk * kOutStride * 2;
   static constexpr int kXRowBytes = kTokens / 16 * 128 * 4;  // cp.async loaders' x rows
-  static constexpr int kBarBytes = 2 * 8 * 8;  // full and empty mbarriers, up to 8 stages
+  static constexpr int kBarBytes = 3 * 8 * 8;                // full, empty, landed: up to 8 stages
   static constexpr int kFixedBytes = kOutBytes + kXRowBytes + kBarBytes + 1024;  // + alignment
   static constexpr int kSmemLimit = (kWG == 1 ? 113 : 227) * 1024;
   static constexpr int kStages =
@@ -82,6 +82,14 @@ struct Sm90Config {
   static constexpr int kBarOffset = kXRowOffset + kXRowBytes;
   static constexpr int kSmemBytes = kStages * kStageBytes + kFixedBytes;
   static_assert(kStages >= 4, "at least four stages");
+  // (Also references the members only the sm_90a device code uses: nvcc's sm_80 and sm_89
+  // passes, where the kernel is empty, reject unreferenced ones.)
+  static_assert(kSplit == kSplitX && kOutOffset < kXRowOffset &&
+                    kBarOffset + kBarBytes <= kSmemBytes,
+                "shared memory layout");
+  static_assert(kProducerRegs + kWG * kConsumerRegs <= kLaunchRegs * (kWG + 1) &&
+                    kProducerRegs % 8 == 0 && kConsumerRegs % 8 == 0,
+                "setmaxnreg must not ask for more registers than the CTA was launched with");
   static_assert(!kSplitX || kTokens == 128, "split x: 128-token tiles only");
   static_assert(kLoOffset % 1024 == 0 && kWOffset % 1024 == 0, "swizzle atoms: 1 KiB aligned");
 };
@@ -142,12 +150,16 @@ __device__ __forceinline__ void split_f16x2(std::uint32_t v, std::uint32_t& hi, 
 // kStages - 2, stage s is handed over once the computing threads have started stage s - 2.
 template <int kStages>
 struct Ring {
-  std::uint32_t bars;  // shared address: full[kStages], then empty[kStages]
+  std::uint32_t bars;  // shared address: full[kStages], empty[kStages], landed[kStages]
   __device__ __forceinline__ std::uint32_t full(std::uint32_t it) const {
     return bars + 8 * (it % kStages);
   }
   __device__ __forceinline__ std::uint32_t empty(std::uint32_t it) const {
     return bars + 8 * (kStages + it % kStages);
+  }
+  // f16 x by TMA: the copies land here; the loaders split them, then arrive on full.
+  __device__ __forceinline__ std::uint32_t landed(std::uint32_t it) const {
+    return bars + 8 * (2 * kStages + it % kStages);
   }
   // Parity of the phase in which stage `it` completes its slot's barrier.
   __device__ __forceinline__ static std::uint32_t parity(std::uint32_t it) {
@@ -159,11 +171,14 @@ struct Ring {
 // tid / 8 + 16 i; and block tid % 2 of weight rows (tid + 128 j) / 2 (j < kTileW / 64) with its
 // scale, which it converts to the bf16 pair the decode multiplies by.
 //
-// kLoadTmaBox (dense bf16 x): thread 0 fetches each stage's x box (rows tile.first ...) and
-// weight box with TMA instead, the tensor maps describing x [rows, k] (128-byte swizzle, the
-// layout above) and the blocks [experts * n, k / 2]; TMA zero-fills what lies past either's
-// end. The full barrier then completes when the boxes' bytes have landed and every loader has
-// stored its scales. (TMA boxes of single gathered rows measured 2-3x slower than cp.async.)
+// kLoadTmaBox (x rows in tile order: dense, or staged by gather_linear): thread 0 fetches each
+// stage's x box (rows tile.first ...) and weight box with TMA instead, the tensor maps
+// describing x [rows, k] (128-byte swizzle, the layout above) and the blocks [experts * n,
+// k / 2]; TMA zero-fills what lies past either's end. bf16: the full barrier then completes
+// when the boxes' bytes have landed and every loader has stored its scales. f16: the boxes
+// land on the slot's `landed` barrier; kLag stages later each loader waits there, splits its
+// chunks and arrives on full. (TMA boxes of single gathered rows measured 2-3x slower than
+// cp.async, hence the staging.)
 template <typename T, int kTokens, int kSub, int kWG, int kLoad>
 __device__ __forceinline__ void sm90_load(std::uint8_t* smem, const T* __restrict__ x,
                                           const CUtensorMap& x_map, const CUtensorMap& w_map,
@@ -187,6 +202,9 @@ __device__ __forceinline__ void sm90_load(std::uint8_t* smem, const T* __restric
 
   // Stage s has landed (this thread's part): f16 x is split, then the tensor cores may read it.
   auto signal = [&](std::uint32_t s) {
+    if constexpr (kSplit && kLoad == kLoadTmaBox) {
+      sm90::mbarrier_wait(ring.landed(s), Ring<S>::parity(s));
+    }
     if constexpr (kSplit) {
       std::uint8_t* st = smem + (s % S) * C::kStageBytes;
 #pragma unroll
@@ -249,6 +267,8 @@ __device__ __forceinline__ void sm90_load(std::uint8_t* smem, const T* __restric
         sv[j] = next[j];
       if (kt + 1 < ktiles) load_scales(kt + 1, next);
       if constexpr (kLoad != kLoadCpAsync) {
+        // f16: the oldest stage in flight, kLag back, is split and handed over first.
+        if (kSplit && it - signaled >= static_cast<std::uint32_t>(kLag)) signal(signaled++);
         if (it >= static_cast<std::uint32_t>(S)) {
           sm90::mbarrier_wait(ring.empty(it), Ring<S>::parity(it) ^ 1u);
         }
@@ -258,14 +278,14 @@ __device__ __forceinline__ void sm90_load(std::uint8_t* smem, const T* __restric
         for (int j = 0; j < kWPer; ++j)
           sc[lblk * C::kTileW + ((tid + 128 * j) >> 1)] = bf16_scale_pair(sv[j]);
         const std::uint32_t st_addr = smem_base + (it % S) * C::kStageBytes;
+        const std::uint32_t bar = kSplit ? ring.landed(it) : ring.full(it);
         if (tid == 0) {
-          sm90::mbarrier_arrive_expect_tx(ring.full(it), C::kXBytes + C::kWBytes);
+          sm90::mbarrier_arrive_expect_tx(bar, C::kXBytes + C::kWBytes);
           sm90::tma_load_2d(st_addr + C::kWOffset, &w_map, kt * 2 * kBlockBytes,
-                            tile.expert * n + w0, ring.full(it));
-          sm90::tma_load_2d(st_addr, &x_map, kt * kTileK, static_cast<int>(tile.first),
-                            ring.full(it));
-        } else {
-          sm90::mbarrier_arrive(ring.full(it));
+                            tile.expert * n + w0, bar);
+          sm90::tma_load_2d(st_addr, &x_map, kt * kTileK, static_cast<int>(tile.first), bar);
+        } else if (!kSplit) {
+          sm90::mbarrier_arrive(bar);
         }
       } else {
         // f16: the oldest stage in flight, kLag back, is split and handed over first: the slot
@@ -312,7 +332,7 @@ __device__ __forceinline__ void sm90_load(std::uint8_t* smem, const T* __restric
       }
     }
   });
-  if constexpr (kLoad != kLoadCpAsync || !kSplit) return;
+  if constexpr (!kSplit) return;
   cp_async_wait<0>();
   while (signaled < it)
     signal(signaled++);
@@ -497,6 +517,7 @@ __global__ void __launch_bounds__(128 * (kWG + 1), kWG == 1 ? 2 : 1)
     for (int s = 0; s < C::kStages; ++s) {
       // Each loader arrives once; with bf16 cp.async its landed copies arrive once more.
       sm90::mbarrier_init(ring.full(s), kLoad == kLoadCpAsync && !C::kSplit ? 256 : 128);
+      sm90::mbarrier_init(ring.landed(s), 1);
       sm90::mbarrier_init(ring.empty(s), C::kConsumers);
     }
   }
@@ -540,7 +561,7 @@ EncodeTiled encode_tiled() {
 // The tensor maps of the TMA loaders: x [rows, k] bf16 in boxes of kTokens x 64 with the
 // 128-byte swizzle, and the blocks [rows, k / 2] bytes in boxes of tile_w x 32. False where the
 // driver cannot make them (the cp.async loaders run instead).
-bool make_tma_maps(const void* x, std::int64_t x_rows, std::int64_t k, int tokens,
+bool make_tma_maps(const void* x, DType x_dtype, std::int64_t x_rows, std::int64_t k, int tokens,
                    const std::uint8_t* blocks, std::int64_t w_rows, int tile_w, CUtensorMap& x_map,
                    CUtensorMap& w_map) {
   const EncodeTiled encode = encode_tiled();
@@ -552,8 +573,10 @@ bool make_tma_maps(const void* x, std::int64_t x_rows, std::int64_t k, int token
   const cuuint64_t w_strides[1] = {static_cast<cuuint64_t>(k / 2)};
   const cuuint32_t w_box[2] = {2 * kBlockBytes, static_cast<cuuint32_t>(tile_w)};
   const cuuint32_t unit[2] = {1, 1};
-  return encode(&x_map, CU_TENSOR_MAP_DATA_TYPE_BFLOAT16, 2, const_cast<void*>(x), x_dims,
-                x_strides, x_box, unit, CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_128B,
+  const CUtensorMapDataType x_type =
+      x_dtype == DType::f16 ? CU_TENSOR_MAP_DATA_TYPE_FLOAT16 : CU_TENSOR_MAP_DATA_TYPE_BFLOAT16;
+  return encode(&x_map, x_type, 2, const_cast<void*>(x), x_dims, x_strides, x_box, unit,
+                CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_128B,
                 CU_TENSOR_MAP_L2_PROMOTION_L2_256B,
                 CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE) == CUDA_SUCCESS &&
          encode(&w_map, CU_TENSOR_MAP_DATA_TYPE_UINT8, 2, const_cast<std::uint8_t*>(blocks), w_dims,
@@ -603,13 +626,12 @@ void launch_sm90_tiles(const void* x, const TokenRows& rows, std::int64_t tiles,
         std::min<std::int64_t>(ctas, std::int64_t{sms} * per_sm), x, x_map, w_map, rows, tiles,
         tiles_w, w, out, vector_store, stream);
   };
-  if constexpr (std::is_same_v<T, __nv_bfloat16>) {
-    const bool fits = dense && w_rows + kTileW < (std::int64_t{1} << 31) &&
-                      rows.rows < (std::int64_t{1} << 31) && forced_kernel() != "wgmma_cpasync";
-    if (fits && make_tma_maps(x, rows.rows, w.k, kTokens, w.blocks, w_rows, kTileW, x_map, w_map)) {
-      launch(std::integral_constant<int, kLoadTmaBox>{});
-      return;
-    }
+  const bool fits = dense && w_rows + kTileW < (std::int64_t{1} << 31) &&
+                    rows.rows < (std::int64_t{1} << 31) && forced_kernel() != "wgmma_cpasync";
+  if (fits && make_tma_maps(x, std::is_same_v<T, __half> ? DType::f16 : DType::bf16, rows.rows, w.k,
+                            kTokens, w.blocks, w_rows, kTileW, x_map, w_map)) {
+    launch(std::integral_constant<int, kLoadTmaBox>{});
+    return;
   }
   launch(std::integral_constant<int, kLoadCpAsync>{});
 }

@@ -366,7 +366,7 @@ mxfp4_status mxfp4_gather_linear_ex(const mxfp4_tensor* x, const mxfp4_tensor* i
  * (0 for small batches); MXFP4_ERR_INVALID_ARGUMENT for negative or huge counts. */
 mxfp4_status mxfp4_gather_linear_workspace_bytes(int64_t tokens, int64_t topk, int64_t experts,
                                                  size_t* bytes);
-/* The same with the weight's k (a multiple of 32; 0 as above): also room to stage bf16 x rows in
+/* The same with the weight's k (a multiple of 32; 0 as above): also room to stage 16-bit x rows in
  * expert order (2 * k bytes per pair), which makes the Hopper GEMM for prefill faster. */
 mxfp4_status mxfp4_gather_linear_workspace_bytes_k(int64_t tokens, int64_t topk, int64_t experts,
                                                    int64_t k, size_t* bytes);

@@ -87,7 +87,7 @@ void gather_linear_into(const Tensor& x, const Tensor& indices, const Mxfp4Weigh
                         Tensor& out, const RunOptions& run = {});
 // Bytes of RunOptions::workspace a CUDA gather_linear of `tokens` x `topk` pairs over `experts`
 // experts uses (0 for small batches, which route inside the kernel). With the weight's `k`
-// (> 0), also room to stage bf16 x rows in expert order (2 bytes x k per pair), which makes the
+// (> 0), also room to stage 16-bit x rows in expert order (2 bytes x k per pair), which makes the
 // Hopper GEMM for prefill faster; a workspace of the smaller size still works.
 std::size_t gather_linear_workspace_bytes(std::int64_t tokens, std::int64_t topk,
                                           std::int64_t experts, std::int64_t k = 0);

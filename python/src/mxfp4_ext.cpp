@@ -859,7 +859,7 @@ NB_MODULE(_mxfp4, m) {
       },
       "tokens"_a, "topk"_a, "experts"_a, "k"_a = 0,
       "Bytes of workspace a CUDA gather_linear of tokens x topk pairs over experts experts\n"
-      "uses (0 for small batches). With the weight's k: also room to stage bf16 x rows in\n"
+      "uses (0 for small batches). With the weight's k: also room to stage 16-bit x rows in\n"
       "expert order, which makes the Hopper GEMM for prefill faster.");
 
   nb::class_<PyTensorInfo>(m, "TensorInfo", "A tensor as a file lists it.")

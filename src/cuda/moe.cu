@@ -153,9 +153,10 @@ __global__ void __launch_bounds__(256)
   }
 }
 
-// x rows of the tiles listed in `rows` (of at most tile_tokens rows) copied to `staged` in tile
-// (expert) order: position p's row to row p. A warp per row, 16 bytes per lane and step (k is a
-// multiple of 32, rows are 16-byte aligned); CTAs take groups of 8 rows of the tiles in turn.
+// x rows (bf16 or f16: bytes are copied) of the tiles listed in `rows` (of at most tile_tokens
+// rows each) copied to `staged` in tile (expert) order: position p's row to row p. A warp per
+// row, 16 bytes per lane and step (k is a multiple of 32, rows are 16-byte aligned); CTAs take
+// groups of 8 rows of the tiles in turn.
 __global__ void __launch_bounds__(256)
     stage_rows_kernel(const __nv_bfloat16* __restrict__ x, TokenRows rows, int tile_tokens,
                       std::int64_t k, __nv_bfloat16* __restrict__ staged) {
@@ -242,13 +243,13 @@ void gather_linear(const detail::GatherLinearArgs& a) {
 
   // Counting sort and tile plan in the workspace: the caller's, or stream-ordered memory of this
   // call (cudaMallocAsync / cudaFreeAsync: no device-wide synchronization, capturable in a graph).
-  // For the wgmma GEMM with bf16 x, the large experts' x rows are staged in expert order behind
+  // For the wgmma GEMM (bf16 or f16 x), the large experts' x rows are staged in expert order behind
   // the plan, where there is room (always in memory of this call), so that TMA can load them in
   // whole tiles: gathering rows with cp.async measured 1.7x slower at 4096 tokens.
   const detail::CudaGatherPlan plan{pairs, a.w.experts};
   const std::size_t need = plan.bytes();
   const std::size_t staged_need = plan.staged_bytes(a.w.k);
-  const bool want_staging = sm90 && gemm && forced_kernel() != "wgmma_cpasync";
+  const bool want_staging = sm90 && forced_kernel() != "wgmma_cpasync";  // bf16 or f16
   void* space = a.workspace;
   bool owned = false;
   bool staging = false;

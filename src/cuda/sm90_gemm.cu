@@ -1,18 +1,25 @@
 // Tiled MXFP4 GEMM for many tokens on Hopper (sm_90a), bf16 or f16 activations, with warpgroup
 // MMA: y[m, n] = sum_k x[m, k] W[n, k] + b[n].
 //
-// A CTA of two warpgroups computes 128 weight rows x kTokens tokens (128 or 256); warpgroup q
-// owns weight rows [64 q, 64 q + 64) and every token, as one wgmma m64nTk16 accumulator. The
-// weight is the MMA's A operand and comes from registers: each thread decodes its rows' E2M1
-// codes and multiplies them by the block's scale in bf16 (exact, as in sm80_gemm.cu), so the
-// tensor cores see exactly the reference's weight values. x is the B operand, read by the
-// tensor cores straight from shared memory in the 128-byte-swizzled K-major layout.
+// Warp-specialized: a CTA has one loading warpgroup and one or two computing warpgroups (which
+// setmaxnreg gives most of the registers). Computing warpgroup q owns weight rows [64 q, 64 q +
+// 64) of each m64 sub-tile and every token of the tile (128 or 256), as one wgmma m64nTk16
+// accumulator per sub-tile. The weight is the MMA's A operand and comes from registers: each
+// thread decodes its rows' E2M1 codes and multiplies them by the block's scale in bf16 (exact,
+// as in sm80_gemm.cu), so the tensor cores see exactly the reference's weight values. x is the
+// B operand, read by the tensor cores straight from shared memory in the 128-byte-swizzled
+// K-major layout.
 //
-// Stages of 64 k (two MXFP4 blocks) of x, of the packed weight and of its scales go through
-// shared memory with cp.async (which can gather the rows of a mixture-of-experts tile), kStages
-// deep with a prefetch distance of kStages - 2: wgmma runs asynchronously, so one group may
-// still read the stage before the one being computed. Decoding the next block overlaps the
-// tensor cores' work on the current one (two register sets of A fragments, alternating).
+// Stages of 64 k (two MXFP4 blocks) of x, of the packed weight and of its scales go through a
+// ring of kStages shared-memory slots, handed between the warpgroups with mbarriers (Ring).
+// The loaders fetch x and the weight with TMA (x rows in tile order) or cp.async (gathered
+// rows), and the scales through registers as the bf16 pairs the decode multiplies by. The
+// computing warpgroups never wait at a CTA-wide barrier: each decodes its next block while the
+// tensor cores work on the current one (two register sets of A fragments, alternating), and
+// releases a slot once the wgmma groups reading it are done. The epilogue stages 64-token
+// chunks in buffers of its own, so the loaders fill the ring with the next tile meanwhile.
+// Measured against the previous design (all threads loading and computing, a __syncthreads
+// per stage): M = 4096 from 0.61-0.65x to 0.90-0.97x cuBLAS bf16 on an H100.
 //
 // A lane (g, t) of a warp needs, for its rows g and g + 8 and each k16 step, the codes of
 // elements 2t, 2t+1, 2t+8, 2t+9 of the step: bytes t, t+4, t+8 and t+12 of the row's 16-byte
@@ -20,10 +27,10 @@
 //
 // f16 x: a scaled E2M1 value need not fit f16 (2^-24 .. 65504), but it always fits bf16, so the
 // weight stays bf16 and x is split exactly into two bf16 parts, x = hi + lo (hi = x rounded to
-// bf16; the rest has at most 3 significant bits): each stage's f16 tile is rewritten in shared
-// memory as hi, with lo beside it, and every wgmma runs twice, on hi and on lo. The products are
-// exact and summed in f32, as for bf16; the tensor cores do twice the work (128-token tiles,
-// whose stages have room for both parts).
+// bf16; the rest has at most 3 significant bits): the loaders rewrite each landed f16 tile in
+// shared memory as hi, with lo beside it, and every wgmma runs twice, on hi and on lo. The
+// products are exact and summed in f32, as for bf16; the tensor cores do twice the work
+// (128-token tiles, whose stages have room for both parts).
 //
 // Persistent CTAs walk (token tile, weight tile) pairs in raster groups of 8 token tiles
 // (gemm_tiles.cuh), with TokenRows for the dense and the grouped (MoE) layouts.

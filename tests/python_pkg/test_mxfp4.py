@@ -420,7 +420,7 @@ def test_precision_int8_activations_stays_within_its_bound() -> None:
         mxfp4.linear(x, weight, precision="int4")
     with pytest.raises(mxfp4.InvalidArgument, match="tokens"):
         mxfp4.gather_linear_workspace_bytes(-1, 2, 3)
-    # With the weight's k: room to stage bf16 x rows (2 k bytes a pair) besides the plan.
+    # With the weight's k: room to stage 16-bit x rows (2 k bytes a pair) besides the plan.
     plan = mxfp4.gather_linear_workspace_bytes(1000, 4, 8)
     assert mxfp4.gather_linear_workspace_bytes(1000, 4, 8, k=64) >= plan + 4000 * 64 * 2
     with pytest.raises(mxfp4.InvalidArgument, match="multiple of 32"):

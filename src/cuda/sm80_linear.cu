@@ -506,11 +506,19 @@ KernelChoice choose_kernel(DType x_dtype, std::int64_t tokens, std::int64_t n) {
   if (sm90_ok && forced == "wgmma64r") return {true, 128, true, 64};
   const KernelChoice decode{false, tokens <= 8 ? 8 : tokens <= 16 ? 16 : 32};
   if (forced.rfind("decode", 0) == 0 || tokens <= 16) return decode;
-  // f16: the wgmma GEMM (x split into two bf16 parts, 128-token tiles) from 65 tokens, with
-  // 256-row tiles (half the x splitting per weight row) once they are about two thirds of the
-  // SM count; measured on an H100 at M = 4096: 247-263 TFLOP/s against 211-219 with 128 rows.
+  // f16: the wgmma GEMM (x split into two bf16 parts, 128-token tiles) from 65 tokens (see below
+  // for 33 to 64), with 256-row tiles (half the x splitting per weight row) once they are about
+  // two thirds of the SM count; measured on an H100 at M = 4096: 247-263 TFLOP/s against
+  // 211-219 with 128 rows (session 4).
   if (!gemm_ok) {
-    if (!sm90_ok || tokens <= 64) return decode;
+    if (!sm90_ok || tokens <= 32) return decode;
+    // 33 to 64 tokens: only where 256-row tiles fill three quarters of the SMs (measured on an
+    // H100 at M = 64: Llama-70B up 213 us against 365 on the decode kernel; on the smaller
+    // shapes the decode kernel is 2-3x faster).
+    if (tokens <= 64) {
+      const std::int64_t sms = current_device_facts().multiprocessors;
+      return (n + 255) / 256 * 4 >= 3 * sms ? KernelChoice{true, 128, true, 256} : decode;
+    }
     const std::int64_t tiles256 = (n + 255) / 256 * ((tokens + 127) / 128);
     const bool wide = tiles256 * 3 >= 2 * std::int64_t{current_device_facts().multiprocessors};
     return {true, 128, true, wide ? 256 : 128};

@@ -15,16 +15,17 @@ namespace mxfp4::cuda {
 // from DRAM is reused from L2 by the group's other token tiles.
 inline constexpr int kRasterGroup = 8;
 
-// Calls f(tile, tile_w) for this CTA's (token tile, weight tile) pairs, blockIdx.x, then every
-// gridDim.x-th, in raster order. Grouped grids (mixture of experts): tiles_t is an upper bound;
-// the planned count is read on the device and empty tiles are skipped.
+// Calls f(tile, tile_w) for this CTA's (token tile, weight tile) pairs, `first` (blockIdx.x),
+// then every `step`-th (gridDim.x), in raster order. Grouped grids (mixture of experts): tiles_t
+// is an upper bound; the planned count is read on the device and empty tiles are skipped.
 template <typename F>
 __device__ __forceinline__ void for_each_gemm_tile(const TokenRows& rows, int tiles_t, int tiles_w,
-                                                   int tile_tokens, F&& f) {
+                                                   int tile_tokens, F&& f,
+                                                   int first = static_cast<int>(blockIdx.x),
+                                                   int step = static_cast<int>(gridDim.x)) {
   if (rows.tile_list != nullptr) tiles_t = min(tiles_t, *rows.tile_total);
   const int per_group = kRasterGroup * tiles_w;
-  for (int pid = static_cast<int>(blockIdx.x); pid < tiles_t * tiles_w;
-       pid += static_cast<int>(gridDim.x)) {
+  for (int pid = first; pid < tiles_t * tiles_w; pid += step) {
     const int first_t = (pid / per_group) * kRasterGroup;
     const int group_size = min(tiles_t - first_t, kRasterGroup);
     const int tile_t = first_t + (pid % per_group) % group_size;

@@ -29,7 +29,8 @@ struct KernelChoice {
 };
 KernelChoice choose_kernel(DType x_dtype, std::int64_t tokens, std::int64_t n);
 // MXFP4_CUDA_KERNEL's value (empty when unset), read once. Besides the choices above,
-// wgmma_cpasync makes the wgmma GEMM load x with cp.async where it would use TMA.
+// wgmma_cpasync makes the wgmma GEMM load x with cp.async where it would use TMA, and
+// wgmma_nosplit keeps it from splitting K across a cluster of two CTAs.
 const std::string& forced_kernel();
 
 // The decode kernel (bf16 or f16 x): `tiles` tiles of `tile_tokens` tokens mapped by `rows`.

@@ -73,6 +73,32 @@ __device__ __forceinline__ void tma_load_2d(std::uint32_t dst, const void* map, 
       "l"(reinterpret_cast<std::uint64_t>(map)), "r"(c0), "r"(c1), "r"(bar)
       : "memory");
 }
+// Thread-block clusters: this CTA's rank, a barrier of every thread of every CTA of the cluster
+// (release / acquire at cluster scope), and stores into another CTA's shared memory.
+__device__ __forceinline__ std::uint32_t cluster_rank() {
+  std::uint32_t r;
+  asm volatile("mov.u32 %0, %%cluster_ctarank;\n" : "=r"(r));
+  return r;
+}
+__device__ __forceinline__ void cluster_sync() {
+  asm volatile(
+      "barrier.cluster.arrive.release.aligned;\n"
+      "barrier.cluster.wait.acquire.aligned;\n" ::
+          : "memory");
+}
+// The shared::cluster address of `smem_address` (this CTA's shared window) in CTA `rank`.
+__device__ __forceinline__ std::uint32_t cluster_map(std::uint32_t smem_address,
+                                                     std::uint32_t rank) {
+  std::uint32_t r;
+  asm volatile("mapa.shared::cluster.u32 %0, %1, %2;\n" : "=r"(r) : "r"(smem_address), "r"(rank));
+  return r;
+}
+__device__ __forceinline__ void store_cluster(std::uint32_t address, float a, float b, float c,
+                                              float d) {
+  asm volatile("st.shared::cluster.v4.f32 [%0], {%1, %2, %3, %4};\n" ::"r"(address), "f"(a), "f"(b),
+               "f"(c), "f"(d)
+               : "memory");
+}
 // Barrier `id` (1..15; 0 is __syncthreads) among `threads` threads, whole warps.
 __device__ __forceinline__ void named_barrier(int id, int threads) {
   asm volatile("bar.sync %0, %1;\n" ::"r"(id), "r"(threads) : "memory");

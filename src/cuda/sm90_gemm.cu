@@ -40,6 +40,7 @@
 #include <cuda.h>
 
 #include <cstdint>
+#include <string>
 #include <type_traits>
 
 #include "cuda/backend.hpp"
@@ -661,6 +662,18 @@ void launch_kernel(std::int64_t grid, const void* x, const CUtensorMap& x_map,
                    cudaStream_t stream) {
   using C = Sm90Config<kTokens, kSub, kWG, std::is_same_v<T, __half>>;
   const auto kernel = sm90_gemm_kernel<T, kTokens, kSub, kWG, kLoad, kParts>;
+  // setmaxnreg.inc waits until the CTA's pool has the registers: were the kernel ever built with
+  // fewer than Sm90Config assumes, it would hang, so refuse instead.
+  static const int launch_regs = [&] {
+    cudaFuncAttributes attributes{};
+    check(cudaFuncGetAttributes(&attributes, kernel), "cudaFuncGetAttributes(sm90_gemm_kernel)");
+    return attributes.numRegs;
+  }();
+  if (launch_regs * (kWG + 1) < C::kProducerRegs + kWG * C::kConsumerRegs) {
+    throw Unsupported("sm90_gemm_kernel was built with " + std::to_string(launch_regs) +
+                      " registers per thread; its warpgroups need " +
+                      std::to_string(C::kLaunchRegs));
+  }
   cudaLaunchConfig_t config{};
   config.gridDim = dim3(static_cast<unsigned>(grid));
   config.blockDim = dim3(C::kThreads);

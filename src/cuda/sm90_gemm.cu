@@ -178,6 +178,17 @@ struct Ring {
   }
 };
 
+// Split K (kParts CTAs of a cluster per tile): this CTA's part and its range of k stages.
+struct KRange {
+  int part, begin, end;
+};
+template <int kParts>
+__device__ __forceinline__ KRange k_range(int ktiles) {
+  const int part = kParts == 1 ? 0 : static_cast<int>(sm90::cluster_rank());
+  const int per_part = (ktiles + kParts - 1) / kParts;
+  return {part, per_part * part, min(ktiles, per_part * (part + 1))};
+}
+
 // The loading warpgroup (128 threads). Thread tid copies 16-byte chunk tid % 8 of token rows
 // tid / 8 + 16 i; and block tid % 2 of weight rows (tid + 128 j) / 2 (j < kTileW / 64) with its
 // scale, which it converts to the bf16 pair the decode multiplies by.
@@ -242,10 +253,9 @@ __device__ __forceinline__ void sm90_load(std::uint8_t* smem, const T* __restric
   const auto* x_bytes = reinterpret_cast<const std::uint8_t*>(x) + 16 * xc;
   const auto row_bytes = static_cast<std::uint32_t>(k) * 2u;
   const std::uint32_t smem_base = static_cast<std::uint32_t>(__cvta_generic_to_shared(smem));
-  // Split K (kParts CTAs of a cluster per tile): this CTA's range of k stages.
-  const int k_part = kParts == 1 ? 0 : static_cast<int>(sm90::cluster_rank());
-  const int kt_begin = (ktiles + kParts - 1) / kParts * k_part;
-  const int kt_end = min(ktiles, kt_begin + (ktiles + kParts - 1) / kParts);
+  const KRange range = k_range<kParts>(ktiles);
+  const int kt_begin = range.begin;
+  const int kt_end = range.end;
   for_each_gemm_tile(
       rows, tiles_t, tiles_w, kTokens,
       [&](const TokenRows::Tile& tile, int tile_w) {
@@ -391,10 +401,10 @@ __device__ __forceinline__ void sm90_compute(std::uint8_t* smem, const TokenRows
   const std::uint32_t sel = static_cast<std::uint32_t>(t | ((t + 4) << 4));
   T* chunk_out = reinterpret_cast<T*>(smem + C::kOutOffset) + c * C::kChunk * C::kOutStride;
   std::uint32_t it = 0;
-  // Split K (kParts CTAs of a cluster per tile): this CTA's range of k stages.
-  const int k_part = kParts == 1 ? 0 : static_cast<int>(sm90::cluster_rank());
-  const int kt_begin = (ktiles + kParts - 1) / kParts * k_part;
-  const int kt_end = min(ktiles, kt_begin + (ktiles + kParts - 1) / kParts);
+  const KRange range = k_range<kParts>(ktiles);
+  const int k_part = range.part;
+  const int kt_begin = range.begin;
+  const int kt_end = range.end;
 
   for_each_gemm_tile(
       rows, tiles_t, tiles_w, kTokens,

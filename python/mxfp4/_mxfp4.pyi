@@ -219,10 +219,11 @@ def gather_linear(x: _A, indices: Array, weight: Mxfp4Weight, *, out: _A | None 
     allocates nothing; CPU calls ignore it.
     """
 
-def gather_linear_workspace_bytes(tokens: int, topk: int, experts: int) -> int:
+def gather_linear_workspace_bytes(tokens: int, topk: int, experts: int, k: int = 0) -> int:
     """
     Bytes of workspace a CUDA gather_linear of tokens x topk pairs over experts experts
-    uses (0 for small batches).
+    uses (0 for small batches). With the weight's k: also room to stage 16-bit x rows in
+    expert order, which makes the Hopper GEMM for prefill faster.
     """
 
 class TensorInfo:

@@ -33,6 +33,7 @@
 #pragma once
 
 #include <cstdint>
+#include <type_traits>
 
 #include "mxfp4/format.hpp"
 
@@ -335,22 +336,36 @@ MXFP4_HD inline std::uint8_t quantize_block_fast(const float* v, std::uint32_t (
   return quantize_block_fast<Rule>(v, words, [v](int i) { return v[i]; });
 }
 
+// f(std::integral_constant<ScaleRule, rule>{}) for a rule known at run time: the one switch
+// over the rules behind every caller that compiles a loop per rule (host and device).
+template <typename F>
+MXFP4_HD inline decltype(auto) with_rule(ScaleRule rule, F&& f) {
+  switch (rule) {
+    case ScaleRule::ceil:
+      return f(std::integral_constant<ScaleRule, ScaleRule::ceil>{});
+    case ScaleRule::even:
+      return f(std::integral_constant<ScaleRule, ScaleRule::even>{});
+    case ScaleRule::mse:
+      return f(std::integral_constant<ScaleRule, ScaleRule::mse>{});
+    case ScaleRule::mistralrs:
+      return f(std::integral_constant<ScaleRule, ScaleRule::mistralrs>{});
+    case ScaleRule::floor:
+    default:
+      return f(std::integral_constant<ScaleRule, ScaleRule::floor>{});
+  }
+}
+
+// The 16 packed bytes of a block's four code words, lowest byte first.
+MXFP4_HD inline void store_code_words(const std::uint32_t (&words)[4], std::uint8_t* packed) {
+  for (int w = 0; w < 4; ++w)
+    for (int b = 0; b < 4; ++b)
+      packed[4 * w + b] = static_cast<std::uint8_t>(words[w] >> (8 * b));
+}
+
 // The same for a rule known at run time.
 MXFP4_HD inline std::uint8_t quantize_block_fast(ScaleRule rule, const float* v,
                                                  std::uint32_t (&words)[4]) {
-  switch (rule) {
-    case ScaleRule::floor:
-      return quantize_block_fast<ScaleRule::floor>(v, words);
-    case ScaleRule::ceil:
-      return quantize_block_fast<ScaleRule::ceil>(v, words);
-    case ScaleRule::even:
-      return quantize_block_fast<ScaleRule::even>(v, words);
-    case ScaleRule::mse:
-      return quantize_block_fast<ScaleRule::mse>(v, words);
-    case ScaleRule::mistralrs:
-      return quantize_block_fast<ScaleRule::mistralrs>(v, words);
-  }
-  return quantize_block_fast<ScaleRule::floor>(v, words);
+  return with_rule(rule, [&](auto r) { return quantize_block_fast<decltype(r)::value>(v, words); });
 }
 
 // quantize_block's interface: returns the scale byte and writes the 16 packed bytes.
@@ -358,9 +373,7 @@ MXFP4_HD inline std::uint8_t quantize_block_fast(ScaleRule rule, const float* v,
                                                  std::uint8_t* packed) {
   std::uint32_t words[4];
   const std::uint8_t scale = quantize_block_fast(rule, v, words);
-  for (int w = 0; w < 4; ++w)
-    for (int b = 0; b < 4; ++b)
-      packed[4 * w + b] = static_cast<std::uint8_t>(words[w] >> (8 * b));
+  store_code_words(words, packed);
   return scale;
 }
 

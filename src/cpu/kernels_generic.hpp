@@ -30,10 +30,7 @@ std::int64_t quantize_blocks_fast(const detail::QuantizeArgs& a, std::int64_t g0
     std::uint32_t words[4];
     const std::uint8_t scale = detail::quantize_block_fast<Rule>(v, words);
     a.scales[g] = scale;
-    std::uint8_t* packed = a.blocks + g * kBlockBytes;
-    for (int w = 0; w < 4; ++w)
-      for (int b = 0; b < 4; ++b)
-        packed[4 * w + b] = static_cast<std::uint8_t>(words[w] >> (8 * b));
+    detail::store_code_words(words, a.blocks + g * kBlockBytes);
     if (scale == kScaleNaN && first_non_finite < 0) {  // only a block with NaN/Inf gets 0xFF
       for (int i = 0; i < kBlockSize && first_non_finite < 0; ++i)
         if (!std::isfinite(v[i])) first_non_finite = g * kBlockSize + i;
@@ -65,19 +62,8 @@ std::int64_t quantize_blocks_fast(const detail::QuantizeArgs& a, std::int64_t g0
 // Rows [r0, r1), with reference::quantize's bytes and first non-finite index.
 inline std::int64_t quantize_rows(const detail::QuantizeArgs& a, std::int64_t r0, std::int64_t r1) {
   const std::int64_t g0 = r0 * (a.k / kBlockSize), g1 = r1 * (a.k / kBlockSize);
-  switch (a.rule) {
-    case ScaleRule::floor:
-      return quantize_blocks_fast<ScaleRule::floor>(a, g0, g1);
-    case ScaleRule::ceil:
-      return quantize_blocks_fast<ScaleRule::ceil>(a, g0, g1);
-    case ScaleRule::even:
-      return quantize_blocks_fast<ScaleRule::even>(a, g0, g1);
-    case ScaleRule::mse:
-      return quantize_blocks_fast<ScaleRule::mse>(a, g0, g1);
-    case ScaleRule::mistralrs:
-      return quantize_blocks_fast<ScaleRule::mistralrs>(a, g0, g1);
-  }
-  return quantize_blocks_fast<ScaleRule::floor>(a, g0, g1);
+  return detail::with_rule(
+      a.rule, [&](auto rule) { return quantize_blocks_fast<decltype(rule)::value>(a, g0, g1); });
 }
 
 inline void dequantize_rows(const detail::DequantizeArgs& a, std::int64_t r0, std::int64_t r1) {

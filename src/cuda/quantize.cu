@@ -199,23 +199,7 @@ std::int64_t quantize(const detail::QuantizeArgs& a) {
                                                                    total, a.blocks, a.scales,
                                                                    aligned16(a.weight), flag);
       };
-      switch (a.rule) {
-        case ScaleRule::floor:
-          launch(std::integral_constant<ScaleRule, ScaleRule::floor>{});
-          break;
-        case ScaleRule::ceil:
-          launch(std::integral_constant<ScaleRule, ScaleRule::ceil>{});
-          break;
-        case ScaleRule::even:
-          launch(std::integral_constant<ScaleRule, ScaleRule::even>{});
-          break;
-        case ScaleRule::mse:
-          launch(std::integral_constant<ScaleRule, ScaleRule::mse>{});
-          break;
-        case ScaleRule::mistralrs:
-          launch(std::integral_constant<ScaleRule, ScaleRule::mistralrs>{});
-          break;
-      }
+      detail::with_rule(a.rule, launch);
     });
     check_launch("quantize_kernel");
     check(cudaMemcpyAsync(&found, flag, sizeof found, cudaMemcpyDeviceToHost, stream),

@@ -743,14 +743,15 @@ void launch_sm90_tiles(const void* x, const TokenRows& rows, std::int64_t tiles,
     // half the CTA slots and K is long (measured on an H100: Llama-70B down, K = 28672, M = 64:
     // 120 us against 193; at K = 2880 and 4096 the split was 0-12% slower).
     if constexpr (std::is_same_v<T, __nv_bfloat16> && kTokens == 128 && kSub == 1) {
-      const int per_sm = prepare_kernel(
-          reinterpret_cast<const void*>(sm90_gemm_kernel<T, kTokens, kSub, kWG, kLoadTmaBox, 2>),
-          C::kThreads, C::kSmemBytes, "sm90_gemm_kernel");
       const std::int64_t ktiles = (w.k / kBlockSize + 1) / 2;
-      if (forced_kernel() != "wgmma_nosplit" && ktiles >= 128 &&
-          2 * ctas <= std::int64_t{sms} * per_sm) {
-        launch(std::integral_constant<int, kLoadTmaBox>{}, std::integral_constant<int, 2>{});
-        return;
+      if (ktiles >= 128 && forced_kernel() != "wgmma_nosplit") {
+        const int per_sm = prepare_kernel(
+            reinterpret_cast<const void*>(sm90_gemm_kernel<T, kTokens, kSub, kWG, kLoadTmaBox, 2>),
+            C::kThreads, C::kSmemBytes, "sm90_gemm_kernel");
+        if (2 * ctas <= std::int64_t{sms} * per_sm) {
+          launch(std::integral_constant<int, kLoadTmaBox>{}, std::integral_constant<int, 2>{});
+          return;
+        }
       }
     }
     launch(std::integral_constant<int, kLoadTmaBox>{}, One{});

@@ -20,7 +20,7 @@ namespace mxfp4::cuda {
 // MXFP4_CUDA_KERNEL=decode|gemm64|gemm128|wgmma128|wgmma256|wgmma64r|wgmma256r forces a choice
 // where the dtype and the device allow it (for benchmarks and tuning); decode_lo and decode_hi
 // force the decode kernel and its lower or higher occupancy variant, decode_rows2 its CTAs of
-// two 16-row tiles (sm80_linear.cu).
+// two 16-row tiles, decode_r2 its warps of two 16-row tiles (from 5 tokens; sm80_linear.cu).
 struct KernelChoice {
   bool gemm;
   int tile_tokens;

@@ -11,7 +11,9 @@
 // MMA and each lane takes all its k slots from one block it loaded whole (no transpose): about
 // half the instructions per weight element (see accumulate_pre_scaled).
 // The warps of a CTA split K; partial sums are reduced through shared memory in a fixed order
-// (deterministic results). No allocation, no host synchronization.
+// (deterministic results). From 5 tokens on large weights, each warp computes two 16-row tiles
+// with the same x (x loads, not the weight's, fill L1 there). No allocation, no host
+// synchronization.
 //
 // f32 activations (and any misaligned input) take an exact CUDA-core path.
 #include <cstdint>
@@ -128,24 +130,40 @@ __device__ __forceinline__ void accumulate_post_scaled(
   }
 }
 
-// What a lane loads for one step of the bf16 loop: block `blk` of rows a (g) and b (g + 8) and
-// their scales; and, for each n-tile, the same block of x for token 8 nt + g (64 bytes).
+// What a lane loads for one step of the bf16 loop, for each of its R row tiles: block `blk` of
+// rows a (g) and b (g + 8) and their scales.
+template <int R>
 struct WeightStep {
-  uint4 wa, wb;
-  std::uint32_t sa, sb;
+  uint4 wa[R], wb[R];
+  std::uint32_t sa[R], sb[R];
 };
 
-__device__ __forceinline__ WeightStep load_weight_step(const std::uint8_t* __restrict__ wa_row,
-                                                       const std::uint8_t* __restrict__ wb_row,
-                                                       const std::uint8_t* __restrict__ sa_row,
-                                                       const std::uint8_t* __restrict__ sb_row,
-                                                       int blk, int nblk) {
-  WeightStep st{make_uint4(0, 0, 0, 0), make_uint4(0, 0, 0, 0), 127u, 127u};
-  if (blk < nblk) {  // past the end: zero codes times 1, against zero x
-    st.wa = __ldg(reinterpret_cast<const uint4*>(wa_row + blk * kBlockBytes));
-    st.wb = __ldg(reinterpret_cast<const uint4*>(wb_row + blk * kBlockBytes));
-    st.sa = __ldg(sa_row + blk);
-    st.sb = __ldg(sb_row + blk);
+// Row pointers of a lane: weight and scales of rows a and b of each of its R row tiles.
+template <int R>
+struct LaneRows {
+  const std::uint8_t* wa[R];
+  const std::uint8_t* wb[R];
+  const std::uint8_t* sa[R];
+  const std::uint8_t* sb[R];
+};
+
+template <int R>
+__device__ __forceinline__ WeightStep<R> load_weight_step(const LaneRows<R>& rows, int blk,
+                                                          int nblk) {
+  WeightStep<R> st;
+#pragma unroll
+  for (int r = 0; r < R; ++r) {  // past the end: zero codes times 1, against zero x
+    st.wa[r] = st.wb[r] = make_uint4(0, 0, 0, 0);
+    st.sa[r] = st.sb[r] = 127u;
+  }
+  if (blk < nblk) {
+#pragma unroll
+    for (int r = 0; r < R; ++r) {
+      st.wa[r] = __ldg(reinterpret_cast<const uint4*>(rows.wa[r] + blk * kBlockBytes));
+      st.wb[r] = __ldg(reinterpret_cast<const uint4*>(rows.wb[r] + blk * kBlockBytes));
+      st.sa[r] = __ldg(rows.sa[r] + blk);
+      st.sb[r] = __ldg(rows.sb[r] + blk);
+    }
   }
   return st;
 }
@@ -180,17 +198,20 @@ enum class XAhead { kNone, kHalf, kFull };
 // E2M1 pair is scaled before the MMA, exactly in bf16 (bf16 holds every E2M1 value times every
 // E8M0 scale), and the MMAs accumulate straight into acc. About half the instructions per weight
 // element of the f16 loop. The next step's weight is always loaded a step ahead.
-template <int NT, XAhead kAhead>
-__device__ __forceinline__ void accumulate_pre_scaled(
-    float (&acc)[NT][4], const __nv_bfloat16* const (&x_lane)[NT], int tokens_left,
-    const std::uint8_t* __restrict__ wa_row, const std::uint8_t* __restrict__ wb_row,
-    const std::uint8_t* __restrict__ sa_row, const std::uint8_t* __restrict__ sb_row, int nblk,
-    int member, int members) {
+// A warp computes R row tiles of 16 rows with the same x fragments. x is what limits 8 and 16
+// tokens: a lane's 64 bytes of x touch two 128-byte lines per token in each load, so with one
+// row tile the x loads take four fifths of the L1 wavefronts (ncu, Llama-70B up, M = 16: L1/TEX
+// throughput 94%, DRAM 34%); two row tiles halve them per weight byte.
+template <int R, int NT, XAhead kAhead>
+__device__ __forceinline__ void accumulate_pre_scaled(float (&acc)[R][NT][4],
+                                                      const __nv_bfloat16* const (&x_lane)[NT],
+                                                      int tokens_left, const LaneRows<R>& rows,
+                                                      int nblk, int member, int members) {
   const int t = static_cast<int>(threadIdx.x) & 3;
   constexpr int kStep = 4;  // blocks per warp step
   const int stride = members * kStep;
   int b0 = member * kStep;
-  WeightStep next = load_weight_step(wa_row, wb_row, sa_row, sb_row, b0 + t, nblk);
+  WeightStep<R> next = load_weight_step<R>(rows, b0 + t, nblk);
   uint4 xs[NT][4];
   uint4 x_next[kAhead == XAhead::kFull ? NT : 1][4];
   if constexpr (kAhead == XAhead::kHalf)
@@ -199,7 +220,7 @@ __device__ __forceinline__ void accumulate_pre_scaled(
     load_x_part<NT, 4>(x_next, 0, x_lane, tokens_left, b0 + t, nblk);
   }
   for (; b0 < nblk; b0 += stride) {
-    const WeightStep cur = next;
+    const WeightStep<R> cur = next;
     const int blk_next = b0 + stride + t;
     if constexpr (kAhead == XAhead::kNone)
       load_x_part<NT, 4>(xs, 0, x_lane, tokens_left, b0 + t, nblk);
@@ -212,28 +233,35 @@ __device__ __forceinline__ void accumulate_pre_scaled(
       }
     }
     if (b0 + stride < nblk) {
-      next = load_weight_step(wa_row, wb_row, sa_row, sb_row, blk_next, nblk);
+      next = load_weight_step<R>(rows, blk_next, nblk);
       if constexpr (kAhead == XAhead::kFull) {
         load_x_part<NT, 4>(x_next, 0, x_lane, tokens_left, blk_next, nblk);
       }
     }
-    const std::uint32_t fa = bf16_scale_pair(cur.sa);
-    const std::uint32_t fb = bf16_scale_pair(cur.sb);
+    std::uint32_t fa[R], fb[R];
+#pragma unroll
+    for (int r = 0; r < R; ++r) {
+      fa[r] = bf16_scale_pair(cur.sa[r]);
+      fb[r] = bf16_scale_pair(cur.sb[r]);
+    }
 #pragma unroll
     for (int s = 0; s < 8; ++s) {  // elements 4s .. 4s+3 of the lane's block
-      const std::uint32_t va = word(cur.wa, s >> 1) >> (16 * (s & 1));
-      const std::uint32_t vb = word(cur.wb, s >> 1) >> (16 * (s & 1));
-      std::uint32_t a[4];
-      decode4<__nv_bfloat16>(va & 0xFFFFu, a[0], a[2]);
-      decode4<__nv_bfloat16>(vb & 0xFFFFu, a[1], a[3]);
-      a[0] = bf16x2_mul(a[0], fa);
-      a[2] = bf16x2_mul(a[2], fa);
-      a[1] = bf16x2_mul(a[1], fb);
-      a[3] = bf16x2_mul(a[3], fb);
 #pragma unroll
-      for (int nt = 0; nt < NT; ++nt) {
-        const uint4& xv = xs[nt][s >> 1];
-        mma_16816<__nv_bfloat16>(acc[nt], a, (s & 1) ? xv.z : xv.x, (s & 1) ? xv.w : xv.y);
+      for (int r = 0; r < R; ++r) {
+        const std::uint32_t va = word(cur.wa[r], s >> 1) >> (16 * (s & 1));
+        const std::uint32_t vb = word(cur.wb[r], s >> 1) >> (16 * (s & 1));
+        std::uint32_t a[4];
+        decode4<__nv_bfloat16>(va & 0xFFFFu, a[0], a[2]);
+        decode4<__nv_bfloat16>(vb & 0xFFFFu, a[1], a[3]);
+        a[0] = bf16x2_mul(a[0], fa[r]);
+        a[2] = bf16x2_mul(a[2], fa[r]);
+        a[1] = bf16x2_mul(a[1], fb[r]);
+        a[3] = bf16x2_mul(a[3], fb[r]);
+#pragma unroll
+        for (int nt = 0; nt < NT; ++nt) {
+          const uint4& xv = xs[nt][s >> 1];
+          mma_16816<__nv_bfloat16>(acc[r][nt], a, (s & 1) ? xv.z : xv.x, (s & 1) ? xv.w : xv.y);
+        }
       }
       if constexpr (kAhead == XAhead::kHalf) {
         if (s == 3) load_x_part<NT, 2>(xs, 0, x_lane, tokens_left, blk_next, nblk);
@@ -245,32 +273,39 @@ __device__ __forceinline__ void accumulate_pre_scaled(
 
 // The decode kernel comes in variants of CTAs per SM (the register cap) for bf16: with one
 // n-tile 3 (x half a step ahead) or 4 (x not ahead, 61 registers); with two, 2 (x a step ahead)
-// or 3 (half a step). pick_ctas chooses per launch.
-template <int NT, int kCtas>
+// or 3 (half a step). With two row tiles per warp, x is half a step ahead. pick_ctas chooses per
+// launch.
+template <int NT, int kCtas, int R>
 constexpr XAhead x_ahead() {
+  if (R > 1) return XAhead::kHalf;
   if (NT == 1) return kCtas >= 4 ? XAhead::kNone : XAhead::kHalf;
   return kCtas <= 2 ? XAhead::kFull : XAhead::kHalf;
 }
 
-// Up to kWarps tiles at once: 16 weight rows (blockIdx.x) times each tile's tokens. The warps
+// Up to kWarps tiles at once: 16 R weight rows (blockIdx.x) times each tile's tokens. The warps
 // form `groups` groups (warp w in group w % groups), group i computes tiles[i], its warps
 // splitting K; partial sums are reduced through shared memory in a fixed order. Ends with a
 // barrier, so a CTA can go on to its next tiles. Dense batches: one group of every warp.
-template <typename T, int NT, int kCtas, int kRowTiles = 1>
+// R > 1 (each warp R row tiles with the same x) only for bf16 with up to 16 tokens.
+template <typename T, int NT, int kCtas, int kRowTiles = 1, int R = 1>
 __device__ __forceinline__ void linear_tiles(const T* __restrict__ x, const TokenRows& rows,
                                              const TokenRows::Tile* tiles, int groups,
                                              const std::uint8_t* __restrict__ blocks,
                                              const std::uint8_t* __restrict__ scales,
                                              const void* __restrict__ bias, DType bias_dtype,
                                              T* __restrict__ out, int n, int k) {
-  // kRowTiles 16-row tiles per CTA (dense only), each with kWarps / kRowTiles warps splitting K.
+  constexpr bool kPreScaled = std::is_same_v<T, __nv_bfloat16> && NT <= 2;
+  static_assert(R == 1 || kPreScaled, "several row tiles per warp: the bf16 loop only");
+  // kRowTiles groups of 16 R rows per CTA (dense only), each with kWarps / kRowTiles warps
+  // splitting K.
   constexpr int kRowWarps = kWarps / kRowTiles;
+  constexpr int kWarpRows = 16 * R;
   const int all_warp = static_cast<int>(threadIdx.x) >> 5;
   const int rt = kRowTiles == 1 ? 0 : all_warp / kRowWarps;
   const int warp = kRowTiles == 1 ? all_warp : all_warp % kRowWarps;  // within its row tile
   const int lane = static_cast<int>(threadIdx.x) & 31;
   const int g = lane >> 2;
-  const int row0 = (static_cast<int>(blockIdx.x) * kRowTiles + rt) * 16;
+  const int row0 = (static_cast<int>(blockIdx.x) * kRowTiles + rt) * kWarpRows;
   const int nblk = k / kBlockSize;
   const int group = warp % groups;
   const int members = (kRowWarps - group + groups - 1) / groups;
@@ -279,12 +314,16 @@ __device__ __forceinline__ void linear_tiles(const T* __restrict__ x, const Toke
   const std::uint8_t* wscales = scales + static_cast<std::int64_t>(tile.expert) * n * nblk;
 
   // Rows past n read row n-1 (in bounds) and are never stored.
-  const int ra = min(row0 + g, n - 1);
-  const int rb = min(row0 + g + 8, n - 1);
-  const std::uint8_t* wa_row = wblocks + std::int64_t{ra} * (k / 2);
-  const std::uint8_t* wb_row = wblocks + std::int64_t{rb} * (k / 2);
-  const std::uint8_t* sa_row = wscales + std::int64_t{ra} * nblk;
-  const std::uint8_t* sb_row = wscales + std::int64_t{rb} * nblk;
+  LaneRows<R> lrows;
+#pragma unroll
+  for (int r = 0; r < R; ++r) {
+    const int ra = min(row0 + 16 * r + g, n - 1);
+    const int rb = min(row0 + 16 * r + g + 8, n - 1);
+    lrows.wa[r] = wblocks + std::int64_t{ra} * (k / 2);
+    lrows.wb[r] = wblocks + std::int64_t{rb} * (k / 2);
+    lrows.sa[r] = wscales + std::int64_t{ra} * nblk;
+    lrows.sb[r] = wscales + std::int64_t{rb} * nblk;
+  }
   // Lane (g, t) of n-tile nt reads x row of token 8 nt + g of the tile.
   const T* x_lane[NT];
 #pragma unroll
@@ -294,41 +333,49 @@ __device__ __forceinline__ void linear_tiles(const T* __restrict__ x, const Toke
   }
   const int tokens_left = tile.count - g;  // n-tile nt is valid for this lane when 8 nt < this
 
-  float acc[NT][4];
+  float acc[R][NT][4];
 #pragma unroll
-  for (int nt = 0; nt < NT; ++nt)
-    acc[nt][0] = acc[nt][1] = acc[nt][2] = acc[nt][3] = 0.0f;
+  for (int r = 0; r < R; ++r) {
+#pragma unroll
+    for (int nt = 0; nt < NT; ++nt)
+      acc[r][nt][0] = acc[r][nt][1] = acc[r][nt][2] = acc[r][nt][3] = 0.0f;
+  }
   // (32-token tiles keep the f16 loop, whose x loads need fewer registers.)
-  if constexpr (std::is_same_v<T, __nv_bfloat16> && NT <= 2) {
-    accumulate_pre_scaled<NT, x_ahead<NT, kCtas>()>(acc, x_lane, tokens_left, wa_row, wb_row,
-                                                    sa_row, sb_row, nblk, warp / groups, members);
+  if constexpr (kPreScaled) {
+    accumulate_pre_scaled<R, NT, x_ahead<NT, kCtas, R>()>(acc, x_lane, tokens_left, lrows, nblk,
+                                                          warp / groups, members);
   } else {
-    accumulate_post_scaled<T, NT>(acc, x_lane, tokens_left, wa_row, wb_row, sa_row, sb_row, nblk,
-                                  warp / groups, members);
+    accumulate_post_scaled<T, NT>(acc[0], x_lane, tokens_left, lrows.wa[0], lrows.wb[0],
+                                  lrows.sa[0], lrows.sb[0], nblk, warp / groups, members);
   }
 
-  __shared__ float partial[kWarps][NT * 4][32];
+  constexpr int kFrags = R * NT * 4;  // accumulator registers per lane
+  __shared__ float partial[kWarps][kFrags][32];
 #pragma unroll
-  for (int nt = 0; nt < NT; ++nt) {
+  for (int r = 0; r < R; ++r) {
 #pragma unroll
-    for (int i = 0; i < 4; ++i)
-      partial[all_warp][nt * 4 + i][lane] = acc[nt][i];
+    for (int nt = 0; nt < NT; ++nt) {
+#pragma unroll
+      for (int i = 0; i < 4; ++i)
+        partial[all_warp][(r * NT + nt) * 4 + i][lane] = acc[r][nt][i];
+    }
   }
   __syncthreads();
-  for (int idx = static_cast<int>(threadIdx.x); idx < kRowTiles * groups * NT * 4 * 32;
+  for (int idx = static_cast<int>(threadIdx.x); idx < kRowTiles * groups * kFrags * 32;
        idx += kWarps * 32) {
-    const int r = kRowTiles == 1 ? 0 : idx / (NT * 4 * 32);  // kRowTiles > 1: groups == 1
-    const int gi = kRowTiles == 1 ? idx / (NT * 4 * 32) : 0;
-    const int frag = (idx >> 5) % (NT * 4);
+    const int rgroup = kRowTiles == 1 ? 0 : idx / (kFrags * 32);  // kRowTiles > 1: groups == 1
+    const int gi = kRowTiles == 1 ? idx / (kFrags * 32) : 0;
+    const int frag = (idx >> 5) % kFrags;
     const int l = idx & 31;
     float s = 0.0f;
     for (int w = gi; w < kRowWarps; w += groups)
-      s += partial[r * kRowWarps + w][frag][l];
+      s += partial[rgroup * kRowWarps + w][frag][l];
     const TokenRows::Tile ti = groups == 1 ? tile : tiles[gi];
-    const int nt = frag >> 2;
+    const int r = frag / (NT * 4);
+    const int nt = (frag >> 2) % NT;
     const int i = frag & 3;
-    const int row =
-        (static_cast<int>(blockIdx.x) * kRowTiles + r) * 16 + (l >> 2) + (i >= 2 ? 8 : 0);
+    const int row = (static_cast<int>(blockIdx.x) * kRowTiles + rgroup) * kWarpRows + 16 * r +
+                    (l >> 2) + (i >= 2 ? 8 : 0);
     const int local = nt * 8 + 2 * (l & 3) + (i & 1);
     if (row < n && local < ti.count) {
       if (bias != nullptr) {
@@ -340,17 +387,17 @@ __device__ __forceinline__ void linear_tiles(const T* __restrict__ x, const Toke
   __syncthreads();  // `partial` is free again
 }
 
-// grid.x: 16-row tiles of the weight; grid.y walks tiles 0 .. tiles-1 of 8 * NT tokens, mapped to
-// rows of x and out by `rows` (dense, or one expert's tokens); a grouped grid stops at the first
-// empty tile (past the planned ones). kRoute: a small batch of expert ids, which each CTA sorts
-// itself (route.cuh) into tiles of 8 tokens; grid.y then walks rounds of rows.route_groups
-// tiles, computed at once by kWarps / route_groups warps each (with one token per expert, as in
-// decode, a CTA reads its rows of every touched expert at once instead of one after another).
-// Register caps: the kCtas variants (x_ahead, pick_ctas); only the 32-token tiles spill (a few
-// bytes, ptxas -v), the others do not.
+// grid.x: tiles of 16 kRowTiles R rows of the weight; grid.y walks tiles 0 .. tiles-1 of 8 * NT
+// tokens, mapped to rows of x and out by `rows` (dense, or one expert's tokens); a grouped grid
+// stops at the first empty tile (past the planned ones). kRoute: a small batch of expert ids, which
+// each CTA sorts itself (route.cuh) into tiles of 8 tokens; grid.y then walks rounds of
+// rows.route_groups tiles, computed at once by kWarps / route_groups warps each (with one token per
+// expert, as in decode, a CTA reads its rows of every touched expert at once instead of one after
+// another). Register caps: the kCtas variants (x_ahead, pick_ctas); only the 32-token tiles spill
+// (a few bytes, ptxas -v), the others do not.
 constexpr int kMaxRouteGroups = kWarps / 2;
 
-template <typename T, int NT, bool kRoute, int kCtas, int kRowTiles = 1>
+template <typename T, int NT, bool kRoute, int kCtas, int kRowTiles = 1, int R = 1>
 __global__ void __launch_bounds__(kWarps * 32, kCtas)
     linear_mma_kernel(const T* __restrict__ x, TokenRows rows, std::int64_t tiles,
                       const std::uint8_t* __restrict__ blocks,
@@ -371,8 +418,8 @@ __global__ void __launch_bounds__(kWarps * 32, kCtas)
     for (std::int64_t index = blockIdx.y; index < tiles; index += gridDim.y) {
       const TokenRows::Tile tile = rows.tile(index, 8 * NT);
       if (tile.count == 0) break;  // the whole CTA
-      linear_tiles<T, NT, kCtas, kRowTiles>(x, rows, &tile, 1, blocks, scales, bias, bias_dtype,
-                                            out, n, k);
+      linear_tiles<T, NT, kCtas, kRowTiles, R>(x, rows, &tile, 1, blocks, scales, bias, bias_dtype,
+                                               out, n, k);
     }
   }
 }
@@ -420,11 +467,11 @@ int pick_ctas(std::int64_t ctas, int a, int b) {
   return cost(b) < cost(a) ? b : a;
 }
 
-template <typename T, int NT, bool kRoute, int kCtas, int kRowTiles = 1>
+template <typename T, int NT, bool kRoute, int kCtas, int kRowTiles = 1, int R = 1>
 void launch_variant(dim3 grid, const void* x, const TokenRows& rows, std::int64_t tiles,
                     const detail::WeightArgs& w, void* out, cudaStream_t stream) {
-  grid.x = (grid.x + kRowTiles - 1) / kRowTiles;
-  linear_mma_kernel<T, NT, kRoute, kCtas, kRowTiles><<<grid, kWarps * 32, 0, stream>>>(
+  grid.x = (grid.x + kRowTiles * R - 1) / (kRowTiles * R);
+  linear_mma_kernel<T, NT, kRoute, kCtas, kRowTiles, R><<<grid, kWarps * 32, 0, stream>>>(
       static_cast<const T*>(x), rows, tiles, w.blocks, w.scales, w.bias, w.bias_dtype,
       static_cast<T*>(out), static_cast<int>(w.n), static_cast<int>(w.k));
   check_launch("linear_mma_kernel");
@@ -444,6 +491,8 @@ void launch_mma(const void* x, const TokenRows& rows, std::int64_t tiles,
     int groups = kMaxRouteGroups;
     while (groups > 1 && row_tiles * ((tiles + groups - 1) / groups) < enough)
       groups /= 2;
+    if (forced_kernel() == "route_g1" || forced_kernel() == "route_g1c4") groups = 1;
+    if (forced_kernel() == "route_g2") groups = 2;
     routed.route_groups = groups;
     y = (tiles + groups - 1) / groups;  // rounds
   }
@@ -464,9 +513,28 @@ void launch_mma(const void* x, const TokenRows& rows, std::int64_t tiles,
       return launch_variant<T, 1, false, 3, 2>(grid, x, rows, tiles, w, out, stream);
     }
   }
+  if constexpr (kBf16 && NT <= 2) {
+    // 5 to 16 tokens, dense: each warp two row tiles with the same x, two CTAs per SM, where
+    // their CTAs still fill nine tenths of those slots. Measured on an H100 (bench/RESULTS.md,
+    // session 6): Llama-70B up and down at M = 8 59.0 and 57.6 us against 66.6 and 66.9, at
+    // M = 16 71.3 and 70.2 against 90.5 and 88.3; the smaller shapes (90-180 such CTAs) within
+    // a few percent either way. MXFP4_CUDA_KERNEL=decode_r2 forces it (tests).
+    const bool dense = rows.tile_list == nullptr && rows.route_ids == nullptr;
+    const std::int64_t ctas_r2 = (std::int64_t{row_tiles} + 1) / 2 * y;
+    const std::int64_t slots = 2 * std::int64_t{current_device_facts().multiprocessors};
+    const bool fills = ctas_r2 * 10 >= 9 * slots;
+    if (dense && rows.rows > 4 &&
+        (forced_kernel() == "decode_r2" || (forced_kernel().rfind("decode", 0) != 0 && fills))) {
+      return launch_variant<T, NT, false, 2, 1, 2>(grid, x, rows, tiles, w, out, stream);
+    }
+  }
   if constexpr (NT == 1) {
-    if (rows.route_ids != nullptr)
+    if (rows.route_ids != nullptr) {
+      if (kBf16 && forced_kernel() == "route_g1c4")
+        return launch_variant < T, 1, true,
+               kBf16 ? 4 : 3 > (grid, x, routed, tiles, w, out, stream);
       return launch_variant<T, 1, true, 3>(grid, x, routed, tiles, w, out, stream);
+    }
     if (kBf16 && pick_ctas(std::int64_t{row_tiles} * y, 3, 4) == 4) {
       return launch_variant < T, 1, false, kBf16 ? 4 : 3 > (grid, x, rows, tiles, w, out, stream);
     }

@@ -491,8 +491,6 @@ void launch_mma(const void* x, const TokenRows& rows, std::int64_t tiles,
     int groups = kMaxRouteGroups;
     while (groups > 1 && row_tiles * ((tiles + groups - 1) / groups) < enough)
       groups /= 2;
-    if (forced_kernel() == "route_g1" || forced_kernel() == "route_g1c4") groups = 1;
-    if (forced_kernel() == "route_g2") groups = 2;
     routed.route_groups = groups;
     y = (tiles + groups - 1) / groups;  // rounds
   }
@@ -529,12 +527,8 @@ void launch_mma(const void* x, const TokenRows& rows, std::int64_t tiles,
     }
   }
   if constexpr (NT == 1) {
-    if (rows.route_ids != nullptr) {
-      if (kBf16 && forced_kernel() == "route_g1c4")
-        return launch_variant < T, 1, true,
-               kBf16 ? 4 : 3 > (grid, x, routed, tiles, w, out, stream);
+    if (rows.route_ids != nullptr)
       return launch_variant<T, 1, true, 3>(grid, x, routed, tiles, w, out, stream);
-    }
     if (kBf16 && pick_ctas(std::int64_t{row_tiles} * y, 3, 4) == 4) {
       return launch_variant < T, 1, false, kBf16 ? 4 : 3 > (grid, x, rows, tiles, w, out, stream);
     }

@@ -188,6 +188,7 @@ struct TokenRows {
   DType route_dtype = DType::i32;
   int route_pairs = 0;
   int route_groups = 1;         // tiles a CTA computes at once (sm80_linear.cu)
+  bool route_sixteens = true;   // experts with more than 8 pairs get tiles of 16, not 8
   bool x_by_position = false;   // grouped: x staged in expert order, row p at position p
   IndexError* error = nullptr;  // where out-of-range ids are recorded
 

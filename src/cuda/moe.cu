@@ -221,10 +221,14 @@ void gather_linear(const detail::GatherLinearArgs& a) {
   rows.x_per_slot = a.x_per_slot;
   rows.error = error;
   if (pairs <= kCtaRoutePairs) {
-    // Small batch: each CTA of the decode kernel routes the ids itself; tiles of 8 tokens.
+    // Small batch: each CTA of the decode kernel routes the ids itself; tiles of 8 tokens, or of
+    // 16 for experts with more than 8 (measured on an H100, skewed T = 16: bench/RESULTS.md,
+    // session 6).
     rows.route_ids = a.indices;
     rows.route_dtype = a.index_dtype;
     rows.route_pairs = static_cast<int>(pairs);
+    // (f16: tiles of 8 only; with the 16-token loop in the same kernel it would spill.)
+    rows.route_sixteens = a.x_dtype == DType::bf16 && forced_kernel() != "route8";
     const std::int64_t tiles = pairs / 8 + std::min<std::int64_t>(a.w.experts, pairs);
     launch_decode(a.x, a.x_dtype, rows, tiles, 8, a.w, a.out, stream);
     return;

@@ -54,17 +54,20 @@ struct CtaRoute {
   std::int32_t perm[kCtaRoutePairs];    // position -> pair, sorted by expert (stable)
   std::int32_t expert[kCtaRoutePairs];  // expert of each position; experts (past the end) if bad
   std::int32_t warp_flags[kRouteWarps];
-  TokenRows::Tile tiles[kCtaRoutePairs];  // every tile, in position order
+  std::int32_t warp_flags16[kRouteWarps];
+  // Every tile: first those of 16 tokens (tile_count16), then those of 8, each in position order.
+  TokenRows::Tile tiles[kCtaRoutePairs];
   int tile_count;
+  int tile_count16;
 };
 
 // Called by all threads of a CTA of at least 32 * kRouteWarps threads. Sorts the pairs by expert
-// into `route` and cuts each expert's run into tiles of `tile_tokens`: route.tiles[0 ..
+// into `route` and cuts each expert's run into tiles: of 16 tokens where the run is longer than
+// 8 and rows.route_sixteens is set (route.tiles[0 .. tile_count16)), else of 8 (the rest, up to
 // route.tile_count). Bad ids sort last and form no tile; they are reported by the CTA with
 // `reporter` set.
 template <typename T>
-__device__ void route_in_cta(const TokenRows& rows, int tile_tokens, CtaRoute& route, bool reporter,
-                             T* out, int n) {
+__device__ void route_in_cta(const TokenRows& rows, CtaRoute& route, bool reporter, T* out, int n) {
   const int tid = static_cast<int>(threadIdx.x);
   const int pairs = rows.route_pairs;
   const int experts = rows.experts;
@@ -93,38 +96,53 @@ __device__ void route_in_cta(const TokenRows& rows, int tile_tokens, CtaRoute& r
     route.expert[rank] = e;
   }
   __syncthreads();
-  // Position p starts a tile when its expert's run starts there or tile_tokens positions later.
-  bool start = false;
-  int run_first = 0;
+  // Position p starts a tile when its expert's run starts there or a tile's tokens later.
+  bool start = false, start16 = false;
+  int tile_tokens = 8;
   if (tid < pairs && route.expert[tid] < experts) {
     const int ep = route.expert[tid];
-    run_first = tid;
+    int run_first = tid;
     while (run_first > 0 && route.expert[run_first - 1] == ep)
       --run_first;
+    int run_end = tid + 1;
+    while (run_end < pairs && route.expert[run_end] == ep)
+      ++run_end;
+    if (rows.route_sixteens && run_end - run_first > 8) tile_tokens = 16;
     start = (tid - run_first) % tile_tokens == 0;
+    start16 = start && tile_tokens == 16;
   }
   if (tid < 32 * kRouteWarps) {  // whole warps: the CTA has at least that many threads
-    const unsigned ballot = __ballot_sync(0xFFFFFFFFu, start);
-    if ((tid & 31) == 0) route.warp_flags[tid >> 5] = __popc(ballot);
+    const unsigned ballot = __ballot_sync(0xFFFFFFFFu, start && !start16);
+    const unsigned ballot16 = __ballot_sync(0xFFFFFFFFu, start16);
+    if ((tid & 31) == 0) {
+      route.warp_flags[tid >> 5] = __popc(ballot);
+      route.warp_flags16[tid >> 5] = __popc(ballot16);
+    }
   }
   __syncthreads();
   if (tid < 32 * kRouteWarps) {
-    const unsigned ballot = __ballot_sync(0xFFFFFFFFu, start);
-    int before = __popc(ballot & ((1u << (tid & 31)) - 1u));
-    for (int w = 0; w < (tid >> 5); ++w)
-      before += route.warp_flags[w];
+    const unsigned ballot = __ballot_sync(0xFFFFFFFFu, start && !start16);
+    const unsigned ballot16 = __ballot_sync(0xFFFFFFFFu, start16);
+    const unsigned below = (1u << (tid & 31)) - 1u;
+    int before = __popc((start16 ? ballot16 : ballot) & below);
+    int total16 = 0;
+    for (int w = 0; w < kRouteWarps; ++w) {
+      if (w < (tid >> 5)) before += start16 ? route.warp_flags16[w] : route.warp_flags[w];
+      total16 += route.warp_flags16[w];
+    }
     if (start) {
       const int ep = route.expert[tid];
       int end = tid + 1;
       while (end < pairs && end - tid < tile_tokens && route.expert[end] == ep)
         ++end;
-      route.tiles[before] = {ep, tid, end - tid};
+      route.tiles[start16 ? before : total16 + before] = {ep, tid, end - tid};
     }
     if (tid == 0) {
       int total = 0;
       for (int w = 0; w < kRouteWarps; ++w)
         total += route.warp_flags[w];
-      route.tile_count = total;
+      route.tile_count = total16 + total;
+      route.tile_count16 = total16;
     }
   }
   __syncthreads();

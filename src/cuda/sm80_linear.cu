@@ -405,11 +405,20 @@ __global__ void __launch_bounds__(kWarps * 32, kCtas)
                       DType bias_dtype, T* __restrict__ out, int n, int k) {
   if constexpr (kRoute) {
     __shared__ CtaRoute route;
-    route_in_cta(rows, 8 * NT, route, blockIdx.x == 0 && blockIdx.y == 0, out, n);
+    route_in_cta(rows, route, blockIdx.x == 0 && blockIdx.y == 0, out, n);
     rows.perm = route.perm;
     const int per_round = rows.route_groups;
-    for (int first = static_cast<int>(blockIdx.y) * per_round; first < route.tile_count;
-         first += static_cast<int>(gridDim.y) * per_round) {
+    // Tiles of 16 (experts with more than 8 pairs; bf16) with two n-tiles, then tiles of 8.
+    if constexpr (NT == 1 && std::is_same_v<T, __nv_bfloat16>) {
+      for (int first = static_cast<int>(blockIdx.y) * per_round; first < route.tile_count16;
+           first += static_cast<int>(gridDim.y) * per_round) {
+        const int groups = min(route.tile_count16 - first, per_round);
+        linear_tiles<T, 2, kCtas>(x, rows, route.tiles + first, groups, blocks, scales, bias,
+                                  bias_dtype, out, n, k);
+      }
+    }
+    for (int first = route.tile_count16 + static_cast<int>(blockIdx.y) * per_round;
+         first < route.tile_count; first += static_cast<int>(gridDim.y) * per_round) {
       const int groups = min(route.tile_count - first, per_round);
       linear_tiles<T, NT, kCtas>(x, rows, route.tiles + first, groups, blocks, scales, bias,
                                  bias_dtype, out, n, k);

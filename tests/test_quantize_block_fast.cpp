@@ -6,6 +6,7 @@
 // drawn at random from several distributions over the whole exponent range.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <array>
 #include <cfloat>
 #include <cmath>
@@ -484,6 +485,37 @@ TEST(QuantizeBlockFast, Bf16MsePairMatchesTheEncoderOnEveryPattern) {
     check(hi, c.y_lower >> 16, c.y_upper >> 16, c.n >> 16);
   }
   EXPECT_EQ(failures, 0) << "of " << count;
+}
+
+// Both ways of finding a bf16 block's largest magnitude (16-bit maxima for sm_90, 32-bit ones
+// before) against a plain loop, on random patterns (NaN, Inf, signed zeros and subnormals among
+// them) and on blocks of one sign.
+TEST(QuantizeBlockFast, Bf16BlockAmaxBothWays) {
+  std::mt19937_64 rng(3);
+  int failures = 0;
+  const int kBlocks = kStride == 1 ? 200000 : 20000;
+  for (int n = 0; n < kBlocks && failures < 5; ++n) {
+    std::uint32_t w[16];
+    std::uint32_t want = 0;
+    const int kind = n % 4;
+    for (std::uint32_t& x : w) {
+      std::uint32_t h[2];
+      for (std::uint32_t& e : h) {
+        e = static_cast<std::uint32_t>(rng()) & 0xFFFFu;
+        if (kind == 1) e &= 0x7FFFu;                        // all nonnegative
+        if (kind == 2) e |= 0x8000u;                        // all negative
+        if (kind == 3) e &= rng() % 2 ? 0x807Fu : 0x8000u;  // zeros and subnormals
+        want = std::max(want, (e & 0x7FFFu) << 16);
+      }
+      x = h[0] | (h[1] << 16);
+    }
+    const std::uint32_t a = mxfp4::detail::bf16_block_amax_bits_u16x2(w);
+    const std::uint32_t b = mxfp4::detail::bf16_block_amax_bits_u32(w);
+    if ((a != want || b != want) && ++failures <= 5) {
+      ADD_FAILURE() << "block " << n << ": " << hex(a) << " / " << hex(b) << " vs " << hex(want);
+    }
+  }
+  EXPECT_EQ(failures, 0);
 }
 
 // quantize_block_bf16_mse_fast (host emulation) against quantize_block(mse) on the block widened

@@ -576,6 +576,32 @@ MXFP4_HD inline void pack_codes_bf16(const std::uint32_t (&y)[16], const std::ui
   }
 }
 
+// The largest magnitude of a block of pairs, as f32 bits (NaN and Inf included), two ways.
+// With 16-bit maxima (sm_90): as signed 16-bit numbers the nonnegative elements order by
+// magnitude (their maximum, if there is one, is >= 0); as unsigned ones the negative elements
+// do, above all nonnegative ones. So no magnitude needs taking.
+MXFP4_HD inline std::uint32_t bf16_block_amax_bits_u16x2(const std::uint32_t (&w)[16]) {
+  std::uint32_t top_signed = w[0], top_unsigned = w[0];
+  MXFP4_FAST_UNROLL
+  for (int k = 1; k < 16; ++k) {
+    top_signed = max_s16x2(top_signed, w[k]);
+    top_unsigned = max_u16x2(top_unsigned, w[k]);
+  }
+  const std::uint32_t mag = max_u16x2(max_s16x2(top_signed, 0), top_unsigned & 0x7FFF7FFFu);
+  return max_u32(mag << 16, mag & 0xFFFF0000u);
+}
+// With 32-bit maxima: the high halves' magnitudes in place, the low halves' shifted past the
+// sign bit.
+MXFP4_HD inline std::uint32_t bf16_block_amax_bits_u32(const std::uint32_t (&w)[16]) {
+  std::uint32_t high = 0, low = 0;
+  MXFP4_FAST_UNROLL
+  for (int k = 0; k < 16; ++k) {
+    high = max_u32(high, w[k] & 0x7FFF0000u);
+    low = max_u32(low, w[k] << 17);
+  }
+  return max_u32(high, low >> 1);
+}
+
 // quantize_block_fast<ScaleRule::mse> for a block of bf16 given as 16 pairs (w[k]: element 2k
 // in the low half); load(i) returns element i as f32 (the rare exact path reads it). *used_exact
 // (tests) tells whether an exact tie left the choice to the f64 sums.
@@ -584,17 +610,11 @@ MXFP4_HD inline std::uint8_t quantize_block_bf16_mse_fast(const std::uint32_t (&
                                                           std::uint32_t (&words)[4],
                                                           const Load& load,
                                                           bool* used_exact = nullptr) {
-  // The largest magnitude of each half without taking magnitudes: as signed 16-bit numbers the
-  // nonnegative elements order by magnitude (their maximum, if there is one, is >= 0); as
-  // unsigned ones the negative elements do, above all nonnegative ones.
-  std::uint32_t top_signed = w[0], top_unsigned = w[0];
-  MXFP4_FAST_UNROLL
-  for (int k = 1; k < 16; ++k) {
-    top_signed = max_s16x2(top_signed, w[k]);
-    top_unsigned = max_u16x2(top_unsigned, w[k]);
-  }
-  const std::uint32_t mag = max_u16x2(max_s16x2(top_signed, 0), top_unsigned & 0x7FFF7FFFu);
-  const std::uint32_t amax_bits = max_u32(mag << 16, mag & 0xFFFF0000u);  // as f32
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 900
+  const std::uint32_t amax_bits = bf16_block_amax_bits_u32(w);  // no 16-bit max before sm_90
+#else
+  const std::uint32_t amax_bits = bf16_block_amax_bits_u16x2(w);
+#endif
   if (amax_bits == 0) {  // all zeros: kZeroBlockScale, codes 0 with the zeros' signs
     std::uint32_t zero[16], signs[8];
     MXFP4_FAST_UNROLL

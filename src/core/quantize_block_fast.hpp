@@ -2,7 +2,8 @@
 // table: the same scale byte and the same 16 packed bytes for every rule and every input
 // (tests/test_quantize_block_fast.cpp checks it), in a third to a fifth of the operations.
 // format.hpp stays the readable definition; this file is an internal header (MXFP4_HD, device and
-// host).
+// host). The GPU kernel codes bf16 blocks with the mse rule through quantize_block_bf16_mse_fast
+// (below), in packed bf16x2 arithmetic.
 //
 // Element rounding. x = |v| / 2^e (one multiplication by 2^-e, exact wherever the result is a
 // normal f32; below 2^-126 every rounding gives code 0 anyway) is first clamped to 6. Its binade
@@ -369,11 +370,11 @@ MXFP4_HD inline std::uint8_t quantize_block_fast(const float* v, std::uint32_t (
 //   ulp(r) smaller than 256 ulp(r) in magnitude: |b| < 1/2 on (1/4, 1/2) (v_l = 1/2, v_u = 0;
 //   ulp 2^-9), |b| <= |d_l| + |d_u| <= 3/4 on [1/2, 2) (ulp >= 2^-8), <= 1 on [2, 4) (2^-6), < 3
 //   on [4, 8) (2^-5; d_l = r - 6 above 6) and <= 8 on [8, 12] (2^-4). So every step is exact in
-//   bf16, and so is n: written
-//   out, n = 1/4 - |r - 1/2| on (1/4, 3/4), 1/4 - |r - 3/2| on (5/4, 7/4), -4 (r - 7) on (7, 10],
-//   -12 (r - 9) on (10, 12] and 0 elsewhere (a = 0 there, whatever finite b is: r <= 1/4
-//   included), at most 8 significant bits, a multiple of 2^-9 of magnitude at most 36. Their
-//   sum D is a multiple of 2^-9 below 2^11 in magnitude: exact in f32, in any order.
+//   bf16, and so is n. Written out, n = 1/4 - |r - 1/2| on (1/4, 3/4), 1/4 - |r - 3/2| on
+//   (5/4, 7/4), -4 (r - 7) on (7, 10], -12 (r - 9) on (10, 12] and 0 elsewhere (a = 0 there,
+//   whatever finite b is: r <= 1/4 included): at most 8 significant bits, a multiple of 2^-9 of
+//   magnitude at most 36. Their sum D is a multiple of 2^-9 below 2^11 in magnitude: exact in
+//   f32, in any order.
 // - The reference sums d^2 in f64 in element order (in absolute units: a power of two, which
 //   rounds alike). Those sums are within 31 * 2^-53 * 1152 < 2^-37 of S_l and S_u (every term is
 //   at most 36), so when D != 0 (|D| >= 2^-9) the reference's comparison has D's sign. When

@@ -1,7 +1,8 @@
 // Quantize and dequantize on the GPU. Quantize codes each 32-element block with one thread,
 // through quantize_block_fast (src/core/quantize_block_fast.hpp), which gives quantize_block's
 // bytes (format.hpp, the CPU reference) in a third of its operations, so every backend writes the
-// same bytes.
+// same bytes; bf16 blocks with the mse rule stay packed and go through
+// quantize_block_bf16_mse_fast (bf16x2 arithmetic, the same bytes again).
 #include <cstdint>
 #include <limits>
 #include <type_traits>

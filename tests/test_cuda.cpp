@@ -2,10 +2,12 @@
 // scripts/gpu-check runs it on a machine with one.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <random>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "mxfp4/mxfp4.hpp"
@@ -465,6 +467,35 @@ TEST(Cuda, GatherLinearRunsTheGemmOnLargerShapes) {
     const Tensor got = mxfp4::gather_linear(x.to(kGpu), ids.to(kGpu), to_gpu(w));
     expect_gather_close(x, ids, w, got.to(mxfp4::Device::cpu()),
                         skewed ? "gemm skewed" : "gemm uniform");
+  }
+}
+
+// A small batch (routed in each CTA) whose experts have runs of 20, 12, 9, 8 and 1 pairs, in
+// shuffled order: runs above 8 take tiles of 16 (two of them for the run of 20), the others
+// tiles of 8, in one launch; bf16 and f16 (tiles of 8 only), both input ranks.
+TEST(Cuda, GatherLinearMixesTileSizesInASmallBatch) {
+  REQUIRE_GPU();
+  const std::int64_t experts = 8, n = 40, k = 160, topk = 2;
+  const auto w = mxfp4::Mxfp4Weight::quantize(random_tensor({experts, n, k}, DType::f32, 7),
+                                              random_tensor({experts, n}, DType::f32, 8));
+  const auto wg = to_gpu(w);
+  std::vector<std::int32_t> ids;
+  for (const auto& [expert, run] :
+       std::vector<std::pair<int, int>>{{3, 20}, {5, 12}, {0, 9}, {6, 8}, {1, 1}, {7, 1}, {2, 1}})
+    ids.insert(ids.end(), static_cast<std::size_t>(run), expert);
+  std::mt19937 rng(9);
+  std::shuffle(ids.begin(), ids.end(), rng);
+  const std::int64_t tokens = static_cast<std::int64_t>(ids.size()) / topk;  // 26
+  const Tensor idt = Tensor::from_vector(ids, {tokens, topk});
+  for (const DType dtype : {DType::bf16, DType::f16}) {
+    for (bool per_slot : {false, true}) {
+      const Tensor x = per_slot ? random_tensor({tokens, topk, k}, dtype, 10, 4.0f)
+                                : random_tensor({tokens, k}, dtype, 11, 4.0f);
+      const Tensor got = mxfp4::gather_linear(x.to(kGpu), idt.to(kGpu), wg);
+      expect_gather_close(x, idt, w, got.to(mxfp4::Device::cpu()),
+                          "mixed runs " + std::string(mxfp4::dtype_name(dtype)) +
+                              (per_slot ? " x[T,topk,K]" : " x[T,K]"));
+    }
   }
 }
 

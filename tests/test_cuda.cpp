@@ -682,4 +682,101 @@ TEST(Cuda, QuantizeIsBitIdenticalOnHardBlocks) {
   }
 }
 
+// ---- bf16 with the mse rule: the kernel's packed path (quantize_block_bf16_mse_fast, branch
+// quant-bf16; tests/test_quantize_block_fast.cpp checks its arithmetic through a host emulation
+// of the bf16x2 instructions, which this test checks against the hardware). Random blocks of
+// several distributions at every scale, E2M1's grid and midpoints, exact ties with and without
+// tiny elements (the f64 path on the device), errors that cancel, zero blocks, subnormals
+// around the smallest scale the packed path takes, NaN and Inf; then the report of a NaN.
+TEST(Cuda, QuantizeBf16MseIsBitIdenticalOnManyBlocks) {
+  REQUIRE_GPU();
+  std::mt19937_64 rng(26);
+  std::normal_distribution<float> normal(0.0f, 1.0f);
+  std::vector<float> values;
+  for (int n = 0; n < 24000; ++n) {
+    const int k = static_cast<int>(rng() % 270) - 140;
+    float b[32];
+    switch (n % 8) {
+      case 0:
+        for (float& x : b)
+          x = std::ldexp(normal(rng), k);
+        break;
+      case 1:
+        for (float& x : b) {
+          const float n1 = normal(rng);
+          x = std::ldexp(n1 * n1 * n1, k);
+        }
+        break;
+      case 2:
+        for (float& x : b)
+          x = std::ldexp(static_cast<float>(static_cast<int>(rng() % 97) - 48) * 0.125f, k);
+        break;
+      case 3:  // exact ties: amax and neighbours that code to 0 in both candidates
+        for (float& x : b)
+          x = std::ldexp(normal(rng), k - 12 - static_cast<int>(rng() % 20));
+        b[rng() % 32] = std::ldexp(6.0f + static_cast<float>(rng() % 64) / 64.0f, k);
+        break;
+      case 4: {  // 7 + j/32 against elements 1.25 + m/128 whose m add up to about 16 j
+        for (float& x : b)
+          x = std::ldexp(6.0f + static_cast<float>(rng() % 32) / 32.0f, k);
+        const int j = 1 + static_cast<int>(rng() % 6);
+        int left = 16 * j + static_cast<int>(rng() % 5) - 2;
+        b[31] = std::ldexp(7.0f + static_cast<float>(j) / 32.0f, k);
+        for (int i = 0; left > 0; ++i) {
+          const int m = left < 31 ? left : 16 + static_cast<int>(rng() % 16);
+          b[i] = std::ldexp(1.25f + static_cast<float>(m) / 128.0f, k);
+          left -= m;
+        }
+        if (n % 16 == 4) {
+          for (int i = 20; i < 24; ++i)
+            b[i] = std::ldexp(1.5f, k - 20 - static_cast<int>(rng() % 30));
+        }
+        break;
+      }
+      case 5:  // zeros, signed zeros, a few bf16 subnormals
+        for (int i = 0; i < 32; ++i)
+          b[i] = i % 3 ? 0.0f : -0.0f;
+        if (n % 16 == 5) {
+          for (int i = 1; i < 32; i += 5)
+            b[i] = std::ldexp(static_cast<float>(1 + rng() % 127), -133);
+        }
+        break;
+      case 6:  // amax near 2^-120 with subnormal neighbours: both sides of the packed path
+        for (int i = 0; i < 32; ++i)
+          b[i] = std::ldexp(static_cast<float>(1 + rng() % 127), -133) * (i % 2 ? -1.0f : 1.0f);
+        b[rng() % 32] = std::ldexp(1.0f + static_cast<float>(rng() % 128) / 128.0f,
+                                   -126 + static_cast<int>(rng() % 8));
+        break;
+      default:  // NaN or Inf among finite values
+        for (float& x : b)
+          x = std::ldexp(normal(rng), k);
+        b[rng() % 32] = rng() % 2 ? NAN : -INFINITY;
+        break;
+    }
+    for (float& x : b) {
+      if (std::isfinite(x) && std::fabs(x) > 3e38f) x = std::copysign(3e38f, x);
+      values.push_back(x);
+    }
+  }
+  const std::int64_t rows = static_cast<std::int64_t>(values.size()) / 32;
+  Tensor f = Tensor::empty({rows, 32}, DType::f32);
+  std::memcpy(f.data(), values.data(), values.size() * sizeof(float));
+  const Tensor w = f.to(DType::bf16);
+  const mxfp4::QuantizeOptions opts{mxfp4::ScaleRule::mse, mxfp4::NonFinitePolicy::nan_block};
+  const auto cpu = mxfp4::quantize(w, opts);
+  const auto gpu = mxfp4::quantize(w.to(kGpu), opts);
+  expect_bytes_equal(cpu.blocks, gpu.blocks, "bf16 mse blocks");
+  expect_bytes_equal(cpu.scales, gpu.scales, "bf16 mse scales");
+
+  Tensor one = random_tensor({3, 64}, DType::f32, 9);
+  one.data_as<float>()[64 + 45] = NAN;
+  const mxfp4::QuantizeOptions strict{mxfp4::ScaleRule::mse, mxfp4::NonFinitePolicy::error};
+  try {
+    mxfp4::quantize(one.to(DType::bf16).to(kGpu), strict);
+    FAIL() << "expected NonFiniteValue";
+  } catch (const mxfp4::NonFiniteValue& e) {
+    EXPECT_NE(std::string(e.what()).find("row 1, column 45"), std::string::npos) << e.what();
+  }
+}
+
 }  // namespace

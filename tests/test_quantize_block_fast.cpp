@@ -6,6 +6,7 @@
 // drawn at random from several distributions over the whole exponent range.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <array>
 #include <cfloat>
 #include <cmath>
@@ -18,6 +19,7 @@
 #include <vector>
 
 #include "core/quantize_block_fast.hpp"
+#include "mxfp4/dtype.hpp"
 #include "mxfp4/format.hpp"
 #include "mxfp4/weight.hpp"
 #include "test_numbers.hpp"
@@ -440,6 +442,266 @@ TEST(QuantizeBlockFast, MseSumsCloserThanTheEstimateCanTell) {
     if (!same_as_reference(ScaleRule::mse, b, "close sums #" + std::to_string(n))) ++failures;
   }
   EXPECT_EQ(failures, 0);
+}
+
+// ---- bf16 blocks, mse rule (the GPU kernel's packed path) ---------------------------------------
+
+using Bf16Block = std::array<std::uint16_t, mxfp4::kBlockSize>;
+
+// The bf16 arithmetic of mse_pair_bf16 (host emulation, rounding as the device does) on every
+// bf16 magnitude up to 12 in either half of a pair: the codes of both candidates (E2M1 of r and
+// of r / 2) and n = d_u^2 - d_l^2, exactly (the decoded values, in f64, where everything here is
+// exact).
+TEST(QuantizeBlockFast, Bf16MsePairMatchesTheEncoderOnEveryPattern) {
+  std::vector<std::uint16_t> patterns;
+  for (std::uint32_t h = 0; h <= 0x4140u; ++h)  // 0x4140: 12
+    patterns.push_back(static_cast<std::uint16_t>(h));
+  std::int64_t failures = 0;
+  const auto check = [&](std::uint16_t h, std::uint32_t y_lower, std::uint32_t y_upper,
+                         std::uint32_t n) {
+    const float r = from_bits(static_cast<std::uint32_t>(h) << 16);
+    const std::uint8_t lower = mxfp4::e2m1_encode(r) & 7u;
+    const std::uint8_t upper = mxfp4::e2m1_encode(r * 0.5f) & 7u;
+    const double d_lower = static_cast<double>(r) - mxfp4::e2m1_decode(lower);
+    const double d_upper = static_cast<double>(r) - 2.0 * mxfp4::e2m1_decode(upper);
+    const double want = d_upper * d_upper - d_lower * d_lower;
+    const double got = static_cast<double>(from_bits(n << 16));
+    const bool ok = (mxfp4::detail::code_indices(y_lower) & 15u) == lower &&
+                    (mxfp4::detail::code_indices(y_upper) & 15u) == upper && got == want;
+    if (!ok && ++failures <= 10) {
+      ADD_FAILURE() << "r = bf16 " << hex(h) << " (" << r << "): codes "
+                    << (mxfp4::detail::code_indices(y_lower) & 15u) << "/" << +lower << ", "
+                    << (mxfp4::detail::code_indices(y_upper) & 15u) << "/" << +upper << ", n "
+                    << got << " vs " << want;
+    }
+  };
+  const std::size_t count = patterns.size();
+  for (std::size_t i = 0; i < count; ++i) {
+    // Each pattern in the low half beside another in the high half, and the other way round:
+    // the halves must not disturb each other (the index sum must not carry across).
+    const std::uint16_t lo = patterns[i], hi = patterns[(i * 7919 + 13) % count];
+    const auto c = mxfp4::detail::mse_pair_bf16(lo | (static_cast<std::uint32_t>(hi) << 16));
+    check(lo, c.y_lower, c.y_upper, c.n);
+    check(hi, c.y_lower >> 16, c.y_upper >> 16, c.n >> 16);
+  }
+  EXPECT_EQ(failures, 0) << "of " << count;
+}
+
+// Both ways of finding a bf16 block's largest magnitude (16-bit maxima for sm_90, 32-bit ones
+// before) against a plain loop, on random patterns (NaN, Inf, signed zeros and subnormals among
+// them) and on blocks of one sign.
+TEST(QuantizeBlockFast, Bf16BlockAmaxBothWays) {
+  std::mt19937_64 rng(3);
+  int failures = 0;
+  const int kBlocks = kStride == 1 ? 200000 : 20000;
+  for (int n = 0; n < kBlocks && failures < 5; ++n) {
+    std::uint32_t w[16];
+    std::uint32_t want = 0;
+    const int kind = n % 4;
+    for (std::uint32_t& x : w) {
+      std::uint32_t h[2];
+      for (std::uint32_t& e : h) {
+        e = static_cast<std::uint32_t>(rng()) & 0xFFFFu;
+        if (kind == 1) e &= 0x7FFFu;                        // all nonnegative
+        if (kind == 2) e |= 0x8000u;                        // all negative
+        if (kind == 3) e &= rng() % 2 ? 0x807Fu : 0x8000u;  // zeros and subnormals
+        want = std::max(want, (e & 0x7FFFu) << 16);
+      }
+      x = h[0] | (h[1] << 16);
+    }
+    const std::uint32_t a = mxfp4::detail::bf16_block_amax_bits_u16x2(w);
+    const std::uint32_t b = mxfp4::detail::bf16_block_amax_bits_u32(w);
+    if ((a != want || b != want) && ++failures <= 5) {
+      ADD_FAILURE() << "block " << n << ": " << hex(a) << " / " << hex(b) << " vs " << hex(want);
+    }
+  }
+  EXPECT_EQ(failures, 0);
+}
+
+// quantize_block_bf16_mse_fast (host emulation) against quantize_block(mse) on the block widened
+// to f32; returns false after reporting a difference. *used_exact: whether the tie path ran.
+bool bf16_mse_same_as_reference(const Bf16Block& h, const std::string& what,
+                                bool* used_exact = nullptr) {
+  Block v;
+  std::uint32_t w[16];
+  for (int k = 0; k < 16; ++k)
+    w[k] = h[2 * k] | (static_cast<std::uint32_t>(h[2 * k + 1]) << 16);
+  for (int i = 0; i < mxfp4::kBlockSize; ++i)
+    v[i] = mxfp4::bf16_to_f32(h[i]);
+  std::uint8_t ref[mxfp4::kBlockBytes];
+  const std::uint8_t ref_scale = mxfp4::quantize_block(ScaleRule::mse, v.data(), ref);
+  std::uint32_t words[4] = {};
+  bool exact = false;
+  const std::uint8_t scale = mxfp4::detail::quantize_block_bf16_mse_fast(
+      w, words, [&](int i) { return v[static_cast<std::size_t>(i)]; }, &exact);
+  if (used_exact != nullptr) *used_exact = exact;
+  bool same = scale == ref_scale;
+  for (int j = 0; j < mxfp4::kBlockBytes; ++j)
+    same = same && static_cast<std::uint8_t>(words[j / 4] >> (8 * (j % 4))) == ref[j];
+  if (same) return true;
+  std::ostringstream msg;
+  msg << "bf16 mse " << what << ": scale " << +scale << " vs reference " << +ref_scale
+      << "\n  bytes:";
+  for (int j = 0; j < mxfp4::kBlockBytes; ++j)
+    msg << ' ' << +static_cast<std::uint8_t>(words[j / 4] >> (8 * (j % 4))) << '/' << +ref[j];
+  msg << "\n  block:";
+  for (std::uint16_t x : h)
+    msg << ' ' << hex(x);
+  ADD_FAILURE() << msg.str();
+  return false;
+}
+
+Bf16Block to_bf16(const Block& b) {
+  Bf16Block h;
+  for (int i = 0; i < mxfp4::kBlockSize; ++i)
+    h[i] = mxfp4::f32_to_bf16(b[i]);
+  return h;
+}
+
+TEST(QuantizeBlockFast, Bf16MseSpecialBlocks) {
+  std::vector<Bf16Block> blocks;
+  Bf16Block z{};
+  blocks.push_back(z);
+  for (int i = 0; i < 32; i += 3)
+    z[i] = 0x8000;  // signed zeros
+  blocks.push_back(z);
+  for (std::uint16_t bad : {0x7FC0, 0xFFC0, 0x7F80, 0xFF80, 0x7F81}) {
+    for (int pos : {0, 1, 30, 31}) {
+      Bf16Block b;
+      b.fill(0x3FC0);  // 1.5
+      b[pos] = bad;
+      blocks.push_back(b);
+      b.fill(0x7F7F);  // bf16's largest
+      b[pos] = bad;
+      blocks.push_back(b);
+    }
+  }
+  // One nonzero element of every binade (subnormals included), among signed zeros; and every
+  // binade beside subnormals, across the boundary of the packed path (ceil exponent -123).
+  for (int k = -133; k <= 127; ++k) {
+    for (std::uint16_t sign : {0, 0x8000}) {
+      Bf16Block b{};
+      for (int i = 0; i < 32; i += 2)
+        b[i] = 0x8000;
+      b[(k + 200) % 32] = sign | mxfp4::f32_to_bf16(std::ldexp(1.0f, k));
+      blocks.push_back(b);
+      b[(k + 201) % 32] = sign | mxfp4::f32_to_bf16(std::ldexp(1.75f, k - 3));
+      for (int i = 5; i < 32; i += 7)
+        b[i] = static_cast<std::uint16_t>(i * 3 + (i % 2 ? 0x8000 : 0));  // subnormals
+      blocks.push_back(b);
+    }
+  }
+  // The largest magnitudes: amax from 3 * 2^126 on (candidate 126 overflows from 3.5 * 2^126).
+  for (std::uint16_t top : {0x7EC0, 0x7EC1, 0x7F3F, 0x7F40, 0x7F5F, 0x7F60, 0x7F61, 0x7F7F}) {
+    for (std::uint16_t other : {0x0000, 0x3F80, 0x7B70, 0x7F00}) {
+      Bf16Block b;
+      b.fill(other);
+      b[7] = top;
+      b[8] = static_cast<std::uint16_t>(0x8000 | (top - 5));
+      blocks.push_back(b);
+    }
+  }
+  int failures = 0;
+  for (std::size_t i = 0; i < blocks.size() && failures < 5; ++i)
+    if (!bf16_mse_same_as_reference(blocks[i], "special #" + std::to_string(i))) ++failures;
+  EXPECT_EQ(failures, 0);
+}
+
+// Random blocks of several distributions at every scale, ties and saturation on E2M1's grid,
+// and blocks whose candidates tie exactly or nearly (the tie path must run, and agree).
+TEST(QuantizeBlockFast, Bf16MseRandomBlocksAndTies) {
+  std::mt19937_64 rng(20261126);
+  std::normal_distribution<float> normal(0.0f, 1.0f);
+  const int kPerFamily = kStride == 1 ? 60000 : 6000;
+  const char* names[] = {"normal", "heavy-tailed", "log-uniform", "grid",
+                         "bits",   "tie",          "near tie"};
+  int exact = 0;
+  for (int family = 0; family < 7; ++family) {
+    int failures = 0;
+    for (int n = 0; n < kPerFamily && failures < 5; ++n) {
+      const int k = static_cast<int>(rng() % 270) - 140;
+      Block b;
+      Bf16Block h;
+      switch (family) {
+        case 0:
+          for (float& x : b)
+            x = std::ldexp(normal(rng), k);
+          break;
+        case 1:
+          for (float& x : b) {
+            const float n1 = normal(rng), n2 = normal(rng), n3 = normal(rng);
+            x = std::ldexp(
+                (rng() % 2) ? n1 / std::sqrt(0.5f * (n2 * n2 + n3 * n3) + 1e-30f) : n1 * n1 * n1,
+                k);
+          }
+          break;
+        case 2:
+          for (float& x : b)
+            x = std::ldexp(1.0f + static_cast<float>(rng() % 128) / 128.0f,
+                           k - static_cast<int>(rng() % 40)) *
+                (rng() % 2 ? 1.0f : -1.0f);
+          break;
+        case 3:  // E2M1's grid and midpoints of both candidates, and above 6
+          for (float& x : b)
+            x = std::ldexp(static_cast<float>(static_cast<int>(rng() % 97) - 48) * 0.125f, k);
+          break;
+        case 5:  // amax and neighbours that code to 0 or alike in both: the sums tie exactly
+          for (float& x : b)
+            x = std::ldexp(normal(rng), k - 12 - static_cast<int>(rng() % 20));
+          b[rng() % 32] = std::ldexp(6.0f + static_cast<float>(rng() % 64) / 64.0f, k);
+          b[rng() % 32] = std::ldexp(static_cast<float>(rng() % 10) - 5.0f, k - 1);
+          break;
+        case 6: {
+          // Errors that cancel to a few ulps or exactly: elements in (6, 7) (the same error in
+          // both candidates), 7 + j/32 (favours candidate e by j/8) and elements 1.25 + m/128
+          // (each favours e - 1 by m/128) whose m add up to 16 j - 2 .. 16 j + 2.
+          const float common = 6.0f + static_cast<float>(1 + rng() % 31) / 32.0f;
+          for (float& x : b)
+            x = std::ldexp(rng() % 2 ? common : 6.0f + static_cast<float>(rng() % 32) / 32.0f, k);
+          const int j = 1 + static_cast<int>(rng() % 6);
+          int left = 16 * j + static_cast<int>(rng() % 5) - 2;
+          b[31] = std::ldexp(7.0f + static_cast<float>(j) / 32.0f, k);
+          // Tiny elements (0 in both candidates) whose squares f64 cannot add exactly to the
+          // others: with D = 0 the reference's sums can still differ by their roundings.
+          if (n % 2) {
+            for (std::size_t i = 20; i < 24; ++i)
+              b[i] = std::ldexp(1.0f + static_cast<float>(rng() % 128) / 128.0f,
+                                k - 20 - static_cast<int>(rng() % 30));
+          }
+          for (int i = 0; left > 0; ++i) {
+            const int m = left < 31 ? left : 16 + static_cast<int>(rng() % 16);  // <= 7 of them
+            b[static_cast<std::size_t>(i)] =
+                std::ldexp(1.25f + static_cast<float>(m) / 128.0f, k) * (rng() % 2 ? 1.0f : -1.0f);
+            left -= m;
+          }
+          break;
+        }
+        default:
+          break;
+      }
+      if (family == 4) {
+        for (std::uint16_t& x : h) {
+          do {
+            x = static_cast<std::uint16_t>(rng());
+          } while ((x & 0x7F80) == 0x7F80);
+        }
+      } else {
+        for (float& x : b)
+          if (!std::isfinite(x)) x = std::copysign(3e38f, x);
+        h = to_bf16(b);
+        for (std::uint16_t& x : h)
+          if ((x & 0x7F80) == 0x7F80) x = static_cast<std::uint16_t>((x & 0x8000) | 0x7F7F);
+      }
+      bool used_exact = false;
+      if (!bf16_mse_same_as_reference(h, std::string(names[family]) + " #" + std::to_string(n),
+                                      &used_exact)) {
+        ++failures;
+      }
+      exact += used_exact ? 1 : 0;
+    }
+    EXPECT_EQ(failures, 0) << names[family];
+  }
+  EXPECT_GT(exact, kPerFamily / 10) << "too few blocks reached the tie path to test it";
 }
 
 }  // namespace

@@ -2,7 +2,8 @@
 // table: the same scale byte and the same 16 packed bytes for every rule and every input
 // (tests/test_quantize_block_fast.cpp checks it), in a third to a fifth of the operations.
 // format.hpp stays the readable definition; this file is an internal header (MXFP4_HD, device and
-// host).
+// host). The GPU kernel codes bf16 blocks with the mse rule through quantize_block_bf16_mse_fast
+// (below), in packed bf16x2 arithmetic.
 //
 // Element rounding. x = |v| / 2^e (one multiplication by 2^-e, exact wherever the result is a
 // normal f32; below 2^-126 every rounding gives code 0 anyway) is first clamped to 6. Its binade
@@ -36,6 +37,10 @@
 #include <type_traits>
 
 #include "mxfp4/format.hpp"
+
+#if defined(__CUDACC__)
+#include <cuda_bf16.h>
+#endif
 
 #if defined(__CUDA_ARCH__)
 #define MXFP4_FAST_UNROLL _Pragma("unroll")
@@ -334,6 +339,345 @@ MXFP4_HD inline std::uint8_t quantize_block_fast(const float* v, std::uint32_t (
 template <ScaleRule Rule>
 MXFP4_HD inline std::uint8_t quantize_block_fast(const float* v, std::uint32_t (&words)[4]) {
   return quantize_block_fast<Rule>(v, words, [v](int i) { return v[i]; });
+}
+
+// ---- bf16 input, mse rule ----------------------------------------------------------------------
+//
+// The GPU kernel's path for bf16 weights and the mse rule: the block stays in its packed form,
+// pairs of bf16 (element 2k in bits 0..15 of word k, element 2k+1 in bits 16..31), and both
+// candidates are coded two elements an instruction with bf16x2 arithmetic (fma.rn.bf16x2 and
+// friends: the exact result rounded once to bf16, ties to even). The same scale byte and bytes as
+// quantize_block (tests/test_quantize_block_fast.cpp checks the arithmetic on every bf16 pattern
+// and on many blocks, through the host emulation below, which rounds the same way).
+//
+// Why bf16 arithmetic is enough. A bf16 value has 8 significant bits. Let e be the ceil-rule
+// exponent and r = |v| / 2^(e-1) (at most 12), computed exactly as bf16 * 2^-(e-1) whenever r is
+// a normal number. Only e >= -123 takes this path: then any bf16 subnormal |v| < 2^-126 gives
+// r < 2^-2, coded 0 by both candidates whether or not the hardware flushes it; smaller blocks
+// go to the f32 path.
+// - Element rounding: the f32 construction above in bf16: y = p * 67 + rc with p = 2^j in
+//   {1, 2, 4} (binade of rc = min(r, 6), at least 1) lies in [64p, 128p), where bf16's step is
+//   p / 2, E2M1's step in p's binade; the one rounding of the fma is E2M1's, ties to even
+//   (y's mantissa is 6 + 2 rc / p, even exactly when the code is). Candidate e, on the doubled
+//   grid, uses y = p * 66 + r with p in {2, 4, 8} (binade of r, at least 2). In both, the low 4
+//   bits of u + (u >> 6) (u: y's 16 bits) are the code's magnitude index, as for f32 (the
+//   mantissa is at most 10, so the sum never carries out of a half: one 32-bit addition
+//   serves both halves of a pair), and y - p * 67 (resp. 66) is the E2M1 value, exactly.
+// - The choice compares S_l = sum d_l^2 and S_u = sum d_u^2 (d = r - value, in units of
+//   2^(e-1)): candidate e - 1 wins when D = S_u - S_l > 0. Each element adds
+//   n = d_u^2 - d_l^2 = a * b with a = v_u - v_l and b = (v_l + v_u) - 2 r. v_l, v_u, a and
+//   v_l + v_u are multiples of 1/2 below 24 (at most 6 bits). For r > 1/4, b is a multiple of
+//   ulp(r) smaller than 256 ulp(r) in magnitude: |b| < 1/2 on (1/4, 1/2) (v_l = 1/2, v_u = 0;
+//   ulp 2^-9), |b| <= |d_l| + |d_u| <= 3/4 on [1/2, 2) (ulp >= 2^-8), <= 1 on [2, 4) (2^-6), < 3
+//   on [4, 8) (2^-5; d_l = r - 6 above 6) and <= 8 on [8, 12] (2^-4). So every step is exact in
+//   bf16, and so is n. Written out, n = 1/4 - |r - 1/2| on (1/4, 3/4), 1/4 - |r - 3/2| on
+//   (5/4, 7/4), -4 (r - 7) on (7, 10], -12 (r - 9) on (10, 12] and 0 elsewhere (a = 0 there,
+//   whatever finite b is: r <= 1/4 included): at most 8 significant bits, a multiple of 2^-9 of
+//   magnitude at most 36. Their sum D is a multiple of 2^-9 below 2^11 in magnitude: exact in
+//   f32, in any order.
+// - The reference sums d^2 in f64 in element order (in absolute units: a power of two, which
+//   rounds alike). Those sums are within 31 * 2^-53 * 1152 < 2^-37 of S_l and S_u (every term is
+//   at most 36), so when D != 0 (|D| >= 2^-9) the reference's comparison has D's sign. When
+//   D = 0 its f64 sums may still differ by their roundings (elements far below 2^-14 carry bits
+//   f64 drops): then both sums are computed as the reference computes them
+//   (mse_lower_is_better_exact), rarely (an exact tie). Near f32's top candidate 126 can decode
+//   amax past f32's range: then 125 is chosen, as in code_block_mse_fast.
+
+// Packed bf16 pairs, the device's bf16x2 instructions. On the host, an emulation for the tests:
+// each result is computed in f64 and rounded to f32 and then to bf16 (ties to even). Every
+// operation below is exact on the values it meets except the rounding fma of y, whose f64 result
+// is exact unless rc is below 2^-40 p, where every rounding gives 67p (resp. 66p); so the
+// emulation gives the hardware's results.
+#if defined(__CUDA_ARCH__)
+__device__ inline __nv_bfloat162 bf16x2_from_bits(std::uint32_t u) {
+  __nv_bfloat162 b;
+  memcpy(&b, &u, sizeof b);
+  return b;
+}
+__device__ inline std::uint32_t bf16x2_bits(__nv_bfloat162 b) {
+  std::uint32_t u;
+  memcpy(&u, &b, sizeof u);
+  return u;
+}
+#else
+inline float bf16x2_half(std::uint32_t pair, int high) {
+  return bits_to_float(high ? pair & 0xFFFF0000u : pair << 16);
+}
+inline std::uint32_t bf16x2_round(double x) {
+  const std::uint32_t u = float_bits(static_cast<float>(x));
+  return (u + 0x7FFFu + ((u >> 16) & 1u)) >> 16;
+}
+template <typename F>
+inline std::uint32_t bf16x2_map(std::uint32_t a, std::uint32_t b, std::uint32_t c, F f) {
+  const auto half = [&](int h) {
+    return bf16x2_round(f(static_cast<double>(bf16x2_half(a, h)),
+                          static_cast<double>(bf16x2_half(b, h)),
+                          static_cast<double>(bf16x2_half(c, h))));
+  };
+  return half(0) | (half(1) << 16);
+}
+#endif
+
+// a * b + c, rounded once to bf16 (ties to even), in each half.
+MXFP4_HD inline std::uint32_t bf16x2_fma(std::uint32_t a, std::uint32_t b, std::uint32_t c) {
+#if defined(__CUDA_ARCH__)
+  return bf16x2_bits(__hfma2(bf16x2_from_bits(a), bf16x2_from_bits(b), bf16x2_from_bits(c)));
+#else
+  return bf16x2_map(a, b, c, [](double x, double y, double z) { return std::fma(x, y, z); });
+#endif
+}
+MXFP4_HD inline std::uint32_t bf16x2_mul(std::uint32_t a, std::uint32_t b) {
+#if defined(__CUDA_ARCH__)
+  return bf16x2_bits(__hmul2_rn(bf16x2_from_bits(a), bf16x2_from_bits(b)));
+#else
+  return bf16x2_map(a, b, 0, [](double x, double y, double) { return x * y; });
+#endif
+}
+MXFP4_HD inline std::uint32_t bf16x2_add(std::uint32_t a, std::uint32_t b) {
+#if defined(__CUDA_ARCH__)
+  return bf16x2_bits(__hadd2_rn(bf16x2_from_bits(a), bf16x2_from_bits(b)));
+#else
+  return bf16x2_map(a, b, 0, [](double x, double y, double) { return x + y; });
+#endif
+}
+MXFP4_HD inline std::uint32_t bf16x2_sub(std::uint32_t a, std::uint32_t b) {
+#if defined(__CUDA_ARCH__)
+  return bf16x2_bits(__hsub2_rn(bf16x2_from_bits(a), bf16x2_from_bits(b)));
+#else
+  return bf16x2_map(a, b, 0, [](double x, double y, double) { return x - y; });
+#endif
+}
+// min / max of values that are never NaN here.
+MXFP4_HD inline std::uint32_t bf16x2_min(std::uint32_t a, std::uint32_t b) {
+#if defined(__CUDA_ARCH__)
+  return bf16x2_bits(__hmin2(bf16x2_from_bits(a), bf16x2_from_bits(b)));
+#else
+  return bf16x2_map(a, b, 0, [](double x, double y, double) { return x < y ? x : y; });
+#endif
+}
+MXFP4_HD inline std::uint32_t bf16x2_max(std::uint32_t a, std::uint32_t b) {
+#if defined(__CUDA_ARCH__)
+  return bf16x2_bits(__hmax2(bf16x2_from_bits(a), bf16x2_from_bits(b)));
+#else
+  return bf16x2_map(a, b, 0, [](double x, double y, double) { return x > y ? x : y; });
+#endif
+}
+// Maximum of each 16-bit half, unsigned and signed.
+MXFP4_HD inline std::uint32_t max_u16x2(std::uint32_t a, std::uint32_t b) {
+#if defined(__CUDA_ARCH__)
+  return __vmaxu2(a, b);
+#else
+  return max_u32(a & 0xFFFF0000u, b & 0xFFFF0000u) | max_u32(a & 0xFFFFu, b & 0xFFFFu);
+#endif
+}
+MXFP4_HD inline std::uint32_t max_s16x2(std::uint32_t a, std::uint32_t b) {
+#if defined(__CUDA_ARCH__)
+  return __vmaxs2(a, b);
+#else
+  // Flipping the sign bits maps the signed order onto the unsigned one.
+  return max_u16x2(a ^ 0x80008000u, b ^ 0x80008000u) ^ 0x80008000u;
+#endif
+}
+// (a & ~mask) | (b & mask) in one instruction (a compiler splits the usual spellings in two).
+template <std::uint32_t Mask>
+MXFP4_HD inline std::uint32_t bit_select(std::uint32_t a, std::uint32_t b) {
+#if defined(__CUDA_ARCH__)
+  std::uint32_t r;
+  asm("lop3.b32 %0, %1, %2, %3, 0xE4;" : "=r"(r) : "r"(a), "r"(b), "n"(Mask));
+  return r;
+#else
+  return (a & ~Mask) | (b & Mask);
+#endif
+}
+// prmt.b32 (PTX): byte i of the result is byte s_i of the pair (b:a), s_i = bits 4i..4i+2 of
+// selector; when bit 4i+3 is set, the sign (top bit) of that byte is replicated over all 8 bits.
+template <std::uint32_t Selector>
+MXFP4_HD inline std::uint32_t byte_perm(std::uint32_t a, std::uint32_t b) {
+#if defined(__CUDA_ARCH__)
+  std::uint32_t r;
+  asm("prmt.b32 %0, %1, %2, %3;" : "=r"(r) : "r"(a), "r"(b), "n"(Selector));
+  return r;
+#else
+  const std::uint64_t both = (static_cast<std::uint64_t>(b) << 32) | a;
+  std::uint32_t r = 0;
+  for (int i = 0; i < 4; ++i) {
+    const std::uint32_t s = (Selector >> (4 * i)) & 0xFu;
+    std::uint32_t byte = static_cast<std::uint32_t>(both >> (8 * (s & 7u))) & 0xFFu;
+    if (s & 8u) byte = (byte & 0x80u) ? 0xFFu : 0u;
+    r |= byte << (8 * i);
+  }
+  return r;
+#endif
+}
+
+// bf16 bit patterns, both halves.
+inline constexpr std::uint32_t kBf16One = 0x3F803F80u;
+inline constexpr std::uint32_t kBf16Two = 0x40004000u;
+inline constexpr std::uint32_t kBf16Six = 0x40C040C0u;
+inline constexpr std::uint32_t kBf16MinusTwo = 0xC000C000u;
+inline constexpr std::uint32_t kBf16Magic = 0x42864286u;         // 67 = 2^6 + 3
+inline constexpr std::uint32_t kBf16MinusMagic = 0xC286C286u;    // -67
+inline constexpr std::uint32_t kBf16MagicDoubled = 0x42844284u;  // 66 = 2^6 + 2
+inline constexpr std::uint32_t kBf16MinusMagicDoubled = 0xC284C284u;
+inline constexpr std::uint32_t kBf16ExponentMask = 0x7F807F80u;
+// The smallest ceil-rule exponent the packed path takes (see above).
+inline constexpr int kBf16MseMinExponent = -123;
+
+// Both mse candidates of a pair r = |v| / 2^(e-1) (bf16x2): y of candidate e - 1 and of
+// candidate e (code_indices gives their codes), and n = d_u^2 - d_l^2 for both elements.
+struct MsePairBf16 {
+  std::uint32_t y_lower, y_upper, n;
+};
+MXFP4_HD inline MsePairBf16 mse_pair_bf16(std::uint32_t r) {
+  MsePairBf16 c;
+  const std::uint32_t rc = bf16x2_min(r, kBf16Six);
+  const std::uint32_t p_lower = bf16x2_max(rc & kBf16ExponentMask, kBf16One);
+  const std::uint32_t p_upper = bf16x2_max(r & kBf16ExponentMask, kBf16Two);
+  c.y_lower = bf16x2_fma(p_lower, kBf16Magic, rc);
+  c.y_upper = bf16x2_fma(p_upper, kBf16MagicDoubled, r);
+  const std::uint32_t v_lower = bf16x2_fma(p_lower, kBf16MinusMagic, c.y_lower);
+  const std::uint32_t v_upper = bf16x2_fma(p_upper, kBf16MinusMagicDoubled, c.y_upper);
+  const std::uint32_t a = bf16x2_sub(v_upper, v_lower);
+  const std::uint32_t b = bf16x2_fma(r, kBf16MinusTwo, bf16x2_add(v_lower, v_upper));
+  c.n = bf16x2_mul(a, b);
+  return c;
+}
+
+// The magnitude indices of a pair's codes from its y (either candidate): bits 0..3 and 16..19
+// (the other bits are junk).
+MXFP4_HD inline std::uint32_t code_indices(std::uint32_t y) {
+  return y + (y >> 6);
+}
+
+// The signs of a block of pairs, for pack_codes_bf16: for pairs k = 2j, 2j + 1, the sign bits
+// of elements [2k, 2k + 2, 2k + 1, 2k + 3] replicated over the bytes of signs[j] (prmt's sign
+// replication of the byte holding each element's top bit).
+MXFP4_HD inline void sign_bytes_bf16(const std::uint32_t (&w)[16], std::uint32_t (&signs)[8]) {
+  MXFP4_FAST_UNROLL
+  for (int j = 0; j < 8; ++j)
+    signs[j] = byte_perm<0xFBD9u>(w[2 * j], w[2 * j + 1]);
+}
+
+// The four code words of a block from the chosen candidate's y pairs and the signs. Word q holds
+// elements 8q..8q+7: for pairs k = 4q..4q+3 the index bytes are gathered as [e0, e2, e1, e3] and
+// [e4, e6, e5, e7] (the order of the sign bytes), each element's sign put on bit 3, then split
+// into even and odd elements, whose low nibbles interleave into the packed bytes.
+MXFP4_HD inline void pack_codes_bf16(const std::uint32_t (&y)[16], const std::uint32_t (&signs)[8],
+                                     std::uint32_t (&words)[4]) {
+  MXFP4_FAST_UNROLL
+  for (int q = 0; q < 4; ++q) {
+    const std::uint32_t* yq = y + 4 * q;
+    const std::uint32_t s =
+        byte_perm<0x6240u>(code_indices(yq[0]), code_indices(yq[1])) | (signs[2 * q] & 0x08080808u);
+    const std::uint32_t t = byte_perm<0x6240u>(code_indices(yq[2]), code_indices(yq[3])) |
+                            (signs[2 * q + 1] & 0x08080808u);
+    const std::uint32_t even = byte_perm<0x5410u>(s, t);
+    const std::uint32_t odd = byte_perm<0x7632u>(s, t);
+    words[q] = bit_select<0xF0F0F0F0u>(even, odd << 4);
+  }
+}
+
+// The largest magnitude of a block of pairs, as f32 bits (NaN and Inf included), two ways.
+// With 16-bit maxima (sm_90): as signed 16-bit numbers the nonnegative elements order by
+// magnitude (their maximum, if there is one, is >= 0); as unsigned ones the negative elements
+// do, above all nonnegative ones. So no magnitude needs taking.
+MXFP4_HD inline std::uint32_t bf16_block_amax_bits_u16x2(const std::uint32_t (&w)[16]) {
+  std::uint32_t top_signed = w[0], top_unsigned = w[0];
+  MXFP4_FAST_UNROLL
+  for (int k = 1; k < 16; ++k) {
+    top_signed = max_s16x2(top_signed, w[k]);
+    top_unsigned = max_u16x2(top_unsigned, w[k]);
+  }
+  const std::uint32_t mag = max_u16x2(max_s16x2(top_signed, 0), top_unsigned & 0x7FFF7FFFu);
+  return max_u32(mag << 16, mag & 0xFFFF0000u);
+}
+// With 32-bit maxima: the high halves' magnitudes in place, the low halves' shifted past the
+// sign bit.
+MXFP4_HD inline std::uint32_t bf16_block_amax_bits_u32(const std::uint32_t (&w)[16]) {
+  std::uint32_t high = 0, low = 0;
+  MXFP4_FAST_UNROLL
+  for (int k = 0; k < 16; ++k) {
+    high = max_u32(high, w[k] & 0x7FFF0000u);
+    low = max_u32(low, w[k] << 17);
+  }
+  return max_u32(high, low >> 1);
+}
+
+// quantize_block_fast<ScaleRule::mse> for a block of bf16 given as 16 pairs (w[k]: element 2k
+// in the low half); load(i) returns element i as f32 (the rare exact path reads it). *used_exact
+// (tests) tells whether an exact tie left the choice to the f64 sums.
+template <typename Load>
+MXFP4_HD inline std::uint8_t quantize_block_bf16_mse_fast(const std::uint32_t (&w)[16],
+                                                          std::uint32_t (&words)[4],
+                                                          const Load& load,
+                                                          bool* used_exact = nullptr) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 900
+  const std::uint32_t amax_bits = bf16_block_amax_bits_u32(w);  // no 16-bit max before sm_90
+#else
+  const std::uint32_t amax_bits = bf16_block_amax_bits_u16x2(w);
+#endif
+  if (amax_bits == 0) {  // all zeros: kZeroBlockScale, codes 0 with the zeros' signs
+    std::uint32_t zero[16], signs[8];
+    MXFP4_FAST_UNROLL
+    for (int k = 0; k < 16; ++k)
+      zero[k] = kBf16Magic;  // y of r = 0: index 0
+    sign_bytes_bf16(w, signs);
+    pack_codes_bf16(zero, signs, words);
+    return kZeroBlockScale;
+  }
+  const int e = amax_bits > kMaxFiniteBits ? kMinScaleExponent
+                                           : rule_exponent_fast(ScaleRule::ceil, amax_bits);
+  if (e < kBf16MseMinExponent) {  // NaN/Inf, tiny blocks: the f32 path
+    float v[kBlockSize];
+    MXFP4_FAST_UNROLL
+    for (int k = 0; k < 16; ++k) {
+      v[2 * k] = bits_to_float(w[k] << 16);
+      v[2 * k + 1] = bits_to_float(w[k] & 0xFFFF0000u);
+    }
+    return quantize_block_fast<ScaleRule::mse>(v, words, load);
+  }
+  // 2^-(e-1) in both halves (e - 1 in [-124, 125]: a normal bf16).
+  const std::uint32_t inv_unit = static_cast<std::uint32_t>(128 - e) << 7;
+  const std::uint32_t inv_unit2 = inv_unit | (inv_unit << 16);
+  std::uint32_t signs[8];  // taken now: w is not needed after the loop below
+  sign_bytes_bf16(w, signs);
+  std::uint32_t y_lower[16], y_upper[16];
+  float sum0 = 0.0f, sum1 = 0.0f;  // D = S_u - S_l, exactly (two halves, any order)
+  MXFP4_FAST_UNROLL
+  for (int k = 0; k < 16; ++k) {
+    const MsePairBf16 c = mse_pair_bf16(bf16x2_mul(w[k] & 0x7FFF7FFFu, inv_unit2));
+    y_lower[k] = c.y_lower;
+    y_upper[k] = c.y_upper;
+    const float lo = bits_to_float(c.n << 16), hi = bits_to_float(c.n & 0xFFFF0000u);
+    sum0 = k == 0 ? lo : sum0 + lo;
+    sum1 = k == 0 ? hi : sum1 + hi;
+  }
+  const float d = sum0 + sum1;
+  // Candidate 126 decodes amax past f32's range from amax = 3.5 * 2^126 on: 125 wins.
+  const bool upper_overflows = e == 126 && amax_bits >= 0x7F600000u;
+  if (d == 0.0f && !upper_overflows) {
+    // An exact tie: the f64 sums decide. This rare path codes the block again, from the
+    // elements as load gives them, rather than keeping both candidates' codes alive across it.
+    const bool pick_lower = mse_lower_is_better_exact(load, bits_to_float(inv_unit << 16));
+    if (used_exact != nullptr) *used_exact = true;
+    std::uint32_t y[16];
+    MXFP4_FAST_UNROLL
+    for (int k = 0; k < 16; ++k) {
+      const std::uint32_t pair =
+          (float_bits(load(2 * k)) >> 16) | (float_bits(load(2 * k + 1)) & 0xFFFF0000u);
+      const MsePairBf16 c = mse_pair_bf16(bf16x2_mul(pair & 0x7FFF7FFFu, inv_unit2));
+      y[k] = pick_lower ? c.y_lower : c.y_upper;
+    }
+    pack_codes_bf16(y, signs, words);
+    return static_cast<std::uint8_t>((pick_lower ? e - 1 : e) + kScaleBias);
+  }
+  const bool pick_lower = upper_overflows || d > 0.0f;
+  std::uint32_t y[16];
+  MXFP4_FAST_UNROLL
+  for (int k = 0; k < 16; ++k)
+    y[k] = pick_lower ? y_lower[k] : y_upper[k];
+  pack_codes_bf16(y, signs, words);
+  return static_cast<std::uint8_t>((pick_lower ? e - 1 : e) + kScaleBias);
 }
 
 // f(std::integral_constant<ScaleRule, rule>{}) for a rule known at run time: the one switch

@@ -1,7 +1,8 @@
 // Quantize and dequantize on the GPU. Quantize codes each 32-element block with one thread,
 // through quantize_block_fast (src/core/quantize_block_fast.hpp), which gives quantize_block's
 // bytes (format.hpp, the CPU reference) in a third of its operations, so every backend writes the
-// same bytes.
+// same bytes; bf16 blocks with the mse rule stay packed and go through
+// quantize_block_bf16_mse_fast (bf16x2 arithmetic, the same bytes again).
 #include <cstdint>
 #include <limits>
 #include <type_traits>
@@ -117,29 +118,49 @@ __global__ void __launch_bounds__(kThreads)
   }
   __syncwarp();
   if (lane >= count) return;
-  float v[kBlockSize];
   const uint4* row = slice + lane * kChunks;
   const unsigned swizzle = (lane / (8 / kChunks)) % kChunks;  // chunk_slot's, for this row
-#pragma unroll
-  for (unsigned c = 0; c < kChunks; ++c) {
-    widen(row[c ^ swizzle], v + c * kPerChunk, T{});
-  }
   const std::int64_t b = first + lane;
   std::uint32_t words[4];
-  // The mse rule's rare exact path reads the block again from shared memory.
+  // The mse rule's rare exact path (and the report of a non-finite value) reads the block again
+  // from shared memory.
   const auto load = [slice, lane](int i) {
     const auto u = static_cast<unsigned>(i);
     const T* chunk = reinterpret_cast<const T*>(slice + chunk_slot<T>(lane, u / kPerChunk));
     return to_float(chunk[u % kPerChunk]);
   };
-  const std::uint8_t scale = detail::quantize_block_fast<Rule>(v, words, load);
-  if (scale == kScaleNaN) {  // only a block holding NaN or Inf gets it: report the first one
+  // The first non-finite element of a block (only a block holding NaN or Inf gets kScaleNaN).
+  const auto report_non_finite = [&](auto&& element) {
     for (int i = 0; i < kBlockSize; ++i) {
-      if (!isfinite(v[i])) {
+      if (!isfinite(element(i))) {
         atomicMin(first_non_finite, static_cast<unsigned long long>(b * kBlockSize + i));
         break;
       }
     }
+  };
+  std::uint8_t scale;
+  if constexpr (std::is_same_v<T, __nv_bfloat16> && Rule == ScaleRule::mse) {
+    // bf16 with the mse rule: coded in the packed pairs, two elements an instruction.
+    static_assert(kChunks == 4);
+    std::uint32_t w[16];
+#pragma unroll
+    for (unsigned c = 0; c < kChunks; ++c) {
+      const uint4 q = row[c ^ swizzle];
+      w[4 * c] = q.x;
+      w[4 * c + 1] = q.y;
+      w[4 * c + 2] = q.z;
+      w[4 * c + 3] = q.w;
+    }
+    scale = detail::quantize_block_bf16_mse_fast(w, words, load);
+    if (scale == kScaleNaN) report_non_finite(load);
+  } else {
+    float v[kBlockSize];
+#pragma unroll
+    for (unsigned c = 0; c < kChunks; ++c) {
+      widen(row[c ^ swizzle], v + c * kPerChunk, T{});
+    }
+    scale = detail::quantize_block_fast<Rule>(v, words, load);
+    if (scale == kScaleNaN) report_non_finite([&v](int i) { return v[i]; });
   }
   scales[b] = scale;
   // blocks + 16 * b is 16-byte aligned when the base is (checked by the caller).

@@ -478,16 +478,29 @@ MXFP4_HD inline std::uint32_t max_s16x2(std::uint32_t a, std::uint32_t b) {
   return max_u16x2(a ^ 0x80008000u, b ^ 0x80008000u) ^ 0x80008000u;
 #endif
 }
-// (a & ~mask) | (b & mask) in one instruction (a compiler splits the usual spellings in two).
-template <std::uint32_t Mask>
-MXFP4_HD inline std::uint32_t bit_select(std::uint32_t a, std::uint32_t b) {
+// lop3.b32 (PTX): bit i of the result is bit (a_i b_i c_i), read as a 3-bit number, of the look-up
+// table kLut (so kLut = f(0xF0, 0xCC, 0xAA) for the function f). The host emulates the same
+// table, so that the CPU tests check the very constant the GPU runs.
+template <std::uint32_t kLut>
+MXFP4_HD inline std::uint32_t lop3(std::uint32_t a, std::uint32_t b, std::uint32_t c) {
 #if defined(__CUDA_ARCH__)
   std::uint32_t r;
-  asm("lop3.b32 %0, %1, %2, %3, 0xE4;" : "=r"(r) : "r"(a), "r"(b), "n"(Mask));
+  asm("lop3.b32 %0, %1, %2, %3, %4;" : "=r"(r) : "r"(a), "r"(b), "r"(c), "n"(kLut));
   return r;
 #else
-  return (a & ~Mask) | (b & Mask);
+  std::uint32_t r = 0;
+  for (int i = 0; i < 32; ++i) {
+    const std::uint32_t index = ((a >> i) & 1u) << 2 | ((b >> i) & 1u) << 1 | ((c >> i) & 1u);
+    r |= ((kLut >> index) & 1u) << i;
+  }
+  return r;
 #endif
+}
+// (a & ~mask) | (b & mask) in one instruction (a compiler splits the usual spellings in two):
+// f(0xF0, 0xCC, 0xAA) = (0xF0 & 0x55) | (0xCC & 0xAA) = 0xD8.
+template <std::uint32_t Mask>
+MXFP4_HD inline std::uint32_t bit_select(std::uint32_t a, std::uint32_t b) {
+  return lop3<0xD8u>(a, b, Mask);
 }
 // prmt.b32 (PTX): byte i of the result is byte s_i of the pair (b:a), s_i = bits 4i..4i+2 of
 // selector; when bit 4i+3 is set, the sign (top bit) of that byte is replicated over all 8 bits.

@@ -111,18 +111,20 @@ __device__ void route_in_cta(const TokenRows& rows, CtaRoute& route, bool report
     start = (tid - run_first) % tile_tokens == 0;
     start16 = start && tile_tokens == 16;
   }
-  if (tid < 32 * kRouteWarps) {  // whole warps: the CTA has at least that many threads
-    const unsigned ballot = __ballot_sync(0xFFFFFFFFu, start && !start16);
-    const unsigned ballot16 = __ballot_sync(0xFFFFFFFFu, start16);
+  // Whole warps (the CTA has at least that many threads): each counts its tile starts of either
+  // size, then after the barrier every start finds its place from the counts of the warps before.
+  const bool in_warps = tid < 32 * kRouteWarps;
+  unsigned ballot = 0, ballot16 = 0;
+  if (in_warps) {
+    ballot = __ballot_sync(0xFFFFFFFFu, start && !start16);
+    ballot16 = __ballot_sync(0xFFFFFFFFu, start16);
     if ((tid & 31) == 0) {
       route.warp_flags[tid >> 5] = __popc(ballot);
       route.warp_flags16[tid >> 5] = __popc(ballot16);
     }
   }
   __syncthreads();
-  if (tid < 32 * kRouteWarps) {
-    const unsigned ballot = __ballot_sync(0xFFFFFFFFu, start && !start16);
-    const unsigned ballot16 = __ballot_sync(0xFFFFFFFFu, start16);
+  if (in_warps) {
     const unsigned below = (1u << (tid & 31)) - 1u;
     int before = __popc((start16 ? ballot16 : ballot) & below);
     int total16 = 0;

@@ -509,12 +509,12 @@ void launch_mma(const void* x, const TokenRows& rows, std::int64_t tiles,
   if (y == 0) return;
   const dim3 grid(row_tiles, static_cast<unsigned>(y));
   constexpr bool kBf16 = std::is_same_v<T, __nv_bfloat16>;
+  const bool dense = rows.tile_list == nullptr && rows.route_ids == nullptr;
   if constexpr (NT == 1 && kBf16) {
     // Long rows at decode: CTAs of two 16-row tiles, four warps splitting K for each. Measured
     // on an H100 (bench/RESULTS.md, session 4), M <= 4: Llama-70B up and down 59 us (87% of
     // copy) against 63-66 us, once each warp streams 64 blocks or more; shorter rows (K = 2880,
     // 4096) lose (fewer CTAs), and so does M = 8 on Llama-70B up (x loads of 8 tokens).
-    const bool dense = rows.tile_list == nullptr && rows.route_ids == nullptr;
     const bool long_rows = w.k / kBlockSize >= 64 * (kWarps / 2);
     if (dense && (forced_kernel() == "decode_rows2" || (rows.rows <= 4 && long_rows))) {
       return launch_variant<T, 1, false, 3, 2>(grid, x, rows, tiles, w, out, stream);
@@ -526,7 +526,6 @@ void launch_mma(const void* x, const TokenRows& rows, std::int64_t tiles,
     // session 6): Llama-70B up and down at M = 8 59.0 and 57.6 us against 66.6 and 66.9, at
     // M = 16 71.3 and 70.2 against 90.5 and 88.3; the smaller shapes (90-180 such CTAs) within
     // a few percent either way. MXFP4_CUDA_KERNEL=decode_r2 forces it (tests).
-    const bool dense = rows.tile_list == nullptr && rows.route_ids == nullptr;
     const std::int64_t ctas_r2 = (std::int64_t{row_tiles} + 1) / 2 * y;
     const std::int64_t slots = 2 * std::int64_t{current_device_facts().multiprocessors};
     const bool fills = ctas_r2 * 10 >= 9 * slots;

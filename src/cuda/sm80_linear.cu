@@ -574,6 +574,7 @@ KernelChoice choose_kernel(DType x_dtype, std::int64_t tokens, std::int64_t n) {
   if (sm90_ok && forced == "wgmma256") return {true, 256, true};
   if (sm90_ok && forced == "wgmma256r") return {true, 128, true, 256};
   if (sm90_ok && forced == "wgmma64r") return {true, 128, true, 64};
+  if (sm90_ok && forced == "wgmma64k") return {true, 128, true, 64};
   const KernelChoice decode{false, tokens <= 8 ? 8 : tokens <= 16 ? 16 : 32};
   if (forced.rfind("decode", 0) == 0 || tokens <= 16) return decode;
   // f16: the wgmma GEMM (x split into two bf16 parts, 128-token tiles) from 65 tokens (see below

@@ -55,21 +55,29 @@ namespace {
 constexpr int kTileK = 2 * kBlockSize;
 
 // kWG computing warpgroups (1 or 2) of kSub m64 sub-tiles each, plus one loading warpgroup: a
-// CTA covers kTileW = 64 kWG kSub weight rows. kSplit: f16 x, split into bf16 hi and lo parts
+// CTA covers kTileW = 64 kWG kSub weight rows. kWG = kWGSplitK: two computing warpgroups on the
+// same 64 kSub rows, taking alternate k-tiles (their sums added at the end of each tile), so
+// that a 64-row tile keeps two warpgroups decoding. kSplit: f16 x, split into bf16 hi and lo parts
 // (a second x tile per stage).
+inline constexpr int kWGSplitK = 3;
+
 template <int kTokens, int kSub, int kWG, bool kSplitX = false>
 struct Sm90Config {
-  static constexpr int kConsumers = 128 * kWG;
+  static constexpr bool kSplitK = kWG == kWGSplitK;
+  static constexpr int kConsumerWGs = kSplitK ? 2 : kWG;
+  static constexpr int kRowWGs = kSplitK ? 1 : kWG;  // warpgroups side by side on the rows
+  static constexpr int kConsumers = 128 * kConsumerWGs;
   static constexpr int kThreads = kConsumers + 128;
   static constexpr bool kSplit = kSplitX;
-  static constexpr int kTileW = 64 * kWG * kSub;
+  static constexpr int kTileW = 64 * kRowWGs * kSub;
   // Registers per thread: at launch, what ptxas gives each thread under the launch bounds (all
   // it may: the kernel holds setmaxnreg), then the loading warpgroup keeps kProducerRegs (it
   // holds a 256-token tile's x rows) and the computing ones share out the rest. Asking for more
   // than the CTA was launched with would make setmaxnreg.inc wait forever.
-  static constexpr int kLaunchRegs = kWG == 1 ? 128 : 168;
+  static constexpr int kLaunchRegs = kConsumerWGs == 1 ? 128 : 168;
   static constexpr int kProducerRegs = kTokens == 256 ? 88 : 56;
-  static constexpr int kConsumerRegs = (kLaunchRegs * (kWG + 1) - kProducerRegs) / kWG / 8 * 8;
+  static constexpr int kConsumerRegs =
+      (kLaunchRegs * (kConsumerWGs + 1) - kProducerRegs) / kConsumerWGs / 8 * 8;
   static constexpr int kXBytes = kTokens * kTileK * 2;  // [token][64 k] bf16, swizzled
   static constexpr int kLoOffset = kXBytes;             // f16: the lo parts, same layout
   static constexpr int kWOffset = kXBytes * (kSplitX ? 2 : 1);
@@ -81,24 +89,28 @@ struct Sm90Config {
   // stages, which the loading warpgroup is already filling with the next tile.
   static constexpr int kChunk = 64;
   static constexpr int kOutStride = 64 + 8;  // elements per token row of a staged chunk
-  static constexpr int kOutBytes = kWG * kChunk * kOutStride * 2;
+  static constexpr int kOutBytes = kConsumerWGs * kChunk * kOutStride * 2;
+  // kSplitK: the second warpgroup's sums, handed to the first at the end of a tile.
+  static constexpr int kRedBytes = kSplitK ? 128 * kSub * (kTokens / 2) * 4 : 0;
   static constexpr int kXRowBytes = kTokens / 16 * 128 * 4;  // cp.async loaders' x rows
   static constexpr int kBarBytes = 3 * 8 * 8;                // full, empty, landed: up to 8 stages
-  static constexpr int kFixedBytes = kOutBytes + kXRowBytes + kBarBytes + 1024;  // + alignment
-  static constexpr int kSmemLimit = (kWG == 1 ? 113 : 227) * 1024;
+  static constexpr int kFixedBytes =
+      kOutBytes + kRedBytes + kXRowBytes + kBarBytes + 1024;  // + alignment
+  static constexpr int kSmemLimit = (kConsumerWGs == 1 ? 113 : 227) * 1024;
   static constexpr int kStages =
       (kSmemLimit - kFixedBytes) / kStageBytes < 8 ? (kSmemLimit - kFixedBytes) / kStageBytes : 8;
   static constexpr int kOutOffset = kStages * kStageBytes;
-  static constexpr int kXRowOffset = kOutOffset + kOutBytes;
+  static constexpr int kRedOffset = kOutOffset + kOutBytes;
+  static constexpr int kXRowOffset = kRedOffset + kRedBytes;
   static constexpr int kBarOffset = kXRowOffset + kXRowBytes;
   static constexpr int kSmemBytes = kStages * kStageBytes + kFixedBytes;
   static_assert(kStages >= 4, "at least four stages");
   // (Also references the members only the sm_90a device code uses: nvcc's sm_80 and sm_89
   // passes, where the kernel is empty, reject unreferenced ones.)
-  static_assert(kSplit == kSplitX && kOutOffset < kXRowOffset &&
-                    kBarOffset + kBarBytes <= kSmemBytes,
+  static_assert(kSplit == kSplitX && kOutOffset < kXRowOffset && kRedOffset <= kXRowOffset &&
+                    kRowWGs >= 1 && kBarOffset + kBarBytes <= kSmemBytes,
                 "shared memory layout");
-  static_assert(kProducerRegs + kWG * kConsumerRegs <= kLaunchRegs * (kWG + 1) &&
+  static_assert(kProducerRegs + kConsumerWGs * kConsumerRegs <= kLaunchRegs * (kConsumerWGs + 1) &&
                     kProducerRegs % 8 == 0 && kConsumerRegs % 8 == 0,
                 "setmaxnreg must not ask for more registers than the CTA was launched with");
   static_assert(!kSplitX || kTokens == 128, "split x: 128-token tiles only");
@@ -177,6 +189,9 @@ struct Ring {
     return (it / kStages) & 1u;
   }
 };
+
+// Stages ahead of their use that the loading warpgroup loads the scales (sm90_load).
+constexpr int kScaleAhead = 4;
 
 // Split K (kParts CTAs of a cluster per tile): this CTA's part and its range of k stages.
 struct KRange {
@@ -274,25 +289,36 @@ __device__ __forceinline__ void sm90_load(std::uint8_t* smem, const T* __restric
         const std::int64_t row0 = static_cast<std::int64_t>(tile.expert) * n + wrow0;
         const std::uint8_t* wsrc = blocks + row0 * (k / 2) + lblk * kBlockBytes;
         const std::uint8_t* ssrc = scales + row0 * nblk + lblk;
-        // Scales go through registers a stage ahead, so that their loads' latency is hidden.
+        // Scales go through registers kScaleAhead stages ahead, so that their loads' latency is
+        // hidden: each stage waits for the scales loaded that many stages before. (One stage
+        // ahead, a stage took a whole load latency, ~580 cycles, whenever the computing threads
+        // kept up: measured with the math switched off, bench/RESULTS.md session 6.)
         // Missing blocks get scale 1 (127): zero codes times a NaN scale would be NaN.
         using ScaleBytes = std::uint8_t[kWPer];
         auto load_scales = [&](int kt, ScaleBytes& v) {
-          const bool ok = 2 * kt + lblk < nblk;
+          const bool ok = kt < kt_end && 2 * kt + lblk < nblk;
 #pragma unroll
           for (int j = 0; j < kWPer; ++j) {
             v[j] = ok && wrow0 + 64 * j < n ? __ldg(ssrc + std::int64_t{64 * j} * nblk + 2 * kt)
                                             : std::uint8_t{127};
           }
         };
-        ScaleBytes next;
-        load_scales(kt_begin, next);
+        ScaleBytes ahead[kScaleAhead];
+#pragma unroll
+        for (int a = 0; a < kScaleAhead; ++a)
+          load_scales(kt_begin + a, ahead[a]);
         for (int kt = kt_begin; kt < kt_end; ++kt, ++it) {
           ScaleBytes sv;
 #pragma unroll
           for (int j = 0; j < kWPer; ++j)
-            sv[j] = next[j];
-          if (kt + 1 < kt_end) load_scales(kt + 1, next);
+            sv[j] = ahead[0][j];
+#pragma unroll
+          for (int a = 0; a + 1 < kScaleAhead; ++a) {
+#pragma unroll
+            for (int j = 0; j < kWPer; ++j)
+              ahead[a][j] = ahead[a + 1][j];
+          }
+          load_scales(kt + kScaleAhead, ahead[kScaleAhead - 1]);
           if constexpr (kLoad != kLoadCpAsync) {
             // f16: the oldest stage in flight, kLag back, is split and handed over first.
             if (kSplit && it - signaled >= static_cast<std::uint32_t>(kLag)) signal(signaled++);
@@ -386,6 +412,7 @@ __device__ __forceinline__ void sm90_compute(std::uint8_t* smem, const TokenRows
   constexpr int S = C::kStages;
   constexpr int kTileW = C::kTileW;
   constexpr int kAcc = kTokens / 2;  // f32 accumulators per thread and sub-tile
+  static_assert(!C::kSplitK || kParts == 1, "two warpgroups splitting K: no cluster split");
   const int ctid = static_cast<int>(threadIdx.x) - 128;
   const int c = ctid >> 7;
   const int warp = (ctid >> 5) & 3;
@@ -397,7 +424,7 @@ __device__ __forceinline__ void sm90_compute(std::uint8_t* smem, const TokenRows
   const Ring<S> ring{static_cast<std::uint32_t>(__cvta_generic_to_shared(smem + C::kBarOffset))};
   const std::uint32_t smem_base = static_cast<std::uint32_t>(__cvta_generic_to_shared(smem));
   // This lane's A rows: ra and ra + 8 of each sub-tile.
-  const int ra = c * 64 + warp * 16 + g;
+  const int ra = (C::kSplitK ? 0 : c * 64) + warp * 16 + g;
   const std::uint32_t sel = static_cast<std::uint32_t>(t | ((t + 4) << 4));
   T* chunk_out = reinterpret_cast<T*>(smem + C::kOutOffset) + c * C::kChunk * C::kOutStride;
   std::uint32_t it = 0;
@@ -427,7 +454,10 @@ __device__ __forceinline__ void sm90_compute(std::uint8_t* smem, const TokenRows
         // make ptxas insert warpgroup synchronization).
         auto k_loop = [&](auto n_tag) {
           constexpr int N = decltype(n_tag)::value;
+          constexpr int kStep = C::kSplitK ? 2 : 1;  // stages between this warpgroup's ones
           for (int kt = kt_begin; kt < kt_end; ++kt, ++it) {
+            // kSplitK: warpgroup c takes the tile's k-tiles c, c + 2, ...
+            if (C::kSplitK && ((kt - kt_begin) & 1) != c) continue;
             sm90::mbarrier_wait(ring.full(it), Ring<S>::parity(it));
             // cp.async wrote the stage through the generic proxy; the tensor cores read it through
             // the async proxy.
@@ -444,7 +474,7 @@ __device__ __forceinline__ void sm90_compute(std::uint8_t* smem, const TokenRows
                   reinterpret_cast<const std::uint32_t*>(st + C::kSOffset) + b * kTileW;
 #pragma unroll
               for (int j = 0; j < kSub; ++j) {
-                const int r = ra + 64 * kWG * j;
+                const int r = ra + 64 * C::kRowWGs * j;
                 const uint4 va =
                     *reinterpret_cast<const uint4*>(st + C::kWOffset + r * 32 + b * 16);
                 const uint4 vb =
@@ -490,7 +520,9 @@ __device__ __forceinline__ void sm90_compute(std::uint8_t* smem, const TokenRows
               // reads. After block 0, that group was the previous stage's last: its slot is free.
               sm90::wgmma_wait<1>();
               sm90::fence_registers(f[b ^ 1]);
-              if (b == 0 && kt > kt_begin) sm90::mbarrier_arrive(ring.empty(it - 1));
+              if (b == 0 && kt - kt_begin >= kStep) {
+                sm90::mbarrier_arrive(ring.empty(it - static_cast<std::uint32_t>(kStep)));
+              }
             }
           }
         };
@@ -509,7 +541,41 @@ __device__ __forceinline__ void sm90_compute(std::uint8_t* smem, const TokenRows
 #pragma unroll
         for (int j = 0; j < kSub; ++j)
           sm90::fence_accumulators<kAcc>(acc[j]);
-        if (kt_end > kt_begin) sm90::mbarrier_arrive(ring.empty(it - 1));
+        // This warpgroup's last stage (kSplitK: the last of its parity, if it had one).
+        const int span = kt_end - kt_begin;
+        if (span > (C::kSplitK ? c : 0)) {
+          const int last = C::kSplitK ? c + (span - 1 - c) / 2 * 2 : span - 1;
+          sm90::mbarrier_arrive(ring.empty(it - static_cast<std::uint32_t>(span - last)));
+        }
+        // kSplitK: the second warpgroup hands its sums to the first, which runs the epilogue.
+        if constexpr (C::kSplitK) {
+          auto* red = reinterpret_cast<float4*>(smem + C::kRedOffset) + (ctid & 127);
+          if (c == 1) {
+#pragma unroll
+            for (int j = 0; j < kSub; ++j) {
+#pragma unroll
+              for (int i = 0; i < kAcc; i += 4)
+                red[((j * kAcc + i) / 4) * 128] =
+                    make_float4(acc[j][i], acc[j][i + 1], acc[j][i + 2], acc[j][i + 3]);
+            }
+          }
+          sm90::named_barrier(3, 256);  // the sums are in
+          if (c == 0) {
+#pragma unroll
+            for (int j = 0; j < kSub; ++j) {
+#pragma unroll
+              for (int i = 0; i < kAcc; i += 4) {
+                const float4 v = red[((j * kAcc + i) / 4) * 128];
+                acc[j][i] += v.x;
+                acc[j][i + 1] += v.y;
+                acc[j][i + 2] += v.z;
+                acc[j][i + 3] += v.w;
+              }
+            }
+          }
+          sm90::named_barrier(3, 256);  // and read: the buffer is free for the next tile
+          if (c == 1) return;
+        }
 
         // Split K: the other CTAs of the cluster add their sums into CTA 0's, through its stage
         // ring (idle by now: its loads have all landed and been read; a split grid gives each CTA
@@ -549,7 +615,7 @@ __device__ __forceinline__ void sm90_compute(std::uint8_t* smem, const TokenRows
     // in this warpgroup's shared buffer, then whole rows out.
 #pragma unroll
         for (int j = 0; j < kSub; ++j) {
-          const int rows0 = c * 64 + 64 * kWG * j;  // the sub-tile's first row in the tile
+          const int rows0 = c * 64 + 64 * C::kRowWGs * j;  // the sub-tile's first row in the tile
           const int r = warp * 16 + g;
           const float ba = row_bias(bias, bias_dtype, tile, w0 + rows0 + r, n);
           const float bb = row_bias(bias, bias_dtype, tile, w0 + rows0 + r + 8, n);
@@ -578,7 +644,7 @@ __device__ __forceinline__ void sm90_compute(std::uint8_t* smem, const TokenRows
 #endif  // MXFP4_SM90A_DEVICE
 
 template <typename T, int kTokens, int kSub, int kWG, int kLoad, int kParts>
-__global__ void __launch_bounds__(128 * (kWG + 1), kWG == 1 ? 2 : 1)
+__global__ void __launch_bounds__(128 * (kWG == kWGSplitK ? 3 : kWG + 1), kWG == 1 ? 2 : 1)
     sm90_gemm_kernel(const T* __restrict__ x, const __grid_constant__ CUtensorMap x_map,
                      const __grid_constant__ CUtensorMap w_map, TokenRows rows, int tiles_t,
                      int tiles_w, const std::uint8_t* __restrict__ blocks,
@@ -598,7 +664,7 @@ __global__ void __launch_bounds__(128 * (kWG + 1), kWG == 1 ? 2 : 1)
       // Each loader arrives once; with bf16 cp.async its landed copies arrive once more.
       sm90::mbarrier_init(ring.full(s), kLoad == kLoadCpAsync && !C::kSplit ? 256 : 128);
       sm90::mbarrier_init(ring.landed(s), 1);
-      sm90::mbarrier_init(ring.empty(s), C::kConsumers);
+      sm90::mbarrier_init(ring.empty(s), C::kSplitK ? 128 : C::kConsumers);
     }
   }
   __syncthreads();
@@ -679,7 +745,7 @@ void launch_kernel(std::int64_t grid, const void* x, const CUtensorMap& x_map,
     check(cudaFuncGetAttributes(&attributes, kernel), "cudaFuncGetAttributes(sm90_gemm_kernel)");
     return attributes.numRegs;
   }();
-  if (launch_regs * (kWG + 1) < C::kProducerRegs + kWG * C::kConsumerRegs) {
+  if (launch_regs * (C::kConsumerWGs + 1) < C::kProducerRegs + C::kConsumerWGs * C::kConsumerRegs) {
     throw Unsupported("sm90_gemm_kernel was built with " + std::to_string(launch_regs) +
                       " registers per thread; its warpgroups need " +
                       std::to_string(C::kLaunchRegs));
@@ -742,7 +808,8 @@ void launch_sm90_tiles(const void* x, const TokenRows& rows, std::int64_t tiles,
     // bf16, 128-token tiles of 64 or 128 rows: split K in two where the tiles fill at most
     // half the CTA slots and K is long (measured on an H100: Llama-70B down, K = 28672, M = 64:
     // 120 us against 193; at K = 2880 and 4096 the split was 0-12% slower).
-    if constexpr (std::is_same_v<T, __nv_bfloat16> && kTokens == 128 && kSub == 1) {
+    if constexpr (std::is_same_v<T, __nv_bfloat16> && kTokens == 128 && kSub == 1 &&
+                  kWG != kWGSplitK) {
       const std::int64_t ktiles = (w.k / kBlockSize + 1) / 2;
       if (ktiles >= 128 && forced_kernel() != "wgmma_nosplit") {
         const int per_sm = prepare_kernel(
@@ -785,6 +852,8 @@ void launch_sm90_gemm(const void* x, DType x_dtype, const TokenRows& rows, std::
     launch_sm90_tiles<__nv_bfloat16, 256, 1, 2>(x, rows, tiles, w, out, stream);
   } else if (tile_rows == 256) {
     launch_sm90_tiles<__nv_bfloat16, 128, 2, 2>(x, rows, tiles, w, out, stream);
+  } else if (tile_rows == 64 && forced_kernel() == "wgmma64k") {
+    launch_sm90_tiles<__nv_bfloat16, 128, 1, kWGSplitK>(x, rows, tiles, w, out, stream);
   } else if (tile_rows == 64) {
     launch_sm90_tiles<__nv_bfloat16, 128, 1, 1>(x, rows, tiles, w, out, stream);
   } else {

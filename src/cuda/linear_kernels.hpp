@@ -26,11 +26,14 @@ struct KernelChoice {
   int tile_tokens;
   bool sm90 = false;    // the wgmma GEMM (sm90_gemm.cu)
   int tile_rows = 128;  // sm90: weight rows per tile
+  // sm90, 64-row tiles: two computing warpgroups per tile, taking alternate k-tiles.
+  bool k_halves = false;
 };
 KernelChoice choose_kernel(DType x_dtype, std::int64_t tokens, std::int64_t n);
 // MXFP4_CUDA_KERNEL's value (empty when unset), read once. Besides the choices above,
-// wgmma_cpasync makes the wgmma GEMM load x with cp.async where it would use TMA, and
-// wgmma_nosplit keeps it from splitting K across a cluster of two CTAs.
+// wgmma_cpasync makes the wgmma GEMM load x with cp.async where it would use TMA,
+// wgmma_nosplit keeps it from splitting K across a cluster of CTAs, and wgmma_split makes it
+// split K wherever the tile shape allows (in four where the partial sums fit, else in two).
 const std::string& forced_kernel();
 
 // The decode kernel (bf16 or f16 x): `tiles` tiles of `tile_tokens` tokens mapped by `rows`.
@@ -46,11 +49,13 @@ void launch_gemm(const void* x, const TokenRows& rows, std::int64_t tiles, int t
 // and a compute capability 9.0 device.
 bool sm90_gemm_available();
 
-// The wgmma GEMM (sm_90a), bf16 x: `tiles` tiles of `tile_tokens` (128 or 256) tokens mapped by
-// `rows`, times weight tiles of `tile_rows` rows (128; 64 or 256 with 128 tokens). f16 x: tiles
-// of 128 tokens (x split exactly into two bf16 parts) and 256 rows if tile_rows is 256, else 128.
+// The wgmma GEMM (sm_90a), bf16 x: `tiles` tiles of `tile_tokens` (64, 128 or 256) tokens
+// mapped by `rows`, times weight tiles of `tile_rows` rows (128; 64 or 256 with 128 tokens, 64
+// or 128 with 64), 64-row tiles with two computing warpgroups taking alternate k-tiles if
+// k_halves. f16 x: tiles of 128 tokens (x split exactly into two bf16 parts) and 256 rows if
+// tile_rows is 256, else 128.
 void launch_sm90_gemm(const void* x, DType x_dtype, const TokenRows& rows, std::int64_t tiles,
                       int tile_tokens, int tile_rows, const detail::WeightArgs& w, void* out,
-                      cudaStream_t stream);
+                      cudaStream_t stream, bool k_halves = false);
 
 }  // namespace mxfp4::cuda

@@ -574,7 +574,9 @@ KernelChoice choose_kernel(DType x_dtype, std::int64_t tokens, std::int64_t n) {
   if (sm90_ok && forced == "wgmma256") return {true, 256, true};
   if (sm90_ok && forced == "wgmma256r") return {true, 128, true, 256};
   if (sm90_ok && forced == "wgmma64r") return {true, 128, true, 64};
-  if (sm90_ok && forced == "wgmma64k") return {true, 128, true, 64};
+  if (sm90_ok && forced == "wgmma64k") return {true, 128, true, 64, true};
+  if (sm90_ok && forced == "wgmma64t") return {true, 64, true, 64};
+  if (sm90_ok && forced == "wgmma64tk") return {true, 64, true, 64, true};
   const KernelChoice decode{false, tokens <= 8 ? 8 : tokens <= 16 ? 16 : 32};
   if (forced.rfind("decode", 0) == 0 || tokens <= 16) return decode;
   // f16: the wgmma GEMM (x split into two bf16 parts, 128-token tiles) from 65 tokens (see below
@@ -601,20 +603,32 @@ KernelChoice choose_kernel(DType x_dtype, std::int64_t tokens, std::int64_t n) {
   const std::int64_t sms = current_device_facts().multiprocessors;
   // wgmma GEMM (bench/RESULTS.md, session 5, an H100 sweep of every tile shape at M = 64, 256
   // and 1024 on the five dense shapes; each rule below picked the fastest there):
-  // - 33 to 64 tokens: one 128-token tile at width 64, with 256-row tiles where they fill three
-  //   quarters of the SMs, 128-row tiles where those fill a third, else 64-row tiles (two CTAs
-  //   per SM);
+  // - 33 to 64 tokens: 256-row tiles where they fill three quarters of the SMs (one 128-token
+  //   tile at width 64);
   // - 65 to 256 tokens: 256-token tiles where the 128-row weight tiles alone fill the SMs, else
   //   128-token tiles of 128 rows where they fill 90% of the SMs, else of 64 rows;
   // - more: 256-token tiles (fastest from M = 1024).
+  // Session 7 (an H200, M = 64 and 256), where few 64-row tiles meet the SMs (one computing
+  // warpgroup of a CTA decodes its tile's weight one latency at a time, so a tile's k-tiles
+  // take turns on one warp per scheduler):
+  // - 33 to 64 tokens, unless 256-row tiles fill three quarters of the SMs: 64-token tiles of 64
+  //   rows (stages half the size, so twice as many), split K in two over a cluster where the
+  //   pairs fit one per SM (4096x4096: 14.7 us against 20.7; GPT-OSS down 11.9 against 15.1),
+  //   else two computing warpgroups per tile taking alternate k-tiles (GPT-OSS gate_up 13.3
+  //   against 22.3, Llama-70B down 98.8 against 126);
+  // - 65 to 256 tokens on 64-row tiles: two computing warpgroups per tile where the tiles fit one
+  //   per SM (4096x4096 M = 256: 20.4 against 22.7, GPT-OSS down 15.4 against 16.8).
   if (sm90_ok && tokens > 32) {
     if (tokens <= 64) {
       if ((n + 255) / 256 * 4 >= 3 * sms) return {true, 128, true, 256};
-      return {true, 128, true, weight_tiles * 3 >= sms ? 128 : 64};
+      const std::int64_t tiles64 = (n + 63) / 64;
+      return {true, 64, true, 64, 2 * tiles64 > sms};
     }
     if (tokens > 256 || weight_tiles >= sms) return {true, 256, true};
     const std::int64_t tiles128 = weight_tiles * ((tokens + 127) / 128);
-    return {true, 128, true, tiles128 * 10 >= 9 * sms ? 128 : 64};
+    if (tiles128 * 10 >= 9 * sms) return {true, 128, true, 128};
+    const std::int64_t tiles64 = (n + 63) / 64 * ((tokens + 127) / 128);
+    return {true, 128, true, 64, tiles64 <= sms};
   }
   if (tokens <= 64) return weight_tiles >= 64 ? KernelChoice{true, 64} : decode;
   return {true, 128};
@@ -661,7 +675,7 @@ void linear(const detail::LinearArgs& a) {
   const std::int64_t tiles = (a.m + choice.tile_tokens - 1) / choice.tile_tokens;
   if (choice.sm90) {
     launch_sm90_gemm(a.x, a.x_dtype, rows, tiles, choice.tile_tokens, choice.tile_rows, a.w, a.out,
-                     stream);
+                     stream, choice.k_halves);
   } else if (choice.gemm) {
     launch_gemm(a.x, rows, tiles, choice.tile_tokens, a.w, a.out, stream);
   } else {

@@ -93,17 +93,23 @@ struct Sm90Config {
   // kSplitK: the second warpgroup's sums, handed to the first at the end of a tile.
   static constexpr int kRedBytes = kSplitK ? 128 * kSub * (kTokens / 2) * 4 : 0;
   static constexpr int kXRowBytes = kTokens / 16 * 128 * 4;  // cp.async loaders' x rows
-  static constexpr int kBarBytes = 3 * 8 * 8;                // full, empty, landed: up to 8 stages
+  static constexpr int kMaxStages = 16;
+  static constexpr int kBarBytes = 3 * 8 * kMaxStages;  // full, empty, landed
   static constexpr int kFixedBytes =
       kOutBytes + kRedBytes + kXRowBytes + kBarBytes + 1024;  // + alignment
   static constexpr int kSmemLimit = (kConsumerWGs == 1 ? 113 : 227) * 1024;
-  static constexpr int kStages =
-      (kSmemLimit - kFixedBytes) / kStageBytes < 8 ? (kSmemLimit - kFixedBytes) / kStageBytes : 8;
+  static constexpr int kStages = (kSmemLimit - kFixedBytes) / kStageBytes < kMaxStages
+                                     ? (kSmemLimit - kFixedBytes) / kStageBytes
+                                     : kMaxStages;
   static constexpr int kOutOffset = kStages * kStageBytes;
   static constexpr int kRedOffset = kOutOffset + kOutBytes;
   static constexpr int kXRowOffset = kRedOffset + kRedBytes;
   static constexpr int kBarOffset = kXRowOffset + kXRowBytes;
   static constexpr int kSmemBytes = kStages * kStageBytes + kFixedBytes;
+  // Split K over a cluster of `parts` CTAs: the others' partial sums fit this CTA's ring.
+  static constexpr bool kFitsParts(int parts) {
+    return (parts - 1) * kConsumers * kSub * (kTokens / 2) * 4 <= kStages * kStageBytes;
+  }
   static_assert(kStages >= 4, "at least four stages");
   // (Also references the members only the sm_90a device code uses: nvcc's sm_80 and sm_89
   // passes, where the kernel is empty, reject unreferenced ones.)
@@ -271,6 +277,17 @@ __device__ __forceinline__ void sm90_load(std::uint8_t* smem, const T* __restric
   const KRange range = k_range<kParts>(ktiles);
   const int kt_begin = range.begin;
   const int kt_end = range.end;
+  // The ring position of stage `it`, kept incrementally: slot it % S and the parity of its
+  // round, (it / S) & 1.
+  std::uint32_t slot = 0;
+  std::uint32_t phase = 0;
+  const std::uint32_t full_base = ring.full(0);
+  const std::uint32_t empty_base = ring.empty(0);
+  const std::uint32_t landed_base = ring.landed(0);
+  // This thread's scale pairs in a stage: [block lblk][row tid / 2 + 64 j], 256 bytes per j.
+  const std::uint32_t sc_off = static_cast<std::uint32_t>(C::kSOffset) +
+                               4u * static_cast<std::uint32_t>(lblk * C::kTileW + tid / 2);
+  const std::int64_t srow = std::int64_t{64} * nblk;  // scale bytes between rows r and r + 64
   for_each_gemm_tile(
       rows, tiles_t, tiles_w, kTokens,
       [&](const TokenRows::Tile& tile, int tile_w) {
@@ -288,25 +305,32 @@ __device__ __forceinline__ void sm90_load(std::uint8_t* smem, const T* __restric
         const int wrow0 = w0 + tid / 2;
         const std::int64_t row0 = static_cast<std::int64_t>(tile.expert) * n + wrow0;
         const std::uint8_t* wsrc = blocks + row0 * (k / 2) + lblk * kBlockBytes;
-        const std::uint8_t* ssrc = scales + row0 * nblk + lblk;
         // Scales go through registers kScaleAhead stages ahead, so that their loads' latency is
         // hidden: each stage waits for the scales loaded that many stages before. (One stage
         // ahead, a stage took a whole load latency, ~580 cycles, whenever the computing threads
         // kept up: measured with the math switched off, bench/RESULTS.md session 6.)
         // Missing blocks get scale 1 (127): zero codes times a NaN scale would be NaN.
+        // The per-stage path is kept short: this warpgroup has one warp per scheduler, so each
+        // instruction costs its latency (ncu, session 7: ~90 instructions per stage took ~600
+        // cycles and bounded the whole GEMM at 64-256 tokens).
+        const std::uint8_t* sp = scales + row0 * nblk + lblk + 2 * kt_begin;
+        const int kt_scaled = min(kt_end, (nblk - lblk + 1) / 2);  // block 2 kt + lblk exists
+        bool row_ok[kWPer];
+#pragma unroll
+        for (int j = 0; j < kWPer; ++j)
+          row_ok[j] = wrow0 + 64 * j < n;
         using ScaleBytes = std::uint8_t[kWPer];
-        auto load_scales = [&](int kt, ScaleBytes& v) {
-          const bool ok = kt < kt_end && 2 * kt + lblk < nblk;
+        auto load_scales = [&](int kt, const std::uint8_t* p, ScaleBytes& v) {
 #pragma unroll
           for (int j = 0; j < kWPer; ++j) {
-            v[j] = ok && wrow0 + 64 * j < n ? __ldg(ssrc + std::int64_t{64 * j} * nblk + 2 * kt)
-                                            : std::uint8_t{127};
+            v[j] = kt < kt_scaled && row_ok[j] ? __ldg(p + j * srow) : std::uint8_t{127};
           }
         };
         ScaleBytes ahead[kScaleAhead];
 #pragma unroll
         for (int a = 0; a < kScaleAhead; ++a)
-          load_scales(kt_begin + a, ahead[a]);
+          load_scales(kt_begin + a, sp + 2 * a, ahead[a]);
+        sp += 2 * kScaleAhead;
         for (int kt = kt_begin; kt < kt_end; ++kt, ++it) {
           ScaleBytes sv;
 #pragma unroll
@@ -318,27 +342,27 @@ __device__ __forceinline__ void sm90_load(std::uint8_t* smem, const T* __restric
             for (int j = 0; j < kWPer; ++j)
               ahead[a][j] = ahead[a + 1][j];
           }
-          load_scales(kt + kScaleAhead, ahead[kScaleAhead - 1]);
+          load_scales(kt + kScaleAhead, sp, ahead[kScaleAhead - 1]);
+          sp += 2;
+          const std::uint32_t slot_off = slot * static_cast<std::uint32_t>(C::kStageBytes);
           if constexpr (kLoad != kLoadCpAsync) {
             // f16: the oldest stage in flight, kLag back, is split and handed over first.
             if (kSplit && it - signaled >= static_cast<std::uint32_t>(kLag)) signal(signaled++);
-            if (it >= static_cast<std::uint32_t>(S)) {
-              sm90::mbarrier_wait(ring.empty(it), Ring<S>::parity(it) ^ 1u);
-            }
-            std::uint8_t* st = smem + (it % S) * C::kStageBytes;
-            auto* sc = reinterpret_cast<std::uint32_t*>(st + C::kSOffset);
+            // The slot's previous stage has been read (a fresh barrier passes parity 1 at once).
+            sm90::mbarrier_wait(empty_base + 8 * slot, phase ^ 1u);
 #pragma unroll
             for (int j = 0; j < kWPer; ++j)
-              sc[lblk * C::kTileW + ((tid + 128 * j) >> 1)] = bf16_scale_pair(sv[j]);
-            const std::uint32_t st_addr = smem_base + (it % S) * C::kStageBytes;
-            const std::uint32_t bar = kSplit ? ring.landed(it) : ring.full(it);
+              *reinterpret_cast<std::uint32_t*>(smem + slot_off + sc_off + 256 * j) =
+                  bf16_scale_pair(sv[j]);
             if (tid == 0) {
+              const std::uint32_t bar = kSplit ? landed_base + 8 * slot : full_base + 8 * slot;
+              const std::uint32_t st_addr = smem_base + slot_off;
               sm90::mbarrier_arrive_expect_tx(bar, C::kXBytes + C::kWBytes);
               sm90::tma_load_2d(st_addr + C::kWOffset, &w_map, kt * 2 * kBlockBytes,
                                 tile.expert * n + w0, bar);
               sm90::tma_load_2d(st_addr, &x_map, kt * kTileK, static_cast<int>(tile.first), bar);
             } else if (!kSplit) {
-              sm90::mbarrier_arrive(bar);
+              sm90::mbarrier_arrive(full_base + 8 * slot);
             }
           } else {
             // f16: the oldest stage in flight, kLag back, is split and handed over first: the slot
@@ -347,10 +371,8 @@ __device__ __forceinline__ void sm90_load(std::uint8_t* smem, const T* __restric
               cp_async_wait<kLag - 1>();
               signal(signaled++);
             }
-            if (it >= static_cast<std::uint32_t>(S)) {
-              sm90::mbarrier_wait(ring.empty(it), Ring<S>::parity(it) ^ 1u);
-            }
-            std::uint8_t* st = smem + (it % S) * C::kStageBytes;
+            sm90::mbarrier_wait(empty_base + 8 * slot, phase ^ 1u);
+            std::uint8_t* st = smem + slot_off;
             // Rows past the tile's tokens are not loaded: they meet only output columns never
             // stored.
             const bool x_ok = 2 * kt + (xc >> 2) < nblk;
@@ -367,7 +389,7 @@ __device__ __forceinline__ void sm90_load(std::uint8_t* smem, const T* __restric
             const bool w_ok = 2 * kt + lblk < nblk;
 #pragma unroll
             for (int j = 0; j < kWPer; ++j) {
-              const bool ok = w_ok && wrow0 + 64 * j < n;
+              const bool ok = w_ok && row_ok[j];
               cp_async16(
                   st + C::kWOffset + ((tid + 128 * j) >> 1) * 32 + lblk * 16,
                   ok ? wsrc + std::int64_t{64 * j} * (k / 2) + std::int64_t{kt} * 2 * kBlockBytes
@@ -377,12 +399,15 @@ __device__ __forceinline__ void sm90_load(std::uint8_t* smem, const T* __restric
             cp_async_commit();
             // bf16: the full barrier counts this thread's copies as one arrival once they land (the
             // computing threads fence them for the tensor cores), and its scale stores as another.
-            if constexpr (!kSplit) sm90::cp_async_arrive_noinc(ring.full(it));
-            auto* sc = reinterpret_cast<std::uint32_t*>(st + C::kSOffset);
+            if constexpr (!kSplit) sm90::cp_async_arrive_noinc(full_base + 8 * slot);
 #pragma unroll
             for (int j = 0; j < kWPer; ++j)
-              sc[lblk * C::kTileW + ((tid + 128 * j) >> 1)] = bf16_scale_pair(sv[j]);
-            if constexpr (!kSplit) sm90::mbarrier_arrive(ring.full(it));
+              *reinterpret_cast<std::uint32_t*>(st + sc_off + 256 * j) = bf16_scale_pair(sv[j]);
+            if constexpr (!kSplit) sm90::mbarrier_arrive(full_base + 8 * slot);
+          }
+          if (++slot == static_cast<std::uint32_t>(S)) {
+            slot = 0;
+            phase ^= 1u;
           }
         }
         // Split K: the two cluster barriers of the computing threads' reduction (sm90_compute).
@@ -427,7 +452,12 @@ __device__ __forceinline__ void sm90_compute(std::uint8_t* smem, const TokenRows
   const int ra = (C::kSplitK ? 0 : c * 64) + warp * 16 + g;
   const std::uint32_t sel = static_cast<std::uint32_t>(t | ((t + 4) << 4));
   T* chunk_out = reinterpret_cast<T*>(smem + C::kOutOffset) + c * C::kChunk * C::kOutStride;
-  std::uint32_t it = 0;
+  // The ring position of the tile's first stage: its slot and the parity of its round, kept
+  // incrementally (short per-stage paths: one warp per scheduler pays every latency).
+  std::uint32_t slot0 = 0;
+  std::uint32_t phase0 = 0;
+  const std::uint32_t full_base = ring.full(0);
+  const std::uint32_t empty_base = ring.empty(0);
   const KRange range = k_range<kParts>(ktiles);
   const int k_part = range.part;
   const int kt_begin = range.begin;
@@ -450,19 +480,26 @@ __device__ __forceinline__ void sm90_compute(std::uint8_t* smem, const TokenRows
             acc[j][i] = 0.0f;
         }
         std::uint32_t f[2][kSub][2][4] = {};  // A fragments: [block][sub-tile][k16 step][register]
+        std::uint32_t last_slot = 0;          // the slot of this warpgroup's latest stage
         // The k loop, for one wgmma width N (chosen once per tile: a branch around each wgmma would
         // make ptxas insert warpgroup synchronization).
         auto k_loop = [&](auto n_tag) {
           constexpr int N = decltype(n_tag)::value;
           constexpr int kStep = C::kSplitK ? 2 : 1;  // stages between this warpgroup's ones
-          for (int kt = kt_begin; kt < kt_end; ++kt, ++it) {
-            // kSplitK: warpgroup c takes the tile's k-tiles c, c + 2, ...
-            if (C::kSplitK && ((kt - kt_begin) & 1) != c) continue;
-            sm90::mbarrier_wait(ring.full(it), Ring<S>::parity(it));
+          // kSplitK: warpgroup c takes the tile's k-tiles c, c + 2, ... (stepping over the other
+          // warpgroup's: a loop that skips iterations makes ptxas serialize the wgmma pipeline).
+          const int first = kt_begin + (C::kSplitK ? c : 0);
+          std::uint32_t slot = slot0 + static_cast<std::uint32_t>(first - kt_begin);
+          std::uint32_t phase = phase0;
+          if (slot >= static_cast<std::uint32_t>(S)) {
+            slot -= S;
+            phase ^= 1u;
+          }
+          for (int kt = first; kt < kt_end; kt += kStep) {
+            sm90::mbarrier_wait(full_base + 8 * slot, phase);
             // cp.async wrote the stage through the generic proxy; the tensor cores read it through
             // the async proxy.
             if constexpr (kLoad == kLoadCpAsync && !kSplit) sm90::fence_proxy_async();
-            const int slot = static_cast<int>(it % S);
             const std::uint8_t* st = smem + slot * C::kStageBytes;
             const std::uint32_t x_addr =
                 smem_base + static_cast<std::uint32_t>(slot * C::kStageBytes);
@@ -521,8 +558,14 @@ __device__ __forceinline__ void sm90_compute(std::uint8_t* smem, const TokenRows
               sm90::wgmma_wait<1>();
               sm90::fence_registers(f[b ^ 1]);
               if (b == 0 && kt - kt_begin >= kStep) {
-                sm90::mbarrier_arrive(ring.empty(it - static_cast<std::uint32_t>(kStep)));
+                sm90::mbarrier_arrive(empty_base + 8 * last_slot);
               }
+            }
+            last_slot = slot;
+            slot += kStep;
+            if (slot >= static_cast<std::uint32_t>(S)) {
+              slot -= S;
+              phase ^= 1u;
             }
           }
         };
@@ -530,7 +573,7 @@ __device__ __forceinline__ void sm90_compute(std::uint8_t* smem, const TokenRows
           k_loop(std::integral_constant<int, 256>{});
         } else if (kTokens >= 256 && width > 128) {
           k_loop(std::integral_constant<int, 192>{});
-        } else if (width > 64) {
+        } else if (kTokens >= 128 && width > 64) {
           k_loop(std::integral_constant<int, 128>{});
         } else if (width > 32) {
           k_loop(std::integral_constant<int, 64>{});
@@ -543,9 +586,11 @@ __device__ __forceinline__ void sm90_compute(std::uint8_t* smem, const TokenRows
           sm90::fence_accumulators<kAcc>(acc[j]);
         // This warpgroup's last stage (kSplitK: the last of its parity, if it had one).
         const int span = kt_end - kt_begin;
-        if (span > (C::kSplitK ? c : 0)) {
-          const int last = C::kSplitK ? c + (span - 1 - c) / 2 * 2 : span - 1;
-          sm90::mbarrier_arrive(ring.empty(it - static_cast<std::uint32_t>(span - last)));
+        if (span > (C::kSplitK ? c : 0)) sm90::mbarrier_arrive(empty_base + 8 * last_slot);
+        {
+          const std::uint32_t next = slot0 + static_cast<std::uint32_t>(span);
+          slot0 = next % S;
+          phase0 ^= (next / S) & 1u;
         }
         // kSplitK: the second warpgroup hands its sums to the first, which runs the epilogue.
         if constexpr (C::kSplitK) {
@@ -577,15 +622,19 @@ __device__ __forceinline__ void sm90_compute(std::uint8_t* smem, const TokenRows
           if (c == 1) return;
         }
 
-        // Split K: the other CTAs of the cluster add their sums into CTA 0's, through its stage
-        // ring (idle by now: its loads have all landed and been read; a split grid gives each CTA
-        // one tile), each thread's accumulators as kSub * kAcc consecutive floats; CTA 0 then runs
-        // the epilogue alone.
+        // Split K: the other CTAs of the cluster store their sums in CTA 0's stage ring (idle by
+        // now: its loads have all landed and been read; a split grid gives each CTA one tile),
+        // part p at slice p - 1, each thread's accumulators as kSub * kAcc consecutive floats;
+        // CTA 0 adds them and runs the epilogue alone.
         if constexpr (kParts > 1) {
+          constexpr int kSlice = C::kConsumers * kSub * kAcc * 4;
+          static_assert(C::kFitsParts(kParts) && (kParts - 1) * kSlice <= S * C::kStageBytes,
+                        "partial sums fit the ring");
           const std::uint32_t mine = smem_base + static_cast<std::uint32_t>(ctid * kSub * kAcc * 4);
           sm90::cluster_sync();  // CTA 0's ring is free
           if (k_part != 0) {
-            const std::uint32_t dst = sm90::cluster_map(mine, 0);
+            const std::uint32_t dst =
+                sm90::cluster_map(mine + static_cast<std::uint32_t>((k_part - 1) * kSlice), 0);
 #pragma unroll
             for (int j = 0; j < kSub; ++j) {
 #pragma unroll
@@ -597,16 +646,20 @@ __device__ __forceinline__ void sm90_compute(std::uint8_t* smem, const TokenRows
           }
           sm90::cluster_sync();  // the partial sums have landed
           if (k_part != 0) return;
-          const auto* partial = reinterpret_cast<const float4*>(smem + ctid * kSub * kAcc * 4);
 #pragma unroll
-          for (int j = 0; j < kSub; ++j) {
+          for (int p = 1; p < kParts; ++p) {
+            const auto* partial =
+                reinterpret_cast<const float4*>(smem + (p - 1) * kSlice + ctid * kSub * kAcc * 4);
 #pragma unroll
-            for (int i = 0; i < kAcc; i += 4) {
-              const float4 v = partial[(j * kAcc + i) / 4];
-              acc[j][i] += v.x;
-              acc[j][i + 1] += v.y;
-              acc[j][i + 2] += v.z;
-              acc[j][i + 3] += v.w;
+            for (int j = 0; j < kSub; ++j) {
+#pragma unroll
+              for (int i = 0; i < kAcc; i += 4) {
+                const float4 v = partial[(j * kAcc + i) / 4];
+                acc[j][i] += v.x;
+                acc[j][i + 1] += v.y;
+                acc[j][i + 2] += v.z;
+                acc[j][i + 3] += v.w;
+              }
             }
           }
         }
@@ -805,16 +858,29 @@ void launch_sm90_tiles(const void* x, const TokenRows& rows, std::int64_t tiles,
                     rows.rows < (std::int64_t{1} << 31) && forced_kernel() != "wgmma_cpasync";
   if (fits && make_tma_maps(x, std::is_same_v<T, __half> ? DType::f16 : DType::bf16, rows.rows, w.k,
                             kTokens, w.blocks, w_rows, kTileW, x_map, w_map)) {
-    // bf16, 128-token tiles of 64 or 128 rows: split K in two where the tiles fill at most
-    // half the CTA slots and K is long (measured on an H100: Llama-70B down, K = 28672, M = 64:
-    // 120 us against 193; at K = 2880 and 4096 the split was 0-12% slower).
-    if constexpr (std::is_same_v<T, __nv_bfloat16> && kTokens == 128 && kSub == 1 &&
+    // bf16, 64- or 128-token tiles of 64 or 128 rows: split K over a cluster where the tiles
+    // fill few CTA slots:
+    // - in two where K is long and the pairs fit the slots (measured on an H100: Llama-70B down,
+    //   K = 28672, M = 64: 120 us against 193; at K = 2880 and 4096 the split was 0-12% slower);
+    // - 64-token tiles in two where the pairs fit one per SM (an H200, session 7, M = 64:
+    //   4096x4096 14.7 us against 19.9, GPT-OSS down 11.9 against 14.8).
+    // MXFP4_CUDA_KERNEL=wgmma_split forces a split (in four where the partial sums fit).
+    if constexpr (std::is_same_v<T, __nv_bfloat16> && kTokens <= 128 && kSub == 1 &&
                   kWG != kWGSplitK) {
       const std::int64_t ktiles = (w.k / kBlockSize + 1) / 2;
-      if (ktiles >= 128 && forced_kernel() != "wgmma_nosplit") {
+      const std::string& forced = forced_kernel();
+      const bool force = forced == "wgmma_split";
+      const bool short_tiles = kTokens == 64 && 2 * ctas <= sms && ktiles >= 16;
+      if ((ktiles >= 128 || short_tiles || force) && forced != "wgmma_nosplit") {
         const int per_sm = prepare_kernel(
             reinterpret_cast<const void*>(sm90_gemm_kernel<T, kTokens, kSub, kWG, kLoadTmaBox, 2>),
             C::kThreads, C::kSmemBytes, "sm90_gemm_kernel");
+        if constexpr (C::kFitsParts(4)) {
+          if (force && 4 * ctas <= std::int64_t{sms} * per_sm && ktiles >= 16) {
+            launch(std::integral_constant<int, kLoadTmaBox>{}, std::integral_constant<int, 4>{});
+            return;
+          }
+        }
         if (2 * ctas <= std::int64_t{sms} * per_sm) {
           launch(std::integral_constant<int, kLoadTmaBox>{}, std::integral_constant<int, 2>{});
           return;
@@ -841,7 +907,7 @@ bool sm90_gemm_available() {
 
 void launch_sm90_gemm(const void* x, DType x_dtype, const TokenRows& rows, std::int64_t tiles,
                       int tile_tokens, int tile_rows, const detail::WeightArgs& w, void* out,
-                      cudaStream_t stream) {
+                      cudaStream_t stream, bool k_halves) {
   if (x_dtype == DType::f16) {  // 128 tokens: stages with both parts fill shared memory
     if (tile_rows == 256) {
       launch_sm90_tiles<__half, 128, 2, 2>(x, rows, tiles, w, out, stream);
@@ -852,7 +918,13 @@ void launch_sm90_gemm(const void* x, DType x_dtype, const TokenRows& rows, std::
     launch_sm90_tiles<__nv_bfloat16, 256, 1, 2>(x, rows, tiles, w, out, stream);
   } else if (tile_rows == 256) {
     launch_sm90_tiles<__nv_bfloat16, 128, 2, 2>(x, rows, tiles, w, out, stream);
-  } else if (tile_rows == 64 && forced_kernel() == "wgmma64k") {
+  } else if (tile_tokens == 64 && tile_rows == 64 && k_halves) {
+    launch_sm90_tiles<__nv_bfloat16, 64, 1, kWGSplitK>(x, rows, tiles, w, out, stream);
+  } else if (tile_tokens == 64 && tile_rows == 64) {
+    launch_sm90_tiles<__nv_bfloat16, 64, 1, 1>(x, rows, tiles, w, out, stream);
+  } else if (tile_tokens == 64) {
+    launch_sm90_tiles<__nv_bfloat16, 64, 1, 2>(x, rows, tiles, w, out, stream);
+  } else if (tile_rows == 64 && k_halves) {
     launch_sm90_tiles<__nv_bfloat16, 128, 1, kWGSplitK>(x, rows, tiles, w, out, stream);
   } else if (tile_rows == 64) {
     launch_sm90_tiles<__nv_bfloat16, 128, 1, 1>(x, rows, tiles, w, out, stream);

@@ -199,6 +199,30 @@ void require_aligned(const void* p, const char* what) {
   }
 }
 
+// This thread's pinned landing slot for the non-finite flag, allocated on first use (null where
+// pinned memory is unavailable). A pageable destination makes the copy a staged, synchronous
+// one, which the quantize call's wall time would carry.
+unsigned long long* pinned_flag_slot() {
+  struct Slot {
+    unsigned long long* p = nullptr;
+    bool tried = false;
+    ~Slot() {
+      if (p != nullptr) cudaFreeHost(p);  // at thread exit; the runtime may already be gone
+    }
+  };
+  thread_local Slot slot;
+  if (!slot.tried) {
+    slot.tried = true;
+    void* p = nullptr;
+    if (cudaMallocHost(&p, sizeof(unsigned long long)) == cudaSuccess) {
+      slot.p = static_cast<unsigned long long*>(p);
+    } else {
+      cudaGetLastError();  // not sticky; clear it and use the stack
+    }
+  }
+  return slot.p;
+}
+
 }  // namespace
 
 std::int64_t quantize(const detail::QuantizeArgs& a) {
@@ -209,9 +233,11 @@ std::int64_t quantize(const detail::QuantizeArgs& a) {
   check(cudaMallocAsync(reinterpret_cast<void**>(&flag), sizeof *flag, stream), "cudaMallocAsync");
   const unsigned long long none = std::numeric_limits<unsigned long long>::max();
   unsigned long long found = none;
+  unsigned long long* slot = pinned_flag_slot();
+  unsigned long long* landing = slot != nullptr ? slot : &found;
   try {
-    check(cudaMemcpyAsync(flag, &none, sizeof none, cudaMemcpyHostToDevice, stream),
-          "cudaMemcpyAsync");
+    // All bytes 0xFF: `none`, the flag's "no non-finite block" value.
+    check(cudaMemsetAsync(flag, 0xFF, sizeof *flag, stream), "cudaMemsetAsync");
     dispatch_floating(a.weight_dtype, [&](auto zero) {
       using T = decltype(zero);
       const auto launch = [&](auto rule) {
@@ -223,9 +249,10 @@ std::int64_t quantize(const detail::QuantizeArgs& a) {
       detail::with_rule(a.rule, launch);
     });
     check_launch("quantize_kernel");
-    check(cudaMemcpyAsync(&found, flag, sizeof found, cudaMemcpyDeviceToHost, stream),
+    check(cudaMemcpyAsync(landing, flag, sizeof found, cudaMemcpyDeviceToHost, stream),
           "cudaMemcpyAsync");
     check(cudaStreamSynchronize(stream), "cudaStreamSynchronize");
+    found = *landing;
   } catch (...) {
     cudaFreeAsync(flag, stream);
     throw;

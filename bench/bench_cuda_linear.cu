@@ -1,5 +1,5 @@
 // GPU benchmark of the dense MXFP4 linear layer, with cuBLAS bf16 on the dequantized weight and
-// the card's device-to-device copy bandwidth measured in the same run.
+// the card's device-to-device copy and read-only bandwidths measured in the same run.
 //
 //   bench_cuda_linear [--quick] [--no-dense] [--no-moe] [--no-quantize] [--n N] [--m M[,M...]]
 //                     [--f16] [--out FILE.md]
@@ -109,6 +109,51 @@ double copy_bandwidth(cudaStream_t stream) {
   return 2.0 * static_cast<double>(bytes) / (ms * 1e-3);  // bytes read + written per second
 }
 
+// Streams `n` 16-byte words and folds them, so nothing is written but one word (never, in
+// practice: the fold of the memset bytes is not `never`).
+__global__ void read_kernel(const uint4* __restrict__ src, std::size_t n, uint4* sink,
+                            unsigned never) {
+  uint4 acc = make_uint4(0, 0, 0, 0);
+  const std::size_t stride = static_cast<std::size_t>(gridDim.x) * blockDim.x;
+  std::size_t i = static_cast<std::size_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  for (; i + 3 * stride < n; i += 4 * stride) {
+    const uint4 a = __ldcs(src + i), b = __ldcs(src + i + stride);
+    const uint4 c = __ldcs(src + i + 2 * stride), d = __ldcs(src + i + 3 * stride);
+    acc.x ^= a.x ^ b.x ^ c.x ^ d.x;
+    acc.y ^= a.y ^ b.y ^ c.y ^ d.y;
+    acc.z ^= a.z ^ b.z ^ c.z ^ d.z;
+    acc.w ^= a.w ^ b.w ^ c.w ^ d.w;
+  }
+  for (; i < n; i += stride) {
+    const uint4 a = __ldcs(src + i);
+    acc.x ^= a.x, acc.y ^= a.y, acc.z ^= a.z, acc.w ^= a.w;
+  }
+  if ((acc.x ^ acc.y ^ acc.z ^ acc.w) == never) *sink = acc;
+}
+
+// The card's read bandwidth: the best of a few grid sizes of read_kernel over 1 GiB (the floor
+// for a kernel that only reads its weight; cudaMemcpy's read + write rate is below it on some
+// cards: on an H200, 2.7 TB/s against cuBLAS reading a bf16 weight at 4.4).
+double read_bandwidth(cudaStream_t stream, int sms) {
+  const std::size_t bytes = std::size_t{1} << 30;
+  void* a;
+  uint4* sink;
+  CHECK_CUDA(cudaMalloc(&a, bytes));
+  CHECK_CUDA(cudaMalloc(&sink, sizeof(uint4)));
+  CHECK_CUDA(cudaMemset(a, 1, bytes));
+  double best = 0;
+  for (int per_sm : {4, 8, 16}) {
+    const double ms = time_graph(stream, 4, [&](int) {
+      read_kernel<<<sms * per_sm, 256, 0, stream>>>(static_cast<const uint4*>(a), bytes / 16, sink,
+                                                    0x12345678u);
+    });
+    best = std::max(best, static_cast<double>(bytes) / (ms * 1e-3));
+  }
+  cudaFree(a);
+  cudaFree(sink);
+  return best;
+}
+
 struct Shape {
   const char* name;
   std::int64_t n, k;
@@ -157,12 +202,13 @@ bool selected(const std::vector<std::int64_t>& only, std::int64_t m) {
   return only.empty() || std::find(only.begin(), only.end(), m) != only.end();
 }
 
-std::string bench_moe(cudaStream_t stream, cublasHandle_t handle, double copy_bw, bool quick,
-                      std::int64_t only_n, const std::vector<std::int64_t>& only_m) {
+std::string bench_moe(cudaStream_t stream, cublasHandle_t handle, double copy_bw, double read_bw,
+                      bool quick, std::int64_t only_n, const std::vector<std::int64_t>& only_m) {
   std::string report =
       "\n| MoE layer (E x N x K, top-4) | T | routing | mxfp4 us | touched experts | touched "
-      "TB/s | % of copy BW | TFLOP/s | cuBLAS bf16 equal-flop us | vs cuBLAS | expert-by-expert "
-      "dense us | vs expert-by-expert |\n|---|---|---|---|---|---|---|---|---|---|---|---|\n";
+      "TB/s | % of copy BW | % of read BW | TFLOP/s | cuBLAS bf16 equal-flop us | vs cuBLAS | "
+      "expert-by-expert dense us | vs expert-by-expert |\n"
+      "|---|---|---|---|---|---|---|---|---|---|---|---|---|\n";
   char line[768];
   const int experts = 128, topk = 4;
   std::vector<Shape> shapes = {{"gate_up 128x5760x2880", 5760, 2880},
@@ -243,11 +289,12 @@ std::string bench_moe(cudaStream_t stream, cublasHandle_t handle, double copy_bw
         const double flops = 2.0 * static_cast<double>(m) * s.n * s.k;
         const double tbs = touched * expert_bytes / (ours * 1e-3) / 1e12;
         std::snprintf(line, sizeof line,
-                      "| %s | %lld | %s | %.1f | %.1f | %.2f | %.0f%% | %.1f | %.1f | %.2fx | "
-                      "%.1f | %.2fx |\n",
+                      "| %s | %lld | %s | %.1f | %.1f | %.2f | %.0f%% | %.0f%% | %.1f | %.1f | "
+                      "%.2fx | %.1f | %.2fx |\n",
                       s.name, static_cast<long long>(t), skewed ? "skewed" : "uniform", ours * 1e3,
-                      touched, tbs, 100.0 * tbs * 1e12 / copy_bw, flops / (ours * 1e-3) / 1e12,
-                      theirs * 1e3, theirs / ours, by_expert * 1e3, by_expert / ours);
+                      touched, tbs, 100.0 * tbs * 1e12 / copy_bw, 100.0 * tbs * 1e12 / read_bw,
+                      flops / (ours * 1e-3) / 1e12, theirs * 1e3, theirs / ours, by_expert * 1e3,
+                      by_expert / ours);
         report += line;
         std::fputs(line, stdout);
         std::fflush(stdout);
@@ -302,20 +349,23 @@ int main(int argc, char** argv) {
   CHECK_CUBLAS(cublasSetWorkspace(handle, cublas_ws, cublas_ws_bytes));
 
   const double copy_bw = copy_bandwidth(stream);
+  const double read_bw = read_bandwidth(stream, prop.multiProcessorCount);
   std::string report;
   char line[512];
   std::snprintf(line, sizeof line,
                 "Device: %s, %d SMs, L2 %d MiB. Measured device-to-device copy: %.0f GB/s "
-                "(read + write).\n\n",
-                prop.name, prop.multiProcessorCount, prop.l2CacheSize >> 20, copy_bw / 1e9);
+                "(read + write); read-only kernel: %.0f GB/s.\n\n",
+                prop.name, prop.multiProcessorCount, prop.l2CacheSize >> 20, copy_bw / 1e9,
+                read_bw / 1e9);
   report += line;
   const char* act_name = act == DType::f16 ? "f16" : "bf16";
   const cudaDataType act_cuda = act == DType::f16 ? CUDA_R_16F : CUDA_R_16BF;
-  std::snprintf(line, sizeof line,
-                "| shape (N x K), %s x | M | mxfp4 us | weight TB/s | %% of copy BW | TFLOP/s | "
-                "cuBLAS %s us | cuBLAS TFLOP/s | speedup vs cuBLAS |\n"
-                "|---|---|---|---|---|---|---|---|---|\n",
-                act_name, act_name);
+  std::snprintf(
+      line, sizeof line,
+      "| shape (N x K), %s x | M | mxfp4 us | weight TB/s | %% of copy BW | %% of read BW "
+      "| TFLOP/s | cuBLAS %s us | cuBLAS TFLOP/s | speedup vs cuBLAS |\n"
+      "|---|---|---|---|---|---|---|---|---|---|\n",
+      act_name, act_name);
   report += line;
 
   std::vector<Shape> shapes = {{"4096x4096", 4096, 4096},
@@ -366,8 +416,9 @@ int main(int argc, char** argv) {
       });
       const double tbs = static_cast<double>(q_bytes) / (ours * 1e-3) / 1e12;
       std::snprintf(line, sizeof line,
-                    "| %s | %lld | %.1f | %.2f | %.0f%% | %.1f | %.1f | %.1f | %.2fx |\n", s.name,
-                    static_cast<long long>(m), ours * 1e3, tbs, 100.0 * tbs * 1e12 / copy_bw,
+                    "| %s | %lld | %.1f | %.2f | %.0f%% | %.0f%% | %.1f | %.1f | %.1f | %.2fx |\n",
+                    s.name, static_cast<long long>(m), ours * 1e3, tbs,
+                    100.0 * tbs * 1e12 / copy_bw, 100.0 * tbs * 1e12 / read_bw,
                     flops / (ours * 1e-3) / 1e12, theirs * 1e3, flops / (theirs * 1e-3) / 1e12,
                     theirs / ours);
       report += line;
@@ -376,7 +427,7 @@ int main(int argc, char** argv) {
     }
   }
 
-  if (!skip_moe) report += bench_moe(stream, handle, copy_bw, quick, only_n, only_m);
+  if (!skip_moe) report += bench_moe(stream, handle, copy_bw, read_bw, quick, only_n, only_m);
 
   // Quantize throughput (includes its one host synchronization, which reports NaN/Inf).
   report += "\n| quantize input | rule | GB/s of input |\n|---|---|---|\n";

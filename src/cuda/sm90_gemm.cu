@@ -3,12 +3,13 @@
 //
 // Warp-specialized: a CTA has one loading warpgroup and one or two computing warpgroups (which
 // setmaxnreg gives most of the registers). Computing warpgroup q owns weight rows [64 q, 64 q +
-// 64) of each m64 sub-tile and every token of the tile (128 or 256), as one wgmma m64nTk16
-// accumulator per sub-tile. The weight is the MMA's A operand and comes from registers: each
-// thread decodes its rows' E2M1 codes and multiplies them by the block's scale in bf16 (exact,
-// as in sm80_gemm.cu), so the tensor cores see exactly the reference's weight values. x is the
-// B operand, read by the tensor cores straight from shared memory in the 128-byte-swizzled
-// K-major layout.
+// 64) of each m64 sub-tile and every token of the tile (64, 128 or 256), as one wgmma m64nTk16
+// accumulator per sub-tile; or, for 64-row tiles, two computing warpgroups share the rows and take
+// alternate k-tiles (kWGSplitK), adding their sums at the end of the tile. The weight is the MMA's
+// A operand and comes from registers: each thread decodes its rows' E2M1 codes and multiplies them
+// by the block's scale in bf16 (exact, as in sm80_gemm.cu), so the tensor cores see exactly the
+// reference's weight values. x is the B operand, read by the tensor cores straight from shared
+// memory in the 128-byte-swizzled K-major layout.
 //
 // Stages of 64 k (two MXFP4 blocks) of x, of the packed weight and of its scales go through a
 // ring of kStages shared-memory slots, handed between the warpgroups with mbarriers (Ring).
@@ -34,9 +35,9 @@
 //
 // Persistent CTAs walk (token tile, weight tile) pairs in raster groups of 8 token tiles
 // (gemm_tiles.cuh), with TokenRows for the dense and the grouped (MoE) layouts. Where few tiles
-// meet a long K, each tile is split in two halves of K over a cluster of two CTAs instead; the
-// second adds its sums into the first's shared memory (distributed shared memory), which alone
-// runs the epilogue.
+// meet the SMs, each tile's K is split over a cluster of two (or four) CTAs instead; the others
+// store their sums in the first's shared memory (distributed shared memory), which alone adds them
+// and runs the epilogue.
 #include <cuda.h>
 
 #include <cstdint>

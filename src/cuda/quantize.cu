@@ -201,7 +201,8 @@ void require_aligned(const void* p, const char* what) {
 
 // This thread's pinned landing slot for the non-finite flag, allocated on first use (null where
 // pinned memory is unavailable). A pageable destination makes the copy a staged, synchronous
-// one, which the quantize call's wall time would carry.
+// one, which the quantize call's wall time would carry. Portable: a thread may quantize on
+// several devices, and memory pinned for one context alone is pageable to the others.
 unsigned long long* pinned_flag_slot() {
   struct Slot {
     unsigned long long* p = nullptr;
@@ -214,7 +215,7 @@ unsigned long long* pinned_flag_slot() {
   if (!slot.tried) {
     slot.tried = true;
     void* p = nullptr;
-    if (cudaMallocHost(&p, sizeof(unsigned long long)) == cudaSuccess) {
+    if (cudaHostAlloc(&p, sizeof(unsigned long long), cudaHostAllocPortable) == cudaSuccess) {
       slot.p = static_cast<unsigned long long*>(p);
     } else {
       cudaGetLastError();  // not sticky; clear it and use the stack

@@ -871,6 +871,8 @@ void launch_sm90_tiles(const void* x, const TokenRows& rows, std::int64_t tiles,
       const std::int64_t ktiles = (w.k / kBlockSize + 1) / 2;
       const std::string& forced = forced_kernel();
       const bool force = forced == "wgmma_split";
+      // (choose_kernel gives 64-token tiles two computing warpgroups instead exactly where these
+      // pairs would not fit one per SM: the same test, 2 * tiles > SMs.)
       const bool short_tiles = kTokens == 64 && 2 * ctas <= sms && ktiles >= 16;
       if ((ktiles >= 128 || short_tiles || force) && forced != "wgmma_nosplit") {
         const int per_sm = prepare_kernel(

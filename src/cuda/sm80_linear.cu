@@ -105,8 +105,8 @@ __device__ __forceinline__ void accumulate_post_scaled(
         const std::uint32_t wa = word(cur.wa[h], j);
         const std::uint32_t wb = word(cur.wb[h], j);
         std::uint32_t a0[4], a1[4];  // A fragments of the block's two k16 steps
-        decode4<T>(wa & 0xFFFFu, a0[0], a0[2]);
-        decode4<T>(wb & 0xFFFFu, a0[1], a0[3]);
+        decode4<T>(wa, a0[0], a0[2]);
+        decode4<T>(wb, a0[1], a0[3]);
         decode4<T>(wa >> 16, a1[0], a1[2]);
         decode4<T>(wb >> 16, a1[1], a1[3]);
         const bool in_k = i < blocks_left;
@@ -281,8 +281,8 @@ __device__ __forceinline__ void accumulate_pre_scaled(float (&acc)[R][NT][4],
         const std::uint32_t va = word(cur.wa[r], s >> 1) >> (16 * (s & 1));
         const std::uint32_t vb = word(cur.wb[r], s >> 1) >> (16 * (s & 1));
         std::uint32_t a[4];
-        decode4<__nv_bfloat16>(va & 0xFFFFu, a[0], a[2]);
-        decode4<__nv_bfloat16>(vb & 0xFFFFu, a[1], a[3]);
+        decode4<__nv_bfloat16>(va, a[0], a[2]);
+        decode4<__nv_bfloat16>(vb, a[1], a[3]);
         a[0] = bf16x2_mul(a[0], fa[r]);
         a[2] = bf16x2_mul(a[2], fa[r]);
         a[1] = bf16x2_mul(a[1], fb[r]);

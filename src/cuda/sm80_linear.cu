@@ -225,14 +225,15 @@ __device__ __forceinline__ void accumulate_pre_scaled(float (&acc)[R][NT][4],
   int b0 = member * kStep;
   // The row pointers walk with the step (loop-carried, so ptxas keeps them in registers instead
   // of rebuilding the row addresses every step: ~35 instructions of a ~300-instruction step at
-  // M = 1); `at` points at block b0 + t.
+  // M = 1); `at` points at block b0 + t. x the same way, xp at block b0 + t of the current step.
+  // Not where x is loaded half a step ahead (three CTAs per SM): there the walking pointers
+  // spill (32 bytes with two n-tiles, 132 in the routed kernel) or cost more than they save.
+  constexpr bool kWalk = kAhead != XAhead::kHalf;
+  constexpr bool kWalkX = kWalk;
   LaneRows<R> at = rows;
-  advance(at, b0 + t);
-  WeightStep<R> next = load_weight_step<R>(at, 0, nblk - (b0 + t));
-  // x the same way, xp at block b0 + t of the current step, except where x is loaded half a
-  // step ahead (there the walking pointers cost more than they save: 339 -> 381 instructions
-  // per step for two n-tiles at three CTAs per SM).
-  constexpr bool kWalkX = kAhead != XAhead::kHalf;
+  if constexpr (kWalk) advance(at, b0 + t);
+  WeightStep<R> next =
+      kWalk ? load_weight_step<R>(at, 0, nblk - (b0 + t)) : load_weight_step<R>(rows, b0 + t, nblk);
   const __nv_bfloat16* xp[NT];
 #pragma unroll
   for (int nt = 0; nt < NT; ++nt)
@@ -262,8 +263,12 @@ __device__ __forceinline__ void accumulate_pre_scaled(float (&acc)[R][NT][4],
       }
     }
     if (b0 + stride < nblk) {
-      advance(at, stride);
-      next = load_weight_step<R>(at, 0, nblk - blk_next);
+      if constexpr (kWalk) {
+        advance(at, stride);
+        next = load_weight_step<R>(at, 0, nblk - blk_next);
+      } else {
+        next = load_weight_step<R>(rows, blk_next, nblk);
+      }
       if constexpr (kAhead == XAhead::kFull) {
         load_x_part<NT, 4>(x_next, 0, xq, tokens_left, 0, nblk - blk_next);
       }

@@ -23,8 +23,9 @@ __device__ __forceinline__ float load_bias(const void* bias, DType dtype, std::i
   }
 }
 
-// Four E2M1 codes (the nibbles of v, lowest first) -> two pairs of 16-bit values: p0 holds codes
-// 0 (low half) and 1, p1 codes 2 and 3. Eight integer operations for four codes:
+// Four E2M1 codes (the low four nibbles of v, lowest first) -> two pairs of 16-bit values: p0
+// holds codes 0 (low half) and 1, p1 codes 2 and 3. prmt reads only a selector's low 16 bits, so
+// the rest of v is ignored and callers need not mask it. Eight integer operations for four codes:
 // - the magnitude's high (and, for bf16, low) byte comes from a byte table indexed with prmt;
 // - the sign: prmt in sign-replicate mode (selector bit 3 = the code's sign bit) turns a 0x80
 //   source byte into 0xFF for negative codes and leaves 0x80 for positive ones, so bit 6 of each

@@ -105,8 +105,8 @@ __device__ __forceinline__ void accumulate_post_scaled(
         const std::uint32_t wa = word(cur.wa[h], j);
         const std::uint32_t wb = word(cur.wb[h], j);
         std::uint32_t a0[4], a1[4];  // A fragments of the block's two k16 steps
-        decode4<T>(wa & 0xFFFFu, a0[0], a0[2]);
-        decode4<T>(wb & 0xFFFFu, a0[1], a0[3]);
+        decode4<T>(wa, a0[0], a0[2]);
+        decode4<T>(wb, a0[1], a0[3]);
         decode4<T>(wa >> 16, a1[0], a1[2]);
         decode4<T>(wb >> 16, a1[1], a1[3]);
         const bool in_k = i < blocks_left;
@@ -146,6 +146,18 @@ struct LaneRows {
   const std::uint8_t* sa[R];
   const std::uint8_t* sb[R];
 };
+
+// Moves every row pointer `blocks` blocks on.
+template <int R>
+__device__ __forceinline__ void advance(LaneRows<R>& rows, int blocks) {
+#pragma unroll
+  for (int r = 0; r < R; ++r) {
+    rows.wa[r] += blocks * kBlockBytes;
+    rows.wb[r] += blocks * kBlockBytes;
+    rows.sa[r] += blocks;
+    rows.sb[r] += blocks;
+  }
+}
 
 template <int R>
 __device__ __forceinline__ WeightStep<R> load_weight_step(const LaneRows<R>& rows, int blk,
@@ -211,19 +223,37 @@ __device__ __forceinline__ void accumulate_pre_scaled(float (&acc)[R][NT][4],
   constexpr int kStep = 4;  // blocks per warp step
   const int stride = members * kStep;
   int b0 = member * kStep;
-  WeightStep<R> next = load_weight_step<R>(rows, b0 + t, nblk);
+  // The row pointers walk with the step (loop-carried, so ptxas keeps them in registers instead
+  // of rebuilding the row addresses every step: ~35 instructions of a ~300-instruction step at
+  // M = 1); `at` points at block b0 + t. x the same way, xp at block b0 + t of the current step.
+  // Not where x is loaded half a step ahead (three CTAs per SM): there the walking pointers
+  // spill (32 bytes with two n-tiles, 132 in the routed kernel) or cost more than they save.
+  constexpr bool kWalk = kAhead != XAhead::kHalf;
+  constexpr bool kWalkX = kWalk;
+  LaneRows<R> at = rows;
+  if constexpr (kWalk) advance(at, b0 + t);
+  WeightStep<R> next =
+      kWalk ? load_weight_step<R>(at, 0, nblk - (b0 + t)) : load_weight_step<R>(rows, b0 + t, nblk);
+  const __nv_bfloat16* xp[NT];
+#pragma unroll
+  for (int nt = 0; nt < NT; ++nt)
+    xp[nt] = kWalkX ? x_lane[nt] + std::int64_t{b0 + t} * kBlockSize : x_lane[nt];
   uint4 xs[NT][4];
   uint4 x_next[kAhead == XAhead::kFull ? NT : 1][4];
   if constexpr (kAhead == XAhead::kHalf)
     load_x_part<NT, 4>(xs, 0, x_lane, tokens_left, b0 + t, nblk);
   if constexpr (kAhead == XAhead::kFull) {
-    load_x_part<NT, 4>(x_next, 0, x_lane, tokens_left, b0 + t, nblk);
+    load_x_part<NT, 4>(x_next, 0, xp, tokens_left, 0, nblk - (b0 + t));
   }
   for (; b0 < nblk; b0 += stride) {
     const WeightStep<R> cur = next;
     const int blk_next = b0 + stride + t;
+    const __nv_bfloat16* xq[NT];  // the next step's
+#pragma unroll
+    for (int nt = 0; nt < NT; ++nt)
+      xq[nt] = kWalkX ? xp[nt] + stride * kBlockSize : xp[nt];
     if constexpr (kAhead == XAhead::kNone)
-      load_x_part<NT, 4>(xs, 0, x_lane, tokens_left, b0 + t, nblk);
+      load_x_part<NT, 4>(xs, 0, xp, tokens_left, 0, nblk - (b0 + t));
     if constexpr (kAhead == XAhead::kFull) {
 #pragma unroll
       for (int nt = 0; nt < NT; ++nt) {
@@ -233,9 +263,14 @@ __device__ __forceinline__ void accumulate_pre_scaled(float (&acc)[R][NT][4],
       }
     }
     if (b0 + stride < nblk) {
-      next = load_weight_step<R>(rows, blk_next, nblk);
+      if constexpr (kWalk) {
+        advance(at, stride);
+        next = load_weight_step<R>(at, 0, nblk - blk_next);
+      } else {
+        next = load_weight_step<R>(rows, blk_next, nblk);
+      }
       if constexpr (kAhead == XAhead::kFull) {
-        load_x_part<NT, 4>(x_next, 0, x_lane, tokens_left, blk_next, nblk);
+        load_x_part<NT, 4>(x_next, 0, xq, tokens_left, 0, nblk - blk_next);
       }
     }
     std::uint32_t fa[R], fb[R];
@@ -251,8 +286,8 @@ __device__ __forceinline__ void accumulate_pre_scaled(float (&acc)[R][NT][4],
         const std::uint32_t va = word(cur.wa[r], s >> 1) >> (16 * (s & 1));
         const std::uint32_t vb = word(cur.wb[r], s >> 1) >> (16 * (s & 1));
         std::uint32_t a[4];
-        decode4<__nv_bfloat16>(va & 0xFFFFu, a[0], a[2]);
-        decode4<__nv_bfloat16>(vb & 0xFFFFu, a[1], a[3]);
+        decode4<__nv_bfloat16>(va, a[0], a[2]);
+        decode4<__nv_bfloat16>(vb, a[1], a[3]);
         a[0] = bf16x2_mul(a[0], fa[r]);
         a[2] = bf16x2_mul(a[2], fa[r]);
         a[1] = bf16x2_mul(a[1], fb[r]);
@@ -268,6 +303,9 @@ __device__ __forceinline__ void accumulate_pre_scaled(float (&acc)[R][NT][4],
         if (s == 7) load_x_part<NT, 2>(xs, 2, x_lane, tokens_left, blk_next, nblk);
       }
     }
+#pragma unroll
+    for (int nt = 0; nt < NT; ++nt)
+      xp[nt] = xq[nt];
   }
 }
 

@@ -171,16 +171,16 @@ __device__ __forceinline__ void quantize_warp(const T* __restrict__ weight,
       make_uint4(words[0], words[1], words[2], words[3]);
 }
 
-// The warps' blocks (quantize_warp); then, with `done` (Report), the CTA that finishes last
-// hands the first non-finite index to the host and resets the report for the next call.
 // CTAs per SM the kernel is built for: bf16 with the mse rule took 73 registers, which fits
-// three CTAs (24 warps) an SM; at 64, four (an H100: 1660-1690 -> 1778-1797 GB/s). 0: no
-// minimum, ptxas's own choice (47-64 registers); an explicit 1 let it take 76-172 and made the
-// other kernels 20-40% slower.
+// three CTAs (24 warps) an SM; at 64, four (an H100: 1610-1690 -> 1676-1797 GB/s over two
+// calls). 0: no minimum, ptxas's own choice (47-64 registers); an explicit 1 let it take 76-172
+// and made the other kernels 20-40% slower.
 template <typename T, ScaleRule Rule>
 inline constexpr int kQuantizeMinCtas =
     std::is_same_v<T, __nv_bfloat16>&& Rule == ScaleRule::mse ? 4 : 0;
 
+// The warps' blocks (quantize_warp); then, with `done` (Report), the CTA that finishes last
+// hands the first non-finite index to the host and resets the report for the next call.
 template <typename T, ScaleRule Rule>
 __global__ void __launch_bounds__(kThreads, kQuantizeMinCtas<T, Rule>)
     quantize_kernel(const T* __restrict__ weight, std::int64_t total_blocks,

@@ -85,11 +85,11 @@ struct CudaGatherPlan {
   std::int64_t small_tiles() const { return std::min(experts, pairs); }
   std::int64_t sixteen_tiles() const { return std::min(experts, pairs / 9); }
   std::int64_t mid_tiles() const { return std::min(experts, pairs / 17) + pairs / 32; }
-  std::int64_t large_tiles() const {
-    return std::min(experts, pairs / (kCudaGemmMinTokens + 1)) + pairs / 128;
-  }
+  // Experts with more than kCudaGemmMinTokens tokens, at most.
+  std::int64_t gemm_experts() const { return std::min(experts, pairs / (kCudaGemmMinTokens + 1)); }
+  std::int64_t large_tiles() const { return gemm_experts() + pairs / 128; }
   // Hopper, bf16: experts of 33 to 128 tokens, one 128-token tile each (their own class).
-  std::int64_t mid128_tiles() const { return std::min(experts, pairs / (kCudaGemmMinTokens + 1)); }
+  std::int64_t mid128_tiles() const { return gemm_experts(); }
   std::int64_t list_entries() const {
     return small_tiles() + sixteen_tiles() + mid_tiles() + mid128_tiles() + large_tiles();
   }

@@ -231,31 +231,6 @@ void require_aligned(const void* p, const char* what) {
   }
 }
 
-// This thread's pinned landing slot for the non-finite flag, allocated on first use (null where
-// pinned memory is unavailable). A pageable destination makes the copy a staged, synchronous
-// one, which the quantize call's wall time would carry. Portable: a thread may quantize on
-// several devices, and memory pinned for one context alone is pageable to the others.
-unsigned long long* pinned_flag_slot() {
-  struct Slot {
-    unsigned long long* p = nullptr;
-    bool tried = false;
-    ~Slot() {
-      if (p != nullptr) cudaFreeHost(p);  // at thread exit; the runtime may already be gone
-    }
-  };
-  thread_local Slot slot;
-  if (!slot.tried) {
-    slot.tried = true;
-    void* p = nullptr;
-    if (cudaHostAlloc(&p, sizeof(unsigned long long), cudaHostAllocPortable) == cudaSuccess) {
-      slot.p = static_cast<unsigned long long*>(p);
-    } else {
-      cudaGetLastError();  // not sticky; clear it and use the stack
-    }
-  }
-  return slot.p;
-}
-
 // This thread's report on the current device, allocated on first use (null where that fails:
 // quantize then sets and reads a flag of its own with two more stream operations). The flag
 // holds the first non-finite element's index (all bytes 0xFF: none) and `done` counts finished
@@ -347,16 +322,15 @@ std::int64_t quantize(const detail::QuantizeArgs& a) {
   unsigned long long* flag = nullptr;
   check(cudaMallocAsync(reinterpret_cast<void**>(&flag), sizeof *flag, stream), "cudaMallocAsync");
   unsigned long long found = none;
-  unsigned long long* slot = pinned_flag_slot();
-  unsigned long long* landing = slot != nullptr ? slot : &found;
   try {
     // All bytes 0xFF: `none`, the flag's "no non-finite block" value.
     check(cudaMemsetAsync(flag, 0xFF, sizeof *flag, stream), "cudaMemsetAsync");
     launch_all(flag, nullptr, nullptr);
-    check(cudaMemcpyAsync(landing, flag, sizeof found, cudaMemcpyDeviceToHost, stream),
+    // (Into pageable memory: a staged copy, but this path runs only where pinned memory could
+    // not be had.)
+    check(cudaMemcpyAsync(&found, flag, sizeof found, cudaMemcpyDeviceToHost, stream),
           "cudaMemcpyAsync");
     check(cudaStreamSynchronize(stream), "cudaStreamSynchronize");
-    found = *landing;
   } catch (...) {
     cudaFreeAsync(flag, stream);
     throw;

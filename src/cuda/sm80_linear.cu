@@ -229,7 +229,6 @@ __device__ __forceinline__ void accumulate_pre_scaled(float (&acc)[R][NT][4],
   // Not where x is loaded half a step ahead (three CTAs per SM): there the walking pointers
   // spill (32 bytes with two n-tiles, 132 in the routed kernel) or cost more than they save.
   constexpr bool kWalk = kAhead != XAhead::kHalf;
-  constexpr bool kWalkX = kWalk;
   LaneRows<R> at = rows;
   if constexpr (kWalk) advance(at, b0 + t);
   WeightStep<R> next =
@@ -237,7 +236,7 @@ __device__ __forceinline__ void accumulate_pre_scaled(float (&acc)[R][NT][4],
   const __nv_bfloat16* xp[NT];
 #pragma unroll
   for (int nt = 0; nt < NT; ++nt)
-    xp[nt] = kWalkX ? x_lane[nt] + std::int64_t{b0 + t} * kBlockSize : x_lane[nt];
+    xp[nt] = kWalk ? x_lane[nt] + std::int64_t{b0 + t} * kBlockSize : x_lane[nt];
   uint4 xs[NT][4];
   uint4 x_next[kAhead == XAhead::kFull ? NT : 1][4];
   if constexpr (kAhead == XAhead::kHalf)
@@ -251,7 +250,7 @@ __device__ __forceinline__ void accumulate_pre_scaled(float (&acc)[R][NT][4],
     const __nv_bfloat16* xq[NT];  // the next step's
 #pragma unroll
     for (int nt = 0; nt < NT; ++nt)
-      xq[nt] = kWalkX ? xp[nt] + stride * kBlockSize : xp[nt];
+      xq[nt] = kWalk ? xp[nt] + stride * kBlockSize : xp[nt];
     if constexpr (kAhead == XAhead::kNone)
       load_x_part<NT, 4>(xs, 0, xp, tokens_left, 0, nblk - (b0 + t));
     if constexpr (kAhead == XAhead::kFull) {

@@ -7,6 +7,7 @@
 #include <cstring>
 #include <random>
 #include <string>
+#include <thread>
 #include <utility>
 #include <vector>
 
@@ -141,6 +142,26 @@ TEST(Cuda, QuantizeReportsNonFiniteLikeTheCpu) {
     FAIL() << "expected NonFiniteValue";
   } catch (const mxfp4::NonFiniteValue& e) {
     EXPECT_NE(std::string(e.what()).find("row 2, column 40"), std::string::npos) << e.what();
+  }
+  // The report is reset for the next call (a finite weight passes), and a later one is found
+  // again, on another thread too (each thread has its own).
+  EXPECT_NO_THROW(mxfp4::quantize(random_tensor({4, 64}, DType::f32, 4).to(kGpu)));
+  Tensor w2 = random_tensor({8, 96}, DType::bf16, 5);
+  w2.data_as<mxfp4::bf16_t>()[5 * 96 + 70].bits = 0x7FC0;  // NaN
+  for (int pass = 0; pass < 2; ++pass) {
+    std::string message;
+    std::thread other([&] {
+      try {
+        mxfp4::quantize(w2.to(kGpu));
+      } catch (const mxfp4::NonFiniteValue& e) {
+        message = e.what();
+      }
+    });
+    other.join();
+    EXPECT_NE(message.find("row 5, column 70"), std::string::npos)
+        << "pass " << pass << ": " << message;
+    EXPECT_THROW(mxfp4::quantize(w2.to(kGpu)), mxfp4::NonFiniteValue);
+    EXPECT_NO_THROW(mxfp4::quantize(random_tensor({8, 96}, DType::bf16, 6).to(kGpu)));
   }
   const mxfp4::QuantizeOptions nan_blocks{mxfp4::kDefaultScaleRule,
                                           mxfp4::NonFinitePolicy::nan_block};

@@ -88,10 +88,12 @@ struct CudaGatherPlan {
   std::int64_t large_tiles() const {
     return std::min(experts, pairs / (kCudaGemmMinTokens + 1)) + pairs / 128;
   }
+  // Hopper, bf16: experts of 33 to 128 tokens, one 128-token tile each (their own class).
+  std::int64_t mid128_tiles() const { return std::min(experts, pairs / (kCudaGemmMinTokens + 1)); }
   std::int64_t list_entries() const {
-    return small_tiles() + sixteen_tiles() + mid_tiles() + large_tiles();
+    return small_tiles() + sixteen_tiles() + mid_tiles() + mid128_tiles() + large_tiles();
   }
-  // Workspace layout: counts[E], offsets[E + 1], cursor[E], totals[4], perm[pairs], then the
+  // Workspace layout: counts[E], offsets[E + 1], cursor[E], totals[5], perm[pairs], then the
   // tile list (16 bytes an entry); each part 256-byte aligned. Optionally after that, 16-bit x
   // rows of K elements staged in expert order, one per pair (the Hopper GEMM loads them with
   // TMA; without the room it gathers rows with cp.async).
@@ -102,7 +104,7 @@ struct CudaGatherPlan {
     return offsets_at() + up(static_cast<std::size_t>(experts + 1) * 4);
   }
   std::size_t totals_at() const { return cursor_at() + up(static_cast<std::size_t>(experts) * 4); }
-  std::size_t perm_at() const { return totals_at() + up(16); }
+  std::size_t perm_at() const { return totals_at() + up(20); }
   std::size_t list_at() const { return perm_at() + up(static_cast<std::size_t>(pairs) * 4); }
   std::size_t bytes() const {
     if (pairs <= kCudaCtaRoutePairs) return 0;

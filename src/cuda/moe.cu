@@ -52,9 +52,11 @@ __global__ void count_kernel(const void* ids, DType id_dtype, std::int64_t pairs
 
 // Tile classes of the sorted pairs (kernel_args.hpp): an expert with c tokens gets one tile of
 // the decode kernel's 8 (c <= 8) or 16 (c <= 16), one tile of 32 (c <= mid_max: the GEMM's for
-// bf16, else the decode kernel's, then with mid_max unbounded) or GEMM tiles of large_tile (128;
-// 256 for the wgmma GEMM with bf16).
-constexpr int kClasses = 4;
+// bf16, else the decode kernel's, then with mid_max unbounded), one tile of 128 (c <= mid128_max:
+// the wgmma GEMM with bf16, 0 elsewhere) or GEMM tiles of large_tile (128; 256 for the wgmma GEMM
+// with bf16).
+constexpr int kClasses = 5;
+constexpr int kMid128Tile = 128;
 constexpr int kSmallTile = 8;
 constexpr int kSixteenTile = 16;
 constexpr int kMidTile = 32;
@@ -66,16 +68,20 @@ struct ClassBases {
   int base[kClasses];
 };
 
-__global__ void plan_kernel(const int* counts, int experts, int mid_max, int large_tile,
-                            int* offsets, int* cursor, int* totals, int4* list,
+__global__ void plan_kernel(const int* counts, int experts, int mid_max, int mid128_max,
+                            int large_tile, int* offsets, int* cursor, int* totals, int4* list,
                             ClassBases class_base) {
   const int lane = static_cast<int>(threadIdx.x);
   int pair_base = 0, base[kClasses] = {};
-  const int class_tile[kClasses] = {kSmallTile, kSixteenTile, kMidTile, large_tile};
+  const int class_tile[kClasses] = {kSmallTile, kSixteenTile, kMidTile, kMid128Tile, large_tile};
   for (int e0 = 0; e0 < experts; e0 += 32) {
     const int e = e0 + lane;
     const int c = e < experts ? counts[e] : 0;
-    const int cls = c <= kSmallTile ? 0 : c <= kSixteenTile ? 1 : c <= mid_max ? 2 : 3;
+    const int cls = c <= kSmallTile     ? 0
+                    : c <= kSixteenTile ? 1
+                    : c <= mid_max      ? 2
+                    : c <= mid128_max   ? 3
+                                        : 4;
     const int tiles = c == 0 ? 0 : (c + class_tile[cls] - 1) / class_tile[cls];
     int pc = c, tc[kClasses];
 #pragma unroll
@@ -277,7 +283,21 @@ void gather_linear(const detail::GatherLinearArgs& a) {
   auto* perm = reinterpret_cast<std::int32_t*>(base + plan.perm_at());
   auto* list = reinterpret_cast<int4*>(base + plan.list_at());
   const int mid_max = large ? static_cast<int>(detail::kCudaGemmMinTokens) : INT_MAX;
-  const int large_tile = sm90 ? (gemm ? 256 : 128) : kLargeTile;
+  // Few pairs (at most 512, top-4 of 128 tokens), bf16 on Hopper: 128-token tiles of 64 rows
+  // with two computing warpgroups on alternate k-tiles, the dense rule's tile for 128 tokens on
+  // these shapes. Tiles of 256 cost about as much at any width (the weight's decode dominates),
+  // so four experts of 128 tokens took two waves of them: 85.8 us on GPT-OSS gate_up against
+  // 62.8 expert by expert (an H100, session 8).
+  const bool few = sm90 && gemm && pairs <= 512;
+  const int large_tile = sm90 ? (gemm && !few ? 256 : 128) : kLargeTile;
+  const int large_rows = few ? 64 : 128;
+  // Hopper, bf16 (not few): experts of 33 to 128 tokens on 128-token tiles of 128 rows, the rest
+  // on 256-token tiles. A 256-token tile costs about as much at any width (the weight's decode
+  // dominates) and a 128-token one ~3/4 of it, so experts that fit 128 tokens take the cheaper
+  // tile, and larger ones keep one tile of 256 rather than two of 128 (an H100, session 8,
+  // every large expert forced onto 128-token tiles: uniform T = 1024 gate_up 1096.6 -> 973.8 us,
+  // T = 4096 1376.6 -> 1644.2).
+  const int mid128_max = sm90 && gemm && !few ? kMid128Tile : 0;
   const std::int64_t small_tiles = plan.small_tiles();
   const std::int64_t sixteen_tiles = plan.sixteen_tiles();
   const std::int64_t mid_tiles = large ? std::min(a.w.experts, pairs / 17) : plan.mid_tiles();
@@ -286,6 +306,7 @@ void gather_linear(const detail::GatherLinearArgs& a) {
   bases.base[1] = static_cast<int>(small_tiles);
   bases.base[2] = static_cast<int>(small_tiles + sixteen_tiles);
   bases.base[3] = static_cast<int>(small_tiles + sixteen_tiles + plan.mid_tiles());
+  bases.base[4] = static_cast<int>(bases.base[3] + plan.mid128_tiles());
   try {
     check(cudaMemsetAsync(counts, 0, sizeof(int) * static_cast<std::size_t>(experts), stream),
           "cudaMemsetAsync(gather_linear counts)");
@@ -295,8 +316,8 @@ void gather_linear(const detail::GatherLinearArgs& a) {
           a.indices, a.index_dtype, pairs, experts, topk, counts, error, static_cast<T*>(a.out), n);
     });
     check_launch("count_kernel");
-    plan_kernel<<<1, 32, 0, stream>>>(counts, experts, mid_max, large_tile, offsets, cursor, totals,
-                                      list, bases);
+    plan_kernel<<<1, 32, 0, stream>>>(counts, experts, mid_max, mid128_max, large_tile, offsets,
+                                      cursor, totals, list, bases);
     check_launch("plan_kernel");
     scatter_kernel<<<blocks_for(pairs, 256), 256, 0, stream>>>(a.indices, a.index_dtype, pairs,
                                                                experts, cursor, perm);
@@ -316,26 +337,33 @@ void gather_linear(const detail::GatherLinearArgs& a) {
       launch_decode(a.x, a.x_dtype, rows, mid_tiles, kMidTile, a.w, a.out, stream);
     }
     if (large) {
-      rows.tile_list = list + bases.base[3];
-      rows.tile_total = totals + 3;
-      if (sm90 && staging) {
-        auto* staged = reinterpret_cast<__nv_bfloat16*>(base + plan.staged_at());
-        const std::int64_t stage_items = plan.large_tiles() * (large_tile / 8);
-        stage_rows_kernel<<<static_cast<unsigned>(std::min<std::int64_t>(
-                                stage_items, 8 * current_device_facts().multiprocessors)),
-                            256, 0, stream>>>(static_cast<const __nv_bfloat16*>(a.x), rows,
-                                              large_tile, a.w.k, staged);
-        check_launch("stage_rows_kernel");
-        TokenRows staged_rows = rows;
-        staged_rows.x_by_position = true;
-        staged_rows.rows = pairs;
-        launch_sm90_gemm(staged, a.x_dtype, staged_rows, plan.large_tiles(), large_tile, 128, a.w,
-                         a.out, stream);
-      } else if (sm90) {
-        launch_sm90_gemm(a.x, a.x_dtype, rows, plan.large_tiles(), large_tile, 128, a.w, a.out,
-                         stream);
-      } else {
-        launch_gemm(a.x, rows, plan.large_tiles(), kLargeTile, a.w, a.out, stream);
+      // The GEMM classes: 128-token tiles (mid128_max > 0), then the large experts' tiles.
+      for (int cls = mid128_max > 0 ? 3 : 4; cls <= 4; ++cls) {
+        rows.tile_list = list + bases.base[cls];
+        rows.tile_total = totals + cls;
+        const std::int64_t tiles = cls == 3 ? plan.mid128_tiles() : plan.large_tiles();
+        const int tile = cls == 3 ? kMid128Tile : large_tile;
+        const int tile_rows = cls == 3 ? 128 : large_rows;
+        if (tiles == 0) continue;
+        if (sm90 && staging) {
+          auto* staged = reinterpret_cast<__nv_bfloat16*>(base + plan.staged_at());
+          const std::int64_t stage_items = tiles * (tile / 8);
+          stage_rows_kernel<<<static_cast<unsigned>(std::min<std::int64_t>(
+                                  stage_items, 8 * current_device_facts().multiprocessors)),
+                              256, 0, stream>>>(static_cast<const __nv_bfloat16*>(a.x), rows, tile,
+                                                a.w.k, staged);
+          check_launch("stage_rows_kernel");
+          TokenRows staged_rows = rows;
+          staged_rows.x_by_position = true;
+          staged_rows.rows = pairs;
+          launch_sm90_gemm(staged, a.x_dtype, staged_rows, tiles, tile, tile_rows, a.w, a.out,
+                           stream, few && cls == 4);
+        } else if (sm90) {
+          launch_sm90_gemm(a.x, a.x_dtype, rows, tiles, tile, tile_rows, a.w, a.out, stream,
+                           few && cls == 4);
+        } else {
+          launch_gemm(a.x, rows, tiles, kLargeTile, a.w, a.out, stream);
+        }
       }
     }
   } catch (...) {

@@ -6,6 +6,8 @@
 #include <cstdint>
 #include <limits>
 #include <type_traits>
+#include <utility>
+#include <vector>
 
 #include "core/quantize_block_fast.hpp"
 #include "cuda/backend.hpp"
@@ -65,10 +67,11 @@ __device__ __forceinline__ void widen(const uint4& q, float* out, __half) {
 // inputs take half the space), then each lane reads its block back, widens it to f32 in
 // registers and codes it. Warps never wait for each other.
 template <typename T, ScaleRule Rule>
-__global__ void __launch_bounds__(kThreads)
-    quantize_kernel(const T* __restrict__ weight, std::int64_t total_blocks,
-                    std::uint8_t* __restrict__ blocks, std::uint8_t* __restrict__ scales,
-                    bool vector_loads, unsigned long long* first_non_finite) {
+__device__ __forceinline__ void quantize_warp(const T* __restrict__ weight,
+                                              std::int64_t total_blocks,
+                                              std::uint8_t* __restrict__ blocks,
+                                              std::uint8_t* __restrict__ scales, bool vector_loads,
+                                              unsigned long long* first_non_finite) {
   constexpr unsigned kChunks = kChunksPerBlock<T>;
   constexpr unsigned kPerChunk = 16 / sizeof(T);
   __shared__ uint4 tile[kThreads / kWarpSize][kWarpSize * kChunks];
@@ -168,6 +171,35 @@ __global__ void __launch_bounds__(kThreads)
       make_uint4(words[0], words[1], words[2], words[3]);
 }
 
+// CTAs per SM the kernel is built for: bf16 with the mse rule took 73 registers, which fits
+// three CTAs (24 warps) an SM; at 64, four (an H100: 1610-1690 -> 1676-1797 GB/s over two
+// calls). 0: no minimum, ptxas's own choice (47-64 registers); an explicit 1 let it take 76-172
+// and made the other kernels 20-40% slower.
+template <typename T, ScaleRule Rule>
+inline constexpr int kQuantizeMinCtas =
+    std::is_same_v<T, __nv_bfloat16>&& Rule == ScaleRule::mse ? 4 : 0;
+
+// The warps' blocks (quantize_warp); then, with `done` (Report), the CTA that finishes last
+// hands the first non-finite index to the host and resets the report for the next call.
+template <typename T, ScaleRule Rule>
+__global__ void __launch_bounds__(kThreads, kQuantizeMinCtas<T, Rule>)
+    quantize_kernel(const T* __restrict__ weight, std::int64_t total_blocks,
+                    std::uint8_t* __restrict__ blocks, std::uint8_t* __restrict__ scales,
+                    bool vector_loads, unsigned long long* first_non_finite, unsigned int* done,
+                    volatile unsigned long long* host_out) {
+  quantize_warp<T, Rule>(weight, total_blocks, blocks, scales, vector_loads, first_non_finite);
+  if (done == nullptr) return;
+  __syncthreads();  // this CTA's reports are in
+  if (threadIdx.x == 0) {
+    __threadfence();
+    if (atomicAdd(done, 1u) == gridDim.x - 1) {  // every other CTA's reports are in too
+      __threadfence();
+      *host_out = atomicExch(first_non_finite, ~0ull);
+      atomicExch(done, 0u);
+    }
+  }
+}
+
 template <typename T>
 __global__ void dequantize_kernel(const std::uint8_t* __restrict__ blocks,
                                   const std::uint8_t* __restrict__ scales,
@@ -224,32 +256,103 @@ unsigned long long* pinned_flag_slot() {
   return slot.p;
 }
 
+// This thread's report on the current device, allocated on first use (null where that fails:
+// quantize then sets and reads a flag of its own with two more stream operations). The flag
+// holds the first non-finite element's index (all bytes 0xFF: none) and `done` counts finished
+// CTAs; the kernel's last CTA writes the flag to `host` (mapped pinned memory) and resets both,
+// so a call is one launch and one synchronization. A thread's calls never overlap (each
+// synchronizes before returning) and other threads have reports of their own.
+struct Report {
+  unsigned long long* flag = nullptr;      // device: [0] the flag, [1] done (as unsigned int)
+  unsigned long long* host = nullptr;      // mapped pinned memory, as the host sees it
+  unsigned long long* host_dev = nullptr;  // the same, as the device sees it
+  unsigned int* done() const { return reinterpret_cast<unsigned int*>(flag + 1); }
+};
+const Report* thread_report() {
+  struct Reports {
+    std::vector<std::pair<int, Report>> by_device;
+    std::vector<int> failed;
+    ~Reports() {  // at thread exit; the runtime may already be gone
+      for (auto& [device, r] : by_device) {
+        cudaFree(r.flag);
+        cudaFreeHost(r.host);
+      }
+    }
+  };
+  thread_local Reports reports;
+  int device = 0;
+  if (cudaGetDevice(&device) != cudaSuccess) {
+    cudaGetLastError();
+    return nullptr;
+  }
+  for (const auto& [d, r] : reports.by_device) {
+    if (d == device) return &r;
+  }
+  for (int d : reports.failed) {
+    if (d == device) return nullptr;
+  }
+  Report r;
+  void* host = nullptr;
+  void* host_dev = nullptr;
+  void* flag = nullptr;
+  const unsigned long long init[2] = {~0ull, 0ull};
+  const bool ok = cudaHostAlloc(&host, sizeof(unsigned long long),
+                                cudaHostAllocMapped | cudaHostAllocPortable) == cudaSuccess &&
+                  cudaHostGetDevicePointer(&host_dev, host, 0) == cudaSuccess &&
+                  cudaMalloc(&flag, sizeof init) == cudaSuccess &&
+                  cudaMemcpy(flag, init, sizeof init, cudaMemcpyHostToDevice) == cudaSuccess;
+  if (!ok) {
+    cudaGetLastError();  // not sticky; clear it and take the other path
+    if (flag != nullptr) cudaFree(flag);
+    if (host != nullptr) cudaFreeHost(host);
+    reports.failed.push_back(device);
+    return nullptr;
+  }
+  r.flag = static_cast<unsigned long long*>(flag);
+  r.host = static_cast<unsigned long long*>(host);
+  r.host_dev = static_cast<unsigned long long*>(host_dev);
+  reports.by_device.emplace_back(device, r);
+  return &reports.by_device.back().second;
+}
+
 }  // namespace
 
 std::int64_t quantize(const detail::QuantizeArgs& a) {
   require_aligned(a.blocks, "quantize");
   const std::int64_t total = a.rows * (a.k / kBlockSize);
+  if (total == 0) return -1;
   cudaStream_t stream = as_stream(a.stream);
+  const unsigned long long none = std::numeric_limits<unsigned long long>::max();
+  auto launch_all = [&](unsigned long long* flag, unsigned int* done,
+                        unsigned long long* host_out) {
+    dispatch_floating(a.weight_dtype, [&](auto zero) {
+      using T = decltype(zero);
+      const auto launch = [&](auto rule) {
+        quantize_kernel<T, decltype(rule)::value>
+            <<<blocks_for(total, kThreads), kThreads, 0, stream>>>(
+                static_cast<const T*>(a.weight), total, a.blocks, a.scales, aligned16(a.weight),
+                flag, done, host_out);
+      };
+      detail::with_rule(a.rule, launch);
+    });
+    check_launch("quantize_kernel");
+  };
+  if (const Report* report = thread_report()) {
+    *report->host = none;
+    launch_all(report->flag, report->done(), report->host_dev);
+    check(cudaStreamSynchronize(stream), "cudaStreamSynchronize");
+    const unsigned long long found = *static_cast<volatile unsigned long long*>(report->host);
+    return found == none ? -1 : static_cast<std::int64_t>(found);
+  }
   unsigned long long* flag = nullptr;
   check(cudaMallocAsync(reinterpret_cast<void**>(&flag), sizeof *flag, stream), "cudaMallocAsync");
-  const unsigned long long none = std::numeric_limits<unsigned long long>::max();
   unsigned long long found = none;
   unsigned long long* slot = pinned_flag_slot();
   unsigned long long* landing = slot != nullptr ? slot : &found;
   try {
     // All bytes 0xFF: `none`, the flag's "no non-finite block" value.
     check(cudaMemsetAsync(flag, 0xFF, sizeof *flag, stream), "cudaMemsetAsync");
-    dispatch_floating(a.weight_dtype, [&](auto zero) {
-      using T = decltype(zero);
-      const auto launch = [&](auto rule) {
-        quantize_kernel<T, decltype(rule)::value>
-            <<<blocks_for(total, kThreads), kThreads, 0, stream>>>(static_cast<const T*>(a.weight),
-                                                                   total, a.blocks, a.scales,
-                                                                   aligned16(a.weight), flag);
-      };
-      detail::with_rule(a.rule, launch);
-    });
-    check_launch("quantize_kernel");
+    launch_all(flag, nullptr, nullptr);
     check(cudaMemcpyAsync(landing, flag, sizeof found, cudaMemcpyDeviceToHost, stream),
           "cudaMemcpyAsync");
     check(cudaStreamSynchronize(stream), "cudaStreamSynchronize");

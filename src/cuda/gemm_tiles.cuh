@@ -16,16 +16,19 @@ namespace mxfp4::cuda {
 inline constexpr int kRasterGroup = 8;
 
 // Calls f(tile, tile_w) for this CTA's (token tile, weight tile) pairs, `first` (blockIdx.x),
-// then every `step`-th (gridDim.x), in raster order. Grouped grids (mixture of experts): tiles_t
-// is an upper bound; the planned count is read on the device and empty tiles are skipped.
+// then every `step`-th (gridDim.x), in raster order, of pairs [pid_begin, pid_end) (pid_end 0:
+// to the last). Grouped grids (mixture of experts): tiles_t is an upper bound; the planned count
+// is read on the device and empty tiles are skipped.
 template <typename F>
 __device__ __forceinline__ void for_each_gemm_tile(const TokenRows& rows, int tiles_t, int tiles_w,
                                                    int tile_tokens, F&& f,
                                                    int first = static_cast<int>(blockIdx.x),
-                                                   int step = static_cast<int>(gridDim.x)) {
+                                                   int step = static_cast<int>(gridDim.x),
+                                                   int pid_begin = 0, int pid_end = 0) {
   if (rows.tile_list != nullptr) tiles_t = min(tiles_t, *rows.tile_total);
   const int per_group = kRasterGroup * tiles_w;
-  for (int pid = first; pid < tiles_t * tiles_w; pid += step) {
+  const int end = pid_end > 0 ? min(pid_end, tiles_t * tiles_w) : tiles_t * tiles_w;
+  for (int pid = pid_begin + first; pid < end; pid += step) {
     const int first_t = (pid / per_group) * kRasterGroup;
     const int group_size = min(tiles_t - first_t, kRasterGroup);
     const int tile_t = first_t + (pid % per_group) % group_size;

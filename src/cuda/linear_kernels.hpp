@@ -32,8 +32,10 @@ struct KernelChoice {
 KernelChoice choose_kernel(DType x_dtype, std::int64_t tokens, std::int64_t n);
 // MXFP4_CUDA_KERNEL's value (empty when unset), read once. Besides the choices above,
 // wgmma_cpasync makes the wgmma GEMM load x with cp.async where it would use TMA,
-// wgmma_nosplit keeps it from splitting K across a cluster of CTAs, and wgmma_split makes it
-// split K wherever the tile shape allows (in four where the partial sums fit, else in two).
+// wgmma_nosplit keeps it from splitting K across a cluster of CTAs, wgmma_split makes it
+// split K wherever the tile shape allows (in four where the partial sums fit, else in two), and
+// wgmma_tail splits K for the last half of the tiles (in a second launch, as for a last
+// partial wave).
 const std::string& forced_kernel();
 
 // The decode kernel (bf16 or f16 x): `tiles` tiles of `tile_tokens` tokens mapped by `rows`.

@@ -62,6 +62,11 @@ constexpr int kTileK = 2 * kBlockSize;
 // (a second x tile per stage).
 inline constexpr int kWGSplitK = 3;
 
+// The (token tile, weight tile) pairs a launch covers, [begin, end) in raster order (end 0: all).
+struct PidRange {
+  int begin = 0, end = 0;
+};
+
 template <int kTokens, int kSub, int kWG, bool kSplitX = false>
 struct Sm90Config {
   static constexpr bool kSplitK = kWG == kWGSplitK;
@@ -228,7 +233,8 @@ __device__ __forceinline__ void sm90_load(std::uint8_t* smem, const T* __restric
                                           const CUtensorMap& x_map, const CUtensorMap& w_map,
                                           const TokenRows& rows, int tiles_t, int tiles_w,
                                           const std::uint8_t* __restrict__ blocks,
-                                          const std::uint8_t* __restrict__ scales, int n, int k) {
+                                          const std::uint8_t* __restrict__ scales, int n, int k,
+                                          const PidRange& pids) {
   constexpr bool kSplit = std::is_same_v<T, __half>;
   using C = Sm90Config<kTokens, kSub, kWG, kSplit>;
   constexpr int S = C::kStages;
@@ -417,7 +423,8 @@ __device__ __forceinline__ void sm90_load(std::uint8_t* smem, const T* __restric
           sm90::cluster_sync();
         }
       },
-      static_cast<int>(blockIdx.x) / kParts, static_cast<int>(gridDim.x) / kParts);
+      static_cast<int>(blockIdx.x) / kParts, static_cast<int>(gridDim.x) / kParts, pids.begin,
+      pids.end);
   if constexpr (!kSplit) return;
   cp_async_wait<0>();
   while (signaled < it)
@@ -432,7 +439,7 @@ template <typename T, int kTokens, int kSub, int kWG, int kLoad, int kParts>
 __device__ __forceinline__ void sm90_compute(std::uint8_t* smem, const TokenRows& rows, int tiles_t,
                                              int tiles_w, const void* __restrict__ bias,
                                              DType bias_dtype, T* __restrict__ out, int n, int k,
-                                             bool vector_store) {
+                                             bool vector_store, const PidRange& pids) {
   constexpr bool kSplit = std::is_same_v<T, __half>;
   using C = Sm90Config<kTokens, kSub, kWG, kSplit>;
   constexpr int S = C::kStages;
@@ -459,14 +466,13 @@ __device__ __forceinline__ void sm90_compute(std::uint8_t* smem, const TokenRows
   std::uint32_t phase0 = 0;
   const std::uint32_t full_base = ring.full(0);
   const std::uint32_t empty_base = ring.empty(0);
-  const KRange range = k_range<kParts>(ktiles);
-  const int k_part = range.part;
-  const int kt_begin = range.begin;
-  const int kt_end = range.end;
-
   for_each_gemm_tile(
       rows, tiles_t, tiles_w, kTokens,
       [&](const TokenRows::Tile& tile, int tile_w) {
+        const KRange range = k_range<kParts>(ktiles);
+        const int k_part = range.part;
+        const int kt_begin = range.begin;
+        const int kt_end = range.end;
         const int w0 = tile_w * kTileW;
         const int width = tile.count <= 32    ? 32
                           : tile.count <= 64  ? 64
@@ -666,6 +672,11 @@ __device__ __forceinline__ void sm90_compute(std::uint8_t* smem, const TokenRows
               }
             }
           }
+      // The sums are complete before the epilogue's address arithmetic starts (interleaved,
+      // the 256-token kernel spilled).
+#pragma unroll
+          for (int j = 0; j < kSub; ++j)
+            sm90::fence_accumulators<kAcc>(acc[j]);
         }
 
     // Epilogue, per sub-tile and 64 tokens at a time: bias in f32, the chunk [token][64 rows]
@@ -695,7 +706,8 @@ __device__ __forceinline__ void sm90_compute(std::uint8_t* smem, const TokenRows
           }
         }
       },
-      static_cast<int>(blockIdx.x) / kParts, static_cast<int>(gridDim.x) / kParts);
+      static_cast<int>(blockIdx.x) / kParts, static_cast<int>(gridDim.x) / kParts, pids.begin,
+      pids.end);
 }
 
 #endif  // MXFP4_SM90A_DEVICE
@@ -706,7 +718,8 @@ __global__ void __launch_bounds__(128 * (kWG == kWGSplitK ? 3 : kWG + 1), kWG ==
                      const __grid_constant__ CUtensorMap w_map, TokenRows rows, int tiles_t,
                      int tiles_w, const std::uint8_t* __restrict__ blocks,
                      const std::uint8_t* __restrict__ scales, const void* __restrict__ bias,
-                     DType bias_dtype, T* __restrict__ out, int n, int k, bool vector_store) {
+                     DType bias_dtype, T* __restrict__ out, int n, int k, bool vector_store,
+                     PidRange pids) {
 #if defined(MXFP4_SM90A_DEVICE)
   using C = Sm90Config<kTokens, kSub, kWG, std::is_same_v<T, __half>>;
   extern __shared__ uint4 smem_raw[];
@@ -728,15 +741,16 @@ __global__ void __launch_bounds__(128 * (kWG == kWGSplitK ? 3 : kWG + 1), kWG ==
   if (threadIdx.x < 128) {
     sm90::setmaxnreg_dec<C::kProducerRegs>();
     sm90_load<T, kTokens, kSub, kWG, kLoad, kParts>(smem, x, x_map, w_map, rows, tiles_t, tiles_w,
-                                                    blocks, scales, n, k);
+                                                    blocks, scales, n, k, pids);
   } else {
     sm90::setmaxnreg_inc<C::kConsumerRegs>();
     sm90_compute<T, kTokens, kSub, kWG, kLoad, kParts>(smem, rows, tiles_t, tiles_w, bias,
-                                                       bias_dtype, out, n, k, vector_store);
+                                                       bias_dtype, out, n, k, vector_store, pids);
   }
 #else
   (void)x, (void)x_map, (void)w_map, (void)rows, (void)tiles_t, (void)tiles_w, (void)blocks;
   (void)scales, (void)bias, (void)bias_dtype, (void)out, (void)n, (void)k, (void)vector_store;
+  (void)pids;
 #endif
 }
 
@@ -792,7 +806,7 @@ template <typename T, int kTokens, int kSub, int kWG, int kLoad, int kParts>
 void launch_kernel(std::int64_t grid, const void* x, const CUtensorMap& x_map,
                    const CUtensorMap& w_map, const TokenRows& rows, std::int64_t tiles,
                    std::int64_t tiles_w, const detail::WeightArgs& w, void* out, bool vector_store,
-                   cudaStream_t stream) {
+                   cudaStream_t stream, const PidRange& pids) {
   using C = Sm90Config<kTokens, kSub, kWG, std::is_same_v<T, __half>>;
   const auto kernel = sm90_gemm_kernel<T, kTokens, kSub, kWG, kLoad, kParts>;
   // setmaxnreg.inc waits until the CTA's pool has the registers: were the kernel ever built with
@@ -822,7 +836,7 @@ void launch_kernel(std::int64_t grid, const void* x, const CUtensorMap& x_map,
   check(cudaLaunchKernelEx(&config, kernel, static_cast<const T*>(x), x_map, w_map, rows,
                            static_cast<int>(tiles), static_cast<int>(tiles_w), w.blocks, w.scales,
                            w.bias, w.bias_dtype, static_cast<T*>(out), static_cast<int>(w.n),
-                           static_cast<int>(w.k), vector_store),
+                           static_cast<int>(w.k), vector_store, pids),
         "cudaLaunchKernelEx(sm90_gemm_kernel)");
   check_launch("sm90_gemm_kernel");
 }
@@ -845,17 +859,19 @@ void launch_sm90_tiles(const void* x, const TokenRows& rows, std::int64_t tiles,
   // TMA boxes of x need its rows in tile order: dense x, or x staged in expert order.
   const bool dense = (rows.perm == nullptr && rows.tile_list == nullptr) || rows.x_by_position;
   const std::int64_t w_rows = w.experts * w.n;
-  auto launch = [&](auto load_tag, auto parts_tag) {
+  // A launch over the tile pairs `pids` (default: all).
+  auto launch = [&](auto load_tag, auto parts_tag, PidRange pids = {}) {
     constexpr int kLoad = decltype(load_tag)::value;
     constexpr int kParts = decltype(parts_tag)::value;
     const int per_sm = prepare_kernel(
         reinterpret_cast<const void*>(sm90_gemm_kernel<T, kTokens, kSub, kWG, kLoad, kParts>),
         C::kThreads, C::kSmemBytes, "sm90_gemm_kernel");
+    const std::int64_t count = (pids.end > 0 ? pids.end : ctas) - pids.begin;
     // Split K: a cluster of kParts CTAs per tile, every tile at once (no CTA takes two).
     const std::int64_t grid =
-        kParts > 1 ? ctas * kParts : std::min<std::int64_t>(ctas, std::int64_t{sms} * per_sm);
+        kParts > 1 ? count * kParts : std::min<std::int64_t>(count, std::int64_t{sms} * per_sm);
     launch_kernel<T, kTokens, kSub, kWG, kLoad, kParts>(grid, x, x_map, w_map, rows, tiles, tiles_w,
-                                                        w, out, vector_store, stream);
+                                                        w, out, vector_store, stream, pids);
   };
   using One = std::integral_constant<int, 1>;
   const bool fits = dense && w_rows + kTileW < (std::int64_t{1} << 31) &&
@@ -889,6 +905,37 @@ void launch_sm90_tiles(const void* x, const TokenRows& rows, std::int64_t tiles,
         }
         if (2 * ctas <= std::int64_t{sms} * per_sm) {
           launch(std::integral_constant<int, kLoadTmaBox>{}, std::integral_constant<int, 2>{});
+          return;
+        }
+      }
+    }
+    // The last partial wave, where it would fill at most half the SMs: its tiles split K over
+    // clusters of two, in a second launch, so that it takes half a tile's time. Measured on an
+    // H100 (bench/RESULTS.md, session 8): whole tiles take one tile's time per wave, however
+    // few fill the last (GPT-OSS gate_up, 256-token tiles: 33.6 us at M = 512, 67-68 us from
+    // M = 576 to 1280; 4096x4096: 47.5 us at M = 1024, 102 at 1032).
+    if constexpr (std::is_same_v<T, __nv_bfloat16> && kSub == 1 && kWG != kWGSplitK &&
+                  C::kFitsParts(2)) {
+      const std::int64_t ktiles = (w.k / kBlockSize + 1) / 2;
+      const std::string& forced = forced_kernel();
+      const bool force = forced == "wgmma_tail";  // half the tiles split (tests)
+      if (rows.tile_list == nullptr && (ktiles >= 16 || (force && ktiles >= 2)) &&
+          forced != "wgmma_nosplit") {
+        const int per_sm = prepare_kernel(
+            reinterpret_cast<const void*>(sm90_gemm_kernel<T, kTokens, kSub, kWG, kLoadTmaBox, 1>),
+            C::kThreads, C::kSmemBytes, "sm90_gemm_kernel");
+        const int per_sm2 = prepare_kernel(
+            reinterpret_cast<const void*>(sm90_gemm_kernel<T, kTokens, kSub, kWG, kLoadTmaBox, 2>),
+            C::kThreads, C::kSmemBytes, "sm90_gemm_kernel");
+        const std::int64_t tail = ctas % (std::int64_t{sms} * per_sm);
+        if ((tail > 0 && 2 * tail <= std::int64_t{sms} * per_sm2) || force) {
+          const std::int64_t split = force ? (ctas + 1) / 2 : tail;
+          if (ctas > split) {
+            launch(std::integral_constant<int, kLoadTmaBox>{}, One{},
+                   PidRange{0, static_cast<int>(ctas - split)});
+          }
+          launch(std::integral_constant<int, kLoadTmaBox>{}, std::integral_constant<int, 2>{},
+                 PidRange{static_cast<int>(ctas - split), static_cast<int>(ctas)});
           return;
         }
       }

@@ -459,6 +459,16 @@ __device__ __forceinline__ void sm90_compute(std::uint8_t* smem, const TokenRows
   // This lane's A rows: ra and ra + 8 of each sub-tile.
   const int ra = (C::kSplitK ? 0 : c * 64) + warp * 16 + g;
   const std::uint32_t sel = static_cast<std::uint32_t>(t | ((t + 4) << 4));
+  // E2M1 codes to bf16: with the byte tables held in registers where there is room for them (one
+  // sub-tile; with two, the 256-row tile spilled 4 bytes).
+  const Bf16Tables tables = bf16_tables();
+  auto decode = [&](std::uint32_t v, std::uint32_t& p0, std::uint32_t& p1) {
+    if constexpr (kSub == 1) {
+      decode4_bf16(v, tables, p0, p1);
+    } else {
+      decode4<__nv_bfloat16>(v, p0, p1);
+    }
+  };
   T* chunk_out = reinterpret_cast<T*>(smem + C::kOutOffset) + c * C::kChunk * C::kOutStride;
   // The ring position of the tile's first stage: its slot and the parity of its round, kept
   // incrementally (short per-stage paths: one warp per scheduler pays every latency).
@@ -508,8 +518,8 @@ __device__ __forceinline__ void sm90_compute(std::uint8_t* smem, const TokenRows
             // the async proxy.
             if constexpr (kLoad == kLoadCpAsync && !kSplit) sm90::fence_proxy_async();
             const std::uint8_t* st = smem + slot * C::kStageBytes;
-            const std::uint32_t x_addr =
-                smem_base + static_cast<std::uint32_t>(slot * C::kStageBytes);
+            const std::uint32_t x_desc =
+                sm90::sw128_desc_lo(smem_base + static_cast<std::uint32_t>(slot * C::kStageBytes));
 #pragma unroll
             for (int b = 0; b < 2; ++b) {
               // The group before this one, which read `f` last, is done (wait below): decode block
@@ -527,10 +537,10 @@ __device__ __forceinline__ void sm90_compute(std::uint8_t* smem, const TokenRows
                 const std::uint32_t sb = sc[r + 8];
                 const std::uint32_t wa = lane_bytes(va, sel);
                 const std::uint32_t wb = lane_bytes(vb, sel);
-                decode4<__nv_bfloat16>(wa & 0xFFFFu, f[b][j][0][0], f[b][j][0][2]);
-                decode4<__nv_bfloat16>(wb & 0xFFFFu, f[b][j][0][1], f[b][j][0][3]);
-                decode4<__nv_bfloat16>(wa >> 16, f[b][j][1][0], f[b][j][1][2]);
-                decode4<__nv_bfloat16>(wb >> 16, f[b][j][1][1], f[b][j][1][3]);
+                decode(wa & 0xFFFFu, f[b][j][0][0], f[b][j][0][2]);
+                decode(wb & 0xFFFFu, f[b][j][0][1], f[b][j][0][3]);
+                decode(wa >> 16, f[b][j][1][0], f[b][j][1][2]);
+                decode(wb >> 16, f[b][j][1][1], f[b][j][1][3]);
 #pragma unroll
                 for (int s = 0; s < 2; ++s) {
                   f[b][j][s][0] = bf16x2_mul(f[b][j][s][0], sa);
@@ -548,10 +558,10 @@ __device__ __forceinline__ void sm90_compute(std::uint8_t* smem, const TokenRows
               for (int s = 0; s < 2; ++s) {
 #pragma unroll
                 for (int j = 0; j < kSub; ++j) {
-                  wgmma_n<N>(acc[j], f[b][j][s], sm90::sw128_desc(x_addr + 64 * b + 32 * s));
+                  wgmma_n<N>(acc[j], f[b][j][s], sm90::sw128_desc_at(x_desc, 64 * b + 32 * s));
                   if constexpr (kSplit) {
                     wgmma_n<N>(acc[j], f[b][j][s],
-                               sm90::sw128_desc(x_addr + C::kLoOffset + 64 * b + 32 * s));
+                               sm90::sw128_desc_at(x_desc, C::kLoOffset + 64 * b + 32 * s));
                   }
                 }
               }

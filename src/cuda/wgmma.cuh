@@ -20,6 +20,17 @@ __device__ __forceinline__ std::uint64_t sw128_desc(std::uint32_t smem_address) 
          (std::uint64_t{1024 >> 4} << 32) | (std::uint64_t{1} << 62);
 }
 
+// sw128_desc as a base (its low word) plus small offsets: for addresses of one stage (below
+// 256 KiB, the offset's 16-byte units never carry into the layout bits), one 32-bit add per
+// wgmma instead of the mask, shift and merge.
+__device__ __forceinline__ std::uint32_t sw128_desc_lo(std::uint32_t smem_address) {
+  return ((smem_address & 0x3FFFFu) >> 4) | (1u << 16);
+}
+__device__ __forceinline__ std::uint64_t sw128_desc_at(std::uint32_t lo, std::uint32_t offset) {
+  return static_cast<std::uint64_t>(lo + (offset >> 4)) | (std::uint64_t{1024 >> 4} << 32) |
+         (std::uint64_t{1} << 62);
+}
+
 __device__ __forceinline__ void wgmma_fence() {
   asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory");
 }

@@ -675,8 +675,13 @@ KernelChoice choose_kernel(DType x_dtype, std::int64_t tokens, std::int64_t n) {
     if (weight_tiles >= sms) return {true, 256, true};
     const std::int64_t tiles128 = weight_tiles * ((tokens + 127) / 128);
     if (tiles128 * 10 >= 9 * sms) return {true, 128, true, 128};
+    // Two computing warpgroups per 64-row tile (alternate k-tiles) where the tiles fit one per
+    // SM, but not where they fit half the SMs: there one warpgroup per tile takes the last-wave
+    // split of K over a cluster of two (sm90_gemm.cu), which the warpgroup pairs cannot (an
+    // H100, session 9, M = 96 and 128: 4096x4096 15.2 us against 19.3, GPT-OSS down 12.4
+    // against 14.7; M = 65 4096x4096 24.0 against 23.0).
     const std::int64_t tiles64 = (n + 63) / 64 * ((tokens + 127) / 128);
-    return {true, 128, true, 64, tiles64 <= sms};
+    return {true, 128, true, 64, tiles64 <= sms && 2 * tiles64 > sms};
   }
   if (tokens <= 64) return weight_tiles >= 64 ? KernelChoice{true, 64} : decode;
   return {true, 128};

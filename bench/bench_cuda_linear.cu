@@ -2,9 +2,9 @@
 // the card's device-to-device copy and read-only bandwidths measured in the same run.
 //
 //   bench_cuda_linear [--quick] [--no-dense] [--no-moe] [--no-quantize] [--n N] [--m M[,M...]]
-//                     [--f16] [--out FILE.md]
+//                     [--f16] [--routing uniform|skewed] [--out FILE.md]
 // --f16: dense layers with f16 activations (cuBLAS f16 on the f16-dequantized weight as the
-// baseline); the MoE and quantize parts stay bf16.
+// baseline); the MoE and quantize parts stay bf16. --routing: only that MoE routing.
 //
 // Every timed region is a CUDA graph of `reps` calls, replayed after a warm-up; weights (ours
 // and cuBLAS's) rotate through enough copies to exceed the L2 cache, so each call reads its
@@ -203,7 +203,8 @@ bool selected(const std::vector<std::int64_t>& only, std::int64_t m) {
 }
 
 std::string bench_moe(cudaStream_t stream, cublasHandle_t handle, double copy_bw, double read_bw,
-                      bool quick, std::int64_t only_n, const std::vector<std::int64_t>& only_m) {
+                      bool quick, std::int64_t only_n, const std::vector<std::int64_t>& only_m,
+                      const std::string& only_routing) {
   std::string report =
       "\n| MoE layer (E x N x K, top-4) | T | routing | mxfp4 us | touched experts | touched "
       "TB/s | % of copy BW | % of read BW | TFLOP/s | cuBLAS bf16 equal-flop us | vs cuBLAS | "
@@ -226,6 +227,7 @@ std::string bench_moe(cudaStream_t stream, cublasHandle_t handle, double copy_bw
     for (std::int64_t t : ts) {
       if (!selected(only_m, t)) continue;
       for (bool skewed : {false, true}) {
+        if (!only_routing.empty() && only_routing != (skewed ? "skewed" : "uniform")) continue;
         // Routing sets rotate across replays so that small T does not re-read experts from L2.
         const int sets = t <= 16 ? 32 : 2;
         std::vector<Tensor> ids;
@@ -315,6 +317,7 @@ int main(int argc, char** argv) {
   // --n: run just that weight height; --m M1,M2,...: just those token counts.
   std::int64_t only_n = 0;
   std::vector<std::int64_t> only_m;
+  std::string only_routing;
   for (int i = 1; i < argc; ++i) {
     if (std::strcmp(argv[i], "--quick") == 0) quick = true;
     if (std::strcmp(argv[i], "--no-quantize") == 0) skip_quantize = true;
@@ -331,6 +334,7 @@ int main(int argc, char** argv) {
     if (std::strcmp(argv[i], "--no-dense") == 0) skip_dense = true;
     if (std::strcmp(argv[i], "--f16") == 0) act = DType::f16;
     if (std::strcmp(argv[i], "--no-moe") == 0) skip_moe = true;
+    if (std::strcmp(argv[i], "--routing") == 0 && i + 1 < argc) only_routing = argv[++i];
   }
   if (mxfp4::cuda_device_count() == 0) {
     std::fprintf(stderr, "bench_cuda_linear: no CUDA device\n");
@@ -427,7 +431,8 @@ int main(int argc, char** argv) {
     }
   }
 
-  if (!skip_moe) report += bench_moe(stream, handle, copy_bw, read_bw, quick, only_n, only_m);
+  if (!skip_moe)
+    report += bench_moe(stream, handle, copy_bw, read_bw, quick, only_n, only_m, only_routing);
 
   // Quantize throughput (includes its one host synchronization, which reports NaN/Inf).
   report += "\n| quantize input | rule | GB/s of input |\n|---|---|---|\n";

@@ -15,14 +15,10 @@ namespace mxfp4::cuda::sm90 {
 // of 128 bytes, 16-byte chunk c of row r at c ^ (r % 8), atoms 1024-byte aligned and 1024
 // bytes apart): start address, leading byte offset (unused for this layout, 1 by convention),
 // stride byte offset 1024 (from one 8-row group to the next), swizzle mode 1 (128 bytes).
-__device__ __forceinline__ std::uint64_t sw128_desc(std::uint32_t smem_address) {
-  return static_cast<std::uint64_t>((smem_address & 0x3FFFFu) >> 4) | (std::uint64_t{1} << 16) |
-         (std::uint64_t{1024 >> 4} << 32) | (std::uint64_t{1} << 62);
-}
-
-// sw128_desc as a base (its low word) plus small offsets: for addresses of one stage (below
-// 256 KiB, the offset's 16-byte units never carry into the layout bits), one 32-bit add per
-// wgmma instead of the mask, shift and merge.
+// Built as a base (sw128_desc_lo: the low word, for a stage's start) plus a small offset
+// (sw128_desc_at): for addresses of one stage, below 256 KiB, the offset's 16-byte units never
+// carry into the layout bits, so each wgmma costs one 32-bit add instead of a mask, shift and
+// merge.
 __device__ __forceinline__ std::uint32_t sw128_desc_lo(std::uint32_t smem_address) {
   return ((smem_address & 0x3FFFFu) >> 4) | (1u << 16);
 }

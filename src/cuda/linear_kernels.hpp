@@ -36,8 +36,9 @@ KernelChoice choose_kernel(DType x_dtype, std::int64_t tokens, std::int64_t n);
 // split K wherever the tile shape allows (in four where the partial sums fit, else in two), and
 // wgmma_tail splits K for the last half of the tiles (in a second launch, as for a last
 // partial wave), moe_mid128 gives gather_linear's 128-token class tiles of 128 weight rows
-// (256 otherwise), and quantize_unmapped makes quantize report non-finite weights through a
-// device flag copied back, the path it takes where mapped pinned memory cannot be had.
+// (256 otherwise), moe_route3 makes it route every batch with three kernels (not one CTA), and
+// quantize_unmapped makes quantize report non-finite weights through a device flag copied back,
+// the path it takes where mapped pinned memory cannot be had.
 const std::string& forced_kernel();
 
 // The decode kernel (bf16 or f16 x): `tiles` tiles of `tile_tokens` tokens mapped by `rows`.

@@ -4,11 +4,11 @@
 // is read once per tile of its tokens, never once per token:
 // - small batches (at most kCtaRoutePairs pairs): every CTA of the decode kernel sorts the ids
 //   itself (route.cuh): one launch, no workspace;
-// - larger ones: a counting sort in three small kernels into a workspace (count per expert; a
-//   plan: prefix sums and a tile list in four classes by an expert's token count; scatter into
-//   a permutation), then per class the decode kernel with tiles of 8, 16 or 32 tokens, or a
-//   tiled GEMM, each tile one expert's tokens: x rows are gathered through the
-//   permutation and each result written to its own output row [t, s]. Grids are sized by upper
+// - larger ones: a counting sort into a workspace (count per expert; a plan: prefix sums and a
+//   tile list in five classes by an expert's token count; scatter into a permutation), in one
+//   CTA up to 4096 pairs, else in three kernels, then per class the decode kernel with tiles of 8,
+//   16 or 32 tokens, or a tiled GEMM, each tile one expert's tokens: x rows are gathered through
+//   the permutation and each result written to its own output row [t, s]. Grids are sized by upper
 //   bounds on the host; CTAs past the planned tiles exit at once.
 // No host round trip and no synchronization. Out-of-range ids are recorded in a per-device
 // error record (thrown by mxfp4::synchronize through check_index_errors) and their output rows
@@ -72,10 +72,9 @@ struct ClassBases {
   int base[kClasses];
 };
 
-__global__ void plan_kernel(const int* counts, int experts, int mid_max, int mid128_max,
-                            int large_tile, int* offsets, int* cursor, int* totals, int4* list,
-                            ClassBases class_base) {
-  const int lane = static_cast<int>(threadIdx.x);
+__device__ void plan_warp(const int* counts, int experts, int mid_max, int mid128_max,
+                          int large_tile, int* offsets, int* cursor, int* totals, int4* list,
+                          ClassBases class_base, int lane) {
   int pair_base = 0, base[kClasses] = {};
   const int class_tile[kClasses] = {kSmallTile, kSixteenTile, kMidTile, kMid128Tile, large_tile};
   for (int e0 = 0; e0 < experts; e0 += 32) {
@@ -126,6 +125,58 @@ __global__ void plan_kernel(const int* counts, int experts, int mid_max, int mid
 #pragma unroll
     for (int i = 0; i < kClasses; ++i)
       totals[i] = base[i];
+  }
+}
+
+__global__ void plan_kernel(const int* counts, int experts, int mid_max, int mid128_max,
+                            int large_tile, int* offsets, int* cursor, int* totals, int4* list,
+                            ClassBases class_base) {
+  plan_warp(counts, experts, mid_max, mid128_max, large_tile, offsets, cursor, totals, list,
+            class_base, static_cast<int>(threadIdx.x));
+}
+
+// Batches of at most kFusedRoutePairs pairs over at most kFusedRouteExperts experts: the count,
+// the plan and the scatter in one CTA, counts and cursors in shared memory. One launch instead
+// of a memset and three kernels (which cost ~12 us around a 48 us GEMM at T = 128 on an H100,
+// session 9). The same results as those, bar the order of an expert's pairs. Measured there,
+// top-4 of 128 experts: skewed T = 128 5 us faster, T = 1024 5 us; at T = 4096 (16384 pairs)
+// one CTA took longer than the three kernels (uniform +1.6%), hence the bound.
+constexpr int kFusedRouteThreads = 1024;
+constexpr std::int64_t kFusedRoutePairs = 4096;
+constexpr int kFusedRouteExperts = 4096;  // 32 KiB of counts and cursors
+
+template <typename T>
+__global__ void __launch_bounds__(kFusedRouteThreads)
+    route_fused_kernel(const void* ids, DType id_dtype, int pairs, int experts, int topk,
+                       int mid_max, int mid128_max, int large_tile, int* offsets, int* totals,
+                       int4* list, ClassBases class_base, std::int32_t* perm, IndexError* error,
+                       T* out, std::int64_t n) {
+  extern __shared__ int route_fused_shared[];
+  int* counts = route_fused_shared;
+  int* cursor = route_fused_shared + experts;
+  const int tid = static_cast<int>(threadIdx.x);
+  const int step = static_cast<int>(blockDim.x);
+  for (int e = tid; e < experts; e += step)
+    counts[e] = 0;
+  __syncthreads();
+  for (int p = tid; p < pairs; p += step) {
+    const long long id = load_id(ids, id_dtype, p);
+    if (id < 0 || id >= experts) {
+      report_bad_id(error, p, id, experts, topk, out, n);
+      continue;
+    }
+    atomicAdd(&counts[id], 1);
+  }
+  __syncthreads();
+  if (tid < 32) {
+    plan_warp(counts, experts, mid_max, mid128_max, large_tile, offsets, cursor, totals, list,
+              class_base, tid);
+  }
+  __syncthreads();
+  for (int p = tid; p < pairs; p += step) {
+    const long long id = load_id(ids, id_dtype, p);
+    if (id < 0 || id >= experts) continue;
+    perm[atomicAdd(&cursor[id], 1)] = static_cast<std::int32_t>(p);
   }
 }
 
@@ -314,20 +365,34 @@ void gather_linear(const detail::GatherLinearArgs& a) {
   bases.base[3] = static_cast<int>(small_tiles + sixteen_tiles + plan.mid_tiles());
   bases.base[4] = static_cast<int>(bases.base[3] + plan.mid128_tiles());
   try {
-    check(cudaMemsetAsync(counts, 0, sizeof(int) * static_cast<std::size_t>(experts), stream),
-          "cudaMemsetAsync(gather_linear counts)");
-    dispatch_floating(a.x_dtype, [&](auto zero) {
-      using T = decltype(zero);
-      count_kernel<T><<<blocks_for(pairs, 256), 256, 0, stream>>>(
-          a.indices, a.index_dtype, pairs, experts, topk, counts, error, static_cast<T*>(a.out), n);
-    });
-    check_launch("count_kernel");
-    plan_kernel<<<1, 32, 0, stream>>>(counts, experts, mid_max, mid128_max, large_tile, offsets,
-                                      cursor, totals, list, bases);
-    check_launch("plan_kernel");
-    scatter_kernel<<<blocks_for(pairs, 256), 256, 0, stream>>>(a.indices, a.index_dtype, pairs,
-                                                               experts, cursor, perm);
-    check_launch("scatter_kernel");
+    // (MXFP4_CUDA_KERNEL=moe_route3 keeps the three kernels, for their tests.)
+    if (pairs <= kFusedRoutePairs && experts <= kFusedRouteExperts &&
+        forced_kernel() != "moe_route3") {
+      dispatch_floating(a.x_dtype, [&](auto zero) {
+        using T = decltype(zero);
+        route_fused_kernel<T><<<1, kFusedRouteThreads,
+                                sizeof(int) * 2 * static_cast<std::size_t>(experts), stream>>>(
+            a.indices, a.index_dtype, static_cast<int>(pairs), experts, topk, mid_max, mid128_max,
+            large_tile, offsets, totals, list, bases, perm, error, static_cast<T*>(a.out), n);
+      });
+      check_launch("route_fused_kernel");
+    } else {
+      check(cudaMemsetAsync(counts, 0, sizeof(int) * static_cast<std::size_t>(experts), stream),
+            "cudaMemsetAsync(gather_linear counts)");
+      dispatch_floating(a.x_dtype, [&](auto zero) {
+        using T = decltype(zero);
+        count_kernel<T><<<blocks_for(pairs, 256), 256, 0, stream>>>(a.indices, a.index_dtype, pairs,
+                                                                    experts, topk, counts, error,
+                                                                    static_cast<T*>(a.out), n);
+      });
+      check_launch("count_kernel");
+      plan_kernel<<<1, 32, 0, stream>>>(counts, experts, mid_max, mid128_max, large_tile, offsets,
+                                        cursor, totals, list, bases);
+      check_launch("plan_kernel");
+      scatter_kernel<<<blocks_for(pairs, 256), 256, 0, stream>>>(a.indices, a.index_dtype, pairs,
+                                                                 experts, cursor, perm);
+      check_launch("scatter_kernel");
+    }
     rows.perm = perm;
     rows.tile_list = list;
     rows.tile_total = totals;

@@ -72,19 +72,41 @@ struct GatherLinearArgs {
 
 // CUDA gather_linear: batches of at most kCudaCtaRoutePairs (token, slot) pairs are routed
 // inside each CTA and need no workspace. Larger ones sort the pairs by expert and plan tiles in
-// four classes by an expert's token count: at most 8 (decode kernel, one tile of 8), at most 16
-// (decode kernel, one tile of 16), at most kCudaGemmMinTokens (one tile of 32: tiled GEMM for
-// bf16, decode kernel for f16), more (a GEMM's tiles; without one, f16 stays in the third class,
-// with as many tiles of 32 as it needs).
+// five classes by an expert's token count (cuda_gather_class): at most 8 (decode kernel, one tile
+// of 8), at most 16 (decode kernel, one tile of 16), at most mid_max = kCudaGemmMinTokens (one
+// tile of 32: tiled GEMM for bf16, decode kernel for f16), at most mid128_max (Hopper with bf16:
+// 128; one 128-token tile of the wgmma GEMM), more (a GEMM's tiles of large_tile tokens; without
+// a GEMM, mid_max is unbounded and f16 stays in the third class with as many tiles of 32 as it
+// needs). The plan runs on the device (moe.cu); CudaGatherPlan's bounds size its lists and grids
+// (tests/test_gather_plan.cpp checks them on the host).
 inline constexpr std::int64_t kCudaCtaRoutePairs = 64;
 inline constexpr std::int64_t kCudaGemmMinTokens = 32;
+inline constexpr int kCudaGatherClasses = 5;
+// Tokens per tile of class cls (class 4: large_tile).
+constexpr int cuda_gather_tile(int cls, int large_tile) {
+  return cls == 0 ? 8 : cls == 1 ? 16 : cls == 2 ? 32 : cls == 3 ? 128 : large_tile;
+}
+// The class of an expert with c tokens (0: class 0, no tiles), and its tiles there.
+constexpr int cuda_gather_class(int c, int mid_max, int mid128_max) {
+  return c <= cuda_gather_tile(0, 0)   ? 0
+         : c <= cuda_gather_tile(1, 0) ? 1
+         : c <= mid_max                ? 2
+         : c <= mid128_max             ? 3
+                                       : 4;
+}
+constexpr int cuda_gather_tiles(int c, int cls, int large_tile) {
+  return c == 0 ? 0
+                : (c + cuda_gather_tile(cls, large_tile) - 1) / cuda_gather_tile(cls, large_tile);
+}
 
 struct CudaGatherPlan {
   std::int64_t pairs, experts;
   // Upper bounds of the tiles of each class (the grids launched).
   std::int64_t small_tiles() const { return std::min(experts, pairs); }
   std::int64_t sixteen_tiles() const { return std::min(experts, pairs / 9); }
-  std::int64_t mid_tiles() const { return std::min(experts, pairs / 17) + pairs / 32; }
+  std::int64_t mid_tiles() const { return mid_gemm_tiles() + pairs / 32; }
+  // The third class where mid_max = kCudaGemmMinTokens: one tile per expert of 17-32 tokens.
+  std::int64_t mid_gemm_tiles() const { return std::min(experts, pairs / 17); }
   // Experts with more than kCudaGemmMinTokens tokens, at most.
   std::int64_t gemm_experts() const { return std::min(experts, pairs / (kCudaGemmMinTokens + 1)); }
   std::int64_t large_tiles() const { return gemm_experts() + pairs / 128; }

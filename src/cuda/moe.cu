@@ -50,20 +50,17 @@ __global__ void count_kernel(const void* ids, DType id_dtype, std::int64_t pairs
   if (counts != nullptr) atomicAdd(&counts[id], 1);
 }
 
-// Tile classes of the sorted pairs (kernel_args.hpp): an expert with c tokens gets one tile of
-// the decode kernel's 8 (c <= 8) or 16 (c <= 16), one tile of 32 (c <= mid_max: the GEMM's for
-// bf16, else the decode kernel's, then with mid_max unbounded), one tile of 128 (c <= mid128_max:
-// the wgmma GEMM with bf16, 0 elsewhere) or GEMM tiles of large_tile (128; 256 for the wgmma GEMM
-// with bf16).
-constexpr int kClasses = 5;
-constexpr int kMid128Tile = 128;
+// Tile classes of the sorted pairs by an expert's token count: detail::cuda_gather_class and
+// its tiles (kernel_args.hpp, shared with tests/test_gather_plan.cpp).
+constexpr int kClasses = detail::kCudaGatherClasses;
+constexpr int kMid128Tile = detail::cuda_gather_tile(3, 0);
 // The 128-token class's weight rows per tile (wgmma GEMM): two m64 sub-tiles per computing
 // warpgroup give each warp two independent decode chains, which the dense benchmark measured
 // ~15% faster per token-row than 128 rows at 128 tokens (an H100, session 9).
 constexpr int kMid128Rows = 256;
-constexpr int kSmallTile = 8;
-constexpr int kSixteenTile = 16;
-constexpr int kMidTile = 32;
+constexpr int kSmallTile = detail::cuda_gather_tile(0, 0);
+constexpr int kSixteenTile = detail::cuda_gather_tile(1, 0);
+constexpr int kMidTile = detail::cuda_gather_tile(2, 0);
 constexpr int kLargeTile = 128;
 
 // One warp: pair offsets per expert (cursor starts there), and the classes' tile lists, written
@@ -76,16 +73,11 @@ __device__ void plan_warp(const int* counts, int experts, int mid_max, int mid12
                           int large_tile, int* offsets, int* cursor, int* totals, int4* list,
                           ClassBases class_base, int lane) {
   int pair_base = 0, base[kClasses] = {};
-  const int class_tile[kClasses] = {kSmallTile, kSixteenTile, kMidTile, kMid128Tile, large_tile};
   for (int e0 = 0; e0 < experts; e0 += 32) {
     const int e = e0 + lane;
     const int c = e < experts ? counts[e] : 0;
-    const int cls = c <= kSmallTile     ? 0
-                    : c <= kSixteenTile ? 1
-                    : c <= mid_max      ? 2
-                    : c <= mid128_max   ? 3
-                                        : 4;
-    const int tiles = c == 0 ? 0 : (c + class_tile[cls] - 1) / class_tile[cls];
+    const int cls = detail::cuda_gather_class(c, mid_max, mid128_max);
+    const int tiles = detail::cuda_gather_tiles(c, cls, large_tile);
     int pc = c, tc[kClasses];
 #pragma unroll
     for (int i = 0; i < kClasses; ++i)
@@ -110,9 +102,9 @@ __device__ void plan_warp(const int* counts, int experts, int mid_max, int mid12
       cursor[e] = first;
       const int t0 = base[cls] + tc[cls] - tiles;  // this expert's first tile in its class
       for (int j = 0; j < tiles; ++j) {
-        const int begin = j * class_tile[cls];
-        list[class_base.base[cls] + t0 + j] =
-            make_int4(e, first + begin, min(class_tile[cls], c - begin), 0);
+        const int tile = detail::cuda_gather_tile(cls, large_tile);
+        const int begin = j * tile;
+        list[class_base.base[cls] + t0 + j] = make_int4(e, first + begin, min(tile, c - begin), 0);
       }
     }
     pair_base += __shfl_sync(0xFFFFFFFFu, pc, 31);
@@ -357,7 +349,7 @@ void gather_linear(const detail::GatherLinearArgs& a) {
   const int mid128_rows = forced_kernel() == "moe_mid128" ? 128 : kMid128Rows;
   const std::int64_t small_tiles = plan.small_tiles();
   const std::int64_t sixteen_tiles = plan.sixteen_tiles();
-  const std::int64_t mid_tiles = large ? std::min(a.w.experts, pairs / 17) : plan.mid_tiles();
+  const std::int64_t mid_tiles = large ? plan.mid_gemm_tiles() : plan.mid_tiles();
   ClassBases bases;
   bases.base[0] = 0;
   bases.base[1] = static_cast<int>(small_tiles);

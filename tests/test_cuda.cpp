@@ -231,12 +231,13 @@ TEST(Cuda, LinearMatchesTheReference) {
   // the wgmma GEMM from M = 65): odd N (scalar stores), N % 8 == 0 (vector stores), K with an
   // odd number of blocks (a half-empty last stage), several weight tiles and token tiles, and a
   // K long enough for the stage ring to wrap many times, and long rows at M = 3 (the decode
-  // kernel's CTAs of two row tiles). scripts/gpu-check runs these tests again with each kernel
-  // variant forced (MXFP4_CUDA_KERNEL) so every kernel meets every shape.
+  // kernel's CTAs of two row tiles). Partly filled last token tiles of every wgmma width.
+  // scripts/gpu-check runs these tests again with each kernel variant forced (MXFP4_CUDA_KERNEL) so
+  // every kernel meets every shape.
   const Case cases[] = {{1, 1, 32},       {2, 7, 64},      {3, 33, 96},    {7, 17, 2880},
                         {16, 64, 128},    {33, 31, 8192},  {128, 9, 224},  {1000, 5, 160},
                         {40, 16390, 64},  {300, 264, 416}, {129, 128, 32}, {65, 200, 1024},
-                        {520, 136, 2880}, {700, 40, 96},   {3, 40, 8192}};
+                        {520, 136, 2880}, {700, 40, 96},   {3, 40, 8192},  {200, 72, 320}};
   std::uint64_t seed = 100;
   for (DType dtype : {DType::bf16, DType::f16, DType::f32}) {
     for (const auto& c : cases) {
@@ -516,6 +517,35 @@ TEST(Cuda, GatherLinearMixesTileSizesInASmallBatch) {
       expect_gather_close(x, idt, w, got.to(mxfp4::Device::cpu()),
                           "mixed runs " + std::string(mxfp4::dtype_name(dtype)) +
                               (per_slot ? " x[T,topk,K]" : " x[T,K]"));
+    }
+  }
+}
+
+// Small batches (routed in each CTA) on a weight of many row tiles: the grid is sized for the
+// most tiles the batch could have, and a skewed batch's few tiles of 16 take fewer tiles per
+// round so that they spread over its CTAs (each tile's K split over more warps); uniform, the
+// tiles of 8. 64 pairs: each warp on two row tiles (bf16); 20: one.
+TEST(Cuda, GatherLinearSpreadsASmallBatchOverTheGrid) {
+  REQUIRE_GPU();
+  const std::int64_t experts = 8, n = 1040, k = 256, topk = 4;
+  const auto w = mxfp4::Mxfp4Weight::quantize(random_tensor({experts, n, k}, DType::f32, 21),
+                                              random_tensor({experts, n}, DType::bf16, 22));
+  const auto wg = to_gpu(w);
+  std::uint64_t seed = 23;
+  for (std::int64_t tokens : {16, 5}) {
+    for (bool skewed : {true, false}) {
+      for (const DType dtype : {DType::bf16, DType::f16}) {
+        for (bool per_slot : {false, true}) {
+          const Tensor ids = routing(tokens, topk, experts, skewed, DType::i32, ++seed);
+          const Tensor x = per_slot ? random_tensor({tokens, topk, k}, dtype, ++seed, 4.0f)
+                                    : random_tensor({tokens, k}, dtype, ++seed, 4.0f);
+          const Tensor got = mxfp4::gather_linear(x.to(kGpu), ids.to(kGpu), wg);
+          expect_gather_close(x, ids, w, got.to(mxfp4::Device::cpu()),
+                              "T=" + std::to_string(tokens) + (skewed ? " skewed " : " uniform ") +
+                                  std::string(mxfp4::dtype_name(dtype)) +
+                                  (per_slot ? " x[T,topk,K]" : " x[T,K]"));
+        }
+      }
     }
   }
 }

@@ -209,7 +209,8 @@ struct TokenRows {
   const void* route_ids = nullptr;
   DType route_dtype = DType::i32;
   int route_pairs = 0;
-  int route_groups = 1;         // tiles a CTA computes at once (sm80_linear.cu)
+  int route_groups = 1;         // tiles a CTA computes at once, at most (sm80_linear.cu)
+  int route_min_ctas = 0;       // CTAs that should get tiles, where fewer per CTA allow it
   bool route_sixteens = true;   // experts with more than 8 pairs get tiles of 16, not 8
   bool x_by_position = false;   // grouped: x staged in expert order, row p at position p
   IndexError* error = nullptr;  // where out-of-range ids are recorded

@@ -8,11 +8,13 @@
 //   tile list in five classes by an expert's token count; scatter into a permutation), in one
 //   CTA up to 4096 pairs, else in three kernels, then per class the decode kernel with tiles of 8,
 //   16 or 32 tokens, or a tiled GEMM, each tile one expert's tokens: x rows are gathered through
-//   the permutation and each result written to its own output row [t, s]. Grids are sized by upper
+//   the permutation (for Hopper's wgmma GEMM, copied once into expert order, one launch for its
+//   classes) and each result written to its own output row [t, s]. Grids are sized by upper
 //   bounds on the host; CTAs past the planned tiles exit at once.
 // No host round trip and no synchronization. Out-of-range ids are recorded in a per-device
 // error record (thrown by mxfp4::synchronize through check_index_errors) and their output rows
 // are filled with NaN; they are never read past the weight.
+#include <cooperative_groups.h>
 #include <cuda_runtime.h>
 
 #include <algorithm>
@@ -36,6 +38,22 @@ IndexError* index_error_record() {
   return static_cast<IndexError*>(p);
 }
 
+// atomicAdd(&counter[key], 1) for each calling thread, one atomic per distinct key among the
+// warp's active threads (their sum): with skewed routing every pair of a warp names the same few
+// experts, and one address taking 32 atomics in turn is what the count and scatter waited on.
+// Returns the thread's old value, as atomicAdd would (threads of a key in lane order). For the
+// global counters of count_kernel and scatter_kernel: skewed T = 4096 on GPT-OSS down 528 ->
+// 520 us (an H100, session 10). The one-CTA routing keeps plain atomics on shared memory (with
+// this, uniform T = 1024 measured 1.5-2.7% slower).
+__device__ __forceinline__ int aggregated_increment(int* counter, int key) {
+  namespace cg = cooperative_groups;
+  const cg::coalesced_group active = cg::coalesced_threads();
+  const cg::coalesced_group peers = cg::labeled_partition(active, key);
+  int base = 0;
+  if (peers.thread_rank() == 0) base = atomicAdd(&counter[key], static_cast<int>(peers.size()));
+  return peers.shfl(base, 0) + static_cast<int>(peers.thread_rank());
+}
+
 // Validates every id; counts pairs per expert when `counts` is given.
 template <typename T>
 __global__ void count_kernel(const void* ids, DType id_dtype, std::int64_t pairs, int experts,
@@ -47,7 +65,7 @@ __global__ void count_kernel(const void* ids, DType id_dtype, std::int64_t pairs
     report_bad_id(error, p, id, experts, topk, out, n);
     return;
   }
-  if (counts != nullptr) atomicAdd(&counts[id], 1);
+  if (counts != nullptr) aggregated_increment(counts, static_cast<int>(id));
 }
 
 // Tile classes of the sorted pairs by an expert's token count: detail::cuda_gather_class and
@@ -178,7 +196,7 @@ __global__ void scatter_kernel(const void* ids, DType id_dtype, std::int64_t pai
   if (p >= pairs) return;
   const long long id = load_id(ids, id_dtype, p);
   if (id < 0 || id >= experts) return;
-  perm[atomicAdd(&cursor[id], 1)] = static_cast<std::int32_t>(p);
+  perm[aggregated_increment(cursor, static_cast<int>(id))] = static_cast<std::int32_t>(p);
 }
 
 // Exact CUDA-core path (f32 x, misaligned buffers): one warp per (pair, row).
@@ -206,26 +224,63 @@ __global__ void __launch_bounds__(256)
   }
 }
 
-// x rows (bf16 or f16: bytes are copied) of the tiles listed in `rows` (of at most tile_tokens
-// rows each) copied to `staged` in tile (expert) order: position p's row to row p. A warp per
-// row, 16 bytes per lane and step (k is a multiple of 32, rows are 16-byte aligned); CTAs take
-// groups of 8 rows of the tiles in turn.
+// The tile lists whose x rows are staged (up to three GEMM classes): each list, its valid
+// entries' count (on the device) and its tiles' tokens over 8.
+struct StageLists {
+  const int4* list[3] = {};
+  const int* total[3] = {};
+  int groups[3] = {};
+  int lists = 0;
+};
+
+// x rows (bf16 or f16: bytes are copied) of the tiles in `stage`'s lists copied to `staged` in
+// tile (expert) order: position p's row to row p. A warp per row, 16 bytes per lane and load,
+// four loads in flight before their stores (k is a multiple of 32, rows are 16-byte aligned);
+// CTAs take groups of 8 rows of the tiles in turn, list after list. (The lists are picked with
+// constant indices: indexed by a variable, the parameter arrays went to local memory and the
+// kernel took 1.6x as long.)
 __global__ void __launch_bounds__(256)
-    stage_rows_kernel(const __nv_bfloat16* __restrict__ x, TokenRows rows, int tile_tokens,
+    stage_rows_kernel(const __nv_bfloat16* __restrict__ x, TokenRows rows, StageLists stage,
                       std::int64_t k, __nv_bfloat16* __restrict__ staged) {
-  const int groups = tile_tokens / 8;
-  const std::int64_t items = std::int64_t{*rows.tile_total} * groups;
+  const std::int64_t items0 = stage.lists > 0 ? std::int64_t{*stage.total[0]} * stage.groups[0] : 0;
+  const std::int64_t items1 = stage.lists > 1 ? std::int64_t{*stage.total[1]} * stage.groups[1] : 0;
+  const std::int64_t items2 = stage.lists > 2 ? std::int64_t{*stage.total[2]} * stage.groups[2] : 0;
+  const std::int64_t all = items0 + items1 + items2;
   const int warp = static_cast<int>(threadIdx.x) >> 5;
   const int lane = static_cast<int>(threadIdx.x) & 31;
   const int chunks = static_cast<int>(k / 8);
-  for (std::int64_t i = blockIdx.x; i < items; i += gridDim.x) {
-    const int4 v = rows.tile_list[i / groups];
-    const int r = static_cast<int>(i % groups) * 8 + warp;
+  for (std::int64_t i = blockIdx.x; i < all; i += gridDim.x) {
+    std::int64_t j = i;
+    const int4* list = stage.list[0];
+    int groups = stage.groups[0];
+    if (j >= items0) {
+      j -= items0;
+      list = stage.list[1];
+      groups = stage.groups[1];
+      if (j >= items1) {
+        j -= items1;
+        list = stage.list[2];
+        groups = stage.groups[2];
+      }
+    }
+    const int4 v = list[j / groups];
+    const int r = static_cast<int>(j % groups) * 8 + warp;
     if (r >= v.z) continue;
     const std::int64_t position = v.y + r;
     const auto* src = reinterpret_cast<const uint4*>(x + rows.x_row(rows.pair(position)) * k);
     auto* dst = reinterpret_cast<uint4*>(staged + position * k);
-    for (int c = lane; c < chunks; c += 32)
+    int c = lane;
+    for (; c + 96 < chunks; c += 128) {
+      const uint4 a0 = __ldg(src + c);
+      const uint4 a1 = __ldg(src + c + 32);
+      const uint4 a2 = __ldg(src + c + 64);
+      const uint4 a3 = __ldg(src + c + 96);
+      dst[c] = a0;
+      dst[c + 32] = a1;
+      dst[c + 64] = a2;
+      dst[c + 96] = a3;
+    }
+    for (; c < chunks; c += 32)
       dst[c] = __ldg(src + c);
   }
 }
@@ -392,33 +447,62 @@ void gather_linear(const detail::GatherLinearArgs& a) {
     rows.tile_list = list + bases.base[1];
     rows.tile_total = totals + 1;
     launch_decode(a.x, a.x_dtype, rows, sixteen_tiles, kSixteenTile, a.w, a.out, stream);
-    rows.tile_list = list + bases.base[2];
-    rows.tile_total = totals + 2;
-    if (gemm) {
+    // The GEMM classes. Experts of 17-32 tokens (bf16): on Hopper, the wgmma GEMM's 64-token
+    // tiles of 128 rows (at width 32) where x rows are staged; else the sm_80 GEMM's tiles of 32.
+    // Measured on an H100 (session 10), uniform T = 1024 (half the experts in this class):
+    // gate_up 919 -> 812 us, down 510 -> 460; 64 rows with two warpgroups on alternate k-tiles
+    // 865 / 477. MXFP4_CUDA_KERNEL=moe_mid32 keeps the sm_80 GEMM (tests).
+    const bool mid_wgmma = gemm && sm90 && staging && forced_kernel() != "moe_mid32";
+    auto* staged = reinterpret_cast<__nv_bfloat16*>(base + plan.staged_at());
+    TokenRows staged_rows = rows;
+    staged_rows.x_by_position = true;
+    staged_rows.rows = pairs;
+    // The staged classes' x rows, in one launch for all of them before their GEMMs (a launch per
+    // class, each before its GEMM, measured the same or up to 1% slower: an H100, session 10).
+    StageLists stage;
+    std::int64_t stage_bound = 0;
+    auto stage_class = [&](int cls, int tile, std::int64_t tiles) {
+      if (tiles == 0) return;
+      stage.list[stage.lists] = list + bases.base[cls];
+      stage.total[stage.lists] = totals + cls;
+      stage.groups[stage.lists] = tile / 8;
+      ++stage.lists;
+      stage_bound += tiles * (tile / 8);
+    };
+    if (mid_wgmma) stage_class(2, kMidTile, mid_tiles);
+    if (large && sm90 && staging) {
+      if (mid128_max > 0) stage_class(3, kMid128Tile, plan.mid128_tiles());
+      stage_class(4, large_tile, plan.large_tiles());
+    }
+    if (stage.lists > 0) {
+      stage_rows_kernel<<<static_cast<unsigned>(std::min<std::int64_t>(
+                              stage_bound, 8 * current_device_facts().multiprocessors)),
+                          256, 0, stream>>>(static_cast<const __nv_bfloat16*>(a.x), rows, stage,
+                                            a.w.k, staged);
+      check_launch("stage_rows_kernel");
+    }
+    rows.tile_list = staged_rows.tile_list = list + bases.base[2];
+    rows.tile_total = staged_rows.tile_total = totals + 2;
+    if (mid_wgmma) {
+      if (mid_tiles > 0) {
+        launch_sm90_gemm(staged, a.x_dtype, staged_rows, mid_tiles, 64, 128, a.w, a.out, stream,
+                         false);
+      }
+    } else if (gemm) {
       launch_gemm(a.x, rows, mid_tiles, kMidTile, a.w, a.out, stream);
     } else {
       launch_decode(a.x, a.x_dtype, rows, mid_tiles, kMidTile, a.w, a.out, stream);
     }
     if (large) {
-      // The GEMM classes: 128-token tiles (mid128_max > 0), then the large experts' tiles.
+      // 128-token tiles (mid128_max > 0), then the large experts' tiles.
       for (int cls = mid128_max > 0 ? 3 : 4; cls <= 4; ++cls) {
-        rows.tile_list = list + bases.base[cls];
-        rows.tile_total = totals + cls;
+        rows.tile_list = staged_rows.tile_list = list + bases.base[cls];
+        rows.tile_total = staged_rows.tile_total = totals + cls;
         const std::int64_t tiles = cls == 3 ? plan.mid128_tiles() : plan.large_tiles();
         const int tile = cls == 3 ? kMid128Tile : large_tile;
         const int tile_rows = cls == 3 ? mid128_rows : large_rows;
         if (tiles == 0) continue;
         if (sm90 && staging) {
-          auto* staged = reinterpret_cast<__nv_bfloat16*>(base + plan.staged_at());
-          const std::int64_t stage_items = tiles * (tile / 8);
-          stage_rows_kernel<<<static_cast<unsigned>(std::min<std::int64_t>(
-                                  stage_items, 8 * current_device_facts().multiprocessors)),
-                              256, 0, stream>>>(static_cast<const __nv_bfloat16*>(a.x), rows, tile,
-                                                a.w.k, staged);
-          check_launch("stage_rows_kernel");
-          TokenRows staged_rows = rows;
-          staged_rows.x_by_position = true;
-          staged_rows.rows = pairs;
           launch_sm90_gemm(staged, a.x_dtype, staged_rows, tiles, tile, tile_rows, a.w, a.out,
                            stream, few && cls == 4);
         } else if (sm90) {

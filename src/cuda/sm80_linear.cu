@@ -427,12 +427,18 @@ __device__ __forceinline__ void linear_tiles(const T* __restrict__ x, const Toke
 // grid.x: tiles of 16 kRowTiles R rows of the weight; grid.y walks tiles 0 .. tiles-1 of 8 * NT
 // tokens, mapped to rows of x and out by `rows` (dense, or one expert's tokens); a grouped grid
 // stops at the first empty tile (past the planned ones). kRoute: a small batch of expert ids, which
-// each CTA sorts itself (route.cuh) into tiles of 8 tokens; grid.y then walks rounds of
+// each CTA sorts itself (route.cuh) into tiles of 8 tokens; grid.y then walks rounds of up to
 // rows.route_groups tiles, computed at once by kWarps / route_groups warps each (with one token per
 // expert, as in decode, a CTA reads its rows of every touched expert at once instead of one after
 // another). Register caps: the kCtas variants (x_ahead, pick_ctas); only the 32-token tiles spill
 // (a few bytes, ptxas -v), the others do not.
 constexpr int kMaxRouteGroups = kWarps / 2;
+// Routed batches of at least this many pairs run each warp on two row tiles (launch_mma; the
+// tiles then hold several tokens, as they must for two row tiles to pay). Measured on an H100
+// (session 10), GPT-OSS top-4 of 128: T = 16 (64 pairs) skewed gate_up 45.4 -> 36.7 us, down
+// 32.9 -> 29.0, uniform 3-6% faster; forced at T = 1 and 4 (mostly one token per tile) slower:
+// down 13.0 -> 14.8 and, skewed T = 4, 16.1 -> 22.7.
+constexpr int kRouteR2Pairs = 33;
 
 template <typename T, int NT, bool kRoute, int kCtas, int kRowTiles = 1, int R = 1>
 __global__ void __launch_bounds__(kWarps * 32, kCtas)
@@ -444,21 +450,38 @@ __global__ void __launch_bounds__(kWarps * 32, kCtas)
     __shared__ CtaRoute route;
     route_in_cta(rows, route, blockIdx.x == 0 && blockIdx.y == 0, out, n);
     rows.perm = route.perm;
-    const int per_round = rows.route_groups;
-    // Tiles of 16 (experts with more than 8 pairs; bf16) with two n-tiles, then tiles of 8.
+    // Tiles of 16 (experts with more than 8 pairs; bf16) with two n-tiles, then tiles of 8, in
+    // rounds of per_round tiles: rows.route_groups (which sized the grid for the most tiles the
+    // batch can have), or fewer where a batch of few tiles (all tokens on a few experts) would
+    // leave fewer than rows.route_min_ctas CTAs with work: then each tile's K is split over more
+    // warps. (Down to one tile per CTA regardless, skewed T = 4 and 16 on GPT-OSS gate_up measured
+    // slower: an H100, session 10.)
+    int per_round = rows.route_groups;
+    // (Only with two row tiles per warp: the one-tile kernel's registers are tight, and computing
+    // this there cost it 1-5% at T = 1 and 4, where it never applies.)
+    if constexpr (R > 1) {
+      const int c16 = route.tile_count16;
+      const int c8 = route.tile_count - route.tile_count16;
+      while (per_round > 1) {
+        const int busy = min(static_cast<int>(gridDim.y), max((c16 + per_round - 1) / per_round,
+                                                              (c8 + per_round - 1) / per_round));
+        if (static_cast<int>(gridDim.x) * busy >= rows.route_min_ctas) break;
+        per_round /= 2;
+      }
+    }
     if constexpr (NT == 1 && std::is_same_v<T, __nv_bfloat16>) {
       for (int first = static_cast<int>(blockIdx.y) * per_round; first < route.tile_count16;
            first += static_cast<int>(gridDim.y) * per_round) {
         const int groups = min(route.tile_count16 - first, per_round);
-        linear_tiles<T, 2, kCtas>(x, rows, route.tiles + first, groups, blocks, scales, bias,
-                                  bias_dtype, out, n, k);
+        linear_tiles<T, 2, kCtas, 1, R>(x, rows, route.tiles + first, groups, blocks, scales, bias,
+                                        bias_dtype, out, n, k);
       }
     }
     for (int first = route.tile_count16 + static_cast<int>(blockIdx.y) * per_round;
          first < route.tile_count; first += static_cast<int>(gridDim.y) * per_round) {
       const int groups = min(route.tile_count - first, per_round);
-      linear_tiles<T, NT, kCtas>(x, rows, route.tiles + first, groups, blocks, scales, bias,
-                                 bias_dtype, out, n, k);
+      linear_tiles<T, NT, kCtas, 1, R>(x, rows, route.tiles + first, groups, blocks, scales, bias,
+                                       bias_dtype, out, n, k);
     }
   } else {
     for (std::int64_t index = blockIdx.y; index < tiles; index += gridDim.y) {
@@ -531,13 +554,22 @@ void launch_mma(const void* x, const TokenRows& rows, std::int64_t tiles,
   // bounds: enough CTAs for a few waves walk the planned tiles, instead of a CTA per bound.
   std::int64_t y = std::min<std::int64_t>(tiles, 65535);
   TokenRows routed = rows;
+  // A routed batch (bf16) with each warp on two row tiles with the same x, as for dense 5 to 16
+  // tokens below (MXFP4_CUDA_KERNEL=route_r2 / route_r1 force it on or off).
+  const bool route_r2 = std::is_same_v<T, __nv_bfloat16> && NT == 1 && rows.route_ids != nullptr &&
+                        rows.route_sixteens && forced_kernel() != "route_r1" &&
+                        (forced_kernel() == "route_r2" || rows.route_pairs >= kRouteR2Pairs);
   if (rows.route_ids != nullptr) {
-    // Tiles per round: as many as keep about two CTAs per SM busy (rounds x row tiles).
+    // Tiles per round: as many as keep about two CTAs per SM busy (rounds x row tiles). (More
+    // CTAs with fewer tiles each, all 8 warps on one tile or rounds for four CTAs per SM, and
+    // fewer, for one: each the same or slower at T = 1 to 16, an H100, session 10.)
     const std::int64_t enough = 2 * std::int64_t{current_device_facts().multiprocessors};
+    const std::int64_t ctas_x = route_r2 ? (row_tiles + 1) / 2 : row_tiles;
     int groups = kMaxRouteGroups;
-    while (groups > 1 && row_tiles * ((tiles + groups - 1) / groups) < enough)
+    while (groups > 1 && ctas_x * ((tiles + groups - 1) / groups) < enough)
       groups /= 2;
     routed.route_groups = groups;
+    routed.route_min_ctas = current_device_facts().multiprocessors;
     y = (tiles + groups - 1) / groups;  // rounds
   }
   if (rows.tile_list != nullptr || rows.route_ids != nullptr) {
@@ -572,8 +604,13 @@ void launch_mma(const void* x, const TokenRows& rows, std::int64_t tiles,
     }
   }
   if constexpr (NT == 1) {
-    if (rows.route_ids != nullptr)
+    if (rows.route_ids != nullptr) {
+      if constexpr (kBf16) {
+        if (route_r2)
+          return launch_variant<T, 1, true, 2, 1, 2>(grid, x, routed, tiles, w, out, stream);
+      }
       return launch_variant<T, 1, true, 3>(grid, x, routed, tiles, w, out, stream);
+    }
     if (kBf16 && pick_ctas(std::int64_t{row_tiles} * y, 3, 4) == 4) {
       return launch_variant < T, 1, false, kBf16 ? 4 : 3 > (grid, x, rows, tiles, w, out, stream);
     }

@@ -492,6 +492,19 @@ TEST(Cuda, GatherLinearRunsTheGemmOnLargerShapes) {
   }
 }
 
+// gather_linear of random x ([T, K], or [T, topk, K] with per_slot) on the GPU against the
+// reference.
+void expect_gather_on_gpu(const Tensor& ids, const mxfp4::Mxfp4Weight& w,
+                          const mxfp4::Mxfp4Weight& wg, std::int64_t k, DType dtype, bool per_slot,
+                          std::uint64_t seed, const std::string& what) {
+  const std::int64_t tokens = ids.dim(0), topk = ids.dim(1);
+  const Tensor x = per_slot ? random_tensor({tokens, topk, k}, dtype, seed, 4.0f)
+                            : random_tensor({tokens, k}, dtype, seed, 4.0f);
+  const Tensor got = mxfp4::gather_linear(x.to(kGpu), ids.to(kGpu), wg);
+  expect_gather_close(x, ids, w, got.to(mxfp4::Device::cpu()),
+                      what + (per_slot ? " x[T,topk,K]" : " x[T,K]"));
+}
+
 // A small batch (routed in each CTA) whose experts have runs of 20, 12, 9, 8 and 1 pairs, in
 // shuffled order: runs above 8 take tiles of 16 (two of them for the run of 20), the others
 // tiles of 8, in one launch; bf16 and f16 (tiles of 8 only), both input ranks.
@@ -511,12 +524,8 @@ TEST(Cuda, GatherLinearMixesTileSizesInASmallBatch) {
   const Tensor idt = Tensor::from_vector(ids, {tokens, topk});
   for (const DType dtype : {DType::bf16, DType::f16}) {
     for (bool per_slot : {false, true}) {
-      const Tensor x = per_slot ? random_tensor({tokens, topk, k}, dtype, 10, 4.0f)
-                                : random_tensor({tokens, k}, dtype, 11, 4.0f);
-      const Tensor got = mxfp4::gather_linear(x.to(kGpu), idt.to(kGpu), wg);
-      expect_gather_close(x, idt, w, got.to(mxfp4::Device::cpu()),
-                          "mixed runs " + std::string(mxfp4::dtype_name(dtype)) +
-                              (per_slot ? " x[T,topk,K]" : " x[T,K]"));
+      expect_gather_on_gpu(idt, w, wg, k, dtype, per_slot, per_slot ? 10 : 11,
+                           "mixed runs " + std::string(mxfp4::dtype_name(dtype)));
     }
   }
 }
@@ -537,13 +546,9 @@ TEST(Cuda, GatherLinearSpreadsASmallBatchOverTheGrid) {
       for (const DType dtype : {DType::bf16, DType::f16}) {
         for (bool per_slot : {false, true}) {
           const Tensor ids = routing(tokens, topk, experts, skewed, DType::i32, ++seed);
-          const Tensor x = per_slot ? random_tensor({tokens, topk, k}, dtype, ++seed, 4.0f)
-                                    : random_tensor({tokens, k}, dtype, ++seed, 4.0f);
-          const Tensor got = mxfp4::gather_linear(x.to(kGpu), ids.to(kGpu), wg);
-          expect_gather_close(x, ids, w, got.to(mxfp4::Device::cpu()),
-                              "T=" + std::to_string(tokens) + (skewed ? " skewed " : " uniform ") +
-                                  std::string(mxfp4::dtype_name(dtype)) +
-                                  (per_slot ? " x[T,topk,K]" : " x[T,K]"));
+          expect_gather_on_gpu(ids, w, wg, k, dtype, per_slot, ++seed,
+                               "T=" + std::to_string(tokens) + (skewed ? " skewed " : " uniform ") +
+                                   std::string(mxfp4::dtype_name(dtype)));
         }
       }
     }

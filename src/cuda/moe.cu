@@ -76,10 +76,7 @@ constexpr int kMid128Tile = detail::cuda_gather_tile(3, 0);
 // warpgroup give each warp two independent decode chains, which the dense benchmark measured
 // ~15% faster per token-row than 128 rows at 128 tokens (an H100, session 9).
 constexpr int kMid128Rows = 256;
-constexpr int kSmallTile = detail::cuda_gather_tile(0, 0);
-constexpr int kSixteenTile = detail::cuda_gather_tile(1, 0);
-constexpr int kMidTile = detail::cuda_gather_tile(2, 0);
-constexpr int kLargeTile = 128;
+constexpr int kLargeTile = 128;  // the fifth class's tiles off Hopper
 
 // One warp: pair offsets per expert (cursor starts there), and the classes' tile lists, written
 // at list + class_base[class]; totals[class] = their lengths.
@@ -441,38 +438,50 @@ void gather_linear(const detail::GatherLinearArgs& a) {
       check_launch("scatter_kernel");
     }
     rows.perm = perm;
-    rows.tile_list = list;
-    rows.tile_total = totals;
-    launch_decode(a.x, a.x_dtype, rows, small_tiles, kSmallTile, a.w, a.out, stream);
-    rows.tile_list = list + bases.base[1];
-    rows.tile_total = totals + 1;
-    launch_decode(a.x, a.x_dtype, rows, sixteen_tiles, kSixteenTile, a.w, a.out, stream);
+    // Class cls's tiles: its list and count (in rows), the grid's bound and its tiles' tokens.
+    auto select = [&](int cls) {
+      rows.tile_list = list + bases.base[cls];
+      rows.tile_total = totals + cls;
+    };
+    auto bound = [&](int cls) -> std::int64_t {
+      return cls == 0   ? small_tiles
+             : cls == 1 ? sixteen_tiles
+             : cls == 2 ? mid_tiles
+             : cls == 3 ? plan.mid128_tiles()
+                        : plan.large_tiles();
+    };
+    auto tile_of = [&](int cls) { return detail::cuda_gather_tile(cls, large_tile); };
+    select(0);
+    launch_decode(a.x, a.x_dtype, rows, bound(0), tile_of(0), a.w, a.out, stream);
+    select(1);
+    launch_decode(a.x, a.x_dtype, rows, bound(1), tile_of(1), a.w, a.out, stream);
     // The GEMM classes. Experts of 17-32 tokens (bf16): on Hopper, the wgmma GEMM's 64-token
     // tiles of 128 rows (at width 32) where x rows are staged; else the sm_80 GEMM's tiles of 32.
     // Measured on an H100 (session 10), uniform T = 1024 (half the experts in this class):
     // gate_up 919 -> 812 us, down 510 -> 460; 64 rows with two warpgroups on alternate k-tiles
     // 865 / 477. MXFP4_CUDA_KERNEL=moe_mid32 keeps the sm_80 GEMM (tests).
     const bool mid_wgmma = gemm && sm90 && staging && forced_kernel() != "moe_mid32";
-    auto* staged = reinterpret_cast<__nv_bfloat16*>(base + plan.staged_at());
-    TokenRows staged_rows = rows;
-    staged_rows.x_by_position = true;
-    staged_rows.rows = pairs;
+    const bool large_wgmma = large && sm90 && staging;
     // The staged classes' x rows, in one launch for all of them before their GEMMs (a launch per
     // class, each before its GEMM, measured the same or up to 1% slower: an H100, session 10).
+    // The wgmma GEMM then reads row p of `staged` for position p.
+    auto* staged = reinterpret_cast<__nv_bfloat16*>(base + plan.staged_at());
+    auto staged_rows = [&] {
+      TokenRows r = rows;
+      r.x_by_position = true;
+      r.rows = pairs;
+      return r;
+    };
     StageLists stage;
     std::int64_t stage_bound = 0;
-    auto stage_class = [&](int cls, int tile, std::int64_t tiles) {
-      if (tiles == 0) return;
+    for (int cls = 2; cls <= 4; ++cls) {
+      const bool staged_class = cls == 2 ? mid_wgmma : large_wgmma && (cls == 4 || mid128_max > 0);
+      if (!staged_class || bound(cls) == 0) continue;
       stage.list[stage.lists] = list + bases.base[cls];
       stage.total[stage.lists] = totals + cls;
-      stage.groups[stage.lists] = tile / 8;
+      stage.groups[stage.lists] = tile_of(cls) / 8;
       ++stage.lists;
-      stage_bound += tiles * (tile / 8);
-    };
-    if (mid_wgmma) stage_class(2, kMidTile, mid_tiles);
-    if (large && sm90 && staging) {
-      if (mid128_max > 0) stage_class(3, kMid128Tile, plan.mid128_tiles());
-      stage_class(4, large_tile, plan.large_tiles());
+      stage_bound += bound(cls) * (tile_of(cls) / 8);
     }
     if (stage.lists > 0) {
       stage_rows_kernel<<<static_cast<unsigned>(std::min<std::int64_t>(
@@ -481,35 +490,31 @@ void gather_linear(const detail::GatherLinearArgs& a) {
                                             a.w.k, staged);
       check_launch("stage_rows_kernel");
     }
-    rows.tile_list = staged_rows.tile_list = list + bases.base[2];
-    rows.tile_total = staged_rows.tile_total = totals + 2;
+    select(2);
     if (mid_wgmma) {
       if (mid_tiles > 0) {
-        launch_sm90_gemm(staged, a.x_dtype, staged_rows, mid_tiles, 64, 128, a.w, a.out, stream,
+        launch_sm90_gemm(staged, a.x_dtype, staged_rows(), mid_tiles, 64, 128, a.w, a.out, stream,
                          false);
       }
     } else if (gemm) {
-      launch_gemm(a.x, rows, mid_tiles, kMidTile, a.w, a.out, stream);
+      launch_gemm(a.x, rows, mid_tiles, tile_of(2), a.w, a.out, stream);
     } else {
-      launch_decode(a.x, a.x_dtype, rows, mid_tiles, kMidTile, a.w, a.out, stream);
+      launch_decode(a.x, a.x_dtype, rows, mid_tiles, tile_of(2), a.w, a.out, stream);
     }
     if (large) {
       // 128-token tiles (mid128_max > 0), then the large experts' tiles.
       for (int cls = mid128_max > 0 ? 3 : 4; cls <= 4; ++cls) {
-        rows.tile_list = staged_rows.tile_list = list + bases.base[cls];
-        rows.tile_total = staged_rows.tile_total = totals + cls;
-        const std::int64_t tiles = cls == 3 ? plan.mid128_tiles() : plan.large_tiles();
-        const int tile = cls == 3 ? kMid128Tile : large_tile;
+        select(cls);
         const int tile_rows = cls == 3 ? mid128_rows : large_rows;
-        if (tiles == 0) continue;
-        if (sm90 && staging) {
-          launch_sm90_gemm(staged, a.x_dtype, staged_rows, tiles, tile, tile_rows, a.w, a.out,
-                           stream, few && cls == 4);
+        if (bound(cls) == 0) continue;
+        if (large_wgmma) {
+          launch_sm90_gemm(staged, a.x_dtype, staged_rows(), bound(cls), tile_of(cls), tile_rows,
+                           a.w, a.out, stream, few && cls == 4);
         } else if (sm90) {
-          launch_sm90_gemm(a.x, a.x_dtype, rows, tiles, tile, tile_rows, a.w, a.out, stream,
-                           few && cls == 4);
+          launch_sm90_gemm(a.x, a.x_dtype, rows, bound(cls), tile_of(cls), tile_rows, a.w, a.out,
+                           stream, few && cls == 4);
         } else {
-          launch_gemm(a.x, rows, tiles, kLargeTile, a.w, a.out, stream);
+          launch_gemm(a.x, rows, bound(cls), tile_of(cls), a.w, a.out, stream);
         }
       }
     }

@@ -594,11 +594,15 @@ void launch_mma(const void* x, const TokenRows& rows, std::int64_t tiles,
     // their CTAs still fill nine tenths of those slots. Measured on an H100 (bench/RESULTS.md,
     // session 6): Llama-70B up and down at M = 8 59.0 and 57.6 us against 66.6 and 66.9, at
     // M = 16 71.3 and 70.2 against 90.5 and 88.3; the smaller shapes (90-180 such CTAs) within
-    // a few percent either way. MXFP4_CUDA_KERNEL=decode_r2 forces it (tests).
+    // a few percent either way. At 1-4 tokens it measured the same as the CTAs of two row tiles
+    // below on Llama-70B (58.4 against 58.2 us at M = 1) and 2-8% slower on the GPT-OSS and
+    // 4096 x 4096 shapes, with 14% fewer instructions per weight byte (243 against 282 a KiB)
+    // at two CTAs per SM instead of three (an H100, session 11).
+    // MXFP4_CUDA_KERNEL=decode_r2 forces it at any number of tokens (tests).
     const std::int64_t ctas_r2 = (std::int64_t{row_tiles} + 1) / 2 * y;
     const std::int64_t slots = 2 * std::int64_t{current_device_facts().multiprocessors};
     const bool fills = ctas_r2 * 10 >= 9 * slots;
-    if (dense && rows.rows > 4 &&
+    if (dense && (rows.rows > 4 || forced_kernel() == "decode_r2") &&
         (forced_kernel() == "decode_r2" || (forced_kernel().rfind("decode", 0) != 0 && fills))) {
       return launch_variant<T, NT, false, 2, 1, 2>(grid, x, rows, tiles, w, out, stream);
     }

@@ -579,32 +579,36 @@ void launch_mma(const void* x, const TokenRows& rows, std::int64_t tiles,
   const dim3 grid(row_tiles, static_cast<unsigned>(y));
   constexpr bool kBf16 = std::is_same_v<T, __nv_bfloat16>;
   const bool dense = rows.tile_list == nullptr && rows.route_ids == nullptr;
-  if constexpr (NT == 1 && kBf16) {
-    // Long rows at decode: CTAs of two 16-row tiles, four warps splitting K for each. Measured
-    // on an H100 (bench/RESULTS.md, session 4), M <= 4: Llama-70B up and down 59 us (87% of
-    // copy) against 63-66 us, once each warp streams 64 blocks or more; shorter rows (K = 2880,
-    // 4096) lose (fewer CTAs), and so does M = 8 on Llama-70B up (x loads of 8 tokens).
-    const bool long_rows = w.k / kBlockSize >= 64 * (kWarps / 2);
-    if (dense && (forced_kernel() == "decode_rows2" || (rows.rows <= 4 && long_rows))) {
-      return launch_variant<T, 1, false, 3, 2>(grid, x, rows, tiles, w, out, stream);
-    }
-  }
+  // A forced decode variant (tests, tuning) takes precedence over the rules below.
+  const std::string& forced = forced_kernel();
+  const bool decode_forced = forced.rfind("decode", 0) == 0;
+  // Long rows: each warp streams 64 blocks or more (Llama-70B's K = 8192 and 28672; not
+  // GPT-OSS's 2880 or 4096).
+  const bool long_rows = w.k / kBlockSize >= 64 * (kWarps / 2);
   if constexpr (kBf16 && NT <= 2) {
-    // 5 to 16 tokens, dense: each warp two row tiles with the same x, two CTAs per SM, where
-    // their CTAs still fill nine tenths of those slots. Measured on an H100 (bench/RESULTS.md,
-    // session 6): Llama-70B up and down at M = 8 59.0 and 57.6 us against 66.6 and 66.9, at
-    // M = 16 71.3 and 70.2 against 90.5 and 88.3; the smaller shapes (90-180 such CTAs) within
-    // a few percent either way. At 1-4 tokens it measured the same as the CTAs of two row tiles
-    // below on Llama-70B (58.4 against 58.2 us at M = 1) and 2-8% slower on the GPT-OSS and
-    // 4096 x 4096 shapes, with 14% fewer instructions per weight byte (243 against 282 a KiB)
-    // at two CTAs per SM instead of three (an H100, session 11).
-    // MXFP4_CUDA_KERNEL=decode_r2 forces it at any number of tokens (tests).
+    // Each warp two row tiles with the same x, two CTAs per SM, from 5 tokens and, on long rows,
+    // from 1, where their CTAs still fill nine tenths of those slots. Measured on an H100
+    // (bench/RESULTS.md): at M = 8 and 16 (session 6) Llama-70B up and down 59.0 / 57.6 and
+    // 71.3 / 70.2 us against 66.6 / 66.9 and 90.5 / 88.3 on one row tile, the smaller shapes
+    // (90-180 such CTAs) within a few percent either way; at M = 1-4 on long rows (session 11)
+    // Llama-70B up 54.7-56.0 us and down 52.0-53.7 against 58.3-59.3 and 58.8-60.7 for the CTAs
+    // of two row tiles below (14% fewer instructions per weight byte), where on GPT-OSS and
+    // 4096 x 4096 it was 2-10% slower. MXFP4_CUDA_KERNEL=decode_r2 forces it (tests).
     const std::int64_t ctas_r2 = (std::int64_t{row_tiles} + 1) / 2 * y;
     const std::int64_t slots = 2 * std::int64_t{current_device_facts().multiprocessors};
     const bool fills = ctas_r2 * 10 >= 9 * slots;
-    if (dense && (rows.rows > 4 || forced_kernel() == "decode_r2") &&
-        (forced_kernel() == "decode_r2" || (forced_kernel().rfind("decode", 0) != 0 && fills))) {
+    if (dense &&
+        (forced == "decode_r2" || (!decode_forced && (rows.rows > 4 || long_rows) && fills))) {
       return launch_variant<T, NT, false, 2, 1, 2>(grid, x, rows, tiles, w, out, stream);
+    }
+  }
+  if constexpr (NT == 1 && kBf16) {
+    // Long rows at decode, where the kernel above does not fill its slots: CTAs of two 16-row
+    // tiles, four warps splitting K for each. Measured on an H100 (bench/RESULTS.md, session 4),
+    // M <= 4: Llama-70B up and down 59 us (87% of copy) against 63-66 us; shorter rows lose
+    // (fewer CTAs), and so does M = 8 on Llama-70B up (x loads of 8 tokens).
+    if (dense && (forced == "decode_rows2" || (!decode_forced && rows.rows <= 4 && long_rows))) {
+      return launch_variant<T, 1, false, 3, 2>(grid, x, rows, tiles, w, out, stream);
     }
   }
   if constexpr (NT == 1) {

@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdlib>
 #include <cstring>
 #include <random>
 #include <string>
@@ -11,6 +12,7 @@
 #include <utility>
 #include <vector>
 
+#include "core/kernel_args.hpp"
 #include "mxfp4/mxfp4.hpp"
 
 #if defined(MXFP4_TEST_CUDA_RUNTIME)
@@ -555,6 +557,54 @@ TEST(Cuda, GatherLinearSpreadsASmallBatchOverTheGrid) {
   }
 }
 
+// Experts whose pairs read a contiguous run of x's rows are read in place instead of staged
+// (Hopper's GEMM; elsewhere the same answers): every token on experts 0-3 from token `from` on
+// (runs starting past row 0; before it each token on four of experts 4-11 in turn, half the
+// rows of each, which are not runs); the same with one token naming expert 0 twice and the next
+// token not at all (the rows fill the range but are not distinct: staged); and x [T, 1, K] on one
+// expert (runs of slot rows). Token counts put the runs in each GEMM class (30: tiles of 32; 100:
+// of 128; 700: of 256; 1100: routed in three kernels), both x dtypes.
+std::vector<std::int32_t> run_routing(std::int64_t tokens, std::int64_t topk, std::int64_t from,
+                                      bool duplicate) {
+  std::vector<std::int32_t> ids(static_cast<std::size_t>(tokens * topk));
+  for (std::int64_t t = 0; t < tokens; ++t) {
+    for (std::int64_t j = 0; j < topk; ++j) {
+      ids[static_cast<std::size_t>(t * topk + j)] =
+          static_cast<std::int32_t>(t >= from ? j : 4 + (t + j) % 8);
+    }
+  }
+  if (duplicate) {
+    ids[static_cast<std::size_t>((from + 2) * topk + 1)] = 0;  // expert 0 twice
+    ids[static_cast<std::size_t>((from + 3) * topk + 0)] = 5;  // and not at all
+  }
+  return ids;
+}
+
+TEST(Cuda, GatherLinearReadsRunsOfXInPlace) {
+  REQUIRE_GPU();
+  const std::int64_t experts = 12, n = 136, k = 192, topk = 4;
+  const auto w = mxfp4::Mxfp4Weight::quantize(random_tensor({experts, n, k}, DType::f32, 31),
+                                              random_tensor({experts, n}, DType::f32, 32));
+  const auto wg = to_gpu(w);
+  std::uint64_t seed = 33;
+  for (std::int64_t tokens : {30, 100, 700, 1100}) {
+    for (bool duplicate : {false, true}) {
+      const Tensor idt =
+          Tensor::from_vector(run_routing(tokens, topk, tokens / 5, duplicate), {tokens, topk});
+      for (const DType dtype : {DType::bf16, DType::f16}) {
+        expect_gather_on_gpu(idt, w, wg, k, dtype, false, ++seed,
+                             "T=" + std::to_string(tokens) +
+                                 (duplicate ? " duplicate " : " runs ") +
+                                 std::string(mxfp4::dtype_name(dtype)));
+      }
+    }
+    const Tensor one = Tensor::from_vector(
+        std::vector<std::int32_t>(static_cast<std::size_t>(tokens), 3), {tokens, 1});
+    expect_gather_on_gpu(one, w, wg, k, DType::bf16, true, ++seed,
+                         "T=" + std::to_string(tokens) + " one expert");
+  }
+}
+
 // An out-of-range id is not read; its row is NaN and synchronize() names it, once.
 TEST(Cuda, GatherLinearReportsOutOfRangeIdsAtSynchronize) {
   REQUIRE_GPU();
@@ -669,6 +719,63 @@ TEST(Cuda, GatherLinearCanBeCapturedInACudaGraph) {
     }
   }
   cudaStreamDestroy(stream);
+}
+
+// Which experts the routing found to be runs of x (GatherLinearReadsRunsOfXInPlace), read back
+// from the workspace where the plan records them (core/kernel_args.hpp), on Hopper with bf16 x
+// (where x rows are staged): exactly experts 0-3, and none once expert 0's rows repeat and
+// expert 1 misses one. Both routing paths (one CTA up to 4096 pairs, three kernels past it).
+TEST(Cuda, GatherLinearFindsTheRunsOfX) {
+  REQUIRE_GPU();
+  int device = 0, major = 0, minor = 0;
+  ASSERT_EQ(cudaGetDevice(&device), cudaSuccess);
+  ASSERT_EQ(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device), cudaSuccess);
+  ASSERT_EQ(cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, device), cudaSuccess);
+  if (major != 9 || minor != 0) GTEST_SKIP() << "x rows are staged on sm_90 only";
+  const char* forced = std::getenv("MXFP4_CUDA_KERNEL");
+  for (const char* off : {"moe_stage_all", "wgmma_cpasync"}) {
+    if (forced != nullptr && std::strcmp(forced, off) == 0) {
+      GTEST_SKIP() << "MXFP4_CUDA_KERNEL=" << off << " finds no runs";
+    }
+  }
+  const std::int64_t experts = 12, n = 64, k = 128, topk = 4;
+  const auto wg =
+      to_gpu(mxfp4::Mxfp4Weight::quantize(random_tensor({experts, n, k}, DType::f32, 41)));
+  for (std::int64_t tokens : {700, 1100}) {
+    for (bool duplicate : {false, true}) {
+      const std::int64_t from = tokens / 5;
+      const Tensor ids =
+          Tensor::from_vector(run_routing(tokens, topk, from, duplicate), {tokens, topk});
+      const Tensor x = random_tensor({tokens, k}, DType::bf16, 42).to(kGpu);
+      Tensor out = Tensor::empty({tokens, topk, n}, DType::bf16, kGpu);
+      const std::size_t bytes = mxfp4::gather_linear_workspace_bytes(tokens, topk, experts, k);
+      Tensor space = Tensor::zeros({static_cast<std::int64_t>(bytes)}, DType::u8, kGpu);
+      mxfp4::RunOptions run;
+      run.workspace = {space.data(), bytes};
+      mxfp4::gather_linear_into(x, ids.to(kGpu), wg, out, run);
+      ASSERT_NO_THROW(mxfp4::synchronize());
+      const mxfp4::detail::CudaGatherPlan plan{tokens * topk, experts};
+      std::vector<int> runs(static_cast<std::size_t>(2 * experts));
+      std::vector<int> offsets(static_cast<std::size_t>(experts + 1));
+      const auto* base = static_cast<const std::uint8_t*>(space.data());
+      ASSERT_EQ(cudaMemcpy(runs.data(), base + plan.runs_at(), runs.size() * sizeof(int),
+                           cudaMemcpyDeviceToHost),
+                cudaSuccess);
+      ASSERT_EQ(cudaMemcpy(offsets.data(), base + plan.offsets_at(), offsets.size() * sizeof(int),
+                           cudaMemcpyDeviceToHost),
+                cudaSuccess);
+      for (std::int64_t e = 0; e < experts; ++e) {
+        const auto i = static_cast<std::size_t>(e);
+        const bool run_expected = e < 4 && !(duplicate && e < 2);
+        EXPECT_EQ(runs[2 * i], run_expected ? 1 : 0)
+            << "T=" << tokens << (duplicate ? " duplicate" : "") << " expert " << e;
+        // A run's first position reads x row `from`.
+        if (run_expected) {
+          EXPECT_EQ(offsets[i] + runs[2 * i + 1], from) << "expert " << e;
+        }
+      }
+    }
+  }
 }
 #endif
 

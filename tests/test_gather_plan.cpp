@@ -8,6 +8,7 @@
 #include <array>
 #include <climits>
 #include <cstdint>
+#include <iterator>
 #include <random>
 #include <vector>
 
@@ -123,18 +124,21 @@ TEST(GatherPlan, WorkspacePartsAreAlignedAndDisjoint) {
   for (std::int64_t experts : {1, 4, 128, 1000}) {
     for (std::int64_t pairs : {65, 512, 4096, 16384, 100000}) {
       const CudaGatherPlan plan{pairs, experts};
-      const std::size_t parts[] = {plan.counts_at(), plan.offsets_at(), plan.cursor_at(),
-                                   plan.totals_at(), plan.perm_at(),    plan.list_at()};
+      const std::size_t parts[] = {plan.counts_at(), plan.runs_at(),   plan.offsets_at(),
+                                   plan.cursor_at(), plan.totals_at(), plan.perm_at(),
+                                   plan.list_at()};
       const std::size_t sizes[] = {static_cast<std::size_t>(experts) * 4,
+                                   static_cast<std::size_t>(experts) * 8,
                                    static_cast<std::size_t>(experts + 1) * 4,
                                    static_cast<std::size_t>(experts) * 4,
                                    kCudaGatherClasses * sizeof(int),
                                    static_cast<std::size_t>(pairs) * 4,
                                    static_cast<std::size_t>(plan.list_entries()) * 16};
-      for (std::size_t i = 0; i < 6; ++i) {
+      constexpr std::size_t kParts = std::size(parts);
+      for (std::size_t i = 0; i < kParts; ++i) {
         EXPECT_EQ(parts[i] % 256, 0u) << i;
         const std::size_t end = parts[i] + sizes[i];
-        EXPECT_LE(end, i + 1 < 6 ? parts[i + 1] : plan.bytes()) << i;
+        EXPECT_LE(end, i + 1 < kParts ? parts[i + 1] : plan.bytes()) << i;
       }
       EXPECT_EQ(plan.staged_at() % 256, 0u);
       EXPECT_GE(plan.staged_at(), plan.bytes());

@@ -115,13 +115,14 @@ struct CudaGatherPlan {
   std::int64_t list_entries() const {
     return small_tiles() + sixteen_tiles() + mid_tiles() + mid128_tiles() + large_tiles();
   }
-  // Workspace layout: counts[E], offsets[E + 1], cursor[E], totals[5], perm[pairs], then the
-  // tile list (16 bytes an entry); each part 256-byte aligned. Optionally after that, 16-bit x
-  // rows of K elements staged in expert order, one per pair (the Hopper GEMM loads them with
-  // TMA; without the room it gathers rows with cp.async).
+  // Workspace layout: counts[E], runs[E] (8 bytes each), offsets[E + 1], cursor[E], totals[5],
+  // perm[pairs], then the tile list (16 bytes an entry); each part 256-byte aligned. Optionally
+  // after that, 16-bit x rows of K elements staged in expert order, one per pair (the Hopper GEMM
+  // loads them with TMA; without the room it gathers rows with cp.async).
   static std::size_t up(std::size_t v) { return (v + 255) & ~std::size_t{255}; }
   std::size_t counts_at() const { return 0; }
-  std::size_t offsets_at() const { return counts_at() + up(static_cast<std::size_t>(experts) * 4); }
+  std::size_t runs_at() const { return counts_at() + up(static_cast<std::size_t>(experts) * 4); }
+  std::size_t offsets_at() const { return runs_at() + up(static_cast<std::size_t>(experts) * 8); }
   std::size_t cursor_at() const {
     return offsets_at() + up(static_cast<std::size_t>(experts + 1) * 4);
   }

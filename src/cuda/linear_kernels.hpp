@@ -31,12 +31,14 @@ struct KernelChoice {
 };
 KernelChoice choose_kernel(DType x_dtype, std::int64_t tokens, std::int64_t n);
 // MXFP4_CUDA_KERNEL's value (empty when unset), read once. Besides the choices above,
-// wgmma_cpasync makes the wgmma GEMM load x with cp.async where it would use TMA,
+// wgmma_cpasync makes the wgmma GEMM load x with cp.async where it would use TMA (and
+// gather_linear not stage x rows), wgmma_cpasync_staged the same with the staging kept,
 // wgmma_nosplit keeps it from splitting K across a cluster of CTAs, wgmma_split makes it
 // split K wherever the tile shape allows (in four where the partial sums fit, else in two), and
 // wgmma_tail splits K for the last half of the tiles (in a second launch, as for a last
 // partial wave), moe_mid128 gives gather_linear's 128-token class tiles of 128 weight rows
-// (256 otherwise), moe_route3 makes it route every batch with three kernels (not one CTA), and
+// (256 otherwise), moe_route3 makes it route every batch with three kernels (not one CTA),
+// moe_stage_all makes it stage the x rows of experts that are runs of x too, and
 // quantize_unmapped makes quantize report non-finite weights through a device flag copied back,
 // the path it takes where mapped pinned memory cannot be had.
 const std::string& forced_kernel();

@@ -198,7 +198,7 @@ struct IndexError;
 
 struct TokenRows {
   const std::int32_t* perm = nullptr;  // null: dense (or routed in the CTA, see route.cuh)
-  const int4* tile_list = nullptr;     // {expert, first position, count, unused} per tile
+  const int4* tile_list = nullptr;     // {expert, first position, count, x_first1} per tile
   const int* tile_total = nullptr;     // number of valid entries of tile_list
   int experts = 1;
   int topk = 1;
@@ -209,23 +209,32 @@ struct TokenRows {
   const void* route_ids = nullptr;
   DType route_dtype = DType::i32;
   int route_pairs = 0;
-  int route_groups = 1;         // tiles a CTA computes at once, at most (sm80_linear.cu)
-  int route_min_ctas = 0;       // CTAs that should get tiles, where fewer per CTA allow it
-  bool route_sixteens = true;   // experts with more than 8 pairs get tiles of 16, not 8
-  bool x_by_position = false;   // grouped: x staged in expert order, row p at position p
+  int route_groups = 1;        // tiles a CTA computes at once, at most (sm80_linear.cu)
+  int route_min_ctas = 0;      // CTAs that should get tiles, where fewer per CTA allow it
+  bool route_sixteens = true;  // experts with more than 8 pairs get tiles of 16, not 8
+  bool x_by_position = false;  // grouped: x staged in expert order, row p at position p
+  // Staged x: tiles of experts whose pairs read a contiguous run of x's rows, in order, are not
+  // staged but read x_source ([source_rows, k], the caller's x) in place (Tile::x_first1;
+  // moe.cu). Null: every tile reads the staged rows.
+  const void* x_source = nullptr;
+  std::int64_t source_rows = 0;
   IndexError* error = nullptr;  // where out-of-range ids are recorded
 
   struct Tile {
     int expert;
     std::int64_t first;  // position of the tile's first pair
     int count;           // pairs in the tile (0: nothing to do)
+    // Grouped tiles (moe.cu): 1 + the x row of the tile's first pair where its expert's pairs
+    // read consecutive x rows, else 0. (No default: shared-memory arrays of tiles need a trivial
+    // type; a tile initialized without it gets 0.)
+    int x_first1;
   };
 
   __device__ __forceinline__ Tile tile(std::int64_t index, int tile_tokens) const {
     if (tile_list != nullptr) {
       if (index >= *tile_total) return {0, 0, 0};
       const int4 v = tile_list[index];
-      return {v.x, v.y, v.z};
+      return {v.x, v.y, v.z, v.w};
     }
     const std::int64_t first = index * tile_tokens;
     const std::int64_t left = rows - first;

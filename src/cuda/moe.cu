@@ -15,6 +15,7 @@
 // error record (thrown by mxfp4::synchronize through check_index_errors) and their output rows
 // are filled with NaN; they are never read past the weight.
 #include <cooperative_groups.h>
+#include <cooperative_groups/reduce.h>
 #include <cuda_runtime.h>
 
 #include <algorithm>
@@ -54,10 +55,57 @@ __device__ __forceinline__ int aggregated_increment(int* counter, int key) {
   return peers.shfl(base, 0) + static_cast<int>(peers.thread_rank());
 }
 
-// Validates every id; counts pairs per expert when `counts` is given.
+// Runs of x. An expert whose pairs read distinct x rows filling [lo, lo + count) (skewed
+// routing: every token on the same experts) need not have them staged for the wgmma GEMM, which
+// then reads its tiles from x itself with TMA: the scatter places pair p at position first + row
+// - lo (so tile rows follow x rows; runs[e] = {1, lo - first} tells it so, {0, 0} for every other
+// expert), and each of the expert's tiles carries 1 + its first x row (TokenRows::Tile::x_first1)
+// for the staging, which skips it, and the GEMM. Placing an expert's pairs in another order
+// changes no result: each pair still writes its own output row.
+//
+// While counting, runs[e] holds {max of INT_MAX - row, max of row + 1} over the expert's pairs (0
+// at the start: both are positive), or y = kRunBroken once a token names the expert twice (with
+// x [T, K] its rows repeat; row + 1 never reaches INT_MAX since pairs < 2^31).
+constexpr int kRunBroken = INT_MAX;
+
+// The x row of pair p.
+__device__ __forceinline__ int pair_row(std::int64_t p, int topk, bool x_per_slot) {
+  return static_cast<int>(x_per_slot ? p : p / topk);
+}
+// What pair p notes in runs[id] while counting: {INT_MAX - row, row + 1}, or kRunBroken as y
+// where its token names id in an earlier slot too (x [T, K]: its row repeats).
+__device__ __forceinline__ int2 pair_note(const void* ids, DType id_dtype, std::int64_t p, int topk,
+                                          bool x_per_slot, long long id) {
+  const int row = pair_row(p, topk, x_per_slot);
+  bool repeated = false;
+  if (!x_per_slot) {
+    for (std::int64_t q = p - p % topk; q < p; ++q)
+      repeated |= load_id(ids, id_dtype, q) == id;
+  }
+  return make_int2(INT_MAX - row, repeated ? kRunBroken : row + 1);
+}
+
+// aggregated_increment's count, with the pairs' notes folded into noted[key] the same way (the
+// largest x and y of the key's threads, one atomicMax each).
+__device__ __forceinline__ void aggregated_count(int* counter, int2* noted, int key, int2 note) {
+  namespace cg = cooperative_groups;
+  const cg::coalesced_group active = cg::coalesced_threads();
+  const cg::coalesced_group peers = cg::labeled_partition(active, key);
+  const int x = cg::reduce(peers, note.x, cg::greater<int>());
+  const int y = cg::reduce(peers, note.y, cg::greater<int>());
+  if (peers.thread_rank() == 0) {
+    atomicAdd(&counter[key], static_cast<int>(peers.size()));
+    atomicMax(&noted[key].x, x);
+    atomicMax(&noted[key].y, y);
+  }
+}
+
+// Validates every id; counts pairs per expert when `counts` is given, and notes their rows in
+// runs (when given).
 template <typename T>
 __global__ void count_kernel(const void* ids, DType id_dtype, std::int64_t pairs, int experts,
-                             int topk, int* counts, IndexError* error, T* out, std::int64_t n) {
+                             int topk, bool x_per_slot, int* counts, int2* runs, IndexError* error,
+                             T* out, std::int64_t n) {
   const std::int64_t p = static_cast<std::int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
   if (p >= pairs) return;
   const long long id = load_id(ids, id_dtype, p);
@@ -65,7 +113,13 @@ __global__ void count_kernel(const void* ids, DType id_dtype, std::int64_t pairs
     report_bad_id(error, p, id, experts, topk, out, n);
     return;
   }
-  if (counts != nullptr) aggregated_increment(counts, static_cast<int>(id));
+  if (counts == nullptr) return;
+  if (runs != nullptr) {
+    aggregated_count(counts, runs, static_cast<int>(id),
+                     pair_note(ids, id_dtype, p, topk, x_per_slot, id));
+  } else {
+    aggregated_increment(counts, static_cast<int>(id));
+  }
 }
 
 // Tile classes of the sorted pairs by an expert's token count: detail::cuda_gather_class and
@@ -84,9 +138,11 @@ struct ClassBases {
   int base[kClasses];
 };
 
-__device__ void plan_warp(const int* counts, int experts, int mid_max, int mid128_max,
-                          int large_tile, int* offsets, int* cursor, int* totals, int4* list,
-                          ClassBases class_base, int lane) {
+// `noted`: the rows noted while counting (see kRunBroken), from which runs (when given) is
+// written; they may be the same array.
+__device__ void plan_warp(const int* counts, const int2* noted, int experts, int mid_max,
+                          int mid128_max, int large_tile, int* offsets, int* cursor, int* totals,
+                          int4* list, int2* runs, ClassBases class_base, int lane) {
   int pair_base = 0, base[kClasses] = {};
   for (int e0 = 0; e0 < experts; e0 += 32) {
     const int e = e0 + lane;
@@ -115,11 +171,20 @@ __device__ void plan_warp(const int* counts, int experts, int mid_max, int mid12
       const int first = pair_base + pc - c;
       offsets[e] = first;
       cursor[e] = first;
+      int x_row1 = 0;  // 1 + the x row of the expert's first pair, where it is a run
+      if (runs != nullptr) {
+        const int2 r = noted[e];
+        const long long lo = INT_MAX - r.x, hi = r.y - 1LL;
+        const bool run = c >= 2 && r.y != kRunBroken && hi - lo + 1 == c;
+        runs[e] = run ? make_int2(1, static_cast<int>(lo) - first) : make_int2(0, 0);
+        x_row1 = run ? static_cast<int>(lo) + 1 : 0;
+      }
       const int t0 = base[cls] + tc[cls] - tiles;  // this expert's first tile in its class
       for (int j = 0; j < tiles; ++j) {
         const int tile = detail::cuda_gather_tile(cls, large_tile);
         const int begin = j * tile;
-        list[class_base.base[cls] + t0 + j] = make_int4(e, first + begin, min(tile, c - begin), 0);
+        list[class_base.base[cls] + t0 + j] =
+            make_int4(e, first + begin, min(tile, c - begin), x_row1 != 0 ? x_row1 + begin : 0);
       }
     }
     pair_base += __shfl_sync(0xFFFFFFFFu, pc, 31);
@@ -137,34 +202,38 @@ __device__ void plan_warp(const int* counts, int experts, int mid_max, int mid12
 
 __global__ void plan_kernel(const int* counts, int experts, int mid_max, int mid128_max,
                             int large_tile, int* offsets, int* cursor, int* totals, int4* list,
-                            ClassBases class_base) {
-  plan_warp(counts, experts, mid_max, mid128_max, large_tile, offsets, cursor, totals, list,
-            class_base, static_cast<int>(threadIdx.x));
+                            int2* runs, ClassBases class_base) {
+  plan_warp(counts, runs, experts, mid_max, mid128_max, large_tile, offsets, cursor, totals, list,
+            runs, class_base, static_cast<int>(threadIdx.x));
 }
 
 // Batches of at most kFusedRoutePairs pairs over at most kFusedRouteExperts experts: the count,
-// the plan and the scatter in one CTA, counts and cursors in shared memory. One launch instead
-// of a memset and three kernels (which cost ~12 us around a 48 us GEMM at T = 128 on an H100,
-// session 9). The same results as those, bar the order of an expert's pairs. Measured there,
-// top-4 of 128 experts: skewed T = 128 5 us faster, T = 1024 5 us; at T = 4096 (16384 pairs)
-// one CTA took longer than the three kernels (uniform +1.6%), hence the bound.
+// the plan and the scatter in one CTA, counts, cursors and noted rows in shared memory. One
+// launch instead of a memset and three kernels (which cost ~12 us around a 48 us GEMM at T = 128
+// on an H100, session 9). The same results as those, bar the order of an expert's pairs (where
+// it is not a run). Measured there, top-4 of 128 experts: skewed T = 128 5 us faster, T = 1024
+// 5 us; at T = 4096 (16384 pairs) one CTA took longer than the three kernels (uniform +1.6%),
+// hence the bound.
 constexpr int kFusedRouteThreads = 1024;
 constexpr std::int64_t kFusedRoutePairs = 4096;
-constexpr int kFusedRouteExperts = 4096;  // 32 KiB of counts and cursors
+constexpr int kFusedRouteExperts = 3072;  // 16 bytes each: 48 KiB of shared memory
 
 template <typename T>
 __global__ void __launch_bounds__(kFusedRouteThreads)
     route_fused_kernel(const void* ids, DType id_dtype, int pairs, int experts, int topk,
-                       int mid_max, int mid128_max, int large_tile, int* offsets, int* totals,
-                       int4* list, ClassBases class_base, std::int32_t* perm, IndexError* error,
-                       T* out, std::int64_t n) {
-  extern __shared__ int route_fused_shared[];
-  int* counts = route_fused_shared;
-  int* cursor = route_fused_shared + experts;
+                       bool x_per_slot, int mid_max, int mid128_max, int large_tile, int* offsets,
+                       int* totals, int4* list, int2* runs, ClassBases class_base,
+                       std::int32_t* perm, IndexError* error, T* out, std::int64_t n) {
+  extern __shared__ int2 route_fused_shared[];
+  int2* noted = route_fused_shared;
+  int* counts = reinterpret_cast<int*>(route_fused_shared + experts);
+  int* cursor = counts + experts;
   const int tid = static_cast<int>(threadIdx.x);
   const int step = static_cast<int>(blockDim.x);
-  for (int e = tid; e < experts; e += step)
+  for (int e = tid; e < experts; e += step) {
     counts[e] = 0;
+    noted[e] = make_int2(0, 0);
+  }
   __syncthreads();
   for (int p = tid; p < pairs; p += step) {
     const long long id = load_id(ids, id_dtype, p);
@@ -173,26 +242,39 @@ __global__ void __launch_bounds__(kFusedRouteThreads)
       continue;
     }
     atomicAdd(&counts[id], 1);
+    if (runs != nullptr) {
+      const int2 note = pair_note(ids, id_dtype, p, topk, x_per_slot, id);
+      atomicMax(&noted[id].x, note.x);
+      atomicMax(&noted[id].y, note.y);
+    }
   }
   __syncthreads();
   if (tid < 32) {
-    plan_warp(counts, experts, mid_max, mid128_max, large_tile, offsets, cursor, totals, list,
-              class_base, tid);
+    plan_warp(counts, noted, experts, mid_max, mid128_max, large_tile, offsets, cursor, totals,
+              list, runs, class_base, tid);
   }
   __syncthreads();
   for (int p = tid; p < pairs; p += step) {
     const long long id = load_id(ids, id_dtype, p);
     if (id < 0 || id >= experts) continue;
-    perm[atomicAdd(&cursor[id], 1)] = static_cast<std::int32_t>(p);
+    const int2 r = runs != nullptr ? runs[id] : make_int2(0, 0);
+    perm[r.x != 0 ? pair_row(p, topk, x_per_slot) - r.y : atomicAdd(&cursor[id], 1)] =
+        static_cast<std::int32_t>(p);
   }
 }
 
 __global__ void scatter_kernel(const void* ids, DType id_dtype, std::int64_t pairs, int experts,
-                               int* cursor, std::int32_t* perm) {
+                               int topk, bool x_per_slot, int* cursor, const int2* runs,
+                               std::int32_t* perm) {
   const std::int64_t p = static_cast<std::int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
   if (p >= pairs) return;
   const long long id = load_id(ids, id_dtype, p);
   if (id < 0 || id >= experts) return;
+  const int2 r = runs != nullptr ? runs[id] : make_int2(0, 0);
+  if (r.x != 0) {
+    perm[pair_row(p, topk, x_per_slot) - r.y] = static_cast<std::int32_t>(p);
+    return;
+  }
   perm[aggregated_increment(cursor, static_cast<int>(id))] = static_cast<std::int32_t>(p);
 }
 
@@ -262,7 +344,7 @@ __global__ void __launch_bounds__(256)
     }
     const int4 v = list[j / groups];
     const int r = static_cast<int>(j % groups) * 8 + warp;
-    if (r >= v.z) continue;
+    if (r >= v.z || v.w != 0) continue;  // a run of x is read in place
     const std::int64_t position = v.y + r;
     const auto* src = reinterpret_cast<const uint4*>(x + rows.x_row(rows.pair(position)) * k);
     auto* dst = reinterpret_cast<uint4*>(staged + position * k);
@@ -308,8 +390,9 @@ void gather_linear(const detail::GatherLinearArgs& a) {
     dispatch_floating(a.x_dtype, [&](auto zero) {
       using T = decltype(zero);
       T* out = static_cast<T*>(a.out);
-      count_kernel<T><<<blocks_for(pairs, 256), 256, 0, stream>>>(
-          a.indices, a.index_dtype, pairs, experts, topk, nullptr, error, out, n);
+      count_kernel<T><<<blocks_for(pairs, 256), 256, 0, stream>>>(a.indices, a.index_dtype, pairs,
+                                                                  experts, topk, a.x_per_slot,
+                                                                  nullptr, nullptr, error, out, n);
       check_launch("count_kernel");
       gather_simple_kernel<T><<<blocks_for(pairs * n, 8), 256, 0, stream>>>(
           static_cast<const T*>(a.x), a.x_per_slot, topk, pairs, a.indices, a.index_dtype, experts,
@@ -378,6 +461,11 @@ void gather_linear(const detail::GatherLinearArgs& a) {
   int* counts = reinterpret_cast<int*>(base + plan.counts_at());
   int* offsets = reinterpret_cast<int*>(base + plan.offsets_at());
   int* cursor = reinterpret_cast<int*>(base + plan.cursor_at());
+  // Runs of x (see kRunBroken), where x rows are staged. (MXFP4_CUDA_KERNEL=moe_stage_all
+  // stages every expert's rows, runs too, for comparison.)
+  int2* runs = staging && forced_kernel() != "moe_stage_all"
+                   ? reinterpret_cast<int2*>(base + plan.runs_at())
+                   : nullptr;
   int* totals = reinterpret_cast<int*>(base + plan.totals_at());
   auto* perm = reinterpret_cast<std::int32_t*>(base + plan.perm_at());
   auto* list = reinterpret_cast<int4*>(base + plan.list_at());
@@ -414,27 +502,30 @@ void gather_linear(const detail::GatherLinearArgs& a) {
         forced_kernel() != "moe_route3") {
       dispatch_floating(a.x_dtype, [&](auto zero) {
         using T = decltype(zero);
-        route_fused_kernel<T><<<1, kFusedRouteThreads,
-                                sizeof(int) * 2 * static_cast<std::size_t>(experts), stream>>>(
-            a.indices, a.index_dtype, static_cast<int>(pairs), experts, topk, mid_max, mid128_max,
-            large_tile, offsets, totals, list, bases, perm, error, static_cast<T*>(a.out), n);
+        route_fused_kernel<T>
+            <<<1, kFusedRouteThreads,
+               (sizeof(int2) + 2 * sizeof(int)) * static_cast<std::size_t>(experts), stream>>>(
+                a.indices, a.index_dtype, static_cast<int>(pairs), experts, topk, a.x_per_slot,
+                mid_max, mid128_max, large_tile, offsets, totals, list, runs, bases, perm, error,
+                static_cast<T*>(a.out), n);
       });
       check_launch("route_fused_kernel");
     } else {
-      check(cudaMemsetAsync(counts, 0, sizeof(int) * static_cast<std::size_t>(experts), stream),
+      // counts and runs (which follows it) to zero
+      check(cudaMemsetAsync(counts, 0, plan.offsets_at() - plan.counts_at(), stream),
             "cudaMemsetAsync(gather_linear counts)");
       dispatch_floating(a.x_dtype, [&](auto zero) {
         using T = decltype(zero);
-        count_kernel<T><<<blocks_for(pairs, 256), 256, 0, stream>>>(a.indices, a.index_dtype, pairs,
-                                                                    experts, topk, counts, error,
-                                                                    static_cast<T*>(a.out), n);
+        count_kernel<T><<<blocks_for(pairs, 256), 256, 0, stream>>>(
+            a.indices, a.index_dtype, pairs, experts, topk, a.x_per_slot, counts, runs, error,
+            static_cast<T*>(a.out), n);
       });
       check_launch("count_kernel");
       plan_kernel<<<1, 32, 0, stream>>>(counts, experts, mid_max, mid128_max, large_tile, offsets,
-                                        cursor, totals, list, bases);
+                                        cursor, totals, list, runs, bases);
       check_launch("plan_kernel");
-      scatter_kernel<<<blocks_for(pairs, 256), 256, 0, stream>>>(a.indices, a.index_dtype, pairs,
-                                                                 experts, cursor, perm);
+      scatter_kernel<<<blocks_for(pairs, 256), 256, 0, stream>>>(
+          a.indices, a.index_dtype, pairs, experts, topk, a.x_per_slot, cursor, runs, perm);
       check_launch("scatter_kernel");
     }
     rows.perm = perm;
@@ -470,6 +561,8 @@ void gather_linear(const detail::GatherLinearArgs& a) {
       TokenRows r = rows;
       r.x_by_position = true;
       r.rows = pairs;
+      r.x_source = runs != nullptr ? a.x : nullptr;
+      r.source_rows = a.x_per_slot ? pairs : a.tokens;
       return r;
     };
     StageLists stage;

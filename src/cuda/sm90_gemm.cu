@@ -230,8 +230,9 @@ __device__ __forceinline__ KRange k_range(int ktiles) {
 // cp.async, hence the staging.)
 template <typename T, int kTokens, int kSub, int kWG, int kLoad, int kParts>
 __device__ __forceinline__ void sm90_load(std::uint8_t* smem, const T* __restrict__ x,
-                                          const CUtensorMap& x_map, const CUtensorMap& w_map,
-                                          const TokenRows& rows, int tiles_t, int tiles_w,
+                                          const CUtensorMap& x_map, const CUtensorMap& xs_map,
+                                          const CUtensorMap& w_map, const TokenRows& rows,
+                                          int tiles_t, int tiles_w,
                                           const std::uint8_t* __restrict__ blocks,
                                           const std::uint8_t* __restrict__ scales, int n, int k,
                                           const PidRange& pids) {
@@ -279,6 +280,7 @@ __device__ __forceinline__ void sm90_load(std::uint8_t* smem, const T* __restric
   // other thread reads them). Per stage, an x chunk costs one multiply-add for its address.
   auto* xrow = reinterpret_cast<std::uint32_t*>(smem + C::kXRowOffset);
   const auto* x_bytes = reinterpret_cast<const std::uint8_t*>(x) + 16 * xc;
+  const auto* xs_bytes = reinterpret_cast<const std::uint8_t*>(rows.x_source) + 16 * xc;
   const auto row_bytes = static_cast<std::uint32_t>(k) * 2u;
   const std::uint32_t smem_base = static_cast<std::uint32_t>(__cvta_generic_to_shared(smem));
   const KRange range = k_range<kParts>(ktiles);
@@ -299,13 +301,18 @@ __device__ __forceinline__ void sm90_load(std::uint8_t* smem, const T* __restric
       rows, tiles_t, tiles_w, kTokens,
       [&](const TokenRows::Tile& tile, int tile_w) {
         const int w0 = tile_w * C::kTileW;
+        // Staged x: an expert whose rows are a run of x_source reads them there.
+        const bool in_place = rows.x_source != nullptr && tile.x_first1 != 0;
+        const int x_first = tile.x_first1 - 1;
+        const std::uint8_t* tile_x = in_place ? xs_bytes : x_bytes;
         if constexpr (kLoad == kLoadCpAsync) {
 #pragma unroll
           for (int i = 0; i < kXPer; ++i) {
             const int local = tid / 8 + 16 * i;
             xrow[i * 128 + tid] =
-                local < tile.count ? static_cast<std::uint32_t>(rows.x_row_at(tile.first + local))
-                                   : ~0u;
+                local >= tile.count ? ~0u
+                : in_place          ? static_cast<std::uint32_t>(x_first + local)
+                                    : static_cast<std::uint32_t>(rows.x_row_at(tile.first + local));
           }
         }
         // Weight rows w0 + tid / 2 + 64 j: one base address each for blocks and scales.
@@ -367,7 +374,8 @@ __device__ __forceinline__ void sm90_load(std::uint8_t* smem, const T* __restric
               sm90::mbarrier_arrive_expect_tx(bar, C::kXBytes + C::kWBytes);
               sm90::tma_load_2d(st_addr + C::kWOffset, &w_map, kt * 2 * kBlockBytes,
                                 tile.expert * n + w0, bar);
-              sm90::tma_load_2d(st_addr, &x_map, kt * kTileK, static_cast<int>(tile.first), bar);
+              sm90::tma_load_2d(st_addr, in_place ? &xs_map : &x_map, kt * kTileK,
+                                static_cast<int>(in_place ? x_first : tile.first), bar);
             } else if (!kSplit) {
               sm90::mbarrier_arrive(full_base + 8 * slot);
             }
@@ -383,7 +391,7 @@ __device__ __forceinline__ void sm90_load(std::uint8_t* smem, const T* __restric
             // Rows past the tile's tokens are not loaded: they meet only output columns never
             // stored.
             const bool x_ok = 2 * kt + (xc >> 2) < nblk;
-            const std::uint8_t* xk = x_bytes + (x_ok ? std::int64_t{kt} * kTileK * 2 : 0);
+            const std::uint8_t* xk = tile_x + (x_ok ? std::int64_t{kt} * kTileK * 2 : 0);
 #pragma unroll
             for (int i = 0; i < kXPer; ++i) {
               const int r = tid / 8 + 16 * i;
@@ -782,6 +790,7 @@ __device__ __forceinline__ void sm90_compute(std::uint8_t* smem, const TokenRows
 template <typename T, int kTokens, int kSub, int kWG, int kLoad, int kParts>
 __global__ void __launch_bounds__(128 * (kWG == kWGSplitK ? 3 : kWG + 1), kWG == 1 ? 2 : 1)
     sm90_gemm_kernel(const T* __restrict__ x, const __grid_constant__ CUtensorMap x_map,
+                     const __grid_constant__ CUtensorMap xs_map,
                      const __grid_constant__ CUtensorMap w_map, TokenRows rows, int tiles_t,
                      int tiles_w, const std::uint8_t* __restrict__ blocks,
                      const std::uint8_t* __restrict__ scales, const void* __restrict__ bias,
@@ -807,15 +816,16 @@ __global__ void __launch_bounds__(128 * (kWG == kWGSplitK ? 3 : kWG + 1), kWG ==
   __syncthreads();
   if (threadIdx.x < 128) {
     sm90::setmaxnreg_dec<C::kProducerRegs>();
-    sm90_load<T, kTokens, kSub, kWG, kLoad, kParts>(smem, x, x_map, w_map, rows, tiles_t, tiles_w,
-                                                    blocks, scales, n, k, pids);
+    sm90_load<T, kTokens, kSub, kWG, kLoad, kParts>(smem, x, x_map, xs_map, w_map, rows, tiles_t,
+                                                    tiles_w, blocks, scales, n, k, pids);
   } else {
     sm90::setmaxnreg_inc<C::kConsumerRegs>();
     sm90_compute<T, kTokens, kSub, kWG, kLoad, kParts>(smem, rows, tiles_t, tiles_w, bias,
                                                        bias_dtype, out, n, k, vector_store, pids);
   }
 #else
-  (void)x, (void)x_map, (void)w_map, (void)rows, (void)tiles_t, (void)tiles_w, (void)blocks;
+  (void)x, (void)x_map, (void)xs_map, (void)w_map, (void)rows, (void)tiles_t, (void)tiles_w,
+      (void)blocks;
   (void)scales, (void)bias, (void)bias_dtype, (void)out, (void)n, (void)k, (void)vector_store;
   (void)pids;
 #endif
@@ -871,9 +881,9 @@ bool make_tma_maps(const void* x, DType x_dtype, std::int64_t x_rows, std::int64
 
 template <typename T, int kTokens, int kSub, int kWG, int kLoad, int kParts>
 void launch_kernel(std::int64_t grid, const void* x, const CUtensorMap& x_map,
-                   const CUtensorMap& w_map, const TokenRows& rows, std::int64_t tiles,
-                   std::int64_t tiles_w, const detail::WeightArgs& w, void* out, bool vector_store,
-                   cudaStream_t stream, const PidRange& pids) {
+                   const CUtensorMap& xs_map, const CUtensorMap& w_map, const TokenRows& rows,
+                   std::int64_t tiles, std::int64_t tiles_w, const detail::WeightArgs& w, void* out,
+                   bool vector_store, cudaStream_t stream, const PidRange& pids) {
   using C = Sm90Config<kTokens, kSub, kWG, std::is_same_v<T, __half>>;
   const auto kernel = sm90_gemm_kernel<T, kTokens, kSub, kWG, kLoad, kParts>;
   // setmaxnreg.inc waits until the CTA's pool has the registers: were the kernel ever built with
@@ -900,7 +910,7 @@ void launch_kernel(std::int64_t grid, const void* x, const CUtensorMap& x_map,
   cluster.val.clusterDim.z = 1;
   config.attrs = &cluster;
   config.numAttrs = kParts > 1 ? 1 : 0;
-  check(cudaLaunchKernelEx(&config, kernel, static_cast<const T*>(x), x_map, w_map, rows,
+  check(cudaLaunchKernelEx(&config, kernel, static_cast<const T*>(x), x_map, xs_map, w_map, rows,
                            static_cast<int>(tiles), static_cast<int>(tiles_w), w.blocks, w.scales,
                            w.bias, w.bias_dtype, static_cast<T*>(out), static_cast<int>(w.n),
                            static_cast<int>(w.k), vector_store, pids),
@@ -922,6 +932,7 @@ void launch_sm90_tiles(const void* x, const TokenRows& rows, std::int64_t tiles,
   const bool vector_store = vector_store_ok(w.n, out);
   const int sms = current_device_facts().multiprocessors;
   CUtensorMap x_map{};
+  CUtensorMap xs_map{};  // x_source (staged x with runs read in place)
   CUtensorMap w_map{};
   // TMA boxes of x need its rows in tile order: dense x, or x staged in expert order.
   const bool dense = (rows.perm == nullptr && rows.tile_list == nullptr) || rows.x_by_position;
@@ -937,14 +948,21 @@ void launch_sm90_tiles(const void* x, const TokenRows& rows, std::int64_t tiles,
     // Split K: a cluster of kParts CTAs per tile, every tile at once (no CTA takes two).
     const std::int64_t grid =
         kParts > 1 ? count * kParts : std::min<std::int64_t>(count, std::int64_t{sms} * per_sm);
-    launch_kernel<T, kTokens, kSub, kWG, kLoad, kParts>(grid, x, x_map, w_map, rows, tiles, tiles_w,
-                                                        w, out, vector_store, stream, pids);
+    launch_kernel<T, kTokens, kSub, kWG, kLoad, kParts>(
+        grid, x, x_map, xs_map, w_map, rows, tiles, tiles_w, w, out, vector_store, stream, pids);
   };
   using One = std::integral_constant<int, 1>;
+  const DType x_dtype = std::is_same_v<T, __half> ? DType::f16 : DType::bf16;
   const bool fits = dense && w_rows + kTileW < (std::int64_t{1} << 31) &&
-                    rows.rows < (std::int64_t{1} << 31) && forced_kernel() != "wgmma_cpasync";
-  if (fits && make_tma_maps(x, std::is_same_v<T, __half> ? DType::f16 : DType::bf16, rows.rows, w.k,
-                            kTokens, w.blocks, w_rows, kTileW, x_map, w_map)) {
+                    rows.rows < (std::int64_t{1} << 31) &&
+                    rows.source_rows < (std::int64_t{1} << 31) &&
+                    forced_kernel() != "wgmma_cpasync" && forced_kernel() != "wgmma_cpasync_staged";
+  // Runs of x read in place (staged x): a map of x_source as well, else cp.async reads them.
+  if (fits &&
+      make_tma_maps(x, x_dtype, rows.rows, w.k, kTokens, w.blocks, w_rows, kTileW, x_map, w_map) &&
+      (rows.x_source == nullptr ||
+       make_tma_maps(rows.x_source, x_dtype, rows.source_rows, w.k, kTokens, w.blocks, w_rows,
+                     kTileW, xs_map, w_map))) {
     // bf16, 64- or 128-token tiles of 64 or 128 rows: split K over a cluster where the tiles
     // fill few CTA slots:
     // - in two where K is long and the pairs fit the slots (measured on an H100: Llama-70B down,

@@ -686,7 +686,7 @@ KernelChoice choose_kernel(DType x_dtype, std::int64_t tokens, std::int64_t n) {
   // wgmma GEMM (bench/RESULTS.md, session 5, an H100 sweep of every tile shape at M = 64, 256
   // and 1024 on the five dense shapes; each rule below picked the fastest there):
   // - 33 to 64 tokens: 256-row tiles where they fill three quarters of the SMs (one 128-token
-  //   tile at width 64);
+  //   tile at width 64; since session 12 up to 128 tokens, see below);
   // - 65 to 256 tokens: 256-token tiles where the 128-row weight tiles alone fill the SMs, else
   //   128-token tiles of 128 rows where they fill 90% of the SMs, else of 64 rows;
   // - more: 256-token tiles (fastest from M = 1024).
@@ -701,8 +701,13 @@ KernelChoice choose_kernel(DType x_dtype, std::int64_t tokens, std::int64_t n) {
   // - 65 to 256 tokens on 64-row tiles: two computing warpgroups per tile where the tiles fit one
   //   per SM (4096x4096 M = 256: 20.4 against 22.7, GPT-OSS down 15.4 against 16.8).
   if (sm90_ok && tokens > 32) {
+    // 33 to 128 tokens, one 128-token tile of 256 rows per weight tile, where those fill three
+    // quarters of the SMs: measured on an H200 (session 12), Llama-70B up at M = 65 / 96 / 128
+    // 114.4 / 114.8 / 114.7 us against 234.3 / 228.5 / 212.4 on 256-token tiles of 128 rows (two
+    // waves of tiles whose decode costs as much at any width), cuBLAS 115.8-123.3; from 160
+    // tokens (two token tiles) 226 against 170-205.
+    if (tokens <= 128 && (n + 255) / 256 * 4 >= 3 * sms) return {true, 128, true, 256};
     if (tokens <= 64) {
-      if ((n + 255) / 256 * 4 >= 3 * sms) return {true, 128, true, 256};
       const std::int64_t tiles64 = (n + 63) / 64;
       return {true, 64, true, 64, 2 * tiles64 > sms};
     }

@@ -732,11 +732,11 @@ TEST(Cuda, GatherLinearFindsTheRunsOfX) {
   ASSERT_EQ(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device), cudaSuccess);
   ASSERT_EQ(cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, device), cudaSuccess);
   if (major != 9 || minor != 0) GTEST_SKIP() << "x rows are staged on sm_90 only";
+  // A forced kernel may take the staging away (decode_*, gemm*, wgmma_cpasync, moe_stage_all):
+  // the flags are checked under the default choice (scripts/gpu-check's first pass).
   const char* forced = std::getenv("MXFP4_CUDA_KERNEL");
-  for (const char* off : {"moe_stage_all", "wgmma_cpasync"}) {
-    if (forced != nullptr && std::strcmp(forced, off) == 0) {
-      GTEST_SKIP() << "MXFP4_CUDA_KERNEL=" << off << " finds no runs";
-    }
+  if (forced != nullptr && *forced != '\0') {
+    GTEST_SKIP() << "MXFP4_CUDA_KERNEL=" << forced << " is set";
   }
   const std::int64_t experts = 12, n = 64, k = 128, topk = 4;
   const auto wg =

@@ -65,7 +65,8 @@ __device__ __forceinline__ int aggregated_increment(int* counter, int key) {
 //
 // While counting, runs[e] holds {max of INT_MAX - row, max of row + 1} over the expert's pairs (0
 // at the start: both are positive), or y = kRunBroken once a token names the expert twice (with
-// x [T, K] its rows repeat; row + 1 never reaches INT_MAX since pairs < 2^31).
+// x [T, K] its rows repeat). (row + 1 reaches INT_MAX only for row 2^31 - 2, the last of 2^31 - 1
+// pairs: its expert then counts as no run, which is merely the slower path.)
 constexpr int kRunBroken = INT_MAX;
 
 // The x row of pair p.

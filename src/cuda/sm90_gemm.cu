@@ -280,7 +280,6 @@ __device__ __forceinline__ void sm90_load(std::uint8_t* smem, const T* __restric
   // other thread reads them). Per stage, an x chunk costs one multiply-add for its address.
   auto* xrow = reinterpret_cast<std::uint32_t*>(smem + C::kXRowOffset);
   const auto* x_bytes = reinterpret_cast<const std::uint8_t*>(x) + 16 * xc;
-  const auto* xs_bytes = reinterpret_cast<const std::uint8_t*>(rows.x_source) + 16 * xc;
   const auto row_bytes = static_cast<std::uint32_t>(k) * 2u;
   const std::uint32_t smem_base = static_cast<std::uint32_t>(__cvta_generic_to_shared(smem));
   const KRange range = k_range<kParts>(ktiles);
@@ -304,7 +303,8 @@ __device__ __forceinline__ void sm90_load(std::uint8_t* smem, const T* __restric
         // Staged x: an expert whose rows are a run of x_source reads them there.
         const bool in_place = rows.x_source != nullptr && tile.x_first1 != 0;
         const int x_first = tile.x_first1 - 1;
-        const std::uint8_t* tile_x = in_place ? xs_bytes : x_bytes;
+        const std::uint8_t* tile_x =
+            in_place ? static_cast<const std::uint8_t*>(rows.x_source) + 16 * xc : x_bytes;
         if constexpr (kLoad == kLoadCpAsync) {
 #pragma unroll
           for (int i = 0; i < kXPer; ++i) {

@@ -196,6 +196,11 @@ __device__ __forceinline__ void cp_async_wait() {
 // (x [T, topk, K]) or p / topk (x [T, K]) and writes output row p.
 struct IndexError;
 
+// The x row pair p reads: x [T, topk, K] has a row per pair, x [T, K] one per token.
+__device__ __forceinline__ std::int64_t pair_x_row(std::int64_t pair, int topk, bool x_per_slot) {
+  return x_per_slot ? pair : pair / topk;
+}
+
 struct TokenRows {
   const std::int32_t* perm = nullptr;  // null: dense (or routed in the CTA, see route.cuh)
   const int4* tile_list = nullptr;     // {expert, first position, count, x_first1} per tile
@@ -245,7 +250,7 @@ struct TokenRows {
     return perm == nullptr ? position : perm[position];
   }
   __device__ __forceinline__ std::int64_t x_row(std::int64_t pair_index) const {
-    return x_per_slot ? pair_index : pair_index / topk;
+    return pair_x_row(pair_index, topk, x_per_slot);
   }
   // The x row the tile position reads.
   __device__ __forceinline__ std::int64_t x_row_at(std::int64_t position) const {

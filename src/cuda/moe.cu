@@ -69,9 +69,9 @@ __device__ __forceinline__ int aggregated_increment(int* counter, int key) {
 // pairs: its expert then counts as no run, which is merely the slower path.)
 constexpr int kRunBroken = INT_MAX;
 
-// The x row of pair p.
+// The x row of pair p (below 2^31: so are the pairs).
 __device__ __forceinline__ int pair_row(std::int64_t p, int topk, bool x_per_slot) {
-  return static_cast<int>(x_per_slot ? p : p / topk);
+  return static_cast<int>(pair_x_row(p, topk, x_per_slot));
 }
 // What pair p notes in runs[id] while counting: {INT_MAX - row, row + 1}, or kRunBroken as y
 // where its token names id in an earlier slot too (x [T, K]: its row repeats).
@@ -296,7 +296,7 @@ __global__ void __launch_bounds__(256)
   if (e < 0 || e >= experts) return;  // reported by count_kernel
   const std::int64_t nblk = k / kBlockSize;
   const std::int64_t wrow = e * n + row;
-  const T* xr = x + (x_per_slot ? p : p / topk) * k;
+  const T* xr = x + pair_x_row(p, topk, x_per_slot) * k;
   float acc = warp_row_dot(xr, blocks + wrow * (k / 2), scales + wrow * nblk, nblk, lane);
   if (lane == 0) {
     if (bias != nullptr) acc += load_bias(bias, bias_dtype, wrow);
@@ -561,9 +561,9 @@ void gather_linear(const detail::GatherLinearArgs& a) {
     auto staged_rows = [&] {
       TokenRows r = rows;
       r.x_by_position = true;
-      r.rows = pairs;
       r.x_source = runs != nullptr ? a.x : nullptr;
-      r.source_rows = a.x_per_slot ? pairs : a.tokens;
+      r.source_rows = rows.rows;  // x's own rows
+      r.rows = pairs;
       return r;
     };
     StageLists stage;

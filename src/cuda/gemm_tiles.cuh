@@ -58,24 +58,26 @@ __device__ __forceinline__ void stage_fragment(T* tile_out, int stride, int r, i
 }
 
 // The staged tile's token rows out to their output rows (columns w0 .. w0 + kTileW, clipped to
-// n), by the kThreads threads numbered tid. vector_store (n % 8 == 0, 16-byte aligned output):
-// 8-value chunks, each entirely in or out of range; otherwise a warp per row.
+// n), by the kThreads threads numbered tid, from the tile's token `from` on. vector_store
+// (n % 8 == 0, 16-byte aligned output): 8-value chunks, each entirely in or out of range;
+// otherwise a warp per row.
 template <typename T, int kTileW, int kThreads>
 __device__ __forceinline__ void store_tile(const T* tile_out, int stride, T* __restrict__ out,
                                            const TokenRows& rows, const TokenRows::Tile& tile,
-                                           int w0, int n, bool vector_store, int tid) {
+                                           int w0, int n, bool vector_store, int tid,
+                                           int from = 0) {
   const int cols = min(kTileW, n - w0);
   if (vector_store) {
     constexpr int kChunks = kTileW / 8;
     const int c = tid % kChunks;
     if (8 * c < cols) {
-      for (int r = tid / kChunks; r < tile.count; r += kThreads / kChunks) {
+      for (int r = from + tid / kChunks; r < tile.count; r += kThreads / kChunks) {
         const uint4 v = *reinterpret_cast<const uint4*>(&tile_out[r * stride + 8 * c]);
         *reinterpret_cast<uint4*>(out + rows.pair(tile.first + r) * n + w0 + 8 * c) = v;
       }
     }
   } else {
-    for (int r = tid >> 5; r < tile.count; r += kThreads / 32) {
+    for (int r = from + (tid >> 5); r < tile.count; r += kThreads / 32) {
       T* dst = out + rows.pair(tile.first + r) * n + w0;
       for (int c = tid & 31; c < cols; c += 32)
         dst[c] = tile_out[r * stride + c];

@@ -46,12 +46,27 @@ IndexError* index_error_record() {
 // global counters of count_kernel and scatter_kernel: skewed T = 4096 on GPT-OSS down 528 ->
 // 520 us (an H100, session 10). The one-CTA routing keeps plain atomics on shared memory (with
 // this, uniform T = 1024 measured 1.5-2.7% slower).
-__device__ __forceinline__ int aggregated_increment(int* counter, int key) {
+//
+// With `noted`, the key's threads also fold their notes into noted[key], the largest x and y of
+// them, one atomicMax each (count_kernel's runs of x, below).
+__device__ __forceinline__ int aggregated_increment(int* counter, int key, int2* noted = nullptr,
+                                                    int2 note = {}) {
   namespace cg = cooperative_groups;
   const cg::coalesced_group active = cg::coalesced_threads();
   const cg::coalesced_group peers = cg::labeled_partition(active, key);
+  int x = 0, y = 0;
+  if (noted != nullptr) {
+    x = cg::reduce(peers, note.x, cg::greater<int>());
+    y = cg::reduce(peers, note.y, cg::greater<int>());
+  }
   int base = 0;
-  if (peers.thread_rank() == 0) base = atomicAdd(&counter[key], static_cast<int>(peers.size()));
+  if (peers.thread_rank() == 0) {
+    base = atomicAdd(&counter[key], static_cast<int>(peers.size()));
+    if (noted != nullptr) {
+      atomicMax(&noted[key].x, x);
+      atomicMax(&noted[key].y, y);
+    }
+  }
   return peers.shfl(base, 0) + static_cast<int>(peers.thread_rank());
 }
 
@@ -86,21 +101,6 @@ __device__ __forceinline__ int2 pair_note(const void* ids, DType id_dtype, std::
   return make_int2(INT_MAX - row, repeated ? kRunBroken : row + 1);
 }
 
-// aggregated_increment's count, with the pairs' notes folded into noted[key] the same way (the
-// largest x and y of the key's threads, one atomicMax each).
-__device__ __forceinline__ void aggregated_count(int* counter, int2* noted, int key, int2 note) {
-  namespace cg = cooperative_groups;
-  const cg::coalesced_group active = cg::coalesced_threads();
-  const cg::coalesced_group peers = cg::labeled_partition(active, key);
-  const int x = cg::reduce(peers, note.x, cg::greater<int>());
-  const int y = cg::reduce(peers, note.y, cg::greater<int>());
-  if (peers.thread_rank() == 0) {
-    atomicAdd(&counter[key], static_cast<int>(peers.size()));
-    atomicMax(&noted[key].x, x);
-    atomicMax(&noted[key].y, y);
-  }
-}
-
 // Validates every id; counts pairs per expert when `counts` is given, and notes their rows in
 // runs (when given).
 template <typename T>
@@ -116,8 +116,8 @@ __global__ void count_kernel(const void* ids, DType id_dtype, std::int64_t pairs
   }
   if (counts == nullptr) return;
   if (runs != nullptr) {
-    aggregated_count(counts, runs, static_cast<int>(id),
-                     pair_note(ids, id_dtype, p, topk, x_per_slot, id));
+    aggregated_increment(counts, static_cast<int>(id), runs,
+                         pair_note(ids, id_dtype, p, topk, x_per_slot, id));
   } else {
     aggregated_increment(counts, static_cast<int>(id));
   }

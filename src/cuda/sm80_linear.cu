@@ -705,7 +705,8 @@ KernelChoice choose_kernel(DType x_dtype, std::int64_t tokens, std::int64_t n) {
     // quarters of the SMs: measured on an H200 (session 12), Llama-70B up at M = 65 / 96 / 128
     // 114.4 / 114.8 / 114.7 us against 234.3 / 228.5 / 212.4 on 256-token tiles of 128 rows (two
     // waves of tiles whose decode costs as much at any width), cuBLAS 115.8-123.3; from 160
-    // tokens (two token tiles) 226 against 170-205.
+    // tokens (two token tiles) 226 against 170-205 (and since the tail tile stays inside x,
+    // session 13, 150 at M = 160).
     if (tokens <= 128 && (n + 255) / 256 * 4 >= 3 * sms) return {true, 128, true, 256};
     if (tokens <= 64) {
       const std::int64_t tiles64 = (n + 63) / 64;

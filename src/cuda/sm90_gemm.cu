@@ -229,6 +229,15 @@ __device__ __forceinline__ void shift_tail(const TokenRows& rows, TokenRows::Til
     tile.count = kTokens;
   }
 }
+// The first token of a tile's chunk [q0, q0 + 64) to store: past the tokens at the start of a
+// moved tail tile (shift_tail) that the previous tile stores, those before the next multiple of
+// kTokens; 0 for every other tile. (Recomputed from the moved tile where needed rather than kept
+// from shift_tail: kept live across the k-loop, it made ptxas spill.)
+template <int kTokens>
+__device__ __forceinline__ int tail_store_from(const TokenRows& rows, const TokenRows::Tile& tile,
+                                               int q0) {
+  return rows.tile_list == nullptr ? max(static_cast<int>(-tile.first & (kTokens - 1)) - q0, 0) : 0;
+}
 
 // The loading warpgroup (128 threads). Thread tid copies 16-byte chunk tid % 8 of token rows
 // tid / 8 + 16 i; and block tid % 2 of weight rows (tid + 128 j) / 2 (j < kTileW / 64) with its
@@ -777,8 +786,8 @@ __device__ __forceinline__ void sm90_compute(std::uint8_t* smem, const TokenRows
         }
 
     // Epilogue, per sub-tile and 64 tokens at a time: bias in f32, the chunk [token][64 rows]
-    // in this warpgroup's shared buffer, then whole rows out. A moved tail tile (shift_tail)
-    // does not store its tokens before the next multiple of kTokens, the previous tile's.
+    // in this warpgroup's shared buffer, then whole rows out, but for a moved tail tile's first
+    // tokens (tail_store_from), which the previous tile stores.
 #pragma unroll
         for (int j = 0; j < kSub; ++j) {
           const int rows0 = c * 64 + 64 * C::kRowWGs * j;  // the sub-tile's first row in the tile
@@ -795,10 +804,7 @@ __device__ __forceinline__ void sm90_compute(std::uint8_t* smem, const TokenRows
                              bb);
             }
             sm90::named_barrier(1 + c, 128);
-            // The chunk's first token to store.
-            const int from = rows.tile_list == nullptr
-                                 ? max(static_cast<int>(-tile.first & (kTokens - 1)) - q0, 0)
-                                 : 0;
+            const int from = tail_store_from<kTokens>(rows, tile, q0);
             TokenRows::Tile part = tile;
             part.first += q0;
             part.count = min(tile.count - q0, C::kChunk);
@@ -879,28 +885,33 @@ EncodeTiled encode_tiled() {
   return fn;
 }
 
-// The tensor maps of the TMA loaders: x [rows, k] bf16 in boxes of kTokens x 64 with the
-// 128-byte swizzle, and the blocks [rows, k / 2] bytes in boxes of tile_w x 32. False where the
-// driver cannot make them (the cp.async loaders run instead).
-bool make_tma_maps(const void* x, DType x_dtype, std::int64_t x_rows, std::int64_t k, int tokens,
-                   const std::uint8_t* blocks, std::int64_t w_rows, int tile_w, CUtensorMap& x_map,
-                   CUtensorMap& w_map) {
+// The tensor maps of the TMA loaders: x [rows, k] (bf16 or f16) in boxes of `tokens` x 64 with
+// the 128-byte swizzle, and the blocks [rows, k / 2] bytes in boxes of tile_w x 32. False where
+// the driver cannot make them (the cp.async loaders run instead).
+bool make_x_map(const void* x, DType x_dtype, std::int64_t x_rows, std::int64_t k, int tokens,
+                CUtensorMap& x_map) {
   const EncodeTiled encode = encode_tiled();
   if (encode == nullptr) return false;
   const cuuint64_t x_dims[2] = {static_cast<cuuint64_t>(k), static_cast<cuuint64_t>(x_rows)};
   const cuuint64_t x_strides[1] = {static_cast<cuuint64_t>(k) * 2};
   const cuuint32_t x_box[2] = {static_cast<cuuint32_t>(kTileK), static_cast<cuuint32_t>(tokens)};
-  const cuuint64_t w_dims[2] = {static_cast<cuuint64_t>(k / 2), static_cast<cuuint64_t>(w_rows)};
-  const cuuint64_t w_strides[1] = {static_cast<cuuint64_t>(k / 2)};
-  const cuuint32_t w_box[2] = {2 * kBlockBytes, static_cast<cuuint32_t>(tile_w)};
   const cuuint32_t unit[2] = {1, 1};
   const CUtensorMapDataType x_type =
       x_dtype == DType::f16 ? CU_TENSOR_MAP_DATA_TYPE_FLOAT16 : CU_TENSOR_MAP_DATA_TYPE_BFLOAT16;
   return encode(&x_map, x_type, 2, const_cast<void*>(x), x_dims, x_strides, x_box, unit,
                 CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_128B,
                 CU_TENSOR_MAP_L2_PROMOTION_L2_256B,
-                CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE) == CUDA_SUCCESS &&
-         encode(&w_map, CU_TENSOR_MAP_DATA_TYPE_UINT8, 2, const_cast<std::uint8_t*>(blocks), w_dims,
+                CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE) == CUDA_SUCCESS;
+}
+bool make_w_map(const std::uint8_t* blocks, std::int64_t w_rows, std::int64_t k, int tile_w,
+                CUtensorMap& w_map) {
+  const EncodeTiled encode = encode_tiled();
+  if (encode == nullptr) return false;
+  const cuuint64_t w_dims[2] = {static_cast<cuuint64_t>(k / 2), static_cast<cuuint64_t>(w_rows)};
+  const cuuint64_t w_strides[1] = {static_cast<cuuint64_t>(k / 2)};
+  const cuuint32_t w_box[2] = {2 * kBlockBytes, static_cast<cuuint32_t>(tile_w)};
+  const cuuint32_t unit[2] = {1, 1};
+  return encode(&w_map, CU_TENSOR_MAP_DATA_TYPE_UINT8, 2, const_cast<std::uint8_t*>(blocks), w_dims,
                 w_strides, w_box, unit, CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_NONE,
                 CU_TENSOR_MAP_L2_PROMOTION_L2_256B,
                 CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE) == CUDA_SUCCESS;
@@ -992,12 +1003,10 @@ void launch_sm90_tiles(const void* x, const TokenRows& tile_rows, std::int64_t t
                     rows.source_rows < (std::int64_t{1} << 31) &&
                     forced_kernel() != "wgmma_cpasync" && forced_kernel() != "wgmma_cpasync_staged";
   // Runs of x read in place (staged x): a map of x_source as well, else cp.async reads them.
-  if (fits &&
-      make_tma_maps(x, x_dtype, rows.rows, w.k, rows.x_box_rows, w.blocks, w_rows, kTileW, x_map,
-                    w_map) &&
+  if (fits && make_w_map(w.blocks, w_rows, w.k, kTileW, w_map) &&
+      make_x_map(x, x_dtype, rows.rows, w.k, rows.x_box_rows, x_map) &&
       (rows.x_source == nullptr ||
-       make_tma_maps(rows.x_source, x_dtype, rows.source_rows, w.k, rows.x_box_rows, w.blocks,
-                     w_rows, kTileW, xs_map, w_map))) {
+       make_x_map(rows.x_source, x_dtype, rows.source_rows, w.k, rows.x_box_rows, xs_map))) {
     // bf16, 64- or 128-token tiles of 64 or 128 rows: split K over a cluster where the tiles
     // fill few CTA slots:
     // - in two where K is long and the pairs fit the slots (measured on an H100: Llama-70B down,

@@ -267,6 +267,47 @@ TEST(Cuda, LinearMatchesTheReference) {
   }
 }
 
+// Stream-K (Hopper, bf16, 129-256 tokens with K >= 8192 by the default rule; any shape under
+// MXFP4_CUDA_KERNEL=wgmma_stream): each tile's K is shared by several CTAs whose partial sums
+// meet in scratch, the caller's workspace where it has room, else stream-ordered memory. Few
+// weight rows over a long K give every tile many CTAs (up to one k-tile each); several tiles
+// give runs that end inside one tile and start inside the next. Elsewhere the other kernels run
+// the same shapes, which must pass all the same.
+TEST(Cuda, LinearStreamKMatchesTheReferenceWithAndWithoutAWorkspace) {
+  REQUIRE_GPU();
+  struct Case {
+    std::int64_t m, n, k;
+  };
+  const Case cases[] = {{200, 24, 8192}, {129, 300, 8192}, {256, 136, 12288}};
+  std::uint64_t seed = 900;
+  for (const auto& c : cases) {
+    const Tensor bias = random_tensor({c.n}, DType::bf16, ++seed);
+    const auto w =
+        mxfp4::Mxfp4Weight::quantize(random_tensor({c.n, c.k}, DType::f32, ++seed), bias);
+    const auto wg =
+        mxfp4::Mxfp4Weight::from_parts(w.blocks().to(kGpu), w.scales().to(kGpu), bias.to(kGpu));
+    const Tensor x = random_tensor({c.m, c.k}, DType::bf16, ++seed, 4.0f);
+    const Tensor ref = mxfp4::linear(x, w);
+    const Tensor xg = x.to(kGpu);
+    // 131076 bytes per SM (ops.hpp); 1024 SMs is more than any device has.
+    Tensor ws = Tensor::empty({std::int64_t{131076} * 1024}, DType::u8, kGpu);
+    for (bool with_workspace : {false, true}) {
+      Tensor out = Tensor::empty({c.m, c.n}, DType::bf16);
+      std::memset(out.data(), 0xFF, out.nbytes());
+      Tensor out_gpu = out.to(kGpu);
+      mxfp4::RunOptions run;
+      if (with_workspace) run.workspace = {ws.data(), static_cast<std::size_t>(ws.nbytes())};
+      // Twice: the flags the first call leaves behind must not satisfy the second's waits.
+      mxfp4::linear_into(xg, wg, out_gpu, run);
+      mxfp4::linear_into(xg, wg, out_gpu, run);
+      const std::string what = "M=" + std::to_string(c.m) + " N=" + std::to_string(c.n) +
+                               " K=" + std::to_string(c.k) +
+                               (with_workspace ? " workspace" : " no workspace");
+      expect_linear_close(x, w, ref, out_gpu.to(mxfp4::Device::cpu()), what);
+    }
+  }
+}
+
 // Extreme block scales through both tensor-core paths: weight values that are bf16 subnormals
 // (scale 2^-127, met by x ~ 2^100) and huge ones (scale 2^73, met by x ~ 2^-100) must reach the
 // MMAs exactly, so results match the reference to the usual tolerance, not to an absolute slack.

@@ -36,9 +36,11 @@ enum class Precision : std::uint8_t { exact = 0, int8_activations = 1 };
 struct RunOptions {
   Stream stream;
   // CUDA gather_linear: scratch for sorting tokens by expert, of at least
-  // gather_linear_workspace_bytes(...) bytes. Without it, calls that need scratch take
-  // stream-ordered memory (cudaMallocAsync / cudaFreeAsync on `stream`), which a CUDA graph can
-  // capture too. Other operations need none.
+  // gather_linear_workspace_bytes(...) bytes. CUDA linear on Hopper: scratch for stream-K's
+  // partial sums (some bf16 batches of 129 tokens or more), 131076 bytes per SM (17.3 MB on 132
+  // SMs); a smaller one is not used. Without it, calls that need scratch take stream-ordered
+  // memory (cudaMallocAsync / cudaFreeAsync on `stream`), which a CUDA graph can capture too.
+  // Other operations need none.
   Workspace workspace = {};
   // linear and gather_linear: exact, or activations rounded to int8 (see Precision). Other
   // operations ignore it.

@@ -52,6 +52,8 @@ struct LinearArgs {
   void* out;                      // [m, n] in x_dtype
   void* stream;                   // cudaStream_t for CUDA kernels; ignored on the CPU
   bool int8_activations = false;  // RunOptions::precision; honoured by the CPU backend only
+  void* workspace = nullptr;  // CUDA: caller's scratch (null: the backend allocates on the stream)
+  std::size_t workspace_bytes = 0;
 };
 
 struct GatherLinearArgs {

@@ -231,6 +231,8 @@ void linear_into(const Tensor& x, const Mxfp4Weight& weight, Tensor& out, const 
   a.out = out.data();
   a.stream = run.stream.handle;
   a.int8_activations = int8_activations(op, run);
+  a.workspace = run.workspace.data;
+  a.workspace_bytes = run.workspace.bytes;
   const auto fn = kernel(op, weight.device(), &detail::Backend::linear);
   if (a.m == 0 || a.w.n == 0) return;
   fn(a);

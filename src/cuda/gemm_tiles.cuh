@@ -15,6 +15,16 @@ namespace mxfp4::cuda {
 // from DRAM is reused from L2 by the group's other token tiles.
 inline constexpr int kRasterGroup = 8;
 
+// The (token tile, weight tile) pair number `pid` in raster order: the token tile, and the weight
+// tile in tile_w.
+__device__ __forceinline__ int gemm_tile_at(int tiles_t, int tiles_w, int pid, int& tile_w) {
+  const int per_group = kRasterGroup * tiles_w;
+  const int first_t = (pid / per_group) * kRasterGroup;
+  const int group_size = min(tiles_t - first_t, kRasterGroup);
+  tile_w = (pid % per_group) / group_size;
+  return first_t + (pid % per_group) % group_size;
+}
+
 // Calls f(tile, tile_w) for this CTA's (token tile, weight tile) pairs, `first` (blockIdx.x),
 // then every `step`-th (gridDim.x), in raster order, of pairs [pid_begin, pid_end) (pid_end 0:
 // to the last). Grouped grids (mixture of experts): tiles_t is an upper bound; the planned count
@@ -26,14 +36,11 @@ __device__ __forceinline__ void for_each_gemm_tile(const TokenRows& rows, int ti
                                                    int step = static_cast<int>(gridDim.x),
                                                    int pid_begin = 0, int pid_end = 0) {
   if (rows.tile_list != nullptr) tiles_t = min(tiles_t, *rows.tile_total);
-  const int per_group = kRasterGroup * tiles_w;
   const int end = pid_end > 0 ? min(pid_end, tiles_t * tiles_w) : tiles_t * tiles_w;
   for (int pid = pid_begin + first; pid < end; pid += step) {
-    const int first_t = (pid / per_group) * kRasterGroup;
-    const int group_size = min(tiles_t - first_t, kRasterGroup);
-    const int tile_t = first_t + (pid % per_group) % group_size;
-    const int tile_w = (pid % per_group) / group_size;
-    const TokenRows::Tile tile = rows.tile(tile_t, tile_tokens);
+    int tile_w = 0;
+    const TokenRows::Tile tile =
+        rows.tile(gemm_tile_at(tiles_t, tiles_w, pid, tile_w), tile_tokens);
     if (tile.count == 0) continue;
     f(tile, tile_w);
   }

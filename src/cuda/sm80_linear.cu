@@ -644,7 +644,7 @@ const std::string& forced_kernel() {
   return forced;
 }
 
-KernelChoice choose_kernel(DType x_dtype, std::int64_t tokens, std::int64_t n) {
+KernelChoice choose_kernel(DType x_dtype, std::int64_t tokens, std::int64_t n, std::int64_t k) {
   const std::string& forced = forced_kernel();
   const bool gemm_ok = x_dtype == DType::bf16;  // the sm_80 GEMM; the wgmma GEMM takes f16 too
   const bool sm90_ok = (gemm_ok || x_dtype == DType::f16) && sm90_gemm_available();
@@ -654,6 +654,7 @@ KernelChoice choose_kernel(DType x_dtype, std::int64_t tokens, std::int64_t n) {
   if (sm90_ok && !gemm_ok && forced.rfind("wgmma", 0) == 0) return {true, 128, true};
   if (sm90_ok && forced == "wgmma128") return {true, 128, true};
   if (sm90_ok && forced == "wgmma256") return {true, 256, true};
+  if (sm90_ok && gemm_ok && forced == "wgmma_stream") return {true, 256, true, 128, false, true};
   if (sm90_ok && forced == "wgmma256r") return {true, 128, true, 256};
   if (sm90_ok && forced == "wgmma64r") return {true, 128, true, 64};
   if (sm90_ok && forced == "wgmma64k") return {true, 128, true, 64, true};
@@ -701,6 +702,22 @@ KernelChoice choose_kernel(DType x_dtype, std::int64_t tokens, std::int64_t n) {
   // - 65 to 256 tokens on 64-row tiles: two computing warpgroups per tile where the tiles fit one
   //   per SM (4096x4096 M = 256: 20.4 against 22.7, GPT-OSS down 15.4 against 16.8).
   if (sm90_ok && tokens > 32) {
+    // Stream-K over 256-token tiles of 128 rows (sm90_gemm.cu), where whole tiles would leave
+    // SMs idle and each CTA's run is long enough to pay for its stored sums (128 KiB each), both
+    // measured on an H100 (bench/RESULTS.md, session 14):
+    // - 129 to 256 tokens with K of at least 8192 (128 k-tiles): Llama-70B down M = 192 / 256
+    //   150 / 175 us against 208 / 208 (cuBLAS 185 / 181), up 150 / 175 against 152 / 178;
+    //   with K = 2880-4096 its stored sums cost more than the idle SMs (4096x4096 M = 256 34 us
+    //   against 19);
+    // - more tokens, where the 256-token tiles fill one wave and at most a tenth of another:
+    //   GPT-OSS gate_up M = 768 (135 tiles) 45-48 us against 60.
+    const std::int64_t sms_all = current_device_facts().multiprocessors;
+    const std::int64_t tiles256 = (tokens + 255) / 256 * ((n + 127) / 128);
+    if (forced.empty() && tokens > 128 &&
+        ((tokens <= 256 && k >= 128 * 64) ||
+         (tiles256 > sms_all && 10 * tiles256 <= 11 * sms_all))) {
+      return {true, 256, true, 128, false, true};
+    }
     // 33 to 128 tokens, one 128-token tile of 256 rows per weight tile, where those fill three
     // quarters of the SMs: measured on an H200 (session 12), Llama-70B up at M = 65 / 96 / 128
     // 114.4 / 114.8 / 114.7 us against 234.3 / 228.5 / 212.4 on 256-token tiles of 128 rows (two
@@ -775,11 +792,11 @@ void linear(const detail::LinearArgs& a) {
   }
   TokenRows rows;
   rows.rows = a.m;
-  const KernelChoice choice = choose_kernel(a.x_dtype, a.m, a.w.n);
+  const KernelChoice choice = choose_kernel(a.x_dtype, a.m, a.w.n, a.w.k);
   const std::int64_t tiles = (a.m + choice.tile_tokens - 1) / choice.tile_tokens;
   if (choice.sm90) {
     launch_sm90_gemm(a.x, a.x_dtype, rows, tiles, choice.tile_tokens, choice.tile_rows, a.w, a.out,
-                     stream, choice.k_halves);
+                     stream, choice.k_halves, choice.stream_k, a.workspace, a.workspace_bytes);
   } else if (choice.gemm) {
     launch_gemm(a.x, rows, tiles, choice.tile_tokens, a.w, a.out, stream);
   } else {

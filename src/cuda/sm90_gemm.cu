@@ -68,6 +68,21 @@ struct PidRange {
   int begin = 0, end = 0;
 };
 
+// Stream-K (dense bf16, 256-token tiles): the grid's CTAs split the (tile, k-tile) units of the
+// whole GEMM into equal runs, so that tiles that would fill few waves still keep every SM busy.
+// A run covers the tail of one tile, whole tiles and the head of another; a CTA whose run
+// ends inside a tile stores its sums for it in `partials` (slice blockIdx.x) and sets its flag,
+// and the CTA that computes the tile's last k-tile adds the sums of every earlier CTA on that
+// tile to its own and runs the epilogue. Each CTA computes its pieces last to first: the head it
+// stores first, the tail it finishes last, so no CTA waits for sums computed after its own.
+// flags: one word per CTA, zero at launch (the host clears them).
+// The runs: CTA c starts at unit c * per + min(c, extra) (`extra` CTAs take one more).
+struct StreamK {
+  float* partials = nullptr;
+  unsigned* flags = nullptr;
+  int per = 0, extra = 0;
+};
+
 template <int kTokens, int kSub, int kWG, bool kSplitX = false>
 struct Sm90Config {
   static constexpr bool kSplitK = kWG == kWGSplitK;
@@ -217,6 +232,56 @@ __device__ __forceinline__ KRange k_range(int ktiles) {
   return {part, per_part * part, min(ktiles, per_part * (part + 1))};
 }
 
+// Stream-K: the first unit of CTA c's run.
+__device__ __forceinline__ int run_start(const StreamK& sk, int c) {
+  return c * sk.per + min(c, sk.extra);
+}
+// The CTA whose run holds unit u.
+__device__ __forceinline__ int run_holding(const StreamK& sk, int u) {
+  const int long_units = sk.extra * (sk.per + 1);
+  return u < long_units ? u / (sk.per + 1) : sk.extra + (u - long_units) / sk.per;
+}
+
+// Calls f(tile, tile_w, k) for this CTA's share of each of its tiles, k-tiles [k.begin, k.end):
+// with kStream, the pieces of its run of units (stream-K, above) from last to first: a piece
+// that ends before its tile's last k-tile stores its sums, one that ends there and starts past
+// its first adds the earlier CTAs' (each decided from k alone, after the k-loop: kept as state
+// across it, the piece's role made ptxas spill in the loop); else every tile pair of
+// for_each_gemm_tile with the CTA's part of K (k_range; read per tile where kRangePerTile, as
+// the computing warpgroups do: hoisted, ptxas allocated the 256-token split-K kernel's registers
+// differently and spilled).
+template <int kTokens, int kParts, bool kStream, bool kRangePerTile, typename F>
+__device__ __forceinline__ void for_each_piece(const TokenRows& rows, int tiles_t, int tiles_w,
+                                               int ktiles, const PidRange& pids, const StreamK& sk,
+                                               F&& f) {
+  if constexpr (!kStream) {
+    const KRange range = k_range<kParts>(kRangePerTile ? 0 : ktiles);
+    for_each_gemm_tile(
+        rows, tiles_t, tiles_w, kTokens,
+        [&](const TokenRows::Tile& tile, int tile_w) {
+          f(tile, tile_w, kRangePerTile ? k_range<kParts>(ktiles) : range);
+        },
+        static_cast<int>(blockIdx.x) / kParts, static_cast<int>(gridDim.x) / kParts, pids.begin,
+        pids.end);
+  } else {
+    // (The host keeps the units below 2^31.)
+    const int c = static_cast<int>(blockIdx.x);
+    const int lo = run_start(sk, c);
+    for (int end = run_start(sk, c + 1); end > lo;) {
+      const int pid = (end - 1) / ktiles;
+      const int tile_start = pid * ktiles;
+      const int begin = max(lo, tile_start);
+      int tile_w = 0;
+      // (Dense: no tile list.)
+      const int first = gemm_tile_at(tiles_t, tiles_w, pid, tile_w) * kTokens;
+      const TokenRows::Tile tile{
+          0, first, static_cast<int>(min(rows.rows - first, std::int64_t{kTokens})), 0};
+      f(tile, tile_w, KRange{0, begin - tile_start, end - tile_start});
+      end = begin;
+    }
+  }
+}
+
 // Dense batches of at least a tile: the last, partial tile is moved back to end at the last
 // token, so that its TMA boxes lie inside x. (TMA's zero fill of the rows past x's end slowed
 // whole launches, measured on an H200 in session 12: 4096x4096 at M = 160 took 31.6 us against
@@ -239,6 +304,16 @@ __device__ __forceinline__ int tail_store_from(const TokenRows& rows, const Toke
   return rows.tile_list == nullptr ? max(static_cast<int>(-tile.first & (kTokens - 1)) - q0, 0) : 0;
 }
 
+// Stream-K's flags: a release store after the sums, an acquire load before reading them.
+__device__ __forceinline__ void store_release(unsigned* p, unsigned v) {
+  asm volatile("st.release.gpu.global.u32 [%0], %1;\n" ::"l"(p), "r"(v) : "memory");
+}
+__device__ __forceinline__ unsigned load_acquire(const unsigned* p) {
+  unsigned v;
+  asm volatile("ld.acquire.gpu.global.u32 %0, [%1];\n" : "=r"(v) : "l"(p) : "memory");
+  return v;
+}
+
 // The loading warpgroup (128 threads). Thread tid copies 16-byte chunk tid % 8 of token rows
 // tid / 8 + 16 i; and block tid % 2 of weight rows (tid + 128 j) / 2 (j < kTileW / 64) with its
 // scale, which it converts to the bf16 pair the decode multiplies by.
@@ -254,14 +329,14 @@ __device__ __forceinline__ int tail_store_from(const TokenRows& rows, const Toke
 // land on the slot's `landed` barrier; kLag stages later each loader waits there, splits its
 // chunks and arrives on full. (TMA boxes of single gathered rows measured 2-3x slower than
 // cp.async, hence the staging.)
-template <typename T, int kTokens, int kSub, int kWG, int kLoad, int kParts>
+template <typename T, int kTokens, int kSub, int kWG, int kLoad, int kParts, bool kStream>
 __device__ __forceinline__ void sm90_load(std::uint8_t* smem, const T* __restrict__ x,
                                           const CUtensorMap& x_map, const CUtensorMap& xs_map,
                                           const CUtensorMap& w_map, const TokenRows& rows,
                                           int tiles_t, int tiles_w,
                                           const std::uint8_t* __restrict__ blocks,
                                           const std::uint8_t* __restrict__ scales, int n, int k,
-                                          const PidRange& pids) {
+                                          const PidRange& pids, const StreamK& sk) {
   constexpr bool kSplit = std::is_same_v<T, __half>;
   using C = Sm90Config<kTokens, kSub, kWG, kSplit>;
   constexpr int S = C::kStages;
@@ -309,9 +384,6 @@ __device__ __forceinline__ void sm90_load(std::uint8_t* smem, const T* __restric
   const auto row_bytes = static_cast<std::uint32_t>(k) * 2u;
   const auto x_box_bytes = static_cast<std::uint32_t>(rows.x_box_rows * kTileK * 2);
   const std::uint32_t smem_base = static_cast<std::uint32_t>(__cvta_generic_to_shared(smem));
-  const KRange range = k_range<kParts>(ktiles);
-  const int kt_begin = range.begin;
-  const int kt_end = range.end;
   // The ring position of stage `it`, kept incrementally: slot it % S and the parity of its
   // round, (it / S) & 1.
   std::uint32_t slot = 0;
@@ -323,11 +395,13 @@ __device__ __forceinline__ void sm90_load(std::uint8_t* smem, const T* __restric
   const std::uint32_t sc_off = static_cast<std::uint32_t>(C::kSOffset) +
                                4u * static_cast<std::uint32_t>(lblk * C::kTileW + tid / 2);
   const std::int64_t srow = std::int64_t{64} * nblk;  // scale bytes between rows r and r + 64
-  for_each_gemm_tile(
-      rows, tiles_t, tiles_w, kTokens,
-      [&](const TokenRows::Tile& listed, int tile_w) {
+  for_each_piece<kTokens, kParts, kStream, false>(
+      rows, tiles_t, tiles_w, ktiles, pids, sk,
+      [&](const TokenRows::Tile& listed, int tile_w, const KRange& range) {
         TokenRows::Tile tile = listed;
         shift_tail<kTokens>(rows, tile);
+        const int kt_begin = range.begin;
+        const int kt_end = range.end;
         const int w0 = tile_w * C::kTileW;
         // Staged x: an expert whose rows are a run of x_source reads them there.
         const bool in_place = rows.x_source != nullptr && tile.x_first1 != 0;
@@ -459,9 +533,7 @@ __device__ __forceinline__ void sm90_load(std::uint8_t* smem, const T* __restric
           sm90::cluster_sync();
           sm90::cluster_sync();
         }
-      },
-      static_cast<int>(blockIdx.x) / kParts, static_cast<int>(gridDim.x) / kParts, pids.begin,
-      pids.end);
+      });
   if constexpr (!kSplit) return;
   cp_async_wait<0>();
   while (signaled < it)
@@ -472,11 +544,12 @@ __device__ __forceinline__ void sm90_load(std::uint8_t* smem, const T* __restric
 // apart) and every token, as one wgmma m64nNk16 accumulator per sub-tile. Each thread decodes
 // its rows' E2M1 codes and multiplies them by the block's scale in bf16 (exact), so the tensor
 // cores see exactly the reference's weight values.
-template <typename T, int kTokens, int kSub, int kWG, int kLoad, int kParts>
+template <typename T, int kTokens, int kSub, int kWG, int kLoad, int kParts, bool kStream>
 __device__ __forceinline__ void sm90_compute(std::uint8_t* smem, const TokenRows& rows, int tiles_t,
                                              int tiles_w, const void* __restrict__ bias,
                                              DType bias_dtype, T* __restrict__ out, int n, int k,
-                                             bool vector_store, const PidRange& pids) {
+                                             bool vector_store, const PidRange& pids,
+                                             const StreamK& sk) {
   constexpr bool kSplit = std::is_same_v<T, __half>;
   using C = Sm90Config<kTokens, kSub, kWG, kSplit>;
   constexpr int S = C::kStages;
@@ -513,12 +586,11 @@ __device__ __forceinline__ void sm90_compute(std::uint8_t* smem, const TokenRows
   std::uint32_t phase0 = 0;
   const std::uint32_t full_base = ring.full(0);
   const std::uint32_t empty_base = ring.empty(0);
-  for_each_gemm_tile(
-      rows, tiles_t, tiles_w, kTokens,
-      [&](const TokenRows::Tile& listed, int tile_w) {
+  for_each_piece<kTokens, kParts, kStream, true>(
+      rows, tiles_t, tiles_w, ktiles, pids, sk,
+      [&](const TokenRows::Tile& listed, int tile_w, const KRange& range) {
         TokenRows::Tile tile = listed;
         shift_tail<kTokens>(rows, tile);
-        const KRange range = k_range<kParts>(ktiles);
         const int k_part = range.part;
         const int kt_begin = range.begin;
         const int kt_end = range.end;
@@ -785,6 +857,65 @@ __device__ __forceinline__ void sm90_compute(std::uint8_t* smem, const TokenRows
             sm90::fence_accumulators<kAcc>(acc[j]);
         }
 
+        // Stream-K: a piece that ends inside its tile stores its sums for the CTA that finishes
+        // the tile ([float4 q][thread], slice blockIdx.x); that CTA adds the sums of the tile's
+        // earlier CTAs to its own, in CTA order.
+        if constexpr (kStream) {
+          constexpr int kVecs = kSub * kAcc / 4;
+          constexpr std::int64_t kSlice = std::int64_t{kVecs} * C::kConsumers;
+          auto* partials = reinterpret_cast<float4*>(sk.partials) + ctid;
+          // Accumulators 4 q .. 4 q + 3 hold tokens 8 q .. 8 q + 7: only the tile's width's.
+          if (kt_end < ktiles) {
+            float4* dst = partials + blockIdx.x * kSlice;
+#pragma unroll
+            for (int j = 0; j < kSub; ++j) {
+#pragma unroll
+              for (int i = 0; i < kAcc; i += 4) {
+                if (2 * i < width) {
+                  __stcg(dst + (j * kAcc + i) / 4 * C::kConsumers,
+                         make_float4(acc[j][i], acc[j][i + 1], acc[j][i + 2], acc[j][i + 3]));
+                }
+              }
+            }
+            // (As CUTLASS's barriers: the CTA's threads meet, then one releases the flag at GPU
+            // scope, which orders every write that the meeting ordered before it.)
+            sm90::named_barrier(4, C::kConsumers);  // every thread's sums are out
+            if (ctid == 0) store_release(sk.flags + blockIdx.x, 1u);
+            return;
+          }
+          if (kt_begin > 0) {
+            // A finishing piece is its CTA's first: the tile starts kt_begin units before it.
+            const int last = static_cast<int>(blockIdx.x);
+            const int first_writer = run_holding(sk, run_start(sk, last) - kt_begin);
+            if (ctid == 0) {
+              for (int w = first_writer; w < last; ++w) {
+                while (load_acquire(sk.flags + w) == 0u) {
+                }
+              }
+            }
+            sm90::named_barrier(4, C::kConsumers);  // the earlier CTAs' sums are in
+            for (int w = first_writer; w < last; ++w) {
+              const float4* src = partials + w * kSlice;
+#pragma unroll
+              for (int j = 0; j < kSub; ++j) {
+#pragma unroll
+                for (int i = 0; i < kAcc; i += 4) {
+                  if (2 * i < width) {
+                    const float4 v = __ldcg(src + (j * kAcc + i) / 4 * C::kConsumers);
+                    acc[j][i] += v.x;
+                    acc[j][i + 1] += v.y;
+                    acc[j][i + 2] += v.z;
+                    acc[j][i + 3] += v.w;
+                  }
+                }
+              }
+            }
+#pragma unroll
+            for (int j = 0; j < kSub; ++j)
+              sm90::fence_accumulators<kAcc>(acc[j]);
+          }
+        }
+
     // Epilogue, per sub-tile and 64 tokens at a time: bias in f32, the chunk [token][64 rows]
     // in this warpgroup's shared buffer, then whole rows out, but for a moved tail tile's first
     // tokens (tail_store_from), which the previous tile stores.
@@ -813,14 +944,12 @@ __device__ __forceinline__ void sm90_compute(std::uint8_t* smem, const TokenRows
             sm90::named_barrier(1 + c, 128);
           }
         }
-      },
-      static_cast<int>(blockIdx.x) / kParts, static_cast<int>(gridDim.x) / kParts, pids.begin,
-      pids.end);
+      });
 }
 
 #endif  // MXFP4_SM90A_DEVICE
 
-template <typename T, int kTokens, int kSub, int kWG, int kLoad, int kParts>
+template <typename T, int kTokens, int kSub, int kWG, int kLoad, int kParts, bool kStream>
 __global__ void __launch_bounds__(128 * (kWG == kWGSplitK ? 3 : kWG + 1), kWG == 1 ? 2 : 1)
     sm90_gemm_kernel(const T* __restrict__ x, const __grid_constant__ CUtensorMap x_map,
                      const __grid_constant__ CUtensorMap xs_map,
@@ -828,7 +957,7 @@ __global__ void __launch_bounds__(128 * (kWG == kWGSplitK ? 3 : kWG + 1), kWG ==
                      int tiles_w, const std::uint8_t* __restrict__ blocks,
                      const std::uint8_t* __restrict__ scales, const void* __restrict__ bias,
                      DType bias_dtype, T* __restrict__ out, int n, int k, bool vector_store,
-                     PidRange pids) {
+                     PidRange pids, StreamK sk) {
 #if defined(MXFP4_SM90A_DEVICE)
   using C = Sm90Config<kTokens, kSub, kWG, std::is_same_v<T, __half>>;
   extern __shared__ uint4 smem_raw[];
@@ -849,18 +978,18 @@ __global__ void __launch_bounds__(128 * (kWG == kWGSplitK ? 3 : kWG + 1), kWG ==
   __syncthreads();
   if (threadIdx.x < 128) {
     sm90::setmaxnreg_dec<C::kProducerRegs>();
-    sm90_load<T, kTokens, kSub, kWG, kLoad, kParts>(smem, x, x_map, xs_map, w_map, rows, tiles_t,
-                                                    tiles_w, blocks, scales, n, k, pids);
+    sm90_load<T, kTokens, kSub, kWG, kLoad, kParts, kStream>(
+        smem, x, x_map, xs_map, w_map, rows, tiles_t, tiles_w, blocks, scales, n, k, pids, sk);
   } else {
     sm90::setmaxnreg_inc<C::kConsumerRegs>();
-    sm90_compute<T, kTokens, kSub, kWG, kLoad, kParts>(smem, rows, tiles_t, tiles_w, bias,
-                                                       bias_dtype, out, n, k, vector_store, pids);
+    sm90_compute<T, kTokens, kSub, kWG, kLoad, kParts, kStream>(
+        smem, rows, tiles_t, tiles_w, bias, bias_dtype, out, n, k, vector_store, pids, sk);
   }
 #else
   (void)x, (void)x_map, (void)xs_map, (void)w_map, (void)rows, (void)tiles_t, (void)tiles_w,
       (void)blocks;
   (void)scales, (void)bias, (void)bias_dtype, (void)out, (void)n, (void)k, (void)vector_store;
-  (void)pids;
+  (void)pids, (void)sk;
 #endif
 }
 
@@ -917,13 +1046,14 @@ bool make_w_map(const std::uint8_t* blocks, std::int64_t w_rows, std::int64_t k,
                 CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE) == CUDA_SUCCESS;
 }
 
-template <typename T, int kTokens, int kSub, int kWG, int kLoad, int kParts>
+template <typename T, int kTokens, int kSub, int kWG, int kLoad, int kParts, bool kStream>
 void launch_kernel(std::int64_t grid, const void* x, const CUtensorMap& x_map,
                    const CUtensorMap& xs_map, const CUtensorMap& w_map, const TokenRows& rows,
                    std::int64_t tiles, std::int64_t tiles_w, const detail::WeightArgs& w, void* out,
-                   bool vector_store, cudaStream_t stream, const PidRange& pids) {
+                   bool vector_store, cudaStream_t stream, const PidRange& pids,
+                   const StreamK& sk) {
   using C = Sm90Config<kTokens, kSub, kWG, std::is_same_v<T, __half>>;
-  const auto kernel = sm90_gemm_kernel<T, kTokens, kSub, kWG, kLoad, kParts>;
+  const auto kernel = sm90_gemm_kernel<T, kTokens, kSub, kWG, kLoad, kParts, kStream>;
   // setmaxnreg.inc waits until the CTA's pool has the registers: were the kernel ever built with
   // fewer than Sm90Config assumes, it would hang, so refuse instead.
   static const int launch_regs = [&] {
@@ -951,7 +1081,7 @@ void launch_kernel(std::int64_t grid, const void* x, const CUtensorMap& x_map,
   check(cudaLaunchKernelEx(&config, kernel, static_cast<const T*>(x), x_map, xs_map, w_map, rows,
                            static_cast<int>(tiles), static_cast<int>(tiles_w), w.blocks, w.scales,
                            w.bias, w.bias_dtype, static_cast<T*>(out), static_cast<int>(w.n),
-                           static_cast<int>(w.k), vector_store, pids),
+                           static_cast<int>(w.k), vector_store, pids, sk),
         "cudaLaunchKernelEx(sm90_gemm_kernel)");
   check_launch("sm90_gemm_kernel");
 }
@@ -961,7 +1091,9 @@ void launch_kernel(std::int64_t grid, const void* x, const CUtensorMap& x_map,
 // landing) with cp.async.
 template <typename T, int kTokens, int kSub, int kWG>
 void launch_sm90_tiles(const void* x, const TokenRows& tile_rows, std::int64_t tiles,
-                       const detail::WeightArgs& w, void* out, cudaStream_t stream) {
+                       const detail::WeightArgs& w, void* out, cudaStream_t stream,
+                       bool stream_k = false, void* workspace = nullptr,
+                       std::size_t workspace_bytes = 0) {
   using C = Sm90Config<kTokens, kSub, kWG, std::is_same_v<T, __half>>;
   // x's boxes: a tile's rows, or all of x where it has fewer (TMA fills no row past its end).
   // Staged x with runs read in place: a tile's rows in both maps (a staged expert may have more
@@ -986,15 +1118,17 @@ void launch_sm90_tiles(const void* x, const TokenRows& tile_rows, std::int64_t t
   auto launch = [&](auto load_tag, auto parts_tag, PidRange pids = {}) {
     constexpr int kLoad = decltype(load_tag)::value;
     constexpr int kParts = decltype(parts_tag)::value;
-    const int per_sm = prepare_kernel(
-        reinterpret_cast<const void*>(sm90_gemm_kernel<T, kTokens, kSub, kWG, kLoad, kParts>),
-        C::kThreads, C::kSmemBytes, "sm90_gemm_kernel");
+    const int per_sm =
+        prepare_kernel(reinterpret_cast<const void*>(
+                           sm90_gemm_kernel<T, kTokens, kSub, kWG, kLoad, kParts, false>),
+                       C::kThreads, C::kSmemBytes, "sm90_gemm_kernel");
     const std::int64_t count = (pids.end > 0 ? pids.end : ctas) - pids.begin;
     // Split K: a cluster of kParts CTAs per tile, every tile at once (no CTA takes two).
     const std::int64_t grid =
         kParts > 1 ? count * kParts : std::min<std::int64_t>(count, std::int64_t{sms} * per_sm);
-    launch_kernel<T, kTokens, kSub, kWG, kLoad, kParts>(
-        grid, x, x_map, xs_map, w_map, rows, tiles, tiles_w, w, out, vector_store, stream, pids);
+    launch_kernel<T, kTokens, kSub, kWG, kLoad, kParts, false>(grid, x, x_map, xs_map, w_map, rows,
+                                                               tiles, tiles_w, w, out, vector_store,
+                                                               stream, pids, {});
   };
   using One = std::integral_constant<int, 1>;
   const DType x_dtype = std::is_same_v<T, __half> ? DType::f16 : DType::bf16;
@@ -1007,6 +1141,40 @@ void launch_sm90_tiles(const void* x, const TokenRows& tile_rows, std::int64_t t
       make_x_map(x, x_dtype, rows.rows, w.k, rows.x_box_rows, x_map) &&
       (rows.x_source == nullptr ||
        make_x_map(rows.x_source, x_dtype, rows.source_rows, w.k, rows.x_box_rows, xs_map))) {
+    // Stream-K (dense bf16, 256-token tiles of 128 rows): every SM gets an equal run of units.
+    if constexpr (std::is_same_v<T, __nv_bfloat16> && kTokens == 256 && kSub == 1 && kWG == 2) {
+      const std::int64_t units = ctas * ((w.k / kBlockSize + 1) / 2);
+      if (stream_k && rows.tile_list == nullptr && units < (std::int64_t{1} << 31)) {
+        const auto kernel = sm90_gemm_kernel<T, kTokens, kSub, kWG, kLoadTmaBox, 1, true>;
+        const int per_sm = prepare_kernel(reinterpret_cast<const void*>(kernel), C::kThreads,
+                                          C::kSmemBytes, "sm90_gemm_kernel");
+        const std::int64_t grid = std::min<std::int64_t>(units, std::int64_t{sms} * per_sm);
+        const std::size_t slice = std::size_t{C::kConsumers} * (kTokens / 2) * sizeof(float);
+        const std::size_t flags_at = static_cast<std::size_t>(grid) * slice;
+        const std::size_t bytes = flags_at + static_cast<std::size_t>(grid) * sizeof(unsigned);
+        // The caller's workspace where it has room (16-byte aligned), else memory of this call.
+        const bool own = workspace == nullptr || workspace_bytes < bytes ||
+                         (reinterpret_cast<std::uintptr_t>(workspace) & 15) != 0;
+        void* space = workspace;
+        if (own) check(cudaMallocAsync(&space, bytes, stream), "cudaMallocAsync(stream-K sums)");
+        StreamK sk{static_cast<float*>(space),
+                   reinterpret_cast<unsigned*>(static_cast<std::uint8_t*>(space) + flags_at),
+                   static_cast<int>(units / grid), static_cast<int>(units % grid)};
+        try {
+          check(cudaMemsetAsync(sk.flags, 0, static_cast<std::size_t>(grid) * sizeof(unsigned),
+                                stream),
+                "cudaMemsetAsync(stream-K flags)");
+          launch_kernel<T, kTokens, kSub, kWG, kLoadTmaBox, 1, true>(grid, x, x_map, xs_map, w_map,
+                                                                     rows, tiles, tiles_w, w, out,
+                                                                     vector_store, stream, {}, sk);
+        } catch (...) {
+          if (own) cudaFreeAsync(space, stream);
+          throw;
+        }
+        if (own) check(cudaFreeAsync(space, stream), "cudaFreeAsync(stream-K sums)");
+        return;
+      }
+    }
     // bf16, 64- or 128-token tiles of 64 or 128 rows: split K over a cluster where the tiles
     // fill few CTA slots:
     // - in two where K is long and the pairs fit the slots (measured on an H100: Llama-70B down,
@@ -1023,9 +1191,10 @@ void launch_sm90_tiles(const void* x, const TokenRows& tile_rows, std::int64_t t
       // pairs would not fit one per SM: the same test, 2 * tiles > SMs.)
       const bool short_tiles = kTokens == 64 && 2 * ctas <= sms && ktiles >= 16;
       if ((ktiles >= 128 || short_tiles || force) && forced != "wgmma_nosplit") {
-        const int per_sm = prepare_kernel(
-            reinterpret_cast<const void*>(sm90_gemm_kernel<T, kTokens, kSub, kWG, kLoadTmaBox, 2>),
-            C::kThreads, C::kSmemBytes, "sm90_gemm_kernel");
+        const int per_sm =
+            prepare_kernel(reinterpret_cast<const void*>(
+                               sm90_gemm_kernel<T, kTokens, kSub, kWG, kLoadTmaBox, 2, false>),
+                           C::kThreads, C::kSmemBytes, "sm90_gemm_kernel");
         if constexpr (C::kFitsParts(4)) {
           if (force && 4 * ctas <= std::int64_t{sms} * per_sm && ktiles >= 16) {
             launch(std::integral_constant<int, kLoadTmaBox>{}, std::integral_constant<int, 4>{});
@@ -1050,12 +1219,14 @@ void launch_sm90_tiles(const void* x, const TokenRows& tile_rows, std::int64_t t
       const bool force = forced == "wgmma_tail";  // half the tiles split (tests)
       if (rows.tile_list == nullptr && (ktiles >= 16 || (force && ktiles >= 2)) &&
           forced != "wgmma_nosplit") {
-        const int per_sm = prepare_kernel(
-            reinterpret_cast<const void*>(sm90_gemm_kernel<T, kTokens, kSub, kWG, kLoadTmaBox, 1>),
-            C::kThreads, C::kSmemBytes, "sm90_gemm_kernel");
-        const int per_sm2 = prepare_kernel(
-            reinterpret_cast<const void*>(sm90_gemm_kernel<T, kTokens, kSub, kWG, kLoadTmaBox, 2>),
-            C::kThreads, C::kSmemBytes, "sm90_gemm_kernel");
+        const int per_sm =
+            prepare_kernel(reinterpret_cast<const void*>(
+                               sm90_gemm_kernel<T, kTokens, kSub, kWG, kLoadTmaBox, 1, false>),
+                           C::kThreads, C::kSmemBytes, "sm90_gemm_kernel");
+        const int per_sm2 =
+            prepare_kernel(reinterpret_cast<const void*>(
+                               sm90_gemm_kernel<T, kTokens, kSub, kWG, kLoadTmaBox, 2, false>),
+                           C::kThreads, C::kSmemBytes, "sm90_gemm_kernel");
         const std::int64_t tail = ctas % (std::int64_t{sms} * per_sm);
         if ((tail > 0 && 2 * tail <= std::int64_t{sms} * per_sm2) || force) {
           const std::int64_t split = force ? (ctas + 1) / 2 : tail;
@@ -1089,7 +1260,8 @@ bool sm90_gemm_available() {
 
 void launch_sm90_gemm(const void* x, DType x_dtype, const TokenRows& rows, std::int64_t tiles,
                       int tile_tokens, int tile_rows, const detail::WeightArgs& w, void* out,
-                      cudaStream_t stream, bool k_halves) {
+                      cudaStream_t stream, bool k_halves, bool stream_k, void* workspace,
+                      std::size_t workspace_bytes) {
   if (x_dtype == DType::f16) {  // 128 tokens: stages with both parts fill shared memory
     if (tile_rows == 256) {
       launch_sm90_tiles<__half, 128, 2, 2>(x, rows, tiles, w, out, stream);
@@ -1097,7 +1269,8 @@ void launch_sm90_gemm(const void* x, DType x_dtype, const TokenRows& rows, std::
       launch_sm90_tiles<__half, 128, 1, 2>(x, rows, tiles, w, out, stream);
     }
   } else if (tile_tokens == 256) {
-    launch_sm90_tiles<__nv_bfloat16, 256, 1, 2>(x, rows, tiles, w, out, stream);
+    launch_sm90_tiles<__nv_bfloat16, 256, 1, 2>(x, rows, tiles, w, out, stream, stream_k, workspace,
+                                                workspace_bytes);
   } else if (tile_rows == 256) {
     launch_sm90_tiles<__nv_bfloat16, 128, 2, 2>(x, rows, tiles, w, out, stream);
   } else if (tile_tokens == 64 && tile_rows == 64 && k_halves) {

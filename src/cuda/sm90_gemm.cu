@@ -304,6 +304,27 @@ __device__ __forceinline__ int tail_store_from(const TokenRows& rows, const Toke
   return rows.tile_list == nullptr ? max(static_cast<int>(-tile.first & (kTokens - 1)) - q0, 0) : 0;
 }
 
+// Adds partial sums laid out [float4 q][thread] (kStride threads, src at this thread's first) to
+// the accumulators of the first `width` tokens (accumulators 4 q .. 4 q + 3 hold tokens 8 q ..
+// 8 q + 7), each float4 read by load.
+template <int kStride, int kSub, int kAcc, typename Load>
+__device__ __forceinline__ void add_sums(float (&acc)[kSub][kAcc], const float4* src, int width,
+                                         Load load) {
+#pragma unroll
+  for (int j = 0; j < kSub; ++j) {
+#pragma unroll
+    for (int i = 0; i < kAcc; i += 4) {
+      if (2 * i < width) {
+        const float4 v = load(src + (j * kAcc + i) / 4 * kStride);
+        acc[j][i] += v.x;
+        acc[j][i + 1] += v.y;
+        acc[j][i + 2] += v.z;
+        acc[j][i + 3] += v.w;
+      }
+    }
+  }
+}
+
 // Stream-K's flags: a release store after the sums, an acquire load before reading them.
 __device__ __forceinline__ void store_release(unsigned* p, unsigned v) {
   asm volatile("st.release.gpu.global.u32 [%0], %1;\n" ::"l"(p), "r"(v) : "memory");
@@ -837,18 +858,9 @@ __device__ __forceinline__ void sm90_compute(std::uint8_t* smem, const TokenRows
           if (k_part != 0) return;
 #pragma unroll
           for (int p = 1; p < kParts; ++p) {
-            const auto* partial = reinterpret_cast<const float4*>(smem + (p - 1) * kSlice) + ctid;
-#pragma unroll
-            for (int j = 0; j < kSub; ++j) {
-#pragma unroll
-              for (int i = 0; i < kAcc; i += 4) {
-                const float4 v = partial[(j * kAcc + i) / 4 * C::kConsumers];
-                acc[j][i] += v.x;
-                acc[j][i + 1] += v.y;
-                acc[j][i + 2] += v.z;
-                acc[j][i + 3] += v.w;
-              }
-            }
+            add_sums<C::kConsumers>(acc,
+                                    reinterpret_cast<const float4*>(smem + (p - 1) * kSlice) + ctid,
+                                    kTokens, [](const float4* q) { return *q; });
           }
       // The sums are complete before the epilogue's address arithmetic starts (interleaved,
       // the 256-token kernel spilled).
@@ -895,20 +907,8 @@ __device__ __forceinline__ void sm90_compute(std::uint8_t* smem, const TokenRows
             }
             sm90::named_barrier(4, C::kConsumers);  // the earlier CTAs' sums are in
             for (int w = first_writer; w < last; ++w) {
-              const float4* src = partials + w * kSlice;
-#pragma unroll
-              for (int j = 0; j < kSub; ++j) {
-#pragma unroll
-                for (int i = 0; i < kAcc; i += 4) {
-                  if (2 * i < width) {
-                    const float4 v = __ldcg(src + (j * kAcc + i) / 4 * C::kConsumers);
-                    acc[j][i] += v.x;
-                    acc[j][i + 1] += v.y;
-                    acc[j][i + 2] += v.z;
-                    acc[j][i + 3] += v.w;
-                  }
-                }
-              }
+              add_sums<C::kConsumers>(acc, partials + w * kSlice, width,
+                                      [](const float4* q) { return __ldcg(q); });
             }
 #pragma unroll
             for (int j = 0; j < kSub; ++j)

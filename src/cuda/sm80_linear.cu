@@ -710,12 +710,13 @@ KernelChoice choose_kernel(DType x_dtype, std::int64_t tokens, std::int64_t n, s
     //   with K = 2880-4096 its stored sums cost more than the idle SMs (4096x4096 M = 256 34 us
     //   against 19);
     // - more tokens, where the 256-token tiles fill one wave and at most a tenth of another:
-    //   GPT-OSS gate_up M = 768 (135 tiles) 45-48 us against 60.
+    //   GPT-OSS gate_up M = 768 (135 tiles) 45-48 us against 60; with K of at least 2048 (32
+    //   k-tiles; not measured shorter, where the stored sums weigh more).
     const std::int64_t sms_all = current_device_facts().multiprocessors;
     const std::int64_t tiles256 = (tokens + 255) / 256 * ((n + 127) / 128);
     if (forced.empty() && tokens > 128 &&
         ((tokens <= 256 && k >= 128 * 64) ||
-         (tiles256 > sms_all && 10 * tiles256 <= 11 * sms_all))) {
+         (tiles256 > sms_all && 10 * tiles256 <= 11 * sms_all && k >= 32 * 64))) {
       return {true, 256, true, 128, false, true};
     }
     // 33 to 128 tokens, one 128-token tile of 256 rows per weight tile, where those fill three

@@ -273,6 +273,24 @@ TEST(Cuda, LinearMatchesTheReference) {
 // weight rows over a long K give every tile many CTAs (up to one k-tile each); several tiles
 // give runs that end inside one tile and start inside the next. Elsewhere the other kernels run
 // the same shapes, which must pass all the same.
+// linear_workspace_bytes: 131076 bytes per SM where the Hopper GEMM runs, else 0 (no device,
+// another architecture, a build without CUDA).
+TEST(Cuda, LinearWorkspaceBytesFollowTheDevice) {
+  const std::size_t bytes = mxfp4::linear_workspace_bytes();
+  if (mxfp4::cuda_device_count() == 0) {
+    EXPECT_EQ(bytes, 0u);
+    return;
+  }
+#if defined(MXFP4_TEST_CUDA_RUNTIME)
+  int device = 0, sms = 0, major = 0, minor = 0;
+  ASSERT_EQ(cudaGetDevice(&device), cudaSuccess);
+  ASSERT_EQ(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device), cudaSuccess);
+  ASSERT_EQ(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device), cudaSuccess);
+  ASSERT_EQ(cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, device), cudaSuccess);
+  EXPECT_EQ(bytes, major == 9 && minor == 0 ? static_cast<std::size_t>(sms) * 131076u : 0u);
+#endif
+}
+
 TEST(Cuda, LinearStreamKMatchesTheReferenceWithAndWithoutAWorkspace) {
   REQUIRE_GPU();
   struct Case {
@@ -289,8 +307,9 @@ TEST(Cuda, LinearStreamKMatchesTheReferenceWithAndWithoutAWorkspace) {
     const Tensor x = random_tensor({c.m, c.k}, DType::bf16, ++seed, 4.0f);
     const Tensor ref = mxfp4::linear(x, w);
     const Tensor xg = x.to(kGpu);
-    // 131076 bytes per SM (ops.hpp); 1024 SMs is more than any device has.
-    Tensor ws = Tensor::empty({std::int64_t{131076} * 1024}, DType::u8, kGpu);
+    const std::size_t bytes = mxfp4::linear_workspace_bytes();
+    ASSERT_EQ(bytes % 131076, 0u);  // per SM (ops.hpp)
+    Tensor ws = Tensor::empty({static_cast<std::int64_t>(bytes) + 16}, DType::u8, kGpu);
     for (bool with_workspace : {false, true}) {
       Tensor out = Tensor::empty({c.m, c.n}, DType::bf16);
       std::memset(out.data(), 0xFF, out.nbytes());
@@ -698,7 +717,8 @@ TEST(Cuda, GatherLinearWorkspaceSize) {
 }
 
 #if defined(MXFP4_TEST_CUDA_RUNTIME)
-// linear_into neither allocates nor synchronizes: it can be captured in a CUDA graph.
+// linear_into never synchronizes (and allocates nothing for this shape): it can be captured in a
+// CUDA graph.
 TEST(Cuda, LinearCanBeCapturedInACudaGraph) {
   REQUIRE_GPU();
   const auto w = mxfp4::Mxfp4Weight::quantize(random_tensor({96, 256}, DType::f32, 1));

@@ -346,8 +346,9 @@ typedef struct mxfp4_run_options {
   int32_t precision; /* an mxfp4_precision */
   /* CUDA gather_linear: device scratch on the weight's device of at least
    * mxfp4_gather_linear_workspace_bytes(...) bytes, borrowed for the call (keep it valid until
-   * the stream has run the call). CUDA linear on Hopper: 131076 bytes per SM, for the partial
-   * sums of stream-K (some bf16 batches of more than 128 tokens); less is not used. NULL (or too
+   * the stream has run the call). CUDA linear on Hopper: mxfp4_linear_workspace_bytes(...) bytes,
+   * for the partial sums of stream-K (some bf16 batches of more than 128 tokens); less is not
+   * used. NULL (or too
    * little for linear): calls that need scratch take stream-ordered memory (cudaMallocAsync).
    * CPU calls ignore it. */
   void* workspace;
@@ -372,6 +373,9 @@ mxfp4_status mxfp4_gather_linear_workspace_bytes(int64_t tokens, int64_t topk, i
  * expert order (2 * k bytes per pair), which makes the Hopper GEMM for prefill faster. */
 mxfp4_status mxfp4_gather_linear_workspace_bytes_k(int64_t tokens, int64_t topk, int64_t experts,
                                                    int64_t k, size_t* bytes);
+/* Bytes of workspace with which a CUDA linear on the current device never allocates (131076 per
+ * SM where the Hopper GEMM runs, for stream-K; 0 elsewhere and in builds without CUDA). */
+mxfp4_status mxfp4_linear_workspace_bytes(size_t* bytes);
 
 /* ---- Files ----------------------------------------------------------------------------------- */
 

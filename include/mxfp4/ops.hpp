@@ -37,10 +37,10 @@ struct RunOptions {
   Stream stream;
   // CUDA gather_linear: scratch for sorting tokens by expert, of at least
   // gather_linear_workspace_bytes(...) bytes. CUDA linear on Hopper: scratch for stream-K's
-  // partial sums (some bf16 batches of 129 tokens or more), 131076 bytes per SM (17.3 MB on 132
-  // SMs); a smaller one is not used. Without it, calls that need scratch take stream-ordered
-  // memory (cudaMallocAsync / cudaFreeAsync on `stream`), which a CUDA graph can capture too.
-  // Other operations need none.
+  // partial sums (some bf16 batches of 129 tokens or more), linear_workspace_bytes() bytes (17.3
+  // MB on 132 SMs); a smaller one is not used. Without it, calls that need scratch take
+  // stream-ordered memory (cudaMallocAsync / cudaFreeAsync on `stream`), which a CUDA graph can
+  // capture too. Other operations need none.
   Workspace workspace = {};
   // linear and gather_linear: exact, or activations rounded to int8 (see Precision). Other
   // operations ignore it.
@@ -93,5 +93,9 @@ void gather_linear_into(const Tensor& x, const Tensor& indices, const Mxfp4Weigh
 // Hopper GEMM for prefill faster; a workspace of the smaller size still works.
 std::size_t gather_linear_workspace_bytes(std::int64_t tokens, std::int64_t topk,
                                           std::int64_t experts, std::int64_t k = 0);
+// Bytes of RunOptions::workspace with which a CUDA linear on the current device never allocates:
+// 131076 per SM where the Hopper GEMM runs (stream-K's partial sums, for some bf16 batches of
+// more than 128 tokens), 0 elsewhere, without a CUDA device, and in builds without CUDA.
+std::size_t linear_workspace_bytes();
 
 }  // namespace mxfp4

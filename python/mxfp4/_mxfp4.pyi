@@ -191,13 +191,22 @@ def quantize(weight: _A, *, rule: ScaleRule = ScaleRule.mse, non_finite: NonFini
 def dequantize(weight: Mxfp4Weight, dtype: str | Any | None = None, *, out: Array | None = None, stream: int | None = None) -> Array:
     """The same as weight.dequantize(dtype, out=out)."""
 
-def linear(x: _A, weight: Mxfp4Weight, *, out: _A | None = None, stream: int | None = None, precision: Literal['exact', 'int8_activations'] = 'exact') -> _A:
+def linear(x: _A, weight: Mxfp4Weight, *, out: _A | None = None, stream: int | None = None, precision: Literal['exact', 'int8_activations'] = 'exact', workspace: Array | None = None) -> _A:
     """
     x [..., K] -> x W^T + bias [..., N] in x's dtype, for a dense weight; accumulates
     in f32. Returns a new array of x's framework, or writes into out.
     precision='int8_activations' rounds each 32-element block of x to int8 (CPU only,
     faster for few rows; error bounded by max|x_block|/254 * sum|w| per block);
-    'exact' (default) uses x as given.
+    'exact' (default) uses x as given. workspace: an array on the weight's device (CUDA)
+    of at least linear_workspace_bytes() bytes lent as scratch, so the call allocates
+    nothing; CPU calls ignore it.
+    """
+
+def linear_workspace_bytes() -> int:
+    """
+    Bytes of workspace with which a CUDA linear on the current device never allocates:
+    131076 per SM where the Hopper GEMM runs (stream-K's partial sums, for some bf16
+    batches of more than 128 tokens), 0 elsewhere and in builds without CUDA.
     """
 
 def rotate_blocks(x: _A, *, out: _A | None = None) -> _A:

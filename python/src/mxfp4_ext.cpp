@@ -500,12 +500,13 @@ void set_run_extras(mxfp4::RunOptions& run, const char* op, const std::string& p
 }
 
 nb::object linear(nb::handle x, const PyWeight& weight, nb::handle out,
-                  std::optional<std::uintptr_t> stream, const std::string& precision) {
+                  std::optional<std::uintptr_t> stream, const std::string& precision,
+                  nb::handle workspace) {
   const char* op = "linear";
   ArrayArg xa = to_array(x, op, "x");
   mxfp4::RunOptions run = run_options(stream, xa);
-  std::optional<ArrayArg> no_workspace;
-  set_run_extras(run, op, precision, nb::none(), weight, no_workspace);
+  std::optional<ArrayArg> workspace_arg;
+  set_run_extras(run, op, precision, workspace, weight, workspace_arg);
   if (!out.is_none()) {
     ArrayArg o = to_output(out, op, "out");
     nb::gil_scoped_release release;
@@ -831,12 +832,18 @@ NB_MODULE(_mxfp4, m) {
       "weight"_a, "dtype"_a = nb::none(), nb::kw_only(), "out"_a = nb::none(),
       "stream"_a = nb::none(), "The same as weight.dequantize(dtype, out=out).");
   m.def("linear", &linear, "x"_a.none(), "weight"_a, nb::kw_only(), "out"_a = nb::none(),
-        "stream"_a = nb::none(), "precision"_a = "exact",
+        "stream"_a = nb::none(), "precision"_a = "exact", "workspace"_a = nb::none(),
         "x [..., K] -> x W^T + bias [..., N] in x's dtype, for a dense weight; accumulates\n"
         "in f32. Returns a new array of x's framework, or writes into out.\n"
         "precision='int8_activations' rounds each 32-element block of x to int8 (CPU only,\n"
         "faster for few rows; error bounded by max|x_block|/254 * sum|w| per block);\n"
-        "'exact' (default) uses x as given.");
+        "'exact' (default) uses x as given. workspace: an array on the weight's device (CUDA)\n"
+        "of at least linear_workspace_bytes() bytes lent as scratch, so the call allocates\n"
+        "nothing; CPU calls ignore it.");
+  m.def("linear_workspace_bytes", &mxfp4::linear_workspace_bytes,
+        "Bytes of workspace with which a CUDA linear on the current device never allocates:\n"
+        "131076 per SM where the Hopper GEMM runs (stream-K's partial sums, for some bf16\n"
+        "batches of more than 128 tokens), 0 elsewhere and in builds without CUDA.");
   m.def("rotate_blocks", &rotate_blocks, "x"_a.none(), nb::kw_only(), "out"_a = nb::none(),
         "x f32/f16/bf16 [..., K] (CPU, K a multiple of 32) -> x R in x's dtype: each 32-element\n"
         "block of every row times the normalized 32x32 Sylvester Hadamard matrix H (H = H^T =\n"

@@ -681,6 +681,13 @@ mxfp4_status mxfp4_gather_linear_workspace_bytes_k(int64_t tokens, int64_t topk,
   });
 }
 
+mxfp4_status mxfp4_linear_workspace_bytes(size_t* bytes) {
+  return guarded([&] {
+    std::size_t& result = require("linear_workspace_bytes", "bytes", bytes);
+    result = mxfp4::linear_workspace_bytes();
+  });
+}
+
 mxfp4_status mxfp4_file_open(const char* path, int32_t format, mxfp4_file** out) {
   return guarded([&] {
     const char* op = "file_open";

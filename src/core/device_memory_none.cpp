@@ -1,6 +1,7 @@
 // Device memory in a build without the CUDA backend: every request is refused.
 #include "core/device_memory.hpp"
 #include "mxfp4/error.hpp"
+#include "mxfp4/ops.hpp"
 
 namespace mxfp4 {
 
@@ -8,6 +9,9 @@ bool cuda_built() noexcept {
   return false;
 }
 int cuda_device_count() noexcept {
+  return 0;
+}
+std::size_t linear_workspace_bytes() {
   return 0;
 }
 void synchronize(Stream) {}

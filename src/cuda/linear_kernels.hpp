@@ -56,6 +56,10 @@ void launch_decode(const void* x, DType x_dtype, const TokenRows& rows, std::int
 void launch_gemm(const void* x, const TokenRows& rows, std::int64_t tiles, int tile_tokens,
                  const detail::WeightArgs& w, void* out, cudaStream_t stream);
 
+// Stream-K's scratch per CTA (at most one per SM): the f32 sums of a 256-token tile of 128 rows
+// (256 threads x 128) and a flag.
+inline constexpr std::size_t kStreamKBytesPerSm = 256 * 128 * 4 + 4;
+
 // Whether the wgmma GEMM can run on the current device: built for sm_90a (MXFP4_HAVE_SM90A)
 // and a compute capability 9.0 device.
 bool sm90_gemm_available();

@@ -8,6 +8,8 @@
 #include "core/device_memory.hpp"
 #include "cuda/backend.hpp"
 #include "cuda/common.cuh"
+#include "cuda/linear_kernels.hpp"
+#include "mxfp4/ops.hpp"
 
 namespace mxfp4 {
 
@@ -22,6 +24,12 @@ int cuda_device_count() noexcept {
     return 0;
   }
   return n;
+}
+
+std::size_t linear_workspace_bytes() {
+  if (cuda_device_count() == 0 || !cuda::sm90_gemm_available()) return 0;
+  return static_cast<std::size_t>(cuda::current_device_facts().multiprocessors) *
+         cuda::kStreamKBytesPerSm;
 }
 
 namespace cuda {

@@ -1150,6 +1150,10 @@ void launch_sm90_tiles(const void* x, const TokenRows& tile_rows, std::int64_t t
                                           C::kSmemBytes, "sm90_gemm_kernel");
         const std::int64_t grid = std::min<std::int64_t>(units, std::int64_t{sms} * per_sm);
         const std::size_t slice = std::size_t{C::kConsumers} * (kTokens / 2) * sizeof(float);
+        static_assert(
+            std::size_t{C::kConsumers} * (kTokens / 2) * sizeof(float) + sizeof(unsigned) ==
+                kStreamKBytesPerSm,
+            "linear_workspace_bytes() promises this much per SM");
         const std::size_t flags_at = static_cast<std::size_t>(grid) * slice;
         const std::size_t bytes = flags_at + static_cast<std::size_t>(grid) * sizeof(unsigned);
         // The caller's workspace where it has room (16-byte aligned), else memory of this call.

@@ -455,6 +455,10 @@ static void test_run_options(void) {
               MXFP4_ERR_INVALID_ARGUMENT, "workspace");
   CHECK_ERROR(mxfp4_run_options_init(NULL), MXFP4_ERR_INVALID_ARGUMENT, "options");
   CHECK_OK(mxfp4_gather_linear_workspace_bytes(4, 2, 8, &bytes));
+  /* Only CUDA linear on Hopper takes scratch: 131076 bytes per SM, 0 without a CUDA device. */
+  CHECK_OK(mxfp4_linear_workspace_bytes(&bytes));
+  CHECK(bytes % 131076 == 0);
+  CHECK_ERROR(mxfp4_linear_workspace_bytes(NULL), MXFP4_ERR_INVALID_ARGUMENT, "bytes");
   CHECK_ERROR(mxfp4_gather_linear_workspace_bytes(-1, 2, 8, &bytes), MXFP4_ERR_INVALID_ARGUMENT,
               "tokens");
   {

@@ -416,6 +416,12 @@ def test_precision_int8_activations_stays_within_its_bound() -> None:
     # A workspace on the CPU is accepted and ignored.
     ws = np.zeros(mxfp4.gather_linear_workspace_bytes(5, 2, 3) + 16, dtype=np.uint8)
     np.testing.assert_array_equal(mxfp4.gather_linear(xs, ids, experts, workspace=ws), gexact)
+    np.testing.assert_array_equal(mxfp4.linear(x, weight, workspace=ws), exact)
+    # Only CUDA linear on Hopper takes scratch (stream-K's partial sums: 131076 bytes per SM).
+    lw = mxfp4.linear_workspace_bytes()
+    assert lw % 131076 == 0
+    if mxfp4.cuda_device_count() == 0:
+        assert lw == 0
     with pytest.raises(mxfp4.InvalidArgument, match="unknown precision 'int4'"):
         mxfp4.linear(x, weight, precision="int4")
     with pytest.raises(mxfp4.InvalidArgument, match="tokens"):

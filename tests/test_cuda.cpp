@@ -742,6 +742,37 @@ TEST(Cuda, LinearCanBeCapturedInACudaGraph) {
   cudaStreamDestroy(stream);
 }
 
+// Stream-K (Hopper, bf16, M = 200 with K = 8192) without a workspace: its scratch comes from
+// stream-ordered memory and its flags are cleared by a memset, both of which a graph captures;
+// each replay must compute the whole output again (poisoned in between).
+TEST(Cuda, LinearStreamKCanBeCapturedInACudaGraph) {
+  REQUIRE_GPU();
+  const auto w = mxfp4::Mxfp4Weight::quantize(random_tensor({40, 8192}, DType::f32, 3));
+  const auto wg = mxfp4::Mxfp4Weight::from_parts(w.blocks().to(kGpu), w.scales().to(kGpu));
+  const Tensor x = random_tensor({200, 8192}, DType::bf16, 4);
+  const Tensor xg = x.to(kGpu);
+  const Tensor ref = mxfp4::linear(x, w);
+  Tensor out = Tensor::zeros({200, 40}, DType::bf16, kGpu);
+  cudaStream_t stream;
+  ASSERT_EQ(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking), cudaSuccess);
+  cudaGraph_t graph;
+  ASSERT_EQ(cudaStreamBeginCapture(stream, cudaStreamCaptureModeGlobal), cudaSuccess);
+  mxfp4::linear_into(xg, wg, out, {mxfp4::Stream{stream}});
+  ASSERT_EQ(cudaStreamEndCapture(stream, &graph), cudaSuccess);
+  cudaGraphExec_t exec;
+  ASSERT_EQ(cudaGraphInstantiate(&exec, graph, 0), cudaSuccess);
+  for (int replay = 0; replay < 2; ++replay) {
+    ASSERT_EQ(cudaMemsetAsync(out.data(), 0xFF, out.nbytes(), stream), cudaSuccess);
+    ASSERT_EQ(cudaGraphLaunch(exec, stream), cudaSuccess);
+    ASSERT_EQ(cudaStreamSynchronize(stream), cudaSuccess);
+    expect_linear_close(x, w, ref, out.to(mxfp4::Device::cpu()),
+                        "replay " + std::to_string(replay));
+  }
+  cudaGraphExecDestroy(exec);
+  cudaGraphDestroy(graph);
+  cudaStreamDestroy(stream);
+}
+
 // gather_linear too, with and without a caller workspace (of the plan's size, and with room to
 // stage x rows for the Hopper GEMM), for both routing paths.
 TEST(Cuda, GatherLinearCanBeCapturedInACudaGraph) {

@@ -267,14 +267,14 @@ TEST(Cuda, LinearMatchesTheReference) {
   }
 }
 
-// Stream-K (Hopper, bf16, 129-256 tokens with K >= 8192 by the default rule; any shape under
-// MXFP4_CUDA_KERNEL=wgmma_stream): each tile's K is shared by several CTAs whose partial sums
-// meet in scratch, the caller's workspace where it has room, else stream-ordered memory. Few
-// weight rows over a long K give every tile many CTAs (up to one k-tile each); several tiles
-// give runs that end inside one tile and start inside the next. Elsewhere the other kernels run
-// the same shapes, which must pass all the same.
-// linear_workspace_bytes: 131076 bytes per SM where the Hopper GEMM runs, else 0 (no device,
-// another architecture, a build without CUDA).
+// Stream-K (Hopper, bf16; by the default rule on 256-token tiles at 129-256 tokens with K >= 8192
+// and on 128-token tiles at 257-384 tokens with K <= 4096; any shape under
+// MXFP4_CUDA_KERNEL=wgmma_stream or wgmma_stream128): each tile's K is shared by several CTAs whose
+// partial sums meet in scratch, the caller's workspace where it has room, else stream-ordered
+// memory. Few weight rows over a long K give every tile many CTAs (up to one k-tile each); several
+// tiles give runs that end inside one tile and start inside the next. Elsewhere the other kernels
+// run the same shapes, which must pass all the same. linear_workspace_bytes: 131076 bytes per SM
+// where the Hopper GEMM runs, else 0 (no device, another architecture, a build without CUDA).
 TEST(Cuda, LinearWorkspaceBytesFollowTheDevice) {
   const std::size_t bytes = mxfp4::linear_workspace_bytes();
   if (mxfp4::cuda_device_count() == 0) {
@@ -296,7 +296,7 @@ TEST(Cuda, LinearStreamKMatchesTheReferenceWithAndWithoutAWorkspace) {
   struct Case {
     std::int64_t m, n, k;
   };
-  const Case cases[] = {{200, 24, 8192}, {129, 300, 8192}, {256, 136, 12288}};
+  const Case cases[] = {{200, 24, 8192}, {129, 300, 8192}, {256, 136, 12288}, {300, 136, 2880}};
   std::uint64_t seed = 900;
   for (const auto& c : cases) {
     const Tensor bias = random_tensor({c.n}, DType::bf16, ++seed);

@@ -28,7 +28,8 @@ struct KernelChoice {
   int tile_rows = 128;  // sm90: weight rows per tile
   // sm90, 64-row tiles: two computing warpgroups per tile, taking alternate k-tiles.
   bool k_halves = false;
-  // sm90, dense bf16, 256-token tiles: stream-K (each SM an equal run of the tiles' k-tiles).
+  // sm90, dense bf16, 256- or 128-token tiles of 128 rows: stream-K (each SM an equal run of the
+  // tiles' k-tiles).
   bool stream_k = false;
 };
 // k: the weight's K (0: unknown, as for gather_linear, which has no stream-K).
@@ -39,7 +40,8 @@ KernelChoice choose_kernel(DType x_dtype, std::int64_t tokens, std::int64_t n, s
 // wgmma_nosplit keeps it from splitting K across a cluster of CTAs, wgmma_split makes it
 // split K wherever the tile shape allows (in four where the partial sums fit, else in two), and
 // wgmma_tail splits K for the last half of the tiles (in a second launch, as for a last
-// partial wave), wgmma_stream runs bf16 on stream-K (256-token tiles) at any token count,
+// partial wave), wgmma_stream / wgmma_stream128 run bf16 on stream-K (256- / 128-token tiles) at
+// any token count,
 // moe_mid128 gives gather_linear's 128-token class tiles of 128 weight rows (256 otherwise),
 // moe_route3 makes it route every batch with three kernels (not one CTA), moe_stage_all makes it
 // stage the x rows of experts that are runs of x too, and quantize_unmapped makes quantize report
@@ -69,8 +71,9 @@ bool sm90_gemm_available();
 // or 128 with 64), 64-row tiles with two computing warpgroups taking alternate k-tiles if
 // k_halves. f16 x: tiles of 128 tokens (x split exactly into two bf16 parts) and 256 rows if
 // tile_rows is 256, else 128.
-// stream_k (dense bf16, 256-token tiles): stream-K, its partial sums in `workspace` where it has
-// room for them (131076 bytes per SM), else in stream-ordered memory of the call.
+// stream_k (dense bf16, 128 rows, 256- or 128-token tiles): stream-K, its partial sums in
+// `workspace` where it has room for them (131076 bytes per SM), else in stream-ordered memory of
+// the call.
 void launch_sm90_gemm(const void* x, DType x_dtype, const TokenRows& rows, std::int64_t tiles,
                       int tile_tokens, int tile_rows, const detail::WeightArgs& w, void* out,
                       cudaStream_t stream, bool k_halves = false, bool stream_k = false,

@@ -655,6 +655,7 @@ KernelChoice choose_kernel(DType x_dtype, std::int64_t tokens, std::int64_t n, s
   if (sm90_ok && forced == "wgmma128") return {true, 128, true};
   if (sm90_ok && forced == "wgmma256") return {true, 256, true};
   if (sm90_ok && gemm_ok && forced == "wgmma_stream") return {true, 256, true, 128, false, true};
+  if (sm90_ok && gemm_ok && forced == "wgmma_stream128") return {true, 128, true, 128, false, true};
   if (sm90_ok && forced == "wgmma256r") return {true, 128, true, 256};
   if (sm90_ok && forced == "wgmma64r") return {true, 128, true, 64};
   if (sm90_ok && forced == "wgmma64k") return {true, 128, true, 64, true};
@@ -718,6 +719,14 @@ KernelChoice choose_kernel(DType x_dtype, std::int64_t tokens, std::int64_t n, s
         ((tokens <= 256 && k >= 128 * 64) ||
          (tiles256 > sms_all && 10 * tiles256 <= 11 * sms_all && k >= 32 * 64))) {
       return {true, 256, true, 128, false, true};
+    }
+    // Stream-K over 128-token tiles of 128 rows (64 KiB of sums per piece) from 257 to 384
+    // tokens with K up to 4096, where the 256-token tiles would take two of them: an H100
+    // (session 14), M = 300 / 384, GPT-OSS gate_up 31.7 / 31.7 us against 33.6 / 33.5, down
+    // 21.8 / 22.2 against 23.9, 4096x4096 32.5-32.9 against 32.7-32.9; at K >= 8192 3-6% slower,
+    // and 20-45% slower elsewhere (more or fewer tokens).
+    if (forced.empty() && tokens > 256 && tokens <= 384 && k <= 4096) {
+      return {true, 128, true, 128, false, true};
     }
     // 33 to 128 tokens, one 128-token tile of 256 rows per weight tile, where those fill three
     // quarters of the SMs: measured on an H200 (session 12), Llama-70B up at M = 65 / 96 / 128

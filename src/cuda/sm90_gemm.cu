@@ -68,11 +68,11 @@ struct PidRange {
   int begin = 0, end = 0;
 };
 
-// Stream-K (dense bf16, 256-token tiles): the grid's CTAs split the (tile, k-tile) units of the
-// whole GEMM into equal runs, so that tiles that would fill few waves still keep every SM busy.
-// A run covers the tail of one tile, whole tiles and the head of another; a CTA whose run
-// ends inside a tile stores its sums for it in `partials` (slice blockIdx.x) and sets its flag,
-// and the CTA that computes the tile's last k-tile adds the sums of every earlier CTA on that
+// Stream-K (dense bf16, 256- or 128-token tiles of 128 rows): the grid's CTAs split the (tile,
+// k-tile) units of the whole GEMM into equal runs, so that tiles that would fill few waves still
+// keep every SM busy. A run covers the tail of one tile, whole tiles and the head of another; a CTA
+// whose run ends inside a tile stores its sums for it in `partials` (slice blockIdx.x) and sets its
+// flag, and the CTA that computes the tile's last k-tile adds the sums of every earlier CTA on that
 // tile to its own and runs the epilogue. Each CTA computes its pieces last to first: the head it
 // stores first, the tail it finishes last, so no CTA waits for sums computed after its own.
 // flags: one word per CTA, zero at launch (the host clears them).
@@ -1141,8 +1141,9 @@ void launch_sm90_tiles(const void* x, const TokenRows& tile_rows, std::int64_t t
       make_x_map(x, x_dtype, rows.rows, w.k, rows.x_box_rows, x_map) &&
       (rows.x_source == nullptr ||
        make_x_map(rows.x_source, x_dtype, rows.source_rows, w.k, rows.x_box_rows, xs_map))) {
-    // Stream-K (dense bf16, 256-token tiles of 128 rows): every SM gets an equal run of units.
-    if constexpr (std::is_same_v<T, __nv_bfloat16> && kTokens == 256 && kSub == 1 && kWG == 2) {
+    // Stream-K (dense bf16, 256- or 128-token tiles of 128 rows): every SM gets an equal run of
+    // units.
+    if constexpr (std::is_same_v<T, __nv_bfloat16> && kTokens >= 128 && kSub == 1 && kWG == 2) {
       const std::int64_t units = ctas * ((w.k / kBlockSize + 1) / 2);
       if (stream_k && rows.tile_list == nullptr && units < (std::int64_t{1} << 31)) {
         const auto kernel = sm90_gemm_kernel<T, kTokens, kSub, kWG, kLoadTmaBox, 1, true>;
@@ -1151,7 +1152,7 @@ void launch_sm90_tiles(const void* x, const TokenRows& tile_rows, std::int64_t t
         const std::int64_t grid = std::min<std::int64_t>(units, std::int64_t{sms} * per_sm);
         const std::size_t slice = std::size_t{C::kConsumers} * (kTokens / 2) * sizeof(float);
         static_assert(
-            std::size_t{C::kConsumers} * (kTokens / 2) * sizeof(float) + sizeof(unsigned) ==
+            std::size_t{C::kConsumers} * (kTokens / 2) * sizeof(float) + sizeof(unsigned) <=
                 kStreamKBytesPerSm,
             "linear_workspace_bytes() promises this much per SM");
         const std::size_t flags_at = static_cast<std::size_t>(grid) * slice;
@@ -1288,7 +1289,8 @@ void launch_sm90_gemm(const void* x, DType x_dtype, const TokenRows& rows, std::
   } else if (tile_rows == 64) {
     launch_sm90_tiles<__nv_bfloat16, 128, 1, 1>(x, rows, tiles, w, out, stream);
   } else {
-    launch_sm90_tiles<__nv_bfloat16, 128, 1, 2>(x, rows, tiles, w, out, stream);
+    launch_sm90_tiles<__nv_bfloat16, 128, 1, 2>(x, rows, tiles, w, out, stream, stream_k, workspace,
+                                                workspace_bytes);
   }
 }
 

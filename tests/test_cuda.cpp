@@ -717,42 +717,16 @@ TEST(Cuda, GatherLinearWorkspaceSize) {
 }
 
 #if defined(MXFP4_TEST_CUDA_RUNTIME)
-// linear_into never synchronizes (and allocates nothing for this shape): it can be captured in a
-// CUDA graph.
-TEST(Cuda, LinearCanBeCapturedInACudaGraph) {
-  REQUIRE_GPU();
-  const auto w = mxfp4::Mxfp4Weight::quantize(random_tensor({96, 256}, DType::f32, 1));
+// linear_into captured in a CUDA graph on a stream of its own, for x [m, k] (bf16) and a weight
+// [n, k]: each of two replays must compute the whole output again (poisoned in between).
+void expect_graph_replays_linear(std::int64_t m, std::int64_t n, std::int64_t k,
+                                 std::uint64_t seed) {
+  const auto w = mxfp4::Mxfp4Weight::quantize(random_tensor({n, k}, DType::f32, seed));
   const auto wg = mxfp4::Mxfp4Weight::from_parts(w.blocks().to(kGpu), w.scales().to(kGpu));
-  const Tensor x = random_tensor({4, 256}, DType::bf16, 2);
-  const Tensor xg = x.to(kGpu);
-  Tensor out = Tensor::zeros({4, 96}, DType::bf16, kGpu);
-  cudaStream_t stream;
-  ASSERT_EQ(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking), cudaSuccess);
-  cudaGraph_t graph;
-  ASSERT_EQ(cudaStreamBeginCapture(stream, cudaStreamCaptureModeGlobal), cudaSuccess);
-  mxfp4::linear_into(xg, wg, out, {mxfp4::Stream{stream}});
-  ASSERT_EQ(cudaStreamEndCapture(stream, &graph), cudaSuccess);
-  cudaGraphExec_t exec;
-  ASSERT_EQ(cudaGraphInstantiate(&exec, graph, 0), cudaSuccess);
-  ASSERT_EQ(cudaGraphLaunch(exec, stream), cudaSuccess);
-  ASSERT_EQ(cudaStreamSynchronize(stream), cudaSuccess);
-  expect_linear_close(x, w, mxfp4::linear(x, w), out.to(mxfp4::Device::cpu()), "graph replay");
-  cudaGraphExecDestroy(exec);
-  cudaGraphDestroy(graph);
-  cudaStreamDestroy(stream);
-}
-
-// Stream-K (Hopper, bf16, M = 200 with K = 8192) without a workspace: its scratch comes from
-// stream-ordered memory and its flags are cleared by a memset, both of which a graph captures;
-// each replay must compute the whole output again (poisoned in between).
-TEST(Cuda, LinearStreamKCanBeCapturedInACudaGraph) {
-  REQUIRE_GPU();
-  const auto w = mxfp4::Mxfp4Weight::quantize(random_tensor({40, 8192}, DType::f32, 3));
-  const auto wg = mxfp4::Mxfp4Weight::from_parts(w.blocks().to(kGpu), w.scales().to(kGpu));
-  const Tensor x = random_tensor({200, 8192}, DType::bf16, 4);
+  const Tensor x = random_tensor({m, k}, DType::bf16, seed + 1);
   const Tensor xg = x.to(kGpu);
   const Tensor ref = mxfp4::linear(x, w);
-  Tensor out = Tensor::zeros({200, 40}, DType::bf16, kGpu);
+  Tensor out = Tensor::zeros({m, n}, DType::bf16, kGpu);
   cudaStream_t stream;
   ASSERT_EQ(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking), cudaSuccess);
   cudaGraph_t graph;
@@ -766,11 +740,25 @@ TEST(Cuda, LinearStreamKCanBeCapturedInACudaGraph) {
     ASSERT_EQ(cudaGraphLaunch(exec, stream), cudaSuccess);
     ASSERT_EQ(cudaStreamSynchronize(stream), cudaSuccess);
     expect_linear_close(x, w, ref, out.to(mxfp4::Device::cpu()),
-                        "replay " + std::to_string(replay));
+                        "M=" + std::to_string(m) + " replay " + std::to_string(replay));
   }
   cudaGraphExecDestroy(exec);
   cudaGraphDestroy(graph);
   cudaStreamDestroy(stream);
+}
+
+// linear_into never synchronizes (and allocates nothing for this shape): it can be captured in a
+// CUDA graph.
+TEST(Cuda, LinearCanBeCapturedInACudaGraph) {
+  REQUIRE_GPU();
+  expect_graph_replays_linear(4, 96, 256, 1);
+}
+
+// Stream-K (Hopper, bf16, M = 200 with K = 8192) without a workspace: its scratch comes from
+// stream-ordered memory and its flags are cleared by a memset, both of which a graph captures.
+TEST(Cuda, LinearStreamKCanBeCapturedInACudaGraph) {
+  REQUIRE_GPU();
+  expect_graph_replays_linear(200, 40, 8192, 3);
 }
 
 // gather_linear too, with and without a caller workspace (of the plan's size, and with room to

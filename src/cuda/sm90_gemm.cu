@@ -255,14 +255,22 @@ __device__ __forceinline__ void for_each_piece(const TokenRows& rows, int tiles_
                                                int ktiles, const PidRange& pids, const StreamK& sk,
                                                F&& f) {
   if constexpr (!kStream) {
-    const KRange range = k_range<kParts>(kRangePerTile ? 0 : ktiles);
-    for_each_gemm_tile(
-        rows, tiles_t, tiles_w, kTokens,
-        [&](const TokenRows::Tile& tile, int tile_w) {
-          f(tile, tile_w, kRangePerTile ? k_range<kParts>(ktiles) : range);
-        },
-        static_cast<int>(blockIdx.x) / kParts, static_cast<int>(gridDim.x) / kParts, pids.begin,
-        pids.end);
+    const int first = static_cast<int>(blockIdx.x) / kParts;
+    const int step = static_cast<int>(gridDim.x) / kParts;
+    if constexpr (kRangePerTile) {
+      for_each_gemm_tile(
+          rows, tiles_t, tiles_w, kTokens,
+          [&](const TokenRows::Tile& tile, int tile_w) {
+            f(tile, tile_w, k_range<kParts>(ktiles));
+          },
+          first, step, pids.begin, pids.end);
+    } else {
+      const KRange range = k_range<kParts>(ktiles);
+      for_each_gemm_tile(
+          rows, tiles_t, tiles_w, kTokens,
+          [&](const TokenRows::Tile& tile, int tile_w) { f(tile, tile_w, range); }, first, step,
+          pids.begin, pids.end);
+    }
   } else {
     // (The host keeps the units below 2^31.)
     const int c = static_cast<int>(blockIdx.x);

@@ -333,6 +333,22 @@ __device__ __forceinline__ void add_sums(float (&acc)[kSub][kAcc], const float4*
   }
 }
 
+// Stores the accumulators of the first `width` tokens as add_sums reads them (to L2: another SM
+// reads them).
+template <int kStride, int kSub, int kAcc>
+__device__ __forceinline__ void store_sums(const float (&acc)[kSub][kAcc], float4* dst, int width) {
+#pragma unroll
+  for (int j = 0; j < kSub; ++j) {
+#pragma unroll
+    for (int i = 0; i < kAcc; i += 4) {
+      if (2 * i < width) {
+        __stcg(dst + (j * kAcc + i) / 4 * kStride,
+               make_float4(acc[j][i], acc[j][i + 1], acc[j][i + 2], acc[j][i + 3]));
+      }
+    }
+  }
+}
+
 // Stream-K's flags: a release store after the sums, an acquire load before reading them.
 __device__ __forceinline__ void store_release(unsigned* p, unsigned v) {
   asm volatile("st.release.gpu.global.u32 [%0], %1;\n" ::"l"(p), "r"(v) : "memory");
@@ -884,19 +900,8 @@ __device__ __forceinline__ void sm90_compute(std::uint8_t* smem, const TokenRows
           constexpr int kVecs = kSub * kAcc / 4;
           constexpr std::int64_t kSlice = std::int64_t{kVecs} * C::kConsumers;
           auto* partials = reinterpret_cast<float4*>(sk.partials) + ctid;
-          // Accumulators 4 q .. 4 q + 3 hold tokens 8 q .. 8 q + 7: only the tile's width's.
           if (kt_end < ktiles) {
-            float4* dst = partials + blockIdx.x * kSlice;
-#pragma unroll
-            for (int j = 0; j < kSub; ++j) {
-#pragma unroll
-              for (int i = 0; i < kAcc; i += 4) {
-                if (2 * i < width) {
-                  __stcg(dst + (j * kAcc + i) / 4 * C::kConsumers,
-                         make_float4(acc[j][i], acc[j][i + 1], acc[j][i + 2], acc[j][i + 3]));
-                }
-              }
-            }
+            store_sums<C::kConsumers>(acc, partials + blockIdx.x * kSlice, width);
             // (As CUTLASS's barriers: the CTA's threads meet, then one releases the flag at GPU
             // scope, which orders every write that the meeting ordered before it.)
             sm90::named_barrier(4, C::kConsumers);  // every thread's sums are out
@@ -1122,14 +1127,23 @@ void launch_sm90_tiles(const void* x, const TokenRows& tile_rows, std::int64_t t
   // TMA boxes of x need its rows in tile order: dense x, or x staged in expert order.
   const bool dense = (rows.perm == nullptr && rows.tile_list == nullptr) || rows.x_by_position;
   const std::int64_t w_rows = w.experts * w.n;
+  using Tma = std::integral_constant<int, kLoadTmaBox>;
+  using CpAsync = std::integral_constant<int, kLoadCpAsync>;
+  using One = std::integral_constant<int, 1>;  // CTAs per tile (split K: a cluster of 2 or 4)
+  using Two = std::integral_constant<int, 2>;
+  using Four = std::integral_constant<int, 4>;
+  // CTAs per SM of one of this tile shape's kernels (its shared memory set up once).
+  auto per_sm_of = [&](auto load_tag, auto parts_tag, auto stream_tag) {
+    const auto kernel = sm90_gemm_kernel<T, kTokens, kSub, kWG, decltype(load_tag)::value,
+                                         decltype(parts_tag)::value, decltype(stream_tag)::value>;
+    return prepare_kernel(reinterpret_cast<const void*>(kernel), C::kThreads, C::kSmemBytes,
+                          "sm90_gemm_kernel");
+  };
   // A launch over the tile pairs `pids` (default: all).
   auto launch = [&](auto load_tag, auto parts_tag, PidRange pids = {}) {
     constexpr int kLoad = decltype(load_tag)::value;
     constexpr int kParts = decltype(parts_tag)::value;
-    const int per_sm =
-        prepare_kernel(reinterpret_cast<const void*>(
-                           sm90_gemm_kernel<T, kTokens, kSub, kWG, kLoad, kParts, false>),
-                       C::kThreads, C::kSmemBytes, "sm90_gemm_kernel");
+    const int per_sm = per_sm_of(load_tag, parts_tag, std::false_type{});
     const std::int64_t count = (pids.end > 0 ? pids.end : ctas) - pids.begin;
     // Split K: a cluster of kParts CTAs per tile, every tile at once (no CTA takes two).
     const std::int64_t grid =
@@ -1138,7 +1152,6 @@ void launch_sm90_tiles(const void* x, const TokenRows& tile_rows, std::int64_t t
                                                                tiles, tiles_w, w, out, vector_store,
                                                                stream, pids, {});
   };
-  using One = std::integral_constant<int, 1>;
   const DType x_dtype = std::is_same_v<T, __half> ? DType::f16 : DType::bf16;
   const bool fits = dense && w_rows + kTileW < (std::int64_t{1} << 31) &&
                     rows.rows < (std::int64_t{1} << 31) &&
@@ -1154,15 +1167,11 @@ void launch_sm90_tiles(const void* x, const TokenRows& tile_rows, std::int64_t t
     if constexpr (std::is_same_v<T, __nv_bfloat16> && kTokens >= 128 && kSub == 1 && kWG == 2) {
       const std::int64_t units = ctas * ((w.k / kBlockSize + 1) / 2);
       if (stream_k && rows.tile_list == nullptr && units < (std::int64_t{1} << 31)) {
-        const auto kernel = sm90_gemm_kernel<T, kTokens, kSub, kWG, kLoadTmaBox, 1, true>;
-        const int per_sm = prepare_kernel(reinterpret_cast<const void*>(kernel), C::kThreads,
-                                          C::kSmemBytes, "sm90_gemm_kernel");
+        const int per_sm = per_sm_of(Tma{}, One{}, std::true_type{});
         const std::int64_t grid = std::min<std::int64_t>(units, std::int64_t{sms} * per_sm);
-        const std::size_t slice = std::size_t{C::kConsumers} * (kTokens / 2) * sizeof(float);
-        static_assert(
-            std::size_t{C::kConsumers} * (kTokens / 2) * sizeof(float) + sizeof(unsigned) <=
-                kStreamKBytesPerSm,
-            "linear_workspace_bytes() promises this much per SM");
+        constexpr std::size_t slice = std::size_t{C::kConsumers} * (kTokens / 2) * sizeof(float);
+        static_assert(slice + sizeof(unsigned) <= kStreamKBytesPerSm,
+                      "linear_workspace_bytes() promises this much per SM");
         const std::size_t flags_at = static_cast<std::size_t>(grid) * slice;
         const std::size_t bytes = flags_at + static_cast<std::size_t>(grid) * sizeof(unsigned);
         // The caller's workspace where it has room (16-byte aligned), else memory of this call.
@@ -1204,18 +1213,15 @@ void launch_sm90_tiles(const void* x, const TokenRows& tile_rows, std::int64_t t
       // pairs would not fit one per SM: the same test, 2 * tiles > SMs.)
       const bool short_tiles = kTokens == 64 && 2 * ctas <= sms && ktiles >= 16;
       if ((ktiles >= 128 || short_tiles || force) && forced != "wgmma_nosplit") {
-        const int per_sm =
-            prepare_kernel(reinterpret_cast<const void*>(
-                               sm90_gemm_kernel<T, kTokens, kSub, kWG, kLoadTmaBox, 2, false>),
-                           C::kThreads, C::kSmemBytes, "sm90_gemm_kernel");
+        const int per_sm = per_sm_of(Tma{}, Two{}, std::false_type{});
         if constexpr (C::kFitsParts(4)) {
           if (force && 4 * ctas <= std::int64_t{sms} * per_sm && ktiles >= 16) {
-            launch(std::integral_constant<int, kLoadTmaBox>{}, std::integral_constant<int, 4>{});
+            launch(Tma{}, Four{});
             return;
           }
         }
         if (2 * ctas <= std::int64_t{sms} * per_sm) {
-          launch(std::integral_constant<int, kLoadTmaBox>{}, std::integral_constant<int, 2>{});
+          launch(Tma{}, Two{});
           return;
         }
       }
@@ -1232,31 +1238,23 @@ void launch_sm90_tiles(const void* x, const TokenRows& tile_rows, std::int64_t t
       const bool force = forced == "wgmma_tail";  // half the tiles split (tests)
       if (rows.tile_list == nullptr && (ktiles >= 16 || (force && ktiles >= 2)) &&
           forced != "wgmma_nosplit") {
-        const int per_sm =
-            prepare_kernel(reinterpret_cast<const void*>(
-                               sm90_gemm_kernel<T, kTokens, kSub, kWG, kLoadTmaBox, 1, false>),
-                           C::kThreads, C::kSmemBytes, "sm90_gemm_kernel");
-        const int per_sm2 =
-            prepare_kernel(reinterpret_cast<const void*>(
-                               sm90_gemm_kernel<T, kTokens, kSub, kWG, kLoadTmaBox, 2, false>),
-                           C::kThreads, C::kSmemBytes, "sm90_gemm_kernel");
+        const int per_sm = per_sm_of(Tma{}, One{}, std::false_type{});
+        const int per_sm2 = per_sm_of(Tma{}, Two{}, std::false_type{});
         const std::int64_t tail = ctas % (std::int64_t{sms} * per_sm);
         if ((tail > 0 && 2 * tail <= std::int64_t{sms} * per_sm2) || force) {
           const std::int64_t split = force ? (ctas + 1) / 2 : tail;
           if (ctas > split) {
-            launch(std::integral_constant<int, kLoadTmaBox>{}, One{},
-                   PidRange{0, static_cast<int>(ctas - split)});
+            launch(Tma{}, One{}, PidRange{0, static_cast<int>(ctas - split)});
           }
-          launch(std::integral_constant<int, kLoadTmaBox>{}, std::integral_constant<int, 2>{},
-                 PidRange{static_cast<int>(ctas - split), static_cast<int>(ctas)});
+          launch(Tma{}, Two{}, PidRange{static_cast<int>(ctas - split), static_cast<int>(ctas)});
           return;
         }
       }
     }
-    launch(std::integral_constant<int, kLoadTmaBox>{}, One{});
+    launch(Tma{}, One{});
     return;
   }
-  launch(std::integral_constant<int, kLoadCpAsync>{}, One{});
+  launch(CpAsync{}, One{});
 }
 
 }  // namespace

@@ -6,6 +6,7 @@
 #include <cmath>
 #include <cstdlib>
 #include <cstring>
+#include <iterator>
 #include <random>
 #include <string>
 #include <thread>
@@ -762,7 +763,8 @@ TEST(Cuda, LinearStreamKCanBeCapturedInACudaGraph) {
 }
 
 // gather_linear too, with and without a caller workspace (of the plan's size, and with room to
-// stage x rows for the Hopper GEMM), for both routing paths.
+// stage x rows for the Hopper GEMM), for every routing path (in the kernel, one CTA, three
+// kernels: 6, 600 and 4200 pairs).
 TEST(Cuda, GatherLinearCanBeCapturedInACudaGraph) {
   REQUIRE_GPU();
   const std::int64_t experts = 8, n = 40, k = 128, topk = 2;
@@ -770,7 +772,7 @@ TEST(Cuda, GatherLinearCanBeCapturedInACudaGraph) {
   const auto wg = to_gpu(w);
   cudaStream_t stream;
   ASSERT_EQ(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking), cudaSuccess);
-  for (std::int64_t tokens : {3, 300}) {
+  for (std::int64_t tokens : {3, 300, 2100}) {
     for (int lend : {0, 1, 2}) {
       const Tensor x = random_tensor({tokens, k}, DType::bf16, 2);
       const Tensor ids = routing(tokens, topk, experts, false, DType::i32, 3);
@@ -799,6 +801,42 @@ TEST(Cuda, GatherLinearCanBeCapturedInACudaGraph) {
     }
   }
   cudaStreamDestroy(stream);
+}
+
+// Calls in a row on one stream, sharing one workspace, with no synchronization between them: no
+// call may read a plan, cursor or staged row that the next one has begun to overwrite. Skewed and
+// uniform batches, small (routed in the kernel or by one CTA) and large (three kernels), alternate.
+TEST(Cuda, GatherLinearCallsInARowShareOneWorkspace) {
+  REQUIRE_GPU();
+  const std::int64_t experts = 16, n = 72, k = 192, topk = 4;
+  const auto w = mxfp4::Mxfp4Weight::quantize(random_tensor({experts, n, k}, DType::f32, 70));
+  const auto wg = to_gpu(w);
+  const std::int64_t sizes[] = {1100, 40, 1500, 7, 300, 1100};
+  const std::int64_t most = 1500;
+  const std::size_t bytes = mxfp4::gather_linear_workspace_bytes(most, topk, experts, k);
+  Tensor space = Tensor::empty({static_cast<std::int64_t>(bytes)}, DType::u8, kGpu);
+  mxfp4::RunOptions run;
+  run.workspace = {space.data(), bytes};
+  std::vector<Tensor> xs, ids, outs;
+  std::uint64_t seed = 71;
+  for (std::size_t i = 0; i < std::size(sizes); ++i) {
+    xs.push_back(random_tensor({sizes[i], k}, DType::bf16, ++seed));
+    ids.push_back(routing(sizes[i], topk, experts, i % 2 == 0, DType::i32, ++seed));
+    outs.push_back(Tensor::zeros({sizes[i], topk, n}, DType::bf16, kGpu));
+  }
+  std::vector<Tensor> xg, idg;
+  for (std::size_t i = 0; i < std::size(sizes); ++i) {
+    xg.push_back(xs[i].to(kGpu));
+    idg.push_back(ids[i].to(kGpu));
+  }
+  ASSERT_NO_THROW(mxfp4::synchronize());
+  for (std::size_t i = 0; i < std::size(sizes); ++i)
+    mxfp4::gather_linear_into(xg[i], idg[i], wg, outs[i], run);
+  ASSERT_NO_THROW(mxfp4::synchronize());
+  for (std::size_t i = 0; i < std::size(sizes); ++i) {
+    expect_gather_close(xs[i], ids[i], w, outs[i].to(mxfp4::Device::cpu()),
+                        "call " + std::to_string(i) + " T=" + std::to_string(sizes[i]));
+  }
 }
 
 // Which experts the routing found to be runs of x (GatherLinearReadsRunsOfXInPlace), read back

@@ -6,6 +6,7 @@
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
 
+#include <cstddef>
 #include <string>
 
 #include "mxfp4/dtype.hpp"
@@ -28,6 +29,38 @@ inline void check_launch(const char* kernel) {
 inline cudaStream_t as_stream(void* handle) {
   return static_cast<cudaStream_t>(handle);
 }
+
+// Device memory for one call: the caller's (`given`, used as it is) or, where that is null,
+// `bytes` of stream-ordered memory (cudaMallocAsync: no device-wide synchronization, and a graph
+// captures it), freed in stream order by release() once the call's last use of it is queued, or
+// by the destructor (unchecked) when the call throws before that.
+class CallMemory {
+ public:
+  CallMemory(void* given, std::size_t bytes, cudaStream_t stream, const char* what)
+      : p_(given), stream_(stream), what_(what), owned_(given == nullptr) {
+    if (owned_) checked(cudaMallocAsync(&p_, bytes, stream), "cudaMallocAsync");
+  }
+  CallMemory(const CallMemory&) = delete;
+  CallMemory& operator=(const CallMemory&) = delete;
+  ~CallMemory() {
+    if (owned_) cudaFreeAsync(p_, stream_);
+  }
+  void* get() const { return p_; }
+  void release() {
+    if (!owned_) return;
+    owned_ = false;
+    checked(cudaFreeAsync(p_, stream_), "cudaFreeAsync");
+  }
+
+ private:
+  void checked(cudaError_t status, const char* call) const {
+    if (status != cudaSuccess) check(status, (std::string(call) + "(" + what_ + ")").c_str());
+  }
+  void* p_;
+  cudaStream_t stream_;
+  const char* what_;
+  bool owned_;
+};
 
 // Typed access used by templated kernels; T is float, __half or __nv_bfloat16.
 template <typename T>

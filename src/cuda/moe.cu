@@ -101,6 +101,15 @@ __device__ __forceinline__ int2 pair_note(const void* ids, DType id_dtype, std::
   return make_int2(INT_MAX - row, repeated ? kRunBroken : row + 1);
 }
 
+// Pair p's position where its expert `id` is a run of x (runs[id] = {1, lo - first}: position
+// first + row - lo, so that tile rows follow x rows), else -1: the scatter then gives it the
+// expert's next free position. No runs (null): -1.
+__device__ __forceinline__ int run_position(const int2* runs, long long id, std::int64_t p,
+                                            int topk, bool x_per_slot) {
+  const int2 r = runs != nullptr ? runs[id] : make_int2(0, 0);
+  return r.x != 0 ? pair_row(p, topk, x_per_slot) - r.y : -1;
+}
+
 // Validates every id; counts pairs per expert when `counts` is given, and notes their rows in
 // runs (when given).
 template <typename T>
@@ -258,9 +267,8 @@ __global__ void __launch_bounds__(kFusedRouteThreads)
   for (int p = tid; p < pairs; p += step) {
     const long long id = load_id(ids, id_dtype, p);
     if (id < 0 || id >= experts) continue;
-    const int2 r = runs != nullptr ? runs[id] : make_int2(0, 0);
-    perm[r.x != 0 ? pair_row(p, topk, x_per_slot) - r.y : atomicAdd(&cursor[id], 1)] =
-        static_cast<std::int32_t>(p);
+    const int at = run_position(runs, id, p, topk, x_per_slot);
+    perm[at >= 0 ? at : atomicAdd(&cursor[id], 1)] = static_cast<std::int32_t>(p);
   }
 }
 
@@ -271,12 +279,9 @@ __global__ void scatter_kernel(const void* ids, DType id_dtype, std::int64_t pai
   if (p >= pairs) return;
   const long long id = load_id(ids, id_dtype, p);
   if (id < 0 || id >= experts) return;
-  const int2 r = runs != nullptr ? runs[id] : make_int2(0, 0);
-  if (r.x != 0) {
-    perm[pair_row(p, topk, x_per_slot) - r.y] = static_cast<std::int32_t>(p);
-    return;
-  }
-  perm[aggregated_increment(cursor, static_cast<int>(id))] = static_cast<std::int32_t>(p);
+  const int at = run_position(runs, id, p, topk, x_per_slot);
+  perm[at >= 0 ? at : aggregated_increment(cursor, static_cast<int>(id))] =
+      static_cast<std::int32_t>(p);
 }
 
 // Exact CUDA-core path (f32 x, misaligned buffers): one warp per (pair, row).
@@ -435,7 +440,7 @@ void gather_linear(const detail::GatherLinearArgs& a) {
   const bool large = gemm || sm90;  // a class of large experts, on a GEMM
 
   // Counting sort and tile plan in the workspace: the caller's, or stream-ordered memory of this
-  // call (cudaMallocAsync / cudaFreeAsync: no device-wide synchronization, capturable in a graph).
+  // call (CallMemory: no device-wide synchronization, capturable in a graph).
   // For the wgmma GEMM (bf16 or f16 x), the large experts' x rows are staged in expert order behind
   // the plan, where there is room (always in memory of this call), so that TMA can load them in
   // whole tiles: gathering rows with cp.async measured 1.7x slower at 4096 tokens.
@@ -443,22 +448,18 @@ void gather_linear(const detail::GatherLinearArgs& a) {
   const std::size_t need = plan.bytes();
   const std::size_t staged_need = plan.staged_bytes(a.w.k);
   const bool want_staging = sm90 && forced_kernel() != "wgmma_cpasync";  // bf16 or f16
-  void* space = a.workspace;
-  bool owned = false;
-  bool staging = false;
-  if (space == nullptr) {
-    staging = want_staging;
-    check(cudaMallocAsync(&space, staging ? staged_need : need, stream),
-          "cudaMallocAsync(gather_linear workspace)");
-    owned = true;
-  } else if (a.workspace_bytes < need) {
-    throw InvalidArgument("gather_linear: the workspace has " + std::to_string(a.workspace_bytes) +
-                          " bytes, " + std::to_string(need) + " are needed");
-  } else {
+  bool staging = want_staging;
+  if (a.workspace != nullptr) {
+    if (a.workspace_bytes < need) {
+      throw InvalidArgument("gather_linear: the workspace has " +
+                            std::to_string(a.workspace_bytes) + " bytes, " + std::to_string(need) +
+                            " are needed");
+    }
     staging = want_staging && a.workspace_bytes >= staged_need &&
-              aligned16(static_cast<std::uint8_t*>(space) + plan.staged_at());
+              aligned16(static_cast<std::uint8_t*>(a.workspace) + plan.staged_at());
   }
-  auto* base = static_cast<std::uint8_t*>(space);
+  CallMemory memory(a.workspace, staging ? staged_need : need, stream, "gather_linear workspace");
+  auto* base = static_cast<std::uint8_t*>(memory.get());
   int* counts = reinterpret_cast<int*>(base + plan.counts_at());
   int* offsets = reinterpret_cast<int*>(base + plan.offsets_at());
   int* cursor = reinterpret_cast<int*>(base + plan.cursor_at());
@@ -497,126 +498,121 @@ void gather_linear(const detail::GatherLinearArgs& a) {
   bases.base[2] = static_cast<int>(small_tiles + sixteen_tiles);
   bases.base[3] = static_cast<int>(small_tiles + sixteen_tiles + plan.mid_tiles());
   bases.base[4] = static_cast<int>(bases.base[3] + plan.mid128_tiles());
-  try {
-    // (MXFP4_CUDA_KERNEL=moe_route3 keeps the three kernels, for their tests.)
-    if (pairs <= kFusedRoutePairs && experts <= kFusedRouteExperts &&
-        forced_kernel() != "moe_route3") {
-      dispatch_floating(a.x_dtype, [&](auto zero) {
-        using T = decltype(zero);
-        route_fused_kernel<T>
-            <<<1, kFusedRouteThreads,
-               (sizeof(int2) + 2 * sizeof(int)) * static_cast<std::size_t>(experts), stream>>>(
-                a.indices, a.index_dtype, static_cast<int>(pairs), experts, topk, a.x_per_slot,
-                mid_max, mid128_max, large_tile, offsets, totals, list, runs, bases, perm, error,
-                static_cast<T*>(a.out), n);
-      });
-      check_launch("route_fused_kernel");
-    } else {
-      // counts and runs (which follows it) to zero
-      check(cudaMemsetAsync(counts, 0, plan.offsets_at() - plan.counts_at(), stream),
-            "cudaMemsetAsync(gather_linear counts)");
-      dispatch_floating(a.x_dtype, [&](auto zero) {
-        using T = decltype(zero);
-        count_kernel<T><<<blocks_for(pairs, 256), 256, 0, stream>>>(
-            a.indices, a.index_dtype, pairs, experts, topk, a.x_per_slot, counts, runs, error,
-            static_cast<T*>(a.out), n);
-      });
-      check_launch("count_kernel");
-      plan_kernel<<<1, 32, 0, stream>>>(counts, experts, mid_max, mid128_max, large_tile, offsets,
-                                        cursor, totals, list, runs, bases);
-      check_launch("plan_kernel");
-      scatter_kernel<<<blocks_for(pairs, 256), 256, 0, stream>>>(
-          a.indices, a.index_dtype, pairs, experts, topk, a.x_per_slot, cursor, runs, perm);
-      check_launch("scatter_kernel");
-    }
-    rows.perm = perm;
-    // Class cls's tiles: its list and count (in rows), the grid's bound and its tiles' tokens.
-    auto select = [&](int cls) {
-      rows.tile_list = list + bases.base[cls];
-      rows.tile_total = totals + cls;
-    };
-    auto bound = [&](int cls) -> std::int64_t {
-      return cls == 0   ? small_tiles
-             : cls == 1 ? sixteen_tiles
-             : cls == 2 ? mid_tiles
-             : cls == 3 ? plan.mid128_tiles()
-                        : plan.large_tiles();
-    };
-    auto tile_of = [&](int cls) { return detail::cuda_gather_tile(cls, large_tile); };
-    select(0);
-    launch_decode(a.x, a.x_dtype, rows, bound(0), tile_of(0), a.w, a.out, stream);
-    select(1);
-    launch_decode(a.x, a.x_dtype, rows, bound(1), tile_of(1), a.w, a.out, stream);
-    // The GEMM classes. Experts of 17-32 tokens (bf16): on Hopper, the wgmma GEMM's 64-token
-    // tiles of 128 rows (at width 32) where x rows are staged; else the sm_80 GEMM's tiles of 32.
-    // Measured on an H100 (session 10), uniform T = 1024 (half the experts in this class):
-    // gate_up 919 -> 812 us, down 510 -> 460; 64 rows with two warpgroups on alternate k-tiles
-    // 865 / 477. MXFP4_CUDA_KERNEL=moe_mid32 keeps the sm_80 GEMM (tests).
-    const bool mid_wgmma = gemm && sm90 && staging && forced_kernel() != "moe_mid32";
-    const bool large_wgmma = large && sm90 && staging;
-    // The staged classes' x rows, in one launch for all of them before their GEMMs (a launch per
-    // class, each before its GEMM, measured the same or up to 1% slower: an H100, session 10).
-    // The wgmma GEMM then reads row p of `staged` for position p.
-    auto* staged = reinterpret_cast<__nv_bfloat16*>(base + plan.staged_at());
-    auto staged_rows = [&] {
-      TokenRows r = rows;
-      r.x_by_position = true;
-      r.x_source = runs != nullptr ? a.x : nullptr;
-      r.source_rows = rows.rows;  // x's own rows
-      r.rows = pairs;
-      return r;
-    };
-    StageLists stage;
-    std::int64_t stage_bound = 0;
-    for (int cls = 2; cls <= 4; ++cls) {
-      const bool staged_class = cls == 2 ? mid_wgmma : large_wgmma && (cls == 4 || mid128_max > 0);
-      if (!staged_class || bound(cls) == 0) continue;
-      stage.list[stage.lists] = list + bases.base[cls];
-      stage.total[stage.lists] = totals + cls;
-      stage.groups[stage.lists] = tile_of(cls) / 8;
-      ++stage.lists;
-      stage_bound += bound(cls) * (tile_of(cls) / 8);
-    }
-    if (stage.lists > 0) {
-      stage_rows_kernel<<<static_cast<unsigned>(std::min<std::int64_t>(
-                              stage_bound, 8 * current_device_facts().multiprocessors)),
-                          256, 0, stream>>>(static_cast<const __nv_bfloat16*>(a.x), rows, stage,
-                                            a.w.k, staged);
-      check_launch("stage_rows_kernel");
-    }
-    select(2);
-    if (mid_wgmma) {
-      if (mid_tiles > 0) {
-        launch_sm90_gemm(staged, a.x_dtype, staged_rows(), mid_tiles, 64, 128, a.w, a.out, stream,
-                         false);
-      }
-    } else if (gemm) {
-      launch_gemm(a.x, rows, mid_tiles, tile_of(2), a.w, a.out, stream);
-    } else {
-      launch_decode(a.x, a.x_dtype, rows, mid_tiles, tile_of(2), a.w, a.out, stream);
-    }
-    if (large) {
-      // 128-token tiles (mid128_max > 0), then the large experts' tiles.
-      for (int cls = mid128_max > 0 ? 3 : 4; cls <= 4; ++cls) {
-        select(cls);
-        const int tile_rows = cls == 3 ? mid128_rows : large_rows;
-        if (bound(cls) == 0) continue;
-        if (large_wgmma) {
-          launch_sm90_gemm(staged, a.x_dtype, staged_rows(), bound(cls), tile_of(cls), tile_rows,
-                           a.w, a.out, stream, few && cls == 4);
-        } else if (sm90) {
-          launch_sm90_gemm(a.x, a.x_dtype, rows, bound(cls), tile_of(cls), tile_rows, a.w, a.out,
-                           stream, few && cls == 4);
-        } else {
-          launch_gemm(a.x, rows, bound(cls), tile_of(cls), a.w, a.out, stream);
-        }
-      }
-    }
-  } catch (...) {
-    if (owned) cudaFreeAsync(space, stream);
-    throw;
+  // (MXFP4_CUDA_KERNEL=moe_route3 keeps the three kernels, for their tests.)
+  if (pairs <= kFusedRoutePairs && experts <= kFusedRouteExperts &&
+      forced_kernel() != "moe_route3") {
+    dispatch_floating(a.x_dtype, [&](auto zero) {
+      using T = decltype(zero);
+      route_fused_kernel<T>
+          <<<1, kFusedRouteThreads,
+             (sizeof(int2) + 2 * sizeof(int)) * static_cast<std::size_t>(experts), stream>>>(
+              a.indices, a.index_dtype, static_cast<int>(pairs), experts, topk, a.x_per_slot,
+              mid_max, mid128_max, large_tile, offsets, totals, list, runs, bases, perm, error,
+              static_cast<T*>(a.out), n);
+    });
+    check_launch("route_fused_kernel");
+  } else {
+    // counts and runs (which follows it) to zero
+    check(cudaMemsetAsync(counts, 0, plan.offsets_at() - plan.counts_at(), stream),
+          "cudaMemsetAsync(gather_linear counts)");
+    dispatch_floating(a.x_dtype, [&](auto zero) {
+      using T = decltype(zero);
+      count_kernel<T><<<blocks_for(pairs, 256), 256, 0, stream>>>(
+          a.indices, a.index_dtype, pairs, experts, topk, a.x_per_slot, counts, runs, error,
+          static_cast<T*>(a.out), n);
+    });
+    check_launch("count_kernel");
+    plan_kernel<<<1, 32, 0, stream>>>(counts, experts, mid_max, mid128_max, large_tile, offsets,
+                                      cursor, totals, list, runs, bases);
+    check_launch("plan_kernel");
+    scatter_kernel<<<blocks_for(pairs, 256), 256, 0, stream>>>(
+        a.indices, a.index_dtype, pairs, experts, topk, a.x_per_slot, cursor, runs, perm);
+    check_launch("scatter_kernel");
   }
-  if (owned) check(cudaFreeAsync(space, stream), "cudaFreeAsync(gather_linear workspace)");
+  rows.perm = perm;
+  // Class cls's tiles: its list and count (in rows), the grid's bound and its tiles' tokens.
+  auto select = [&](int cls) {
+    rows.tile_list = list + bases.base[cls];
+    rows.tile_total = totals + cls;
+  };
+  auto bound = [&](int cls) -> std::int64_t {
+    return cls == 0   ? small_tiles
+           : cls == 1 ? sixteen_tiles
+           : cls == 2 ? mid_tiles
+           : cls == 3 ? plan.mid128_tiles()
+                      : plan.large_tiles();
+  };
+  auto tile_of = [&](int cls) { return detail::cuda_gather_tile(cls, large_tile); };
+  select(0);
+  launch_decode(a.x, a.x_dtype, rows, bound(0), tile_of(0), a.w, a.out, stream);
+  select(1);
+  launch_decode(a.x, a.x_dtype, rows, bound(1), tile_of(1), a.w, a.out, stream);
+  // The GEMM classes. Experts of 17-32 tokens (bf16): on Hopper, the wgmma GEMM's 64-token
+  // tiles of 128 rows (at width 32) where x rows are staged; else the sm_80 GEMM's tiles of 32.
+  // Measured on an H100 (session 10), uniform T = 1024 (half the experts in this class):
+  // gate_up 919 -> 812 us, down 510 -> 460; 64 rows with two warpgroups on alternate k-tiles
+  // 865 / 477. MXFP4_CUDA_KERNEL=moe_mid32 keeps the sm_80 GEMM (tests).
+  const bool mid_wgmma = gemm && sm90 && staging && forced_kernel() != "moe_mid32";
+  const bool large_wgmma = large && sm90 && staging;
+  // The staged classes' x rows, in one launch for all of them before their GEMMs (a launch per
+  // class, each before its GEMM, measured the same or up to 1% slower: an H100, session 10).
+  // The wgmma GEMM then reads row p of `staged` for position p.
+  auto* staged = reinterpret_cast<__nv_bfloat16*>(base + plan.staged_at());
+  auto staged_rows = [&] {
+    TokenRows r = rows;
+    r.x_by_position = true;
+    r.x_source = runs != nullptr ? a.x : nullptr;
+    r.source_rows = rows.rows;  // x's own rows
+    r.rows = pairs;
+    return r;
+  };
+  StageLists stage;
+  std::int64_t stage_bound = 0;
+  for (int cls = 2; cls <= 4; ++cls) {
+    const bool staged_class = cls == 2 ? mid_wgmma : large_wgmma && (cls == 4 || mid128_max > 0);
+    if (!staged_class || bound(cls) == 0) continue;
+    stage.list[stage.lists] = list + bases.base[cls];
+    stage.total[stage.lists] = totals + cls;
+    stage.groups[stage.lists] = tile_of(cls) / 8;
+    ++stage.lists;
+    stage_bound += bound(cls) * (tile_of(cls) / 8);
+  }
+  if (stage.lists > 0) {
+    stage_rows_kernel<<<static_cast<unsigned>(std::min<std::int64_t>(
+                            stage_bound, 8 * current_device_facts().multiprocessors)),
+                        256, 0, stream>>>(static_cast<const __nv_bfloat16*>(a.x), rows, stage,
+                                          a.w.k, staged);
+    check_launch("stage_rows_kernel");
+  }
+  select(2);
+  if (mid_wgmma) {
+    if (mid_tiles > 0) {
+      launch_sm90_gemm(staged, a.x_dtype, staged_rows(), mid_tiles, 64, 128, a.w, a.out, stream,
+                       false);
+    }
+  } else if (gemm) {
+    launch_gemm(a.x, rows, mid_tiles, tile_of(2), a.w, a.out, stream);
+  } else {
+    launch_decode(a.x, a.x_dtype, rows, mid_tiles, tile_of(2), a.w, a.out, stream);
+  }
+  if (large) {
+    // 128-token tiles (mid128_max > 0), then the large experts' tiles.
+    for (int cls = mid128_max > 0 ? 3 : 4; cls <= 4; ++cls) {
+      select(cls);
+      const int tile_rows = cls == 3 ? mid128_rows : large_rows;
+      if (bound(cls) == 0) continue;
+      if (large_wgmma) {
+        launch_sm90_gemm(staged, a.x_dtype, staged_rows(), bound(cls), tile_of(cls), tile_rows, a.w,
+                         a.out, stream, few && cls == 4);
+      } else if (sm90) {
+        launch_sm90_gemm(a.x, a.x_dtype, rows, bound(cls), tile_of(cls), tile_rows, a.w, a.out,
+                         stream, few && cls == 4);
+      } else {
+        launch_gemm(a.x, rows, bound(cls), tile_of(cls), a.w, a.out, stream);
+      }
+    }
+  }
+  memory.release();
 }
 
 void check_index_errors() {

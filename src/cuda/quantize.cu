@@ -322,23 +322,18 @@ std::int64_t quantize(const detail::QuantizeArgs& a) {
     const unsigned long long found = *static_cast<volatile unsigned long long*>(report->host);
     return found == none ? -1 : static_cast<std::int64_t>(found);
   }
-  unsigned long long* flag = nullptr;
-  check(cudaMallocAsync(reinterpret_cast<void**>(&flag), sizeof *flag, stream), "cudaMallocAsync");
+  CallMemory memory(nullptr, sizeof(unsigned long long), stream, "quantize's report flag");
+  auto* flag = static_cast<unsigned long long*>(memory.get());
   unsigned long long found = none;
-  try {
-    // All bytes 0xFF: `none`, the flag's "no non-finite block" value.
-    check(cudaMemsetAsync(flag, 0xFF, sizeof *flag, stream), "cudaMemsetAsync");
-    launch_all(flag, nullptr, nullptr);
-    // (Into pageable memory: a staged copy, but this path runs only where pinned memory could
-    // not be had.)
-    check(cudaMemcpyAsync(&found, flag, sizeof found, cudaMemcpyDeviceToHost, stream),
-          "cudaMemcpyAsync");
-    check(cudaStreamSynchronize(stream), "cudaStreamSynchronize");
-  } catch (...) {
-    cudaFreeAsync(flag, stream);
-    throw;
-  }
-  check(cudaFreeAsync(flag, stream), "cudaFreeAsync");
+  // All bytes 0xFF: `none`, the flag's "no non-finite block" value.
+  check(cudaMemsetAsync(flag, 0xFF, sizeof *flag, stream), "cudaMemsetAsync");
+  launch_all(flag, nullptr, nullptr);
+  // (Into pageable memory: a staged copy, but this path runs only where pinned memory could not
+  // be had.)
+  check(cudaMemcpyAsync(&found, flag, sizeof found, cudaMemcpyDeviceToHost, stream),
+        "cudaMemcpyAsync");
+  check(cudaStreamSynchronize(stream), "cudaStreamSynchronize");
+  memory.release();
   return found == none ? -1 : static_cast<std::int64_t>(found);
 }
 

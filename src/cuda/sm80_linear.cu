@@ -663,6 +663,9 @@ KernelChoice choose_kernel(DType x_dtype, std::int64_t tokens, std::int64_t n, s
   if (sm90_ok && forced == "wgmma64tk") return {true, 64, true, 64, true};
   const KernelChoice decode{false, tokens <= 8 ? 8 : tokens <= 16 ? 16 : 32};
   if (forced.rfind("decode", 0) == 0 || tokens <= 16) return decode;
+  const std::int64_t sms = current_device_facts().multiprocessors;
+  // The weight's 256-row tiles fill three quarters of the SMs (one 128-token tile each).
+  const bool rows256_fill = (n + 255) / 256 * 4 >= 3 * sms;
   // f16: the wgmma GEMM (x split into two bf16 parts, 128-token tiles) from 65 tokens (see below
   // for 33 to 64), with 256-row tiles (half the x splitting per weight row) once they are about
   // two thirds of the SM count; measured on an H100 at M = 4096: 247-263 TFLOP/s against
@@ -672,19 +675,15 @@ KernelChoice choose_kernel(DType x_dtype, std::int64_t tokens, std::int64_t n, s
     // 33 to 64 tokens: only where 256-row tiles fill three quarters of the SMs (measured on an
     // H100 at M = 64: Llama-70B up 213 us against 365 on the decode kernel; on the smaller
     // shapes the decode kernel is 2-3x faster).
-    if (tokens <= 64) {
-      const std::int64_t sms = current_device_facts().multiprocessors;
-      return (n + 255) / 256 * 4 >= 3 * sms ? KernelChoice{true, 128, true, 256} : decode;
-    }
+    if (tokens <= 64) return rows256_fill ? KernelChoice{true, 128, true, 256} : decode;
     const std::int64_t tiles256 = (n + 255) / 256 * ((tokens + 127) / 128);
-    const bool wide = tiles256 * 3 >= 2 * std::int64_t{current_device_facts().multiprocessors};
+    const bool wide = tiles256 * 3 >= 2 * sms;
     return {true, 128, true, wide ? 256 : 128};
   }
   // The GEMM needs enough 128-row weight tiles to fill the card; otherwise the decode kernel's
   // 16-row tiles and in-CTA split of K keep more SMs busy. Measured on an H100 at M = 64
   // (bench/RESULTS.md): the sm_80 GEMM wins from N = 8192 (64 tiles) and loses at N <= 5760.
   const std::int64_t weight_tiles = (n + 127) / 128;
-  const std::int64_t sms = current_device_facts().multiprocessors;
   // wgmma GEMM (bench/RESULTS.md, session 5, an H100 sweep of every tile shape at M = 64, 256
   // and 1024 on the five dense shapes; each rule below picked the fastest there):
   // - 33 to 64 tokens: 256-row tiles where they fill three quarters of the SMs (one 128-token
@@ -713,11 +712,10 @@ KernelChoice choose_kernel(DType x_dtype, std::int64_t tokens, std::int64_t n, s
     // - more tokens, where the 256-token tiles fill one wave and at most a tenth of another:
     //   GPT-OSS gate_up M = 768 (135 tiles) 45-48 us against 60; with K of at least 2048 (32
     //   k-tiles; not measured shorter, where the stored sums weigh more).
-    const std::int64_t sms_all = current_device_facts().multiprocessors;
     const std::int64_t tiles256 = (tokens + 255) / 256 * ((n + 127) / 128);
     if (forced.empty() && tokens > 128 &&
         ((tokens <= 256 && k >= 128 * 64) ||
-         (tiles256 > sms_all && 10 * tiles256 <= 11 * sms_all && k >= 32 * 64))) {
+         (tiles256 > sms && 10 * tiles256 <= 11 * sms && k >= 32 * 64))) {
       return {true, 256, true, 128, false, true};
     }
     // Stream-K over 128-token tiles of 128 rows (64 KiB of sums per piece) from 257 to 384
@@ -734,7 +732,7 @@ KernelChoice choose_kernel(DType x_dtype, std::int64_t tokens, std::int64_t n, s
     // waves of tiles whose decode costs as much at any width), cuBLAS 115.8-123.3; from 160
     // tokens (two token tiles) 226 against 170-205 (and since the tail tile stays inside x,
     // session 13, 150 at M = 160).
-    if (tokens <= 128 && (n + 255) / 256 * 4 >= 3 * sms) return {true, 128, true, 256};
+    if (tokens <= 128 && rows256_fill) return {true, 128, true, 256};
     if (tokens <= 64) {
       const std::int64_t tiles64 = (n + 63) / 64;
       return {true, 64, true, 64, 2 * tiles64 > sms};

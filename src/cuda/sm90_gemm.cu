@@ -1175,25 +1175,19 @@ void launch_sm90_tiles(const void* x, const TokenRows& tile_rows, std::int64_t t
         const std::size_t flags_at = static_cast<std::size_t>(grid) * slice;
         const std::size_t bytes = flags_at + static_cast<std::size_t>(grid) * sizeof(unsigned);
         // The caller's workspace where it has room (16-byte aligned), else memory of this call.
-        const bool own = workspace == nullptr || workspace_bytes < bytes ||
-                         (reinterpret_cast<std::uintptr_t>(workspace) & 15) != 0;
-        void* space = workspace;
-        if (own) check(cudaMallocAsync(&space, bytes, stream), "cudaMallocAsync(stream-K sums)");
-        StreamK sk{static_cast<float*>(space),
-                   reinterpret_cast<unsigned*>(static_cast<std::uint8_t*>(space) + flags_at),
+        const bool fits = workspace != nullptr && workspace_bytes >= bytes &&
+                          (reinterpret_cast<std::uintptr_t>(workspace) & 15) == 0;
+        CallMemory scratch(fits ? workspace : nullptr, bytes, stream, "stream-K sums");
+        auto* space = static_cast<std::uint8_t*>(scratch.get());
+        StreamK sk{reinterpret_cast<float*>(space), reinterpret_cast<unsigned*>(space + flags_at),
                    static_cast<int>(units / grid), static_cast<int>(units % grid)};
-        try {
-          check(cudaMemsetAsync(sk.flags, 0, static_cast<std::size_t>(grid) * sizeof(unsigned),
-                                stream),
-                "cudaMemsetAsync(stream-K flags)");
-          launch_kernel<T, kTokens, kSub, kWG, kLoadTmaBox, 1, true>(grid, x, x_map, xs_map, w_map,
-                                                                     rows, tiles, tiles_w, w, out,
-                                                                     vector_store, stream, {}, sk);
-        } catch (...) {
-          if (own) cudaFreeAsync(space, stream);
-          throw;
-        }
-        if (own) check(cudaFreeAsync(space, stream), "cudaFreeAsync(stream-K sums)");
+        check(
+            cudaMemsetAsync(sk.flags, 0, static_cast<std::size_t>(grid) * sizeof(unsigned), stream),
+            "cudaMemsetAsync(stream-K flags)");
+        launch_kernel<T, kTokens, kSub, kWG, kLoadTmaBox, 1, true>(grid, x, x_map, xs_map, w_map,
+                                                                   rows, tiles, tiles_w, w, out,
+                                                                   vector_store, stream, {}, sk);
+        scratch.release();
         return;
       }
     }

@@ -496,9 +496,7 @@ Tensor routing(std::int64_t tokens, std::int64_t topk, std::int64_t experts, boo
 }
 
 mxfp4::Mxfp4Weight to_gpu(const mxfp4::Mxfp4Weight& w) {
-  return mxfp4::Mxfp4Weight::from_parts(
-      w.blocks().to(kGpu), w.scales().to(kGpu),
-      w.bias() ? std::optional<Tensor>(w.bias()->to(kGpu)) : std::nullopt);
+  return w.to(kGpu);
 }
 
 TEST(Cuda, GatherLinearMatchesTheReference) {

@@ -381,6 +381,19 @@ TEST(Quantize, WeightObjectDenseAndStacked) {
   const Mxfp4Weight p = Mxfp4Weight::from_parts(q.blocks(), q.scales());
   EXPECT_EQ(p.blocks().data(), q.blocks().data());
   EXPECT_EQ(p.num_experts(), 3);
+  // to() copies every part, on the same device too.
+  const Mxfp4Weight c = q.to(mxfp4::Device::cpu());
+  EXPECT_NE(c.blocks().data(), q.blocks().data());
+  EXPECT_NE(c.scales().data(), q.scales().data());
+  ASSERT_TRUE(c.bias().has_value());
+  EXPECT_NE(c.bias()->data(), q.bias()->data());
+  EXPECT_EQ(std::memcmp(c.blocks().data(), q.blocks().data(), q.blocks().nbytes()), 0);
+  EXPECT_EQ(std::memcmp(c.scales().data(), q.scales().data(), q.scales().nbytes()), 0);
+  EXPECT_EQ(std::memcmp(c.bias()->data(), q.bias()->data(), q.bias()->nbytes()), 0);
+  EXPECT_EQ(c.bias()->dtype(), DType::bf16);
+  EXPECT_TRUE(c.stacked());
+  EXPECT_FALSE(d.to(mxfp4::Device::cpu()).bias().has_value());
+  EXPECT_THROW(Mxfp4Weight().to(mxfp4::Device::cpu()), mxfp4::InvalidArgument);
 }
 
 TEST(Quantize, NanBlockPolicyWritesTheNaNScale) {

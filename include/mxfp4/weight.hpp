@@ -60,6 +60,10 @@ class Mxfp4Weight {
   // The full weight, [N, K] or [E, N, K], in f32, f16 or bf16.
   Tensor dequantize(DType dtype = DType::f32) const;
 
+  // A copy on `device`: blocks, scales and bias, each as Tensor::to copies it (the call waits for
+  // the copies). InvalidArgument for an empty weight.
+  Mxfp4Weight to(Device device) const;
+
  private:
   Tensor blocks_;
   Tensor scales_;

@@ -421,9 +421,7 @@ PyWeight weight_to(const PyWeight& self, const std::string& device) {
   PyWeight out;
   out.framework = d.type == mxfp4::DeviceType::cuda ? Framework::torch : self.framework;
   nb::gil_scoped_release release;
-  std::optional<Tensor> b;
-  if (w.bias()) b = w.bias()->to(d);
-  out.weight = Mxfp4Weight::from_parts(w.blocks().to(d), w.scales().to(d), std::move(b));
+  out.weight = w.to(d);
   return out;
 }
 

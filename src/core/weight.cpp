@@ -1,6 +1,7 @@
 #include "mxfp4/weight.hpp"
 
 #include <string>
+#include <utility>
 
 #include "core/checks.hpp"
 #include "mxfp4/ops.hpp"
@@ -127,6 +128,13 @@ Mxfp4Weight Mxfp4Weight::quantize(const Tensor& weight, std::optional<Tensor> bi
 
 Tensor Mxfp4Weight::dequantize(DType dtype) const {
   return mxfp4::dequantize(*this, dtype);
+}
+
+Mxfp4Weight Mxfp4Weight::to(Device device) const {
+  if (!defined()) throw InvalidArgument("Mxfp4Weight::to: the weight is empty");
+  std::optional<Tensor> bias;
+  if (bias_) bias = bias_->to(device);
+  return from_parts(blocks_.to(device), scales_.to(device), std::move(bias));
 }
 
 }  // namespace mxfp4

@@ -198,9 +198,7 @@ class LayoutReader final : public TensorFileReader {
     }
     const Mxfp4Weight w = t->weight();
     if (device == Device::cpu()) return w;
-    std::optional<Tensor> bias;
-    if (w.bias()) bias = w.bias()->to(device);
-    return Mxfp4Weight::from_parts(w.blocks().to(device), w.scales().to(device), std::move(bias));
+    return w.to(device);
   }
 
  private:

@@ -58,9 +58,7 @@ ncclDataType_t nccl_type(DType dtype) {
 Mxfp4Weight on_device(const Mxfp4Weight& w, Device device, const char* what) {
   if (!w.defined()) throw InvalidArgument(std::string("parallel::") + what + ": empty weight");
   if (w.device() == device) return w;
-  std::optional<Tensor> bias;
-  if (w.bias()) bias = w.bias()->to(device);
-  return Mxfp4Weight::from_parts(w.blocks().to(device), w.scales().to(device), std::move(bias));
+  return w.to(device);
 }
 
 void check_input(const Tensor& x, std::int64_t k, Device device, const char* what) {

@@ -62,10 +62,6 @@ void expect_bytes_equal(const Tensor& cpu, const Tensor& gpu, const std::string&
   }
 }
 
-mxfp4::Mxfp4Weight to_gpu_dense(const mxfp4::Mxfp4Weight& w) {
-  return mxfp4::Mxfp4Weight::from_parts(w.blocks().to(kGpu), w.scales().to(kGpu));
-}
-
 TEST(Cuda, ReportsDevicesConsistently) {
   if (!mxfp4::cuda_built()) {
     EXPECT_EQ(mxfp4::cuda_device_count(), 0);
@@ -186,7 +182,7 @@ TEST(Cuda, DequantizeIsBitIdenticalToTheReference) {
     scales[i] = static_cast<std::uint8_t>(i * 7);
   const auto w = mxfp4::Mxfp4Weight::from_parts(Tensor::from_vector(blocks, {n, k / 2}),
                                                 Tensor::from_vector(scales, {n, k / 32}));
-  const auto wg = mxfp4::Mxfp4Weight::from_parts(w.blocks().to(kGpu), w.scales().to(kGpu));
+  const auto wg = w.to(kGpu);
   for (DType dtype : {DType::f32, DType::bf16, DType::f16}) {
     const Tensor cpu = w.dequantize(dtype);
     const Tensor gpu = wg.dequantize(dtype).to(mxfp4::Device::cpu());
@@ -249,9 +245,7 @@ TEST(Cuda, LinearMatchesTheReference) {
         std::optional<Tensor> bias;
         if (with_bias) bias = random_tensor({c.n}, DType::bf16, ++seed);
         const auto w = mxfp4::Mxfp4Weight::quantize(wsrc, bias);
-        const auto wg = mxfp4::Mxfp4Weight::from_parts(
-            w.blocks().to(kGpu), w.scales().to(kGpu),
-            bias ? std::optional<Tensor>(bias->to(kGpu)) : std::nullopt);
+        const auto wg = w.to(kGpu);
         const Tensor x = random_tensor({c.m, c.k}, dtype, ++seed, 4.0f);
         const Tensor ref = mxfp4::linear(x, w);
         // Poison the output so that an element the kernel skips cannot pass.
@@ -303,8 +297,7 @@ TEST(Cuda, LinearStreamKMatchesTheReferenceWithAndWithoutAWorkspace) {
     const Tensor bias = random_tensor({c.n}, DType::bf16, ++seed);
     const auto w =
         mxfp4::Mxfp4Weight::quantize(random_tensor({c.n, c.k}, DType::f32, ++seed), bias);
-    const auto wg =
-        mxfp4::Mxfp4Weight::from_parts(w.blocks().to(kGpu), w.scales().to(kGpu), bias.to(kGpu));
+    const auto wg = w.to(kGpu);
     const Tensor x = random_tensor({c.m, c.k}, DType::bf16, ++seed, 4.0f);
     const Tensor ref = mxfp4::linear(x, w);
     const Tensor xg = x.to(kGpu);
@@ -349,7 +342,7 @@ TEST(Cuda, LinearKeepsExtremeScalesExact) {
     }
     const auto w = mxfp4::Mxfp4Weight::from_parts(Tensor::from_vector(codes, {n, k / 2}),
                                                   Tensor::from_vector(scales, {n, k / 32}));
-    const auto wg = to_gpu_dense(w);
+    const auto wg = w.to(kGpu);
     for (std::int64_t m : {1, 130}) {  // decode kernel, tiled GEMM
       const Tensor x =
           random_tensor({m, k}, DType::f32, 10 + m, tiny ? 0x1p100f : 0x1p-100f).to(DType::bf16);
@@ -380,7 +373,7 @@ TEST(Cuda, LinearKeepsF16ExactOutsideItsRange) {
                                      tiny ? std::uint8_t{127 - 30} : std::uint8_t{127 + 20});
     const auto w = mxfp4::Mxfp4Weight::from_parts(Tensor::from_vector(codes, {n, k / 2}),
                                                   Tensor::from_vector(scales, {n, k / 32}));
-    const auto wg = to_gpu_dense(w);
+    const auto wg = w.to(kGpu);
     for (std::int64_t m : {1, 130}) {
       const Tensor x =
           random_tensor({m, k}, DType::f32, 20 + m, tiny ? 0x1p14f : 0x1p-14f).to(DType::f16);
@@ -398,7 +391,7 @@ TEST(Cuda, LinearKeepsF16ExactOutsideItsRange) {
   }
   // Infinities: token 0 has +inf at k = 3, token 1 -inf at k = 200; the rest finite.
   const auto w = mxfp4::Mxfp4Weight::quantize(random_tensor({n, k}, DType::f32, 30));
-  const auto wg = to_gpu_dense(w);
+  const auto wg = w.to(kGpu);
   for (std::int64_t m : {2, 130}) {
     Tensor x = random_tensor({m, k}, DType::f32, 31);
     x.data_as<float>()[3] = INFINITY;
@@ -426,7 +419,7 @@ TEST(Cuda, LinearKeepsF16ExactOutsideItsRange) {
 TEST(Cuda, LinearKeepsLeadingDims) {
   REQUIRE_GPU();
   const auto w = mxfp4::Mxfp4Weight::quantize(random_tensor({5, 64}, DType::f32, 1));
-  const auto wg = mxfp4::Mxfp4Weight::from_parts(w.blocks().to(kGpu), w.scales().to(kGpu));
+  const auto wg = w.to(kGpu);
   const Tensor x = random_tensor({2, 3, 64}, DType::bf16, 2);
   const Tensor y = mxfp4::linear(x.to(kGpu), wg);
   EXPECT_EQ(y.shape(), (mxfp4::Shape{2, 3, 5}));
@@ -437,12 +430,11 @@ TEST(Cuda, LinearKeepsLeadingDims) {
 TEST(Cuda, RefusesMixedDevicesAndUnimplementedOps) {
   REQUIRE_GPU();
   const auto w = mxfp4::Mxfp4Weight::quantize(random_tensor({4, 32}, DType::f32, 1));
-  const auto wg = mxfp4::Mxfp4Weight::from_parts(w.blocks().to(kGpu), w.scales().to(kGpu));
+  const auto wg = w.to(kGpu);
   const Tensor x = random_tensor({1, 32}, DType::bf16, 2);
   EXPECT_THROW(mxfp4::linear(x, wg), mxfp4::InvalidArgument);  // x on the host
   const auto experts = mxfp4::Mxfp4Weight::quantize(random_tensor({2, 4, 32}, DType::f32, 3));
-  const auto eg =
-      mxfp4::Mxfp4Weight::from_parts(experts.blocks().to(kGpu), experts.scales().to(kGpu));
+  const auto eg = experts.to(kGpu);
   const Tensor ids = Tensor::from_vector(std::vector<std::int32_t>{0, 1}, {1, 2});
   EXPECT_THROW(mxfp4::gather_linear(x.to(kGpu), ids, eg), mxfp4::InvalidArgument);  // ids on host
   EXPECT_THROW(mxfp4::gather_linear(x, ids.to(kGpu), eg), mxfp4::InvalidArgument);  // x on host
@@ -495,10 +487,6 @@ Tensor routing(std::int64_t tokens, std::int64_t topk, std::int64_t experts, boo
   return Tensor::from_vector(std::vector<std::int32_t>(ids.begin(), ids.end()), {tokens, topk});
 }
 
-mxfp4::Mxfp4Weight to_gpu(const mxfp4::Mxfp4Weight& w) {
-  return w.to(kGpu);
-}
-
 TEST(Cuda, GatherLinearMatchesTheReference) {
   REQUIRE_GPU();
   const std::int64_t n = 24, k = 96;
@@ -510,7 +498,7 @@ TEST(Cuda, GatherLinearMatchesTheReference) {
     const Tensor bias = random_tensor({experts, n}, DType::f32, ++seed);
     const auto w =
         mxfp4::Mxfp4Weight::quantize(random_tensor({experts, n, k}, DType::f32, ++seed), bias);
-    const auto wg = to_gpu(w);
+    const auto wg = w.to(kGpu);
     for (std::int64_t topk : {1, 2, 4, 8}) {
       for (std::int64_t tokens : {1, 2, 5, 64, 1000}) {
         for (bool skewed : {false, true}) {
@@ -547,7 +535,7 @@ TEST(Cuda, GatherLinearRunsTheGemmOnLargerShapes) {
   const Tensor x = random_tensor({tokens, k}, DType::bf16, 3, 4.0f);
   for (bool skewed : {false, true}) {
     const Tensor ids = routing(tokens, topk, experts, skewed, DType::i32, 4);
-    const Tensor got = mxfp4::gather_linear(x.to(kGpu), ids.to(kGpu), to_gpu(w));
+    const Tensor got = mxfp4::gather_linear(x.to(kGpu), ids.to(kGpu), w.to(kGpu));
     expect_gather_close(x, ids, w, got.to(mxfp4::Device::cpu()),
                         skewed ? "gemm skewed" : "gemm uniform");
   }
@@ -574,7 +562,7 @@ TEST(Cuda, GatherLinearMixesTileSizesInASmallBatch) {
   const std::int64_t experts = 8, n = 40, k = 160, topk = 2;
   const auto w = mxfp4::Mxfp4Weight::quantize(random_tensor({experts, n, k}, DType::f32, 7),
                                               random_tensor({experts, n}, DType::f32, 8));
-  const auto wg = to_gpu(w);
+  const auto wg = w.to(kGpu);
   std::vector<std::int32_t> ids;
   for (const auto& [expert, run] :
        std::vector<std::pair<int, int>>{{3, 20}, {5, 12}, {0, 9}, {6, 8}, {1, 1}, {7, 1}, {2, 1}})
@@ -600,7 +588,7 @@ TEST(Cuda, GatherLinearSpreadsASmallBatchOverTheGrid) {
   const std::int64_t experts = 8, n = 1040, k = 256, topk = 4;
   const auto w = mxfp4::Mxfp4Weight::quantize(random_tensor({experts, n, k}, DType::f32, 21),
                                               random_tensor({experts, n}, DType::bf16, 22));
-  const auto wg = to_gpu(w);
+  const auto wg = w.to(kGpu);
   std::uint64_t seed = 23;
   for (std::int64_t tokens : {16, 5}) {
     for (bool skewed : {true, false}) {
@@ -644,7 +632,7 @@ TEST(Cuda, GatherLinearReadsRunsOfXInPlace) {
   const std::int64_t experts = 12, n = 136, k = 192, topk = 4;
   const auto w = mxfp4::Mxfp4Weight::quantize(random_tensor({experts, n, k}, DType::f32, 31),
                                               random_tensor({experts, n}, DType::f32, 32));
-  const auto wg = to_gpu(w);
+  const auto wg = w.to(kGpu);
   std::uint64_t seed = 33;
   for (std::int64_t tokens : {30, 100, 700, 1100}) {
     for (bool duplicate : {false, true}) {
@@ -669,7 +657,7 @@ TEST(Cuda, GatherLinearReportsOutOfRangeIdsAtSynchronize) {
   REQUIRE_GPU();
   const std::int64_t experts = 4, n = 16, k = 64;
   const auto wg =
-      to_gpu(mxfp4::Mxfp4Weight::quantize(random_tensor({experts, n, k}, DType::f32, 1)));
+      mxfp4::Mxfp4Weight::quantize(random_tensor({experts, n, k}, DType::f32, 1)).to(kGpu);
   struct Case {
     std::int64_t tokens, topk;
     DType dtype;
@@ -721,7 +709,7 @@ TEST(Cuda, GatherLinearWorkspaceSize) {
 void expect_graph_replays_linear(std::int64_t m, std::int64_t n, std::int64_t k,
                                  std::uint64_t seed) {
   const auto w = mxfp4::Mxfp4Weight::quantize(random_tensor({n, k}, DType::f32, seed));
-  const auto wg = mxfp4::Mxfp4Weight::from_parts(w.blocks().to(kGpu), w.scales().to(kGpu));
+  const auto wg = w.to(kGpu);
   const Tensor x = random_tensor({m, k}, DType::bf16, seed + 1);
   const Tensor xg = x.to(kGpu);
   const Tensor ref = mxfp4::linear(x, w);
@@ -767,7 +755,7 @@ TEST(Cuda, GatherLinearCanBeCapturedInACudaGraph) {
   REQUIRE_GPU();
   const std::int64_t experts = 8, n = 40, k = 128, topk = 2;
   const auto w = mxfp4::Mxfp4Weight::quantize(random_tensor({experts, n, k}, DType::f32, 1));
-  const auto wg = to_gpu(w);
+  const auto wg = w.to(kGpu);
   cudaStream_t stream;
   ASSERT_EQ(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking), cudaSuccess);
   for (std::int64_t tokens : {3, 300, 2100}) {
@@ -808,24 +796,21 @@ TEST(Cuda, GatherLinearCallsInARowShareOneWorkspace) {
   REQUIRE_GPU();
   const std::int64_t experts = 16, n = 72, k = 192, topk = 4;
   const auto w = mxfp4::Mxfp4Weight::quantize(random_tensor({experts, n, k}, DType::f32, 70));
-  const auto wg = to_gpu(w);
+  const auto wg = w.to(kGpu);
   const std::int64_t sizes[] = {1100, 40, 1500, 7, 300, 1100};
   const std::int64_t most = 1500;
   const std::size_t bytes = mxfp4::gather_linear_workspace_bytes(most, topk, experts, k);
   Tensor space = Tensor::empty({static_cast<std::int64_t>(bytes)}, DType::u8, kGpu);
   mxfp4::RunOptions run;
   run.workspace = {space.data(), bytes};
-  std::vector<Tensor> xs, ids, outs;
+  std::vector<Tensor> xs, ids, xg, idg, outs;
   std::uint64_t seed = 71;
   for (std::size_t i = 0; i < std::size(sizes); ++i) {
     xs.push_back(random_tensor({sizes[i], k}, DType::bf16, ++seed));
     ids.push_back(routing(sizes[i], topk, experts, i % 2 == 0, DType::i32, ++seed));
+    xg.push_back(xs.back().to(kGpu));
+    idg.push_back(ids.back().to(kGpu));
     outs.push_back(Tensor::zeros({sizes[i], topk, n}, DType::bf16, kGpu));
-  }
-  std::vector<Tensor> xg, idg;
-  for (std::size_t i = 0; i < std::size(sizes); ++i) {
-    xg.push_back(xs[i].to(kGpu));
-    idg.push_back(ids[i].to(kGpu));
   }
   ASSERT_NO_THROW(mxfp4::synchronize());
   for (std::size_t i = 0; i < std::size(sizes); ++i)
@@ -856,7 +841,7 @@ TEST(Cuda, GatherLinearFindsTheRunsOfX) {
   }
   const std::int64_t experts = 12, n = 64, k = 128, topk = 4;
   const auto wg =
-      to_gpu(mxfp4::Mxfp4Weight::quantize(random_tensor({experts, n, k}, DType::f32, 41)));
+      mxfp4::Mxfp4Weight::quantize(random_tensor({experts, n, k}, DType::f32, 41)).to(kGpu);
   for (std::int64_t tokens : {700, 1100}) {
     for (bool duplicate : {false, true}) {
       const std::int64_t from = tokens / 5;

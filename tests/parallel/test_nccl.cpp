@@ -17,7 +17,6 @@
 #include <exception>
 #include <filesystem>
 #include <functional>
-#include <optional>
 #include <random>
 #include <stdexcept>
 #include <string>
@@ -71,12 +70,6 @@ Tensor random_bytes(const Shape& shape, std::uint64_t seed, unsigned lo, unsigne
     }
   }
   return t;
-}
-
-Mxfp4Weight to_device(const Mxfp4Weight& w, Device d) {
-  std::optional<Tensor> bias;
-  if (w.bias()) bias = w.bias()->to(d);
-  return Mxfp4Weight::from_parts(w.blocks().to(d), w.scales().to(d), std::move(bias));
 }
 
 // Sharded against single-device results: the largest error relative to the largest reference
@@ -189,7 +182,7 @@ std::string column_case(Runner& run, std::int64_t m, std::int64_t n, std::int64_
   mp::ColumnParallelLinear layer(comm, shard, n);
   const Tensor x = random_uniform({m, k}, 101).to(dtype).to(gpu(comm));
   const Tensor got = layer.forward(x).to(Device::cpu());
-  const Tensor want = mxfp4::linear(x, to_device(w, gpu(comm))).to(Device::cpu());
+  const Tensor want = mxfp4::linear(x, w.to(gpu(comm))).to(Device::cpu());
   return compare(got, want, kTol);
 }
 
@@ -203,7 +196,7 @@ std::string row_case(Runner& run, std::int64_t m, std::int64_t n, std::int64_t k
   mp::RowParallelLinear layer(comm, shard, k);
   const Tensor x = random_uniform({m, k}, 201).to(dtype).to(gpu(comm));
   const Tensor got = layer.forward(layer.slice_input(x)).to(Device::cpu());
-  const Tensor want = mxfp4::linear(x, to_device(w, gpu(comm))).to(Device::cpu());
+  const Tensor want = mxfp4::linear(x, w.to(gpu(comm))).to(Device::cpu());
   return compare(got, want, kTol);
 }
 
@@ -216,8 +209,7 @@ std::string mlp_case(Runner& run, std::int64_t m, std::int64_t d, std::int64_t h
   const Tensor x = random_uniform({m, d}, 301).to(DType::bf16).to(gpu(comm));
   const Tensor got = down_layer.forward(up_layer.forward_local(x)).to(Device::cpu());
   const Tensor want =
-      mxfp4::linear(mxfp4::linear(x, to_device(up, gpu(comm))), to_device(down, gpu(comm)))
-          .to(Device::cpu());
+      mxfp4::linear(mxfp4::linear(x, up.to(gpu(comm))), down.to(gpu(comm))).to(Device::cpu());
   return compare(got, want, kTol);
 }
 
@@ -253,8 +245,7 @@ std::string moe_case(Runner& run, std::int64_t total, std::int64_t experts, std:
   if (t1 == t0) {
     return got.shape() == Shape{0, topk, n} ? "" : "shape " + mxfp4::to_string(got.shape());
   }
-  const Tensor want =
-      mxfp4::gather_linear(x, idx.to(gpu(comm)), to_device(w, gpu(comm))).to(Device::cpu());
+  const Tensor want = mxfp4::gather_linear(x, idx.to(gpu(comm)), w.to(gpu(comm))).to(Device::cpu());
   return compare(got, want, kTol);
 }
 

@@ -1,6 +1,7 @@
-// The GPU block layout ("layout S" of bench/RESULTS.md, session 15): the planned offline
-// re-layout of a weight's packed codes for the CUDA kernels, defined and tested here ahead of the
-// kernels that will read it (tests/test_gpu_block_layout.cpp; nothing in the library uses it yet).
+// The GPU block layout ("layout S" of bench/RESULTS.md, session 15; BlockLayout::gpu in
+// mxfp4/weight.hpp): an optional offline re-layout of a weight's packed codes that the CUDA
+// kernels decode in fewer instructions (Mxfp4Weight::with_layout converts; the kernels read
+// both layouts; tests/test_gpu_block_layout.cpp checks these functions).
 //
 // A 32-code block keeps its 16 bytes and its place; they are read as four little-endian 32-bit
 // words W[0..3] (bytes 4t..4t+3). Word W[t] holds the code pairs t, t+4, t+8 and t+12 (pair p:
@@ -18,7 +19,7 @@
 // a lane that needs slot t of each of a block's four words (elements 8t..8t+7, to match 16
 // contiguous bytes of x) reads them without a transpose. Against the standard layout's byte
 // gathering and table decode (~54 instructions per block and m64 sub-tile in the Hopper GEMM),
-// a timing probe of this decode ran 1.05-1.18x faster (bench/RESULTS.md, session 15).
+// the kernels run up to 1.2x faster with it (bench/RESULTS.md, session 16).
 #pragma once
 
 #include <cstdint>

@@ -31,6 +31,8 @@ struct DequantizeArgs {
   void* out;  // [rows, k] in out_dtype (f32, f16, bf16)
   DType out_dtype;
   void* stream;  // cudaStream_t for CUDA kernels; ignored on the CPU
+  // blocks in BlockLayout::gpu (core/gpu_block_layout.hpp); CUDA backend only.
+  bool gpu_layout = false;
 };
 
 // A weight as kernels see it: `experts` stacked [n, k] matrices (1 for a dense one).
@@ -42,6 +44,9 @@ struct WeightArgs {
   std::int64_t experts;
   std::int64_t n;
   std::int64_t k;
+  // blocks in BlockLayout::gpu (core/gpu_block_layout.hpp; every scale at most
+  // kGpuLayoutMaxScale); CUDA backend only: ops.cpp refuses it elsewhere.
+  bool gpu_layout = false;
 };
 
 struct LinearArgs {

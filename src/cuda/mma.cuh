@@ -7,6 +7,7 @@
 #include <cstdint>
 #include <type_traits>
 
+#include "core/gpu_block_layout.hpp"
 #include "cuda/common.cuh"
 #include "mxfp4/format.hpp"
 
@@ -78,21 +79,55 @@ __device__ __forceinline__ void decode4_bf16(std::uint32_t v, const Bf16Tables& 
   p1 = __byte_perm(lo, hi, 0x7362);
 }
 
-// The exact CUDA-core dot product of one weight row (its packed blocks and scales) with one row
-// of x, by a whole warp: lanes stride over the blocks, each block summed in f32 and scaled, then
-// a fixed butterfly reduction (every lane gets the sum). For f32 x and misaligned buffers.
+// Slot s of a word of a block in the GPU layout (core/gpu_block_layout.hpp) as a bf16 pair, the
+// codes' values times 2^-126, or as an f16 pair, times 2^-14: one funnel shift (a rotation) and
+// one mask for the magnitudes, the same for the signs. s may vary by lane.
+__device__ __forceinline__ std::uint32_t gpu_slot_bf16x2(std::uint32_t w, int s) {
+  return (__funnelshift_l(w, w, 6 - 3 * s) & 0x01C001C0u) |
+         (__funnelshift_l(w, w, 3 - s) & 0x80008000u);
+}
+__device__ __forceinline__ std::uint32_t gpu_slot_f16x2(std::uint32_t w, int s) {
+  return (__funnelshift_l(w, w, 9 - 3 * s) & 0x0E000E00u) |
+         (__funnelshift_l(w, w, 3 - s) & 0x80008000u);
+}
+
+// A block's 16 standard bytes (FORMATS.md section 1) from its bytes in memory, in the GPU layout
+// if `gpu`. Byte loads: for the CUDA-core paths, which take misaligned buffers.
+__device__ __forceinline__ void load_standard_block(const std::uint8_t* __restrict__ p, bool gpu,
+                                                    std::uint8_t (&bytes)[kBlockBytes]) {
+#pragma unroll
+  for (int j = 0; j < kBlockBytes; ++j)
+    bytes[j] = p[j];
+  if (gpu) {
+    std::uint32_t words[detail::kGpuBlockWords];
+#pragma unroll
+    for (int t = 0; t < detail::kGpuBlockWords; ++t) {
+      words[t] = bytes[4 * t] | static_cast<std::uint32_t>(bytes[4 * t + 1]) << 8 |
+                 static_cast<std::uint32_t>(bytes[4 * t + 2]) << 16 |
+                 static_cast<std::uint32_t>(bytes[4 * t + 3]) << 24;
+    }
+    detail::standard_block_from_gpu(words, bytes);
+  }
+}
+
+// The exact CUDA-core dot product of one weight row (its packed blocks, in the GPU layout if
+// `gpu`, and scales) with one row of x, by a whole warp: lanes stride over the blocks, each block
+// summed in f32 and scaled, then a fixed butterfly reduction (every lane gets the sum). For f32
+// x and misaligned buffers.
 template <typename T>
 __device__ __forceinline__ float warp_row_dot(const T* __restrict__ xr,
                                               const std::uint8_t* __restrict__ w,
                                               const std::uint8_t* __restrict__ s, std::int64_t nblk,
-                                              int lane) {
+                                              int lane, bool gpu) {
   float acc = 0.0f;
   for (std::int64_t b = lane; b < nblk; b += 32) {
+    std::uint8_t bytes[kBlockBytes];
+    load_standard_block(w + b * kBlockBytes, gpu, bytes);
     float part = 0.0f;
+#pragma unroll
     for (int j = 0; j < kBlockBytes; ++j) {
-      const std::uint8_t byte = w[b * kBlockBytes + j];
-      part = fmaf(to_float(xr[b * kBlockSize + 2 * j]), e2m1_decode(byte & 0xF), part);
-      part = fmaf(to_float(xr[b * kBlockSize + 2 * j + 1]), e2m1_decode(byte >> 4), part);
+      part = fmaf(to_float(xr[b * kBlockSize + 2 * j]), e2m1_decode(bytes[j] & 0xF), part);
+      part = fmaf(to_float(xr[b * kBlockSize + 2 * j + 1]), e2m1_decode(bytes[j] >> 4), part);
     }
     acc = fmaf(part, e8m0_decode(s[b]), acc);
   }
@@ -165,6 +200,12 @@ __device__ __forceinline__ std::uint32_t bf16_scale_pair(std::uint32_t s) {
   return bits | (bits << 16);
 }
 
+// The GPU layout's bf16 scale factor pair for an E8M0 byte s <= 128: 2^(s - 1), which takes
+// gpu_slot_bf16x2's values (times 2^-126) to the reference's (times 2^(s - 127)).
+__device__ __forceinline__ std::uint32_t gpu_scale_pair(std::uint32_t s) {
+  return detail::gpu_scale_bf16(s);
+}
+
 // Packed bf16 multiply (exact here: an E2M1 value times a power of two that bf16 holds), as
 // a * b + (-0), since mul.bf16x2 needs sm_90 and fma.bf16x2 only sm_80; adding -0 keeps the
 // sign of a zero product.
@@ -172,6 +213,20 @@ __device__ __forceinline__ std::uint32_t bf16x2_mul(std::uint32_t a, std::uint32
   std::uint32_t r;
   asm("fma.rn.bf16x2 %0, %1, %2, %3;" : "=r"(r) : "r"(a), "r"(b), "r"(0x80008000u));
   return r;
+}
+
+// Slot s of a GPU-layout word as T values, exact (gpu_slot_f16x2 / gpu_slot_bf16x2 lifted by
+// 2^14 / 2^126 in a packed multiply, which takes their subnormals): for MMAs whose block sums
+// are scaled afterwards in f32.
+template <typename T>
+__device__ __forceinline__ std::uint32_t gpu_slot_lift(std::uint32_t w, int s) {
+  if constexpr (std::is_same_v<T, __half>) {
+    std::uint32_t r;
+    asm("mul.rn.f16x2 %0, %1, %2;" : "=r"(r) : "r"(gpu_slot_f16x2(w, s)), "r"(0x74007400u));
+    return r;
+  } else {
+    return bf16x2_mul(gpu_slot_bf16x2(w, s), 0x7E807E80u);
+  }
 }
 
 // 16-byte asynchronous copy global -> shared; with src_bytes = 0 the destination is zero-filled

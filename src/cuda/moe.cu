@@ -291,7 +291,8 @@ __global__ void __launch_bounds__(256)
                          const void* ids, DType id_dtype, int experts,
                          const std::uint8_t* __restrict__ blocks,
                          const std::uint8_t* __restrict__ scales, const void* __restrict__ bias,
-                         DType bias_dtype, T* __restrict__ out, std::int64_t n, std::int64_t k) {
+                         DType bias_dtype, T* __restrict__ out, std::int64_t n, std::int64_t k,
+                         bool gpu) {
   const std::int64_t item = static_cast<std::int64_t>(blockIdx.x) * 8 + (threadIdx.x >> 5);
   const int lane = static_cast<int>(threadIdx.x) & 31;
   if (item >= pairs * n) return;
@@ -302,7 +303,7 @@ __global__ void __launch_bounds__(256)
   const std::int64_t nblk = k / kBlockSize;
   const std::int64_t wrow = e * n + row;
   const T* xr = x + pair_x_row(p, topk, x_per_slot) * k;
-  float acc = warp_row_dot(xr, blocks + wrow * (k / 2), scales + wrow * nblk, nblk, lane);
+  float acc = warp_row_dot(xr, blocks + wrow * (k / 2), scales + wrow * nblk, nblk, lane, gpu);
   if (lane == 0) {
     if (bias != nullptr) acc += load_bias(bias, bias_dtype, wrow);
     out[p * n + row] = from_float<T>(acc);
@@ -402,7 +403,7 @@ void gather_linear(const detail::GatherLinearArgs& a) {
       check_launch("count_kernel");
       gather_simple_kernel<T><<<blocks_for(pairs * n, 8), 256, 0, stream>>>(
           static_cast<const T*>(a.x), a.x_per_slot, topk, pairs, a.indices, a.index_dtype, experts,
-          a.w.blocks, a.w.scales, a.w.bias, a.w.bias_dtype, out, n, a.w.k);
+          a.w.blocks, a.w.scales, a.w.bias, a.w.bias_dtype, out, n, a.w.k, a.w.gpu_layout);
       check_launch("gather_simple_kernel");
     });
     return;

@@ -9,6 +9,7 @@
 #include <utility>
 #include <vector>
 
+#include "core/gpu_block_layout.hpp"
 #include "core/quantize_block_fast.hpp"
 #include "cuda/backend.hpp"
 #include "cuda/common.cuh"
@@ -204,11 +205,21 @@ __global__ void __launch_bounds__(kThreads, kQuantizeMinCtas<T, Rule>)
 template <typename T>
 __global__ void dequantize_kernel(const std::uint8_t* __restrict__ blocks,
                                   const std::uint8_t* __restrict__ scales,
-                                  std::int64_t total_blocks, T* __restrict__ out) {
+                                  std::int64_t total_blocks, T* __restrict__ out, bool gpu) {
   const std::int64_t b = static_cast<std::int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
   if (b >= total_blocks) return;
   const uint4 q = *reinterpret_cast<const uint4*>(blocks + b * kBlockBytes);
-  const std::uint32_t words[4] = {q.x, q.y, q.z, q.w};
+  std::uint32_t words[4] = {q.x, q.y, q.z, q.w};
+  if (gpu) {  // the GPU layout's words -> the standard bytes, as words
+    std::uint8_t bytes[kBlockBytes];
+    detail::standard_block_from_gpu(words, bytes);
+#pragma unroll
+    for (int w = 0; w < 4; ++w) {
+      words[w] = bytes[4 * w] | static_cast<std::uint32_t>(bytes[4 * w + 1]) << 8 |
+                 static_cast<std::uint32_t>(bytes[4 * w + 2]) << 16 |
+                 static_cast<std::uint32_t>(bytes[4 * w + 3]) << 24;
+    }
+  }
   const float s = e8m0_decode(scales[b]);
   T* dst = out + b * kBlockSize;
 #pragma unroll
@@ -344,7 +355,7 @@ void dequantize(const detail::DequantizeArgs& a) {
   dispatch_floating(a.out_dtype, [&](auto zero) {
     using T = decltype(zero);
     dequantize_kernel<T><<<blocks_for(total, kThreads), kThreads, 0, stream>>>(
-        a.blocks, a.scales, total, static_cast<T*>(a.out));
+        a.blocks, a.scales, total, static_cast<T*>(a.out), a.gpu_layout);
   });
   check_launch("dequantize_kernel");
 }

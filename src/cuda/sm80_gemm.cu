@@ -19,6 +19,7 @@
 // token tiles come from `TokenRows` (one expert's sorted tokens each), rows are gathered from x
 // and results scattered to their output rows. No allocation, no host synchronization.
 #include <cstdint>
+#include <type_traits>
 
 #include "cuda/backend.hpp"
 #include "cuda/gemm_tiles.cuh"
@@ -56,7 +57,7 @@ __device__ __forceinline__ std::uint32_t lds32(const void* p) {
 
 // One CTA tile: weight rows [128 tile_w, +128) x the tile's tokens. Ends with a barrier, so the
 // CTA can go on to its next tile.
-template <int kTileT>
+template <int kTileT, bool kGpu>
 __device__ __forceinline__ void gemm_tile(uint4* smem_raw, const __nv_bfloat16* __restrict__ x,
                                           const TokenRows& rows, const TokenRows::Tile& tile,
                                           int tile_w, const std::uint8_t* __restrict__ blocks,
@@ -157,16 +158,35 @@ __device__ __forceinline__ void gemm_tile(uint4* smem_raw, const __nv_bfloat16* 
       for (int i = 0; i < 2; ++i) {
         const int ra = warp * 32 + 16 * i + g;  // and rb = ra + 8: same swizzle bit
         const int wb = b ^ ((g >> 2) & 1);
-        const std::uint32_t wa_word =
-            lds32(reinterpret_cast<const std::uint8_t*>(&st.w[ra][wb]) + 4 * t);
-        const std::uint32_t wb_word =
-            lds32(reinterpret_cast<const std::uint8_t*>(&st.w[ra + 8][wb]) + 4 * t);
-        const std::uint32_t sa = bf16_scale_pair((st.s[ra] >> (8 * b)) & 0xFFu);
-        const std::uint32_t sb = bf16_scale_pair((st.s[ra + 8] >> (8 * b)) & 0xFFu);
-        decode4<__nv_bfloat16>(wa_word & 0xFFFFu, a[i][0][0], a[i][0][2]);
-        decode4<__nv_bfloat16>(wb_word & 0xFFFFu, a[i][0][1], a[i][0][3]);
-        decode4<__nv_bfloat16>(wa_word >> 16, a[i][1][0], a[i][1][2]);
-        decode4<__nv_bfloat16>(wb_word >> 16, a[i][1][1], a[i][1][3]);
+        std::uint32_t sa, sb;
+        if constexpr (kGpu) {
+          // Elements 8t .. 8t+7 (pairs 4t .. 4t+3) are slot t of the block's four words, read
+          // whole (the quad's lanes share the address; the swizzle keeps the rows' 16 bytes on
+          // distinct banks).
+          const uint4 va = st.w[ra][wb];
+          const uint4 vb = st.w[ra + 8][wb];
+          sa = gpu_scale_pair((st.s[ra] >> (8 * b)) & 0xFFu);
+          sb = gpu_scale_pair((st.s[ra + 8] >> (8 * b)) & 0xFFu);
+          a[i][0][0] = gpu_slot_bf16x2(va.x, t);
+          a[i][0][2] = gpu_slot_bf16x2(va.y, t);
+          a[i][1][0] = gpu_slot_bf16x2(va.z, t);
+          a[i][1][2] = gpu_slot_bf16x2(va.w, t);
+          a[i][0][1] = gpu_slot_bf16x2(vb.x, t);
+          a[i][0][3] = gpu_slot_bf16x2(vb.y, t);
+          a[i][1][1] = gpu_slot_bf16x2(vb.z, t);
+          a[i][1][3] = gpu_slot_bf16x2(vb.w, t);
+        } else {
+          const std::uint32_t wa_word =
+              lds32(reinterpret_cast<const std::uint8_t*>(&st.w[ra][wb]) + 4 * t);
+          const std::uint32_t wb_word =
+              lds32(reinterpret_cast<const std::uint8_t*>(&st.w[ra + 8][wb]) + 4 * t);
+          sa = bf16_scale_pair((st.s[ra] >> (8 * b)) & 0xFFu);
+          sb = bf16_scale_pair((st.s[ra + 8] >> (8 * b)) & 0xFFu);
+          decode4<__nv_bfloat16>(wa_word & 0xFFFFu, a[i][0][0], a[i][0][2]);
+          decode4<__nv_bfloat16>(wb_word & 0xFFFFu, a[i][0][1], a[i][0][3]);
+          decode4<__nv_bfloat16>(wa_word >> 16, a[i][1][0], a[i][1][2]);
+          decode4<__nv_bfloat16>(wb_word >> 16, a[i][1][1], a[i][1][3]);
+        }
 #pragma unroll
         for (int s = 0; s < 2; ++s) {
           a[i][s][0] = bf16x2_mul(a[i][s][0], sa);
@@ -208,7 +228,7 @@ __device__ __forceinline__ void gemm_tile(uint4* smem_raw, const __nv_bfloat16* 
 }
 
 // Persistent CTAs walk the (token tile, weight tile) pairs in raster order (gemm_tiles.cuh).
-template <int kTileT>
+template <int kTileT, bool kGpu>
 __global__ void __launch_bounds__(kThreads, 2)
     gemm_bf16_kernel(const __nv_bfloat16* __restrict__ x, TokenRows rows, int tiles_t, int tiles_w,
                      const std::uint8_t* __restrict__ blocks,
@@ -217,12 +237,12 @@ __global__ void __launch_bounds__(kThreads, 2)
                      bool vector_store) {
   extern __shared__ uint4 smem_raw[];
   for_each_gemm_tile(rows, tiles_t, tiles_w, kTileT, [&](const TokenRows::Tile& tile, int tile_w) {
-    gemm_tile<kTileT>(smem_raw, x, rows, tile, tile_w, blocks, scales, bias, bias_dtype, out, n, k,
-                      vector_store);
+    gemm_tile<kTileT, kGpu>(smem_raw, x, rows, tile, tile_w, blocks, scales, bias, bias_dtype, out,
+                            n, k, vector_store);
   });
 }
 
-template <int kTileT>
+template <int kTileT, bool kGpu>
 void launch_gemm_tiles(const void* x, const TokenRows& rows, std::int64_t tiles,
                        const detail::WeightArgs& w, void* out, cudaStream_t stream) {
   const int n = static_cast<int>(w.n);
@@ -234,10 +254,10 @@ void launch_gemm_tiles(const void* x, const TokenRows& rows, std::int64_t tiles,
   const int sms = current_device_facts().multiprocessors;
   // Two CTAs fit an SM (registers and shared memory): a persistent grid of that many.
   const std::int64_t grid = std::min<std::int64_t>(ctas, 2 * static_cast<std::int64_t>(sms));
-  prepare_kernel(reinterpret_cast<const void*>(gemm_bf16_kernel<kTileT>), kThreads,
+  prepare_kernel(reinterpret_cast<const void*>(gemm_bf16_kernel<kTileT, kGpu>), kThreads,
                  static_cast<int>(smem), "gemm_bf16_kernel");
   const bool vector_store = vector_store_ok(n, out);
-  gemm_bf16_kernel<kTileT><<<static_cast<unsigned>(grid), kThreads, smem, stream>>>(
+  gemm_bf16_kernel<kTileT, kGpu><<<static_cast<unsigned>(grid), kThreads, smem, stream>>>(
       static_cast<const __nv_bfloat16*>(x), rows, static_cast<int>(tiles),
       static_cast<int>(tiles_w), w.blocks, w.scales, w.bias, w.bias_dtype,
       static_cast<__nv_bfloat16*>(out), n, k, vector_store);
@@ -248,12 +268,20 @@ void launch_gemm_tiles(const void* x, const TokenRows& rows, std::int64_t tiles,
 
 void launch_gemm(const void* x, const TokenRows& rows, std::int64_t tiles, int tile_tokens,
                  const detail::WeightArgs& w, void* out, cudaStream_t stream) {
-  if (tile_tokens == 32) {
-    launch_gemm_tiles<32>(x, rows, tiles, w, out, stream);
-  } else if (tile_tokens == 64) {
-    launch_gemm_tiles<64>(x, rows, tiles, w, out, stream);
+  auto run = [&](auto gpu) {
+    constexpr bool kGpu = decltype(gpu)::value;
+    if (tile_tokens == 32) {
+      launch_gemm_tiles<32, kGpu>(x, rows, tiles, w, out, stream);
+    } else if (tile_tokens == 64) {
+      launch_gemm_tiles<64, kGpu>(x, rows, tiles, w, out, stream);
+    } else {
+      launch_gemm_tiles<128, kGpu>(x, rows, tiles, w, out, stream);
+    }
+  };
+  if (w.gpu_layout) {
+    run(std::true_type{});
   } else {
-    launch_gemm_tiles<128>(x, rows, tiles, w, out, stream);
+    run(std::false_type{});
   }
 }
 

@@ -67,7 +67,7 @@ __device__ __forceinline__ Step load_step(const std::uint8_t* __restrict__ wa_ro
 // f32 and scaled by the block's scale in f32 (a scale times an E2M1 value may not fit f16). Lane
 // (g, t) loads whole blocks and a quad transpose hands it word t of four blocks (its A fragment of
 // each).
-template <typename T, int NT>
+template <typename T, bool kGpu, int NT>
 __device__ __forceinline__ void accumulate_post_scaled(
     float (&acc)[NT][4], const T* const (&x_lane)[NT], int tokens_left,
     const std::uint8_t* __restrict__ wa_row, const std::uint8_t* __restrict__ wb_row,
@@ -76,6 +76,11 @@ __device__ __forceinline__ void accumulate_post_scaled(
   const int lane = static_cast<int>(threadIdx.x) & 31;
   const int t = lane & 3;
   constexpr int kStep = 8;  // blocks per warp step
+  // The GPU layout: each block's elements 8t .. 8t+7 are slot t of its four words, which come
+  // over from the quad lane that loaded the block (no transpose). (Measured on an H100, session
+  // 16: these shuffles make f16 decode slower than the standard layout's transposes, up to 1.6x
+  // at 16 tokens; taking each block in the MMA's own k order instead, with x in four 4-byte
+  // pieces, was slower still from 8 tokens. bf16 with 32 tokens gains 1-4%.)
   const int stride = members * kStep;
   int b0 = member * kStep;
   Step next = load_step(wa_row, wb_row, sa_row, sb_row, b0, t, nblk);
@@ -83,10 +88,12 @@ __device__ __forceinline__ void accumulate_post_scaled(
     Step cur = next;
     // Issue the next step's loads before computing on this one: bytes in flight hide latency.
     if (b0 + stride < nblk) next = load_step(wa_row, wb_row, sa_row, sb_row, b0 + stride, t, nblk);
+    if constexpr (!kGpu) {
 #pragma unroll
-    for (int h = 0; h < 2; ++h) {
-      quad_transpose(cur.wa[h], t);
-      quad_transpose(cur.wb[h], t);
+      for (int h = 0; h < 2; ++h) {
+        quad_transpose(cur.wa[h], t);
+        quad_transpose(cur.wb[h], t);
+      }
     }
     const int blocks_left = nblk - b0;
     // Scales of block j (of each half) for rows a and b, from the quad lane that loaded them.
@@ -102,13 +109,34 @@ __device__ __forceinline__ void accumulate_post_scaled(
         const int i = 4 * h + j;  // block b0 + i
         const float fa = scale_value((sc[j] >> (8 * h)) & 0xFFu);
         const float fb = scale_value((sc[j] >> (16 + 8 * h)) & 0xFFu);
-        const std::uint32_t wa = word(cur.wa[h], j);
-        const std::uint32_t wb = word(cur.wb[h], j);
         std::uint32_t a0[4], a1[4];  // A fragments of the block's two k16 steps
-        decode4<T>(wa, a0[0], a0[2]);
-        decode4<T>(wb, a0[1], a0[3]);
-        decode4<T>(wa >> 16, a1[0], a1[2]);
-        decode4<T>(wb >> 16, a1[1], a1[3]);
+        if constexpr (kGpu) {
+          // Elements 8t .. 8t+7 of block i (pairs 4t .. 4t+3) are slot t of its four words, which
+          // quad lane j loaded: all four come over, each slot decoded (times 2^-14 in f16, 2^-126
+          // in bf16) and lifted back by a packed multiply, so the tensor cores see no subnormals.
+          const int src = (lane & ~3) | j;
+          std::uint32_t va[4], vb[4];
+#pragma unroll
+          for (int w = 0; w < 4; ++w) {
+            va[w] = gpu_slot_lift<T>(__shfl_sync(0xFFFFFFFFu, word(cur.wa[h], w), src), t);
+            vb[w] = gpu_slot_lift<T>(__shfl_sync(0xFFFFFFFFu, word(cur.wb[h], w), src), t);
+          }
+          a0[0] = va[0];
+          a0[2] = va[1];
+          a1[0] = va[2];
+          a1[2] = va[3];
+          a0[1] = vb[0];
+          a0[3] = vb[1];
+          a1[1] = vb[2];
+          a1[3] = vb[3];
+        } else {
+          const std::uint32_t wa = word(cur.wa[h], j);
+          const std::uint32_t wb = word(cur.wb[h], j);
+          decode4<T>(wa, a0[0], a0[2]);
+          decode4<T>(wb, a0[1], a0[3]);
+          decode4<T>(wa >> 16, a1[0], a1[2]);
+          decode4<T>(wb >> 16, a1[1], a1[3]);
+        }
         const bool in_k = i < blocks_left;
 #pragma unroll
         for (int nt = 0; nt < NT; ++nt) {
@@ -214,7 +242,7 @@ enum class XAhead { kNone, kHalf, kFull };
 // tokens: a lane's 64 bytes of x touch two 128-byte lines per token in each load, so with one
 // row tile the x loads take four fifths of the L1 wavefronts (ncu, Llama-70B up, M = 16: L1/TEX
 // throughput 94%, DRAM 34%); two row tiles halve them per weight byte.
-template <int R, int NT, XAhead kAhead>
+template <int R, int NT, XAhead kAhead, bool kGpu>
 __device__ __forceinline__ void accumulate_pre_scaled(float (&acc)[R][NT][4],
                                                       const __nv_bfloat16* const (&x_lane)[NT],
                                                       int tokens_left, const LaneRows<R>& rows,
@@ -275,18 +303,28 @@ __device__ __forceinline__ void accumulate_pre_scaled(float (&acc)[R][NT][4],
     std::uint32_t fa[R], fb[R];
 #pragma unroll
     for (int r = 0; r < R; ++r) {
-      fa[r] = bf16_scale_pair(cur.sa[r]);
-      fb[r] = bf16_scale_pair(cur.sb[r]);
+      fa[r] = kGpu ? gpu_scale_pair(cur.sa[r]) : bf16_scale_pair(cur.sa[r]);
+      fb[r] = kGpu ? gpu_scale_pair(cur.sb[r]) : bf16_scale_pair(cur.sb[r]);
     }
 #pragma unroll
     for (int s = 0; s < 8; ++s) {  // elements 4s .. 4s+3 of the lane's block
 #pragma unroll
       for (int r = 0; r < R; ++r) {
-        const std::uint32_t va = word(cur.wa[r], s >> 1) >> (16 * (s & 1));
-        const std::uint32_t vb = word(cur.wb[r], s >> 1) >> (16 * (s & 1));
         std::uint32_t a[4];
-        decode4<__nv_bfloat16>(va, a[0], a[2]);
-        decode4<__nv_bfloat16>(vb, a[1], a[3]);
+        if constexpr (kGpu) {
+          // Pairs 2s and 2s + 1: slot s >> 1 of words 2 (s & 1) and 2 (s & 1) + 1 (times 2^-126;
+          // the scale factor takes them back).
+          const int w0 = 2 * (s & 1);
+          a[0] = gpu_slot_bf16x2(word(cur.wa[r], w0), s >> 1);
+          a[2] = gpu_slot_bf16x2(word(cur.wa[r], w0 + 1), s >> 1);
+          a[1] = gpu_slot_bf16x2(word(cur.wb[r], w0), s >> 1);
+          a[3] = gpu_slot_bf16x2(word(cur.wb[r], w0 + 1), s >> 1);
+        } else {
+          const std::uint32_t va = word(cur.wa[r], s >> 1) >> (16 * (s & 1));
+          const std::uint32_t vb = word(cur.wb[r], s >> 1) >> (16 * (s & 1));
+          decode4<__nv_bfloat16>(va, a[0], a[2]);
+          decode4<__nv_bfloat16>(vb, a[1], a[3]);
+        }
         a[0] = bf16x2_mul(a[0], fa[r]);
         a[2] = bf16x2_mul(a[2], fa[r]);
         a[1] = bf16x2_mul(a[1], fb[r]);
@@ -324,7 +362,7 @@ constexpr XAhead x_ahead() {
 // splitting K; partial sums are reduced through shared memory in a fixed order. Ends with a
 // barrier, so a CTA can go on to its next tiles. Dense batches: one group of every warp.
 // R > 1 (each warp R row tiles with the same x) only for bf16 with up to 16 tokens.
-template <typename T, int NT, int kCtas, int kRowTiles = 1, int R = 1>
+template <typename T, bool kGpu, int NT, int kCtas, int kRowTiles = 1, int R = 1>
 __device__ __forceinline__ void linear_tiles(const T* __restrict__ x, const TokenRows& rows,
                                              const TokenRows::Tile* tiles, int groups,
                                              const std::uint8_t* __restrict__ blocks,
@@ -379,11 +417,11 @@ __device__ __forceinline__ void linear_tiles(const T* __restrict__ x, const Toke
   }
   // (32-token tiles keep the f16 loop, whose x loads need fewer registers.)
   if constexpr (kPreScaled) {
-    accumulate_pre_scaled<R, NT, x_ahead<NT, kCtas, R>()>(acc, x_lane, tokens_left, lrows, nblk,
-                                                          warp / groups, members);
+    accumulate_pre_scaled<R, NT, x_ahead<NT, kCtas, R>(), kGpu>(acc, x_lane, tokens_left, lrows,
+                                                                nblk, warp / groups, members);
   } else {
-    accumulate_post_scaled<T, NT>(acc[0], x_lane, tokens_left, lrows.wa[0], lrows.wb[0],
-                                  lrows.sa[0], lrows.sb[0], nblk, warp / groups, members);
+    accumulate_post_scaled<T, kGpu, NT>(acc[0], x_lane, tokens_left, lrows.wa[0], lrows.wb[0],
+                                        lrows.sa[0], lrows.sb[0], nblk, warp / groups, members);
   }
 
   constexpr int kFrags = R * NT * 4;  // accumulator registers per lane
@@ -440,7 +478,7 @@ constexpr int kMaxRouteGroups = kWarps / 2;
 // down 13.0 -> 14.8 and, skewed T = 4, 16.1 -> 22.7.
 constexpr int kRouteR2Pairs = 33;
 
-template <typename T, int NT, bool kRoute, int kCtas, int kRowTiles = 1, int R = 1>
+template <typename T, bool kGpu, int NT, bool kRoute, int kCtas, int kRowTiles = 1, int R = 1>
 __global__ void __launch_bounds__(kWarps * 32, kCtas)
     linear_mma_kernel(const T* __restrict__ x, TokenRows rows, std::int64_t tiles,
                       const std::uint8_t* __restrict__ blocks,
@@ -473,22 +511,22 @@ __global__ void __launch_bounds__(kWarps * 32, kCtas)
       for (int first = static_cast<int>(blockIdx.y) * per_round; first < route.tile_count16;
            first += static_cast<int>(gridDim.y) * per_round) {
         const int groups = min(route.tile_count16 - first, per_round);
-        linear_tiles<T, 2, kCtas, 1, R>(x, rows, route.tiles + first, groups, blocks, scales, bias,
-                                        bias_dtype, out, n, k);
+        linear_tiles<T, kGpu, 2, kCtas, 1, R>(x, rows, route.tiles + first, groups, blocks, scales,
+                                              bias, bias_dtype, out, n, k);
       }
     }
     for (int first = route.tile_count16 + static_cast<int>(blockIdx.y) * per_round;
          first < route.tile_count; first += static_cast<int>(gridDim.y) * per_round) {
       const int groups = min(route.tile_count - first, per_round);
-      linear_tiles<T, NT, kCtas, 1, R>(x, rows, route.tiles + first, groups, blocks, scales, bias,
-                                       bias_dtype, out, n, k);
+      linear_tiles<T, kGpu, NT, kCtas, 1, R>(x, rows, route.tiles + first, groups, blocks, scales,
+                                             bias, bias_dtype, out, n, k);
     }
   } else {
     for (std::int64_t index = blockIdx.y; index < tiles; index += gridDim.y) {
       const TokenRows::Tile tile = rows.tile(index, 8 * NT);
       if (tile.count == 0) break;  // the whole CTA
-      linear_tiles<T, NT, kCtas, kRowTiles, R>(x, rows, &tile, 1, blocks, scales, bias, bias_dtype,
-                                               out, n, k);
+      linear_tiles<T, kGpu, NT, kCtas, kRowTiles, R>(x, rows, &tile, 1, blocks, scales, bias,
+                                                     bias_dtype, out, n, k);
     }
   }
 }
@@ -500,14 +538,16 @@ __global__ void __launch_bounds__(256)
     linear_simple_kernel(const T* __restrict__ x, std::int64_t m,
                          const std::uint8_t* __restrict__ blocks,
                          const std::uint8_t* __restrict__ scales, const void* __restrict__ bias,
-                         DType bias_dtype, T* __restrict__ out, std::int64_t n, std::int64_t k) {
+                         DType bias_dtype, T* __restrict__ out, std::int64_t n, std::int64_t k,
+                         bool gpu) {
   const std::int64_t item = static_cast<std::int64_t>(blockIdx.x) * 8 + (threadIdx.x >> 5);
   const int lane = static_cast<int>(threadIdx.x) & 31;
   if (item >= m * n) return;
   const std::int64_t token = item / n;
   const std::int64_t row = item % n;
   const std::int64_t nblk = k / kBlockSize;
-  float acc = warp_row_dot(x + token * k, blocks + row * (k / 2), scales + row * nblk, nblk, lane);
+  float acc =
+      warp_row_dot(x + token * k, blocks + row * (k / 2), scales + row * nblk, nblk, lane, gpu);
   if (lane == 0) {
     if (bias != nullptr) acc += load_bias(bias, bias_dtype, row);
     out[token * n + row] = from_float<T>(acc);
@@ -536,17 +576,17 @@ int pick_ctas(std::int64_t ctas, int a, int b) {
   return cost(b) < cost(a) ? b : a;
 }
 
-template <typename T, int NT, bool kRoute, int kCtas, int kRowTiles = 1, int R = 1>
+template <typename T, bool kGpu, int NT, bool kRoute, int kCtas, int kRowTiles = 1, int R = 1>
 void launch_variant(dim3 grid, const void* x, const TokenRows& rows, std::int64_t tiles,
                     const detail::WeightArgs& w, void* out, cudaStream_t stream) {
   grid.x = (grid.x + kRowTiles * R - 1) / (kRowTiles * R);
-  linear_mma_kernel<T, NT, kRoute, kCtas, kRowTiles, R><<<grid, kWarps * 32, 0, stream>>>(
+  linear_mma_kernel<T, kGpu, NT, kRoute, kCtas, kRowTiles, R><<<grid, kWarps * 32, 0, stream>>>(
       static_cast<const T*>(x), rows, tiles, w.blocks, w.scales, w.bias, w.bias_dtype,
       static_cast<T*>(out), static_cast<int>(w.n), static_cast<int>(w.k));
   check_launch("linear_mma_kernel");
 }
 
-template <typename T, int NT>
+template <typename T, bool kGpu, int NT>
 void launch_mma(const void* x, const TokenRows& rows, std::int64_t tiles,
                 const detail::WeightArgs& w, void* out, cudaStream_t stream) {
   const unsigned row_tiles = static_cast<unsigned>((w.n + 15) / 16);
@@ -599,7 +639,7 @@ void launch_mma(const void* x, const TokenRows& rows, std::int64_t tiles,
     const bool fills = ctas_r2 * 10 >= 9 * slots;
     if (dense &&
         (forced == "decode_r2" || (!decode_forced && (rows.rows > 4 || long_rows) && fills))) {
-      return launch_variant<T, NT, false, 2, 1, 2>(grid, x, rows, tiles, w, out, stream);
+      return launch_variant<T, kGpu, NT, false, 2, 1, 2>(grid, x, rows, tiles, w, out, stream);
     }
   }
   if constexpr (NT == 1 && kBf16) {
@@ -608,28 +648,30 @@ void launch_mma(const void* x, const TokenRows& rows, std::int64_t tiles,
     // M <= 4: Llama-70B up and down 59 us (87% of copy) against 63-66 us; shorter rows lose
     // (fewer CTAs), and so does M = 8 on Llama-70B up (x loads of 8 tokens).
     if (dense && (forced == "decode_rows2" || (!decode_forced && rows.rows <= 4 && long_rows))) {
-      return launch_variant<T, 1, false, 3, 2>(grid, x, rows, tiles, w, out, stream);
+      return launch_variant<T, kGpu, 1, false, 3, 2>(grid, x, rows, tiles, w, out, stream);
     }
   }
   if constexpr (NT == 1) {
     if (rows.route_ids != nullptr) {
       if constexpr (kBf16) {
         if (route_r2)
-          return launch_variant<T, 1, true, 2, 1, 2>(grid, x, routed, tiles, w, out, stream);
+          return launch_variant<T, kGpu, 1, true, 2, 1, 2>(grid, x, routed, tiles, w, out, stream);
       }
-      return launch_variant<T, 1, true, 3>(grid, x, routed, tiles, w, out, stream);
+      return launch_variant<T, kGpu, 1, true, 3>(grid, x, routed, tiles, w, out, stream);
     }
     if (kBf16 && pick_ctas(std::int64_t{row_tiles} * y, 3, 4) == 4) {
-      return launch_variant < T, 1, false, kBf16 ? 4 : 3 > (grid, x, rows, tiles, w, out, stream);
+      return launch_variant < T, kGpu, 1, false,
+             kBf16 ? 4 : 3 > (grid, x, rows, tiles, w, out, stream);
     }
-    return launch_variant<T, 1, false, 3>(grid, x, rows, tiles, w, out, stream);
+    return launch_variant<T, kGpu, 1, false, 3>(grid, x, rows, tiles, w, out, stream);
   } else if constexpr (NT == 2) {
     if (kBf16 && pick_ctas(std::int64_t{row_tiles} * y, 2, 3) == 3) {
-      return launch_variant < T, 2, false, kBf16 ? 3 : 2 > (grid, x, rows, tiles, w, out, stream);
+      return launch_variant < T, kGpu, 2, false,
+             kBf16 ? 3 : 2 > (grid, x, rows, tiles, w, out, stream);
     }
-    return launch_variant<T, 2, false, 2>(grid, x, rows, tiles, w, out, stream);
+    return launch_variant<T, kGpu, 2, false, 2>(grid, x, rows, tiles, w, out, stream);
   } else {
-    return launch_variant<T, NT, false, 2>(grid, x, rows, tiles, w, out, stream);
+    return launch_variant<T, kGpu, NT, false, 2>(grid, x, rows, tiles, w, out, stream);
   }
 }
 
@@ -765,20 +807,28 @@ KernelChoice choose_kernel(DType x_dtype, std::int64_t tokens, std::int64_t n, s
 
 void launch_decode(const void* x, DType x_dtype, const TokenRows& rows, std::int64_t tiles,
                    int tile_tokens, const detail::WeightArgs& w, void* out, cudaStream_t stream) {
-  auto run = [&](auto zero) {
+  auto run = [&](auto zero, auto gpu) {
     using T = decltype(zero);
+    constexpr bool kGpu = decltype(gpu)::value;
     if (tile_tokens == 8) {
-      launch_mma<T, 1>(x, rows, tiles, w, out, stream);
+      launch_mma<T, kGpu, 1>(x, rows, tiles, w, out, stream);
     } else if (tile_tokens == 16) {
-      launch_mma<T, 2>(x, rows, tiles, w, out, stream);
+      launch_mma<T, kGpu, 2>(x, rows, tiles, w, out, stream);
     } else {
-      launch_mma<T, 4>(x, rows, tiles, w, out, stream);
+      launch_mma<T, kGpu, 4>(x, rows, tiles, w, out, stream);
+    }
+  };
+  auto by_layout = [&](auto zero) {
+    if (w.gpu_layout) {
+      run(zero, std::true_type{});
+    } else {
+      run(zero, std::false_type{});
     }
   };
   if (x_dtype == DType::f16) {
-    run(__half{});
+    by_layout(__half{});
   } else {
-    run(__nv_bfloat16{});
+    by_layout(__nv_bfloat16{});
   }
 }
 
@@ -793,7 +843,7 @@ void linear(const detail::LinearArgs& a) {
       using T = decltype(zero);
       linear_simple_kernel<T><<<blocks_for(items, 8), 256, 0, stream>>>(
           static_cast<const T*>(a.x), a.m, a.w.blocks, a.w.scales, a.w.bias, a.w.bias_dtype,
-          static_cast<T*>(a.out), a.w.n, a.w.k);
+          static_cast<T*>(a.out), a.w.n, a.w.k, a.w.gpu_layout);
     });
     check_launch("linear_simple_kernel");
     return;

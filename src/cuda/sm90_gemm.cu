@@ -374,7 +374,15 @@ __device__ __forceinline__ unsigned load_acquire(const unsigned* p) {
 // land on the slot's `landed` barrier; kLag stages later each loader waits there, splits its
 // chunks and arrives on full. (TMA boxes of single gathered rows measured 2-3x slower than
 // cp.async, hence the staging.)
-template <typename T, int kTokens, int kSub, int kWG, int kLoad, int kParts, bool kStream>
+// The bf16 factor pair a stage holds for a block's E8M0 scale: 2^(s - 127) for standard blocks,
+// 2^(s - 1) for the GPU layout's (whose decode gives the values times 2^-126).
+template <bool kGpu>
+__device__ __forceinline__ std::uint32_t scale_pair(std::uint32_t s) {
+  return kGpu ? gpu_scale_pair(s) : bf16_scale_pair(s);
+}
+
+template <typename T, int kTokens, int kSub, int kWG, int kLoad, int kParts, bool kStream,
+          bool kGpu>
 __device__ __forceinline__ void sm90_load(std::uint8_t* smem, const T* __restrict__ x,
                                           const CUtensorMap& x_map, const CUtensorMap& xs_map,
                                           const CUtensorMap& w_map, const TokenRows& rows,
@@ -515,7 +523,7 @@ __device__ __forceinline__ void sm90_load(std::uint8_t* smem, const T* __restric
 #pragma unroll
             for (int j = 0; j < kWPer; ++j)
               *reinterpret_cast<std::uint32_t*>(smem + slot_off + sc_off + 256 * j) =
-                  bf16_scale_pair(sv[j]);
+                  scale_pair<kGpu>(sv[j]);
             if (tid == 0) {
               const std::uint32_t bar = kSplit ? landed_base + 8 * slot : full_base + 8 * slot;
               const std::uint32_t st_addr = smem_base + slot_off;
@@ -565,7 +573,7 @@ __device__ __forceinline__ void sm90_load(std::uint8_t* smem, const T* __restric
             if constexpr (!kSplit) sm90::cp_async_arrive_noinc(full_base + 8 * slot);
 #pragma unroll
             for (int j = 0; j < kWPer; ++j)
-              *reinterpret_cast<std::uint32_t*>(st + sc_off + 256 * j) = bf16_scale_pair(sv[j]);
+              *reinterpret_cast<std::uint32_t*>(st + sc_off + 256 * j) = scale_pair<kGpu>(sv[j]);
             if constexpr (!kSplit) sm90::mbarrier_arrive(full_base + 8 * slot);
           }
           if (++slot == static_cast<std::uint32_t>(S)) {
@@ -589,7 +597,8 @@ __device__ __forceinline__ void sm90_load(std::uint8_t* smem, const T* __restric
 // apart) and every token, as one wgmma m64nNk16 accumulator per sub-tile. Each thread decodes
 // its rows' E2M1 codes and multiplies them by the block's scale in bf16 (exact), so the tensor
 // cores see exactly the reference's weight values.
-template <typename T, int kTokens, int kSub, int kWG, int kLoad, int kParts, bool kStream>
+template <typename T, int kTokens, int kSub, int kWG, int kLoad, int kParts, bool kStream,
+          bool kGpu>
 __device__ __forceinline__ void sm90_compute(std::uint8_t* smem, const TokenRows& rows, int tiles_t,
                                              int tiles_w, const void* __restrict__ bias,
                                              DType bias_dtype, T* __restrict__ out, int n, int k,
@@ -692,17 +701,36 @@ __device__ __forceinline__ void sm90_compute(std::uint8_t* smem, const TokenRows
 #pragma unroll
             for (int j = 0; j < kSub; ++j) {
               const int r = ra + 64 * C::kRowWGs * j;
-              const uint4 va = *reinterpret_cast<const uint4*>(st + C::kWOffset + r * 32 + b * 16);
-              const uint4 vb =
-                  *reinterpret_cast<const uint4*>(st + C::kWOffset + (r + 8) * 32 + b * 16);
-              const std::uint32_t sa = sc[r];
-              const std::uint32_t sb = sc[r + 8];
-              const std::uint32_t wa = lane_bytes(va, sel);
-              const std::uint32_t wb = lane_bytes(vb, sel);
-              decode(wa & 0xFFFFu, fr[j][0][0], fr[j][0][2]);
-              decode(wb & 0xFFFFu, fr[j][0][1], fr[j][0][3]);
-              decode(wa >> 16, fr[j][1][0], fr[j][1][2]);
-              decode(wb >> 16, fr[j][1][1], fr[j][1][3]);
+              std::uint32_t sa, sb;
+              if constexpr (kGpu) {
+                // The lane's pairs t, t + 4 (first k16 step) and t + 8, t + 12 (second) are the
+                // four slots of the block's word t.
+                const std::uint8_t* wt = st + C::kWOffset + r * 32 + b * 16 + 4 * t;
+                const std::uint32_t wa = *reinterpret_cast<const std::uint32_t*>(wt);
+                const std::uint32_t wb = *reinterpret_cast<const std::uint32_t*>(wt + 8 * 32);
+                sa = sc[r];
+                sb = sc[r + 8];
+#pragma unroll
+                for (int q = 0; q < 2; ++q) {
+                  fr[j][q][0] = gpu_slot_bf16x2(wa, 2 * q);
+                  fr[j][q][2] = gpu_slot_bf16x2(wa, 2 * q + 1);
+                  fr[j][q][1] = gpu_slot_bf16x2(wb, 2 * q);
+                  fr[j][q][3] = gpu_slot_bf16x2(wb, 2 * q + 1);
+                }
+              } else {
+                const uint4 va =
+                    *reinterpret_cast<const uint4*>(st + C::kWOffset + r * 32 + b * 16);
+                const uint4 vb =
+                    *reinterpret_cast<const uint4*>(st + C::kWOffset + (r + 8) * 32 + b * 16);
+                sa = sc[r];
+                sb = sc[r + 8];
+                const std::uint32_t wa = lane_bytes(va, sel);
+                const std::uint32_t wb = lane_bytes(vb, sel);
+                decode(wa & 0xFFFFu, fr[j][0][0], fr[j][0][2]);
+                decode(wb & 0xFFFFu, fr[j][0][1], fr[j][0][3]);
+                decode(wa >> 16, fr[j][1][0], fr[j][1][2]);
+                decode(wb >> 16, fr[j][1][1], fr[j][1][3]);
+              }
 #pragma unroll
               for (int q = 0; q < 2; ++q) {
                 fr[j][q][0] = bf16x2_mul(fr[j][q][0], sa);
@@ -962,7 +990,8 @@ __device__ __forceinline__ void sm90_compute(std::uint8_t* smem, const TokenRows
 
 #endif  // MXFP4_SM90A_DEVICE
 
-template <typename T, int kTokens, int kSub, int kWG, int kLoad, int kParts, bool kStream>
+template <typename T, int kTokens, int kSub, int kWG, int kLoad, int kParts, bool kStream,
+          bool kGpu>
 __global__ void __launch_bounds__(128 * (kWG == kWGSplitK ? 3 : kWG + 1), kWG == 1 ? 2 : 1)
     sm90_gemm_kernel(const T* __restrict__ x, const __grid_constant__ CUtensorMap x_map,
                      const __grid_constant__ CUtensorMap xs_map,
@@ -991,11 +1020,11 @@ __global__ void __launch_bounds__(128 * (kWG == kWGSplitK ? 3 : kWG + 1), kWG ==
   __syncthreads();
   if (threadIdx.x < 128) {
     sm90::setmaxnreg_dec<C::kProducerRegs>();
-    sm90_load<T, kTokens, kSub, kWG, kLoad, kParts, kStream>(
+    sm90_load<T, kTokens, kSub, kWG, kLoad, kParts, kStream, kGpu>(
         smem, x, x_map, xs_map, w_map, rows, tiles_t, tiles_w, blocks, scales, n, k, pids, sk);
   } else {
     sm90::setmaxnreg_inc<C::kConsumerRegs>();
-    sm90_compute<T, kTokens, kSub, kWG, kLoad, kParts, kStream>(
+    sm90_compute<T, kTokens, kSub, kWG, kLoad, kParts, kStream, kGpu>(
         smem, rows, tiles_t, tiles_w, bias, bias_dtype, out, n, k, vector_store, pids, sk);
   }
 #else
@@ -1059,14 +1088,15 @@ bool make_w_map(const std::uint8_t* blocks, std::int64_t w_rows, std::int64_t k,
                 CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE) == CUDA_SUCCESS;
 }
 
-template <typename T, int kTokens, int kSub, int kWG, int kLoad, int kParts, bool kStream>
+template <typename T, int kTokens, int kSub, int kWG, int kLoad, int kParts, bool kStream,
+          bool kGpu>
 void launch_kernel(std::int64_t grid, const void* x, const CUtensorMap& x_map,
                    const CUtensorMap& xs_map, const CUtensorMap& w_map, const TokenRows& rows,
                    std::int64_t tiles, std::int64_t tiles_w, const detail::WeightArgs& w, void* out,
                    bool vector_store, cudaStream_t stream, const PidRange& pids,
                    const StreamK& sk) {
   using C = Sm90Config<kTokens, kSub, kWG, std::is_same_v<T, __half>>;
-  const auto kernel = sm90_gemm_kernel<T, kTokens, kSub, kWG, kLoad, kParts, kStream>;
+  const auto kernel = sm90_gemm_kernel<T, kTokens, kSub, kWG, kLoad, kParts, kStream, kGpu>;
   // setmaxnreg.inc waits until the CTA's pool has the registers: were the kernel ever built with
   // fewer than Sm90Config assumes, it would hang, so refuse instead.
   static const int launch_regs = [&] {
@@ -1102,7 +1132,7 @@ void launch_kernel(std::int64_t grid, const void* x, const CUtensorMap& x_map,
 // Dense bf16 x is fetched with TMA (where the driver makes the tensor maps and the weight rows
 // fit TMA's 32-bit coordinates); gathered rows (mixture of experts) and f16 x (split after
 // landing) with cp.async.
-template <typename T, int kTokens, int kSub, int kWG>
+template <typename T, int kTokens, int kSub, int kWG, bool kGpu>
 void launch_sm90_tiles(const void* x, const TokenRows& tile_rows, std::int64_t tiles,
                        const detail::WeightArgs& w, void* out, cudaStream_t stream,
                        bool stream_k = false, void* workspace = nullptr,
@@ -1134,8 +1164,9 @@ void launch_sm90_tiles(const void* x, const TokenRows& tile_rows, std::int64_t t
   using Four = std::integral_constant<int, 4>;
   // CTAs per SM of one of this tile shape's kernels (its shared memory set up once).
   auto per_sm_of = [&](auto load_tag, auto parts_tag, auto stream_tag) {
-    const auto kernel = sm90_gemm_kernel<T, kTokens, kSub, kWG, decltype(load_tag)::value,
-                                         decltype(parts_tag)::value, decltype(stream_tag)::value>;
+    const auto kernel =
+        sm90_gemm_kernel<T, kTokens, kSub, kWG, decltype(load_tag)::value,
+                         decltype(parts_tag)::value, decltype(stream_tag)::value, kGpu>;
     return prepare_kernel(reinterpret_cast<const void*>(kernel), C::kThreads, C::kSmemBytes,
                           "sm90_gemm_kernel");
   };
@@ -1148,9 +1179,9 @@ void launch_sm90_tiles(const void* x, const TokenRows& tile_rows, std::int64_t t
     // Split K: a cluster of kParts CTAs per tile, every tile at once (no CTA takes two).
     const std::int64_t grid =
         kParts > 1 ? count * kParts : std::min<std::int64_t>(count, std::int64_t{sms} * per_sm);
-    launch_kernel<T, kTokens, kSub, kWG, kLoad, kParts, false>(grid, x, x_map, xs_map, w_map, rows,
-                                                               tiles, tiles_w, w, out, vector_store,
-                                                               stream, pids, {});
+    launch_kernel<T, kTokens, kSub, kWG, kLoad, kParts, false, kGpu>(
+        grid, x, x_map, xs_map, w_map, rows, tiles, tiles_w, w, out, vector_store, stream, pids,
+        {});
   };
   const DType x_dtype = std::is_same_v<T, __half> ? DType::f16 : DType::bf16;
   const bool fits = dense && w_rows + kTileW < (std::int64_t{1} << 31) &&
@@ -1184,9 +1215,9 @@ void launch_sm90_tiles(const void* x, const TokenRows& tile_rows, std::int64_t t
         check(
             cudaMemsetAsync(sk.flags, 0, static_cast<std::size_t>(grid) * sizeof(unsigned), stream),
             "cudaMemsetAsync(stream-K flags)");
-        launch_kernel<T, kTokens, kSub, kWG, kLoadTmaBox, 1, true>(grid, x, x_map, xs_map, w_map,
-                                                                   rows, tiles, tiles_w, w, out,
-                                                                   vector_store, stream, {}, sk);
+        launch_kernel<T, kTokens, kSub, kWG, kLoadTmaBox, 1, true, kGpu>(
+            grid, x, x_map, xs_map, w_map, rows, tiles, tiles_w, w, out, vector_store, stream, {},
+            sk);
         scratch.release();
         return;
       }
@@ -1267,30 +1298,38 @@ void launch_sm90_gemm(const void* x, DType x_dtype, const TokenRows& rows, std::
                       int tile_tokens, int tile_rows, const detail::WeightArgs& w, void* out,
                       cudaStream_t stream, bool k_halves, bool stream_k, void* workspace,
                       std::size_t workspace_bytes) {
-  if (x_dtype == DType::f16) {  // 128 tokens: stages with both parts fill shared memory
-    if (tile_rows == 256) {
-      launch_sm90_tiles<__half, 128, 2, 2>(x, rows, tiles, w, out, stream);
+  auto run = [&](auto gpu) {
+    constexpr bool kGpu = decltype(gpu)::value;
+    if (x_dtype == DType::f16) {  // 128 tokens: stages with both parts fill shared memory
+      if (tile_rows == 256) {
+        launch_sm90_tiles<__half, 128, 2, 2, kGpu>(x, rows, tiles, w, out, stream);
+      } else {
+        launch_sm90_tiles<__half, 128, 1, 2, kGpu>(x, rows, tiles, w, out, stream);
+      }
+    } else if (tile_tokens == 256) {
+      launch_sm90_tiles<__nv_bfloat16, 256, 1, 2, kGpu>(x, rows, tiles, w, out, stream, stream_k,
+                                                        workspace, workspace_bytes);
+    } else if (tile_rows == 256) {
+      launch_sm90_tiles<__nv_bfloat16, 128, 2, 2, kGpu>(x, rows, tiles, w, out, stream);
+    } else if (tile_tokens == 64 && tile_rows == 64 && k_halves) {
+      launch_sm90_tiles<__nv_bfloat16, 64, 1, kWGSplitK, kGpu>(x, rows, tiles, w, out, stream);
+    } else if (tile_tokens == 64 && tile_rows == 64) {
+      launch_sm90_tiles<__nv_bfloat16, 64, 1, 1, kGpu>(x, rows, tiles, w, out, stream);
+    } else if (tile_tokens == 64) {
+      launch_sm90_tiles<__nv_bfloat16, 64, 1, 2, kGpu>(x, rows, tiles, w, out, stream);
+    } else if (tile_rows == 64 && k_halves) {
+      launch_sm90_tiles<__nv_bfloat16, 128, 1, kWGSplitK, kGpu>(x, rows, tiles, w, out, stream);
+    } else if (tile_rows == 64) {
+      launch_sm90_tiles<__nv_bfloat16, 128, 1, 1, kGpu>(x, rows, tiles, w, out, stream);
     } else {
-      launch_sm90_tiles<__half, 128, 1, 2>(x, rows, tiles, w, out, stream);
+      launch_sm90_tiles<__nv_bfloat16, 128, 1, 2, kGpu>(x, rows, tiles, w, out, stream, stream_k,
+                                                        workspace, workspace_bytes);
     }
-  } else if (tile_tokens == 256) {
-    launch_sm90_tiles<__nv_bfloat16, 256, 1, 2>(x, rows, tiles, w, out, stream, stream_k, workspace,
-                                                workspace_bytes);
-  } else if (tile_rows == 256) {
-    launch_sm90_tiles<__nv_bfloat16, 128, 2, 2>(x, rows, tiles, w, out, stream);
-  } else if (tile_tokens == 64 && tile_rows == 64 && k_halves) {
-    launch_sm90_tiles<__nv_bfloat16, 64, 1, kWGSplitK>(x, rows, tiles, w, out, stream);
-  } else if (tile_tokens == 64 && tile_rows == 64) {
-    launch_sm90_tiles<__nv_bfloat16, 64, 1, 1>(x, rows, tiles, w, out, stream);
-  } else if (tile_tokens == 64) {
-    launch_sm90_tiles<__nv_bfloat16, 64, 1, 2>(x, rows, tiles, w, out, stream);
-  } else if (tile_rows == 64 && k_halves) {
-    launch_sm90_tiles<__nv_bfloat16, 128, 1, kWGSplitK>(x, rows, tiles, w, out, stream);
-  } else if (tile_rows == 64) {
-    launch_sm90_tiles<__nv_bfloat16, 128, 1, 1>(x, rows, tiles, w, out, stream);
+  };
+  if (w.gpu_layout) {
+    run(std::true_type{});
   } else {
-    launch_sm90_tiles<__nv_bfloat16, 128, 1, 2>(x, rows, tiles, w, out, stream, stream_k, workspace,
-                                                workspace_bytes);
+    run(std::false_type{});
   }
 }
 

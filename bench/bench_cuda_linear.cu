@@ -2,9 +2,10 @@
 // the card's device-to-device copy and read-only bandwidths measured in the same run.
 //
 //   bench_cuda_linear [--quick] [--no-dense] [--no-moe] [--no-quantize] [--n N] [--m M[,M...]]
-//                     [--f16] [--routing uniform|skewed] [--out FILE.md]
+//                     [--f16] [--routing uniform|skewed] [--layout standard|gpu] [--out FILE.md]
 // --f16: dense layers with f16 activations (cuBLAS f16 on the f16-dequantized weight as the
-// baseline); the MoE and quantize parts stay bf16. --routing: only that MoE routing.
+// baseline); the MoE and quantize parts stay bf16. --routing: only that MoE routing. --layout:
+// the block layout of our weights (Mxfp4Weight::with_layout; default standard).
 //
 // Every timed region is a CUDA graph of `reps` calls, replayed after a warm-up; weights (ours
 // and cuBLAS's) rotate through enough copies to exceed the L2 cache, so each call reads its
@@ -159,6 +160,9 @@ struct Shape {
   std::int64_t n, k;
 };
 
+// Our weights' block layout (--layout).
+mxfp4::BlockLayout g_layout = mxfp4::BlockLayout::standard;
+
 // Random MXFP4 parts on the GPU (codes uniform, scales around 2^-5): quantizing GPT-OSS-120b's
 // 128 experts on the host would take minutes and measure nothing extra.
 mxfp4::Mxfp4Weight random_experts(std::int64_t e, std::int64_t n, std::int64_t k) {
@@ -173,7 +177,7 @@ mxfp4::Mxfp4Weight random_experts(std::int64_t e, std::int64_t n, std::int64_t k
   auto* sc = static_cast<std::uint8_t*>(scales.data());
   for (std::size_t i = 0; i < scales.nbytes(); ++i)
     sc[i] = static_cast<std::uint8_t>(120 + rng() % 5);
-  return mxfp4::Mxfp4Weight::from_parts(blocks.to(kGpu), scales.to(kGpu));
+  return mxfp4::Mxfp4Weight::from_parts(blocks, scales).with_layout(g_layout).to(kGpu);
 }
 
 // Expert ids [T, topk]: distinct experts per token, uniform, or every token on expert `hot`.
@@ -280,7 +284,8 @@ std::string bench_moe(cudaStream_t stream, cublasHandle_t handle, double copy_bw
           if (c == 0) continue;
           auto we = mxfp4::Mxfp4Weight::from_parts(
               Tensor::view(blocks + e * s.n * s.k / 2, {s.n, s.k / 2}, DType::u8, kGpu),
-              Tensor::view(scales + e * s.n * s.k / 32, {s.n, s.k / 32}, DType::u8, kGpu));
+              Tensor::view(scales + e * s.n * s.k / 32, {s.n, s.k / 32}, DType::u8, kGpu), {},
+              w.layout());
           jobs.push_back({std::move(we), random_host({c, s.k}, DType::bf16, 4).to(kGpu),
                           Tensor::empty({c, s.n}, DType::bf16, kGpu)});
         }
@@ -335,6 +340,9 @@ int main(int argc, char** argv) {
     if (std::strcmp(argv[i], "--f16") == 0) act = DType::f16;
     if (std::strcmp(argv[i], "--no-moe") == 0) skip_moe = true;
     if (std::strcmp(argv[i], "--routing") == 0 && i + 1 < argc) only_routing = argv[++i];
+    if (std::strcmp(argv[i], "--layout") == 0 && i + 1 < argc) {
+      g_layout = mxfp4::parse_block_layout(argv[++i]);
+    }
   }
   if (mxfp4::cuda_device_count() == 0) {
     std::fprintf(stderr, "bench_cuda_linear: no CUDA device\n");
@@ -358,9 +366,9 @@ int main(int argc, char** argv) {
   char line[512];
   std::snprintf(line, sizeof line,
                 "Device: %s, %d SMs, L2 %d MiB. Measured device-to-device copy: %.0f GB/s "
-                "(read + write); read-only kernel: %.0f GB/s.\n\n",
+                "(read + write); read-only kernel: %.0f GB/s. Our weights' block layout: %s.\n\n",
                 prop.name, prop.multiProcessorCount, prop.l2CacheSize >> 20, copy_bw / 1e9,
-                read_bw / 1e9);
+                read_bw / 1e9, mxfp4::block_layout_name(g_layout));
   report += line;
   const char* act_name = act == DType::f16 ? "f16" : "bf16";
   const cudaDataType act_cuda = act == DType::f16 ? CUDA_R_16F : CUDA_R_16BF;
@@ -394,10 +402,10 @@ int main(int argc, char** argv) {
     const auto wq = mxfp4::Mxfp4Weight::quantize(w_host);
     const std::size_t q_bytes = wq.blocks().nbytes() + wq.scales().nbytes();
     const int copies = static_cast<int>(std::max<std::size_t>(2, rotate_bytes / q_bytes + 1));
+    const auto wl = wq.with_layout(g_layout);
     std::vector<mxfp4::Mxfp4Weight> wg;
-    for (int c = 0; c < copies; ++c) {
-      wg.push_back(mxfp4::Mxfp4Weight::from_parts(wq.blocks().to(kGpu), wq.scales().to(kGpu)));
-    }
+    for (int c = 0; c < copies; ++c)
+      wg.push_back(wl.to(kGpu));
     const Tensor wd = wq.dequantize(act);
     const int dcopies = static_cast<int>(std::max<std::size_t>(1, rotate_bytes / wd.nbytes() + 1));
     std::vector<Tensor> wdg;

@@ -240,6 +240,92 @@ TEST(FromPartsErrors, Bias) {
   }
 }
 
+// ---- block layouts
+// --------------------------------------------------------------------------------
+
+// A weight whose scales are all 127 except `scale` at flat position `at`.
+Mxfp4Weight weight_with_scale(const Shape& scales_shape, std::int64_t at, std::uint8_t scale) {
+  Shape blocks_shape = scales_shape;
+  blocks_shape.back() *= 16;
+  Tensor scales = u8(scales_shape);
+  auto* s = scales.data_as<std::uint8_t>();
+  for (std::int64_t i = 0; i < scales.numel(); ++i)
+    s[i] = 127;
+  s[at] = scale;
+  return Mxfp4Weight::from_parts(u8(blocks_shape), scales);
+}
+
+TEST(BlockLayoutErrors, NamesAndUnknownLayouts) {
+  EXPECT_STREQ(mxfp4::block_layout_name(mxfp4::BlockLayout::standard), "standard");
+  EXPECT_STREQ(mxfp4::block_layout_name(mxfp4::BlockLayout::gpu), "gpu");
+  EXPECT_EQ(mxfp4::parse_block_layout("gpu"), mxfp4::BlockLayout::gpu);
+  EXPECT_EQ(mxfp4::parse_block_layout("standard"), mxfp4::BlockLayout::standard);
+  EXPECT_ERROR(InvalidArgument, invalid_argument, mxfp4::parse_block_layout("GPU"), "'GPU'",
+               "standard", "gpu");
+  const auto bad = static_cast<mxfp4::BlockLayout>(7);
+  EXPECT_ERROR(InvalidArgument, invalid_argument, dense_weight().with_layout(bad), "with_layout",
+               "unknown BlockLayout 7");
+  EXPECT_ERROR(InvalidArgument, invalid_argument,
+               Mxfp4Weight::from_parts(u8({4, 32}), u8({4, 2}), {}, bad), "from_parts",
+               "unknown BlockLayout 7");
+  EXPECT_ERROR(InvalidArgument, invalid_argument,
+               Mxfp4Weight().with_layout(mxfp4::BlockLayout::gpu), "with_layout", "empty");
+  EXPECT_ERROR(InvalidArgument, invalid_argument,
+               Mxfp4Weight().with_layout(mxfp4::BlockLayout::standard), "empty");
+}
+
+TEST(BlockLayoutErrors, ScalesAbove128AreRefusedNamingTheBlock) {
+  using mxfp4::BlockLayout;
+  // Stacked [3, 4, K = 96]: scale 130 at expert 1, row 2, block 1 (flat 1 * 12 + 2 * 3 + 1).
+  const Mxfp4Weight stacked = weight_with_scale({3, 4, 3}, 19, 130);
+  EXPECT_ERROR(InvalidArgument, invalid_argument, stacked.with_layout(BlockLayout::gpu),
+               "Mxfp4Weight::with_layout", "BlockLayout::gpu", "at most 128",
+               "expert 1, row 2, block 1 has scale 130 (2^3)");
+  EXPECT_ERROR(InvalidArgument, invalid_argument,
+               Mxfp4Weight::from_parts(stacked.blocks(), stacked.scales(), {}, BlockLayout::gpu),
+               "Mxfp4Weight::from_parts", "expert 1, row 2, block 1 has scale 130");
+  // Dense [5, K = 64]: the first offending block is named (no expert), a NaN block as such.
+  const std::string dense = error_message<mxfp4::InvalidArgument>(
+      [] {
+        weight_with_scale({5, 2}, 7, 0xFF).with_layout(BlockLayout::gpu);
+      },
+      mxfp4::ErrorCode::invalid_argument);
+  expect_mentions(dense, {"but row 3, block 1 has scale 255 (NaN)"});
+  EXPECT_EQ(dense.find("expert"), std::string::npos) << dense;
+  // 128 is the largest scale the layout holds; the refusal leaves the weight standard.
+  const Mxfp4Weight edge = weight_with_scale({5, 2}, 9, 128);
+  EXPECT_EQ(edge.with_layout(BlockLayout::gpu).layout(), BlockLayout::gpu);
+  EXPECT_EQ(Mxfp4Weight::from_parts(edge.blocks(), edge.scales(), {}, BlockLayout::gpu).layout(),
+            BlockLayout::gpu);
+  EXPECT_EQ(stacked.layout(), BlockLayout::standard);
+  // Back to standard never checks scales.
+  const Mxfp4Weight tagged = weight_with_scale({5, 2}, 0, 0).with_layout(BlockLayout::gpu);
+  EXPECT_EQ(tagged.with_layout(BlockLayout::standard).layout(), BlockLayout::standard);
+}
+
+TEST(BlockLayoutErrors, CpuLinearAndGatherRefuseTheGpuLayout) {
+  const Mxfp4Weight d = dense_weight(4, 64).with_layout(mxfp4::BlockLayout::gpu);
+  const Mxfp4Weight e = stacked_weight(4, 3, 64).with_layout(mxfp4::BlockLayout::gpu);
+  EXPECT_ERROR(Unsupported, unsupported, mxfp4::linear(f32({2, 64}), d),
+               "linear: ", "BlockLayout::gpu", "only the CUDA backend", "cpu",
+               "with_layout(BlockLayout::standard)");
+  Tensor out = f32({2, 4});
+  EXPECT_ERROR(Unsupported, unsupported, mxfp4::linear_into(f32({2, 64}), d, out),
+               "BlockLayout::gpu");
+  // Even an empty batch: the refusal does not depend on the input.
+  EXPECT_ERROR(Unsupported, unsupported, mxfp4::linear(f32({0, 64}), d), "BlockLayout::gpu");
+  const Tensor ids = Tensor::zeros({2, 2}, DType::i32);
+  EXPECT_ERROR(Unsupported, unsupported, mxfp4::gather_linear(f32({2, 64}), ids, e),
+               "gather_linear: ", "BlockLayout::gpu", "with_layout(BlockLayout::standard)");
+  Tensor gout = f32({2, 2, 3});
+  EXPECT_ERROR(Unsupported, unsupported, mxfp4::gather_linear_into(f32({2, 64}), ids, e, gout),
+               "BlockLayout::gpu");
+  // Converted back, both run.
+  EXPECT_NO_THROW(mxfp4::linear(f32({2, 64}), d.with_layout(mxfp4::BlockLayout::standard)));
+  EXPECT_NO_THROW(
+      mxfp4::gather_linear(f32({2, 64}), ids, e.with_layout(mxfp4::BlockLayout::standard)));
+}
+
 // ---- dequantize
 // -----------------------------------------------------------------------------------
 

@@ -197,6 +197,45 @@ TEST(CApiVsCpp, SavedFilesReadBackWithTheCppReader) {
   EXPECT_EQ(bytes_of(f.tensor("norm")), bytes_of(bias));
 }
 
+TEST(CApiVsCpp, WithLayoutGivesTheCppBytesAndErrors) {
+  const Tensor ew = random_normal({3, 8, 64}, 61), ebias = random_normal({3, 8}, 62);
+  const mxfp4_tensor tew = describe(ew), tbias = describe(ebias);
+  CWeight cw, cg, cs;
+  ASSERT_EQ(mxfp4_weight_quantize(&tew, &tbias, MXFP4_SCALE_MSE, 0, nullptr, &cw.handle), MXFP4_OK);
+  ASSERT_EQ(mxfp4_weight_with_layout(cw.handle, MXFP4_LAYOUT_GPU, &cg.handle), MXFP4_OK)
+      << mxfp4_last_error_message();
+  const mxfp4::Mxfp4Weight gpu =
+      mxfp4::Mxfp4Weight::quantize(ew, ebias).with_layout(mxfp4::BlockLayout::gpu);
+  mxfp4_tensor part{};
+  ASSERT_EQ(mxfp4_weight_get_part(cg.handle, MXFP4_PART_BLOCKS, &part), MXFP4_OK);
+  ASSERT_EQ(part.rank, 3);
+  EXPECT_EQ(0, std::memcmp(part.data, gpu.blocks().data(), gpu.blocks().nbytes()));
+  std::int32_t layout = -1;
+  ASSERT_EQ(mxfp4_weight_get_layout(cg.handle, &layout), MXFP4_OK);
+  EXPECT_EQ(layout, static_cast<std::int32_t>(mxfp4::BlockLayout::gpu));
+  ASSERT_EQ(mxfp4_weight_with_layout(cg.handle, MXFP4_LAYOUT_STANDARD, &cs.handle), MXFP4_OK);
+  ASSERT_EQ(mxfp4_weight_get_layout(cs.handle, &layout), MXFP4_OK);
+  EXPECT_EQ(layout, MXFP4_LAYOUT_STANDARD);
+
+  // The C++ errors, code and message: a gather on the CPU, a scale above 128.
+  const Tensor ids = Tensor::from_vector(std::vector<std::int32_t>{0, 2}, {1, 2});
+  const Tensor gx = random_normal({1, 64}, 63);
+  Tensor gout = Tensor::zeros({1, 2, 8}, DType::f32);
+  const mxfp4_tensor tids = describe(ids), tgx = describe(gx), tgout = describe(gout);
+  expect_same_error([&] { (void)mxfp4::gather_linear(gx, ids, gpu); },
+                    [&] { return mxfp4_gather_linear(&tgx, &tids, cg.handle, &tgout, nullptr); });
+  const Tensor big = random_normal({2, 64}, 64, 1e6f);
+  const mxfp4_tensor tbig = describe(big);
+  CWeight cbig;
+  ASSERT_EQ(mxfp4_weight_quantize(&tbig, nullptr, MXFP4_SCALE_MSE, 0, nullptr, &cbig.handle),
+            MXFP4_OK);
+  mxfp4_weight* never = nullptr;
+  expect_same_error(
+      [&] { (void)mxfp4::Mxfp4Weight::quantize(big).with_layout(mxfp4::BlockLayout::gpu); },
+      [&] { return mxfp4_weight_with_layout(cbig.handle, MXFP4_LAYOUT_GPU, &never); });
+  EXPECT_EQ(never, nullptr);
+}
+
 // ---- GPTQ: the C handles against mxfp4::Hessian and mxfp4::quantize_gptq ----
 
 struct CHessian {

@@ -7,6 +7,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <iterator>
+#include <optional>
 #include <random>
 #include <string>
 #include <thread>
@@ -32,6 +33,40 @@ using mxfp4::Tensor;
   } while (0)
 
 const mxfp4::Device kGpu = mxfp4::Device::cuda(0);
+using mxfp4::BlockLayout;
+
+// The block layout of the tests' GPU weights where a test does not name one:
+// MXFP4_TEST_BLOCK_LAYOUT=gpu (scripts/gpu-check runs the tests once with it, forced kernels too)
+// re-lays out every weight whose scales allow it (at most 128); standard otherwise.
+BlockLayout default_layout() {
+  static const BlockLayout layout = [] {
+    const char* env = std::getenv("MXFP4_TEST_BLOCK_LAYOUT");
+    return env != nullptr ? mxfp4::parse_block_layout(env) : BlockLayout::standard;
+  }();
+  return layout;
+}
+
+// A weight's copy on the GPU in `layout` (the default one if not named). A weight whose scales
+// the GPU layout cannot hold stays standard where the layout was not named.
+mxfp4::Mxfp4Weight on_gpu(const mxfp4::Mxfp4Weight& w, std::optional<BlockLayout> layout = {}) {
+  const mxfp4::Mxfp4Weight g = w.to(kGpu);
+  if (layout) return g.with_layout(*layout);
+  try {
+    return g.with_layout(default_layout());
+  } catch (const mxfp4::InvalidArgument&) {
+    return g;
+  }
+}
+
+// The layouts of the tests that run every weight in each: both, or the one
+// MXFP4_TEST_BLOCK_LAYOUT names (gpu-check's runs, one per layout).
+std::vector<BlockLayout> test_layouts() {
+  if (std::getenv("MXFP4_TEST_BLOCK_LAYOUT") != nullptr) return {default_layout()};
+  return {BlockLayout::standard, BlockLayout::gpu};
+}
+std::string layout_tag(BlockLayout layout) {
+  return std::string(" layout ") + mxfp4::block_layout_name(layout);
+}
 
 // Gaussian-ish values with a per-row spread of magnitudes, never zeros.
 Tensor random_tensor(mxfp4::Shape shape, DType dtype, std::uint64_t seed, float scale = 1.0f) {
@@ -182,14 +217,28 @@ TEST(Cuda, DequantizeIsBitIdenticalToTheReference) {
     scales[i] = static_cast<std::uint8_t>(i * 7);
   const auto w = mxfp4::Mxfp4Weight::from_parts(Tensor::from_vector(blocks, {n, k / 2}),
                                                 Tensor::from_vector(scales, {n, k / 32}));
-  const auto wg = w.to(kGpu);
-  for (DType dtype : {DType::f32, DType::bf16, DType::f16}) {
-    const Tensor cpu = w.dequantize(dtype);
-    const Tensor gpu = wg.dequantize(dtype).to(mxfp4::Device::cpu());
-    for (std::int64_t i = 0; i < cpu.numel(); ++i) {
-      ASSERT_TRUE(same_value(cpu.item_as_double(i), gpu.item_as_double(i)))
-          << mxfp4::dtype_name(dtype) << " element " << i << ": cpu " << cpu.item_as_double(i)
-          << " gpu " << gpu.item_as_double(i);
+  // The GPU layout holds scales up to 128 only: every byte value of the blocks with those.
+  std::vector<std::uint8_t> low_scales(scales.size());
+  for (std::size_t i = 0; i < scales.size(); ++i)
+    low_scales[i] = static_cast<std::uint8_t>(i * 7 % 129);
+  const auto w_low = mxfp4::Mxfp4Weight::from_parts(Tensor::from_vector(blocks, {n, k / 2}),
+                                                    Tensor::from_vector(low_scales, {n, k / 32}));
+  struct Run {
+    const mxfp4::Mxfp4Weight& cpu;
+    mxfp4::Mxfp4Weight gpu;
+    std::string what;
+  };
+  const Run runs[] = {{w, w.to(kGpu), "standard"},
+                      {w_low, on_gpu(w_low, BlockLayout::gpu), "gpu layout"}};
+  for (const Run& run : runs) {
+    for (DType dtype : {DType::f32, DType::bf16, DType::f16}) {
+      const Tensor cpu = run.cpu.dequantize(dtype);
+      const Tensor gpu = run.gpu.dequantize(dtype).to(mxfp4::Device::cpu());
+      for (std::int64_t i = 0; i < cpu.numel(); ++i) {
+        ASSERT_TRUE(same_value(cpu.item_as_double(i), gpu.item_as_double(i)))
+            << run.what << " " << mxfp4::dtype_name(dtype) << " element " << i << ": cpu "
+            << cpu.item_as_double(i) << " gpu " << gpu.item_as_double(i);
+      }
     }
   }
 }
@@ -245,18 +294,21 @@ TEST(Cuda, LinearMatchesTheReference) {
         std::optional<Tensor> bias;
         if (with_bias) bias = random_tensor({c.n}, DType::bf16, ++seed);
         const auto w = mxfp4::Mxfp4Weight::quantize(wsrc, bias);
-        const auto wg = w.to(kGpu);
         const Tensor x = random_tensor({c.m, c.k}, dtype, ++seed, 4.0f);
         const Tensor ref = mxfp4::linear(x, w);
-        // Poison the output so that an element the kernel skips cannot pass.
-        Tensor out = Tensor::empty({c.m, c.n}, dtype);
-        std::memset(out.data(), 0xFF, out.nbytes());
-        Tensor out_gpu = out.to(kGpu);
-        mxfp4::linear_into(x.to(kGpu), wg, out_gpu);
-        const std::string what = std::string(mxfp4::dtype_name(dtype)) +
-                                 " M=" + std::to_string(c.m) + " N=" + std::to_string(c.n) +
-                                 " K=" + std::to_string(c.k) + (with_bias ? " bias" : "");
-        expect_linear_close(x, w, ref, out_gpu.to(mxfp4::Device::cpu()), what);
+        for (BlockLayout layout : test_layouts()) {
+          const auto wg = on_gpu(w, layout);
+          // Poison the output so that an element the kernel skips cannot pass.
+          Tensor out = Tensor::empty({c.m, c.n}, dtype);
+          std::memset(out.data(), 0xFF, out.nbytes());
+          Tensor out_gpu = out.to(kGpu);
+          mxfp4::linear_into(x.to(kGpu), wg, out_gpu);
+          const std::string what = std::string(mxfp4::dtype_name(dtype)) +
+                                   " M=" + std::to_string(c.m) + " N=" + std::to_string(c.n) +
+                                   " K=" + std::to_string(c.k) + (with_bias ? " bias" : "") +
+                                   layout_tag(layout);
+          expect_linear_close(x, w, ref, out_gpu.to(mxfp4::Device::cpu()), what);
+        }
       }
     }
   }
@@ -297,7 +349,7 @@ TEST(Cuda, LinearStreamKMatchesTheReferenceWithAndWithoutAWorkspace) {
     const Tensor bias = random_tensor({c.n}, DType::bf16, ++seed);
     const auto w =
         mxfp4::Mxfp4Weight::quantize(random_tensor({c.n, c.k}, DType::f32, ++seed), bias);
-    const auto wg = w.to(kGpu);
+    const auto wg = on_gpu(w);
     const Tensor x = random_tensor({c.m, c.k}, DType::bf16, ++seed, 4.0f);
     const Tensor ref = mxfp4::linear(x, w);
     const Tensor xg = x.to(kGpu);
@@ -342,17 +394,21 @@ TEST(Cuda, LinearKeepsExtremeScalesExact) {
     }
     const auto w = mxfp4::Mxfp4Weight::from_parts(Tensor::from_vector(codes, {n, k / 2}),
                                                   Tensor::from_vector(scales, {n, k / 32}));
-    const auto wg = w.to(kGpu);
-    for (std::int64_t m : {1, 130}) {  // decode kernel, tiled GEMM
-      const Tensor x =
-          random_tensor({m, k}, DType::f32, 10 + m, tiny ? 0x1p100f : 0x1p-100f).to(DType::bf16);
-      const Tensor got = mxfp4::linear(x.to(kGpu), wg).to(mxfp4::Device::cpu());
-      const Tensor ref = mxfp4::linear(x, w);
-      for (std::int64_t i = 0; i < got.numel(); ++i)
-        ASSERT_NE(got.item_as_double(i), 0.0) << "flushed to zero at " << i;
-      expect_linear_close(
-          x, w, ref, got,
-          std::string(tiny ? "scale 2^-127" : "scale 2^73") + " M=" + std::to_string(m));
+    // The GPU layout holds the tiny scales (its decode meets bf16 subnormals), not 2^73.
+    for (BlockLayout layout : test_layouts()) {
+      if (!tiny && layout == BlockLayout::gpu) continue;
+      const auto wg = on_gpu(w, layout);
+      for (std::int64_t m : {1, 130}) {  // decode kernel, tiled GEMM
+        const Tensor x =
+            random_tensor({m, k}, DType::f32, 10 + m, tiny ? 0x1p100f : 0x1p-100f).to(DType::bf16);
+        const Tensor got = mxfp4::linear(x.to(kGpu), wg).to(mxfp4::Device::cpu());
+        const Tensor ref = mxfp4::linear(x, w);
+        const std::string what = std::string(tiny ? "scale 2^-127" : "scale 2^73") +
+                                 " M=" + std::to_string(m) + layout_tag(layout);
+        for (std::int64_t i = 0; i < got.numel(); ++i)
+          ASSERT_NE(got.item_as_double(i), 0.0) << what << ": flushed to zero at " << i;
+        expect_linear_close(x, w, ref, got, what);
+      }
     }
   }
 }
@@ -373,25 +429,28 @@ TEST(Cuda, LinearKeepsF16ExactOutsideItsRange) {
                                      tiny ? std::uint8_t{127 - 30} : std::uint8_t{127 + 20});
     const auto w = mxfp4::Mxfp4Weight::from_parts(Tensor::from_vector(codes, {n, k / 2}),
                                                   Tensor::from_vector(scales, {n, k / 32}));
-    const auto wg = w.to(kGpu);
-    for (std::int64_t m : {1, 130}) {
-      const Tensor x =
-          random_tensor({m, k}, DType::f32, 20 + m, tiny ? 0x1p14f : 0x1p-14f).to(DType::f16);
-      const Tensor got = mxfp4::linear(x.to(kGpu), wg).to(mxfp4::Device::cpu());
-      const Tensor ref = mxfp4::linear(x, w);
-      for (std::int64_t i = 0; i < got.numel(); ++i) {
-        if (ref.item_as_double(i) != 0.0) {
-          ASSERT_NE(got.item_as_double(i), 0.0) << "flushed to zero at " << i;
+    for (BlockLayout layout : test_layouts()) {
+      if (!tiny && layout == BlockLayout::gpu) continue;  // 2^20: scale 147, standard only
+      const auto wg = on_gpu(w, layout);
+      for (std::int64_t m : {1, 130}) {
+        const Tensor x =
+            random_tensor({m, k}, DType::f32, 20 + m, tiny ? 0x1p14f : 0x1p-14f).to(DType::f16);
+        const Tensor got = mxfp4::linear(x.to(kGpu), wg).to(mxfp4::Device::cpu());
+        const Tensor ref = mxfp4::linear(x, w);
+        const std::string what = std::string(tiny ? "f16 scale 2^-30" : "f16 scale 2^20") +
+                                 " M=" + std::to_string(m) + layout_tag(layout);
+        for (std::int64_t i = 0; i < got.numel(); ++i) {
+          if (ref.item_as_double(i) != 0.0) {
+            ASSERT_NE(got.item_as_double(i), 0.0) << what << ": flushed to zero at " << i;
+          }
         }
+        expect_linear_close(x, w, ref, got, what);
       }
-      expect_linear_close(
-          x, w, ref, got,
-          std::string(tiny ? "f16 scale 2^-30" : "f16 scale 2^20") + " M=" + std::to_string(m));
     }
   }
   // Infinities: token 0 has +inf at k = 3, token 1 -inf at k = 200; the rest finite.
   const auto w = mxfp4::Mxfp4Weight::quantize(random_tensor({n, k}, DType::f32, 30));
-  const auto wg = w.to(kGpu);
+  const auto wg = on_gpu(w);
   for (std::int64_t m : {2, 130}) {
     Tensor x = random_tensor({m, k}, DType::f32, 31);
     x.data_as<float>()[3] = INFINITY;
@@ -419,7 +478,7 @@ TEST(Cuda, LinearKeepsF16ExactOutsideItsRange) {
 TEST(Cuda, LinearKeepsLeadingDims) {
   REQUIRE_GPU();
   const auto w = mxfp4::Mxfp4Weight::quantize(random_tensor({5, 64}, DType::f32, 1));
-  const auto wg = w.to(kGpu);
+  const auto wg = on_gpu(w);
   const Tensor x = random_tensor({2, 3, 64}, DType::bf16, 2);
   const Tensor y = mxfp4::linear(x.to(kGpu), wg);
   EXPECT_EQ(y.shape(), (mxfp4::Shape{2, 3, 5}));
@@ -430,7 +489,7 @@ TEST(Cuda, LinearKeepsLeadingDims) {
 TEST(Cuda, RefusesMixedDevicesAndUnimplementedOps) {
   REQUIRE_GPU();
   const auto w = mxfp4::Mxfp4Weight::quantize(random_tensor({4, 32}, DType::f32, 1));
-  const auto wg = w.to(kGpu);
+  const auto wg = on_gpu(w);
   const Tensor x = random_tensor({1, 32}, DType::bf16, 2);
   EXPECT_THROW(mxfp4::linear(x, wg), mxfp4::InvalidArgument);  // x on the host
   const auto experts = mxfp4::Mxfp4Weight::quantize(random_tensor({2, 4, 32}, DType::f32, 3));
@@ -498,11 +557,15 @@ TEST(Cuda, GatherLinearMatchesTheReference) {
     const Tensor bias = random_tensor({experts, n}, DType::f32, ++seed);
     const auto w =
         mxfp4::Mxfp4Weight::quantize(random_tensor({experts, n, k}, DType::f32, ++seed), bias);
-    const auto wg = w.to(kGpu);
+    std::vector<mxfp4::Mxfp4Weight> wgs;
+    for (BlockLayout layout : test_layouts())
+      wgs.push_back(on_gpu(w, layout));
     for (std::int64_t topk : {1, 2, 4, 8}) {
       for (std::int64_t tokens : {1, 2, 5, 64, 1000}) {
         for (bool skewed : {false, true}) {
           ++combo;
+          // Each case in one layout, alternating: both meet every routing path.
+          const mxfp4::Mxfp4Weight& wg = wgs[combo / 3 % wgs.size()];
           const DType dtype = dtypes[combo % 3];
           const DType id_dtype = id_dtypes[(combo / 3) % 3];
           const bool per_slot = combo % 2 == 0;
@@ -518,7 +581,7 @@ TEST(Cuda, GatherLinearMatchesTheReference) {
               std::string(mxfp4::dtype_name(dtype)) + " E=" + std::to_string(experts) +
               " topk=" + std::to_string(topk) + " T=" + std::to_string(tokens) +
               (skewed ? " skewed" : " uniform") + (per_slot ? " x[T,topk,K]" : " x[T,K]") +
-              " ids " + std::string(mxfp4::dtype_name(id_dtype));
+              " ids " + std::string(mxfp4::dtype_name(id_dtype)) + layout_tag(wg.layout());
           expect_gather_close(x, ids, w, out_gpu.to(mxfp4::Device::cpu()), what);
         }
       }
@@ -535,7 +598,7 @@ TEST(Cuda, GatherLinearRunsTheGemmOnLargerShapes) {
   const Tensor x = random_tensor({tokens, k}, DType::bf16, 3, 4.0f);
   for (bool skewed : {false, true}) {
     const Tensor ids = routing(tokens, topk, experts, skewed, DType::i32, 4);
-    const Tensor got = mxfp4::gather_linear(x.to(kGpu), ids.to(kGpu), w.to(kGpu));
+    const Tensor got = mxfp4::gather_linear(x.to(kGpu), ids.to(kGpu), on_gpu(w));
     expect_gather_close(x, ids, w, got.to(mxfp4::Device::cpu()),
                         skewed ? "gemm skewed" : "gemm uniform");
   }
@@ -562,7 +625,7 @@ TEST(Cuda, GatherLinearMixesTileSizesInASmallBatch) {
   const std::int64_t experts = 8, n = 40, k = 160, topk = 2;
   const auto w = mxfp4::Mxfp4Weight::quantize(random_tensor({experts, n, k}, DType::f32, 7),
                                               random_tensor({experts, n}, DType::f32, 8));
-  const auto wg = w.to(kGpu);
+  const auto wg = on_gpu(w);
   std::vector<std::int32_t> ids;
   for (const auto& [expert, run] :
        std::vector<std::pair<int, int>>{{3, 20}, {5, 12}, {0, 9}, {6, 8}, {1, 1}, {7, 1}, {2, 1}})
@@ -588,7 +651,7 @@ TEST(Cuda, GatherLinearSpreadsASmallBatchOverTheGrid) {
   const std::int64_t experts = 8, n = 1040, k = 256, topk = 4;
   const auto w = mxfp4::Mxfp4Weight::quantize(random_tensor({experts, n, k}, DType::f32, 21),
                                               random_tensor({experts, n}, DType::bf16, 22));
-  const auto wg = w.to(kGpu);
+  const auto wg = on_gpu(w);
   std::uint64_t seed = 23;
   for (std::int64_t tokens : {16, 5}) {
     for (bool skewed : {true, false}) {
@@ -632,7 +695,7 @@ TEST(Cuda, GatherLinearReadsRunsOfXInPlace) {
   const std::int64_t experts = 12, n = 136, k = 192, topk = 4;
   const auto w = mxfp4::Mxfp4Weight::quantize(random_tensor({experts, n, k}, DType::f32, 31),
                                               random_tensor({experts, n}, DType::f32, 32));
-  const auto wg = w.to(kGpu);
+  const auto wg = on_gpu(w);
   std::uint64_t seed = 33;
   for (std::int64_t tokens : {30, 100, 700, 1100}) {
     for (bool duplicate : {false, true}) {
@@ -657,7 +720,7 @@ TEST(Cuda, GatherLinearReportsOutOfRangeIdsAtSynchronize) {
   REQUIRE_GPU();
   const std::int64_t experts = 4, n = 16, k = 64;
   const auto wg =
-      mxfp4::Mxfp4Weight::quantize(random_tensor({experts, n, k}, DType::f32, 1)).to(kGpu);
+      on_gpu(mxfp4::Mxfp4Weight::quantize(random_tensor({experts, n, k}, DType::f32, 1)));
   struct Case {
     std::int64_t tokens, topk;
     DType dtype;
@@ -709,7 +772,7 @@ TEST(Cuda, GatherLinearWorkspaceSize) {
 void expect_graph_replays_linear(std::int64_t m, std::int64_t n, std::int64_t k,
                                  std::uint64_t seed) {
   const auto w = mxfp4::Mxfp4Weight::quantize(random_tensor({n, k}, DType::f32, seed));
-  const auto wg = w.to(kGpu);
+  const auto wg = on_gpu(w);
   const Tensor x = random_tensor({m, k}, DType::bf16, seed + 1);
   const Tensor xg = x.to(kGpu);
   const Tensor ref = mxfp4::linear(x, w);
@@ -755,7 +818,7 @@ TEST(Cuda, GatherLinearCanBeCapturedInACudaGraph) {
   REQUIRE_GPU();
   const std::int64_t experts = 8, n = 40, k = 128, topk = 2;
   const auto w = mxfp4::Mxfp4Weight::quantize(random_tensor({experts, n, k}, DType::f32, 1));
-  const auto wg = w.to(kGpu);
+  const auto wg = on_gpu(w);
   cudaStream_t stream;
   ASSERT_EQ(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking), cudaSuccess);
   for (std::int64_t tokens : {3, 300, 2100}) {
@@ -796,7 +859,7 @@ TEST(Cuda, GatherLinearCallsInARowShareOneWorkspace) {
   REQUIRE_GPU();
   const std::int64_t experts = 16, n = 72, k = 192, topk = 4;
   const auto w = mxfp4::Mxfp4Weight::quantize(random_tensor({experts, n, k}, DType::f32, 70));
-  const auto wg = w.to(kGpu);
+  const auto wg = on_gpu(w);
   const std::int64_t sizes[] = {1100, 40, 1500, 7, 300, 1100};
   const std::int64_t most = 1500;
   const std::size_t bytes = mxfp4::gather_linear_workspace_bytes(most, topk, experts, k);
@@ -841,7 +904,7 @@ TEST(Cuda, GatherLinearFindsTheRunsOfX) {
   }
   const std::int64_t experts = 12, n = 64, k = 128, topk = 4;
   const auto wg =
-      mxfp4::Mxfp4Weight::quantize(random_tensor({experts, n, k}, DType::f32, 41)).to(kGpu);
+      on_gpu(mxfp4::Mxfp4Weight::quantize(random_tensor({experts, n, k}, DType::f32, 41)));
   for (std::int64_t tokens : {700, 1100}) {
     for (bool duplicate : {false, true}) {
       const std::int64_t from = tokens / 5;

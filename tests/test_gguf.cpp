@@ -224,6 +224,25 @@ TEST(GgufWriter, WritesExactlyTheSpecBytes) {
   EXPECT_EQ(dir.listing(), std::vector<std::string>{"x.gguf"});
 }
 
+TEST(GgufWriter, GpuLayoutWeightsAreWrittenWithTheStandardBytes) {
+  TempDir dir;
+  const Mxfp4Weight dense = random_weight({6, 64}, 31, DType::f32);
+  const Mxfp4Weight experts = random_weight({3, 4, 96}, 32, {});
+  const Mxfp4Weight dense_gpu = dense.with_layout(mxfp4::BlockLayout::gpu);
+  const Mxfp4Weight experts_gpu = experts.with_layout(mxfp4::BlockLayout::gpu);
+  ASSERT_NE(bytes_of(experts_gpu.blocks()), bytes_of(experts.blocks()));
+  write_gguf(dir.file("std.gguf"), {},
+             {gguf_mxfp4_item("d.weight", dense), gguf_item("d.bias", *dense.bias()),
+              gguf_mxfp4_item("e.weight", experts)});
+  write_gguf(dir.file("gpu.gguf"), {},
+             {gguf_mxfp4_item("d.weight", dense_gpu), gguf_item("d.bias", *dense_gpu.bias()),
+              gguf_mxfp4_item("e.weight", experts_gpu)});
+  EXPECT_EQ(read_all(dir.file("gpu.gguf")), read_all(dir.file("std.gguf")));
+  const GgufFile f = GgufFile::open(dir.file("gpu.gguf"));
+  expect_same_weight(f.mxfp4_weight("d.weight", "d.bias"), dense);
+  expect_same_weight(f.mxfp4_weight("e.weight"), experts);
+}
+
 // ---- round trips --------------------------------------------------------------------------------
 
 GgufMetadata every_value_type() {

@@ -2,7 +2,9 @@
 // in every position of a block converts there and back unchanged, lands in the word and slot the
 // layout names, and decodes (bf16 and f16) to exactly its two codes' values times 2^-126 / 2^-14,
 // whatever the block's other bytes hold; the bf16 scale factor takes those to the reference's
-// dequantized values for every scale the layout admits.
+// dequantized values for every scale the layout admits. Then the weights re-laid out with it
+// (Mxfp4Weight::with_layout, BlockLayout::gpu) on the CPU: their bytes, what they share, and
+// dequantize's values (the refusals are in test_api_errors.cpp).
 #include "core/gpu_block_layout.hpp"
 
 #include <gtest/gtest.h>
@@ -10,10 +12,16 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <optional>
 #include <random>
+#include <string>
+#include <vector>
 
 #include "mxfp4/dtype.hpp"
 #include "mxfp4/format.hpp"
+#include "mxfp4/ops.hpp"
+#include "mxfp4/weight.hpp"
+#include "test_numbers.hpp"
 
 namespace {
 
@@ -98,6 +106,107 @@ TEST(GpuBlockLayout, TheScaleFactorGivesTheReferencesValues) {
                   mxfp4::e2m1_decode(static_cast<std::uint8_t>(code)) *
                       mxfp4::e8m0_decode(static_cast<std::uint8_t>(s)),
                   "code " + std::to_string(code) + " scale " + std::to_string(s));
+    }
+  }
+}
+
+// ---- weights in the GPU layout ------------------------------------------------------------------
+
+using mxfp4::BlockLayout;
+using mxfp4::DType;
+using mxfp4::Mxfp4Weight;
+using mxfp4::Shape;
+using mxfp4::Tensor;
+
+const std::uint8_t* bytes(const Tensor& t) {
+  return static_cast<const std::uint8_t*>(t.data());
+}
+
+bool same_bytes(const Tensor& a, const Tensor& b) {
+  return a.nbytes() == b.nbytes() && std::memcmp(a.data(), b.data(), a.nbytes()) == 0;
+}
+
+// A weight of random codes (every byte value likely) and random scales in [0, 128], with a bias.
+Mxfp4Weight random_codes(const Shape& blocks_shape, std::uint32_t seed) {
+  std::mt19937 rng(seed);
+  Tensor blocks = Tensor::empty(blocks_shape, DType::u8);
+  for (std::int64_t i = 0; i < blocks.numel(); ++i)
+    blocks.data_as<std::uint8_t>()[i] = static_cast<std::uint8_t>(rng());
+  Shape scales_shape = blocks_shape;
+  scales_shape.back() /= 16;
+  Tensor scales = Tensor::empty(scales_shape, DType::u8);
+  for (std::int64_t i = 0; i < scales.numel(); ++i)
+    scales.data_as<std::uint8_t>()[i] = static_cast<std::uint8_t>(rng() % 129);
+  const Shape bias_shape(blocks_shape.begin(), blocks_shape.end() - 1);
+  return Mxfp4Weight::from_parts(blocks, scales, mxfp4::test::random_normal(bias_shape, seed));
+}
+
+TEST(GpuLayoutWeight, WithLayoutConvertsEveryBlockAndBackSharingScalesAndBias) {
+  const Mxfp4Weight dense = Mxfp4Weight::quantize(mxfp4::test::random_normal({7, 96}, 1),
+                                                  mxfp4::test::random_normal({7}, 2));
+  const Mxfp4Weight stacked = random_codes({3, 5, 64}, 3);
+  for (const Mxfp4Weight* w : {&dense, &stacked}) {
+    SCOPED_TRACE(w->stacked() ? "stacked" : "dense");
+    ASSERT_EQ(w->layout(), BlockLayout::standard);
+    const Mxfp4Weight g = w->with_layout(BlockLayout::gpu);
+    EXPECT_EQ(g.layout(), BlockLayout::gpu);
+    EXPECT_EQ(w->layout(), BlockLayout::standard);  // the source is not changed
+    EXPECT_EQ(g.stacked(), w->stacked());
+    EXPECT_EQ(g.num_experts(), w->num_experts());
+    EXPECT_EQ(g.out_features(), w->out_features());
+    EXPECT_EQ(g.in_features(), w->in_features());
+    EXPECT_EQ(g.blocks().shape(), w->blocks().shape());
+    EXPECT_NE(g.blocks().data(), w->blocks().data());
+    EXPECT_EQ(g.scales().data(), w->scales().data());
+    ASSERT_TRUE(g.bias().has_value());
+    EXPECT_EQ(g.bias()->data(), w->bias()->data());
+    // Block by block: the four words of gpu_block_from_standard, little-endian.
+    EXPECT_FALSE(same_bytes(g.blocks(), w->blocks()));
+    const std::int64_t count = w->blocks().numel() / 16;
+    for (std::int64_t b = 0; b < count; ++b) {
+      std::uint32_t words[4];
+      gpu_block_from_standard(bytes(w->blocks()) + 16 * b, words);
+      for (int i = 0; i < 16; ++i) {
+        ASSERT_EQ(bytes(g.blocks())[16 * b + i],
+                  static_cast<std::uint8_t>(words[i / 4] >> (8 * (i % 4))))
+            << "block " << b << " byte " << i;
+      }
+    }
+    const Mxfp4Weight back = g.with_layout(BlockLayout::standard);
+    EXPECT_EQ(back.layout(), BlockLayout::standard);
+    EXPECT_TRUE(same_bytes(back.blocks(), w->blocks()));
+    EXPECT_NE(back.blocks().data(), g.blocks().data());
+    EXPECT_EQ(back.scales().data(), w->scales().data());
+    // The same layout gives the weight itself.
+    EXPECT_EQ(w->with_layout(BlockLayout::standard).blocks().data(), w->blocks().data());
+    EXPECT_EQ(g.with_layout(BlockLayout::gpu).blocks().data(), g.blocks().data());
+    // to() copies every part and keeps the layout.
+    const Mxfp4Weight c = g.to(mxfp4::Device::cpu());
+    EXPECT_EQ(c.layout(), BlockLayout::gpu);
+    EXPECT_NE(c.blocks().data(), g.blocks().data());
+    EXPECT_TRUE(same_bytes(c.blocks(), g.blocks()));
+    EXPECT_TRUE(same_bytes(c.scales(), g.scales()));
+    // from_parts takes the layout it is told, sharing the parts.
+    const Mxfp4Weight p =
+        Mxfp4Weight::from_parts(g.blocks(), g.scales(), g.bias(), BlockLayout::gpu);
+    EXPECT_EQ(p.layout(), BlockLayout::gpu);
+    EXPECT_EQ(p.blocks().data(), g.blocks().data());
+    EXPECT_EQ(Mxfp4Weight::from_parts(g.blocks(), g.scales()).layout(), BlockLayout::standard);
+    EXPECT_TRUE(same_bytes(p.with_layout(BlockLayout::standard).blocks(), w->blocks()));
+  }
+}
+
+TEST(GpuLayoutWeight, DequantizeOnTheCpuGivesTheStandardValuesBitForBit) {
+  for (const Shape& shape : {Shape{9, 48}, Shape{4, 6, 32}, Shape{1, 1, 16}}) {
+    const Mxfp4Weight w = random_codes(shape, static_cast<std::uint32_t>(shape[0] + 10));
+    const Mxfp4Weight g = w.with_layout(BlockLayout::gpu);
+    for (DType dtype : {DType::f32, DType::f16, DType::bf16}) {
+      SCOPED_TRACE(mxfp4::to_string(shape) + " " + std::string(mxfp4::dtype_name(dtype)));
+      const Tensor want = w.dequantize(dtype);
+      EXPECT_TRUE(same_bytes(g.dequantize(dtype), want));
+      Tensor out = Tensor::zeros(want.shape(), dtype);
+      mxfp4::dequantize_into(g, out);
+      EXPECT_TRUE(same_bytes(out, want));
     }
   }
 }

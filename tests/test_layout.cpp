@@ -736,6 +736,41 @@ TEST(layouts, QuantizeWritesEveryLayoutWithTheSameBytes) {
   }
 }
 
+TEST(layouts, EveryLayoutWritesGpuLayoutWeightsWithTheStandardBytes) {
+  TempDir dir;
+  const mxfp4::Mxfp4Weight dense = random_weight({8, 64}, 41, DType::f16);
+  const mxfp4::Mxfp4Weight experts = random_weight({3, 4, 32}, 42, {});
+  // An in-memory checkpoint whose producers give the weights in `layout`.
+  auto checkpoint = [&](mxfp4::BlockLayout layout) {
+    mxfp4::io::LogicalCheckpoint c;
+    for (const auto* w : {&dense, &experts}) {
+      mxfp4::io::LogicalTensor t;
+      t.kind = mxfp4::io::LogicalTensor::Kind::mxfp4;
+      t.name = w->stacked() ? "model.experts" : "model.proj";
+      t.experts = w->stacked() ? w->num_experts() : 0;
+      t.n = w->out_features();
+      t.k = w->in_features();
+      if (w->bias()) t.bias_dtype = "F16";
+      t.weight = [w, layout] { return w->with_layout(layout); };
+      c.tensors.push_back(std::move(t));
+    }
+    return c;
+  };
+  const auto standard = checkpoint(mxfp4::BlockLayout::standard);
+  const auto gpu = checkpoint(mxfp4::BlockLayout::gpu);
+  ASSERT_EQ(gpu.tensors[0].weight().layout(), mxfp4::BlockLayout::gpu);
+  for (const auto* l : mxfp4::io::layouts()) {
+    SCOPED_TRACE(std::string(l->name()));
+    const std::string ext = extension(std::string(l->name()));
+    const std::string a = dir.file("std_" + std::string(l->name()) + ext);
+    const std::string b = dir.file("gpu_" + std::string(l->name()) + ext);
+    l->write(standard, a);
+    l->write(gpu, b);
+    EXPECT_EQ(read_all(b), read_all(a));
+    EXPECT_EQ(fingerprint(mxfp4::io::read_checkpoint(b, l->name())), fingerprint(standard));
+  }
+}
+
 TEST(layouts, CodecLayoutsNameTheirTensorsLikeTheirFormats) {
   TempDir dir;
   mxfp4::io::write_example_checkpoint(dir.file("ex.safetensors"));

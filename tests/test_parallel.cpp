@@ -246,6 +246,36 @@ TEST(ParallelShard, ExpertShardsHoldTheirExperts) {
   EXPECT_THROW(mp::shard_column(Mxfp4Weight(), 0, 1), mxfp4::InvalidArgument);
 }
 
+TEST(ParallelShard, ShardsOfAGpuLayoutWeightKeepTheLayout) {
+  // Shards copy whole rows and whole 16-byte blocks, so the shard of the re-laid-out weight is
+  // the re-laid-out shard.
+  const Mxfp4Weight dense = random_weight({9, 7 * 32}, true, 41);
+  const Mxfp4Weight stacked = random_weight({5, 6, 3 * 32}, true, 42);
+  const Mxfp4Weight dense_gpu = dense.with_layout(mxfp4::BlockLayout::gpu);
+  const Mxfp4Weight stacked_gpu = stacked.with_layout(mxfp4::BlockLayout::gpu);
+  auto expect_gpu_of = [](const Mxfp4Weight& got, const Mxfp4Weight& standard,
+                          const std::string& what) {
+    EXPECT_EQ(got.layout(), mxfp4::BlockLayout::gpu) << what;
+    expect_same_weight(got, standard.with_layout(mxfp4::BlockLayout::gpu), what);
+    expect_same_weight(got.with_layout(mxfp4::BlockLayout::standard), standard, what);
+  };
+  for (int ranks : {1, 2, 3}) {
+    for (int r = 0; r < ranks; ++r) {
+      const std::string at = std::to_string(r) + " of " + std::to_string(ranks);
+      expect_gpu_of(mp::shard_column(dense_gpu, r, ranks), mp::shard_column(dense, r, ranks),
+                    "dense column " + at);
+      expect_gpu_of(mp::shard_row(dense_gpu, r, ranks), mp::shard_row(dense, r, ranks),
+                    "dense row " + at);
+      expect_gpu_of(mp::shard_column(stacked_gpu, r, ranks), mp::shard_column(stacked, r, ranks),
+                    "stacked column " + at);
+      expect_gpu_of(mp::shard_row(stacked_gpu, r, ranks), mp::shard_row(stacked, r, ranks),
+                    "stacked row " + at);
+      expect_gpu_of(mp::shard_experts(stacked_gpu, r, ranks), mp::shard_experts(stacked, r, ranks),
+                    "experts " + at);
+    }
+  }
+}
+
 class ParallelCheckpoint : public ::testing::Test {
  protected:
   std::string path(const char* name) const { return dir_.file(name); }

@@ -110,6 +110,35 @@ TEST(TensorFile, EveryFormatRoundTripsWeightsTensorsAndMetadataBitExactly) {
   }
 }
 
+TEST(TensorFile, GpuLayoutWeightsAreSavedWithTheStandardBytesInEveryFormat) {
+  const Fixture f;
+  Fixture g;
+  g.dense = f.dense.with_layout(mxfp4::BlockLayout::gpu);
+  g.experts = f.experts.with_layout(mxfp4::BlockLayout::gpu);
+  ASSERT_NE(bytes_of(g.dense.blocks()), bytes_of(f.dense.blocks()));
+  for (const Case& c : kCases) {
+    SCOPED_TRACE(mxfp4::detail::file_format_name(c.format));
+    TempDir dir;
+    const std::string standard = dir.file(std::string("std_") + c.file);
+    const std::string gpu = dir.file(std::string("gpu_") + c.file);
+    mxfp4::detail::save_tensor_file(standard, c.format, f.tensors(c.dense_tensors), {});
+    mxfp4::detail::save_tensor_file(gpu, c.format, g.tensors(c.dense_tensors), {});
+    EXPECT_EQ(read_all(gpu), read_all(standard));
+    const auto r = mxfp4::detail::open_tensor_file(gpu, c.format);
+    const Mxfp4Weight back = r->load_weight("model.layers.0.proj", Device::cpu());
+    EXPECT_EQ(back.layout(), mxfp4::BlockLayout::standard);
+    expect_same_weight(back, f.dense);
+    expect_same_weight(r->load_weight("model.layers.0.experts", Device::cpu()), f.experts);
+  }
+  // append_weight shares what it can: the scales and bias, not the converted blocks.
+  std::vector<NamedTensor> parts;
+  mxfp4::detail::append_weight(parts, "p", g.dense);
+  ASSERT_EQ(parts.size(), 3u);
+  EXPECT_EQ(bytes_of(parts[0].tensor), bytes_of(f.dense.blocks()));
+  EXPECT_EQ(parts[1].tensor.data(), g.dense.scales().data());
+  EXPECT_EQ(parts[2].tensor.data(), g.dense.bias()->data());
+}
+
 TEST(TensorFile, SaveTellsTheFormatFromTheExtension) {
   const Fixture f;
   TempDir dir;

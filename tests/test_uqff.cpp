@@ -411,4 +411,47 @@ TEST(Uqff1, ReaderRules) {
   EXPECT_EQ(c.other_layers[0], (std::pair<std::string, std::uint8_t>{"q", 5}));
 }
 
+// ---- weights in the GPU block layout ------------------------------------------------------------
+
+TEST(UqffGpuLayout, EveryWriterWritesTheStandardBytes) {
+  TempDir dir;
+  const Mxfp4Weight dense = random_weight({6, 64}, 21, DType::bf16);
+  const Mxfp4Weight experts = random_weight({2, 4, 32}, 22, {});
+  const Mxfp4Weight dense_gpu = dense.with_layout(mxfp4::BlockLayout::gpu);
+  const Mxfp4Weight experts_gpu = experts.with_layout(mxfp4::BlockLayout::gpu);
+  ASSERT_NE(bytes_of(dense_gpu.blocks()), bytes_of(dense.blocks()));
+
+  // Blobs.
+  EXPECT_EQ(serialize_uqff_blob(dense_gpu), serialize_uqff_blob(dense));
+  EXPECT_EQ(serialize_uqff_blob(experts_gpu), serialize_uqff_blob(experts));
+
+  // Legacy .uqff files.
+  write_uqff_legacy(dir.file("std-0.uqff"), {dense, experts});
+  write_uqff_legacy(dir.file("gpu-0.uqff"), {dense_gpu, experts_gpu});
+  EXPECT_EQ(read_all(dir.file("gpu-0.uqff")), read_all(dir.file("std-0.uqff")));
+  const std::vector<UqffLegacyLayer> legacy = read_uqff_legacy(dir.file("gpu-0.uqff"));
+  ASSERT_EQ(legacy.size(), 2u);
+  expect_same_weight(legacy[0].weight, dense);
+  EXPECT_EQ(legacy[0].weight.layout(), mxfp4::BlockLayout::standard);
+
+  // UQFF 1.x.
+  write_uqff1(dir.file("std.uqff"), {{"a", dense}, {"b", experts}});
+  write_uqff1(dir.file("gpu.uqff"), {{"a", dense_gpu}, {"b", experts_gpu}});
+  EXPECT_EQ(read_all(dir.file("gpu.uqff")), read_all(dir.file("std.uqff")));
+  const Uqff1Contents c = read_uqff1(dir.file("gpu.uqff"));
+  ASSERT_EQ(c.layers.size(), 2u);
+  expect_same_weight(c.layers[0].weight, dense);
+  expect_same_weight(c.layers[1].weight, experts);
+
+  // The items view the weight's bytes, so a GPU-layout weight is refused rather than copied.
+  try {
+    uqff1_layer_items("a", dense_gpu);
+    ADD_FAILURE() << "no error";
+  } catch (const mxfp4::InvalidArgument& e) {
+    const std::string msg = e.what();
+    EXPECT_NE(msg.find("uqff1_layer_items 'a'"), std::string::npos) << msg;
+    EXPECT_NE(msg.find("with_layout(BlockLayout::standard)"), std::string::npos) << msg;
+  }
+}
+
 }  // namespace

@@ -177,9 +177,24 @@ typedef enum mxfp4_non_finite {
 /* ---- MXFP4 weights --------------------------------------------------------------------------- */
 
 /* An MXFP4 weight: one dense matrix [N, K] or a stack of E experts [E, N, K], stored as blocks
- * u8 [.., N, K/2] (element 2j in the low nibble of byte j), scales u8 [.., N, K/32] (E8M0) and
- * an optional bias [N] or [E, N]. It lives on one device. Immutable once created. */
+ * u8 [.., N, K/2] (element 2j in the low nibble of byte j, unless re-laid out: see
+ * mxfp4_block_layout), scales u8 [.., N, K/32] (E8M0) and an optional bias [N] or [E, N]. It lives
+ * on one device. Immutable once created. */
 typedef struct mxfp4_weight mxfp4_weight;
+
+/* How a weight's blocks hold their codes (the C++ mxfp4::BlockLayout). Each 16-byte block keeps
+ * its place and its 32 codes either way; only the bits inside a block move. */
+typedef enum mxfp4_block_layout {
+  /* Element 2j in the low nibble of byte j (FORMATS.md section 1): what every file format stores
+   * and every backend reads; what quantize, from_parts and the loaders give. */
+  MXFP4_LAYOUT_STANDARD = 0,
+  /* The CUDA kernels' own layout (each block as four 32-bit words that decode faster): optional,
+   * made offline with mxfp4_weight_with_layout. Only the CUDA backend reads it (its kernels read
+   * both); CPU calls refuse it with MXFP4_ERR_UNSUPPORTED (mxfp4_dequantize converts it back
+   * first). It needs every scale byte at most 128 (2^1). Files never hold it: writers write the
+   * standard bytes. */
+  MXFP4_LAYOUT_GPU = 1
+} mxfp4_block_layout;
 
 /* Quantizes `weight` (f32/f16/bf16 [N, K] or [E, N, K], K a positive multiple of 32) with
  * `rule` (an mxfp4_scale_rule) and `non_finite` (an mxfp4_non_finite). `bias` may be NULL, or
@@ -208,6 +223,19 @@ typedef struct mxfp4_weight_info {
 
 mxfp4_status mxfp4_weight_get_info(const mxfp4_weight* weight, mxfp4_weight_info* info);
 
+/* The layout of the weight's blocks (an mxfp4_block_layout) in `*layout`. */
+mxfp4_status mxfp4_weight_get_layout(const mxfp4_weight* weight, int32_t* layout);
+
+/* A new handle for `weight` with its blocks in `layout` (an mxfp4_block_layout): new blocks on the
+ * weight's device, converted block by block (a GPU weight's through a host copy; the call waits
+ * for the copies), sharing the weight's scales and bias; when the blocks already are in `layout`,
+ * sharing everything. A weight made with MXFP4_BORROW passes its borrowing on: the new handle
+ * views the same caller memory for what it shares. Errors: MXFP4_ERR_INVALID_ARGUMENT (NULL
+ * pointers, an unknown layout, or for MXFP4_LAYOUT_GPU a scale above 128: the message names the
+ * expert, row and block). */
+mxfp4_status mxfp4_weight_with_layout(const mxfp4_weight* weight, int32_t layout,
+                                      mxfp4_weight** out);
+
 /* Which part of a weight mxfp4_weight_get_part describes. */
 typedef enum mxfp4_weight_part {
   MXFP4_PART_BLOCKS = 0,
@@ -216,8 +244,9 @@ typedef enum mxfp4_weight_part {
 } mxfp4_weight_part;
 
 /* Describes a part of the weight in `view`: its data pointer (owned by the weight; valid while
- * the weight lives; do not write through it), shape, dtype and device. Asking for the bias of a
- * weight without one is MXFP4_ERR_INVALID_ARGUMENT. */
+ * the weight lives; do not write through it), shape, dtype and device. The blocks' bytes are in
+ * the weight's layout (mxfp4_weight_get_layout). Asking for the bias of a weight without one is
+ * MXFP4_ERR_INVALID_ARGUMENT. */
 mxfp4_status mxfp4_weight_get_part(const mxfp4_weight* weight, int32_t part, mxfp4_tensor* view);
 
 void mxfp4_weight_destroy(mxfp4_weight* weight);

@@ -62,12 +62,15 @@ void quantize_into(const Tensor& weight, Tensor& blocks, Tensor& scales,
 
 // weight -> [.., N, K] in dtype (f32, f16 or bf16). Exact in f32 and bf16 (up to f32's range:
 // scale 254 with |E2M1| >= 2 is +/-Inf); f16 rounds to nearest even, overflowing to +/-Inf.
+// The same values from either BlockLayout (off CUDA, a BlockLayout::gpu weight's blocks are
+// converted back to a temporary standard copy first).
 Tensor dequantize(const Mxfp4Weight& weight, DType dtype = DType::f32, const RunOptions& run = {});
 void dequantize_into(const Mxfp4Weight& weight, Tensor& out, const RunOptions& run = {});
 
 // Dense linear layer: x [..., K] -> [..., N] = x W^T + bias, for a dense (not stacked) weight.
 // x is f32, f16 or bf16; the output has x's dtype and leading dims; accumulation in f32 or
-// better. x with zero rows gives an empty output.
+// better. x with zero rows gives an empty output. A BlockLayout::gpu weight runs on CUDA only
+// (Unsupported elsewhere; the same for gather_linear).
 Tensor linear(const Tensor& x, const Mxfp4Weight& weight, const RunOptions& run = {});
 void linear_into(const Tensor& x, const Mxfp4Weight& weight, Tensor& out,
                  const RunOptions& run = {});

@@ -52,7 +52,8 @@ Range expert_shard(std::int64_t experts, int rank, int ranks);
 int expert_owner(std::int64_t expert, std::int64_t experts, int ranks);
 
 // Rank r's part of a CPU weight (dense [N, K] or a stack [E, N, K]); the result owns copies of
-// exactly that part (blocks, scales, bias). Throws Unsupported for weights not on the CPU.
+// exactly that part (blocks, scales, bias), in the weight's BlockLayout (whole rows and blocks
+// are copied). Throws Unsupported for weights not on the CPU.
 // column: rows [column_shard) of every expert, with their bias.
 Mxfp4Weight shard_column(const Mxfp4Weight& weight, int rank, int ranks);
 // row: columns [row_shard) of every row; bias on rank 0 only.

@@ -45,6 +45,7 @@ from ._errors import (
     Unsupported,
 )
 from ._mxfp4 import (
+    BlockLayout,
     File,
     Hessian,
     Mxfp4Weight,
@@ -84,6 +85,7 @@ def open(path: str, format: str = "auto") -> File:  # noqa: A001 - the name user
 
 
 __all__ = [
+    "BlockLayout",
     "DEFAULT_SCALE_RULE",
     "DeviceError",
     "DTypeMismatch",

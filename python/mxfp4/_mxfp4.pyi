@@ -62,6 +62,23 @@ class NonFinitePolicy(enum.Enum):
     nan_block = 1
     """Code the block with scale 0xFF, which decodes as NaN."""
 
+class BlockLayout(enum.Enum):
+    """
+    How a weight's blocks hold their codes (only the bits inside a
+    16-byte block move).
+    """
+
+    standard = 0
+    """
+    Element 2j in the low nibble of byte j: what files hold and every backend reads.
+    """
+
+    gpu = 1
+    """
+    The CUDA kernels' own layout (optional, made with Mxfp4Weight.with_layout): only
+    the CUDA backend reads it; CPU linear refuses it. Needs every scale at most 128.
+    """
+
 class Mxfp4Weight:
     """
     An MXFP4 weight: a dense matrix [N, K] or a stack of experts [E, N, K],
@@ -124,7 +141,8 @@ class Mxfp4Weight:
     @property
     def blocks(self) -> Array:
         """
-        The packed E2M1 codes, u8 [.., N, K/2] (a view of the weight's storage).
+        The packed E2M1 codes, u8 [.., N, K/2], in the weight's layout (a view of the
+        weight's storage).
         """
 
     @property
@@ -141,8 +159,23 @@ class Mxfp4Weight:
         (exact in f32 and bf16), or written into out.
         """
 
+    @property
+    def layout(self) -> BlockLayout:
+        """The BlockLayout of blocks (standard unless made with with_layout)."""
+
     def to(self, device: str) -> Mxfp4Weight:
-        """A copy of the weight on device ('cpu', 'cuda', 'cuda:N')."""
+        """
+        A copy of the weight on device ('cpu', 'cuda', 'cuda:N'), in the same layout.
+        """
+
+    def with_layout(self, layout: BlockLayout) -> Mxfp4Weight:
+        """
+        This weight with its blocks in layout (a BlockLayout): new blocks converted block
+        by block, scales and bias shared (everything shared when already in it).
+        BlockLayout.gpu is an optional re-layout for the CUDA kernels; it needs every
+        scale at most 128 (InvalidArgument names the first block above). Files always
+        hold the standard layout: saving converts.
+        """
 
     def __repr__(self) -> str: ...
 

@@ -297,8 +297,11 @@ std::string weight_repr(const PyWeight& w) {
   s += "out_features=" + std::to_string(m.out_features()) +
        ", in_features=" + std::to_string(m.in_features()) +
        ", bias=" + (m.bias() ? "True" : "False") + ", device='" + mxfp4::to_string(m.device()) +
-       "')";
-  return s;
+       "'";
+  if (m.layout() != mxfp4::BlockLayout::standard) {
+    s += ", layout=" + std::string(mxfp4::block_layout_name(m.layout()));
+  }
+  return s + ")";
 }
 
 PyWeight weight_quantize(nb::handle weight, nb::handle bias, mxfp4::ScaleRule rule,
@@ -422,6 +425,15 @@ PyWeight weight_to(const PyWeight& self, const std::string& device) {
   out.framework = d.type == mxfp4::DeviceType::cuda ? Framework::torch : self.framework;
   nb::gil_scoped_release release;
   out.weight = w.to(d);
+  return out;
+}
+
+PyWeight weight_with_layout(const PyWeight& self, mxfp4::BlockLayout layout) {
+  PyWeight out;
+  out.framework = self.framework;
+  out.keep_alive = self.keep_alive;  // the scales and bias (and maybe blocks) are shared
+  nb::gil_scoped_release release;
+  out.weight = self.weight.with_layout(layout);
   return out;
 }
 
@@ -714,6 +726,14 @@ NB_MODULE(_mxfp4, m) {
       .value("nan_block", mxfp4::NonFinitePolicy::nan_block,
              "Code the block with scale 0xFF, which decodes as NaN.");
 
+  nb::enum_<mxfp4::BlockLayout>(m, "BlockLayout",
+                                "How a weight's blocks hold their codes (only the bits inside a\n"
+                                "16-byte block move).")
+      .value("standard", mxfp4::BlockLayout::standard,
+             "Element 2j in the low nibble of byte j: what files hold and every backend reads.")
+      .value("gpu", mxfp4::BlockLayout::gpu,
+             "The CUDA kernels' own layout (optional, made with Mxfp4Weight.with_layout): only\n"
+             "the CUDA backend reads it; CPU linear refuses it. Needs every scale at most 128.");
   nb::class_<PyWeight>(m, "Mxfp4Weight",
                        "An MXFP4 weight: a dense matrix [N, K] or a stack of experts [E, N, K],\n"
                        "stored as blocks u8 [.., N, K/2], scales u8 [.., N, K/32] and an "
@@ -762,7 +782,8 @@ NB_MODULE(_mxfp4, m) {
             const PyWeight& w = nb::cast<const PyWeight&>(self);
             return part_to_python(w, w.weight.blocks(), self);
           },
-          "The packed E2M1 codes, u8 [.., N, K/2] (a view of the weight's storage).")
+          "The packed E2M1 codes, u8 [.., N, K/2], in the weight's layout (a view of the\n"
+          "weight's storage).")
       .def_prop_ro(
           "scales",
           [](nb::handle self) {
@@ -782,8 +803,17 @@ NB_MODULE(_mxfp4, m) {
            "stream"_a = nb::none(),
            "The full weight [N, K] or [E, N, K] in dtype 'f32' (default), 'f16' or 'bf16'\n"
            "(exact in f32 and bf16), or written into out.")
+      .def_prop_ro(
+          "layout", [](const PyWeight& w) { return w.weight.layout(); },
+          "The BlockLayout of blocks (standard unless made with with_layout).")
       .def("to", &weight_to, "device"_a,
-           "A copy of the weight on device ('cpu', 'cuda', 'cuda:N').")
+           "A copy of the weight on device ('cpu', 'cuda', 'cuda:N'), in the same layout.")
+      .def("with_layout", &weight_with_layout, "layout"_a,
+           "This weight with its blocks in layout (a BlockLayout): new blocks converted block\n"
+           "by block, scales and bias shared (everything shared when already in it).\n"
+           "BlockLayout.gpu is an optional re-layout for the CUDA kernels; it needs every\n"
+           "scale at most 128 (InvalidArgument names the first block above). Files always\n"
+           "hold the standard layout: saving converts.")
       .def("__repr__", &weight_repr);
 
   nb::class_<mxfp4::Hessian>(

@@ -32,6 +32,7 @@ static_assert(static_cast<int>(mxfp4::ErrorCode::device_error) == MXFP4_ERR_DEVI
 static_assert(static_cast<int>(mxfp4::DType::i64) == MXFP4_I64);
 static_assert(static_cast<int>(mxfp4::ScaleRule::mistralrs) == MXFP4_SCALE_MISTRALRS);
 static_assert(static_cast<int>(mxfp4::NonFinitePolicy::nan_block) == MXFP4_NON_FINITE_NAN_BLOCK);
+static_assert(static_cast<int>(mxfp4::BlockLayout::gpu) == MXFP4_LAYOUT_GPU);
 static_assert(static_cast<int>(mxfp4::detail::FileFormat::safetensors) == MXFP4_FORMAT_SAFETENSORS);
 static_assert(static_cast<int>(mxfp4::Precision::int8_activations) ==
               MXFP4_PRECISION_INT8_ACTIVATIONS);
@@ -406,6 +407,31 @@ mxfp4_status mxfp4_weight_get_info(const mxfp4_weight* weight, mxfp4_weight_info
     i.in_features = w.in_features();
     i.device = from_device(w.device());
     out = i;
+  });
+}
+
+mxfp4_status mxfp4_weight_get_layout(const mxfp4_weight* weight, int32_t* layout) {
+  return guarded([&] {
+    const char* op = "weight_get_layout";
+    const mxfp4::Mxfp4Weight& w = weight_of(op, weight);
+    int32_t& out = require(op, "layout", layout);
+    out = static_cast<int32_t>(w.layout());
+  });
+}
+
+mxfp4_status mxfp4_weight_with_layout(const mxfp4_weight* weight, int32_t layout,
+                                      mxfp4_weight** out) {
+  return guarded([&] {
+    const char* op = "weight_with_layout";
+    const mxfp4::Mxfp4Weight& w = weight_of(op, weight);
+    mxfp4_weight*& result = require(op, "out", out);
+    if (layout != MXFP4_LAYOUT_STANDARD && layout != MXFP4_LAYOUT_GPU) {
+      throw InvalidArgument(std::string(op) + ": unknown layout " + std::to_string(layout) +
+                            " (MXFP4_LAYOUT_STANDARD 0 or MXFP4_LAYOUT_GPU 1)");
+    }
+    auto handle = std::make_unique<mxfp4_weight>();
+    handle->weight = w.with_layout(static_cast<mxfp4::BlockLayout>(layout));
+    result = handle.release();
   });
 }
 

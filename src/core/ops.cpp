@@ -71,6 +71,19 @@ Fn kernel(const char* op, Device device, Fn detail::Backend::*entry) {
   return fn;
 }
 
+// Only the CUDA backend reads BlockLayout::gpu; every other one needs the standard codes.
+bool reads_gpu_layout(Device device) {
+  return device.type == DeviceType::cuda;
+}
+
+void require_readable_layout(const char* op, const Mxfp4Weight& w) {
+  if (w.layout() == BlockLayout::gpu && !reads_gpu_layout(w.device())) {
+    throw Unsupported(std::string(op) + ": the weight is in BlockLayout::gpu, which only the " +
+                      "CUDA backend reads (the weight is on " + to_string(w.device()) +
+                      "); convert it with with_layout(BlockLayout::standard)");
+  }
+}
+
 Shape packed_shape(const Shape& weight_shape, std::int64_t per_row) {
   Shape s = weight_shape;
   s.back() = per_row;
@@ -164,9 +177,16 @@ void dequantize_into(const Mxfp4Weight& weight, Tensor& out, const RunOptions& r
   require_output(op, "out", out, dequantized_shape(weight), out.dtype(), weight.device());
   require_disjoint(op, "out", out, "blocks", weight.blocks());
   require_disjoint(op, "out", out, "scales", weight.scales());
+  // A backend that cannot read the GPU layout dequantizes a standard copy (the same values).
+  const Mxfp4Weight standard =
+      weight.layout() == BlockLayout::gpu && !reads_gpu_layout(weight.device())
+          ? weight.with_layout(BlockLayout::standard)
+          : Mxfp4Weight();
+  const Mxfp4Weight& w = standard.defined() ? standard : weight;
   detail::DequantizeArgs a{};
-  a.blocks = static_cast<const std::uint8_t*>(weight.blocks().data());
-  a.scales = static_cast<const std::uint8_t*>(weight.scales().data());
+  a.blocks = static_cast<const std::uint8_t*>(w.blocks().data());
+  a.scales = static_cast<const std::uint8_t*>(w.scales().data());
+  a.gpu_layout = w.layout() == BlockLayout::gpu;
   a.rows = weight.num_experts() * weight.out_features();
   a.k = weight.in_features();
   a.out = out.data();
@@ -202,6 +222,7 @@ Shape linear_output_shape(const char* op, const Tensor& x, const Mxfp4Weight& w)
   require_weight(op, w);
   require_floating(op, "x", x);
   require_same_device(op, "x", x, w.device());
+  require_readable_layout(op, w);
   if (w.stacked()) {
     throw ShapeMismatch(std::string(op) + ": needs a dense [N, K] weight, got a stack of " +
                         std::to_string(w.num_experts()) + " experts (use gather_linear)");
@@ -254,6 +275,7 @@ Shape gather_output_shape(const char* op, const Tensor& x, const Tensor& indices
   require_floating(op, "x", x);
   require_same_device(op, "x", x, w.device());
   require_same_device(op, "indices", indices, w.device());
+  require_readable_layout(op, w);
   if (!w.stacked()) {
     throw ShapeMismatch(std::string(op) + ": needs stacked experts [E, N, K], got a dense [" +
                         std::to_string(w.out_features()) + ", " + std::to_string(w.in_features()) +

@@ -1,9 +1,11 @@
 #include "mxfp4/weight.hpp"
 
+#include <cstdint>
 #include <string>
 #include <utility>
 
 #include "core/checks.hpp"
+#include "core/gpu_block_layout.hpp"
 #include "mxfp4/ops.hpp"
 
 namespace mxfp4 {
@@ -15,7 +17,93 @@ namespace {
 constexpr ScaleRule kAllRules[] = {ScaleRule::floor, ScaleRule::ceil, ScaleRule::even,
                                    ScaleRule::mse, ScaleRule::mistralrs};
 
+constexpr BlockLayout kAllLayouts[] = {BlockLayout::standard, BlockLayout::gpu};
+
+bool known_layout(BlockLayout layout) {
+  return layout == BlockLayout::standard || layout == BlockLayout::gpu;
+}
+
+void require_known_layout(const char* op, BlockLayout layout) {
+  if (!known_layout(layout)) {
+    throw InvalidArgument(std::string(op) + ": unknown BlockLayout " +
+                          std::to_string(static_cast<int>(layout)) + " (standard 0 or gpu 1)");
+  }
+}
+
+// `t` on the host: itself when it is there, else a copy.
+Tensor on_host(const Tensor& t) {
+  return t.device() == Device::cpu() ? t : t.to(Device::cpu());
+}
+
+// BlockLayout::gpu decodes a block's scale s as bf16 2^(s - 1), which holds only for s <= 128
+// (core/gpu_block_layout.hpp): refuse a weight with a larger scale, naming the first one.
+void require_gpu_layout_scales(const char* op, const Tensor& scales) {
+  const Tensor host = on_host(scales);
+  const auto* s = static_cast<const std::uint8_t*>(host.data());
+  const std::int64_t per_row = scales.dim(-1);
+  const std::int64_t rows = scales.dim(-2);
+  for (std::int64_t i = 0; i < host.numel(); ++i) {
+    if (static_cast<std::uint32_t>(s[i]) <= detail::kGpuLayoutMaxScale) continue;
+    const std::int64_t row = i / per_row;
+    std::string where;
+    if (scales.rank() == 3) where = "expert " + std::to_string(row / rows) + ", ";
+    where += "row " + std::to_string(row % rows) + ", block " + std::to_string(i % per_row);
+    throw InvalidArgument(std::string(op) + ": BlockLayout::gpu needs every scale at most " +
+                          std::to_string(detail::kGpuLayoutMaxScale) + " (2^1), but " + where +
+                          " has scale " + std::to_string(s[i]) +
+                          (s[i] == 0xFF ? " (NaN)" : " (2^" + std::to_string(s[i] - 127) + ")"));
+  }
+}
+
+// `blocks` (host memory, whole 16-byte blocks) converted from the other layout to `to`, in a new
+// host tensor. A word of the GPU layout is read and written byte by byte, little-endian, so the
+// bytes are the same on every host.
+Tensor convert_blocks(const Tensor& blocks, BlockLayout to) {
+  Tensor out = Tensor::empty(blocks.shape(), DType::u8);
+  const auto* in = static_cast<const std::uint8_t*>(blocks.data());
+  auto* dst = static_cast<std::uint8_t*>(out.data());
+  const std::int64_t count = blocks.numel() / kBlockBytes;
+  std::uint32_t words[detail::kGpuBlockWords];
+  for (std::int64_t b = 0; b < count; ++b) {
+    const std::uint8_t* src = in + b * kBlockBytes;
+    std::uint8_t* o = dst + b * kBlockBytes;
+    if (to == BlockLayout::gpu) {
+      detail::gpu_block_from_standard(src, words);
+      for (int t = 0; t < detail::kGpuBlockWords; ++t) {
+        for (int j = 0; j < 4; ++j)
+          o[4 * t + j] = static_cast<std::uint8_t>(words[t] >> (8 * j));
+      }
+    } else {
+      for (int t = 0; t < detail::kGpuBlockWords; ++t) {
+        words[t] = 0;
+        for (int j = 0; j < 4; ++j)
+          words[t] |= static_cast<std::uint32_t>(src[4 * t + j]) << (8 * j);
+      }
+      detail::standard_block_from_gpu(words, o);
+    }
+  }
+  return out;
+}
+
 }  // namespace
+
+const char* block_layout_name(BlockLayout layout) noexcept {
+  switch (layout) {
+    case BlockLayout::standard:
+      return "standard";
+    case BlockLayout::gpu:
+      return "gpu";
+  }
+  return "?";
+}
+
+BlockLayout parse_block_layout(std::string_view name) {
+  for (BlockLayout l : kAllLayouts) {
+    if (name == block_layout_name(l)) return l;
+  }
+  throw InvalidArgument("unknown block layout '" + std::string(name) +
+                        "' (expected one of standard, gpu)");
+}
 
 const char* scale_rule_name(ScaleRule rule) noexcept {
   switch (rule) {
@@ -41,8 +129,10 @@ ScaleRule parse_scale_rule(std::string_view name) {
                         "' (expected one of floor, ceil, even, mse, mistralrs)");
 }
 
-Mxfp4Weight Mxfp4Weight::from_parts(Tensor blocks, Tensor scales, std::optional<Tensor> bias) {
+Mxfp4Weight Mxfp4Weight::from_parts(Tensor blocks, Tensor scales, std::optional<Tensor> bias,
+                                    BlockLayout layout) {
   const char* op = "Mxfp4Weight::from_parts";
+  require_known_layout(op, layout);
   if (!blocks.defined() || !scales.defined()) {
     throw InvalidArgument(std::string(op) + ": blocks and scales must both be defined");
   }
@@ -114,9 +204,11 @@ Mxfp4Weight Mxfp4Weight::from_parts(Tensor blocks, Tensor scales, std::optional<
                             " but bias on " + to_string(b.device()));
     }
   }
+  if (layout == BlockLayout::gpu) require_gpu_layout_scales(op, scales);
   w.blocks_ = std::move(blocks);
   w.scales_ = std::move(scales);
   w.bias_ = std::move(bias);
+  w.layout_ = layout;
   return w;
 }
 
@@ -134,7 +226,24 @@ Mxfp4Weight Mxfp4Weight::to(Device device) const {
   if (!defined()) throw InvalidArgument("Mxfp4Weight::to: the weight is empty");
   std::optional<Tensor> bias;
   if (bias_) bias = bias_->to(device);
-  return from_parts(blocks_.to(device), scales_.to(device), std::move(bias));
+  // The parts were validated when this weight was made: only the layout tag is carried over, so
+  // that a GPU-layout weight's scales are not checked again.
+  Mxfp4Weight w = from_parts(blocks_.to(device), scales_.to(device), std::move(bias));
+  w.layout_ = layout_;
+  return w;
+}
+
+Mxfp4Weight Mxfp4Weight::with_layout(BlockLayout layout) const {
+  const char* op = "Mxfp4Weight::with_layout";
+  if (!defined()) throw InvalidArgument(std::string(op) + ": the weight is empty");
+  require_known_layout(op, layout);
+  if (layout == layout_) return *this;
+  if (layout == BlockLayout::gpu) require_gpu_layout_scales(op, scales_);
+  Tensor blocks = convert_blocks(on_host(blocks_), layout);
+  Mxfp4Weight w = *this;
+  w.blocks_ = device() == Device::cpu() ? std::move(blocks) : blocks.to(device());
+  w.layout_ = layout;
+  return w;
 }
 
 }  // namespace mxfp4

@@ -18,6 +18,7 @@ inline WeightArgs weight_args(const Mxfp4Weight& w) {
   a.experts = w.num_experts();
   a.n = w.out_features();
   a.k = w.in_features();
+  a.gpu_layout = w.layout() == BlockLayout::gpu;
   return a;
 }
 

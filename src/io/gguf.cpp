@@ -610,8 +610,10 @@ GgufTensorItem gguf_mxfp4_item(std::string name, const Mxfp4Weight& weight) {
                    ? Shape{weight.num_experts(), weight.out_features(), weight.in_features()}
                    : Shape{weight.out_features(), weight.in_features()};
   item.fill = [weight](std::span<std::uint8_t> out) {
-    mxfp4_to_gguf_blocks({weight.blocks().data_as<std::uint8_t>(), weight.blocks().nbytes()},
-                         {weight.scales().data_as<std::uint8_t>(), weight.scales().nbytes()}, out);
+    // Converted here, when the bytes are written, so that one copy at a time is in memory.
+    const Mxfp4Weight w = weight.with_layout(BlockLayout::standard);
+    mxfp4_to_gguf_blocks({w.blocks().data_as<std::uint8_t>(), w.blocks().nbytes()},
+                         {w.scales().data_as<std::uint8_t>(), w.scales().nbytes()}, out);
   };
   item.name = std::move(name);
   return item;

@@ -284,8 +284,9 @@ std::unique_ptr<TensorFileReader> open_tensor_file(const std::string& path, File
 }
 
 void append_weight(std::vector<NamedTensor>& out, std::string_view prefix,
-                   const Mxfp4Weight& weight) {
-  if (!weight.defined()) throw InvalidArgument("append_weight: weight is empty");
+                   const Mxfp4Weight& given) {
+  if (!given.defined()) throw InvalidArgument("append_weight: weight is empty");
+  const Mxfp4Weight weight = given.with_layout(BlockLayout::standard);  // what files hold
   out.push_back({weight_part_name(prefix, "blocks"), weight.blocks()});
   out.push_back({weight_part_name(prefix, "scales"), weight.scales()});
   if (weight.bias()) out.push_back({weight_part_name(prefix, "bias"), *weight.bias()});

@@ -81,7 +81,8 @@ struct NamedTensor {
 };
 
 // Appends `prefix.blocks`, `prefix.scales` and `prefix.bias` (if any) of `weight` to `out`
-// (`blocks`, ... for an empty prefix). The tensors share the weight's storage.
+// (`blocks`, ... for an empty prefix). The tensors share the weight's storage, except the blocks
+// of a BlockLayout::gpu weight: a standard copy, since files hold the standard layout.
 void append_weight(std::vector<NamedTensor>& out, std::string_view prefix,
                    const Mxfp4Weight& weight);
 

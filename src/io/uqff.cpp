@@ -257,8 +257,9 @@ UqffBlob parse_uqff_blob(std::span<const std::uint8_t> blob, const std::string& 
   return out;
 }
 
-std::vector<std::uint8_t> serialize_uqff_blob(const Mxfp4Weight& weight) {
-  check_cpu(weight, "serialize_uqff_blob");
+std::vector<std::uint8_t> serialize_uqff_blob(const Mxfp4Weight& given) {
+  check_cpu(given, "serialize_uqff_blob");
+  const Mxfp4Weight weight = given.with_layout(BlockLayout::standard);  // what files hold
   check_blob_tensor(weight.blocks(), "blocks");
   check_blob_tensor(weight.scales(), "scales");
   if (weight.bias()) check_blob_tensor(*weight.bias(), "bias");
@@ -380,6 +381,13 @@ std::vector<SafetensorsItem> uqff1_version_items() {
 std::vector<SafetensorsItem> uqff1_layer_items(const std::string& prefix,
                                                const Mxfp4Weight& weight) {
   check_cpu(weight, "uqff1_layer_items '" + prefix + "'");
+  // The items view the weight's own bytes, so a converted copy could not outlive this call.
+  if (weight.layout() != BlockLayout::standard) {
+    throw InvalidArgument("uqff1_layer_items '" + prefix +
+                          "': the weight is in BlockLayout::" + block_layout_name(weight.layout()) +
+                          "; files hold the standard layout: pass "
+                          "weight.with_layout(BlockLayout::standard)");
+  }
   std::vector<SafetensorsItem> items;
   items.push_back({prefix + std::string(kFormatSuffix), "U8", {}, bytes_of(&kMxfp4Format, 1)});
   items.push_back(safetensors_item(prefix + ".weight", weight.blocks()));
@@ -391,8 +399,12 @@ std::vector<SafetensorsItem> uqff1_layer_items(const std::string& prefix,
 std::uint64_t write_uqff1(const std::string& path, const std::vector<Uqff1Layer>& layers,
                           const std::map<std::string, std::string>& metadata) {
   std::vector<SafetensorsItem> items = uqff1_version_items();
+  std::vector<Mxfp4Weight> standard;  // the bytes the items view, alive until the write is done
+  standard.reserve(layers.size());
   for (const Uqff1Layer& l : layers) {
-    for (SafetensorsItem& item : uqff1_layer_items(l.prefix, l.weight))
+    check_cpu(l.weight, "write_uqff1 '" + l.prefix + "'");
+    standard.push_back(l.weight.with_layout(BlockLayout::standard));
+    for (SafetensorsItem& item : uqff1_layer_items(l.prefix, standard.back()))
       items.push_back(std::move(item));
   }
   return write_safetensors(path, items, metadata);

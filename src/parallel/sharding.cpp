@@ -40,6 +40,8 @@ struct WeightBytes {
   const std::uint8_t* scales = nullptr;
   const std::uint8_t* bias = nullptr;  // null when there is none
   DType bias_dtype = DType::f32;
+  // Whole rows and whole 16-byte blocks are copied, so a part keeps the source's layout.
+  BlockLayout layout = BlockLayout::standard;
   bool stacked = false;
   std::int64_t experts = 1;
   std::int64_t rows = 0;  // N
@@ -86,7 +88,7 @@ Mxfp4Weight copy_part(const WeightBytes& src, Range experts, Range rows, Range c
     }
     bias = std::move(b);
   }
-  return Mxfp4Weight::from_parts(std::move(blocks), std::move(scales), std::move(bias));
+  return Mxfp4Weight::from_parts(std::move(blocks), std::move(scales), std::move(bias), src.layout);
 }
 
 WeightBytes bytes_of(const Mxfp4Weight& weight, const char* what) {
@@ -105,6 +107,7 @@ WeightBytes bytes_of(const Mxfp4Weight& weight, const char* what) {
     w.bias = static_cast<const std::uint8_t*>(weight.bias()->data());
     w.bias_dtype = weight.bias()->dtype();
   }
+  w.layout = weight.layout();
   w.stacked = weight.stacked();
   w.experts = weight.num_experts();
   w.rows = weight.out_features();

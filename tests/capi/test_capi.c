@@ -533,6 +533,136 @@ static void test_from_parts(void) {
   mxfp4_weight_destroy(borrowed);
 }
 
+/* The bytes of the file at `path` (at most `size`) in `buf`; returns how many, or -1. */
+static long read_file(const char* path, unsigned char* buf, size_t size) {
+  FILE* f = fopen(path, "rb");
+  size_t n;
+  if (f == NULL) return -1;
+  n = fread(buf, 1, size, f);
+  fclose(f);
+  return (long)n;
+}
+
+/* Block b of standard bytes in the GPU layout, by its definition (mxfp4.h, MXFP4_LAYOUT_GPU;
+ * src/core/gpu_block_layout.hpp): word t, slot s holds byte t + 4s (magnitudes at bits 3s and
+ * 16 + 3s, signs at 12 + s and 28 + s); words are little-endian. */
+static void gpu_block(const uint8_t* in, uint8_t* out) {
+  int t, s, j;
+  for (t = 0; t < 4; ++t) {
+    uint32_t w = 0;
+    for (s = 0; s < 4; ++s) {
+      const uint32_t lo = in[t + 4 * s] & 15u, hi = (uint32_t)in[t + 4 * s] >> 4;
+      w |= (lo & 7u) << (3 * s) | (hi & 7u) << (16 + 3 * s) | (lo >> 3) << (12 + s) |
+           (hi >> 3) << (28 + s);
+    }
+    for (j = 0; j < 4; ++j)
+      out[4 * t + j] = (uint8_t)(w >> (8 * j));
+  }
+}
+
+/* mxfp4_weight_with_layout: the GPU layout's bytes, shared scales, the same dequantized values,
+ * CPU linear refused, the standard bytes back and in files; errors. */
+static void test_block_layouts(const char* dir) {
+  enum { N = 8, K = 64 };
+  static float w[N * K], bias[N], d1[N * K], d2[N * K], x[K], y[N];
+  static uint8_t expected[N * K / 2], big_blocks[2 * 16], big_scales[2];
+  static unsigned char file1[1 << 14], file2[1 << 14];
+  const int64_t wshape[2] = {N, K}, bshape[1] = {N}, xshape[1] = {K}, yshape[1] = {N};
+  const int64_t big_bshape[2] = {2, 16}, big_sshape[2] = {2, 1};
+  mxfp4_tensor tw = cpu_tensor(w, MXFP4_F32, 2, wshape);
+  mxfp4_tensor tbias = cpu_tensor(bias, MXFP4_F32, 1, bshape);
+  mxfp4_tensor td1 = cpu_tensor(d1, MXFP4_F32, 2, wshape);
+  mxfp4_tensor td2 = cpu_tensor(d2, MXFP4_F32, 2, wshape);
+  mxfp4_tensor tx = cpu_tensor(x, MXFP4_F32, 1, xshape);
+  mxfp4_tensor ty = cpu_tensor(y, MXFP4_F32, 1, yshape);
+  mxfp4_tensor tbb = cpu_tensor(big_blocks, MXFP4_U8, 2, big_bshape);
+  mxfp4_tensor tbs = cpu_tensor(big_scales, MXFP4_U8, 2, big_sshape);
+  mxfp4_weight *weight = NULL, *gpu = NULL, *back = NULL, *same = NULL, *big = NULL;
+  mxfp4_weight* sentinel = (mxfp4_weight*)&tw;
+  mxfp4_writer *w1 = NULL, *w2 = NULL;
+  mxfp4_tensor blocks, gblocks, bblocks, scales, gscales;
+  int32_t layout = -1;
+  char p1[1024], p2[1024];
+  long n1, n2;
+  int i;
+  for (i = 0; i < N * K; ++i)
+    w[i] = next_random(3.0f);
+  for (i = 0; i < N; ++i)
+    bias[i] = next_random(1.0f);
+  for (i = 0; i < K; ++i)
+    x[i] = next_random(1.0f);
+  CHECK_OK(mxfp4_weight_quantize(&tw, &tbias, MXFP4_SCALE_DEFAULT, 0, NULL, &weight));
+  if (weight == NULL) return;
+  CHECK_OK(mxfp4_weight_get_layout(weight, &layout));
+  CHECK(layout == MXFP4_LAYOUT_STANDARD);
+  CHECK_OK(mxfp4_weight_with_layout(weight, MXFP4_LAYOUT_GPU, &gpu));
+  if (gpu == NULL) return;
+  CHECK_OK(mxfp4_weight_get_layout(gpu, &layout));
+  CHECK(layout == MXFP4_LAYOUT_GPU);
+  CHECK_OK(mxfp4_weight_get_part(weight, MXFP4_PART_BLOCKS, &blocks));
+  CHECK_OK(mxfp4_weight_get_part(gpu, MXFP4_PART_BLOCKS, &gblocks));
+  CHECK_OK(mxfp4_weight_get_part(weight, MXFP4_PART_SCALES, &scales));
+  CHECK_OK(mxfp4_weight_get_part(gpu, MXFP4_PART_SCALES, &gscales));
+  CHECK(gblocks.data != blocks.data && gblocks.rank == 2 && gblocks.shape[1] == K / 2);
+  CHECK(gscales.data == scales.data); /* shared */
+  for (i = 0; i < N * K / 32; ++i)
+    gpu_block((const uint8_t*)blocks.data + 16 * i, expected + 16 * i);
+  CHECK(memcmp(gblocks.data, expected, sizeof expected) == 0);
+  CHECK(memcmp(gblocks.data, blocks.data, sizeof expected) != 0);
+  CHECK_OK(mxfp4_dequantize(weight, &td1, NULL));
+  CHECK_OK(mxfp4_dequantize(gpu, &td2, NULL));
+  CHECK(memcmp(d1, d2, sizeof d1) == 0);
+  CHECK_ERROR(mxfp4_linear(&tx, gpu, &ty, NULL), MXFP4_ERR_UNSUPPORTED, "BlockLayout::gpu");
+  CHECK_OK(mxfp4_weight_with_layout(gpu, MXFP4_LAYOUT_STANDARD, &back));
+  CHECK_OK(mxfp4_weight_with_layout(weight, MXFP4_LAYOUT_STANDARD, &same));
+  if (back == NULL || same == NULL) return;
+  CHECK_OK(mxfp4_weight_get_part(back, MXFP4_PART_BLOCKS, &bblocks));
+  CHECK(memcmp(bblocks.data, blocks.data, sizeof expected) == 0);
+  CHECK_OK(mxfp4_weight_get_part(same, MXFP4_PART_BLOCKS, &bblocks));
+  CHECK(bblocks.data == blocks.data); /* already standard: shared */
+  CHECK_OK(mxfp4_linear(&tx, back, &ty, NULL));
+
+  /* Files hold the standard bytes. */
+  snprintf(p1, sizeof p1, "%s/layout_std.safetensors", dir);
+  snprintf(p2, sizeof p2, "%s/layout_gpu.safetensors", dir);
+  CHECK_OK(mxfp4_writer_create(&w1));
+  CHECK_OK(mxfp4_writer_create(&w2));
+  if (w1 != NULL && w2 != NULL) {
+    CHECK_OK(mxfp4_writer_add_weight(w1, "w", weight));
+    CHECK_OK(mxfp4_writer_add_weight(w2, "w", gpu));
+    CHECK_OK(mxfp4_writer_save(w1, p1, MXFP4_FORMAT_AUTO));
+    CHECK_OK(mxfp4_writer_save(w2, p2, MXFP4_FORMAT_AUTO));
+    n1 = read_file(p1, file1, sizeof file1);
+    n2 = read_file(p2, file2, sizeof file2);
+    CHECK(n1 > 0 && n1 == n2 && memcmp(file1, file2, (size_t)n1) == 0);
+  }
+  mxfp4_writer_destroy(w1);
+  mxfp4_writer_destroy(w2);
+
+  /* Errors: an unknown layout, NULLs, a scale above 128 (named), and the out-parameter kept. */
+  CHECK_ERROR(mxfp4_weight_with_layout(weight, 5, &sentinel), MXFP4_ERR_INVALID_ARGUMENT,
+              "unknown layout 5");
+  CHECK_ERROR(mxfp4_weight_with_layout(NULL, MXFP4_LAYOUT_GPU, &sentinel),
+              MXFP4_ERR_INVALID_ARGUMENT, "weight is NULL");
+  CHECK_ERROR(mxfp4_weight_with_layout(weight, MXFP4_LAYOUT_GPU, NULL), MXFP4_ERR_INVALID_ARGUMENT,
+              "out is NULL");
+  CHECK_ERROR(mxfp4_weight_get_layout(weight, NULL), MXFP4_ERR_INVALID_ARGUMENT, "layout is NULL");
+  memset(big_blocks, 0x21, sizeof big_blocks);
+  big_scales[0] = 127;
+  big_scales[1] = 200;
+  CHECK_OK(mxfp4_weight_from_parts(&tbb, &tbs, NULL, MXFP4_BORROW, &big));
+  if (big != NULL) {
+    CHECK_ERROR(mxfp4_weight_with_layout(big, MXFP4_LAYOUT_GPU, &sentinel),
+                MXFP4_ERR_INVALID_ARGUMENT, "row 1, block 0 has scale 200");
+  }
+  CHECK(sentinel == (mxfp4_weight*)&tw);
+  mxfp4_weight_destroy(big);
+  mxfp4_weight_destroy(same);
+  mxfp4_weight_destroy(back);
+  mxfp4_weight_destroy(gpu);
+  mxfp4_weight_destroy(weight);
+}
+
 /* Weights and tensors saved through a writer come back from mxfp4_file_* unchanged. */
 static void test_files(const char* dir) {
   enum { N = 16, K = 64, E = 3 };
@@ -1256,6 +1386,7 @@ int main(int argc, char** argv) {
   test_run_options();
   test_from_parts();
   test_files(argv[1]);
+  test_block_layouts(argv[1]);
   test_errors();
   test_gptq();
   test_gptq_experts();

@@ -97,6 +97,83 @@ def test_weight_properties_and_parts() -> None:
     assert "experts=3" in repr(experts)
 
 
+def gpu_layout_bytes(blocks: np.ndarray) -> np.ndarray:
+    """Standard blocks [..., K/2] in the GPU block layout, by its definition: word t of a block
+    holds byte t + 4s in slot s (magnitudes at bits 3s and 16 + 3s, signs at 12 + s and 28 + s),
+    words little-endian."""
+    b = blocks.reshape(-1, 4, 4).astype(np.uint32)  # [block, s, t]: byte t + 4s
+    lo, hi = b & 15, b >> 4
+    s = np.arange(4, dtype=np.uint32)[None, :, None]
+    slots = ((lo & 7) << (3 * s)) | ((hi & 7) << (16 + 3 * s)) | ((lo >> 3) << (12 + s)) | \
+        ((hi >> 3) << (28 + s))
+    words = np.bitwise_or.reduce(slots, axis=1).astype("<u4")  # [block, t]
+    return words.view(np.uint8).reshape(blocks.shape)
+
+
+def test_block_layouts() -> None:
+    assert mxfp4.BlockLayout.standard.value == 0 and mxfp4.BlockLayout.gpu.value == 1
+    for shape in ((24, 96), (3, 8, 64)):
+        weight = mxfp4.Mxfp4Weight.quantize(randn(*shape, seed=70), randn(*shape[:-1], seed=71))
+        assert weight.layout == mxfp4.BlockLayout.standard
+        gpu = weight.with_layout(mxfp4.BlockLayout.gpu)
+        assert gpu.layout == mxfp4.BlockLayout.gpu and "layout=gpu" in repr(gpu)
+        assert "layout" not in repr(weight)
+        np.testing.assert_array_equal(gpu.blocks, gpu_layout_bytes(weight.blocks))
+        assert not np.array_equal(gpu.blocks, weight.blocks)
+        assert np.shares_memory(gpu.scales, weight.scales)
+        assert np.shares_memory(gpu.bias, weight.bias)
+        back = gpu.with_layout(mxfp4.BlockLayout.standard)
+        assert back.layout == mxfp4.BlockLayout.standard
+        np.testing.assert_array_equal(back.blocks, weight.blocks)
+        assert np.shares_memory(weight.with_layout(mxfp4.BlockLayout.standard).blocks,
+                                weight.blocks)
+        copy = gpu.to("cpu")
+        assert copy.layout == mxfp4.BlockLayout.gpu
+        np.testing.assert_array_equal(copy.blocks, gpu.blocks)
+        for dtype in ("f32", "bf16", "f16"):
+            want = weight.dequantize(dtype)
+            got = gpu.dequantize(dtype)
+            np.testing.assert_array_equal(got.view(np.uint8), want.view(np.uint8))
+    x = randn(2, 96, seed=72)
+    with pytest.raises(mxfp4.Unsupported, match="BlockLayout::gpu, which only the CUDA backend"):
+        mxfp4.linear(x, mxfp4.Mxfp4Weight.quantize(randn(4, 96)).with_layout(mxfp4.BlockLayout.gpu))
+    stack = mxfp4.Mxfp4Weight.quantize(randn(3, 4, 64)).with_layout(mxfp4.BlockLayout.gpu)
+    with pytest.raises(mxfp4.Unsupported, match="gather_linear"):
+        mxfp4.gather_linear(randn(2, 64), np.array([[0, 1], [2, 0]], np.int32), stack)
+    # A weight viewing the caller's arrays: the re-laid-out one shares them and keeps them alive.
+    weight = mxfp4.Mxfp4Weight.quantize(randn(4, 64, seed=76))
+    blocks, scales = np.array(weight.blocks), np.array(weight.scales)
+    view = mxfp4.Mxfp4Weight.from_parts(blocks, scales)
+    relaid = view.with_layout(mxfp4.BlockLayout.gpu)
+    assert np.shares_memory(relaid.scales, scales)
+    del view, blocks, scales
+    np.testing.assert_array_equal(relaid.with_layout(mxfp4.BlockLayout.standard).blocks,
+                                  weight.blocks)
+    np.testing.assert_array_equal(relaid.scales, weight.scales)
+    big = mxfp4.Mxfp4Weight.quantize(randn(4, 64, scale=1e6))
+    with pytest.raises(mxfp4.InvalidArgument, match=r"row 0, block 0 has scale 1[0-9][0-9]"):
+        big.with_layout(mxfp4.BlockLayout.gpu)
+    with pytest.raises(TypeError):
+        big.with_layout("gpu")
+
+
+def test_gpu_layout_weights_are_saved_with_the_standard_bytes(tmp_path: pathlib.Path) -> None:
+    dense = mxfp4.Mxfp4Weight.quantize(randn(16, 64, seed=73), randn(16, seed=74))
+    experts = mxfp4.Mxfp4Weight.quantize(randn(3, 8, 32, seed=75))
+    gpu = {"up": dense.with_layout(mxfp4.BlockLayout.gpu),
+           "experts": experts.with_layout(mxfp4.BlockLayout.gpu)}
+    for fmt, name in (("safetensors", "m.safetensors"), ("gguf", "m.gguf"), ("uqff1", "m.uqff"),
+                      ("gptoss", "g.safetensors"), ("uqff-legacy", "l.uqff")):
+        mxfp4.save(str(tmp_path / ("std_" + name)), {"up": dense, "experts": experts}, format=fmt)
+        mxfp4.save(str(tmp_path / ("gpu_" + name)), gpu, format=fmt)
+        assert (tmp_path / ("gpu_" + name)).read_bytes() == \
+            (tmp_path / ("std_" + name)).read_bytes(), fmt
+        with mxfp4.open(str(tmp_path / ("gpu_" + name)), format=fmt) as f:
+            back = f.load_weight("up")
+            assert back.layout == mxfp4.BlockLayout.standard
+            np.testing.assert_array_equal(back.blocks, dense.blocks)
+
+
 def test_dequantize_is_exact_in_f32_and_bf16() -> None:
     weight = mxfp4.Mxfp4Weight.quantize(randn(32, 128, seed=6, scale=4.0))
     ref = decode(weight.blocks, weight.scales)

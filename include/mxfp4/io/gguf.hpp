@@ -282,9 +282,10 @@ struct GgufTensorItem {
 // A GGUF item viewing a CPU Tensor of f32, f16, bf16, i32 or i64 (the Tensor must outlive the
 // write). Throws DTypeMismatch (u8, u32: ggml has no such type) or Unsupported (not on the CPU).
 GgufTensorItem gguf_item(std::string name, const Tensor& tensor);
-// A GGUF MXFP4 item of `weight`'s blocks and scales, converted to GGUF's layout when the writer
-// reaches it (the item shares the weight's storage); row-major shape [N, K] or [E, N, K]. The
-// bias is not included: write it as its own tensor (gguf_item(name, *weight.bias())).
+// A GGUF MXFP4 item of `weight`'s blocks and scales, converted to GGUF's layout (from either
+// BlockLayout) when the writer reaches it (the item shares the weight's storage); row-major shape
+// [N, K] or [E, N, K]. The bias is not included: write it as its own tensor
+// (gguf_item(name, *weight.bias())).
 GgufTensorItem gguf_mxfp4_item(std::string name, const Mxfp4Weight& weight);
 
 // Writes a GGUF v3 file atomically (a temporary file in the same folder, renamed over `path`

@@ -40,7 +40,8 @@ struct LogicalTensor {
   std::function<TensorBytes()> bytes;
 
   // mxfp4: E (0 for a dense [N, K] matrix), N, K, the bias's safetensors dtype ("" when none),
-  // and the weight on demand (blocks [.., N, K/2], scales [.., N, K/32], bias [.., N]).
+  // and the weight on demand (blocks [.., N, K/2], scales [.., N, K/32], bias [.., N]; in either
+  // BlockLayout: every layout writes the standard bytes).
   std::int64_t experts = 0;
   std::int64_t n = 0;
   std::int64_t k = 0;

@@ -100,8 +100,9 @@ struct UqffBlob {
 // bytes left over after the last tensor.
 UqffBlob parse_uqff_blob(std::span<const std::uint8_t> blob, const std::string& source = "blob");
 
-// The blob of `weight` (its bias included when it has one), version 0.2.0. Throws Unsupported
-// (weight not on the CPU) or InvalidArgument (a dim or a data length over u32).
+// The blob of `weight` (its bias included when it has one), version 0.2.0, with the blocks in the
+// standard layout whatever the weight's BlockLayout. Throws Unsupported (weight not on the CPU)
+// or InvalidArgument (a dim or a data length over u32).
 std::vector<std::uint8_t> serialize_uqff_blob(const Mxfp4Weight& weight);
 
 // An owning CPU Mxfp4Weight from a blob. Besides parse_uqff_blob's errors, throws FormatError
@@ -148,11 +149,13 @@ struct Uqff1Contents {
 // The three version scalars (U32 []), viewing static storage.
 std::vector<SafetensorsItem> uqff1_version_items();
 // The items of one MXFP4 layer: P.weight.format, P.weight, P.weight.scales and P.bias if any
-// (the weight must outlive the write). Throws Unsupported (not on the CPU).
+// (the weight must outlive the write). Throws Unsupported (not on the CPU) or InvalidArgument (a
+// BlockLayout::gpu weight, whose bytes are not what the file holds: pass
+// weight.with_layout(BlockLayout::standard)).
 std::vector<SafetensorsItem> uqff1_layer_items(const std::string& prefix,
                                                const Mxfp4Weight& weight);
-// Writes a UQFF 1.2.0 file of `layers` (version scalars first, then each layer's items)
-// atomically. Throws InvalidArgument (duplicate prefixes, ...) or IoError.
+// Writes a UQFF 1.2.0 file of `layers` (version scalars first, then each layer's items, blocks in
+// the standard layout) atomically. Throws InvalidArgument (duplicate prefixes, ...) or IoError.
 std::uint64_t write_uqff1(const std::string& path, const std::vector<Uqff1Layer>& layers,
                           const std::map<std::string, std::string>& metadata = {});
 // Reads UQFF 1.x: version scalars present, U32 scalars, major 1, minor <= 2; every

@@ -80,7 +80,7 @@ __device__ __forceinline__ void accumulate_post_scaled(
   // over from the quad lane that loaded the block (no transpose). (Measured on an H100, session
   // 16: these shuffles make f16 decode slower than the standard layout's transposes, up to 1.6x
   // at 16 tokens; taking each block in the MMA's own k order instead, with x in four 4-byte
-  // pieces, was slower still from 8 tokens. bf16 with 32 tokens gains 1-4%.)
+  // pieces, was slower still from 8 tokens. bf16 with 32 tokens gains 1-3%.)
   const int stride = members * kStep;
   int b0 = member * kStep;
   Step next = load_step(wa_row, wb_row, sa_row, sb_row, b0, t, nblk);

@@ -92,6 +92,29 @@ TEST(GpuBlockLayout, WordsAreTheBlocksOwnBytes) {
   EXPECT_EQ(words[0] & 0x00070007u, 0x00020001u);
 }
 
+TEST(GpuBlockLayout, BlockBytesAreTheWordsLittleEndianAndConvertBackInPlace) {
+  std::mt19937 rng(11);
+  for (int trial = 0; trial < 1000; ++trial) {
+    std::uint8_t block[16], gpu[16];
+    for (std::uint8_t& b : block)
+      b = static_cast<std::uint8_t>(rng());
+    mxfp4::detail::gpu_bytes_from_standard(block, gpu);
+    std::uint32_t words[4];
+    gpu_block_from_standard(block, words);
+    for (int i = 0; i < 16; ++i) {
+      ASSERT_EQ(gpu[i], static_cast<std::uint8_t>(words[i / 4] >> (8 * (i % 4))))
+          << "trial " << trial << " byte " << i;
+    }
+    std::uint8_t back[16];
+    std::memcpy(back, gpu, 16);
+    mxfp4::detail::standard_bytes_from_gpu(back, back);  // in place
+    ASSERT_EQ(0, std::memcmp(back, block, 16)) << "trial " << trial;
+    std::memcpy(back, block, 16);
+    mxfp4::detail::gpu_bytes_from_standard(back, back);  // in place
+    ASSERT_EQ(0, std::memcmp(back, gpu, 16)) << "trial " << trial;
+  }
+}
+
 TEST(GpuBlockLayout, TheScaleFactorGivesTheReferencesValues) {
   for (std::uint32_t s = 0; s <= mxfp4::detail::kGpuLayoutMaxScale; ++s) {
     const std::uint32_t f = gpu_scale_bf16(s);

@@ -69,6 +69,27 @@ MXFP4_HD inline void standard_block_from_gpu(const std::uint32_t* words, std::ui
   }
 }
 
+// The same on a block's bytes in memory (a word's bytes little-endian, so the bytes are the same
+// on every host): 16 standard bytes -> 16 GPU-layout bytes, and back. `in` and `out` may be the
+// same.
+MXFP4_HD inline void gpu_bytes_from_standard(const std::uint8_t* in, std::uint8_t* out) {
+  std::uint32_t words[kGpuBlockWords];
+  gpu_block_from_standard(in, words);
+  for (int t = 0; t < kGpuBlockWords; ++t) {
+    for (int j = 0; j < 4; ++j)
+      out[4 * t + j] = static_cast<std::uint8_t>(words[t] >> (8 * j));
+  }
+}
+MXFP4_HD inline void standard_bytes_from_gpu(const std::uint8_t* in, std::uint8_t* out) {
+  std::uint32_t words[kGpuBlockWords];
+  for (int t = 0; t < kGpuBlockWords; ++t) {
+    words[t] = 0;
+    for (int j = 0; j < 4; ++j)
+      words[t] |= static_cast<std::uint32_t>(in[4 * t + j]) << (8 * j);
+  }
+  standard_block_from_gpu(words, out);
+}
+
 // Slot s of word w as a bf16 pair (first code in the low half): each code's value times 2^-126,
 // exactly (codes 1 and 9, +-0.5, are bf16 subnormals; code 8 is -0).
 MXFP4_HD inline std::uint32_t gpu_slot_bf16(std::uint32_t w, int s) {

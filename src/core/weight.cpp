@@ -56,30 +56,17 @@ void require_gpu_layout_scales(const char* op, const Tensor& scales) {
 }
 
 // `blocks` (host memory, whole 16-byte blocks) converted from the other layout to `to`, in a new
-// host tensor. A word of the GPU layout is read and written byte by byte, little-endian, so the
-// bytes are the same on every host.
+// host tensor.
 Tensor convert_blocks(const Tensor& blocks, BlockLayout to) {
   Tensor out = Tensor::empty(blocks.shape(), DType::u8);
   const auto* in = static_cast<const std::uint8_t*>(blocks.data());
   auto* dst = static_cast<std::uint8_t*>(out.data());
   const std::int64_t count = blocks.numel() / kBlockBytes;
-  std::uint32_t words[detail::kGpuBlockWords];
   for (std::int64_t b = 0; b < count; ++b) {
-    const std::uint8_t* src = in + b * kBlockBytes;
-    std::uint8_t* o = dst + b * kBlockBytes;
     if (to == BlockLayout::gpu) {
-      detail::gpu_block_from_standard(src, words);
-      for (int t = 0; t < detail::kGpuBlockWords; ++t) {
-        for (int j = 0; j < 4; ++j)
-          o[4 * t + j] = static_cast<std::uint8_t>(words[t] >> (8 * j));
-      }
+      detail::gpu_bytes_from_standard(in + b * kBlockBytes, dst + b * kBlockBytes);
     } else {
-      for (int t = 0; t < detail::kGpuBlockWords; ++t) {
-        words[t] = 0;
-        for (int j = 0; j < 4; ++j)
-          words[t] |= static_cast<std::uint32_t>(src[4 * t + j]) << (8 * j);
-      }
-      detail::standard_block_from_gpu(words, o);
+      detail::standard_bytes_from_gpu(in + b * kBlockBytes, dst + b * kBlockBytes);
     }
   }
   return out;

@@ -98,16 +98,7 @@ __device__ __forceinline__ void load_standard_block(const std::uint8_t* __restri
 #pragma unroll
   for (int j = 0; j < kBlockBytes; ++j)
     bytes[j] = p[j];
-  if (gpu) {
-    std::uint32_t words[detail::kGpuBlockWords];
-#pragma unroll
-    for (int t = 0; t < detail::kGpuBlockWords; ++t) {
-      words[t] = bytes[4 * t] | static_cast<std::uint32_t>(bytes[4 * t + 1]) << 8 |
-                 static_cast<std::uint32_t>(bytes[4 * t + 2]) << 16 |
-                 static_cast<std::uint32_t>(bytes[4 * t + 3]) << 24;
-    }
-    detail::standard_block_from_gpu(words, bytes);
-  }
+  if (gpu) detail::standard_bytes_from_gpu(bytes, bytes);
 }
 
 // The exact CUDA-core dot product of one weight row (its packed blocks, in the GPU layout if

@@ -4,6 +4,7 @@
 // same bytes; bf16 blocks with the mse rule stay packed and go through
 // quantize_block_bf16_mse_fast (bf16x2 arithmetic, the same bytes again).
 #include <cstdint>
+#include <cstring>
 #include <limits>
 #include <type_traits>
 #include <utility>
@@ -210,15 +211,10 @@ __global__ void dequantize_kernel(const std::uint8_t* __restrict__ blocks,
   if (b >= total_blocks) return;
   const uint4 q = *reinterpret_cast<const uint4*>(blocks + b * kBlockBytes);
   std::uint32_t words[4] = {q.x, q.y, q.z, q.w};
-  if (gpu) {  // the GPU layout's words -> the standard bytes, as words
+  if (gpu) {  // the GPU layout's words -> the standard ones
     std::uint8_t bytes[kBlockBytes];
     detail::standard_block_from_gpu(words, bytes);
-#pragma unroll
-    for (int w = 0; w < 4; ++w) {
-      words[w] = bytes[4 * w] | static_cast<std::uint32_t>(bytes[4 * w + 1]) << 8 |
-                 static_cast<std::uint32_t>(bytes[4 * w + 2]) << 16 |
-                 static_cast<std::uint32_t>(bytes[4 * w + 3]) << 24;
-    }
+    std::memcpy(words, bytes, kBlockBytes);
   }
   const float s = e8m0_decode(scales[b]);
   T* dst = out + b * kBlockSize;

@@ -34,7 +34,7 @@ const Mxfp4Weight& detail::SharedWeight::get() {
   if (!w_.defined()) {
     w_ = t_.weight();
     // Every layout writes the standard bytes (a producer may give a GPU-layout weight).
-    if (w_.layout() != BlockLayout::standard) w_ = w_.with_layout(BlockLayout::standard);
+    w_ = w_.with_layout(BlockLayout::standard);
     const bool ok = w_.out_features() == t_.n && w_.in_features() == t_.k &&
                     (w_.stacked() ? w_.num_experts() == t_.experts : t_.experts == 0) &&
                     w_.bias().has_value() == t_.has_bias() &&

@@ -30,10 +30,15 @@ namespace mxfp4::detail {
 
 inline constexpr int kGpuBlockWords = 4;
 
-// w rotated left by r bits (any r; a single funnel shift on the GPU).
+// w rotated left by r bits (any r, taken mod 32): a single funnel shift on the GPU, where the
+// kernels use the functions below as they are.
 MXFP4_HD inline std::uint32_t rotate_left(std::uint32_t w, int r) {
+#if defined(__CUDA_ARCH__)
+  return __funnelshift_l(w, w, static_cast<unsigned>(r));
+#else
   r &= 31;
   return r == 0 ? w : (w << r) | (w >> (32 - r));
+#endif
 }
 
 // Slot s's bits for a standard byte (first code in the low nibble).

@@ -79,18 +79,6 @@ __device__ __forceinline__ void decode4_bf16(std::uint32_t v, const Bf16Tables& 
   p1 = __byte_perm(lo, hi, 0x7362);
 }
 
-// Slot s of a word of a block in the GPU layout (core/gpu_block_layout.hpp) as a bf16 pair, the
-// codes' values times 2^-126, or as an f16 pair, times 2^-14: one funnel shift (a rotation) and
-// one mask for the magnitudes, the same for the signs. s may vary by lane.
-__device__ __forceinline__ std::uint32_t gpu_slot_bf16x2(std::uint32_t w, int s) {
-  return (__funnelshift_l(w, w, 6 - 3 * s) & 0x01C001C0u) |
-         (__funnelshift_l(w, w, 3 - s) & 0x80008000u);
-}
-__device__ __forceinline__ std::uint32_t gpu_slot_f16x2(std::uint32_t w, int s) {
-  return (__funnelshift_l(w, w, 9 - 3 * s) & 0x0E000E00u) |
-         (__funnelshift_l(w, w, 3 - s) & 0x80008000u);
-}
-
 // A block's 16 standard bytes (FORMATS.md section 1) from its bytes in memory, in the GPU layout
 // if `gpu`. Byte loads: for the CUDA-core paths, which take misaligned buffers.
 __device__ __forceinline__ void load_standard_block(const std::uint8_t* __restrict__ p, bool gpu,
@@ -191,12 +179,6 @@ __device__ __forceinline__ std::uint32_t bf16_scale_pair(std::uint32_t s) {
   return bits | (bits << 16);
 }
 
-// The GPU layout's bf16 scale factor pair for an E8M0 byte s <= 128: 2^(s - 1), which takes
-// gpu_slot_bf16x2's values (times 2^-126) to the reference's (times 2^(s - 127)).
-__device__ __forceinline__ std::uint32_t gpu_scale_pair(std::uint32_t s) {
-  return detail::gpu_scale_bf16(s);
-}
-
 // Packed bf16 multiply (exact here: an E2M1 value times a power of two that bf16 holds), as
 // a * b + (-0), since mul.bf16x2 needs sm_90 and fma.bf16x2 only sm_80; adding -0 keeps the
 // sign of a zero product.
@@ -206,17 +188,17 @@ __device__ __forceinline__ std::uint32_t bf16x2_mul(std::uint32_t a, std::uint32
   return r;
 }
 
-// Slot s of a GPU-layout word as T values, exact (gpu_slot_f16x2 / gpu_slot_bf16x2 lifted by
+// Slot s of a GPU-layout word as T values, exact (detail::gpu_slot_f16 / gpu_slot_bf16 lifted by
 // 2^14 / 2^126 in a packed multiply, which takes their subnormals): for MMAs whose block sums
 // are scaled afterwards in f32.
 template <typename T>
 __device__ __forceinline__ std::uint32_t gpu_slot_lift(std::uint32_t w, int s) {
   if constexpr (std::is_same_v<T, __half>) {
     std::uint32_t r;
-    asm("mul.rn.f16x2 %0, %1, %2;" : "=r"(r) : "r"(gpu_slot_f16x2(w, s)), "r"(0x74007400u));
+    asm("mul.rn.f16x2 %0, %1, %2;" : "=r"(r) : "r"(detail::gpu_slot_f16(w, s)), "r"(0x74007400u));
     return r;
   } else {
-    return bf16x2_mul(gpu_slot_bf16x2(w, s), 0x7E807E80u);
+    return bf16x2_mul(detail::gpu_slot_bf16(w, s), 0x7E807E80u);
   }
 }
 

@@ -165,16 +165,16 @@ __device__ __forceinline__ void gemm_tile(uint4* smem_raw, const __nv_bfloat16* 
           // distinct banks).
           const uint4 va = st.w[ra][wb];
           const uint4 vb = st.w[ra + 8][wb];
-          sa = gpu_scale_pair((st.s[ra] >> (8 * b)) & 0xFFu);
-          sb = gpu_scale_pair((st.s[ra + 8] >> (8 * b)) & 0xFFu);
-          a[i][0][0] = gpu_slot_bf16x2(va.x, t);
-          a[i][0][2] = gpu_slot_bf16x2(va.y, t);
-          a[i][1][0] = gpu_slot_bf16x2(va.z, t);
-          a[i][1][2] = gpu_slot_bf16x2(va.w, t);
-          a[i][0][1] = gpu_slot_bf16x2(vb.x, t);
-          a[i][0][3] = gpu_slot_bf16x2(vb.y, t);
-          a[i][1][1] = gpu_slot_bf16x2(vb.z, t);
-          a[i][1][3] = gpu_slot_bf16x2(vb.w, t);
+          sa = detail::gpu_scale_bf16((st.s[ra] >> (8 * b)) & 0xFFu);
+          sb = detail::gpu_scale_bf16((st.s[ra + 8] >> (8 * b)) & 0xFFu);
+          a[i][0][0] = detail::gpu_slot_bf16(va.x, t);
+          a[i][0][2] = detail::gpu_slot_bf16(va.y, t);
+          a[i][1][0] = detail::gpu_slot_bf16(va.z, t);
+          a[i][1][2] = detail::gpu_slot_bf16(va.w, t);
+          a[i][0][1] = detail::gpu_slot_bf16(vb.x, t);
+          a[i][0][3] = detail::gpu_slot_bf16(vb.y, t);
+          a[i][1][1] = detail::gpu_slot_bf16(vb.z, t);
+          a[i][1][3] = detail::gpu_slot_bf16(vb.w, t);
         } else {
           const std::uint32_t wa_word =
               lds32(reinterpret_cast<const std::uint8_t*>(&st.w[ra][wb]) + 4 * t);

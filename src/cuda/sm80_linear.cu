@@ -303,8 +303,8 @@ __device__ __forceinline__ void accumulate_pre_scaled(float (&acc)[R][NT][4],
     std::uint32_t fa[R], fb[R];
 #pragma unroll
     for (int r = 0; r < R; ++r) {
-      fa[r] = kGpu ? gpu_scale_pair(cur.sa[r]) : bf16_scale_pair(cur.sa[r]);
-      fb[r] = kGpu ? gpu_scale_pair(cur.sb[r]) : bf16_scale_pair(cur.sb[r]);
+      fa[r] = kGpu ? detail::gpu_scale_bf16(cur.sa[r]) : bf16_scale_pair(cur.sa[r]);
+      fb[r] = kGpu ? detail::gpu_scale_bf16(cur.sb[r]) : bf16_scale_pair(cur.sb[r]);
     }
 #pragma unroll
     for (int s = 0; s < 8; ++s) {  // elements 4s .. 4s+3 of the lane's block
@@ -315,10 +315,10 @@ __device__ __forceinline__ void accumulate_pre_scaled(float (&acc)[R][NT][4],
           // Pairs 2s and 2s + 1: slot s >> 1 of words 2 (s & 1) and 2 (s & 1) + 1 (times 2^-126;
           // the scale factor takes them back).
           const int w0 = 2 * (s & 1);
-          a[0] = gpu_slot_bf16x2(word(cur.wa[r], w0), s >> 1);
-          a[2] = gpu_slot_bf16x2(word(cur.wa[r], w0 + 1), s >> 1);
-          a[1] = gpu_slot_bf16x2(word(cur.wb[r], w0), s >> 1);
-          a[3] = gpu_slot_bf16x2(word(cur.wb[r], w0 + 1), s >> 1);
+          a[0] = detail::gpu_slot_bf16(word(cur.wa[r], w0), s >> 1);
+          a[2] = detail::gpu_slot_bf16(word(cur.wa[r], w0 + 1), s >> 1);
+          a[1] = detail::gpu_slot_bf16(word(cur.wb[r], w0), s >> 1);
+          a[3] = detail::gpu_slot_bf16(word(cur.wb[r], w0 + 1), s >> 1);
         } else {
           const std::uint32_t va = word(cur.wa[r], s >> 1) >> (16 * (s & 1));
           const std::uint32_t vb = word(cur.wb[r], s >> 1) >> (16 * (s & 1));

@@ -378,7 +378,7 @@ __device__ __forceinline__ unsigned load_acquire(const unsigned* p) {
 // 2^(s - 1) for the GPU layout's (whose decode gives the values times 2^-126).
 template <bool kGpu>
 __device__ __forceinline__ std::uint32_t scale_pair(std::uint32_t s) {
-  return kGpu ? gpu_scale_pair(s) : bf16_scale_pair(s);
+  return kGpu ? detail::gpu_scale_bf16(s) : bf16_scale_pair(s);
 }
 
 template <typename T, int kTokens, int kSub, int kWG, int kLoad, int kParts, bool kStream,
@@ -712,10 +712,10 @@ __device__ __forceinline__ void sm90_compute(std::uint8_t* smem, const TokenRows
                 sb = sc[r + 8];
 #pragma unroll
                 for (int q = 0; q < 2; ++q) {
-                  fr[j][q][0] = gpu_slot_bf16x2(wa, 2 * q);
-                  fr[j][q][2] = gpu_slot_bf16x2(wa, 2 * q + 1);
-                  fr[j][q][1] = gpu_slot_bf16x2(wb, 2 * q);
-                  fr[j][q][3] = gpu_slot_bf16x2(wb, 2 * q + 1);
+                  fr[j][q][0] = detail::gpu_slot_bf16(wa, 2 * q);
+                  fr[j][q][2] = detail::gpu_slot_bf16(wa, 2 * q + 1);
+                  fr[j][q][1] = detail::gpu_slot_bf16(wb, 2 * q);
+                  fr[j][q][3] = detail::gpu_slot_bf16(wb, 2 * q + 1);
                 }
               } else {
                 const uint4 va =

@@ -14,6 +14,7 @@
 #include <utility>
 #include <vector>
 
+#include "core/gpu_block_layout.hpp"
 #include "core/kernel_args.hpp"
 #include "mxfp4/mxfp4.hpp"
 
@@ -471,6 +472,59 @@ TEST(Cuda, LinearKeepsF16ExactOutsideItsRange) {
     if (m > 2) {
       const Tensor xs = xh.slice_rows(2, m);
       expect_linear_close(xs, w, mxfp4::linear(xs, w), got.slice_rows(2, m), "f16 finite rows");
+    }
+  }
+}
+
+// f16 x on the decode kernel (M <= 16): a warp's step of four blocks runs on f16 MMAs with the
+// weight scaled before them where every scale of the step is in 2^-13 .. 2^13 (2^-13 .. 2^1 in
+// the GPU layout), otherwise on bf16 MMAs against x split into two bf16 parts. Scales on both
+// sides of each bound, mixed within rows (so one call takes both kinds of steps), must all come
+// out exact. scripts/gpu-check runs this under every forced decode variant too.
+TEST(Cuda, LinearF16DecodeIsExactOnBothSidesOfTheF16ScaleRange) {
+  REQUIRE_GPU();
+  const std::int64_t n = 40, k = 1024;
+  std::mt19937_64 rng(12);
+  std::vector<std::uint8_t> codes(static_cast<std::size_t>(n * k / 2));
+  for (auto& c : codes)
+    c = static_cast<std::uint8_t>(rng());
+  struct Case {
+    int outside, inside;  // E8M0 scale bytes: every third block of a row, the others
+  };
+  const Case cases[] = {{113, 114}, {110, 116}, {112, 113}, {127, 128}, {128, 126},
+                        {141, 140}, {146, 139}, {142, 141}, {130, 129}};
+  for (const Case& c : cases) {
+    std::vector<std::uint8_t> scales(static_cast<std::size_t>(n * k / 32));
+    for (std::int64_t r = 0; r < n; ++r) {
+      for (std::int64_t b = 0; b < k / 32; ++b) {
+        scales[static_cast<std::size_t>(r * (k / 32) + b)] =
+            static_cast<std::uint8_t>((r + b) % 3 == 0 ? c.outside : c.inside);
+      }
+    }
+    const auto w = mxfp4::Mxfp4Weight::from_parts(Tensor::from_vector(codes, {n, k / 2}),
+                                                  Tensor::from_vector(scales, {n, k / 32}));
+    // x of a size that keeps the outputs normal f16 values (x itself within 2^-12 .. 2^11).
+    const int top = std::max(c.outside, c.inside);
+    const float x_scale = std::ldexp(1.0f, std::clamp(120 - top, -12, 11));
+    for (BlockLayout layout : test_layouts()) {
+      if (layout == BlockLayout::gpu && top > static_cast<int>(mxfp4::detail::kGpuLayoutMaxScale))
+        continue;
+      const auto wg = on_gpu(w, layout);
+      for (std::int64_t m : {1, 3, 8, 16}) {
+        const Tensor x = random_tensor({m, k}, DType::f32, 40 + m, x_scale).to(DType::f16);
+        const Tensor got = mxfp4::linear(x.to(kGpu), wg).to(mxfp4::Device::cpu());
+        const Tensor ref = mxfp4::linear(x, w);
+        const std::string what = "f16 scales " + std::to_string(c.outside) + " / " +
+                                 std::to_string(c.inside) + " M=" + std::to_string(m) +
+                                 layout_tag(layout);
+        for (std::int64_t i = 0; i < got.numel(); ++i) {
+          ASSERT_TRUE(std::isfinite(ref.item_as_double(i))) << what << " (test sizes) at " << i;
+          if (ref.item_as_double(i) != 0.0) {
+            ASSERT_NE(got.item_as_double(i), 0.0) << what << ": flushed to zero at " << i;
+          }
+        }
+        expect_linear_close(x, w, ref, got, what);
+      }
     }
   }
 }

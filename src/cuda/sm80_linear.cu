@@ -5,11 +5,14 @@
 // when there is one token (decode). The MMA's reduction order over k is free as long as A and
 // B agree, so we permute k inside each 32-element block such that lane (g, t) holds elements
 // 8t..8t+7 of the block: its A fragment is one 4-byte word of packed codes per row, and its B
-// fragment one 16-byte load of x. For f16, each block is multiplied on its own (two MMAs) and its
-// f32 partial sum scaled by the block's E8M0 scale in f32, so no scale can overflow or flush an
-// f16 operand. For bf16, which holds every scaled value exactly, the weight is scaled before the
-// MMA and each lane takes all its k slots from one block it loaded whole (no transpose): about
-// half the instructions per weight element (see accumulate_pre_scaled).
+// fragment one 16-byte load of x. With up to 16 tokens the weight is scaled before the MMA and
+// each lane takes all its k slots from one block it loaded whole (no transpose; see
+// accumulate_pre_scaled): in bf16, which holds every scaled value exactly, and for f16 x in f16
+// wherever a step's scales keep every scaled value a normal f16 (real weights' do), else in bf16
+// against x split exactly into two bf16 parts. With 17-32 tokens (and where registers demand it)
+// each block is multiplied on its own (two MMAs) and its f32 partial sum scaled by the block's
+// E8M0 scale in f32, so no scale can overflow or flush an f16 operand: about twice the
+// instructions per weight element.
 // The warps of a CTA split K; partial sums are reduced through shared memory in a fixed order
 // (deterministic results). From 5 tokens on large weights, each warp computes two 16-row tiles
 // with the same x (x loads, not the weight's, fill L1 there). No allocation, no host
@@ -62,7 +65,7 @@ __device__ __forceinline__ Step load_step(const std::uint8_t* __restrict__ wa_ro
   return st;
 }
 
-// The main loop for f16 x (and 32-token tiles), accumulating one 16-row tile's partial sums over
+// The main loop for 32-token tiles, accumulating one 16-row tile's partial sums over
 // this warp's share of K into acc: E2M1 fed to the MMAs unscaled, each block's two MMAs summed in
 // f32 and scaled by the block's scale in f32 (a scale times an E2M1 value may not fit f16). Lane
 // (g, t) loads whole blocks and a quad transpose hands it word t of four blocks (its A fragment of
@@ -209,10 +212,10 @@ __device__ __forceinline__ WeightStep<R> load_weight_step(const LaneRows<R>& row
 }
 
 // x for n-tile nt, 16-byte pieces q0 .. q0 + kQ - 1 of block `blk`.
-template <int NT, int kQ>
+template <int NT, int kQ, typename T>
 __device__ __forceinline__ void load_x_part(uint4 (&xs)[NT][4], int q0,
-                                            const __nv_bfloat16* const (&x_lane)[NT],
-                                            int tokens_left, int blk, int nblk) {
+                                            const T* const (&x_lane)[NT], int tokens_left, int blk,
+                                            int nblk) {
 #pragma unroll
   for (int nt = 0; nt < NT; ++nt) {
 #pragma unroll
@@ -226,27 +229,32 @@ __device__ __forceinline__ void load_x_part(uint4 (&xs)[NT][4], int q0,
   }
 }
 
-// How far ahead of its use the bf16 loop loads x (from L2, mostly): not at all (at the start of
-// its step), half a step (each half into the registers the step has just finished with), or a
+// How far ahead of its use the pre-scaled loop loads x (from L2, mostly): not at all (at the start
+// of its step), half a step (each half into the registers the step has just finished with), or a
 // whole step (a second set of registers). Further ahead costs 8 or 16 registers per n-tile.
 enum class XAhead { kNone, kHalf, kFull };
 
-// The main loop for bf16 x. The MMA's order over k is free as long as A and B agree: in each
-// group of four blocks, lane (g, t) takes every k slot it owns from block b0 + t, so its A
+// The main loop for up to 16 tokens. The MMA's order over k is free as long as A and B agree: in
+// each group of four blocks, lane (g, t) takes every k slot it owns from block b0 + t, so its A
 // fragments come straight from the 16 bytes it loaded (no transpose) and its B fragments from the
 // 64 bytes of x it loaded. The four lanes of a quad then mix four blocks in one MMA, so each
 // E2M1 pair is scaled before the MMA, exactly in bf16 (bf16 holds every E2M1 value times every
 // E8M0 scale), and the MMAs accumulate straight into acc. About half the instructions per weight
-// element of the f16 loop. The next step's weight is always loaded a step ahead.
+// element of the post-scaled loop. The next step's weight is always loaded a step ahead.
+// f16 x: each step runs on f16 MMAs where every block of the warp's step has a scale that keeps
+// its scaled values normal f16 (f16_prescale_ok; a warp vote per step), else on bf16 MMAs with x
+// split into two exact bf16 parts per fragment (two MMAs): exact either way, and as fast as bf16
+// on real weights (measured on an H100, session 17: f16 decode 1.1-2.5x faster than on the
+// post-scaled loop it used before, the GPU layout's f16 no longer slower than the standard one).
 // A warp computes R row tiles of 16 rows with the same x fragments. x is what limits 8 and 16
 // tokens: a lane's 64 bytes of x touch two 128-byte lines per token in each load, so with one
 // row tile the x loads take four fifths of the L1 wavefronts (ncu, Llama-70B up, M = 16: L1/TEX
 // throughput 94%, DRAM 34%); two row tiles halve them per weight byte.
-template <int R, int NT, XAhead kAhead, bool kGpu>
+template <typename T, int R, int NT, XAhead kAhead, bool kGpu>
 __device__ __forceinline__ void accumulate_pre_scaled(float (&acc)[R][NT][4],
-                                                      const __nv_bfloat16* const (&x_lane)[NT],
-                                                      int tokens_left, const LaneRows<R>& rows,
-                                                      int nblk, int member, int members) {
+                                                      const T* const (&x_lane)[NT], int tokens_left,
+                                                      const LaneRows<R>& rows, int nblk, int member,
+                                                      int members) {
   const int t = static_cast<int>(threadIdx.x) & 3;
   constexpr int kStep = 4;  // blocks per warp step
   const int stride = members * kStep;
@@ -261,7 +269,7 @@ __device__ __forceinline__ void accumulate_pre_scaled(float (&acc)[R][NT][4],
   if constexpr (kWalk) advance(at, b0 + t);
   WeightStep<R> next =
       kWalk ? load_weight_step<R>(at, 0, nblk - (b0 + t)) : load_weight_step<R>(rows, b0 + t, nblk);
-  const __nv_bfloat16* xp[NT];
+  const T* xp[NT];
 #pragma unroll
   for (int nt = 0; nt < NT; ++nt)
     xp[nt] = kWalk ? x_lane[nt] + std::int64_t{b0 + t} * kBlockSize : x_lane[nt];
@@ -275,7 +283,7 @@ __device__ __forceinline__ void accumulate_pre_scaled(float (&acc)[R][NT][4],
   for (; b0 < nblk; b0 += stride) {
     const WeightStep<R> cur = next;
     const int blk_next = b0 + stride + t;
-    const __nv_bfloat16* xq[NT];  // the next step's
+    const T* xq[NT];  // the next step's
 #pragma unroll
     for (int nt = 0; nt < NT; ++nt)
       xq[nt] = kWalk ? xp[nt] + stride * kBlockSize : xp[nt];
@@ -300,45 +308,87 @@ __device__ __forceinline__ void accumulate_pre_scaled(float (&acc)[R][NT][4],
         load_x_part<NT, 4>(x_next, 0, xq, tokens_left, 0, nblk - blk_next);
       }
     }
-    std::uint32_t fa[R], fb[R];
-#pragma unroll
-    for (int r = 0; r < R; ++r) {
-      fa[r] = kGpu ? detail::gpu_scale_bf16(cur.sa[r]) : bf16_scale_pair(cur.sa[r]);
-      fb[r] = kGpu ? detail::gpu_scale_bf16(cur.sb[r]) : bf16_scale_pair(cur.sb[r]);
-    }
-#pragma unroll
-    for (int s = 0; s < 8; ++s) {  // elements 4s .. 4s+3 of the lane's block
+    // One step (four blocks per quad) on the MMAs of type U: bf16, or for f16 x, f16 where every
+    // block of the step allows it (f16_prescale_ok: real weights' scales, 2^-13 .. 2^13), else
+    // bf16 weights against x split exactly into two bf16 parts (two MMAs each).
+    auto run_step = [&](auto f16_tag) {
+      constexpr bool kF16 = decltype(f16_tag)::value;
+      using U = std::conditional_t<kF16, __half, __nv_bfloat16>;
+      constexpr bool kSplitX = std::is_same_v<T, __half> && !kF16;
+      std::uint32_t fa[R], fb[R];
 #pragma unroll
       for (int r = 0; r < R; ++r) {
-        std::uint32_t a[4];
-        if constexpr (kGpu) {
-          // Pairs 2s and 2s + 1: slot s >> 1 of words 2 (s & 1) and 2 (s & 1) + 1 (times 2^-126;
-          // the scale factor takes them back).
-          const int w0 = 2 * (s & 1);
-          a[0] = detail::gpu_slot_bf16(word(cur.wa[r], w0), s >> 1);
-          a[2] = detail::gpu_slot_bf16(word(cur.wa[r], w0 + 1), s >> 1);
-          a[1] = detail::gpu_slot_bf16(word(cur.wb[r], w0), s >> 1);
-          a[3] = detail::gpu_slot_bf16(word(cur.wb[r], w0 + 1), s >> 1);
+        if constexpr (kF16) {
+          fa[r] = f16_scale_pair<kGpu>(cur.sa[r]);
+          fb[r] = f16_scale_pair<kGpu>(cur.sb[r]);
         } else {
-          const std::uint32_t va = word(cur.wa[r], s >> 1) >> (16 * (s & 1));
-          const std::uint32_t vb = word(cur.wb[r], s >> 1) >> (16 * (s & 1));
-          decode4<__nv_bfloat16>(va, a[0], a[2]);
-          decode4<__nv_bfloat16>(vb, a[1], a[3]);
+          fa[r] = kGpu ? detail::gpu_scale_bf16(cur.sa[r]) : bf16_scale_pair(cur.sa[r]);
+          fb[r] = kGpu ? detail::gpu_scale_bf16(cur.sb[r]) : bf16_scale_pair(cur.sb[r]);
         }
-        a[0] = bf16x2_mul(a[0], fa[r]);
-        a[2] = bf16x2_mul(a[2], fa[r]);
-        a[1] = bf16x2_mul(a[1], fb[r]);
-        a[3] = bf16x2_mul(a[3], fb[r]);
+      }
 #pragma unroll
-        for (int nt = 0; nt < NT; ++nt) {
-          const uint4& xv = xs[nt][s >> 1];
-          mma_16816<__nv_bfloat16>(acc[r][nt], a, (s & 1) ? xv.z : xv.x, (s & 1) ? xv.w : xv.y);
+      for (int s = 0; s < 8; ++s) {  // elements 4s .. 4s+3 of the lane's block
+#pragma unroll
+        for (int r = 0; r < R; ++r) {
+          std::uint32_t a[4];
+          if constexpr (kGpu) {
+            // Pairs 2s and 2s + 1: slot s >> 1 of words 2 (s & 1) and 2 (s & 1) + 1 (times
+            // 2^-126 in bf16, 2^-14 in f16; the scale factor takes them back).
+            const int w0 = 2 * (s & 1);
+            auto slot = [&](std::uint32_t w) {
+              return kF16 ? detail::gpu_slot_f16(w, s >> 1) : detail::gpu_slot_bf16(w, s >> 1);
+            };
+            a[0] = slot(word(cur.wa[r], w0));
+            a[2] = slot(word(cur.wa[r], w0 + 1));
+            a[1] = slot(word(cur.wb[r], w0));
+            a[3] = slot(word(cur.wb[r], w0 + 1));
+          } else {
+            const std::uint32_t va = word(cur.wa[r], s >> 1) >> (16 * (s & 1));
+            const std::uint32_t vb = word(cur.wb[r], s >> 1) >> (16 * (s & 1));
+            decode4<U>(va, a[0], a[2]);
+            decode4<U>(vb, a[1], a[3]);
+          }
+          auto mul = [](std::uint32_t v, std::uint32_t f) {
+            return kF16 ? f16x2_mul(v, f) : bf16x2_mul(v, f);
+          };
+          a[0] = mul(a[0], fa[r]);
+          a[2] = mul(a[2], fa[r]);
+          a[1] = mul(a[1], fb[r]);
+          a[3] = mul(a[3], fb[r]);
+#pragma unroll
+          for (int nt = 0; nt < NT; ++nt) {
+            const uint4& xv = xs[nt][s >> 1];
+            const std::uint32_t b0 = (s & 1) ? xv.z : xv.x;
+            const std::uint32_t b1 = (s & 1) ? xv.w : xv.y;
+            if constexpr (kSplitX) {
+              std::uint32_t h0, l0, h1, l1;
+              split_f16x2(b0, h0, l0);
+              split_f16x2(b1, h1, l1);
+              mma_16816<__nv_bfloat16>(acc[r][nt], a, h0, h1);
+              mma_16816<__nv_bfloat16>(acc[r][nt], a, l0, l1);
+            } else {
+              mma_16816<U>(acc[r][nt], a, b0, b1);
+            }
+          }
+        }
+        if constexpr (kAhead == XAhead::kHalf) {
+          if (s == 3) load_x_part<NT, 2>(xs, 0, x_lane, tokens_left, blk_next, nblk);
+          if (s == 7) load_x_part<NT, 2>(xs, 2, x_lane, tokens_left, blk_next, nblk);
         }
       }
-      if constexpr (kAhead == XAhead::kHalf) {
-        if (s == 3) load_x_part<NT, 2>(xs, 0, x_lane, tokens_left, blk_next, nblk);
-        if (s == 7) load_x_part<NT, 2>(xs, 2, x_lane, tokens_left, blk_next, nblk);
+    };
+    if constexpr (std::is_same_v<T, __half>) {
+      bool ok = true;
+#pragma unroll
+      for (int r = 0; r < R; ++r)
+        ok = ok && f16_prescale_ok<kGpu>(cur.sa[r]) && f16_prescale_ok<kGpu>(cur.sb[r]);
+      if (__all_sync(0xFFFFFFFFu, ok)) {
+        run_step(std::true_type{});
+      } else {
+        run_step(std::false_type{});
       }
+    } else {
+      run_step(std::false_type{});
     }
 #pragma unroll
     for (int nt = 0; nt < NT; ++nt)
@@ -346,7 +396,7 @@ __device__ __forceinline__ void accumulate_pre_scaled(float (&acc)[R][NT][4],
   }
 }
 
-// The decode kernel comes in variants of CTAs per SM (the register cap) for bf16: with one
+// The decode kernel comes in variants of CTAs per SM (the register cap): with one
 // n-tile 3 (x half a step ahead) or 4 (x not ahead, 61 registers); with two, 2 (x a step ahead)
 // or 3 (half a step). With two row tiles per warp, x is half a step ahead. pick_ctas chooses per
 // launch.
@@ -369,7 +419,7 @@ __device__ __forceinline__ void linear_tiles(const T* __restrict__ x, const Toke
                                              const std::uint8_t* __restrict__ scales,
                                              const void* __restrict__ bias, DType bias_dtype,
                                              T* __restrict__ out, int n, int k) {
-  constexpr bool kPreScaled = std::is_same_v<T, __nv_bfloat16> && NT <= 2;
+  constexpr bool kPreScaled = NT <= 2;
   static_assert(R == 1 || kPreScaled, "several row tiles per warp: the bf16 loop only");
   // kRowTiles groups of 16 R rows per CTA (dense only), each with kWarps / kRowTiles warps
   // splitting K.
@@ -417,8 +467,8 @@ __device__ __forceinline__ void linear_tiles(const T* __restrict__ x, const Toke
   }
   // (32-token tiles keep the f16 loop, whose x loads need fewer registers.)
   if constexpr (kPreScaled) {
-    accumulate_pre_scaled<R, NT, x_ahead<NT, kCtas, R>(), kGpu>(acc, x_lane, tokens_left, lrows,
-                                                                nblk, warp / groups, members);
+    accumulate_pre_scaled<T, R, NT, x_ahead<NT, kCtas, R>(), kGpu>(acc, x_lane, tokens_left, lrows,
+                                                                   nblk, warp / groups, members);
   } else {
     accumulate_post_scaled<T, kGpu, NT>(acc[0], x_lane, tokens_left, lrows.wa[0], lrows.wb[0],
                                         lrows.sa[0], lrows.sb[0], nblk, warp / groups, members);
@@ -617,7 +667,6 @@ void launch_mma(const void* x, const TokenRows& rows, std::int64_t tiles,
   }
   if (y == 0) return;
   const dim3 grid(row_tiles, static_cast<unsigned>(y));
-  constexpr bool kBf16 = std::is_same_v<T, __nv_bfloat16>;
   const bool dense = rows.tile_list == nullptr && rows.route_ids == nullptr;
   // A forced decode variant (tests, tuning) takes precedence over the rules below.
   const std::string& forced = forced_kernel();
@@ -625,7 +674,7 @@ void launch_mma(const void* x, const TokenRows& rows, std::int64_t tiles,
   // Long rows: each warp streams 64 blocks or more (Llama-70B's K = 8192 and 28672; not
   // GPT-OSS's 2880 or 4096).
   const bool long_rows = w.k / kBlockSize >= 64 * (kWarps / 2);
-  if constexpr (kBf16 && NT <= 2) {
+  if constexpr (NT <= 2) {
     // Each warp two row tiles with the same x, two CTAs per SM, from 5 tokens and, on long rows,
     // from 1, where their CTAs still fill nine tenths of those slots. Measured on an H100
     // (bench/RESULTS.md): at M = 8 and 16 (session 6) Llama-70B up and down 59.0 / 57.6 and
@@ -642,7 +691,7 @@ void launch_mma(const void* x, const TokenRows& rows, std::int64_t tiles,
       return launch_variant<T, kGpu, NT, false, 2, 1, 2>(grid, x, rows, tiles, w, out, stream);
     }
   }
-  if constexpr (NT == 1 && kBf16) {
+  if constexpr (NT == 1) {
     // Long rows at decode, where the kernel above does not fill its slots: CTAs of two 16-row
     // tiles, four warps splitting K for each. Measured on an H100 (bench/RESULTS.md, session 4),
     // M <= 4: Llama-70B up and down 59 us (87% of copy) against 63-66 us; shorter rows lose
@@ -653,18 +702,20 @@ void launch_mma(const void* x, const TokenRows& rows, std::int64_t tiles,
   }
   if constexpr (NT == 1) {
     if (rows.route_ids != nullptr) {
-      if constexpr (kBf16) {
+      // (bf16 only: route_sixteens, moe.cu.)
+      if constexpr (std::is_same_v<T, __nv_bfloat16>) {
         if (route_r2)
           return launch_variant<T, kGpu, 1, true, 2, 1, 2>(grid, x, routed, tiles, w, out, stream);
       }
       return launch_variant<T, kGpu, 1, true, 3>(grid, x, routed, tiles, w, out, stream);
     }
-    if (kBf16 && pick_ctas(std::int64_t{row_tiles} * y, 3, 4) == 4) {
-      return launch_variant < T, kGpu, 1, false,
-             kBf16 ? 4 : 3 > (grid, x, rows, tiles, w, out, stream);
+    if (pick_ctas(std::int64_t{row_tiles} * y, 3, 4) == 4) {
+      return launch_variant<T, kGpu, 1, false, 4>(grid, x, rows, tiles, w, out, stream);
     }
     return launch_variant<T, kGpu, 1, false, 3>(grid, x, rows, tiles, w, out, stream);
   } else if constexpr (NT == 2) {
+    // (f16: two CTAs per SM; at three, its f16 and split-x steps spill 64 bytes, ptxas -v.)
+    constexpr bool kBf16 = std::is_same_v<T, __nv_bfloat16>;
     if (kBf16 && pick_ctas(std::int64_t{row_tiles} * y, 2, 3) == 3) {
       return launch_variant < T, kGpu, 2, false,
              kBf16 ? 3 : 2 > (grid, x, rows, tiles, w, out, stream);

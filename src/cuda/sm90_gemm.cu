@@ -175,21 +175,6 @@ __device__ __forceinline__ std::uint32_t lane_bytes(const uint4& v, std::uint32_
   return __byte_perm(lo, hi, 0x5410);
 }
 
-// Two f16 (a word) -> bf16 pairs hi and lo with hi + lo equal to them exactly: hi rounded to
-// nearest, lo the (exact) rest; lo is 0 for an infinity (whose rest would be NaN).
-__device__ __forceinline__ void split_f16x2(std::uint32_t v, std::uint32_t& hi, std::uint32_t& lo) {
-  __half2 h;
-  memcpy(&h, &v, 4);
-  const float2 f = __half22float2(h);
-  const __nv_bfloat162 b = __floats2bfloat162_rn(f.x, f.y);
-  const float2 bf = __bfloat1622float2(b);
-  const float r0 = isinf(f.x) ? 0.0f : f.x - bf.x;
-  const float r1 = isinf(f.y) ? 0.0f : f.y - bf.y;
-  const __nv_bfloat162 l = __floats2bfloat162_rn(r0, r1);
-  memcpy(&hi, &b, 4);
-  memcpy(&lo, &l, 4);
-}
-
 // The pipeline: stage `it` (counted over all of a CTA's tiles) lives in slot it % kStages. The
 // loaders wait until the computing threads have released the slot (empty barrier), fetch the
 // stage and arrive on the slot's full barrier, which completes when the copies have landed:

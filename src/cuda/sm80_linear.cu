@@ -794,7 +794,13 @@ KernelChoice choose_kernel(DType x_dtype, std::int64_t tokens, std::int64_t n, s
   //   against 22.3, Llama-70B down 98.8 against 126);
   // - 65 to 256 tokens on 64-row tiles: two computing warpgroups per tile where the tiles fit one
   //   per SM (4096x4096 M = 256: 20.4 against 22.7, GPT-OSS down 15.4 against 16.8).
-  if (sm90_ok && tokens > 32) {
+  // Session 17 (an H100, M = 17, 24, 32): 17 to 32 tokens take the same tiles as 33 to 64 (at
+  // width 32), not the decode kernel's 32-token tiles or the sm_80 GEMM's 64-token ones, which
+  // were up to 4x slower and below cuBLAS: Llama-70B up 87.5-88.0 us against 155.7-158.8, down
+  // 83.0-84.6 against 335.2-345.4 (cuBLAS 162-168), GPT-OSS gate_up 12.0-12.2 against
+  // 22.1-26.0, down 9.8-10.0 against 12.0-13.8, 4096x4096 12.3 against 14.1-16.0; each rule's
+  // pick the fastest of the four kernels measured at each M.
+  if (sm90_ok && tokens > 16) {
     // Stream-K over 256-token tiles of 128 rows (sm90_gemm.cu), where whole tiles would leave
     // SMs idle and each CTA's run is long enough to pay for its stored sums (128 KiB each), both
     // measured on an H100 (bench/RESULTS.md, session 14):

@@ -70,6 +70,15 @@ std::string layout_tag(BlockLayout layout) {
 }
 
 // Gaussian-ish values with a per-row spread of magnitudes, never zeros.
+// An [n, k / 2] weight's packed E2M1 bytes, every byte value equally likely.
+std::vector<std::uint8_t> random_codes(std::int64_t n, std::int64_t k, std::uint64_t seed) {
+  std::mt19937_64 rng(seed);
+  std::vector<std::uint8_t> codes(static_cast<std::size_t>(n * k / 2));
+  for (auto& c : codes)
+    c = static_cast<std::uint8_t>(rng());
+  return codes;
+}
+
 Tensor random_tensor(mxfp4::Shape shape, DType dtype, std::uint64_t seed, float scale = 1.0f) {
   std::mt19937_64 rng(seed);
   Tensor f = Tensor::empty(shape, DType::f32);
@@ -381,10 +390,7 @@ TEST(Cuda, LinearStreamKMatchesTheReferenceWithAndWithoutAWorkspace) {
 TEST(Cuda, LinearKeepsExtremeScalesExact) {
   REQUIRE_GPU();
   const std::int64_t n = 24, k = 128;
-  std::mt19937_64 rng(9);
-  std::vector<std::uint8_t> codes(static_cast<std::size_t>(n * k / 2));
-  for (auto& c : codes)
-    c = static_cast<std::uint8_t>(rng());
+  const std::vector<std::uint8_t> codes = random_codes(n, k, 9);
   for (const bool tiny : {true, false}) {
     // Every block of a row has the same scale: 0 (2^-127) or 200 (2^73); a few rows use 1 and 2.
     std::vector<std::uint8_t> scales(static_cast<std::size_t>(n * k / 32));
@@ -422,10 +428,7 @@ TEST(Cuda, LinearKeepsExtremeScalesExact) {
 TEST(Cuda, LinearKeepsF16ExactOutsideItsRange) {
   REQUIRE_GPU();
   const std::int64_t n = 40, k = 256;
-  std::mt19937_64 rng(11);
-  std::vector<std::uint8_t> codes(static_cast<std::size_t>(n * k / 2));
-  for (auto& c : codes)
-    c = static_cast<std::uint8_t>(rng());
+  const std::vector<std::uint8_t> codes = random_codes(n, k, 11);
   for (const bool tiny : {true, false}) {
     std::vector<std::uint8_t> scales(static_cast<std::size_t>(n * k / 32),
                                      tiny ? std::uint8_t{127 - 30} : std::uint8_t{127 + 20});
@@ -485,10 +488,7 @@ TEST(Cuda, LinearKeepsF16ExactOutsideItsRange) {
 TEST(Cuda, LinearF16DecodeIsExactOnBothSidesOfTheF16ScaleRange) {
   REQUIRE_GPU();
   const std::int64_t n = 40, k = 1024;
-  std::mt19937_64 rng(12);
-  std::vector<std::uint8_t> codes(static_cast<std::size_t>(n * k / 2));
-  for (auto& c : codes)
-    c = static_cast<std::uint8_t>(rng());
+  const std::vector<std::uint8_t> codes = random_codes(n, k, 12);
   struct Case {
     int outside, inside;  // E8M0 scale bytes: every third block of a row, the others
   };

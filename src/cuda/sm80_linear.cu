@@ -9,9 +9,9 @@
 // each lane takes all its k slots from one block it loaded whole (no transpose; see
 // accumulate_pre_scaled): in bf16, which holds every scaled value exactly, and for f16 x in f16
 // wherever a step's scales keep every scaled value a normal f16 (real weights' do), else in bf16
-// against x split exactly into two bf16 parts. With 17-32 tokens (and where registers demand it)
-// each block is multiplied on its own (two MMAs) and its f32 partial sum scaled by the block's
-// E8M0 scale in f32, so no scale can overflow or flush an f16 operand: about twice the
+// against x split exactly into two bf16 parts. On 32-token tiles (f16 at 17-32 tokens, and bf16
+// before Hopper) each block is multiplied on its own (two MMAs) and its f32 partial sum scaled by
+// the block's E8M0 scale in f32, so no scale can overflow or flush an f16 operand: about twice the
 // instructions per weight element.
 // The warps of a CTA split K; partial sums are reduced through shared memory in a fixed order
 // (deterministic results). From 5 tokens on large weights, each warp computes two 16-row tiles
@@ -420,7 +420,7 @@ __device__ __forceinline__ void linear_tiles(const T* __restrict__ x, const Toke
                                              const void* __restrict__ bias, DType bias_dtype,
                                              T* __restrict__ out, int n, int k) {
   constexpr bool kPreScaled = NT <= 2;
-  static_assert(R == 1 || kPreScaled, "several row tiles per warp: the bf16 loop only");
+  static_assert(R == 1 || kPreScaled, "several row tiles per warp: the pre-scaled loop only");
   // kRowTiles groups of 16 R rows per CTA (dense only), each with kWarps / kRowTiles warps
   // splitting K.
   constexpr int kRowWarps = kWarps / kRowTiles;
@@ -465,7 +465,7 @@ __device__ __forceinline__ void linear_tiles(const T* __restrict__ x, const Toke
     for (int nt = 0; nt < NT; ++nt)
       acc[r][nt][0] = acc[r][nt][1] = acc[r][nt][2] = acc[r][nt][3] = 0.0f;
   }
-  // (32-token tiles keep the f16 loop, whose x loads need fewer registers.)
+  // (32-token tiles keep the post-scaled loop, whose x loads need fewer registers.)
   if constexpr (kPreScaled) {
     accumulate_pre_scaled<T, R, NT, x_ahead<NT, kCtas, R>(), kGpu>(acc, x_lane, tokens_left, lrows,
                                                                    nblk, warp / groups, members);

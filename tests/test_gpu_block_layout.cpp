@@ -25,6 +25,8 @@
 
 namespace {
 
+using mxfp4::detail::f16_prescale_ok;
+using mxfp4::detail::f16_scale_pair;
 using mxfp4::detail::gpu_block_from_standard;
 using mxfp4::detail::gpu_scale_bf16;
 using mxfp4::detail::gpu_slot_bf16;
@@ -130,6 +132,42 @@ TEST(GpuBlockLayout, TheScaleFactorGivesTheReferencesValues) {
                       mxfp4::e8m0_decode(static_cast<std::uint8_t>(s)),
                   "code " + std::to_string(code) + " scale " + std::to_string(s));
     }
+  }
+}
+
+// f16 x's pre-scaled decode (sm80_linear.cu): f16_prescale_ok accepts exactly the scales for
+// which the f16 factor is a normal f16 and every code times it is a normal f16 or zero equal to
+// the reference's value (so the kernels' packed f16 multiply is exact and the tensor cores meet
+// no subnormal weight), in both layouts: decode4's values (standard) and gpu_slot_f16's (values
+// times 2^-14).
+TEST(GpuBlockLayout, TheF16PreScaleRangeIsWhereEveryScaledCodeIsANormalF16) {
+  auto normal_f16 = [](double v) {
+    return v != 0.0 && std::fabs(v) >= 0x1p-14 && std::fabs(v) <= 65504.0 &&
+           mxfp4::test::round_f16(v) == v;
+  };
+  for (const bool gpu : {false, true}) {
+    int accepted = 0;
+    for (std::uint32_t s = 0; s < 256; ++s) {
+      const int slot_exp = gpu ? -14 : 0;  // what the decoded codes carry
+      const double factor = std::ldexp(1.0, static_cast<int>(s) - 127 - slot_exp);
+      bool exact = normal_f16(factor) && s != 255;
+      for (unsigned code = 0; code < 16 && exact; ++code) {
+        const double got = static_cast<double>(code_value(code, slot_exp)) * factor;
+        const double want =
+            static_cast<double>(mxfp4::e2m1_decode(static_cast<std::uint8_t>(code))) *
+            static_cast<double>(mxfp4::e8m0_decode(static_cast<std::uint8_t>(s)));
+        exact = got == want && (got == 0.0 || normal_f16(got));
+      }
+      const std::string what =
+          std::string(gpu ? "gpu" : "standard") + " scale " + std::to_string(s);
+      ASSERT_EQ(f16_prescale_ok(s, gpu), exact) << what;
+      if (!exact) continue;
+      ++accepted;
+      const std::uint32_t f = f16_scale_pair(s, gpu);
+      ASSERT_EQ(f >> 16, f & 0xFFFFu) << what;
+      EXPECT_EQ(mxfp4::test::decode_f16(static_cast<std::uint16_t>(f)), factor) << what;
+    }
+    EXPECT_EQ(accepted, gpu ? 15 : 27);  // [114, 128] and [114, 140]
   }
 }
 

@@ -116,4 +116,21 @@ MXFP4_HD inline std::uint32_t gpu_scale_bf16(std::uint32_t s) {
 
 inline constexpr std::uint32_t kGpuLayoutMaxScale = 128;
 
+// f16 x on the decode kernel's pre-scaled loop (sm80_linear.cu): a block whose scaled values are
+// all normal f16 (or zero) is decoded to f16 and multiplied by its scale before the MMA. That
+// holds for E8M0 scales s in [114, 140] (2^-13 .. 2^13: the smallest nonzero value 0.5 * 2^-13
+// is f16's smallest normal, the largest 6 * 2^13 < 65504), and in the GPU layout, whose f16 slots
+// are the values times 2^-14 (gpu_slot_f16), for s <= 128, where the factor 2^(s - 113) is still
+// an f16. (tests/test_gpu_block_layout.cpp derives the range from these conditions.)
+MXFP4_HD inline bool f16_prescale_ok(std::uint32_t s, bool gpu) {
+  return s - 114u <= (gpu ? 128u - 114u : 140u - 114u);
+}
+
+// The f16 factor, in both halves, for a scale f16_prescale_ok accepts: 2^(s - 127) (exponent
+// field s - 112) for the codes' values, 2^(s - 113) (field s - 98) for gpu_slot_f16's.
+MXFP4_HD inline std::uint32_t f16_scale_pair(std::uint32_t s, bool gpu) {
+  const std::uint32_t bits = (s - (gpu ? 98u : 112u)) << 10;
+  return bits | bits << 16;
+}
+
 }  // namespace mxfp4::detail

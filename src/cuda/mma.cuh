@@ -204,26 +204,7 @@ __device__ __forceinline__ void split_f16x2(std::uint32_t v, std::uint32_t& hi, 
   memcpy(&lo, &l, 4);
 }
 
-// f16 x on the bf16 decode loop (sm80_linear.cu's accumulate_pre_scaled): a block whose scaled
-// values are all normal f16 (or zero) is decoded to f16 and multiplied by its scale before the
-// MMA, exactly as bf16 is. That holds for E8M0 scales s in [114, 140] (2^-13 .. 2^13: the
-// smallest nonzero value 0.5 * 2^-13 is f16's smallest normal, the largest 6 * 2^13 < 65504),
-// and in the GPU layout, whose f16 slots are the values times 2^-14 (detail::gpu_slot_f16), for
-// s <= 128, where the factor 2^(s - 113) is still an f16.
-template <bool kGpu>
-__device__ __forceinline__ bool f16_prescale_ok(std::uint32_t s) {
-  return s - 114u <= (kGpu ? 128u - 114u : 140u - 114u);
-}
-
-// The f16 factor, in both halves, for a scale f16_prescale_ok accepts: 2^(s - 127) (exponent
-// field s - 112) for decode4<__half>'s values, 2^(s - 113) (field s - 98) for gpu_slot_f16's.
-template <bool kGpu>
-__device__ __forceinline__ std::uint32_t f16_scale_pair(std::uint32_t s) {
-  const std::uint32_t bits = (s - (kGpu ? 98u : 112u)) << 10;
-  return bits | bits << 16;
-}
-
-// Packed f16 multiply, exact where the products are f16 values (f16_prescale_ok).
+// Packed f16 multiply, exact where the products are f16 values (detail::f16_prescale_ok).
 __device__ __forceinline__ std::uint32_t f16x2_mul(std::uint32_t a, std::uint32_t b) {
   std::uint32_t r;
   asm("mul.rn.f16x2 %0, %1, %2;" : "=r"(r) : "r"(a), "r"(b));

@@ -242,9 +242,9 @@ enum class XAhead { kNone, kHalf, kFull };
 // E8M0 scale), and the MMAs accumulate straight into acc. About half the instructions per weight
 // element of the post-scaled loop. The next step's weight is always loaded a step ahead.
 // f16 x: each step runs on f16 MMAs where every block of the warp's step has a scale that keeps
-// its scaled values normal f16 (f16_prescale_ok; a warp vote per step), else on bf16 MMAs with x
-// split into two exact bf16 parts per fragment (two MMAs): exact either way, and as fast as bf16
-// on real weights (measured on an H100, session 17: f16 decode 1.1-2.5x faster than on the
+// its scaled values normal f16 (detail::f16_prescale_ok; a warp vote per step), else on bf16 MMAs
+// with x split into two exact bf16 parts per fragment (two MMAs): exact either way, and as fast as
+// bf16 on real weights (measured on an H100, session 17: f16 decode 1.1-2.5x faster than on the
 // post-scaled loop it used before, the GPU layout's f16 no longer slower than the standard one).
 // A warp computes R row tiles of 16 rows with the same x fragments. x is what limits 8 and 16
 // tokens: a lane's 64 bytes of x touch two 128-byte lines per token in each load, so with one
@@ -309,8 +309,8 @@ __device__ __forceinline__ void accumulate_pre_scaled(float (&acc)[R][NT][4],
       }
     }
     // One step (four blocks per quad) on the MMAs of type U: bf16, or for f16 x, f16 where every
-    // block of the step allows it (f16_prescale_ok: real weights' scales, 2^-13 .. 2^13), else
-    // bf16 weights against x split exactly into two bf16 parts (two MMAs each).
+    // block of the step allows it (detail::f16_prescale_ok: real weights' scales, 2^-13 .. 2^13),
+    // else bf16 weights against x split exactly into two bf16 parts (two MMAs each).
     auto run_step = [&](auto f16_tag) {
       constexpr bool kF16 = decltype(f16_tag)::value;
       using U = std::conditional_t<kF16, __half, __nv_bfloat16>;
@@ -319,8 +319,8 @@ __device__ __forceinline__ void accumulate_pre_scaled(float (&acc)[R][NT][4],
 #pragma unroll
       for (int r = 0; r < R; ++r) {
         if constexpr (kF16) {
-          fa[r] = f16_scale_pair<kGpu>(cur.sa[r]);
-          fb[r] = f16_scale_pair<kGpu>(cur.sb[r]);
+          fa[r] = detail::f16_scale_pair(cur.sa[r], kGpu);
+          fb[r] = detail::f16_scale_pair(cur.sb[r], kGpu);
         } else {
           fa[r] = kGpu ? detail::gpu_scale_bf16(cur.sa[r]) : bf16_scale_pair(cur.sa[r]);
           fb[r] = kGpu ? detail::gpu_scale_bf16(cur.sb[r]) : bf16_scale_pair(cur.sb[r]);
@@ -381,7 +381,8 @@ __device__ __forceinline__ void accumulate_pre_scaled(float (&acc)[R][NT][4],
       bool ok = true;
 #pragma unroll
       for (int r = 0; r < R; ++r)
-        ok = ok && f16_prescale_ok<kGpu>(cur.sa[r]) && f16_prescale_ok<kGpu>(cur.sb[r]);
+        ok = ok && detail::f16_prescale_ok(cur.sa[r], kGpu) &&
+             detail::f16_prescale_ok(cur.sb[r], kGpu);
       if (__all_sync(0xFFFFFFFFu, ok)) {
         run_step(std::true_type{});
       } else {

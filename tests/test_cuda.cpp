@@ -280,6 +280,23 @@ void expect_linear_close(const Tensor& x, const mxfp4::Mxfp4Weight& w, const Ten
   }
 }
 
+// linear of x on the GPU weight wg (w's copy) against the reference on w, for weights whose
+// values must reach the MMAs exactly (extreme scales): the reference finite everywhere (the
+// test's sizes), no output flushed to zero where the reference is not zero (anywhere, with
+// `all_nonzero`), and every output within expect_linear_close's tolerance.
+void expect_exact_on_gpu(const Tensor& x, const mxfp4::Mxfp4Weight& w, const mxfp4::Mxfp4Weight& wg,
+                         const std::string& what, bool all_nonzero = false) {
+  const Tensor got = mxfp4::linear(x.to(kGpu), wg).to(mxfp4::Device::cpu());
+  const Tensor ref = mxfp4::linear(x, w);
+  for (std::int64_t i = 0; i < got.numel(); ++i) {
+    ASSERT_TRUE(std::isfinite(ref.item_as_double(i))) << what << " (test sizes) at " << i;
+    if (all_nonzero || ref.item_as_double(i) != 0.0) {
+      ASSERT_NE(got.item_as_double(i), 0.0) << what << ": flushed to zero at " << i;
+    }
+  }
+  expect_linear_close(x, w, ref, got, what);
+}
+
 TEST(Cuda, LinearMatchesTheReference) {
   REQUIRE_GPU();
   struct Case {
@@ -409,13 +426,11 @@ TEST(Cuda, LinearKeepsExtremeScalesExact) {
       for (std::int64_t m : {1, 130}) {  // decode kernel, tiled GEMM
         const Tensor x =
             random_tensor({m, k}, DType::f32, 10 + m, tiny ? 0x1p100f : 0x1p-100f).to(DType::bf16);
-        const Tensor got = mxfp4::linear(x.to(kGpu), wg).to(mxfp4::Device::cpu());
-        const Tensor ref = mxfp4::linear(x, w);
-        const std::string what = std::string(tiny ? "scale 2^-127" : "scale 2^73") +
-                                 " M=" + std::to_string(m) + layout_tag(layout);
-        for (std::int64_t i = 0; i < got.numel(); ++i)
-          ASSERT_NE(got.item_as_double(i), 0.0) << what << ": flushed to zero at " << i;
-        expect_linear_close(x, w, ref, got, what);
+        expect_exact_on_gpu(x, w, wg,
+                            std::string(tiny ? "scale 2^-127" : "scale 2^73") +
+                                " M=" + std::to_string(m) + layout_tag(layout),
+                            true);
+        if (HasFatalFailure()) return;
       }
     }
   }
@@ -440,16 +455,10 @@ TEST(Cuda, LinearKeepsF16ExactOutsideItsRange) {
       for (std::int64_t m : {1, 130}) {
         const Tensor x =
             random_tensor({m, k}, DType::f32, 20 + m, tiny ? 0x1p14f : 0x1p-14f).to(DType::f16);
-        const Tensor got = mxfp4::linear(x.to(kGpu), wg).to(mxfp4::Device::cpu());
-        const Tensor ref = mxfp4::linear(x, w);
-        const std::string what = std::string(tiny ? "f16 scale 2^-30" : "f16 scale 2^20") +
-                                 " M=" + std::to_string(m) + layout_tag(layout);
-        for (std::int64_t i = 0; i < got.numel(); ++i) {
-          if (ref.item_as_double(i) != 0.0) {
-            ASSERT_NE(got.item_as_double(i), 0.0) << what << ": flushed to zero at " << i;
-          }
-        }
-        expect_linear_close(x, w, ref, got, what);
+        expect_exact_on_gpu(x, w, wg,
+                            std::string(tiny ? "f16 scale 2^-30" : "f16 scale 2^20") +
+                                " M=" + std::to_string(m) + layout_tag(layout));
+        if (HasFatalFailure()) return;
       }
     }
   }
@@ -513,18 +522,11 @@ TEST(Cuda, LinearF16DecodeIsExactOnBothSidesOfTheF16ScaleRange) {
       const auto wg = on_gpu(w, layout);
       for (std::int64_t m : {1, 3, 8, 16}) {
         const Tensor x = random_tensor({m, k}, DType::f32, 40 + m, x_scale).to(DType::f16);
-        const Tensor got = mxfp4::linear(x.to(kGpu), wg).to(mxfp4::Device::cpu());
-        const Tensor ref = mxfp4::linear(x, w);
-        const std::string what = "f16 scales " + std::to_string(c.outside) + " / " +
-                                 std::to_string(c.inside) + " M=" + std::to_string(m) +
-                                 layout_tag(layout);
-        for (std::int64_t i = 0; i < got.numel(); ++i) {
-          ASSERT_TRUE(std::isfinite(ref.item_as_double(i))) << what << " (test sizes) at " << i;
-          if (ref.item_as_double(i) != 0.0) {
-            ASSERT_NE(got.item_as_double(i), 0.0) << what << ": flushed to zero at " << i;
-          }
-        }
-        expect_linear_close(x, w, ref, got, what);
+        expect_exact_on_gpu(x, w, wg,
+                            "f16 scales " + std::to_string(c.outside) + " / " +
+                                std::to_string(c.inside) + " M=" + std::to_string(m) +
+                                layout_tag(layout));
+        if (HasFatalFailure()) return;
       }
     }
   }

@@ -303,17 +303,18 @@ TEST(Cuda, LinearMatchesTheReference) {
     std::int64_t m, n, k;
   };
   // Decode kernel (M <= 16, or few weight rows) and tiled GEMMs (bf16, more tokens; on Hopper
-  // the wgmma GEMM from M = 17, at width 32 up to 32 tokens; f16 from M = 33 or 65): odd N (scalar
-  // stores), N % 8 == 0 (vector stores), K with an odd number of blocks (a half-empty last stage),
-  // several weight tiles and token tiles, and a K long enough for the stage ring to wrap many
-  // times, and long rows at M = 3 (the decode kernel's CTAs of two row tiles). Partly filled last
-  // token tiles of every wgmma width. scripts/gpu-check runs these tests again with each kernel
-  // variant forced (MXFP4_CUDA_KERNEL) so every kernel meets every shape.
+  // the wgmma GEMM from M = 17, at width 32 up to 32 tokens; f16 from M = 17 on many weight rows,
+  // 33 with long K, 65 on few weight rows, else 129): odd N (scalar stores), N % 8 == 0 (vector
+  // stores), K with an odd number of blocks (a half-empty last stage), several weight tiles and
+  // token tiles, and a K long enough for the stage ring to wrap many times, and long rows at
+  // M = 3 (the decode kernel's CTAs of two row tiles). Partly filled last token tiles of every
+  // wgmma width. scripts/gpu-check runs these tests again with each kernel variant forced
+  // (MXFP4_CUDA_KERNEL) so every kernel meets every shape.
   const Case cases[] = {{1, 1, 32},       {2, 7, 64},      {3, 33, 96},    {7, 17, 2880},
                         {16, 64, 128},    {33, 31, 8192},  {128, 9, 224},  {1000, 5, 160},
                         {40, 16390, 64},  {300, 264, 416}, {129, 128, 32}, {65, 200, 1024},
                         {520, 136, 2880}, {700, 40, 96},   {3, 40, 8192},  {200, 72, 320},
-                        {17, 300, 2880},  {24, 640, 4096}, {32, 72, 1024}};
+                        {17, 300, 2880},  {24, 640, 4096}, {32, 72, 1024}, {20, 25400, 96}};
   std::uint64_t seed = 100;
   for (DType dtype : {DType::bf16, DType::f16, DType::f32}) {
     for (const auto& c : cases) {
@@ -452,7 +453,7 @@ TEST(Cuda, LinearKeepsF16ExactOutsideItsRange) {
     for (BlockLayout layout : test_layouts()) {
       if (!tiny && layout == BlockLayout::gpu) continue;  // 2^20: scale 147, standard only
       const auto wg = on_gpu(w, layout);
-      for (std::int64_t m : {1, 130}) {
+      for (std::int64_t m : {1, 100, 130}) {
         const Tensor x =
             random_tensor({m, k}, DType::f32, 20 + m, tiny ? 0x1p14f : 0x1p-14f).to(DType::f16);
         expect_exact_on_gpu(x, w, wg,
@@ -465,7 +466,7 @@ TEST(Cuda, LinearKeepsF16ExactOutsideItsRange) {
   // Infinities: token 0 has +inf at k = 3, token 1 -inf at k = 200; the rest finite.
   const auto w = mxfp4::Mxfp4Weight::quantize(random_tensor({n, k}, DType::f32, 30));
   const auto wg = on_gpu(w);
-  for (std::int64_t m : {2, 130}) {
+  for (std::int64_t m : {2, 100, 130}) {
     Tensor x = random_tensor({m, k}, DType::f32, 31);
     x.data_as<float>()[3] = INFINITY;
     x.data_as<float>()[k + 200] = -INFINITY;

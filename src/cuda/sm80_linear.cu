@@ -745,6 +745,7 @@ KernelChoice choose_kernel(DType x_dtype, std::int64_t tokens, std::int64_t n, s
   if (gemm_ok && forced == "gemm64") return {true, 64};
   if (gemm_ok && forced == "gemm128") return {true, 128};
   if (sm90_ok && !gemm_ok && forced == "wgmma256r") return {true, 128, true, 256};
+  if (sm90_ok && !gemm_ok && forced == "wgmma64t") return {true, 64, true, 64};
   if (sm90_ok && !gemm_ok && forced.rfind("wgmma", 0) == 0) return {true, 128, true};
   if (sm90_ok && forced == "wgmma128") return {true, 128, true};
   if (sm90_ok && forced == "wgmma256") return {true, 256, true};
@@ -760,16 +761,29 @@ KernelChoice choose_kernel(DType x_dtype, std::int64_t tokens, std::int64_t n, s
   const std::int64_t sms = current_device_facts().multiprocessors;
   // The weight's 256-row tiles fill three quarters of the SMs (one 128-token tile each).
   const bool rows256_fill = (n + 255) / 256 * 4 >= 3 * sms;
-  // f16: the wgmma GEMM (x split into two bf16 parts, 128-token tiles) from 65 tokens (see below
-  // for 33 to 64), with 256-row tiles (half the x splitting per weight row) once they are about
+  // f16: the wgmma GEMM (x split into two bf16 parts; 17 to 128 tokens, see below) on 128-token
+  // tiles, with 256-row tiles (half the x splitting per weight row) once they are about
   // two thirds of the SM count; measured on an H100 at M = 4096: 247-263 TFLOP/s against
   // 211-219 with 128 rows (session 4).
   if (!gemm_ok) {
-    if (!sm90_ok || tokens <= 32) return decode;
-    // 33 to 64 tokens: only where 256-row tiles fill three quarters of the SMs (measured on an
-    // H100 at M = 64: Llama-70B up 213 us against 365 on the decode kernel; on the smaller
-    // shapes the decode kernel is 2-3x faster).
-    if (tokens <= 64) return rows256_fill ? KernelChoice{true, 128, true, 256} : decode;
+    if (!sm90_ok || tokens <= 16) return decode;
+    // f16 runs the Hopper GEMM with x split into two bf16 parts by the loading warpgroup, which
+    // costs each k-tile a fixed time (and f16 has no split of K over a cluster), so its tiles
+    // pay only where they are many or K is long. Measured on an H100 (session 18, us):
+    // - 17 to 64 tokens, 256-row tiles where they fill the SMs: Llama-70B up at M = 17 / 32
+    //   110 / 109 against 153 / 178 on the decode kernel (at 48 / 64 135 / 146; 4096x4096 and
+    //   GPT-OSS keep the decode kernel, 1.0-2.7x faster than any of the GEMM's tiles there);
+    // - 33 to 64 tokens with K of at least 8192, 64-token tiles of 64 rows: Llama-70B down at
+    //   M = 48 / 64 268 / 288 against 439 / 571 (at M = 17 237 against 216);
+    // - 65 to 128 tokens where 128-row tiles are fewer than a quarter of the SMs, 64-token tiles
+    //   of 64 rows (twice the CTAs): 4096x4096 at M = 65 / 128 44 / 44 against 73 / 83 on
+    //   128-token tiles, GPT-OSS down 33 / 33 against 52 / 64 (GPT-OSS gate_up, 45 tiles: 63
+    //   against 52-60).
+    if (tokens <= 64) {
+      if (rows256_fill) return {true, 128, true, 256};
+      return tokens > 32 && k >= 8192 ? KernelChoice{true, 64, true, 64} : decode;
+    }
+    if (tokens <= 128 && 4 * ((n + 127) / 128) < sms) return {true, 64, true, 64};
     const std::int64_t tiles256 = (n + 255) / 256 * ((tokens + 127) / 128);
     const bool wide = tiles256 * 3 >= 2 * sms;
     return {true, 128, true, wide ? 256 : 128};

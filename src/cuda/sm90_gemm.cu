@@ -141,7 +141,7 @@ struct Sm90Config {
   static_assert(kProducerRegs + kConsumerWGs * kConsumerRegs <= kLaunchRegs * (kConsumerWGs + 1) &&
                     kProducerRegs % 8 == 0 && kConsumerRegs % 8 == 0,
                 "setmaxnreg must not ask for more registers than the CTA was launched with");
-  static_assert(!kSplitX || kTokens == 128, "split x: 128-token tiles only");
+  static_assert(!kSplitX || kTokens <= 128, "split x: 64- and 128-token tiles only");
   static_assert(kLoOffset % 1024 == 0 && kWOffset % 1024 == 0, "swizzle atoms: 1 KiB aligned");
 };
 
@@ -390,25 +390,59 @@ __device__ __forceinline__ void sm90_load(std::uint8_t* smem, const T* __restric
   std::uint32_t it = 0;
   std::uint32_t signaled = 0;
 
+  // f16: the valid x rows of the stages not yet split, by tile: stages from cur_start hold
+  // the current tile's count, those from prev_start the previous one's; older ones (tiles shorter
+  // than kLag stages) are split whole. Rows past a tile's tokens meet only output columns never
+  // stored. (The two counts share a register, cur_count in the low half: the loaders of 256-row
+  // tiles are one register short of a spill.)
+  std::uint32_t cur_start = 0;
+  std::uint32_t prev_start = 0;
+  std::uint32_t counts = kTokens * 0x10001u;
+
   // Stage s has landed (this thread's part): f16 x is split, then the tensor cores may read it.
+  // The chunks go through registers kGroup at a time: loads, splits and stores each independent
+  // (this warpgroup has one warp per scheduler; chunk by chunk, each cost its full latency).
   auto signal = [&](std::uint32_t s) {
     if constexpr (kSplit && kLoad == kLoadTmaBox) {
       sm90::mbarrier_wait(ring.landed(s), Ring<S>::parity(s));
     }
     if constexpr (kSplit) {
+      const int count = static_cast<int>(s >= cur_start    ? counts & 0xFFFFu
+                                         : s >= prev_start ? counts >> 16
+                                                           : kTokens);
       std::uint8_t* st = smem + (s % S) * C::kStageBytes;
+      // (One at a time with 256-row tiles: their loaders hold twice the scales; two spill.)
+      constexpr int kGroup = kXPer < 4 ? kXPer : kWPer > 2 ? 1 : 4;
 #pragma unroll
-      for (int i = 0; i < kXPer; ++i) {
-        const int r = tid / 8 + 16 * i;
-        std::uint8_t* p = st + r * 128 + ((xc ^ (r & 7)) << 4);
-        uint4 v = *reinterpret_cast<const uint4*>(p);
-        uint4 lo;
-        split_f16x2(v.x, v.x, lo.x);
-        split_f16x2(v.y, v.y, lo.y);
-        split_f16x2(v.z, v.z, lo.z);
-        split_f16x2(v.w, v.w, lo.w);
-        *reinterpret_cast<uint4*>(p) = v;
-        *reinterpret_cast<uint4*>(p + C::kLoOffset) = lo;
+      for (int g = 0; g < kXPer; g += kGroup) {
+        if (16 * g >= count) break;
+        uint4 v[kGroup];
+        uint4 lo[kGroup];
+#pragma unroll
+        for (int i = 0; i < kGroup; ++i) {
+          const int r = tid / 8 + 16 * (g + i);
+          if (16 * (g + i) < count) {
+            v[i] = *reinterpret_cast<const uint4*>(st + r * 128 + ((xc ^ (r & 7)) << 4));
+          }
+        }
+#pragma unroll
+        for (int i = 0; i < kGroup; ++i) {
+          if (16 * (g + i) < count) {
+            split_f16x2(v[i].x, v[i].x, lo[i].x);
+            split_f16x2(v[i].y, v[i].y, lo[i].y);
+            split_f16x2(v[i].z, v[i].z, lo[i].z);
+            split_f16x2(v[i].w, v[i].w, lo[i].w);
+          }
+        }
+#pragma unroll
+        for (int i = 0; i < kGroup; ++i) {
+          const int r = tid / 8 + 16 * (g + i);
+          if (16 * (g + i) < count) {
+            std::uint8_t* p = st + r * 128 + ((xc ^ (r & 7)) << 4);
+            *reinterpret_cast<uint4*>(p) = v[i];
+            *reinterpret_cast<uint4*>(p + C::kLoOffset) = lo[i];
+          }
+        }
       }
     }
     sm90::fence_proxy_async();
@@ -438,6 +472,11 @@ __device__ __forceinline__ void sm90_load(std::uint8_t* smem, const T* __restric
       [&](const TokenRows::Tile& listed, int tile_w, const KRange& range) {
         TokenRows::Tile tile = listed;
         shift_tail<kTokens>(rows, tile);
+        if constexpr (kSplit) {
+          prev_start = cur_start;
+          cur_start = it;
+          counts = (counts << 16) | static_cast<std::uint32_t>(tile.count);
+        }
         const int kt_begin = range.begin;
         const int kt_end = range.end;
         const int w0 = tile_w * C::kTileW;
@@ -1285,8 +1324,11 @@ void launch_sm90_gemm(const void* x, DType x_dtype, const TokenRows& rows, std::
                       std::size_t workspace_bytes) {
   auto run = [&](auto gpu) {
     constexpr bool kGpu = decltype(gpu)::value;
-    if (x_dtype == DType::f16) {  // 128 tokens: stages with both parts fill shared memory
-      if (tile_rows == 256) {
+    if (x_dtype == DType::f16) {  // stages with both parts of x fill shared memory
+      // 64-token tiles: 64 rows, one computing warpgroup (choose_kernel gives f16 no others).
+      if (tile_tokens == 64) {
+        launch_sm90_tiles<__half, 64, 1, 1, kGpu>(x, rows, tiles, w, out, stream);
+      } else if (tile_rows == 256) {
         launch_sm90_tiles<__half, 128, 2, 2, kGpu>(x, rows, tiles, w, out, stream);
       } else {
         launch_sm90_tiles<__half, 128, 1, 2, kGpu>(x, rows, tiles, w, out, stream);

@@ -303,13 +303,13 @@ TEST(Cuda, LinearMatchesTheReference) {
     std::int64_t m, n, k;
   };
   // Decode kernel (M <= 16, or few weight rows) and tiled GEMMs (bf16, more tokens; on Hopper
-  // the wgmma GEMM from M = 17, at width 32 up to 32 tokens; f16 from M = 17 on many weight rows,
-  // 33 with long K, 65 on few weight rows, else 129): odd N (scalar stores), N % 8 == 0 (vector
-  // stores), K with an odd number of blocks (a half-empty last stage), several weight tiles and
-  // token tiles, and a K long enough for the stage ring to wrap many times, and long rows at
-  // M = 3 (the decode kernel's CTAs of two row tiles). Partly filled last token tiles of every
-  // wgmma width. scripts/gpu-check runs these tests again with each kernel variant forced
-  // (MXFP4_CUDA_KERNEL) so every kernel meets every shape.
+  // the wgmma GEMM from M = 17, at width 32 up to 32 tokens; f16 from M = 17 on many weight rows
+  // or long K, else 33): odd N (scalar stores), N % 8 == 0 (vector stores), K with an odd number
+  // of blocks (a half-empty last stage), several weight tiles and token tiles, and a K long
+  // enough for the stage ring to wrap many times, and long rows at M = 3 (the decode kernel's
+  // CTAs of two row tiles). Partly filled last token tiles of every wgmma width.
+  // scripts/gpu-check runs these tests again with each kernel variant forced (MXFP4_CUDA_KERNEL)
+  // so every kernel meets every shape.
   const Case cases[] = {{1, 1, 32},       {2, 7, 64},      {3, 33, 96},    {7, 17, 2880},
                         {16, 64, 128},    {33, 31, 8192},  {128, 9, 224},  {1000, 5, 160},
                         {40, 16390, 64},  {300, 264, 416}, {129, 128, 32}, {65, 200, 1024},

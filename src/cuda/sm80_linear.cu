@@ -768,22 +768,25 @@ KernelChoice choose_kernel(DType x_dtype, std::int64_t tokens, std::int64_t n, s
   if (!gemm_ok) {
     if (!sm90_ok || tokens <= 16) return decode;
     // f16 runs the Hopper GEMM with x split into two bf16 parts by the loading warpgroup, which
-    // costs each k-tile a fixed time (and f16 has no split of K over a cluster), so its tiles
-    // pay only where they are many or K is long. Measured on an H100 (session 18, us):
+    // costs each k-tile a fixed time, so its tiles pay only where they are many or K is long.
+    // Measured on an H100 (session 18, us; 64-token tiles with K split over a cluster of two
+    // where the pairs fit, as bf16's):
     // - 17 to 64 tokens, 256-row tiles where they fill the SMs: Llama-70B up at M = 17 / 32
-    //   110 / 109 against 153 / 178 on the decode kernel (at 48 / 64 135 / 146; 4096x4096 and
-    //   GPT-OSS keep the decode kernel, 1.0-2.7x faster than any of the GEMM's tiles there);
-    // - 33 to 64 tokens with K of at least 8192, 64-token tiles of 64 rows: Llama-70B down at
-    //   M = 48 / 64 268 / 288 against 439 / 571 (at M = 17 237 against 216);
-    // - 65 to 128 tokens where 128-row tiles are fewer than a quarter of the SMs, 64-token tiles
-    //   of 64 rows (twice the CTAs): 4096x4096 at M = 65 / 128 44 / 44 against 73 / 83 on
-    //   128-token tiles, GPT-OSS down 33 / 33 against 52 / 64 (GPT-OSS gate_up, 45 tiles: 63
-    //   against 52-60).
+    //   110 / 109 against 153 / 178 on the decode kernel (at 48 / 64 135 / 146);
+    // - 17 to 64 tokens with K of at least 8192, and 33 to 64 tokens, 64-token tiles of 64 rows:
+    //   Llama-70B down at M = 17 / 32 / 48 / 64 174 / 175 / 206 / 223 against 216 / 289 / 440 /
+    //   569; at M = 48 / 64 4096x4096 23.5 / 25.3 against 25.4 / 27.6, GPT-OSS gate_up 30.2 /
+    //   31.8 against 33.2 / 35.9, down 17.9 / 18.9 against 21.4 / 24.0 (at M = 17 / 32 the
+    //   decode kernel wins there: 13.8-25.5 against 16.5-27.0);
+    // - 65 to 128 tokens where 128-row tiles are under half the SMs and K is short of 8192 (no
+    //   split of K for them), 64-token tiles of 64 rows: at M = 65 / 128 4096x4096 43 / 43
+    //   against 73 / 83 on 128-token tiles, GPT-OSS down 32 / 32 against 52 / 64, gate_up 47 /
+    //   47 against 51 / 59 (Llama-70B down, its 128-token tiles split: 244 / 282 against 437).
     if (tokens <= 64) {
       if (rows256_fill) return {true, 128, true, 256};
-      return tokens > 32 && k >= 8192 ? KernelChoice{true, 64, true, 64} : decode;
+      return tokens > 32 || k >= 8192 ? KernelChoice{true, 64, true, 64} : decode;
     }
-    if (tokens <= 128 && 4 * ((n + 127) / 128) < sms) return {true, 64, true, 64};
+    if (tokens <= 128 && 2 * ((n + 127) / 128) < sms && k < 8192) return {true, 64, true, 64};
     const std::int64_t tiles256 = (n + 255) / 256 * ((tokens + 127) / 128);
     const bool wide = tiles256 * 3 >= 2 * sms;
     return {true, 128, true, wide ? 256 : 128};

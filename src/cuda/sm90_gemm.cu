@@ -605,8 +605,15 @@ __device__ __forceinline__ void sm90_load(std::uint8_t* smem, const T* __restric
             phase ^= 1u;
           }
         }
-        // Split K: the two cluster barriers of the computing threads' reduction (sm90_compute).
+        // Split K: the two cluster barriers of the computing threads' reduction (sm90_compute),
+        // after f16's last stages are split and handed over (the computing threads need them
+        // to reach the first).
         if constexpr (kParts > 1) {
+          if constexpr (kSplit) {
+            cp_async_wait<0>();
+            while (signaled < it)
+              signal(signaled++);
+          }
           sm90::cluster_sync();
           sm90::cluster_sync();
         }
@@ -1246,15 +1253,14 @@ void launch_sm90_tiles(const void* x, const TokenRows& tile_rows, std::int64_t t
         return;
       }
     }
-    // bf16, 64- or 128-token tiles of 64 or 128 rows: split K over a cluster where the tiles
-    // fill few CTA slots:
+    // 64- or 128-token tiles of 64 or 128 rows (bf16 and f16): split K over a cluster where the
+    // tiles fill few CTA slots:
     // - in two where K is long and the pairs fit the slots (measured on an H100: Llama-70B down,
     //   K = 28672, M = 64: 120 us against 193; at K = 2880 and 4096 the split was 0-12% slower);
     // - 64-token tiles in two where the pairs fit one per SM (an H200, session 7, M = 64:
     //   4096x4096 14.7 us against 19.9, GPT-OSS down 11.9 against 14.8).
     // MXFP4_CUDA_KERNEL=wgmma_split forces a split (in four where the partial sums fit).
-    if constexpr (std::is_same_v<T, __nv_bfloat16> && kTokens <= 128 && kSub == 1 &&
-                  kWG != kWGSplitK) {
+    if constexpr (kTokens <= 128 && kSub == 1 && kWG != kWGSplitK) {
       const std::int64_t ktiles = (w.k / kBlockSize + 1) / 2;
       const std::string& forced = forced_kernel();
       const bool force = forced == "wgmma_split";
@@ -1263,7 +1269,7 @@ void launch_sm90_tiles(const void* x, const TokenRows& tile_rows, std::int64_t t
       const bool short_tiles = kTokens == 64 && 2 * ctas <= sms && ktiles >= 16;
       if ((ktiles >= 128 || short_tiles || force) && forced != "wgmma_nosplit") {
         const int per_sm = per_sm_of(Tma{}, Two{}, std::false_type{});
-        if constexpr (C::kFitsParts(4)) {
+        if constexpr (C::kFitsParts(4) && std::is_same_v<T, __nv_bfloat16>) {  // (forced only)
           if (force && 4 * ctas <= std::int64_t{sms} * per_sm && ktiles >= 16) {
             launch(Tma{}, Four{});
             return;

@@ -495,21 +495,27 @@ TEST(Cuda, LinearKeepsF16ExactOutsideItsRange) {
 // the GPU layout), otherwise on bf16 MMAs against x split into two bf16 parts. Scales on both
 // sides of each bound, mixed within rows (so one call takes both kinds of steps), must all come
 // out exact. scripts/gpu-check runs this under every forced decode variant too.
-TEST(Cuda, LinearF16DecodeIsExactOnBothSidesOfTheF16ScaleRange) {
+TEST(Cuda, LinearF16IsExactOnBothSidesOfTheF16ScaleRange) {
   REQUIRE_GPU();
   const std::int64_t n = 40, k = 1024;
   const std::vector<std::uint8_t> codes = random_codes(n, k, 12);
+  // The decode kernel decides per warp step, the Hopper GEMM per stage (64 k): one_stage puts
+  // the outside scales in one stage only (blocks 10 and 11), so that the GEMM's tiles take both
+  // paths in one tile.
   struct Case {
     int outside, inside;  // E8M0 scale bytes: every third block of a row, the others
+    bool one_stage;
   };
-  const Case cases[] = {{113, 114}, {110, 116}, {112, 113}, {127, 128}, {128, 126},
-                        {141, 140}, {146, 139}, {142, 141}, {130, 129}};
+  const Case cases[] = {{113, 114, false}, {110, 116, false}, {112, 113, false}, {127, 128, false},
+                        {128, 126, false}, {141, 140, false}, {146, 139, false}, {142, 141, false},
+                        {130, 129, false}, {100, 120, true},  {146, 125, true}};
   for (const Case& c : cases) {
     std::vector<std::uint8_t> scales(static_cast<std::size_t>(n * k / 32));
     for (std::int64_t r = 0; r < n; ++r) {
       for (std::int64_t b = 0; b < k / 32; ++b) {
+        const bool out = (r + b) % 3 == 0 && (!c.one_stage || b / 2 == 5);
         scales[static_cast<std::size_t>(r * (k / 32) + b)] =
-            static_cast<std::uint8_t>((r + b) % 3 == 0 ? c.outside : c.inside);
+            static_cast<std::uint8_t>(out ? c.outside : c.inside);
       }
     }
     const auto w = mxfp4::Mxfp4Weight::from_parts(Tensor::from_vector(codes, {n, k / 2}),
@@ -521,7 +527,7 @@ TEST(Cuda, LinearF16DecodeIsExactOnBothSidesOfTheF16ScaleRange) {
       if (layout == BlockLayout::gpu && top > static_cast<int>(mxfp4::detail::kGpuLayoutMaxScale))
         continue;
       const auto wg = on_gpu(w, layout);
-      for (std::int64_t m : {1, 3, 8, 16}) {
+      for (std::int64_t m : {1, 3, 8, 16, 40, 100, 130}) {
         const Tensor x = random_tensor({m, k}, DType::f32, 40 + m, x_scale).to(DType::f16);
         expect_exact_on_gpu(x, w, wg,
                             "f16 scales " + std::to_string(c.outside) + " / " +

@@ -784,7 +784,7 @@ KernelChoice choose_kernel(DType x_dtype, std::int64_t tokens, std::int64_t n, s
     //   47 against 51 / 59 (Llama-70B down, its 128-token tiles split: 244 / 282 against 437).
     if (tokens <= 64) {
       if (rows256_fill) return {true, 128, true, 256};
-      return tokens > 32 || k >= 8192 ? KernelChoice{true, 64, true, 64} : decode;
+      return {true, 64, true, 64};
     }
     if (tokens <= 128 && 2 * ((n + 127) / 128) < sms && k < 8192) return {true, 64, true, 64};
     const std::int64_t tiles256 = (n + 255) / 256 * ((tokens + 127) / 128);

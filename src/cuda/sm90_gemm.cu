@@ -83,7 +83,7 @@ struct StreamK {
   int per = 0, extra = 0;
 };
 
-template <int kTokens, int kSub, int kWG, bool kSplitX = false>
+template <int kTokens, int kSub, int kWG, bool kSplitX = false, bool kFlags = false>
 struct Sm90Config {
   static constexpr bool kSplitK = kWG == kWGSplitK;
   static constexpr int kConsumerWGs = kSplitK ? 2 : kWG;
@@ -106,7 +106,10 @@ struct Sm90Config {
   static constexpr int kWBytes = kTileW * 2 * kBlockBytes;
   static constexpr int kSOffset = kWOffset + kWBytes;
   static constexpr int kSBytes = 2 * kTileW * 4;  // [block][row] scales as bf16 pairs
-  static constexpr int kStageBytes = (kSOffset + kSBytes + 1023) / 1024 * 1024;
+  // kFlags (f16 x): a byte per loading warp, nonzero where one of its scales is outside f16's
+  // range (sm90_load).
+  static constexpr int kFOffset = kSOffset + kSBytes;
+  static constexpr int kStageBytes = (kFOffset + (kFlags ? 4 : 0) + 1023) / 1024 * 1024;
   // The epilogue stages 64 tokens x 64 rows at a time per computing warpgroup, apart from the
   // stages, which the loading warpgroup is already filling with the next tile.
   static constexpr int kChunk = 64;
@@ -153,18 +156,19 @@ enum LoadMode : int { kLoadCpAsync = 0, kLoadTmaBox = 1 };
 // wgmma with N tokens (32, 64, 128, 192 or 256), the accumulators of the first N / 2 registers.
 // A partly filled tile (the last of a dense batch, a mixture-of-experts expert's tokens) runs
 // at the width its tokens need.
-template <int N>
-__device__ __forceinline__ void wgmma_n(float* d, const std::uint32_t (&a)[4], std::uint64_t desc) {
+template <int N, bool kF16 = false>
+__device__ __forceinline__ void wgmma_n(float* d, const std::uint32_t (&a)[4], std::uint64_t desc,
+                                        std::uint32_t scale_d = 1) {
   if constexpr (N == 256) {
-    sm90::wgmma_m64n256k16(d, a, desc);
+    sm90::wgmma_m64n256k16<kF16>(d, a, desc, scale_d);
   } else if constexpr (N == 192) {
-    sm90::wgmma_m64n192k16(d, a, desc);
+    sm90::wgmma_m64n192k16<kF16>(d, a, desc, scale_d);
   } else if constexpr (N == 128) {
-    sm90::wgmma_m64n128k16(d, a, desc);
+    sm90::wgmma_m64n128k16<kF16>(d, a, desc, scale_d);
   } else if constexpr (N == 64) {
-    sm90::wgmma_m64n64k16(d, a, desc);
+    sm90::wgmma_m64n64k16<kF16>(d, a, desc, scale_d);
   } else {
-    sm90::wgmma_m64n32k16(d, a, desc);
+    sm90::wgmma_m64n32k16<kF16>(d, a, desc, scale_d);
   }
 }
 
@@ -375,8 +379,9 @@ __device__ __forceinline__ void sm90_load(std::uint8_t* smem, const T* __restric
                                           const std::uint8_t* __restrict__ blocks,
                                           const std::uint8_t* __restrict__ scales, int n, int k,
                                           const PidRange& pids, const StreamK& sk) {
-  constexpr bool kSplit = std::is_same_v<T, __half>;
-  using C = Sm90Config<kTokens, kSub, kWG, kSplit>;
+  constexpr bool kHalf = std::is_same_v<T, __half>;
+  constexpr bool kSplit = false;
+  using C = Sm90Config<kTokens, kSub, kWG, kSplit, kHalf>;
   constexpr int S = C::kStages;
   constexpr int kLag = S - 2;
   constexpr int kXPer = kTokens / 16;    // x chunks per thread and stage
@@ -520,6 +525,21 @@ __device__ __forceinline__ void sm90_load(std::uint8_t* smem, const T* __restric
             v[j] = kt < kt_scaled && row_ok[j] ? __ldg(p + j * srow) : std::uint8_t{127};
           }
         };
+        // A stage's scales: bf16 pairs; f16 x: the bytes, and the warp's flag byte (a scale
+        // outside f16's exact range: the computing threads take the stage's post-scaled path).
+        auto store_scales = [&](std::uint8_t* st, const ScaleBytes& v) {
+          bool outside = false;
+#pragma unroll
+          for (int j = 0; j < kWPer; ++j) {
+            *reinterpret_cast<std::uint32_t*>(st + sc_off + 256 * j) =
+                kHalf ? std::uint32_t{v[j]} : scale_pair<kGpu>(v[j]);
+            outside = outside || !detail::f16_prescale_ok(v[j], kGpu);
+          }
+          if constexpr (kHalf) {
+            const bool any = __any_sync(~0u, outside);
+            if ((tid & 31) == 0) st[C::kFOffset + (tid >> 5)] = any ? 1 : 0;
+          }
+        };
         ScaleBytes ahead[kScaleAhead];
 #pragma unroll
         for (int a = 0; a < kScaleAhead; ++a)
@@ -544,10 +564,7 @@ __device__ __forceinline__ void sm90_load(std::uint8_t* smem, const T* __restric
             if (kSplit && it - signaled >= static_cast<std::uint32_t>(kLag)) signal(signaled++);
             // The slot's previous stage has been read (a fresh barrier passes parity 1 at once).
             sm90::mbarrier_wait(empty_base + 8 * slot, phase ^ 1u);
-#pragma unroll
-            for (int j = 0; j < kWPer; ++j)
-              *reinterpret_cast<std::uint32_t*>(smem + slot_off + sc_off + 256 * j) =
-                  scale_pair<kGpu>(sv[j]);
+            store_scales(smem + slot_off, sv);
             if (tid == 0) {
               const std::uint32_t bar = kSplit ? landed_base + 8 * slot : full_base + 8 * slot;
               const std::uint32_t st_addr = smem_base + slot_off;
@@ -595,9 +612,7 @@ __device__ __forceinline__ void sm90_load(std::uint8_t* smem, const T* __restric
             // bf16: the full barrier counts this thread's copies as one arrival once they land (the
             // computing threads fence them for the tensor cores), and its scale stores as another.
             if constexpr (!kSplit) sm90::cp_async_arrive_noinc(full_base + 8 * slot);
-#pragma unroll
-            for (int j = 0; j < kWPer; ++j)
-              *reinterpret_cast<std::uint32_t*>(st + sc_off + 256 * j) = scale_pair<kGpu>(sv[j]);
+            store_scales(st, sv);
             if constexpr (!kSplit) sm90::mbarrier_arrive(full_base + 8 * slot);
           }
           if (++slot == static_cast<std::uint32_t>(S)) {
@@ -635,8 +650,9 @@ __device__ __forceinline__ void sm90_compute(std::uint8_t* smem, const TokenRows
                                              DType bias_dtype, T* __restrict__ out, int n, int k,
                                              bool vector_store, const PidRange& pids,
                                              const StreamK& sk) {
-  constexpr bool kSplit = std::is_same_v<T, __half>;
-  using C = Sm90Config<kTokens, kSub, kWG, kSplit>;
+  constexpr bool kHalf = std::is_same_v<T, __half>;
+  constexpr bool kSplit = false;
+  using C = Sm90Config<kTokens, kSub, kWG, kSplit, kHalf>;
   constexpr int S = C::kStages;
   constexpr int kTileW = C::kTileW;
   constexpr int kAcc = kTokens / 2;  // f32 accumulators per thread and sub-tile
@@ -657,13 +673,6 @@ __device__ __forceinline__ void sm90_compute(std::uint8_t* smem, const TokenRows
   // E2M1 codes to bf16: with the byte tables held in registers where there is room for them (one
   // sub-tile; with two, the 256-row tile spilled 4 bytes).
   const Bf16Tables tables = bf16_tables();
-  auto decode = [&](std::uint32_t v, std::uint32_t& p0, std::uint32_t& p1) {
-    if constexpr (kSub == 1) {
-      decode4_bf16(v, tables, p0, p1);
-    } else {
-      decode4<__nv_bfloat16>(v, p0, p1);
-    }
-  };
   T* chunk_out = reinterpret_cast<T*>(smem + C::kOutOffset) + c * C::kChunk * C::kOutStride;
   // The ring position of the tile's first stage: its slot and the parity of its round, kept
   // incrementally (short per-stage paths: one warp per scheduler pays every latency).
@@ -725,8 +734,11 @@ __device__ __forceinline__ void sm90_compute(std::uint8_t* smem, const TokenRows
             // through the async proxy.
             if constexpr (kLoad == kLoadCpAsync && !kSplit) sm90::fence_proxy_async();
           };
-          // Block b (32 k) of the stage in slot s: this thread's E2M1 codes times their scales.
-          auto decode_block = [&](std::uint32_t s, int b, std::uint32_t(&fr)[kSub][2][4]) {
+          // Block b (32 k) of the stage in slot s: this thread's E2M1 codes times their scales,
+          // in T (f16_tag false: in bf16, for f16 x's flagged stages, see split_stage).
+          auto decode_block = [&](std::uint32_t s, int b, std::uint32_t(&fr)[kSub][2][4],
+                                  auto f16_tag) {
+            constexpr bool kAsF16 = kHalf && decltype(f16_tag)::value;
             const std::uint8_t* st = smem + s * C::kStageBytes;
             const auto* sc = reinterpret_cast<const std::uint32_t*>(st + C::kSOffset) + b * kTileW;
 #pragma unroll
@@ -741,12 +753,15 @@ __device__ __forceinline__ void sm90_compute(std::uint8_t* smem, const TokenRows
                 const std::uint32_t wb = *reinterpret_cast<const std::uint32_t*>(wt + 8 * 32);
                 sa = sc[r];
                 sb = sc[r + 8];
+                auto slot = [](std::uint32_t w, int i) {
+                  return kAsF16 ? detail::gpu_slot_f16(w, i) : detail::gpu_slot_bf16(w, i);
+                };
 #pragma unroll
                 for (int q = 0; q < 2; ++q) {
-                  fr[j][q][0] = detail::gpu_slot_bf16(wa, 2 * q);
-                  fr[j][q][2] = detail::gpu_slot_bf16(wa, 2 * q + 1);
-                  fr[j][q][1] = detail::gpu_slot_bf16(wb, 2 * q);
-                  fr[j][q][3] = detail::gpu_slot_bf16(wb, 2 * q + 1);
+                  fr[j][q][0] = slot(wa, 2 * q);
+                  fr[j][q][2] = slot(wa, 2 * q + 1);
+                  fr[j][q][1] = slot(wb, 2 * q);
+                  fr[j][q][3] = slot(wb, 2 * q + 1);
                 }
               } else {
                 const uint4 va =
@@ -757,20 +772,45 @@ __device__ __forceinline__ void sm90_compute(std::uint8_t* smem, const TokenRows
                 sb = sc[r + 8];
                 const std::uint32_t wa = lane_bytes(va, sel);
                 const std::uint32_t wb = lane_bytes(vb, sel);
-                decode(wa & 0xFFFFu, fr[j][0][0], fr[j][0][2]);
-                decode(wb & 0xFFFFu, fr[j][0][1], fr[j][0][3]);
-                decode(wa >> 16, fr[j][1][0], fr[j][1][2]);
-                decode(wb >> 16, fr[j][1][1], fr[j][1][3]);
+                auto dec = [&](std::uint32_t v, std::uint32_t& p0, std::uint32_t& p1) {
+                  if constexpr (kAsF16) {
+                    decode4<__half>(v, p0, p1);
+                  } else if constexpr (kSub == 1) {
+                    decode4_bf16(v, tables, p0, p1);
+                  } else {
+                    decode4<__nv_bfloat16>(v, p0, p1);
+                  }
+                };
+                dec(wa & 0xFFFFu, fr[j][0][0], fr[j][0][2]);
+                dec(wb & 0xFFFFu, fr[j][0][1], fr[j][0][3]);
+                dec(wa >> 16, fr[j][1][0], fr[j][1][2]);
+                dec(wb >> 16, fr[j][1][1], fr[j][1][3]);
               }
+              // f16 x: the stage holds scale bytes (f16's range unless flagged).
+              auto pair = [](std::uint32_t v) {
+                if constexpr (kAsF16) {
+                  return detail::f16_scale_pair(v, kGpu);
+                } else if constexpr (kHalf) {
+                  return scale_pair<kGpu>(v);
+                } else {
+                  return v;
+                }
+              };
+              auto mul = [](std::uint32_t v, std::uint32_t f) {
+                return kAsF16 ? f16x2_mul(v, f) : bf16x2_mul(v, f);
+              };
+              sa = pair(sa);
+              sb = pair(sb);
 #pragma unroll
               for (int q = 0; q < 2; ++q) {
-                fr[j][q][0] = bf16x2_mul(fr[j][q][0], sa);
-                fr[j][q][2] = bf16x2_mul(fr[j][q][2], sa);
-                fr[j][q][1] = bf16x2_mul(fr[j][q][1], sb);
-                fr[j][q][3] = bf16x2_mul(fr[j][q][3], sb);
+                fr[j][q][0] = mul(fr[j][q][0], sa);
+                fr[j][q][2] = mul(fr[j][q][2], sa);
+                fr[j][q][1] = mul(fr[j][q][1], sb);
+                fr[j][q][3] = mul(fr[j][q][3], sb);
               }
             }
           };
+          using Scaled = std::true_type;
           // Block b's wgmma group on the stage in slot s. Its two k16 steps start 64 b and
           // 64 b + 32 bytes into each 128-byte token row.
           auto issue_block = [&](std::uint32_t s, int b, std::uint32_t(&fr)[kSub][2][4]) {
@@ -784,7 +824,7 @@ __device__ __forceinline__ void sm90_compute(std::uint8_t* smem, const TokenRows
             for (int q = 0; q < 2; ++q) {
 #pragma unroll
               for (int j = 0; j < kSub; ++j) {
-                wgmma_n<N>(acc[j], fr[j][q], sm90::sw128_desc_at(x_desc, 64 * b + 32 * q));
+                wgmma_n<N, kHalf>(acc[j], fr[j][q], sm90::sw128_desc_at(x_desc, 64 * b + 32 * q));
                 if constexpr (kSplit) {
                   wgmma_n<N>(acc[j], fr[j][q],
                              sm90::sw128_desc_at(x_desc, C::kLoOffset + 64 * b + 32 * q));
@@ -796,6 +836,75 @@ __device__ __forceinline__ void sm90_compute(std::uint8_t* smem, const TokenRows
             for (int j = 0; j < kSub; ++j)
               sm90::fence_accumulators<N / 2>(acc[j]);
           };
+          // f16 x: the tensor cores take f16 x as it lands and the weight decoded to f16 and
+          // scaled in f16, exact where every scale of the stage is in f16's range (the loaders
+          // flag the stages where one is not; real weights' scales are inside). A flagged stage
+          // takes the bf16 path instead: the computing threads split its x exactly into bf16 hi
+          // and lo parts (hi into the epilogue's staging buffer, idle during the k-loop, lo in
+          // place) and run each k16 step on both, the weight decoded to bf16 (every scale exact).
+          // Slow and rare.
+          auto flagged = [&](std::uint32_t s) {
+            if constexpr (kHalf) {
+              return *reinterpret_cast<const std::uint32_t*>(smem + s * C::kStageBytes +
+                                                             C::kFOffset) != 0u;
+            } else {
+              return false;
+            }
+          };
+          // (fb: a buffer of A fragments free at this point: registers are short.)
+          auto split_stage = [&](std::uint32_t s, std::uint32_t(&fb)[kSub][2][4]) {
+            if constexpr (kHalf) {
+              static_assert(!C::kSplitK && C::kXBytes <= C::kOutBytes,
+                            "f16: every computing thread at the same stage; x fits the buffer");
+              constexpr int kPer = C::kXBytes / 16 / C::kConsumers;  // 16-byte chunks each
+              static_assert(kPer * 16 * C::kConsumers == C::kXBytes, "x chunks per thread");
+              std::uint8_t* st = smem + s * C::kStageBytes;
+              std::uint8_t* hi = smem + C::kOutOffset;
+              sm90::wgmma_wait<0>();
+              sm90::named_barrier(5, C::kConsumers);  // the buffer is free
+          // (Loops not unrolled: unrolled, the 256-row kernel spilled.)
+#pragma unroll 1
+              for (int i = 0; i < kPer; ++i) {
+                const int at = 16 * (ctid + C::kConsumers * i);
+                uint4 v = *reinterpret_cast<const uint4*>(st + at);
+                uint4 lo;
+                split_f16x2(v.x, v.x, lo.x);
+                split_f16x2(v.y, v.y, lo.y);
+                split_f16x2(v.z, v.z, lo.z);
+                split_f16x2(v.w, v.w, lo.w);
+                *reinterpret_cast<uint4*>(hi + at) = v;
+                *reinterpret_cast<uint4*>(st + at) = lo;
+              }
+              sm90::fence_proxy_async();
+              sm90::named_barrier(5, C::kConsumers);  // both parts are in place
+              const std::uint32_t lo_desc =
+                  sm90::sw128_desc_lo(smem_base + static_cast<std::uint32_t>(s * C::kStageBytes));
+              const std::uint32_t hi_desc =
+                  sm90::sw128_desc_lo(smem_base + static_cast<std::uint32_t>(C::kOutOffset));
+#pragma unroll 1
+              for (int b = 0; b < 2; ++b) {
+                decode_block(s, b, fb, std::false_type{});
+                sm90::wgmma_fence();
+#pragma unroll
+                for (int j = 0; j < kSub; ++j)
+                  sm90::fence_accumulators<N / 2>(acc[j]);
+#pragma unroll
+                for (int q = 0; q < 2; ++q) {
+#pragma unroll
+                  for (int j = 0; j < kSub; ++j) {
+                    wgmma_n<N>(acc[j], fb[j][q], sm90::sw128_desc_at(hi_desc, 64 * b + 32 * q));
+                    wgmma_n<N>(acc[j], fb[j][q], sm90::sw128_desc_at(lo_desc, 64 * b + 32 * q));
+                  }
+                }
+                sm90::wgmma_commit();
+                sm90::wgmma_wait<0>();
+#pragma unroll
+                for (int j = 0; j < kSub; ++j)
+                  sm90::fence_accumulators<N / 2>(acc[j]);
+              }
+              sm90::named_barrier(5, C::kConsumers);  // read by all: the epilogue may write it
+            }
+          };
           int kt = first;
           // One k-tile (kDeep), its two blocks decoded into f[2 p] and f[2 p + 1] on entry: their
           // groups are issued, then the next k-tile's blocks decoded into f[2 - 2 p] and
@@ -804,8 +913,12 @@ __device__ __forceinline__ void sm90_compute(std::uint8_t* smem, const TokenRows
           // group is known done.
           auto k_tile = [&](auto p_tag) {
             constexpr int p = decltype(p_tag)::value;
-            issue_block(slot, 0, f[2 * p]);
-            issue_block(slot, 1, f[2 * p + 1]);
+            if (flagged(slot)) {
+              split_stage(slot, f[2 * p]);
+            } else {
+              issue_block(slot, 0, f[2 * p]);
+              issue_block(slot, 1, f[2 * p + 1]);
+            }
             sm90::wgmma_wait<2>();  // the previous k-tile's groups are done: its stage is free
             sm90::fence_registers(f[2 - 2 * p]);
             sm90::fence_registers(f[3 - 2 * p]);
@@ -819,8 +932,8 @@ __device__ __forceinline__ void sm90_compute(std::uint8_t* smem, const TokenRows
             if (kt + kStep < kt_end) {
               // Both blocks of the next k-tile at once: eight independent decode chains.
               wait_full(next_slot, next_phase);
-              decode_block(next_slot, 0, f[2 - 2 * p]);
-              decode_block(next_slot, 1, f[3 - 2 * p]);
+              decode_block(next_slot, 0, f[2 - 2 * p], Scaled{});
+              decode_block(next_slot, 1, f[3 - 2 * p], Scaled{});
             }
             last_slot = slot;
             slot = next_slot;
@@ -831,13 +944,18 @@ __device__ __forceinline__ void sm90_compute(std::uint8_t* smem, const TokenRows
             // Decoding after the wait: two buffers.
             for (; kt < kt_end; kt += kStep) {
               wait_full(slot, phase);
+              if (flagged(slot)) {
+                split_stage(slot, f[0]);
+                if (kt != first) sm90::mbarrier_arrive(empty_base + 8 * last_slot);
+              } else {
 #pragma unroll
-              for (int b = 0; b < 2; ++b) {
-                decode_block(slot, b, f[b]);
-                issue_block(slot, b, f[b]);
-                sm90::wgmma_wait<1>();
-                sm90::fence_registers(f[b ^ 1]);
-                if (b == 0 && kt != first) sm90::mbarrier_arrive(empty_base + 8 * last_slot);
+                for (int b = 0; b < 2; ++b) {
+                  decode_block(slot, b, f[b], Scaled{});
+                  issue_block(slot, b, f[b]);
+                  sm90::wgmma_wait<1>();
+                  sm90::fence_registers(f[b ^ 1]);
+                  if (b == 0 && kt != first) sm90::mbarrier_arrive(empty_base + 8 * last_slot);
+                }
               }
               last_slot = slot;
               slot += kStep;
@@ -848,8 +966,8 @@ __device__ __forceinline__ void sm90_compute(std::uint8_t* smem, const TokenRows
             }
           } else {
             wait_full(slot, phase);
-            decode_block(slot, 0, f[0]);
-            decode_block(slot, 1, f[1]);
+            decode_block(slot, 0, f[0], Scaled{});
+            decode_block(slot, 1, f[1], Scaled{});
             for (;;) {
               k_tile(std::integral_constant<int, 0>{});
               if (kt >= kt_end) break;
@@ -1032,7 +1150,7 @@ __global__ void __launch_bounds__(128 * (kWG == kWGSplitK ? 3 : kWG + 1), kWG ==
                      DType bias_dtype, T* __restrict__ out, int n, int k, bool vector_store,
                      PidRange pids, StreamK sk) {
 #if defined(MXFP4_SM90A_DEVICE)
-  using C = Sm90Config<kTokens, kSub, kWG, std::is_same_v<T, __half>>;
+  using C = Sm90Config<kTokens, kSub, kWG, false, std::is_same_v<T, __half>>;
   extern __shared__ uint4 smem_raw[];
   // The swizzle atoms need 1024-byte alignment; the launch asks for 1 KiB of slack.
   const auto raw = static_cast<std::uint32_t>(__cvta_generic_to_shared(smem_raw));
@@ -1126,7 +1244,7 @@ void launch_kernel(std::int64_t grid, const void* x, const CUtensorMap& x_map,
                    std::int64_t tiles, std::int64_t tiles_w, const detail::WeightArgs& w, void* out,
                    bool vector_store, cudaStream_t stream, const PidRange& pids,
                    const StreamK& sk) {
-  using C = Sm90Config<kTokens, kSub, kWG, std::is_same_v<T, __half>>;
+  using C = Sm90Config<kTokens, kSub, kWG, false, std::is_same_v<T, __half>>;
   const auto kernel = sm90_gemm_kernel<T, kTokens, kSub, kWG, kLoad, kParts, kStream, kGpu>;
   // setmaxnreg.inc waits until the CTA's pool has the registers: were the kernel ever built with
   // fewer than Sm90Config assumes, it would hang, so refuse instead.
@@ -1168,7 +1286,7 @@ void launch_sm90_tiles(const void* x, const TokenRows& tile_rows, std::int64_t t
                        const detail::WeightArgs& w, void* out, cudaStream_t stream,
                        bool stream_k = false, void* workspace = nullptr,
                        std::size_t workspace_bytes = 0) {
-  using C = Sm90Config<kTokens, kSub, kWG, std::is_same_v<T, __half>>;
+  using C = Sm90Config<kTokens, kSub, kWG, false, std::is_same_v<T, __half>>;
   // x's boxes: a tile's rows, or all of x where it has fewer (TMA fills no row past its end).
   // Staged x with runs read in place: a tile's rows in both maps (a staged expert may have more
   // pairs than x has rows).

@@ -761,27 +761,23 @@ KernelChoice choose_kernel(DType x_dtype, std::int64_t tokens, std::int64_t n, s
   const std::int64_t sms = current_device_facts().multiprocessors;
   // The weight's 256-row tiles fill three quarters of the SMs (one 128-token tile each).
   const bool rows256_fill = (n + 255) / 256 * 4 >= 3 * sms;
-  // f16: the wgmma GEMM (x split into two bf16 parts; 17 to 128 tokens, see below) on 128-token
-  // tiles, with 256-row tiles (half the x splitting per weight row) once they are about
-  // two thirds of the SM count; measured on an H100 at M = 4096: 247-263 TFLOP/s against
-  // 211-219 with 128 rows (session 4).
+  // f16 from 129 tokens: the wgmma GEMM on 128-token tiles, with 256-row tiles once they are
+  // about two thirds of the SM count (chosen in session 4, when f16 x was split into two bf16
+  // parts: at M = 4096 247-263 TFLOP/s against 211-219 with 128 rows).
   if (!gemm_ok) {
     if (!sm90_ok || tokens <= 16) return decode;
-    // f16 runs the Hopper GEMM with x split into two bf16 parts by the loading warpgroup, which
-    // costs each k-tile a fixed time, so its tiles pay only where they are many or K is long.
-    // Measured on an H100 (session 18, us; 64-token tiles with K split over a cluster of two
-    // where the pairs fit, as bf16's):
-    // - 17 to 64 tokens, 256-row tiles where they fill the SMs: Llama-70B up at M = 17 / 32
-    //   110 / 109 against 153 / 178 on the decode kernel (at 48 / 64 135 / 146);
-    // - 17 to 64 tokens with K of at least 8192, and 33 to 64 tokens, 64-token tiles of 64 rows:
-    //   Llama-70B down at M = 17 / 32 / 48 / 64 174 / 175 / 206 / 223 against 216 / 289 / 440 /
-    //   569; at M = 48 / 64 4096x4096 23.5 / 25.3 against 25.4 / 27.6, GPT-OSS gate_up 30.2 /
-    //   31.8 against 33.2 / 35.9, down 17.9 / 18.9 against 21.4 / 24.0 (at M = 17 / 32 the
-    //   decode kernel wins there: 13.8-25.5 against 16.5-27.0);
-    // - 65 to 128 tokens where 128-row tiles are under half the SMs and K is short of 8192 (no
-    //   split of K for them), 64-token tiles of 64 rows: at M = 65 / 128 4096x4096 43 / 43
-    //   against 73 / 83 on 128-token tiles, GPT-OSS down 32 / 32 against 52 / 64, gate_up 47 /
-    //   47 against 51 / 59 (Llama-70B down, its 128-token tiles split: 244 / 282 against 437).
+    // f16 on the Hopper GEMM (f16 wgmma since session 18, as fast as bf16 on the same tiles) has
+    // 64- and 128-token tiles only (sm90_gemm.cu: a flagged stage's x must fit the epilogue's
+    // buffer) and no stream-K. Measured on an H100 (session 18, us, f16 against cuBLAS f16):
+    // - 17 to 64 tokens on 64-token tiles (K split over a cluster where the pairs fit), or
+    //   256-row tiles where those fill the SMs: 4096x4096 M = 17 / 64 13.1 / 13.7 against 13.8 /
+    //   14.4, GPT-OSS gate_up 14.7 / 15.3 against 14.8 / 14.6, Llama-70B down 85.8 / 96.7
+    //   against 165.2 / 172.2 (the decode kernel, which had 17-32 tokens before: 13.8 / 21.5 /
+    //   216 at M = 17);
+    // - 65 to 128 tokens: 64-token tiles where 128-row tiles are under half the SMs and K is
+    //   short of 8192 (chosen on the split-x kernels, session 18: 4096x4096 at M = 128 43 us
+    //   against 83 on 128-token tiles, GPT-OSS gate_up 47 against 59; not measured again since),
+    //   else 128-token tiles as from 129 tokens.
     if (tokens <= 64) {
       if (rows256_fill) return {true, 128, true, 256};
       return {true, 64, true, 64};

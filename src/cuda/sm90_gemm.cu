@@ -26,12 +26,12 @@
 // elements 2t, 2t+1, 2t+8, 2t+9 of the step: bytes t, t+4, t+8 and t+12 of the row's 16-byte
 // block, picked out of one 16-byte shared-memory load with three byte permutes.
 //
-// f16 x: a scaled E2M1 value need not fit f16 (2^-24 .. 65504), but it always fits bf16, so the
-// weight stays bf16 and x is split exactly into two bf16 parts, x = hi + lo (hi = x rounded to
-// bf16; the rest has at most 3 significant bits): the loaders rewrite each landed f16 tile in
-// shared memory as hi, with lo beside it, and every wgmma runs twice, on hi and on lo. The
-// products are exact and summed in f32, as for bf16; the tensor cores do twice the work
-// (128-token tiles, whose stages have room for both parts).
+// f16 x: f16 wgmma on x as it lands, the weight decoded to f16 and scaled in f16, which is exact
+// where the scaled values are f16 numbers: scales in [114, 140] (detail::f16_prescale_ok), as
+// real weights' are. The loaders flag each stage with a scale outside; the computing threads run
+// such a stage in bf16 instead (every scale exact there), x split exactly into two bf16 parts,
+// x = hi + lo (hi = x rounded to bf16; the rest has at most 3 significant bits), each wgmma run
+// on both (sm90_compute's split_stage).
 //
 // Persistent CTAs walk (token tile, weight tile) pairs in raster groups of 8 token tiles
 // (gemm_tiles.cuh), with TokenRows for the dense and the grouped (MoE) layouts. Where few tiles
@@ -59,8 +59,8 @@ constexpr int kTileK = 2 * kBlockSize;
 // kWG computing warpgroups (1 or 2) of kSub m64 sub-tiles each, plus one loading warpgroup: a
 // CTA covers kTileW = 64 kWG kSub weight rows. kWG = kWGSplitK: two computing warpgroups on the
 // same 64 kSub rows, taking alternate k-tiles (their sums added at the end of each tile), so
-// that a 64-row tile keeps two warpgroups decoding. kSplit: f16 x, split into bf16 hi and lo parts
-// (a second x tile per stage).
+// that a 64-row tile keeps two warpgroups decoding. kFlags: f16 x, whose stages carry the loaders'
+// flags (and scale bytes, not bf16 pairs).
 inline constexpr int kWGSplitK = 3;
 
 // The (token tile, weight tile) pairs a launch covers, [begin, end) in raster order (end 0: all).
@@ -83,14 +83,13 @@ struct StreamK {
   int per = 0, extra = 0;
 };
 
-template <int kTokens, int kSub, int kWG, bool kSplitX = false, bool kFlags = false>
+template <int kTokens, int kSub, int kWG, bool kFlags = false>
 struct Sm90Config {
   static constexpr bool kSplitK = kWG == kWGSplitK;
   static constexpr int kConsumerWGs = kSplitK ? 2 : kWG;
   static constexpr int kRowWGs = kSplitK ? 1 : kWG;  // warpgroups side by side on the rows
   static constexpr int kConsumers = 128 * kConsumerWGs;
   static constexpr int kThreads = kConsumers + 128;
-  static constexpr bool kSplit = kSplitX;
   static constexpr int kTileW = 64 * kRowWGs * kSub;
   // Registers per thread: at launch, what ptxas gives each thread under the launch bounds (all
   // it may: the kernel holds setmaxnreg), then the loading warpgroup keeps kProducerRegs (it
@@ -101,8 +100,7 @@ struct Sm90Config {
   static constexpr int kConsumerRegs =
       (kLaunchRegs * (kConsumerWGs + 1) - kProducerRegs) / kConsumerWGs / 8 * 8;
   static constexpr int kXBytes = kTokens * kTileK * 2;  // [token][64 k] bf16, swizzled
-  static constexpr int kLoOffset = kXBytes;             // f16: the lo parts, same layout
-  static constexpr int kWOffset = kXBytes * (kSplitX ? 2 : 1);
+  static constexpr int kWOffset = kXBytes;
   static constexpr int kWBytes = kTileW * 2 * kBlockBytes;
   static constexpr int kSOffset = kWOffset + kWBytes;
   static constexpr int kSBytes = 2 * kTileW * 4;  // [block][row] scales as bf16 pairs
@@ -119,7 +117,7 @@ struct Sm90Config {
   static constexpr int kRedBytes = kSplitK ? 128 * kSub * (kTokens / 2) * 4 : 0;
   static constexpr int kXRowBytes = kTokens / 16 * 128 * 4;  // cp.async loaders' x rows
   static constexpr int kMaxStages = 16;
-  static constexpr int kBarBytes = 3 * 8 * kMaxStages;  // full, empty, landed
+  static constexpr int kBarBytes = 2 * 8 * kMaxStages;  // full, empty
   static constexpr int kFixedBytes =
       kOutBytes + kRedBytes + kXRowBytes + kBarBytes + 1024;  // + alignment
   static constexpr int kSmemLimit = (kConsumerWGs == 1 ? 113 : 227) * 1024;
@@ -138,14 +136,13 @@ struct Sm90Config {
   static_assert(kStages >= 4, "at least four stages");
   // (Also references the members only the sm_90a device code uses: nvcc's sm_80 and sm_89
   // passes, where the kernel is empty, reject unreferenced ones.)
-  static_assert(kSplit == kSplitX && kOutOffset < kXRowOffset && kRedOffset <= kXRowOffset &&
-                    kRowWGs >= 1 && kBarOffset + kBarBytes <= kSmemBytes,
+  static_assert(kOutOffset < kXRowOffset && kRedOffset <= kXRowOffset && kRowWGs >= 1 &&
+                    kBarOffset + kBarBytes <= kSmemBytes,
                 "shared memory layout");
   static_assert(kProducerRegs + kConsumerWGs * kConsumerRegs <= kLaunchRegs * (kConsumerWGs + 1) &&
                     kProducerRegs % 8 == 0 && kConsumerRegs % 8 == 0,
                 "setmaxnreg must not ask for more registers than the CTA was launched with");
-  static_assert(!kSplitX || kTokens <= 128, "split x: 64- and 128-token tiles only");
-  static_assert(kLoOffset % 1024 == 0 && kWOffset % 1024 == 0, "swizzle atoms: 1 KiB aligned");
+  static_assert(kWOffset % 1024 == 0, "swizzle atoms: 1 KiB aligned");
 };
 
 // How the loading warpgroup fetches x (sm90_load).
@@ -182,24 +179,17 @@ __device__ __forceinline__ std::uint32_t lane_bytes(const uint4& v, std::uint32_
 // The pipeline: stage `it` (counted over all of a CTA's tiles) lives in slot it % kStages. The
 // loaders wait until the computing threads have released the slot (empty barrier), fetch the
 // stage and arrive on the slot's full barrier, which completes when the copies have landed:
-// TMA counts its bytes there, cp.async of bf16 x arrives there by itself when done. f16 x must
-// be split once landed: the loaders wait for their own copies kLag stages later (before waiting
-// for the next slot), split them, fence them for the tensor cores and then arrive. The
-// computing threads wait on the full barrier, and release a slot once the wgmma groups reading
-// it are done, which they learn only after issuing the next stage's first group. With kLag =
-// kStages - 2, stage s is handed over once the computing threads have started stage s - 2.
+// TMA counts its bytes there, cp.async of x arrives there by itself when done. The computing
+// threads wait on the full barrier, and release a slot once the wgmma groups reading it are done,
+// which they learn only after issuing the next stage's first group.
 template <int kStages>
 struct Ring {
-  std::uint32_t bars;  // shared address: full[kStages], empty[kStages], landed[kStages]
+  std::uint32_t bars;  // shared address: full[kStages], empty[kStages]
   __device__ __forceinline__ std::uint32_t full(std::uint32_t it) const {
     return bars + 8 * (it % kStages);
   }
   __device__ __forceinline__ std::uint32_t empty(std::uint32_t it) const {
     return bars + 8 * (kStages + it % kStages);
-  }
-  // f16 x by TMA: the copies land here; the loaders split them, then arrive on full.
-  __device__ __forceinline__ std::uint32_t landed(std::uint32_t it) const {
-    return bars + 8 * (2 * kStages + it % kStages);
   }
   // Parity of the phase in which stage `it` completes its slot's barrier.
   __device__ __forceinline__ static std::uint32_t parity(std::uint32_t it) {
@@ -358,13 +348,11 @@ __device__ __forceinline__ unsigned load_acquire(const unsigned* p) {
 // k / 2]; TMA zero-fills what lies past either's end. An x box has rows.x_box_rows rows: fewer
 // than a tile's where a dense batch has fewer tokens (the rows of the tile past them, never
 // stored, are left as they were), so that no box reaches past x's end (with shift_tail).
-// bf16: the full barrier then completes
-// when the boxes' bytes have landed and every loader has stored its scales. f16: the boxes
-// land on the slot's `landed` barrier; kLag stages later each loader waits there, splits its
-// chunks and arrives on full. (TMA boxes of single gathered rows measured 2-3x slower than
-// cp.async, hence the staging.)
-// The bf16 factor pair a stage holds for a block's E8M0 scale: 2^(s - 127) for standard blocks,
-// 2^(s - 1) for the GPU layout's (whose decode gives the values times 2^-126).
+// The full barrier then completes
+// when the boxes' bytes have landed and every loader has stored its scales. (TMA boxes of single
+// gathered rows measured 2-3x slower than cp.async, hence the staging.) The bf16 factor pair a
+// stage holds for a block's E8M0 scale: 2^(s - 127) for standard blocks, 2^(s - 1) for the GPU
+// layout's (whose decode gives the values times 2^-126).
 template <bool kGpu>
 __device__ __forceinline__ std::uint32_t scale_pair(std::uint32_t s) {
   return kGpu ? detail::gpu_scale_bf16(s) : bf16_scale_pair(s);
@@ -380,10 +368,8 @@ __device__ __forceinline__ void sm90_load(std::uint8_t* smem, const T* __restric
                                           const std::uint8_t* __restrict__ scales, int n, int k,
                                           const PidRange& pids, const StreamK& sk) {
   constexpr bool kHalf = std::is_same_v<T, __half>;
-  constexpr bool kSplit = false;
-  using C = Sm90Config<kTokens, kSub, kWG, kSplit, kHalf>;
+  using C = Sm90Config<kTokens, kSub, kWG, kHalf>;
   constexpr int S = C::kStages;
-  constexpr int kLag = S - 2;
   constexpr int kXPer = kTokens / 16;    // x chunks per thread and stage
   constexpr int kWPer = C::kTileW / 64;  // weight blocks per thread and stage
   const int tid = static_cast<int>(threadIdx.x);
@@ -393,66 +379,6 @@ __device__ __forceinline__ void sm90_load(std::uint8_t* smem, const T* __restric
   const int ktiles = (nblk + 1) / 2;
   const Ring<S> ring{static_cast<std::uint32_t>(__cvta_generic_to_shared(smem + C::kBarOffset))};
   std::uint32_t it = 0;
-  std::uint32_t signaled = 0;
-
-  // f16: the valid x rows of the stages not yet split, by tile: stages from cur_start hold
-  // the current tile's count, those from prev_start the previous one's; older ones (tiles shorter
-  // than kLag stages) are split whole. Rows past a tile's tokens meet only output columns never
-  // stored. (The two counts share a register, cur_count in the low half: the loaders of 256-row
-  // tiles are one register short of a spill.)
-  std::uint32_t cur_start = 0;
-  std::uint32_t prev_start = 0;
-  std::uint32_t counts = kTokens * 0x10001u;
-
-  // Stage s has landed (this thread's part): f16 x is split, then the tensor cores may read it.
-  // The chunks go through registers kGroup at a time: loads, splits and stores each independent
-  // (this warpgroup has one warp per scheduler; chunk by chunk, each cost its full latency).
-  auto signal = [&](std::uint32_t s) {
-    if constexpr (kSplit && kLoad == kLoadTmaBox) {
-      sm90::mbarrier_wait(ring.landed(s), Ring<S>::parity(s));
-    }
-    if constexpr (kSplit) {
-      const int count = static_cast<int>(s >= cur_start    ? counts & 0xFFFFu
-                                         : s >= prev_start ? counts >> 16
-                                                           : kTokens);
-      std::uint8_t* st = smem + (s % S) * C::kStageBytes;
-      // (One at a time with 256-row tiles: their loaders hold twice the scales; two spill.)
-      constexpr int kGroup = kXPer < 4 ? kXPer : kWPer > 2 ? 1 : 4;
-#pragma unroll
-      for (int g = 0; g < kXPer; g += kGroup) {
-        if (16 * g >= count) break;
-        uint4 v[kGroup];
-        uint4 lo[kGroup];
-#pragma unroll
-        for (int i = 0; i < kGroup; ++i) {
-          const int r = tid / 8 + 16 * (g + i);
-          if (16 * (g + i) < count) {
-            v[i] = *reinterpret_cast<const uint4*>(st + r * 128 + ((xc ^ (r & 7)) << 4));
-          }
-        }
-#pragma unroll
-        for (int i = 0; i < kGroup; ++i) {
-          if (16 * (g + i) < count) {
-            split_f16x2(v[i].x, v[i].x, lo[i].x);
-            split_f16x2(v[i].y, v[i].y, lo[i].y);
-            split_f16x2(v[i].z, v[i].z, lo[i].z);
-            split_f16x2(v[i].w, v[i].w, lo[i].w);
-          }
-        }
-#pragma unroll
-        for (int i = 0; i < kGroup; ++i) {
-          const int r = tid / 8 + 16 * (g + i);
-          if (16 * (g + i) < count) {
-            std::uint8_t* p = st + r * 128 + ((xc ^ (r & 7)) << 4);
-            *reinterpret_cast<uint4*>(p) = v[i];
-            *reinterpret_cast<uint4*>(p + C::kLoOffset) = lo[i];
-          }
-        }
-      }
-    }
-    sm90::fence_proxy_async();
-    sm90::mbarrier_arrive(ring.full(s));
-  };
 
   // Per tile: this thread's x rows in shared memory, [i][tid] (~0: past the tile's tokens; no
   // other thread reads them). Per stage, an x chunk costs one multiply-add for its address.
@@ -467,7 +393,6 @@ __device__ __forceinline__ void sm90_load(std::uint8_t* smem, const T* __restric
   std::uint32_t phase = 0;
   const std::uint32_t full_base = ring.full(0);
   const std::uint32_t empty_base = ring.empty(0);
-  const std::uint32_t landed_base = ring.landed(0);
   // This thread's scale pairs in a stage: [block lblk][row tid / 2 + 64 j], 256 bytes per j.
   const std::uint32_t sc_off = static_cast<std::uint32_t>(C::kSOffset) +
                                4u * static_cast<std::uint32_t>(lblk * C::kTileW + tid / 2);
@@ -477,11 +402,6 @@ __device__ __forceinline__ void sm90_load(std::uint8_t* smem, const T* __restric
       [&](const TokenRows::Tile& listed, int tile_w, const KRange& range) {
         TokenRows::Tile tile = listed;
         shift_tail<kTokens>(rows, tile);
-        if constexpr (kSplit) {
-          prev_start = cur_start;
-          cur_start = it;
-          counts = (counts << 16) | static_cast<std::uint32_t>(tile.count);
-        }
         const int kt_begin = range.begin;
         const int kt_end = range.end;
         const int w0 = tile_w * C::kTileW;
@@ -560,29 +480,21 @@ __device__ __forceinline__ void sm90_load(std::uint8_t* smem, const T* __restric
           sp += 2;
           const std::uint32_t slot_off = slot * static_cast<std::uint32_t>(C::kStageBytes);
           if constexpr (kLoad != kLoadCpAsync) {
-            // f16: the oldest stage in flight, kLag back, is split and handed over first.
-            if (kSplit && it - signaled >= static_cast<std::uint32_t>(kLag)) signal(signaled++);
             // The slot's previous stage has been read (a fresh barrier passes parity 1 at once).
             sm90::mbarrier_wait(empty_base + 8 * slot, phase ^ 1u);
             store_scales(smem + slot_off, sv);
             if (tid == 0) {
-              const std::uint32_t bar = kSplit ? landed_base + 8 * slot : full_base + 8 * slot;
+              const std::uint32_t bar = full_base + 8 * slot;
               const std::uint32_t st_addr = smem_base + slot_off;
               sm90::mbarrier_arrive_expect_tx(bar, x_box_bytes + C::kWBytes);
               sm90::tma_load_2d(st_addr + C::kWOffset, &w_map, kt * 2 * kBlockBytes,
                                 tile.expert * n + w0, bar);
               sm90::tma_load_2d(st_addr, in_place ? &xs_map : &x_map, kt * kTileK,
                                 static_cast<int>(in_place ? x_first : tile.first), bar);
-            } else if (!kSplit) {
+            } else {
               sm90::mbarrier_arrive(full_base + 8 * slot);
             }
           } else {
-            // f16: the oldest stage in flight, kLag back, is split and handed over first: the slot
-            // wait below may last as long as the computing threads take for a stage.
-            if (kSplit && it - signaled >= static_cast<std::uint32_t>(kLag)) {
-              cp_async_wait<kLag - 1>();
-              signal(signaled++);
-            }
             sm90::mbarrier_wait(empty_base + 8 * slot, phase ^ 1u);
             std::uint8_t* st = smem + slot_off;
             // Rows past the tile's tokens are not loaded: they meet only output columns never
@@ -611,32 +523,21 @@ __device__ __forceinline__ void sm90_load(std::uint8_t* smem, const T* __restric
             cp_async_commit();
             // bf16: the full barrier counts this thread's copies as one arrival once they land (the
             // computing threads fence them for the tensor cores), and its scale stores as another.
-            if constexpr (!kSplit) sm90::cp_async_arrive_noinc(full_base + 8 * slot);
+            sm90::cp_async_arrive_noinc(full_base + 8 * slot);
             store_scales(st, sv);
-            if constexpr (!kSplit) sm90::mbarrier_arrive(full_base + 8 * slot);
+            sm90::mbarrier_arrive(full_base + 8 * slot);
           }
           if (++slot == static_cast<std::uint32_t>(S)) {
             slot = 0;
             phase ^= 1u;
           }
         }
-        // Split K: the two cluster barriers of the computing threads' reduction (sm90_compute),
-        // after f16's last stages are split and handed over (the computing threads need them
-        // to reach the first).
+        // Split K: the two cluster barriers of the computing threads' reduction (sm90_compute).
         if constexpr (kParts > 1) {
-          if constexpr (kSplit) {
-            cp_async_wait<0>();
-            while (signaled < it)
-              signal(signaled++);
-          }
           sm90::cluster_sync();
           sm90::cluster_sync();
         }
       });
-  if constexpr (!kSplit) return;
-  cp_async_wait<0>();
-  while (signaled < it)
-    signal(signaled++);
 }
 
 // A computing warpgroup c: weight rows [64 c, 64 c + 64) of each m64 sub-tile j (64 kWG j
@@ -651,8 +552,7 @@ __device__ __forceinline__ void sm90_compute(std::uint8_t* smem, const TokenRows
                                              bool vector_store, const PidRange& pids,
                                              const StreamK& sk) {
   constexpr bool kHalf = std::is_same_v<T, __half>;
-  constexpr bool kSplit = false;
-  using C = Sm90Config<kTokens, kSub, kWG, kSplit, kHalf>;
+  using C = Sm90Config<kTokens, kSub, kWG, kHalf>;
   constexpr int S = C::kStages;
   constexpr int kTileW = C::kTileW;
   constexpr int kAcc = kTokens / 2;  // f32 accumulators per thread and sub-tile
@@ -732,7 +632,7 @@ __device__ __forceinline__ void sm90_compute(std::uint8_t* smem, const TokenRows
             sm90::mbarrier_wait(full_base + 8 * s, ph);
             // cp.async wrote the stage through the generic proxy; the tensor cores read it
             // through the async proxy.
-            if constexpr (kLoad == kLoadCpAsync && !kSplit) sm90::fence_proxy_async();
+            if constexpr (kLoad == kLoadCpAsync) sm90::fence_proxy_async();
           };
           // Block b (32 k) of the stage in slot s: this thread's E2M1 codes times their scales,
           // in T (f16_tag false: in bf16, for f16 x's flagged stages, see split_stage).
@@ -825,10 +725,6 @@ __device__ __forceinline__ void sm90_compute(std::uint8_t* smem, const TokenRows
 #pragma unroll
               for (int j = 0; j < kSub; ++j) {
                 wgmma_n<N, kHalf>(acc[j], fr[j][q], sm90::sw128_desc_at(x_desc, 64 * b + 32 * q));
-                if constexpr (kSplit) {
-                  wgmma_n<N>(acc[j], fr[j][q],
-                             sm90::sw128_desc_at(x_desc, C::kLoOffset + 64 * b + 32 * q));
-                }
               }
             }
             sm90::wgmma_commit();
@@ -1150,7 +1046,7 @@ __global__ void __launch_bounds__(128 * (kWG == kWGSplitK ? 3 : kWG + 1), kWG ==
                      DType bias_dtype, T* __restrict__ out, int n, int k, bool vector_store,
                      PidRange pids, StreamK sk) {
 #if defined(MXFP4_SM90A_DEVICE)
-  using C = Sm90Config<kTokens, kSub, kWG, false, std::is_same_v<T, __half>>;
+  using C = Sm90Config<kTokens, kSub, kWG, std::is_same_v<T, __half>>;
   extern __shared__ uint4 smem_raw[];
   // The swizzle atoms need 1024-byte alignment; the launch asks for 1 KiB of slack.
   const auto raw = static_cast<std::uint32_t>(__cvta_generic_to_shared(smem_raw));
@@ -1160,9 +1056,8 @@ __global__ void __launch_bounds__(128 * (kWG == kWGSplitK ? 3 : kWG + 1), kWG ==
     const Ring<C::kStages> ring{
         static_cast<std::uint32_t>(__cvta_generic_to_shared(smem + C::kBarOffset))};
     for (int s = 0; s < C::kStages; ++s) {
-      // Each loader arrives once; with bf16 cp.async its landed copies arrive once more.
-      sm90::mbarrier_init(ring.full(s), kLoad == kLoadCpAsync && !C::kSplit ? 256 : 128);
-      sm90::mbarrier_init(ring.landed(s), 1);
+      // Each loader arrives once; with cp.async its landed copies arrive once more.
+      sm90::mbarrier_init(ring.full(s), kLoad == kLoadCpAsync ? 256 : 128);
       sm90::mbarrier_init(ring.empty(s), C::kSplitK ? 128 : C::kConsumers);
     }
   }
@@ -1244,7 +1139,7 @@ void launch_kernel(std::int64_t grid, const void* x, const CUtensorMap& x_map,
                    std::int64_t tiles, std::int64_t tiles_w, const detail::WeightArgs& w, void* out,
                    bool vector_store, cudaStream_t stream, const PidRange& pids,
                    const StreamK& sk) {
-  using C = Sm90Config<kTokens, kSub, kWG, false, std::is_same_v<T, __half>>;
+  using C = Sm90Config<kTokens, kSub, kWG, std::is_same_v<T, __half>>;
   const auto kernel = sm90_gemm_kernel<T, kTokens, kSub, kWG, kLoad, kParts, kStream, kGpu>;
   // setmaxnreg.inc waits until the CTA's pool has the registers: were the kernel ever built with
   // fewer than Sm90Config assumes, it would hang, so refuse instead.
@@ -1278,15 +1173,14 @@ void launch_kernel(std::int64_t grid, const void* x, const CUtensorMap& x_map,
   check_launch("sm90_gemm_kernel");
 }
 
-// Dense bf16 x is fetched with TMA (where the driver makes the tensor maps and the weight rows
-// fit TMA's 32-bit coordinates); gathered rows (mixture of experts) and f16 x (split after
-// landing) with cp.async.
+// Dense x is fetched with TMA (where the driver makes the tensor maps and the weight rows fit
+// TMA's 32-bit coordinates); gathered rows (mixture of experts) with cp.async.
 template <typename T, int kTokens, int kSub, int kWG, bool kGpu>
 void launch_sm90_tiles(const void* x, const TokenRows& tile_rows, std::int64_t tiles,
                        const detail::WeightArgs& w, void* out, cudaStream_t stream,
                        bool stream_k = false, void* workspace = nullptr,
                        std::size_t workspace_bytes = 0) {
-  using C = Sm90Config<kTokens, kSub, kWG, false, std::is_same_v<T, __half>>;
+  using C = Sm90Config<kTokens, kSub, kWG, std::is_same_v<T, __half>>;
   // x's boxes: a tile's rows, or all of x where it has fewer (TMA fills no row past its end).
   // Staged x with runs read in place: a tile's rows in both maps (a staged expert may have more
   // pairs than x has rows).
@@ -1448,7 +1342,9 @@ void launch_sm90_gemm(const void* x, DType x_dtype, const TokenRows& rows, std::
                       std::size_t workspace_bytes) {
   auto run = [&](auto gpu) {
     constexpr bool kGpu = decltype(gpu)::value;
-    if (x_dtype == DType::f16) {  // stages with both parts of x fill shared memory
+    // f16: 64- and 128-token tiles (a flagged stage's hi part of x goes to the epilogue's buffer,
+    // which holds at most 128 tokens; split_stage).
+    if (x_dtype == DType::f16) {
       // 64-token tiles: 64 rows, one computing warpgroup (choose_kernel gives f16 no others).
       if (tile_tokens == 64) {
         launch_sm90_tiles<__half, 64, 1, 1, kGpu>(x, rows, tiles, w, out, stream);

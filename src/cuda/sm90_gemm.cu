@@ -446,18 +446,21 @@ __device__ __forceinline__ void sm90_load(std::uint8_t* smem, const T* __restric
           }
         };
         // A stage's scales: bf16 pairs; f16 x: the bytes, and the warp's flag byte (a scale
-        // outside f16's exact range: the computing threads take the stage's post-scaled path).
+        // outside f16's exact range: the computing threads run the stage in bf16, split_stage).
         auto store_scales = [&](std::uint8_t* st, const ScaleBytes& v) {
-          bool outside = false;
-#pragma unroll
-          for (int j = 0; j < kWPer; ++j) {
-            *reinterpret_cast<std::uint32_t*>(st + sc_off + 256 * j) =
-                kHalf ? std::uint32_t{v[j]} : scale_pair<kGpu>(v[j]);
-            outside = outside || !detail::f16_prescale_ok(v[j], kGpu);
-          }
           if constexpr (kHalf) {
+            bool outside = false;
+#pragma unroll
+            for (int j = 0; j < kWPer; ++j) {
+              *reinterpret_cast<std::uint32_t*>(st + sc_off + 256 * j) = v[j];
+              outside = outside || !detail::f16_prescale_ok(v[j], kGpu);
+            }
             const bool any = __any_sync(~0u, outside);
             if ((tid & 31) == 0) st[C::kFOffset + (tid >> 5)] = any ? 1 : 0;
+          } else {
+#pragma unroll
+            for (int j = 0; j < kWPer; ++j)
+              *reinterpret_cast<std::uint32_t*>(st + sc_off + 256 * j) = scale_pair<kGpu>(v[j]);
           }
         };
         ScaleBytes ahead[kScaleAhead];

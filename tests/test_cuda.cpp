@@ -69,7 +69,6 @@ std::string layout_tag(BlockLayout layout) {
   return std::string(" layout ") + mxfp4::block_layout_name(layout);
 }
 
-// Gaussian-ish values with a per-row spread of magnitudes, never zeros.
 // An [n, k / 2] weight's packed E2M1 bytes, every byte value equally likely.
 std::vector<std::uint8_t> random_codes(std::int64_t n, std::int64_t k, std::uint64_t seed) {
   std::mt19937_64 rng(seed);
@@ -79,6 +78,7 @@ std::vector<std::uint8_t> random_codes(std::int64_t n, std::int64_t k, std::uint
   return codes;
 }
 
+// Gaussian-ish values with a per-row spread of magnitudes, never zeros.
 Tensor random_tensor(mxfp4::Shape shape, DType dtype, std::uint64_t seed, float scale = 1.0f) {
   std::mt19937_64 rng(seed);
   Tensor f = Tensor::empty(shape, DType::f32);
@@ -490,11 +490,12 @@ TEST(Cuda, LinearKeepsF16ExactOutsideItsRange) {
   }
 }
 
-// f16 x on the decode kernel (M <= 16): a warp's step of four blocks runs on f16 MMAs with the
-// weight scaled before them where every scale of the step is in 2^-13 .. 2^13 (2^-13 .. 2^1 in
-// the GPU layout), otherwise on bf16 MMAs against x split into two bf16 parts. Scales on both
-// sides of each bound, mixed within rows (so one call takes both kinds of steps), must all come
-// out exact. scripts/gpu-check runs this under every forced decode variant too.
+// f16 x runs on f16 MMAs with the weight scaled before them where every scale of a unit of work
+// is in 2^-13 .. 2^13 (2^-13 .. 2^1 in the GPU layout), otherwise on bf16 MMAs against x split
+// into two bf16 parts: the decode kernel (M <= 16) decides per warp step of four blocks, the
+// Hopper GEMM (larger M) per stage of 64 k. Scales on both sides of each bound, mixed within rows
+// (so one call takes both kinds of steps), must all come out exact. scripts/gpu-check runs this
+// under every forced kernel variant too.
 TEST(Cuda, LinearF16IsExactOnBothSidesOfTheF16ScaleRange) {
   REQUIRE_GPU();
   const std::int64_t n = 40, k = 1024;

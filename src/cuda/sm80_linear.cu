@@ -9,8 +9,8 @@
 // each lane takes all its k slots from one block it loaded whole (no transpose; see
 // accumulate_pre_scaled): in bf16, which holds every scaled value exactly, and for f16 x in f16
 // wherever a step's scales keep every scaled value a normal f16 (real weights' do), else in bf16
-// against x split exactly into two bf16 parts. On 32-token tiles (f16 at 17-32 tokens, and bf16
-// before Hopper) each block is multiplied on its own (two MMAs) and its f32 partial sum scaled by
+// against x split exactly into two bf16 parts. On 32-token tiles (17-32 tokens before Hopper,
+// f16 or bf16) each block is multiplied on its own (two MMAs) and its f32 partial sum scaled by
 // the block's E8M0 scale in f32, so no scale can overflow or flush an f16 operand: about twice the
 // instructions per weight element.
 // The warps of a CTA split K; partial sums are reduced through shared memory in a fixed order
@@ -765,7 +765,7 @@ KernelChoice choose_kernel(DType x_dtype, std::int64_t tokens, std::int64_t n, s
   // about two thirds of the SM count (chosen in session 4, when f16 x was split into two bf16
   // parts: at M = 4096 247-263 TFLOP/s against 211-219 with 128 rows).
   if (!gemm_ok) {
-    if (!sm90_ok || tokens <= 16) return decode;
+    if (!sm90_ok) return decode;  // (and up to 16 tokens, above)
     // f16 on the Hopper GEMM (f16 wgmma since session 18, as fast as bf16 on the same tiles) has
     // 64- and 128-token tiles only (sm90_gemm.cu: a flagged stage's x must fit the epilogue's
     // buffer) and no stream-K. Measured on an H100 (session 18, us, f16 against cuBLAS f16):

@@ -191,10 +191,6 @@ struct Ring {
   __device__ __forceinline__ std::uint32_t empty(std::uint32_t it) const {
     return bars + 8 * (kStages + it % kStages);
   }
-  // Parity of the phase in which stage `it` completes its slot's barrier.
-  __device__ __forceinline__ static std::uint32_t parity(std::uint32_t it) {
-    return (it / kStages) & 1u;
-  }
 };
 
 // Stages ahead of their use that the loading warpgroup loads the scales (sm90_load).
@@ -340,7 +336,8 @@ __device__ __forceinline__ unsigned load_acquire(const unsigned* p) {
 
 // The loading warpgroup (128 threads). Thread tid copies 16-byte chunk tid % 8 of token rows
 // tid / 8 + 16 i; and block tid % 2 of weight rows (tid + 128 j) / 2 (j < kTileW / 64) with its
-// scale, which it converts to the bf16 pair the decode multiplies by.
+// scale, which it converts to the bf16 pair the decode multiplies by (f16 x: it stores the byte
+// and flags the stage where a scale is outside f16's exact range, store_scales).
 //
 // kLoadTmaBox (x rows in tile order: dense, or staged by gather_linear): thread 0 fetches each
 // stage's x box (rows tile.first ...) and weight box with TMA instead, the tensor maps
@@ -378,7 +375,6 @@ __device__ __forceinline__ void sm90_load(std::uint8_t* smem, const T* __restric
   const int nblk = k / kBlockSize;
   const int ktiles = (nblk + 1) / 2;
   const Ring<S> ring{static_cast<std::uint32_t>(__cvta_generic_to_shared(smem + C::kBarOffset))};
-  std::uint32_t it = 0;
 
   // Per tile: this thread's x rows in shared memory, [i][tid] (~0: past the tile's tokens; no
   // other thread reads them). Per stage, an x chunk costs one multiply-add for its address.
@@ -468,7 +464,7 @@ __device__ __forceinline__ void sm90_load(std::uint8_t* smem, const T* __restric
         for (int a = 0; a < kScaleAhead; ++a)
           load_scales(kt_begin + a, sp + 2 * a, ahead[a]);
         sp += 2 * kScaleAhead;
-        for (int kt = kt_begin; kt < kt_end; ++kt, ++it) {
+        for (int kt = kt_begin; kt < kt_end; ++kt) {
           ScaleBytes sv;
 #pragma unroll
           for (int j = 0; j < kWPer; ++j)
@@ -524,7 +520,7 @@ __device__ __forceinline__ void sm90_load(std::uint8_t* smem, const T* __restric
                   ok ? 16 : 0);
             }
             cp_async_commit();
-            // bf16: the full barrier counts this thread's copies as one arrival once they land (the
+            // The full barrier counts this thread's copies as one arrival once they land (the
             // computing threads fence them for the tensor cores), and its scale stores as another.
             sm90::cp_async_arrive_noinc(full_base + 8 * slot);
             store_scales(st, sv);
@@ -573,8 +569,8 @@ __device__ __forceinline__ void sm90_compute(std::uint8_t* smem, const TokenRows
   // This lane's A rows: ra and ra + 8 of each sub-tile.
   const int ra = (C::kSplitK ? 0 : c * 64) + warp * 16 + g;
   const std::uint32_t sel = static_cast<std::uint32_t>(t | ((t + 4) << 4));
-  // E2M1 codes to bf16: with the byte tables held in registers where there is room for them (one
-  // sub-tile; with two, the 256-row tile spilled 4 bytes).
+  // E2M1 codes to bf16 (decode_block): with the byte tables held in registers where there is
+  // room for them (one sub-tile; with two, the 256-row tile spilled 4 bytes).
   const Bf16Tables tables = bf16_tables();
   T* chunk_out = reinterpret_cast<T*>(smem + C::kOutOffset) + c * C::kChunk * C::kOutStride;
   // The ring position of the tile's first stage: its slot and the parity of its round, kept

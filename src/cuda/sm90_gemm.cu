@@ -154,18 +154,17 @@ enum LoadMode : int { kLoadCpAsync = 0, kLoadTmaBox = 1 };
 // A partly filled tile (the last of a dense batch, a mixture-of-experts expert's tokens) runs
 // at the width its tokens need.
 template <int N, bool kF16 = false>
-__device__ __forceinline__ void wgmma_n(float* d, const std::uint32_t (&a)[4], std::uint64_t desc,
-                                        std::uint32_t scale_d = 1) {
+__device__ __forceinline__ void wgmma_n(float* d, const std::uint32_t (&a)[4], std::uint64_t desc) {
   if constexpr (N == 256) {
-    sm90::wgmma_m64n256k16<kF16>(d, a, desc, scale_d);
+    sm90::wgmma_m64n256k16<kF16>(d, a, desc);
   } else if constexpr (N == 192) {
-    sm90::wgmma_m64n192k16<kF16>(d, a, desc, scale_d);
+    sm90::wgmma_m64n192k16<kF16>(d, a, desc);
   } else if constexpr (N == 128) {
-    sm90::wgmma_m64n128k16<kF16>(d, a, desc, scale_d);
+    sm90::wgmma_m64n128k16<kF16>(d, a, desc);
   } else if constexpr (N == 64) {
-    sm90::wgmma_m64n64k16<kF16>(d, a, desc, scale_d);
+    sm90::wgmma_m64n64k16<kF16>(d, a, desc);
   } else {
-    sm90::wgmma_m64n32k16<kF16>(d, a, desc, scale_d);
+    sm90::wgmma_m64n32k16<kF16>(d, a, desc);
   }
 }
 

@@ -147,8 +147,7 @@ __device__ __forceinline__ void fence_registers(std::uint32_t (&r)[A][B][C]) {
   }
 }
 
-// D[64 x N] (f32, accumulated unless scale_d is 0; d points to the N / 2 accumulator registers of
-// the thread) +=
+// D[64 x N] (f32, accumulated; d points to the N / 2 accumulator registers of the thread) +=
 // A[64 x 16] (bf16, or f16 with kF16, registers: the mma.sync m16n8k16 A fragment of each warp's
 // 16 rows) * B[16 x N] (the same type in shared memory, K-major, described by desc).
 #define MXFP4_WGMMA_M64N32K16(AB)                                                               \
@@ -163,10 +162,10 @@ __device__ __forceinline__ void fence_registers(std::uint32_t (&r)[A][B][C]) {
       : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]),     \
         "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), \
         "+f"(d[14]), "+f"(d[15])                                                                \
-      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc), "r"(scale_d))
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc), "r"(1))
 template <bool kF16 = false>
 __device__ __forceinline__ void wgmma_m64n32k16(float* d, const std::uint32_t (&a)[4],
-                                                std::uint64_t desc, std::uint32_t scale_d = 1) {
+                                                std::uint64_t desc) {
   if constexpr (kF16) {
     MXFP4_WGMMA_M64N32K16("f16");
   } else {
@@ -191,10 +190,10 @@ __device__ __forceinline__ void wgmma_m64n32k16(float* d, const std::uint32_t (&
         "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), \
         "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), \
         "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31])                                         \
-      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc), "r"(scale_d))
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc), "r"(1))
 template <bool kF16 = false>
 __device__ __forceinline__ void wgmma_m64n64k16(float* d, const std::uint32_t (&a)[4],
-                                                std::uint64_t desc, std::uint32_t scale_d = 1) {
+                                                std::uint64_t desc) {
   if constexpr (kF16) {
     MXFP4_WGMMA_M64N64K16("f16");
   } else {
@@ -228,10 +227,10 @@ __device__ __forceinline__ void wgmma_m64n64k16(float* d, const std::uint32_t (&
         "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]), \
         "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), \
         "+f"(d[63])                                                                                \
-      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc), "r"(scale_d))
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc), "r"(1))
 template <bool kF16 = false>
 __device__ __forceinline__ void wgmma_m64n128k16(float* d, const std::uint32_t (&a)[4],
-                                                 std::uint64_t desc, std::uint32_t scale_d = 1) {
+                                                 std::uint64_t desc) {
   if constexpr (kF16) {
     MXFP4_WGMMA_M64N128K16("f16");
   } else {
@@ -273,10 +272,10 @@ __device__ __forceinline__ void wgmma_m64n128k16(float* d, const std::uint32_t (
         "+f"(d[77]), "+f"(d[78]), "+f"(d[79]), "+f"(d[80]), "+f"(d[81]), "+f"(d[82]), "+f"(d[83]), \
         "+f"(d[84]), "+f"(d[85]), "+f"(d[86]), "+f"(d[87]), "+f"(d[88]), "+f"(d[89]), "+f"(d[90]), \
         "+f"(d[91]), "+f"(d[92]), "+f"(d[93]), "+f"(d[94]), "+f"(d[95])                            \
-      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc), "r"(scale_d))
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc), "r"(1))
 template <bool kF16 = false>
 __device__ __forceinline__ void wgmma_m64n192k16(float* d, const std::uint32_t (&a)[4],
-                                                 std::uint64_t desc, std::uint32_t scale_d = 1) {
+                                                 std::uint64_t desc) {
   if constexpr (kF16) {
     MXFP4_WGMMA_M64N192K16("f16");
   } else {
@@ -327,10 +326,10 @@ __device__ __forceinline__ void wgmma_m64n192k16(float* d, const std::uint32_t (
         "+f"(d[110]), "+f"(d[111]), "+f"(d[112]), "+f"(d[113]), "+f"(d[114]), "+f"(d[115]),        \
         "+f"(d[116]), "+f"(d[117]), "+f"(d[118]), "+f"(d[119]), "+f"(d[120]), "+f"(d[121]),        \
         "+f"(d[122]), "+f"(d[123]), "+f"(d[124]), "+f"(d[125]), "+f"(d[126]), "+f"(d[127])         \
-      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc), "r"(scale_d))
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc), "r"(1))
 template <bool kF16 = false>
 __device__ __forceinline__ void wgmma_m64n256k16(float* d, const std::uint32_t (&a)[4],
-                                                 std::uint64_t desc, std::uint32_t scale_d = 1) {
+                                                 std::uint64_t desc) {
   if constexpr (kF16) {
     MXFP4_WGMMA_M64N256K16("f16");
   } else {

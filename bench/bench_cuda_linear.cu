@@ -3,9 +3,9 @@
 //
 //   bench_cuda_linear [--quick] [--no-dense] [--no-moe] [--no-quantize] [--n N] [--m M[,M...]]
 //                     [--f16] [--routing uniform|skewed] [--layout standard|gpu] [--out FILE.md]
-// --f16: dense layers with f16 activations (cuBLAS f16 on the f16-dequantized weight as the
-// baseline); the MoE and quantize parts stay bf16. --routing: only that MoE routing. --layout:
-// the block layout of our weights (Mxfp4Weight::with_layout; default standard).
+// --f16: f16 activations in the dense and MoE parts (cuBLAS f16 on the f16-dequantized weight,
+// and of equal flops, as the baselines); the quantize part stays bf16. --routing: only that MoE
+// routing. --layout: the block layout of our weights (Mxfp4Weight::with_layout; default standard).
 //
 // Every timed region is a CUDA graph of `reps` calls, replayed after a warm-up; weights (ours
 // and cuBLAS's) rotate through enough copies to exceed the L2 cache, so each call reads its
@@ -198,7 +198,7 @@ std::vector<std::int32_t> route(std::int64_t tokens, int topk, int experts, bool
   return ids;
 }
 
-// GPT-OSS-120b MoE layers: gather_linear against (a) cuBLAS bf16 dense GEMM of equal flops,
+// GPT-OSS-120b MoE layers: gather_linear against (a) cuBLAS dense GEMM of equal flops (x's type),
 // (b) our dense kernel run expert by expert on pre-gathered tokens, (c) the time to read the
 // touched experts at the measured copy bandwidth.
 // Whether a token count is among those --m asked for (all when it named none).
@@ -208,12 +208,16 @@ bool selected(const std::vector<std::int64_t>& only, std::int64_t m) {
 
 std::string bench_moe(cudaStream_t stream, cublasHandle_t handle, double copy_bw, double read_bw,
                       bool quick, std::int64_t only_n, const std::vector<std::int64_t>& only_m,
-                      const std::string& only_routing) {
-  std::string report =
-      "\n| MoE layer (E x N x K, top-4) | T | routing | mxfp4 us | touched experts | touched "
-      "TB/s | % of copy BW | % of read BW | TFLOP/s | cuBLAS bf16 equal-flop us | vs cuBLAS | "
-      "expert-by-expert dense us | vs expert-by-expert |\n"
-      "|---|---|---|---|---|---|---|---|---|---|---|---|---|\n";
+                      const std::string& only_routing, DType act) {
+  const char* act_name = act == DType::f16 ? "f16" : "bf16";
+  const cudaDataType act_cuda = act == DType::f16 ? CUDA_R_16F : CUDA_R_16BF;
+  std::string report = std::string("\n| MoE layer (E x N x K, top-4), ") + act_name +
+                       " x | T | routing | mxfp4 us | touched experts | touched TB/s | % of copy "
+                       "BW | % of read BW | TFLOP/s | cuBLAS " +
+                       act_name +
+                       " equal-flop us | vs cuBLAS | expert-by-expert dense us | vs "
+                       "expert-by-expert |\n"
+                       "|---|---|---|---|---|---|---|---|---|---|---|---|---|\n";
   char line[768];
   const int experts = 128, topk = 4;
   std::vector<Shape> shapes = {{"gate_up 128x5760x2880", 5760, 2880},
@@ -227,7 +231,7 @@ std::string bench_moe(cudaStream_t stream, cublasHandle_t handle, double copy_bw
     // cuBLAS operand: one dense bf16 weight of the same N x K (rotated copies beat L2).
     std::vector<Tensor> wd;
     for (int c = 0; c < 4; ++c)
-      wd.push_back(random_host({s.n, s.k}, DType::bf16, 10 + c).to(kGpu));
+      wd.push_back(random_host({s.n, s.k}, act, 10 + c).to(kGpu));
     for (std::int64_t t : ts) {
       if (!selected(only_m, t)) continue;
       for (bool skewed : {false, true}) {
@@ -246,8 +250,8 @@ std::string bench_moe(cudaStream_t stream, cublasHandle_t handle, double copy_bw
           ids.push_back(Tensor::from_vector(host_ids.back(), {t, topk}).to(kGpu));
         }
         touched /= sets;
-        const Tensor x = random_host({t, s.k}, DType::bf16, 2).to(kGpu);
-        Tensor y = Tensor::empty({t, topk, s.n}, DType::bf16, kGpu);
+        const Tensor x = random_host({t, s.k}, act, 2).to(kGpu);
+        Tensor y = Tensor::empty({t, topk, s.n}, act, kGpu);
         const std::size_t ws_bytes = mxfp4::gather_linear_workspace_bytes(t, topk, experts, s.k);
         Tensor ws = Tensor::empty({static_cast<std::int64_t>(ws_bytes) + 1}, DType::u8, kGpu);
         mxfp4::RunOptions run{mxfp4::Stream{stream}};
@@ -258,14 +262,14 @@ std::string bench_moe(cudaStream_t stream, cublasHandle_t handle, double copy_bw
         mxfp4::synchronize(mxfp4::Stream{stream});
         // cuBLAS: M = T * topk rows against one N x K weight: the same flops.
         const std::int64_t m = t * topk;
-        const Tensor xm = random_host({m, s.k}, DType::bf16, 3).to(kGpu);
-        Tensor ym = Tensor::empty({m, s.n}, DType::bf16, kGpu);
+        const Tensor xm = random_host({m, s.k}, act, 3).to(kGpu);
+        Tensor ym = Tensor::empty({m, s.n}, act, kGpu);
         const float alpha = 1.0f, beta = 0.0f;
         const double theirs = time_graph(stream, reps, [&](int r) {
           CHECK_CUBLAS(cublasGemmEx(
               handle, CUBLAS_OP_T, CUBLAS_OP_N, static_cast<int>(s.n), static_cast<int>(m),
-              static_cast<int>(s.k), &alpha, wd[r % 4].data(), CUDA_R_16BF, static_cast<int>(s.k),
-              xm.data(), CUDA_R_16BF, static_cast<int>(s.k), &beta, ym.data(), CUDA_R_16BF,
+              static_cast<int>(s.k), &alpha, wd[r % 4].data(), act_cuda, static_cast<int>(s.k),
+              xm.data(), act_cuda, static_cast<int>(s.k), &beta, ym.data(), act_cuda,
               static_cast<int>(s.n), CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
         });
         // Expert by expert through our dense linear, tokens pre-gathered (routing set 0).
@@ -286,8 +290,8 @@ std::string bench_moe(cudaStream_t stream, cublasHandle_t handle, double copy_bw
               Tensor::view(blocks + e * s.n * s.k / 2, {s.n, s.k / 2}, DType::u8, kGpu),
               Tensor::view(scales + e * s.n * s.k / 32, {s.n, s.k / 32}, DType::u8, kGpu), {},
               w.layout());
-          jobs.push_back({std::move(we), random_host({c, s.k}, DType::bf16, 4).to(kGpu),
-                          Tensor::empty({c, s.n}, DType::bf16, kGpu)});
+          jobs.push_back({std::move(we), random_host({c, s.k}, act, 4).to(kGpu),
+                          Tensor::empty({c, s.n}, act, kGpu)});
         }
         const double by_expert = time_graph(stream, 2, [&](int) {
           for (auto& j : jobs)
@@ -444,7 +448,7 @@ int main(int argc, char** argv) {
   }
 
   if (!skip_moe)
-    report += bench_moe(stream, handle, copy_bw, read_bw, quick, only_n, only_m, only_routing);
+    report += bench_moe(stream, handle, copy_bw, read_bw, quick, only_n, only_m, only_routing, act);
 
   // Quantize throughput (includes its one host synchronization, which reports NaN/Inf).
   report += "\n| quantize input | rule | GB/s of input |\n|---|---|---|\n";

@@ -14,9 +14,8 @@ namespace mxfp4::cuda {
 
 // Which kernel runs a weight for about `tokens` tokens (per expert, for gather_linear), and with
 // how many tokens per tile: the decode kernel (8, 16 or 32 tokens per tile; every dtype), the
-// sm_80 tiled GEMM (64 or 128; bf16 only) or, on Hopper, the wgmma GEMM (bf16: 128 or 256
-// tokens, 128 weight rows per tile, or 64 or 256 with 128 tokens; f16: 128 tokens, 128 or 256
-// rows).
+// sm_80 tiled GEMM (64 or 128; bf16 only) or, on Hopper, the wgmma GEMM (bf16 and f16 alike: 64,
+// 128 or 256 tokens, 128 weight rows per tile, or 64 or 256 rows with 64 or 128 tokens).
 // MXFP4_CUDA_KERNEL=decode|gemm64|gemm128|wgmma128|wgmma256|wgmma64r|wgmma256r forces a choice
 // where the dtype and the device allow it (for benchmarks and tuning); decode_lo and decode_hi
 // force the decode kernel and its lower or higher occupancy variant, decode_rows2 its CTAs of
@@ -28,7 +27,7 @@ struct KernelChoice {
   int tile_rows = 128;  // sm90: weight rows per tile
   // sm90, 64-row tiles: two computing warpgroups per tile, taking alternate k-tiles.
   bool k_halves = false;
-  // sm90, dense bf16, 256- or 128-token tiles of 128 rows: stream-K (each SM an equal run of the
+  // sm90, dense, 256- or 128-token tiles of 128 rows: stream-K (each SM an equal run of the
   // tiles' k-tiles).
   bool stream_k = false;
 };

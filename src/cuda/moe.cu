@@ -433,7 +433,7 @@ void gather_linear(const detail::GatherLinearArgs& a) {
   // Experts of 9 to 16 tokens get one decode tile of 16 (measured: faster than the sm_80 GEMM's
   // tile of 32 there). Without a GEMM, the third class takes every expert above 16 tokens. With
   // one, experts up to 32 tokens get one tile of 32 (sm_80 GEMM for bf16, the decode kernel for
-  // f16) and larger ones tiles of 128, or on Hopper tiles of 256 (128 for f16) for the wgmma GEMM,
+  // f16) and larger ones tiles of 128, or on Hopper tiles of 256 (bf16 and f16) for the wgmma GEMM,
   // which runs each at the width its tokens need (sm90_gemm.cu; measured: for experts of 32 tokens
   // the sm_80 GEMM's tile of 32 is faster). choose_kernel for many tokens tells whether the device
   // has it (unless MXFP4_CUDA_KERNEL forces another).
@@ -474,21 +474,22 @@ void gather_linear(const detail::GatherLinearArgs& a) {
   auto* perm = reinterpret_cast<std::int32_t*>(base + plan.perm_at());
   auto* list = reinterpret_cast<int4*>(base + plan.list_at());
   const int mid_max = large ? static_cast<int>(detail::kCudaGemmMinTokens) : INT_MAX;
-  // Few pairs (at most 512, top-4 of 128 tokens), bf16 on Hopper: 128-token tiles of 64 rows
+  // Few pairs (at most 512, top-4 of 128 tokens) on Hopper: 128-token tiles of 64 rows
   // with two computing warpgroups on alternate k-tiles, the dense rule's tile for 128 tokens on
   // these shapes. Tiles of 256 cost about as much at any width (the weight's decode dominates),
   // so four experts of 128 tokens took two waves of them: 85.8 us on GPT-OSS gate_up against
   // 62.8 expert by expert (an H100, session 8).
-  const bool few = sm90 && gemm && pairs <= 512;
-  const int large_tile = sm90 ? (gemm && !few ? 256 : 128) : kLargeTile;
+  // (On Hopper f16 x takes bf16's classes and tiles: f16 wgmma, as fast on the same tiles.)
+  const bool few = sm90 && pairs <= 512;
+  const int large_tile = sm90 ? (!few ? 256 : 128) : kLargeTile;
   const int large_rows = few ? 64 : 128;
-  // Hopper, bf16 (not few): experts of 33 to 128 tokens on 128-token tiles of 128 rows, the rest
+  // Hopper (not few): experts of 33 to 128 tokens on 128-token tiles of 128 rows, the rest
   // on 256-token tiles. A 256-token tile costs about as much at any width (the weight's decode
   // dominates) and a 128-token one ~3/4 of it, so experts that fit 128 tokens take the cheaper
   // tile, and larger ones keep one tile of 256 rather than two of 128 (an H100, session 8,
   // every large expert forced onto 128-token tiles: uniform T = 1024 gate_up 1096.6 -> 973.8 us,
   // T = 4096 1376.6 -> 1644.2).
-  const int mid128_max = sm90 && gemm && !few ? kMid128Tile : 0;
+  const int mid128_max = sm90 && !few ? kMid128Tile : 0;
   // (MXFP4_CUDA_KERNEL=moe_mid128: 128 rows, for comparison.)
   const int mid128_rows = forced_kernel() == "moe_mid128" ? 128 : kMid128Rows;
   const std::int64_t small_tiles = plan.small_tiles();
@@ -549,12 +550,13 @@ void gather_linear(const detail::GatherLinearArgs& a) {
   launch_decode(a.x, a.x_dtype, rows, bound(0), tile_of(0), a.w, a.out, stream);
   select(1);
   launch_decode(a.x, a.x_dtype, rows, bound(1), tile_of(1), a.w, a.out, stream);
-  // The GEMM classes. Experts of 17-32 tokens (bf16): on Hopper, the wgmma GEMM's 64-token
-  // tiles of 128 rows (at width 32) where x rows are staged; else the sm_80 GEMM's tiles of 32.
+  // The GEMM classes. Experts of 17-32 tokens: on Hopper, the wgmma GEMM's 64-token
+  // tiles of 128 rows (at width 32) where x rows are staged; else the sm_80 GEMM's tiles of 32
+  // (bf16) or the decode kernel's (f16).
   // Measured on an H100 (session 10), uniform T = 1024 (half the experts in this class):
   // gate_up 919 -> 812 us, down 510 -> 460; 64 rows with two warpgroups on alternate k-tiles
   // 865 / 477. MXFP4_CUDA_KERNEL=moe_mid32 keeps the sm_80 GEMM (tests).
-  const bool mid_wgmma = gemm && sm90 && staging && forced_kernel() != "moe_mid32";
+  const bool mid_wgmma = sm90 && staging && forced_kernel() != "moe_mid32";
   const bool large_wgmma = large && sm90 && staging;
   // The staged classes' x rows, in one launch for all of them before their GEMMs (a launch per
   // class, each before its GEMM, measured the same or up to 1% slower: an H100, session 10).

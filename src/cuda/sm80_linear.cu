@@ -744,13 +744,10 @@ KernelChoice choose_kernel(DType x_dtype, std::int64_t tokens, std::int64_t n, s
   const bool sm90_ok = (gemm_ok || x_dtype == DType::f16) && sm90_gemm_available();
   if (gemm_ok && forced == "gemm64") return {true, 64};
   if (gemm_ok && forced == "gemm128") return {true, 128};
-  if (sm90_ok && !gemm_ok && forced == "wgmma256r") return {true, 128, true, 256};
-  if (sm90_ok && !gemm_ok && forced == "wgmma64t") return {true, 64, true, 64};
-  if (sm90_ok && !gemm_ok && forced.rfind("wgmma", 0) == 0) return {true, 128, true};
   if (sm90_ok && forced == "wgmma128") return {true, 128, true};
   if (sm90_ok && forced == "wgmma256") return {true, 256, true};
-  if (sm90_ok && gemm_ok && forced == "wgmma_stream") return {true, 256, true, 128, false, true};
-  if (sm90_ok && gemm_ok && forced == "wgmma_stream128") return {true, 128, true, 128, false, true};
+  if (sm90_ok && forced == "wgmma_stream") return {true, 256, true, 128, false, true};
+  if (sm90_ok && forced == "wgmma_stream128") return {true, 128, true, 128, false, true};
   if (sm90_ok && forced == "wgmma256r") return {true, 128, true, 256};
   if (sm90_ok && forced == "wgmma64r") return {true, 128, true, 64};
   if (sm90_ok && forced == "wgmma64k") return {true, 128, true, 64, true};
@@ -761,32 +758,10 @@ KernelChoice choose_kernel(DType x_dtype, std::int64_t tokens, std::int64_t n, s
   const std::int64_t sms = current_device_facts().multiprocessors;
   // The weight's 256-row tiles fill three quarters of the SMs (one 128-token tile each).
   const bool rows256_fill = (n + 255) / 256 * 4 >= 3 * sms;
-  // f16 from 129 tokens: the wgmma GEMM on 128-token tiles, with 256-row tiles once they are
-  // about two thirds of the SM count (chosen in session 4, when f16 x was split into two bf16
-  // parts: at M = 4096 247-263 TFLOP/s against 211-219 with 128 rows).
-  if (!gemm_ok) {
-    if (!sm90_ok) return decode;  // (and up to 16 tokens, above)
-    // f16 on the Hopper GEMM (f16 wgmma since session 18, as fast as bf16 on the same tiles) has
-    // 64- and 128-token tiles only (sm90_gemm.cu: a flagged stage's x must fit the epilogue's
-    // buffer) and no stream-K. Measured on an H100 (session 18, us, f16 against cuBLAS f16):
-    // - 17 to 64 tokens on 64-token tiles (K split over a cluster where the pairs fit), or
-    //   256-row tiles where those fill the SMs: 4096x4096 M = 17 / 64 13.1 / 13.7 against 13.8 /
-    //   14.4, GPT-OSS gate_up 14.7 / 15.3 against 14.8 / 14.6, Llama-70B down 85.8 / 96.7
-    //   against 165.2 / 172.2 (the decode kernel, which had 17-32 tokens before: 13.8 / 21.5 /
-    //   216 at M = 17);
-    // - 65 to 128 tokens: 64-token tiles where 128-row tiles are under half the SMs and K is
-    //   short of 8192 (chosen on the split-x kernels, session 18: 4096x4096 at M = 128 43 us
-    //   against 83 on 128-token tiles, GPT-OSS gate_up 47 against 59; not measured again since),
-    //   else 128-token tiles as from 129 tokens.
-    if (tokens <= 64) {
-      if (rows256_fill) return {true, 128, true, 256};
-      return {true, 64, true, 64};
-    }
-    if (tokens <= 128 && 2 * ((n + 127) / 128) < sms && k < 8192) return {true, 64, true, 64};
-    const std::int64_t tiles256 = (n + 255) / 256 * ((tokens + 127) / 128);
-    const bool wide = tiles256 * 3 >= 2 * sms;
-    return {true, 128, true, wide ? 256 : 128};
-  }
+  // f16 x without the Hopper GEMM: the decode kernel (its 32-token tiles). On Hopper f16 takes
+  // bf16's tiles and rules below: f16 wgmma on f16 x runs as fast as bf16 on the same tiles
+  // (session 18; bench/RESULTS.md, session 19, for f16 on bf16's rules against cuBLAS f16).
+  if (!sm90_ok && !gemm_ok) return decode;
   // The GEMM needs enough 128-row weight tiles to fill the card; otherwise the decode kernel's
   // 16-row tiles and in-CTA split of K keep more SMs busy. Measured on an H100 at M = 64
   // (bench/RESULTS.md): the sm_80 GEMM wins from N = 8192 (64 tiles) and loses at N <= 5760.

@@ -68,7 +68,7 @@ struct PidRange {
   int begin = 0, end = 0;
 };
 
-// Stream-K (dense bf16, 256- or 128-token tiles of 128 rows): the grid's CTAs split the (tile,
+// Stream-K (dense, 256- or 128-token tiles of 128 rows): the grid's CTAs split the (tile,
 // k-tile) units of the whole GEMM into equal runs, so that tiles that would fill few waves still
 // keep every SM busy. A run covers the tail of one tile, whole tiles and the head of another; a CTA
 // whose run ends inside a tile stores its sums for it in `partials` (slice blockIdx.x) and sets its
@@ -112,7 +112,16 @@ struct Sm90Config {
   // stages, which the loading warpgroup is already filling with the next tile.
   static constexpr int kChunk = 64;
   static constexpr int kOutStride = 64 + 8;  // elements per token row of a staged chunk
-  static constexpr int kOutBytes = kConsumerWGs * kChunk * kOutStride * 2;
+  // kFlags: the buffer also takes the hi part of a flagged stage's x during the k-loop
+  // (sm90_compute's split_stage); where the warpgroups split K, one per warpgroup, the second
+  // past the first's epilogue chunk (the first may still be storing a tile while the second
+  // starts the next).
+  static constexpr int kEpilogueBytes = kConsumerWGs * kChunk * kOutStride * 2;
+  static constexpr int kHiStride =
+      ((kXBytes > kChunk * kOutStride * 2 ? kXBytes : kChunk * kOutStride * 2) + 1023) / 1024 *
+      1024;
+  static constexpr int kHiBytes = kFlags ? (kSplitK ? kHiStride : 0) + kXBytes : 0;
+  static constexpr int kOutBytes = kHiBytes > kEpilogueBytes ? kHiBytes : kEpilogueBytes;
   // kSplitK: the second warpgroup's sums, handed to the first at the end of a tile.
   static constexpr int kRedBytes = kSplitK ? 128 * kSub * (kTokens / 2) * 4 : 0;
   static constexpr int kXRowBytes = kTokens / 16 * 128 * 4;  // cp.async loaders' x rows
@@ -746,20 +755,27 @@ __device__ __forceinline__ void sm90_compute(std::uint8_t* smem, const TokenRows
             }
           };
           // (fb: a buffer of A fragments free at this point: registers are short.)
+          // The threads that share the stage split it together: every computing thread, or with
+          // kSplitK the warpgroup alone (the other one is at another stage), into a hi buffer of
+          // its own. (Split in parts of fewer tokens, each part's wgmma on its share of the
+          // accumulators, ptxas serialized the wgmma pipeline of most f16 kernels.)
           auto split_stage = [&](std::uint32_t s, std::uint32_t(&fb)[kSub][2][4]) {
             if constexpr (kHalf) {
-              static_assert(!C::kSplitK && C::kXBytes <= C::kOutBytes,
-                            "f16: every computing thread at the same stage; x fits the buffer");
-              constexpr int kPer = C::kXBytes / 16 / C::kConsumers;  // 16-byte chunks each
-              static_assert(kPer * 16 * C::kConsumers == C::kXBytes, "x chunks per thread");
+              constexpr int kSharers = C::kSplitK ? 128 : C::kConsumers;
+              constexpr int kPer = C::kXBytes / 16 / kSharers;  // 16-byte chunks each
+              static_assert(kPer * 16 * kSharers == C::kXBytes, "x chunks per thread");
+              const int bar = C::kSplitK ? 5 + c : 5;
+              const int sharer = C::kSplitK ? (ctid & 127) : ctid;
+              const std::uint32_t hi_at =
+                  static_cast<std::uint32_t>(C::kOutOffset + (C::kSplitK ? c * C::kHiStride : 0));
               std::uint8_t* st = smem + s * C::kStageBytes;
-              std::uint8_t* hi = smem + C::kOutOffset;
+              std::uint8_t* hi = smem + hi_at;
               sm90::wgmma_wait<0>();
-              sm90::named_barrier(5, C::kConsumers);  // the buffer is free
+              sm90::named_barrier(bar, kSharers);  // the buffer is free
           // (Loops not unrolled: unrolled, the 256-row kernel spilled.)
 #pragma unroll 1
               for (int i = 0; i < kPer; ++i) {
-                const int at = 16 * (ctid + C::kConsumers * i);
+                const int at = 16 * (sharer + kSharers * i);
                 uint4 v = *reinterpret_cast<const uint4*>(st + at);
                 uint4 lo;
                 split_f16x2(v.x, v.x, lo.x);
@@ -770,11 +786,10 @@ __device__ __forceinline__ void sm90_compute(std::uint8_t* smem, const TokenRows
                 *reinterpret_cast<uint4*>(st + at) = lo;
               }
               sm90::fence_proxy_async();
-              sm90::named_barrier(5, C::kConsumers);  // both parts are in place
+              sm90::named_barrier(bar, kSharers);  // both parts are in place
               const std::uint32_t lo_desc =
                   sm90::sw128_desc_lo(smem_base + static_cast<std::uint32_t>(s * C::kStageBytes));
-              const std::uint32_t hi_desc =
-                  sm90::sw128_desc_lo(smem_base + static_cast<std::uint32_t>(C::kOutOffset));
+              const std::uint32_t hi_desc = sm90::sw128_desc_lo(smem_base + hi_at);
 #pragma unroll 1
               for (int b = 0; b < 2; ++b) {
                 decode_block(s, b, fb, std::false_type{});
@@ -796,7 +811,8 @@ __device__ __forceinline__ void sm90_compute(std::uint8_t* smem, const TokenRows
                 for (int j = 0; j < kSub; ++j)
                   sm90::fence_accumulators<N / 2>(acc[j]);
               }
-              sm90::named_barrier(5, C::kConsumers);  // read by all: the epilogue may write it
+              // Read by all: the epilogue (or the next flagged stage) may write the buffer.
+              sm90::named_barrier(bar, kSharers);
             }
           };
           int kt = first;
@@ -1234,9 +1250,8 @@ void launch_sm90_tiles(const void* x, const TokenRows& tile_rows, std::int64_t t
       make_x_map(x, x_dtype, rows.rows, w.k, rows.x_box_rows, x_map) &&
       (rows.x_source == nullptr ||
        make_x_map(rows.x_source, x_dtype, rows.source_rows, w.k, rows.x_box_rows, xs_map))) {
-    // Stream-K (dense bf16, 256- or 128-token tiles of 128 rows): every SM gets an equal run of
-    // units.
-    if constexpr (std::is_same_v<T, __nv_bfloat16> && kTokens >= 128 && kSub == 1 && kWG == 2) {
+    // Stream-K (dense, 256- or 128-token tiles of 128 rows): every SM gets an equal run of units.
+    if constexpr (kTokens >= 128 && kSub == 1 && kWG == 2) {
       const std::int64_t units = ctas * ((w.k / kBlockSize + 1) / 2);
       if (stream_k && rows.tile_list == nullptr && units < (std::int64_t{1} << 31)) {
         const int per_sm = per_sm_of(Tma{}, One{}, std::true_type{});
@@ -1296,8 +1311,7 @@ void launch_sm90_tiles(const void* x, const TokenRows& tile_rows, std::int64_t t
     // H100 (bench/RESULTS.md, session 8): whole tiles take one tile's time per wave, however
     // few fill the last (GPT-OSS gate_up, 256-token tiles: 33.6 us at M = 512, 67-68 us from
     // M = 576 to 1280; 4096x4096: 47.5 us at M = 1024, 102 at 1032).
-    if constexpr (std::is_same_v<T, __nv_bfloat16> && kSub == 1 && kWG != kWGSplitK &&
-                  C::kFitsParts(2)) {
+    if constexpr (kSub == 1 && kWG != kWGSplitK && C::kFitsParts(2)) {
       const std::int64_t ktiles = (w.k / kBlockSize + 1) / 2;
       const std::string& forced = forced_kernel();
       const bool force = forced == "wgmma_tail";  // half the tiles split (tests)
@@ -1338,43 +1352,41 @@ void launch_sm90_gemm(const void* x, DType x_dtype, const TokenRows& rows, std::
                       int tile_tokens, int tile_rows, const detail::WeightArgs& w, void* out,
                       cudaStream_t stream, bool k_halves, bool stream_k, void* workspace,
                       std::size_t workspace_bytes) {
-  auto run = [&](auto gpu) {
+  // bf16 and f16 x take the same tiles.
+  auto run = [&](auto gpu, auto zero) {
     constexpr bool kGpu = decltype(gpu)::value;
-    // f16: 64- and 128-token tiles (a flagged stage's hi part of x goes to the epilogue's buffer,
-    // which holds at most 128 tokens; split_stage).
-    if (x_dtype == DType::f16) {
-      // 64-token tiles: 64 rows, one computing warpgroup (choose_kernel gives f16 no others).
-      if (tile_tokens == 64) {
-        launch_sm90_tiles<__half, 64, 1, 1, kGpu>(x, rows, tiles, w, out, stream);
-      } else if (tile_rows == 256) {
-        launch_sm90_tiles<__half, 128, 2, 2, kGpu>(x, rows, tiles, w, out, stream);
-      } else {
-        launch_sm90_tiles<__half, 128, 1, 2, kGpu>(x, rows, tiles, w, out, stream);
-      }
-    } else if (tile_tokens == 256) {
-      launch_sm90_tiles<__nv_bfloat16, 256, 1, 2, kGpu>(x, rows, tiles, w, out, stream, stream_k,
-                                                        workspace, workspace_bytes);
+    using T = decltype(zero);
+    if (tile_tokens == 256) {
+      launch_sm90_tiles<T, 256, 1, 2, kGpu>(x, rows, tiles, w, out, stream, stream_k, workspace,
+                                            workspace_bytes);
     } else if (tile_rows == 256) {
-      launch_sm90_tiles<__nv_bfloat16, 128, 2, 2, kGpu>(x, rows, tiles, w, out, stream);
+      launch_sm90_tiles<T, 128, 2, 2, kGpu>(x, rows, tiles, w, out, stream);
     } else if (tile_tokens == 64 && tile_rows == 64 && k_halves) {
-      launch_sm90_tiles<__nv_bfloat16, 64, 1, kWGSplitK, kGpu>(x, rows, tiles, w, out, stream);
+      launch_sm90_tiles<T, 64, 1, kWGSplitK, kGpu>(x, rows, tiles, w, out, stream);
     } else if (tile_tokens == 64 && tile_rows == 64) {
-      launch_sm90_tiles<__nv_bfloat16, 64, 1, 1, kGpu>(x, rows, tiles, w, out, stream);
+      launch_sm90_tiles<T, 64, 1, 1, kGpu>(x, rows, tiles, w, out, stream);
     } else if (tile_tokens == 64) {
-      launch_sm90_tiles<__nv_bfloat16, 64, 1, 2, kGpu>(x, rows, tiles, w, out, stream);
+      launch_sm90_tiles<T, 64, 1, 2, kGpu>(x, rows, tiles, w, out, stream);
     } else if (tile_rows == 64 && k_halves) {
-      launch_sm90_tiles<__nv_bfloat16, 128, 1, kWGSplitK, kGpu>(x, rows, tiles, w, out, stream);
+      launch_sm90_tiles<T, 128, 1, kWGSplitK, kGpu>(x, rows, tiles, w, out, stream);
     } else if (tile_rows == 64) {
-      launch_sm90_tiles<__nv_bfloat16, 128, 1, 1, kGpu>(x, rows, tiles, w, out, stream);
+      launch_sm90_tiles<T, 128, 1, 1, kGpu>(x, rows, tiles, w, out, stream);
     } else {
-      launch_sm90_tiles<__nv_bfloat16, 128, 1, 2, kGpu>(x, rows, tiles, w, out, stream, stream_k,
-                                                        workspace, workspace_bytes);
+      launch_sm90_tiles<T, 128, 1, 2, kGpu>(x, rows, tiles, w, out, stream, stream_k, workspace,
+                                            workspace_bytes);
+    }
+  };
+  auto by_dtype = [&](auto gpu) {
+    if (x_dtype == DType::f16) {
+      run(gpu, __half{});
+    } else {
+      run(gpu, __nv_bfloat16{});
     }
   };
   if (w.gpu_layout) {
-    run(std::true_type{});
+    by_dtype(std::true_type{});
   } else {
-    run(std::false_type{});
+    by_dtype(std::false_type{});
   }
 }
 

@@ -743,7 +743,7 @@ __device__ __forceinline__ void sm90_compute(std::uint8_t* smem, const TokenRows
           // scaled in f16, exact where every scale of the stage is in f16's range (the loaders
           // flag the stages where one is not; real weights' scales are inside). A flagged stage
           // takes the bf16 path instead: the computing threads split its x exactly into bf16 hi
-          // and lo parts (hi into the epilogue's staging buffer, idle during the k-loop, lo in
+          // and lo parts (hi into the epilogue's staging buffer, sized for it: kHiBytes; lo in
           // place) and run each k16 step on both, the weight decoded to bf16 (every scale exact).
           // Slow and rare.
           auto flagged = [&](std::uint32_t s) {

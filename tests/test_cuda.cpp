@@ -688,6 +688,55 @@ TEST(Cuda, GatherLinearRunsTheGemmOnLargerShapes) {
   }
 }
 
+// f16 x through gather_linear's GEMM classes on Hopper (bf16's since session 19): experts of
+// 17-32 tokens (T = 48 uniform: 64-token tiles), few pairs (T = 100: 128-token tiles, two
+// warpgroups on alternate k-tiles), large experts (T = 700 uniform: 256-token tiles; T = 48 and
+// 700 skewed: one expert, its rows read in place at 700), with block scales outside f16's exact
+// range (below it: 113 against 114; above it: 146 against 139, whose weights overflow f16) in
+// one stage of every even expert's rows: those stages run in bf16 on x split in two
+// (sm90_gemm.cu's split_stage), the others in f16, and every output must match the reference.
+TEST(Cuda, GatherLinearKeepsF16ExactOutsideItsRange) {
+  REQUIRE_GPU();
+  const std::int64_t experts = 8, n = 136, k = 320, topk = 4;
+  const std::vector<std::uint8_t> codes = random_codes(experts * n, k, 13);
+  for (const auto& [outside, inside] : {std::pair{113, 114}, std::pair{146, 139}}) {
+    std::vector<std::uint8_t> scales(static_cast<std::size_t>(experts * n * k / 32));
+    for (std::int64_t e = 0; e < experts; ++e) {
+      for (std::int64_t r = 0; r < n; ++r) {
+        for (std::int64_t b = 0; b < k / 32; ++b) {
+          const bool out = e % 2 == 0 && (r + b) % 3 == 0 && b / 2 == 2;  // stage 2 (k 128-191)
+          scales[static_cast<std::size_t>((e * n + r) * (k / 32) + b)] =
+              static_cast<std::uint8_t>(out ? outside : inside);
+        }
+      }
+    }
+    const auto w =
+        mxfp4::Mxfp4Weight::from_parts(Tensor::from_vector(codes, {experts, n, k / 2}),
+                                       Tensor::from_vector(scales, {experts, n, k / 32}));
+    // x of a size that keeps the outputs finite f16 values (as in the dense test above).
+    const int top = std::max(outside, inside);
+    const float x_scale = std::ldexp(1.0f, std::clamp(120 - top, -12, 11));
+    for (BlockLayout layout : test_layouts()) {
+      if (layout == BlockLayout::gpu && top > static_cast<int>(mxfp4::detail::kGpuLayoutMaxScale))
+        continue;
+      const auto wg = on_gpu(w, layout);
+      for (std::int64_t tokens : {48, 100, 700}) {
+        for (bool skewed : {false, true}) {
+          const Tensor ids = routing(tokens, topk, experts, skewed, DType::i32, 14 + tokens);
+          const Tensor x =
+              random_tensor({tokens, k}, DType::f32, 15 + tokens, x_scale).to(DType::f16);
+          const Tensor got = mxfp4::gather_linear(x.to(kGpu), ids.to(kGpu), wg);
+          expect_gather_close(x, ids, w, got.to(mxfp4::Device::cpu()),
+                              "f16 scales " + std::to_string(outside) + " / " +
+                                  std::to_string(inside) + " T=" + std::to_string(tokens) +
+                                  (skewed ? " skewed" : " uniform") + layout_tag(layout));
+          if (HasFatalFailure()) return;
+        }
+      }
+    }
+  }
+}
+
 // gather_linear of random x ([T, K], or [T, topk, K] with per_slot) on the GPU against the
 // reference.
 void expect_gather_on_gpu(const Tensor& ids, const mxfp4::Mxfp4Weight& w,

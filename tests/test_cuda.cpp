@@ -257,7 +257,7 @@ TEST(Cuda, DequantizeIsBitIdenticalToTheReference) {
 // bias): linear or gather_linear of the two gives each output's sum of |x w| terms, the scale of
 // its accumulation error, on the library's CPU backend (40x faster here than a loop in double:
 // the tests' tolerances took most of a GPU test run's time). Their f32 sums are within a few
-// 1e-6 of the exact ones; the tolerances below take them 1e-4 larger.
+// 1e-6 of the exact ones; tolerance() takes them 1e-4 larger.
 Tensor abs_f32(const Tensor& x) {
   Tensor a = x.to(DType::f32).clone();
   float* p = a.data_as<float>();
@@ -275,28 +275,29 @@ mxfp4::Mxfp4Weight abs_weight(const mxfp4::Mxfp4Weight& w) {
 }
 constexpr double kMagnitudeSlack = 1 + 1e-4;
 
-// |gpu - ref| <= one rounding of the output dtype + f32 accumulation error growing with sqrt(K).
+// |gpu - ref| allowed for an output of type `dtype` whose reference is r and whose terms' absolute
+// values sum to mag (over K terms): one rounding of the output type, f32 accumulation error
+// growing with sqrt(K), and one step of the output type's subnormals (a sum added in another
+// order may round to a neighbouring one: f16 outputs, seen on an H100, 7.33e-6 against the
+// reference's 7.39e-6, one step of 2^-24 apart).
+double tolerance(DType dtype, std::int64_t k, double r, double mag) {
+  const double out_eps = dtype == DType::bf16 ? 0x1p-7 : dtype == DType::f16 ? 0x1p-10 : 0x1p-22;
+  const double step = dtype == DType::bf16 ? 0x1p-133 : dtype == DType::f16 ? 0x1p-24 : 0x1p-149;
+  const double acc_eps = 4e-7 * std::sqrt(static_cast<double>(k));
+  return out_eps * std::fabs(r) + acc_eps * kMagnitudeSlack * mag + step;
+}
+
+// Every output of a GPU linear against the CPU reference, within tolerance().
 void expect_linear_close(const Tensor& x, const mxfp4::Mxfp4Weight& w, const Tensor& ref,
                          const Tensor& got, const std::string& what) {
   const Tensor mags = mxfp4::linear(abs_f32(x), abs_weight(w));
   const std::int64_t k = w.in_features(), n = w.out_features(), m = x.numel() / k;
-  const double out_eps = x.dtype() == DType::bf16  ? 0x1p-7
-                         : x.dtype() == DType::f16 ? 0x1p-10
-                                                   : 0x1p-22;
-  const double acc_eps = 4e-7 * std::sqrt(static_cast<double>(k));
-  // Outputs among the output type's subnormals may differ by one of their steps: rounding a sum
-  // added in another order (f16 outputs, seen on an H100: 7.33e-6 against the reference's
-  // 7.39e-6, one step of 2^-24 apart).
-  const double step = x.dtype() == DType::bf16  ? 0x1p-133
-                      : x.dtype() == DType::f16 ? 0x1p-24
-                                                : 0x1p-149;
   for (std::int64_t i = 0; i < m; ++i) {
     for (std::int64_t j = 0; j < n; ++j) {
-      const double mag = kMagnitudeSlack * mags.data_as<float>()[i * n + j];
       const double r = ref.item_as_double(i * n + j);
       const double g = got.item_as_double(i * n + j);
       ASSERT_FALSE(std::isnan(g) && !std::isnan(r)) << what << " [" << i << ", " << j << "]";
-      const double tol = out_eps * std::fabs(r) + acc_eps * mag + step;
+      const double tol = tolerance(x.dtype(), k, r, mags.data_as<float>()[i * n + j]);
       ASSERT_LE(std::fabs(g - r), tol)
           << what << " [" << i << ", " << j << "]: gpu " << g << " reference " << r;
     }
@@ -400,6 +401,9 @@ TEST(Cuda, LinearStreamKMatchesTheReferenceWithAndWithoutAWorkspace) {
   };
   const Case cases[] = {{200, 24, 8192}, {129, 300, 8192}, {256, 136, 12288}, {300, 136, 2880}};
   std::uint64_t seed = 900;
+  const std::size_t bytes = mxfp4::linear_workspace_bytes();
+  ASSERT_EQ(bytes % 131076, 0u);  // per SM (ops.hpp)
+  Tensor ws = Tensor::empty({static_cast<std::int64_t>(bytes) + 16}, DType::u8, kGpu);
   for (const auto& c : cases) {
     for (DType dtype : {DType::bf16, DType::f16}) {
       const Tensor bias = random_tensor({c.n}, DType::bf16, ++seed);
@@ -409,9 +413,6 @@ TEST(Cuda, LinearStreamKMatchesTheReferenceWithAndWithoutAWorkspace) {
       const Tensor x = random_tensor({c.m, c.k}, dtype, ++seed, 4.0f);
       const Tensor ref = mxfp4::linear(x, w);
       const Tensor xg = x.to(kGpu);
-      const std::size_t bytes = mxfp4::linear_workspace_bytes();
-      ASSERT_EQ(bytes % 131076, 0u);  // per SM (ops.hpp)
-      Tensor ws = Tensor::empty({static_cast<std::int64_t>(bytes) + 16}, DType::u8, kGpu);
       for (bool with_workspace : {false, true}) {
         Tensor out = Tensor::empty({c.m, c.n}, dtype);
         std::memset(out.data(), 0xFF, out.nbytes());
@@ -603,23 +604,12 @@ void expect_gather_close(const Tensor& x, const Tensor& ids, const mxfp4::Mxfp4W
   const Tensor mags = mxfp4::gather_linear(abs_f32(x), ids, abs_weight(w));
   const std::int64_t tokens = ids.dim(0), topk = ids.dim(1);
   const std::int64_t n = w.out_features(), k = w.in_features();
-  const double out_eps = x.dtype() == DType::bf16  ? 0x1p-7
-                         : x.dtype() == DType::f16 ? 0x1p-10
-                                                   : 0x1p-22;
-  const double acc_eps = 4e-7 * std::sqrt(static_cast<double>(k));
-  // Outputs among the output type's subnormals may differ by one of their steps: rounding a sum
-  // added in another order (f16 outputs, seen on an H100: 7.33e-6 against the reference's
-  // 7.39e-6, one step of 2^-24 apart).
-  const double step = x.dtype() == DType::bf16  ? 0x1p-133
-                      : x.dtype() == DType::f16 ? 0x1p-24
-                                                : 0x1p-149;
   for (std::int64_t p = 0; p < tokens * topk; ++p) {
     const auto e = static_cast<std::int64_t>(ids.item_as_double(p));
     for (std::int64_t j = 0; j < n; ++j) {
-      const double mag = kMagnitudeSlack * mags.data_as<float>()[p * n + j];
       const double r = ref.item_as_double(p * n + j);
       const double g = got.item_as_double(p * n + j);
-      const double tol = out_eps * std::fabs(r) + acc_eps * mag + step;
+      const double tol = tolerance(x.dtype(), k, r, mags.data_as<float>()[p * n + j]);
       ASSERT_LE(std::fabs(g - r), tol)
           << what << " token " << p / topk << " slot " << p % topk << " expert " << e << " row "
           << j << ": gpu " << g << " reference " << r;

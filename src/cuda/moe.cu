@@ -422,9 +422,8 @@ void gather_linear(const detail::GatherLinearArgs& a) {
     rows.route_ids = a.indices;
     rows.route_dtype = a.index_dtype;
     rows.route_pairs = static_cast<int>(pairs);
-    // (f16: tiles of 8 only; the routed kernel with the 16-token loop beside the 8-token one,
-    // each with f16 and split-x steps, spilled 92-136 bytes, ptxas -v.)
-    rows.route_sixteens = a.x_dtype == DType::bf16 && forced_kernel() != "route8";
+    // (f16: tiles of 16 only where each decode warp takes two row tiles, launch_mma.)
+    rows.route_sixteens = forced_kernel() != "route8";
     const std::int64_t tiles = pairs / 8 + std::min<std::int64_t>(a.w.experts, pairs);
     launch_decode(a.x, a.x_dtype, rows, tiles, 8, a.w, a.out, stream);
     return;

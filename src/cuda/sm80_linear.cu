@@ -558,7 +558,9 @@ __global__ void __launch_bounds__(kWarps * 32, kCtas)
         per_round /= 2;
       }
     }
-    if constexpr (NT == 1 && std::is_same_v<T, __nv_bfloat16>) {
+    // (f16: only with two row tiles per warp; the one-tile kernel with both loops spilled 92-136
+    // bytes, ptxas -v.)
+    if constexpr (NT == 1 && (std::is_same_v<T, __nv_bfloat16> || R > 1)) {
       for (int first = static_cast<int>(blockIdx.y) * per_round; first < route.tile_count16;
            first += static_cast<int>(gridDim.y) * per_round) {
         const int groups = min(route.tile_count16 - first, per_round);
@@ -645,11 +647,13 @@ void launch_mma(const void* x, const TokenRows& rows, std::int64_t tiles,
   // bounds: enough CTAs for a few waves walk the planned tiles, instead of a CTA per bound.
   std::int64_t y = std::min<std::int64_t>(tiles, 65535);
   TokenRows routed = rows;
-  // A routed batch (bf16) with each warp on two row tiles with the same x, as for dense 5 to 16
-  // tokens below (MXFP4_CUDA_KERNEL=route_r2 / route_r1 force it on or off).
-  const bool route_r2 = std::is_same_v<T, __nv_bfloat16> && NT == 1 && rows.route_ids != nullptr &&
-                        rows.route_sixteens && forced_kernel() != "route_r1" &&
+  // A routed batch with each warp on two row tiles with the same x, as for dense 5 to 16 tokens
+  // below (MXFP4_CUDA_KERNEL=route_r2 / route_r1 force it on or off). f16 takes tiles of 16 only
+  // there (the one-row-tile kernel has no 16-token loop for f16).
+  const bool route_r2 = NT == 1 && rows.route_ids != nullptr && rows.route_sixteens &&
+                        forced_kernel() != "route_r1" &&
                         (forced_kernel() == "route_r2" || rows.route_pairs >= kRouteR2Pairs);
+  if constexpr (!std::is_same_v<T, __nv_bfloat16>) routed.route_sixteens = route_r2;
   if (rows.route_ids != nullptr) {
     // Tiles per round: as many as keep about two CTAs per SM busy (rounds x row tiles). (More
     // CTAs with fewer tiles each, all 8 warps on one tile or rounds for four CTAs per SM, and
@@ -703,11 +707,8 @@ void launch_mma(const void* x, const TokenRows& rows, std::int64_t tiles,
   }
   if constexpr (NT == 1) {
     if (rows.route_ids != nullptr) {
-      // (bf16 only: route_sixteens, moe.cu.)
-      if constexpr (std::is_same_v<T, __nv_bfloat16>) {
-        if (route_r2)
-          return launch_variant<T, kGpu, 1, true, 2, 1, 2>(grid, x, routed, tiles, w, out, stream);
-      }
+      if (route_r2)
+        return launch_variant<T, kGpu, 1, true, 2, 1, 2>(grid, x, routed, tiles, w, out, stream);
       return launch_variant<T, kGpu, 1, true, 3>(grid, x, routed, tiles, w, out, stream);
     }
     if (pick_ctas(std::int64_t{row_tiles} * y, 3, 4) == 4) {

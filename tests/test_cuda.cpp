@@ -371,8 +371,9 @@ TEST(Cuda, LinearMatchesTheReference) {
 }
 
 // Stream-K (Hopper, bf16 and f16; by the default rule on 256-token tiles at 129-256 tokens with K
-// >= 8192 and on 128-token tiles at 257-384 tokens with K <= 4096; any shape under
-// MXFP4_CUDA_KERNEL=wgmma_stream or wgmma_stream128): each tile's K is shared by several CTAs whose
+// >= 8192 and on 192-token tiles at 257-384 tokens where those take more than a wave, as 70 of
+// 128 rows do on any Hopper card; any shape under MXFP4_CUDA_KERNEL=wgmma_stream,
+// wgmma_stream128 or wgmma_stream192): each tile's K is shared by several CTAs whose
 // partial sums meet in scratch, the caller's workspace where it has room, else stream-ordered
 // memory. Few weight rows over a long K give every tile many CTAs (up to one k-tile each); several
 // tiles give runs that end inside one tile and start inside the next. Elsewhere the other kernels
@@ -399,7 +400,8 @@ TEST(Cuda, LinearStreamKMatchesTheReferenceWithAndWithoutAWorkspace) {
   struct Case {
     std::int64_t m, n, k;
   };
-  const Case cases[] = {{200, 24, 8192}, {129, 300, 8192}, {256, 136, 12288}, {300, 136, 2880}};
+  const Case cases[] = {
+      {200, 24, 8192}, {129, 300, 8192}, {256, 136, 12288}, {300, 136, 2880}, {300, 8960, 2048}};
   std::uint64_t seed = 900;
   const std::size_t bytes = mxfp4::linear_workspace_bytes();
   ASSERT_EQ(bytes % 131076, 0u);  // per SM (ops.hpp)

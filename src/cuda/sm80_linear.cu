@@ -754,6 +754,9 @@ KernelChoice choose_kernel(DType x_dtype, std::int64_t tokens, std::int64_t n, s
   if (sm90_ok && forced == "wgmma64k") return {true, 128, true, 64, true};
   if (sm90_ok && forced == "wgmma64t") return {true, 64, true, 64};
   if (sm90_ok && forced == "wgmma64tk") return {true, 64, true, 64, true};
+  if (sm90_ok && forced == "wgmma192") return {true, 192, true};
+  if (sm90_ok && forced == "wgmma192k") return {true, 192, true, 64, true};
+  if (sm90_ok && forced == "wgmma_stream192") return {true, 192, true, 128, false, true};
   const KernelChoice decode{false, tokens <= 8 ? 8 : tokens <= 16 ? 16 : 32};
   if (forced.rfind("decode", 0) == 0 || tokens <= 16) return decode;
   const std::int64_t sms = current_device_facts().multiprocessors;
@@ -791,6 +794,25 @@ KernelChoice choose_kernel(DType x_dtype, std::int64_t tokens, std::int64_t n, s
   // 22.1-26.0, down 9.8-10.0 against 12.0-13.8, 4096x4096 12.3 against 14.1-16.0; each rule's
   // pick the fastest of the four kernels measured at each M.
   if (sm90_ok && tokens > 16) {
+    // 257 to 384 tokens: two 192-token tiles, where 256-token ones would take a second tile
+    // mostly empty and 128-token ones three (an H100, session 20, M = 257 / 300 / 320 / 384
+    // against the rules before, stream-K on 128-token tiles where K <= 4096, else 256-token
+    // tiles; bench/RESULTS.md):
+    // - 64-row tiles with two computing warpgroups on alternate k-tiles where they fit one wave:
+    //   4096x4096 23.5-24.4 us against 32.1-32.5 (cuBLAS 18.8-21.2), GPT-OSS down 17.4-18.0
+    //   against 21.7 (10.8-14.4); on GPT-OSS gate_up (two waves) 34.7-36.2 against 31.2-31.6;
+    // - else 128-row tiles where they fit one wave: GPT-OSS gate_up 29.2-29.8 (cuBLAS 18.0-29.5),
+    //   Llama-70B down 256.7-259.4 against 306.3-307.5 (180.5-222.3);
+    // - else stream-K (K of at least 2048, as for 256-token tiles): Llama-70B up 271.1-272.9
+    //   against 321.7-325.7 (190.0-246.3; whole 192-token tiles 272.1-275.8).
+    // Also under MXFP4_CUDA_KERNEL=wgmma_cpasync(_staged), so that its tests meet these tiles.
+    if ((forced.empty() || forced.rfind("wgmma_cpasync", 0) == 0) && tokens > 256 &&
+        tokens <= 384) {
+      const std::int64_t tiles64 = (n + 63) / 64 * 2;
+      if (tiles64 <= sms) return {true, 192, true, 64, true};
+      if (weight_tiles * 2 <= sms || k < 32 * 64) return {true, 192, true};
+      return {true, 192, true, 128, false, true};
+    }
     // Stream-K over 256-token tiles of 128 rows (sm90_gemm.cu), where whole tiles would leave
     // SMs idle and each CTA's run is long enough to pay for its stored sums (128 KiB each), both
     // measured on an H100 (bench/RESULTS.md, session 14):
@@ -807,14 +829,6 @@ KernelChoice choose_kernel(DType x_dtype, std::int64_t tokens, std::int64_t n, s
          (tiles256 > sms && 10 * tiles256 <= 11 * sms && k >= 32 * 64))) {
       return {true, 256, true, 128, false, true};
     }
-    // Stream-K over 128-token tiles of 128 rows (64 KiB of sums per piece) from 257 to 384
-    // tokens with K up to 4096, where the 256-token tiles would take two of them: an H100
-    // (session 14), M = 300 / 384, GPT-OSS gate_up 31.7 / 31.7 us against 33.6 / 33.5, down
-    // 21.8 / 22.2 against 23.9, 4096x4096 32.5-32.9 against 32.7-32.9; at K >= 8192 3-6% slower,
-    // and 20-45% slower elsewhere (more or fewer tokens).
-    if (forced.empty() && tokens > 256 && tokens <= 384 && k <= 4096) {
-      return {true, 128, true, 128, false, true};
-    }
     // 33 to 128 tokens, one 128-token tile of 256 rows per weight tile, where those fill three
     // quarters of the SMs: measured on an H200 (session 12), Llama-70B up at M = 65 / 96 / 128
     // 114.4 / 114.8 / 114.7 us against 234.3 / 228.5 / 212.4 on 256-token tiles of 128 rows (two
@@ -822,9 +836,12 @@ KernelChoice choose_kernel(DType x_dtype, std::int64_t tokens, std::int64_t n, s
     // tokens (two token tiles) 226 against 170-205 (and since the tail tile stays inside x,
     // session 13, 150 at M = 160).
     if (tokens <= 128 && rows256_fill) return {true, 128, true, 256};
+    // (K of 16384 and more keeps one computing warpgroup per tile, with the last wave's split
+    // of K over a cluster: an H100, session 20, Llama-70B down M = 17-64, f16 84.5-93.5 us
+    // against 90.4-95.0, bf16 82.9-90.1 against 82.9-89.8.)
     if (tokens <= 64) {
       const std::int64_t tiles64 = (n + 63) / 64;
-      return {true, 64, true, 64, 2 * tiles64 > sms};
+      return {true, 64, true, 64, 2 * tiles64 > sms && k < 256 * 64};
     }
     if (tokens > 256) {
       // Whole tiles take about one tile's time per wave, however few fill the last one (an H100,

@@ -96,7 +96,7 @@ struct Sm90Config {
   // holds a 256-token tile's x rows) and the computing ones share out the rest. Asking for more
   // than the CTA was launched with would make setmaxnreg.inc wait forever.
   static constexpr int kLaunchRegs = kConsumerWGs == 1 ? 128 : 168;
-  static constexpr int kProducerRegs = kTokens == 256 ? 88 : 56;
+  static constexpr int kProducerRegs = kTokens >= 192 ? 88 : 56;
   static constexpr int kConsumerRegs =
       (kLaunchRegs * (kConsumerWGs + 1) - kProducerRegs) / kConsumerWGs / 8 * 8;
   static constexpr int kXBytes = kTokens * kTileK * 2;  // [token][64 k] bf16, swizzled
@@ -292,7 +292,12 @@ __device__ __forceinline__ void shift_tail(const TokenRows& rows, TokenRows::Til
 template <int kTokens>
 __device__ __forceinline__ int tail_store_from(const TokenRows& rows, const TokenRows::Tile& tile,
                                                int q0) {
-  return rows.tile_list == nullptr ? max(static_cast<int>(-tile.first & (kTokens - 1)) - q0, 0) : 0;
+  if (rows.tile_list != nullptr) return 0;
+  if constexpr ((kTokens & (kTokens - 1)) == 0) {
+    return max(static_cast<int>(-tile.first & (kTokens - 1)) - q0, 0);
+  } else {  // 192-token tiles
+    return max(static_cast<int>((kTokens - tile.first % kTokens) % kTokens) - q0, 0);
+  }
 }
 
 // Adds partial sums laid out [float4 q][thread] (kStride threads, src at this thread's first) to
@@ -888,7 +893,7 @@ __device__ __forceinline__ void sm90_compute(std::uint8_t* smem, const TokenRows
         };
         if (kTokens >= 256 && width > 192) {
           k_loop(std::integral_constant<int, 256>{});
-        } else if (kTokens >= 256 && width > 128) {
+        } else if (kTokens >= 192 && width > 128) {
           k_loop(std::integral_constant<int, 192>{});
         } else if (kTokens >= 128 && width > 64) {
           k_loop(std::integral_constant<int, 128>{});
@@ -1358,6 +1363,11 @@ void launch_sm90_gemm(const void* x, DType x_dtype, const TokenRows& rows, std::
     using T = decltype(zero);
     if (tile_tokens == 256) {
       launch_sm90_tiles<T, 256, 1, 2, kGpu>(x, rows, tiles, w, out, stream, stream_k, workspace,
+                                            workspace_bytes);
+    } else if (tile_tokens == 192 && k_halves) {
+      launch_sm90_tiles<T, 192, 1, kWGSplitK, kGpu>(x, rows, tiles, w, out, stream);
+    } else if (tile_tokens == 192) {
+      launch_sm90_tiles<T, 192, 1, 2, kGpu>(x, rows, tiles, w, out, stream, stream_k, workspace,
                                             workspace_bytes);
     } else if (tile_rows == 256) {
       launch_sm90_tiles<T, 128, 2, 2, kGpu>(x, rows, tiles, w, out, stream);

@@ -756,6 +756,8 @@ KernelChoice choose_kernel(DType x_dtype, std::int64_t tokens, std::int64_t n, s
   if (sm90_ok && forced == "wgmma64tk") return {true, 64, true, 64, true};
   if (sm90_ok && forced == "wgmma192") return {true, 192, true};
   if (sm90_ok && forced == "wgmma192k") return {true, 192, true, 64, true};
+  // (bf16; f16 x runs 256-token tiles of 128 rows instead, launch_sm90_gemm.)
+  if (sm90_ok && forced == "wgmma256k") return {true, 256, true, 64, true};
   if (sm90_ok && forced == "wgmma_stream192") return {true, 192, true, 128, false, true};
   const KernelChoice decode{false, tokens <= 8 ? 8 : tokens <= 16 ? 16 : 32};
   if (forced.rfind("decode", 0) == 0 || tokens <= 16) return decode;
@@ -812,6 +814,15 @@ KernelChoice choose_kernel(DType x_dtype, std::int64_t tokens, std::int64_t n, s
       if (tiles64 <= sms) return {true, 192, true, 64, true};
       if (weight_tiles * 2 <= sms || k < 32 * 64) return {true, 192, true};
       return {true, 192, true, 128, false, true};
+    }
+    // 385 to 512 tokens (bf16): 256-token tiles of 64 rows with two computing warpgroups on
+    // alternate k-tiles where they fit one wave (an H100, session 20, M = 385 / 400 / 448 / 512:
+    // 4096x4096 27.6 / 27.7 / 27.8 / 28.0 us against 33.2 / 32.8 / 33.0 / 32.8, GPT-OSS down
+    // 20.4 / 20.4 / 20.7 / 20.9 against 24.1 / 23.9 / 23.9 / 23.8; on two waves, GPT-OSS gate_up,
+    // 40.3-41.7 against 33.4-33.6). (f16 x has no such kernel, launch_sm90_gemm.)
+    if ((forced.empty() || forced.rfind("wgmma_cpasync", 0) == 0) && x_dtype == DType::bf16 &&
+        tokens > 384 && tokens <= 512 && (n + 63) / 64 * 2 <= sms) {
+      return {true, 256, true, 64, true};
     }
     // Stream-K over 256-token tiles of 128 rows (sm90_gemm.cu), where whole tiles would leave
     // SMs idle and each CTA's run is long enough to pay for its stored sums (128 KiB each), both

@@ -96,7 +96,9 @@ struct Sm90Config {
   // holds a 256-token tile's x rows) and the computing ones share out the rest. Asking for more
   // than the CTA was launched with would make setmaxnreg.inc wait forever.
   static constexpr int kLaunchRegs = kConsumerWGs == 1 ? 128 : 168;
-  static constexpr int kProducerRegs = kTokens >= 192 ? 88 : 56;
+  // (256-token tiles of 64 rows: 56, so that the computing warpgroups' 224 hold their 128
+  // accumulators without spilling; with 88 ptxas spilled 12 bytes.)
+  static constexpr int kProducerRegs = kTokens >= 192 && !(kSplitK && kTokens == 256) ? 88 : 56;
   static constexpr int kConsumerRegs =
       (kLaunchRegs * (kConsumerWGs + 1) - kProducerRegs) / kConsumerWGs / 8 * 8;
   static constexpr int kXBytes = kTokens * kTileK * 2;  // [token][64 k] bf16, swizzled
@@ -122,8 +124,15 @@ struct Sm90Config {
       1024;
   static constexpr int kHiBytes = kFlags ? (kSplitK ? kHiStride : 0) + kXBytes : 0;
   static constexpr int kOutBytes = kHiBytes > kEpilogueBytes ? kHiBytes : kEpilogueBytes;
-  // kSplitK: the second warpgroup's sums, handed to the first at the end of a tile.
-  static constexpr int kRedBytes = kSplitK ? 128 * kSub * (kTokens / 2) * 4 : 0;
+  // kSplitK: the second warpgroup's sums, handed to the first at the end of a tile in
+  // kRedParts parts (bf16: an eighth of the buffer, two stages more for 192-token tiles and room
+  // for 256-token ones). f16 x hands them over whole: with parts, compute-sanitizer's racecheck
+  // reported hazards between one part's reads and the next part's writes where warpgroup 0 alone
+  // had split a flagged stage (barrier 5, 128 threads) in the tile; a minimal kernel with the
+  // same barriers (bench/experiments/racecheck-parts.cu) draws the same reports without any race,
+  // as does the whole-buffer handover there, but not here; not understood, so not taken.
+  static constexpr int kRedParts = kFlags ? 1 : 8;
+  static constexpr int kRedBytes = kSplitK ? 128 * kSub * (kTokens / 2) * 4 / kRedParts : 0;
   static constexpr int kXRowBytes = kTokens / 16 * 128 * 4;  // cp.async loaders' x rows
   static constexpr int kMaxStages = 16;
   static constexpr int kBarBytes = 2 * 8 * kMaxStages;  // full, empty
@@ -914,33 +923,42 @@ __device__ __forceinline__ void sm90_compute(std::uint8_t* smem, const TokenRows
           slot0 = next % S;
           phase0 ^= (next / S) & 1u;
         }
-        // kSplitK: the second warpgroup hands its sums to the first, which runs the epilogue.
+        // kSplitK: the second warpgroup hands its sums to the first, which runs the epilogue, a
+        // part at a time.
         if constexpr (C::kSplitK) {
+          constexpr int kPart = kAcc / C::kRedParts;
+          static_assert(kPart % 4 == 0, "parts of whole float4s");
           auto* red = reinterpret_cast<float4*>(smem + C::kRedOffset) + (ctid & 127);
-          if (c == 1) {
 #pragma unroll
-            for (int j = 0; j < kSub; ++j) {
+          for (int h = 0; h < C::kRedParts; ++h) {
+            if (c == 1) {
 #pragma unroll
-              for (int i = 0; i < kAcc; i += 4)
-                red[((j * kAcc + i) / 4) * 128] =
-                    make_float4(acc[j][i], acc[j][i + 1], acc[j][i + 2], acc[j][i + 3]);
-            }
-          }
-          sm90::named_barrier(3, 256);  // the sums are in
-          if (c == 0) {
+              for (int j = 0; j < kSub; ++j) {
 #pragma unroll
-            for (int j = 0; j < kSub; ++j) {
-#pragma unroll
-              for (int i = 0; i < kAcc; i += 4) {
-                const float4 v = red[((j * kAcc + i) / 4) * 128];
-                acc[j][i] += v.x;
-                acc[j][i + 1] += v.y;
-                acc[j][i + 2] += v.z;
-                acc[j][i + 3] += v.w;
+                for (int i = 0; i < kPart; i += 4) {
+                  const int a = h * kPart + i;
+                  red[((j * kPart + i) / 4) * 128] =
+                      make_float4(acc[j][a], acc[j][a + 1], acc[j][a + 2], acc[j][a + 3]);
+                }
               }
             }
+            sm90::named_barrier(3, 256);  // the part is in
+            if (c == 0) {
+#pragma unroll
+              for (int j = 0; j < kSub; ++j) {
+#pragma unroll
+                for (int i = 0; i < kPart; i += 4) {
+                  const int a = h * kPart + i;
+                  const float4 v = red[((j * kPart + i) / 4) * 128];
+                  acc[j][a] += v.x;
+                  acc[j][a + 1] += v.y;
+                  acc[j][a + 2] += v.z;
+                  acc[j][a + 3] += v.w;
+                }
+              }
+            }
+            sm90::named_barrier(3, 256);  // and read: the buffer is free again
           }
-          sm90::named_barrier(3, 256);  // and read: the buffer is free for the next tile
           if (c == 1) return;
         }
 
@@ -1361,7 +1379,12 @@ void launch_sm90_gemm(const void* x, DType x_dtype, const TokenRows& rows, std::
   auto run = [&](auto gpu, auto zero) {
     constexpr bool kGpu = decltype(gpu)::value;
     using T = decltype(zero);
-    if (tile_tokens == 256) {
+    // 256-token tiles of 64 rows with two warpgroups on alternate k-tiles: bf16 only (f16's
+    // buffer for a flagged stage's hi part, one per warpgroup, would leave three stages).
+    if (tile_tokens == 256 && k_halves && std::is_same_v<T, __nv_bfloat16>) {
+      if constexpr (std::is_same_v<T, __nv_bfloat16>)
+        launch_sm90_tiles<T, 256, 1, kWGSplitK, kGpu>(x, rows, tiles, w, out, stream);
+    } else if (tile_tokens == 256) {
       launch_sm90_tiles<T, 256, 1, 2, kGpu>(x, rows, tiles, w, out, stream, stream_k, workspace,
                                             workspace_bytes);
     } else if (tile_tokens == 192 && k_halves) {

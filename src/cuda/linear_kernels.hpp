@@ -27,7 +27,7 @@ struct KernelChoice {
   int tile_rows = 128;  // sm90: weight rows per tile
   // sm90, 64-row tiles: two computing warpgroups per tile, taking alternate k-tiles.
   bool k_halves = false;
-  // sm90, dense, 256- or 128-token tiles of 128 rows: stream-K (each SM an equal run of the
+  // sm90, dense, 128-, 192- or 256-token tiles of 128 rows: stream-K (each SM an equal run of the
   // tiles' k-tiles).
   bool stream_k = false;
 };
@@ -65,12 +65,12 @@ inline constexpr std::size_t kStreamKBytesPerSm = 256 * 128 * 4 + 4;
 // and a compute capability 9.0 device.
 bool sm90_gemm_available();
 
-// The wgmma GEMM (sm_90a), bf16 x: `tiles` tiles of `tile_tokens` (64, 128 or 256) tokens
-// mapped by `rows`, times weight tiles of `tile_rows` rows (128; 64 or 256 with 128 tokens, 64
-// or 128 with 64), 64-row tiles with two computing warpgroups taking alternate k-tiles if
-// k_halves. f16 x: tiles of 128 tokens (x split exactly into two bf16 parts) and 256 rows if
-// tile_rows is 256, else 128.
-// stream_k (dense bf16, 128 rows, 256- or 128-token tiles): stream-K, its partial sums in
+// The wgmma GEMM (sm_90a), bf16 or f16 x (f16: f16 wgmma, flagged stages split into two bf16
+// parts of x): `tiles` tiles of `tile_tokens` (64, 128, 192 or 256) tokens mapped by `rows`,
+// times weight tiles of `tile_rows` rows (128; also 64 or 256 with 128 tokens, 64 with 64, 192
+// or 256), 64-row tiles with two computing warpgroups taking alternate k-tiles if k_halves
+// (256-token ones bf16 only: f16 x runs 128-row tiles there).
+// stream_k (dense, 128 rows, 128-, 192- or 256-token tiles): stream-K, its partial sums in
 // `workspace` where it has room for them (131076 bytes per SM), else in stream-ordered memory of
 // the call.
 void launch_sm90_gemm(const void* x, DType x_dtype, const TokenRows& rows, std::int64_t tiles,

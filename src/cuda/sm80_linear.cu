@@ -796,6 +796,9 @@ KernelChoice choose_kernel(DType x_dtype, std::int64_t tokens, std::int64_t n, s
   // 22.1-26.0, down 9.8-10.0 against 12.0-13.8, 4096x4096 12.3 against 14.1-16.0; each rule's
   // pick the fastest of the four kernels measured at each M.
   if (sm90_ok && tokens > 16) {
+    // The rules for 257-512 tokens apply under MXFP4_CUDA_KERNEL=wgmma_cpasync(_staged) too, so
+    // that its tests meet their tiles loaded by cp.async.
+    const bool tile_rules = forced.empty() || forced.rfind("wgmma_cpasync", 0) == 0;
     // 257 to 384 tokens: two 192-token tiles, where 256-token ones would take a second tile
     // mostly empty and 128-token ones three (an H100, session 20, M = 257 / 300 / 320 / 384
     // against the rules before, stream-K on 128-token tiles where K <= 4096, else 256-token
@@ -807,9 +810,7 @@ KernelChoice choose_kernel(DType x_dtype, std::int64_t tokens, std::int64_t n, s
     //   Llama-70B down 256.7-259.4 against 306.3-307.5 (180.5-222.3);
     // - else stream-K (K of at least 2048, as for 256-token tiles): Llama-70B up 271.1-272.9
     //   against 321.7-325.7 (190.0-246.3; whole 192-token tiles 272.1-275.8).
-    // Also under MXFP4_CUDA_KERNEL=wgmma_cpasync(_staged), so that its tests meet these tiles.
-    if ((forced.empty() || forced.rfind("wgmma_cpasync", 0) == 0) && tokens > 256 &&
-        tokens <= 384) {
+    if (tile_rules && tokens > 256 && tokens <= 384) {
       const std::int64_t tiles64 = (n + 63) / 64 * 2;
       if (tiles64 <= sms) return {true, 192, true, 64, true};
       if (weight_tiles * 2 <= sms || k < 32 * 64) return {true, 192, true};
@@ -820,8 +821,8 @@ KernelChoice choose_kernel(DType x_dtype, std::int64_t tokens, std::int64_t n, s
     // 4096x4096 27.6 / 27.7 / 27.8 / 28.0 us against 33.2 / 32.8 / 33.0 / 32.8, GPT-OSS down
     // 20.4 / 20.4 / 20.7 / 20.9 against 24.1 / 23.9 / 23.9 / 23.8; on two waves, GPT-OSS gate_up,
     // 40.3-41.7 against 33.4-33.6). (f16 x has no such kernel, launch_sm90_gemm.)
-    if ((forced.empty() || forced.rfind("wgmma_cpasync", 0) == 0) && x_dtype == DType::bf16 &&
-        tokens > 384 && tokens <= 512 && (n + 63) / 64 * 2 <= sms) {
+    if (tile_rules && x_dtype == DType::bf16 && tokens > 384 && tokens <= 512 &&
+        (n + 63) / 64 * 2 <= sms) {
       return {true, 256, true, 64, true};
     }
     // Stream-K over 256-token tiles of 128 rows (sm90_gemm.cu), where whole tiles would leave

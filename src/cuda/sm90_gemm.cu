@@ -68,7 +68,7 @@ struct PidRange {
   int begin = 0, end = 0;
 };
 
-// Stream-K (dense, 256- or 128-token tiles of 128 rows): the grid's CTAs split the (tile,
+// Stream-K (dense, 128-, 192- or 256-token tiles of 128 rows): the grid's CTAs split the (tile,
 // k-tile) units of the whole GEMM into equal runs, so that tiles that would fill few waves still
 // keep every SM busy. A run covers the tail of one tile, whole tiles and the head of another; a CTA
 // whose run ends inside a tile stores its sums for it in `partials` (slice blockIdx.x) and sets its
@@ -1273,7 +1273,8 @@ void launch_sm90_tiles(const void* x, const TokenRows& tile_rows, std::int64_t t
       make_x_map(x, x_dtype, rows.rows, w.k, rows.x_box_rows, x_map) &&
       (rows.x_source == nullptr ||
        make_x_map(rows.x_source, x_dtype, rows.source_rows, w.k, rows.x_box_rows, xs_map))) {
-    // Stream-K (dense, 256- or 128-token tiles of 128 rows): every SM gets an equal run of units.
+    // Stream-K (dense, 128-, 192- or 256-token tiles of 128 rows): every SM gets an equal run of
+    // units.
     if constexpr (kTokens >= 128 && kSub == 1 && kWG == 2) {
       const std::int64_t units = ctas * ((w.k / kBlockSize + 1) / 2);
       if (stream_k && rows.tile_list == nullptr && units < (std::int64_t{1} << 31)) {

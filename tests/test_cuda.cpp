@@ -335,8 +335,11 @@ TEST(Cuda, LinearMatchesTheReference) {
   // stores), N % 8 == 0 (vector stores), K with an odd number of blocks (a half-empty last stage),
   // several weight tiles and token tiles, and a K long enough for the stage ring to wrap many
   // times, and long rows at M = 3 (the decode kernel's CTAs of two row tiles). Partly filled last
-  // token tiles of every wgmma width. scripts/gpu-check runs these tests again with each kernel
-  // variant forced (MXFP4_CUDA_KERNEL) so every kernel meets every shape.
+  // token tiles of every wgmma width. By Hopper's rules (132 SMs), bf16: 300 x 264 takes two
+  // 192-token tiles (the last moved back inside x), 400 x 203 (385-512 tokens) and 160 x 4300
+  // (where 128-token tiles of 64 rows would overflow a wave) 256-token tiles of 64 rows with two
+  // warpgroups. scripts/gpu-check runs these tests again with each kernel variant forced
+  // (MXFP4_CUDA_KERNEL) so every kernel meets every shape.
   const Case cases[] = {{1, 1, 32},       {2, 7, 64},      {3, 33, 96},    {7, 17, 2880},
                         {16, 64, 128},    {33, 31, 8192},  {128, 9, 224},  {1000, 5, 160},
                         {40, 16390, 64},  {300, 264, 416}, {129, 128, 32}, {65, 200, 1024},

@@ -856,6 +856,26 @@ TEST(Cuda, GatherLinearReadsRunsOfXInPlace) {
   }
 }
 
+// Batches past the one-CTA routing (4096 pairs) are counted and scattered per CTA in shared
+// memory where the experts' counts fit it (48 KiB, 12 bytes each), else with global atomics:
+// both, with uniform and skewed routing (1100 tokens x 4: five CTAs of 1024 pairs each).
+TEST(Cuda, GatherLinearSortsLargeBatchesForFewAndManyExperts) {
+  REQUIRE_GPU();
+  const std::int64_t n = 24, k = 64, tokens = 1100, topk = 4;
+  std::uint64_t seed = 50;
+  for (const std::int64_t experts : {std::int64_t{40}, std::int64_t{4200}}) {
+    const Tensor weight = random_tensor({experts, n, k}, DType::f32, ++seed);
+    const auto w =
+        mxfp4::Mxfp4Weight::quantize(weight, random_tensor({experts, n}, DType::f32, 99));
+    const auto wg = on_gpu(w);
+    for (const bool skewed : {false, true}) {
+      const Tensor ids = routing(tokens, topk, experts, skewed, DType::i64, ++seed);
+      expect_gather_on_gpu(ids, w, wg, k, DType::bf16, false, ++seed,
+                           "E=" + std::to_string(experts) + (skewed ? " skewed" : " uniform"));
+    }
+  }
+}
+
 // An out-of-range id is not read; its row is NaN and synchronize() names it, once.
 TEST(Cuda, GatherLinearReportsOutOfRangeIdsAtSynchronize) {
   REQUIRE_GPU();
@@ -867,9 +887,10 @@ TEST(Cuda, GatherLinearReportsOutOfRangeIdsAtSynchronize) {
     DType dtype;
     std::int64_t bad;
   };
-  // Small batch (routed in each CTA), large batch (sorted on the device), the f32 path.
-  for (const Case c :
-       {Case{3, 2, DType::bf16, 4}, Case{100, 4, DType::bf16, -1}, Case{5, 2, DType::f32, 1000}}) {
+  // Small batch (routed in each CTA), large batches (sorted on the device in one CTA, and past
+  // 4096 pairs in three kernels), the f32 path.
+  for (const Case c : {Case{3, 2, DType::bf16, 4}, Case{100, 4, DType::bf16, -1},
+                       Case{1100, 4, DType::bf16, 7}, Case{5, 2, DType::f32, 1000}}) {
     std::vector<std::int64_t> ids(static_cast<std::size_t>(c.tokens * c.topk), 1);
     const std::int64_t bad_pair = c.tokens * c.topk - 2;
     ids[static_cast<std::size_t>(bad_pair)] = c.bad;

@@ -566,7 +566,7 @@ __device__ __forceinline__ void sm90_load(std::uint8_t* smem, const T* __restric
 // its rows' E2M1 codes and multiplies them by the block's scale in bf16 (exact), so the tensor
 // cores see exactly the reference's weight values.
 template <typename T, int kTokens, int kSub, int kWG, int kLoad, int kParts, bool kStream,
-          bool kGpu>
+          bool kGpu, bool kGrouped>
 __device__ __forceinline__ void sm90_compute(std::uint8_t* smem, const TokenRows& rows, int tiles_t,
                                              int tiles_w, const void* __restrict__ bias,
                                              DType bias_dtype, T* __restrict__ out, int n, int k,
@@ -1041,7 +1041,8 @@ __device__ __forceinline__ void sm90_compute(std::uint8_t* smem, const TokenRows
 
     // Epilogue, per sub-tile and 64 tokens at a time: bias in f32, the chunk [token][64 rows]
     // in this warpgroup's shared buffer, then whole rows out, but for a moved tail tile's first
-    // tokens (tail_store_from), which the previous tile stores.
+    // tokens (tail_store_from), which the previous tile stores; kGrouped: the output rows loaded
+    // before the chunk is staged.
 #pragma unroll
         for (int j = 0; j < kSub; ++j) {
           const int rows0 = c * 64 + 64 * C::kRowWGs * j;  // the sub-tile's first row in the tile
@@ -1051,6 +1052,8 @@ __device__ __forceinline__ void sm90_compute(std::uint8_t* smem, const TokenRows
 #pragma unroll
           for (int q0 = 0; q0 < kTokens; q0 += C::kChunk) {
             if (q0 >= tile.count) break;
+            TilePairs<64, 128, C::kChunk> pairs;
+            if constexpr (kGrouped) load_pairs(rows, tile, q0, ctid & 127, pairs);
 #pragma unroll
             for (int q = q0 / 8; q < (q0 + C::kChunk) / 8; ++q) {
               if (8 * q >= width) break;
@@ -1062,8 +1065,8 @@ __device__ __forceinline__ void sm90_compute(std::uint8_t* smem, const TokenRows
             TokenRows::Tile part = tile;
             part.first += q0;
             part.count = min(tile.count - q0, C::kChunk);
-            store_tile<T, 64, 128>(chunk_out, C::kOutStride, out, rows, part, w0 + rows0, n,
-                                   vector_store, ctid & 127, from);
+            store_tile(chunk_out, C::kOutStride, out, rows, part, w0 + rows0, n, vector_store,
+                       ctid & 127, from, kGrouped ? &pairs : nullptr);
             sm90::named_barrier(1 + c, 128);
           }
         }
@@ -1072,8 +1075,12 @@ __device__ __forceinline__ void sm90_compute(std::uint8_t* smem, const TokenRows
 
 #endif  // MXFP4_SM90A_DEVICE
 
+// kGrouped: x rows staged in tile order for a grouped layout (mixture of experts; kLoadTmaBox),
+// whose output rows come through its permutation: the epilogue loads them ahead (load_pairs).
+// Dense kernels keep their epilogue as it is (loaded ahead there, the pairs cost 3% at some
+// dense shapes, ptxas allocating the k-loop's registers differently).
 template <typename T, int kTokens, int kSub, int kWG, int kLoad, int kParts, bool kStream,
-          bool kGpu>
+          bool kGpu, bool kGrouped = false>
 __global__ void __launch_bounds__(128 * (kWG == kWGSplitK ? 3 : kWG + 1), kWG == 1 ? 2 : 1)
     sm90_gemm_kernel(const T* __restrict__ x, const __grid_constant__ CUtensorMap x_map,
                      const __grid_constant__ CUtensorMap xs_map,
@@ -1105,7 +1112,7 @@ __global__ void __launch_bounds__(128 * (kWG == kWGSplitK ? 3 : kWG + 1), kWG ==
         smem, x, x_map, xs_map, w_map, rows, tiles_t, tiles_w, blocks, scales, n, k, pids, sk);
   } else {
     sm90::setmaxnreg_inc<C::kConsumerRegs>();
-    sm90_compute<T, kTokens, kSub, kWG, kLoad, kParts, kStream, kGpu>(
+    sm90_compute<T, kTokens, kSub, kWG, kLoad, kParts, kStream, kGpu, kGrouped>(
         smem, rows, tiles_t, tiles_w, bias, bias_dtype, out, n, k, vector_store, pids, sk);
   }
 #else
@@ -1170,14 +1177,15 @@ bool make_w_map(const std::uint8_t* blocks, std::int64_t w_rows, std::int64_t k,
 }
 
 template <typename T, int kTokens, int kSub, int kWG, int kLoad, int kParts, bool kStream,
-          bool kGpu>
+          bool kGpu, bool kGrouped = false>
 void launch_kernel(std::int64_t grid, const void* x, const CUtensorMap& x_map,
                    const CUtensorMap& xs_map, const CUtensorMap& w_map, const TokenRows& rows,
                    std::int64_t tiles, std::int64_t tiles_w, const detail::WeightArgs& w, void* out,
                    bool vector_store, cudaStream_t stream, const PidRange& pids,
                    const StreamK& sk) {
   using C = Sm90Config<kTokens, kSub, kWG, std::is_same_v<T, __half>>;
-  const auto kernel = sm90_gemm_kernel<T, kTokens, kSub, kWG, kLoad, kParts, kStream, kGpu>;
+  const auto kernel =
+      sm90_gemm_kernel<T, kTokens, kSub, kWG, kLoad, kParts, kStream, kGpu, kGrouped>;
   // setmaxnreg.inc waits until the CTA's pool has the registers: were the kernel ever built with
   // fewer than Sm90Config assumes, it would hang, so refuse instead.
   static const int launch_regs = [&] {
@@ -1242,24 +1250,26 @@ void launch_sm90_tiles(const void* x, const TokenRows& tile_rows, std::int64_t t
   using One = std::integral_constant<int, 1>;  // CTAs per tile (split K: a cluster of 2 or 4)
   using Two = std::integral_constant<int, 2>;
   using Four = std::integral_constant<int, 4>;
+  using Dense = std::false_type;  // not kGrouped
   // CTAs per SM of one of this tile shape's kernels (its shared memory set up once).
-  auto per_sm_of = [&](auto load_tag, auto parts_tag, auto stream_tag) {
-    const auto kernel =
-        sm90_gemm_kernel<T, kTokens, kSub, kWG, decltype(load_tag)::value,
-                         decltype(parts_tag)::value, decltype(stream_tag)::value, kGpu>;
+  // (grouped: kGrouped, for gather_linear's classes.)
+  auto per_sm_of = [&](auto load_tag, auto parts_tag, auto stream_tag, auto grouped_tag) {
+    const auto kernel = sm90_gemm_kernel<T, kTokens, kSub, kWG, decltype(load_tag)::value,
+                                         decltype(parts_tag)::value, decltype(stream_tag)::value,
+                                         kGpu, decltype(grouped_tag)::value>;
     return prepare_kernel(reinterpret_cast<const void*>(kernel), C::kThreads, C::kSmemBytes,
                           "sm90_gemm_kernel");
   };
   // A launch over the tile pairs `pids` (default: all).
-  auto launch = [&](auto load_tag, auto parts_tag, PidRange pids = {}) {
+  auto launch = [&](auto load_tag, auto parts_tag, PidRange pids, auto grouped_tag) {
     constexpr int kLoad = decltype(load_tag)::value;
     constexpr int kParts = decltype(parts_tag)::value;
-    const int per_sm = per_sm_of(load_tag, parts_tag, std::false_type{});
+    const int per_sm = per_sm_of(load_tag, parts_tag, std::false_type{}, grouped_tag);
     const std::int64_t count = (pids.end > 0 ? pids.end : ctas) - pids.begin;
     // Split K: a cluster of kParts CTAs per tile, every tile at once (no CTA takes two).
     const std::int64_t grid =
         kParts > 1 ? count * kParts : std::min<std::int64_t>(count, std::int64_t{sms} * per_sm);
-    launch_kernel<T, kTokens, kSub, kWG, kLoad, kParts, false, kGpu>(
+    launch_kernel<T, kTokens, kSub, kWG, kLoad, kParts, false, kGpu, decltype(grouped_tag)::value>(
         grid, x, x_map, xs_map, w_map, rows, tiles, tiles_w, w, out, vector_store, stream, pids,
         {});
   };
@@ -1278,7 +1288,7 @@ void launch_sm90_tiles(const void* x, const TokenRows& tile_rows, std::int64_t t
     if constexpr (kTokens >= 128 && kSub == 1 && kWG == 2) {
       const std::int64_t units = ctas * ((w.k / kBlockSize + 1) / 2);
       if (stream_k && rows.tile_list == nullptr && units < (std::int64_t{1} << 31)) {
-        const int per_sm = per_sm_of(Tma{}, One{}, std::true_type{});
+        const int per_sm = per_sm_of(Tma{}, One{}, std::true_type{}, Dense{});
         const std::int64_t grid = std::min<std::int64_t>(units, std::int64_t{sms} * per_sm);
         constexpr std::size_t slice = std::size_t{C::kConsumers} * (kTokens / 2) * sizeof(float);
         static_assert(slice + sizeof(unsigned) <= kStreamKBytesPerSm,
@@ -1317,15 +1327,15 @@ void launch_sm90_tiles(const void* x, const TokenRows& tile_rows, std::int64_t t
       // pairs would not fit one per SM: the same test, 2 * tiles > SMs.)
       const bool short_tiles = kTokens == 64 && 2 * ctas <= sms && ktiles >= 16;
       if ((ktiles >= 128 || short_tiles || force) && forced != "wgmma_nosplit") {
-        const int per_sm = per_sm_of(Tma{}, Two{}, std::false_type{});
+        const int per_sm = per_sm_of(Tma{}, Two{}, std::false_type{}, Dense{});
         if constexpr (C::kFitsParts(4) && std::is_same_v<T, __nv_bfloat16>) {  // (forced only)
           if (force && 4 * ctas <= std::int64_t{sms} * per_sm && ktiles >= 16) {
-            launch(Tma{}, Four{});
+            launch(Tma{}, Four{}, PidRange{}, Dense{});
             return;
           }
         }
         if (2 * ctas <= std::int64_t{sms} * per_sm) {
-          launch(Tma{}, Two{});
+          launch(Tma{}, Two{}, PidRange{}, Dense{});
           return;
         }
       }
@@ -1341,23 +1351,37 @@ void launch_sm90_tiles(const void* x, const TokenRows& tile_rows, std::int64_t t
       const bool force = forced == "wgmma_tail";  // half the tiles split (tests)
       if (rows.tile_list == nullptr && (ktiles >= 16 || (force && ktiles >= 2)) &&
           forced != "wgmma_nosplit") {
-        const int per_sm = per_sm_of(Tma{}, One{}, std::false_type{});
-        const int per_sm2 = per_sm_of(Tma{}, Two{}, std::false_type{});
+        const int per_sm = per_sm_of(Tma{}, One{}, std::false_type{}, Dense{});
+        const int per_sm2 = per_sm_of(Tma{}, Two{}, std::false_type{}, Dense{});
         const std::int64_t tail = ctas % (std::int64_t{sms} * per_sm);
         if ((tail > 0 && 2 * tail <= std::int64_t{sms} * per_sm2) || force) {
           const std::int64_t split = force ? (ctas + 1) / 2 : tail;
           if (ctas > split) {
-            launch(Tma{}, One{}, PidRange{0, static_cast<int>(ctas - split)});
+            launch(Tma{}, One{}, PidRange{0, static_cast<int>(ctas - split)}, Dense{});
           }
-          launch(Tma{}, Two{}, PidRange{static_cast<int>(ctas - split), static_cast<int>(ctas)});
+          launch(Tma{}, Two{}, PidRange{static_cast<int>(ctas - split), static_cast<int>(ctas)},
+                 Dense{});
           return;
         }
       }
     }
-    launch(Tma{}, One{});
+    // The tile shapes of gather_linear's classes (moe.cu: 64-token tiles of 128 rows, 128-token
+    // ones of 256 rows or of 64 rows with two warpgroups on alternate k-tiles, 256-token ones of
+    // 128 rows) on x staged in tile order get the grouped epilogue (kGrouped).
+    constexpr bool kGroupedShape = (kTokens == 64 && kSub == 1 && kWG == 2) ||
+                                   (kTokens == 128 && kSub == 2 && kWG == 2) ||
+                                   (kTokens == 128 && kSub == 1 && kWG == kWGSplitK) ||
+                                   (kTokens == 256 && kSub == 1 && kWG == 2);
+    if constexpr (kGroupedShape) {
+      if (rows.perm != nullptr) {
+        launch(Tma{}, One{}, PidRange{}, std::true_type{});
+        return;
+      }
+    }
+    launch(Tma{}, One{}, PidRange{}, Dense{});
     return;
   }
-  launch(CpAsync{}, One{});
+  launch(CpAsync{}, One{}, PidRange{}, Dense{});
 }
 
 }  // namespace

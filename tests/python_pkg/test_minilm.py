@@ -208,12 +208,22 @@ def test_mxfp4_default_rule_reaches_the_issue_target(run) -> None:
     assert best >= 0.99
 
 
+# How far a run may stray from the docs' cosines. The docs were measured on a machine with
+# AVX-512; on one with AVX2 only (session 21) GPTQ toward the f32 outputs (the shift of W solved
+# with numpy's LAPACK and BLAS, which pick their kernels by the CPU) moved: mean cosine by 2.0e-4,
+# worst by 6.3e-4, as each layer's slightly different weights feed the next; every other row,
+# round to nearest and plain GPTQ, matched to the last printed digit.
+COSINE_TOLERANCE = 3e-4
+COSINE_TOLERANCE_TOWARD_F32 = 1.5e-3
+
+
 def test_docs_show_these_numbers(run) -> None:
     text = (REPO / "docs" / "minilm-embeddings.md").read_text()
     for r in minilm.every_result(run)[1:]:
         row = re.search(rf"\| {re.escape(r.label)}(?: \(default\))? \| ([\d.]+) dB \| ([\d.]+) \| "
                         r"([\d.]+) \|", text)
         assert row, r.label
+        tolerance = COSINE_TOLERANCE_TOWARD_F32 if "toward f32" in r.label else COSINE_TOLERANCE
         assert abs(float(row.group(1)) - r.weight_sqnr_db) < 0.02, r.label
-        assert abs(float(row.group(2)) - r.mean_cosine) < 3e-4, r.label
-        assert abs(float(row.group(3)) - r.worst_cosine) < 3e-4, r.label
+        assert abs(float(row.group(2)) - r.mean_cosine) < tolerance, r.label
+        assert abs(float(row.group(3)) - r.worst_cosine) < tolerance, r.label

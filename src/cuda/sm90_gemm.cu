@@ -1252,7 +1252,7 @@ void launch_sm90_tiles(const void* x, const TokenRows& tile_rows, std::int64_t t
   using Four = std::integral_constant<int, 4>;
   using Dense = std::false_type;  // not kGrouped
   // CTAs per SM of one of this tile shape's kernels (its shared memory set up once).
-  // (grouped: kGrouped, for gather_linear's classes.)
+  // (grouped_tag: kGrouped, for gather_linear's classes.)
   auto per_sm_of = [&](auto load_tag, auto parts_tag, auto stream_tag, auto grouped_tag) {
     const auto kernel = sm90_gemm_kernel<T, kTokens, kSub, kWG, decltype(load_tag)::value,
                                          decltype(parts_tag)::value, decltype(stream_tag)::value,
@@ -1260,7 +1260,7 @@ void launch_sm90_tiles(const void* x, const TokenRows& tile_rows, std::int64_t t
     return prepare_kernel(reinterpret_cast<const void*>(kernel), C::kThreads, C::kSmemBytes,
                           "sm90_gemm_kernel");
   };
-  // A launch over the tile pairs `pids` (default: all).
+  // A launch over the tile pairs `pids` (PidRange{}: all) of the kernel the tags name.
   auto launch = [&](auto load_tag, auto parts_tag, PidRange pids, auto grouped_tag) {
     constexpr int kLoad = decltype(load_tag)::value;
     constexpr int kParts = decltype(parts_tag)::value;

@@ -114,6 +114,21 @@ __device__ __forceinline__ int run_position(const int2* runs, long long id, std:
 constexpr int kPairsPerThread = 4;
 constexpr int kCountThreads = 256;
 
+// The ids of this thread's pairs first + kCountThreads i (i < kPairsPerThread; -1 past the last
+// pair), loaded at once; returns `first`.
+__device__ __forceinline__ std::int64_t load_pair_ids(const void* ids, DType id_dtype,
+                                                      std::int64_t pairs,
+                                                      long long (&id)[kPairsPerThread]) {
+  const std::int64_t first =
+      static_cast<std::int64_t>(blockIdx.x) * kCountThreads * kPairsPerThread + threadIdx.x;
+#pragma unroll
+  for (int i = 0; i < kPairsPerThread; ++i) {
+    const std::int64_t p = first + i * kCountThreads;
+    id[i] = p < pairs ? load_id(ids, id_dtype, p) : -1;
+  }
+  return first;
+}
+
 // Validates every id; counts pairs per expert when `counts` is given, and notes their rows in
 // runs (when given). With `local` (the experts' counts and notes fit a CTA's shared memory:
 // count_shared_bytes), each CTA counts its pairs there and adds its nonzero totals to the global
@@ -137,14 +152,8 @@ __global__ void __launch_bounds__(kCountThreads)
     }
     __syncthreads();
   }
-  const std::int64_t first =
-      static_cast<std::int64_t>(blockIdx.x) * kCountThreads * kPairsPerThread + tid;
   long long id[kPairsPerThread];
-#pragma unroll
-  for (int i = 0; i < kPairsPerThread; ++i) {
-    const std::int64_t p = first + i * kCountThreads;
-    id[i] = p < pairs ? load_id(ids, id_dtype, p) : 0;
-  }
+  const std::int64_t first = load_pair_ids(ids, id_dtype, pairs, id);
 #pragma unroll
   for (int i = 0; i < kPairsPerThread; ++i) {
     const std::int64_t p = first + i * kCountThreads;
@@ -352,15 +361,9 @@ __global__ void __launch_bounds__(kCountThreads)
       shared_counts[e] = 0;
     __syncthreads();
   }
-  const std::int64_t first =
-      static_cast<std::int64_t>(blockIdx.x) * kCountThreads * kPairsPerThread + tid;
   long long id[kPairsPerThread];
+  const std::int64_t first = load_pair_ids(ids, id_dtype, pairs, id);
   int at[kPairsPerThread];  // the pair's position, or (-2 - its place among the CTA's) for local
-#pragma unroll
-  for (int i = 0; i < kPairsPerThread; ++i) {
-    const std::int64_t p = first + i * kCountThreads;
-    id[i] = p < pairs ? load_id(ids, id_dtype, p) : -1;
-  }
 #pragma unroll
   for (int i = 0; i < kPairsPerThread; ++i) {
     const std::int64_t p = first + i * kCountThreads;

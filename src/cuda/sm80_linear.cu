@@ -799,6 +799,7 @@ KernelChoice choose_kernel(DType x_dtype, std::int64_t tokens, std::int64_t n, s
     // The rules for 192- and 256-token tiles of 64 rows apply under
     // MXFP4_CUDA_KERNEL=wgmma_cpasync(_staged) too, so that its tests meet them loaded by cp.async.
     const bool tile_rules = forced.empty() || forced.rfind("wgmma_cpasync", 0) == 0;
+    const std::int64_t tiles_w64 = (n + 63) / 64;  // 64-row weight tiles
     // 257 to 384 tokens: two 192-token tiles, where 256-token ones would take a second tile
     // mostly empty and 128-token ones three (an H100, session 20, M = 257 / 300 / 320 / 384
     // against the rules before, stream-K on 128-token tiles where K <= 4096, else 256-token
@@ -811,8 +812,7 @@ KernelChoice choose_kernel(DType x_dtype, std::int64_t tokens, std::int64_t n, s
     // - else stream-K (K of at least 2048, as for 256-token tiles): Llama-70B up 271.1-272.9
     //   against 321.7-325.7 (190.0-246.3; whole 192-token tiles 272.1-275.8).
     if (tile_rules && tokens > 256 && tokens <= 384) {
-      const std::int64_t tiles64 = (n + 63) / 64 * 2;
-      if (tiles64 <= sms) return {true, 192, true, 64, true};
+      if (2 * tiles_w64 <= sms) return {true, 192, true, 64, true};
       if (weight_tiles * 2 <= sms || k < 32 * 64) return {true, 192, true};
       return {true, 192, true, 128, false, true};
     }
@@ -822,7 +822,7 @@ KernelChoice choose_kernel(DType x_dtype, std::int64_t tokens, std::int64_t n, s
     // 20.4 / 20.4 / 20.7 / 20.9 against 24.1 / 23.9 / 23.9 / 23.8; on two waves, GPT-OSS gate_up,
     // 40.3-41.7 against 33.4-33.6). (f16 x has no such kernel, launch_sm90_gemm.)
     if (tile_rules && x_dtype == DType::bf16 && tokens > 384 && tokens <= 512 &&
-        (n + 63) / 64 * 2 <= sms) {
+        2 * tiles_w64 <= sms) {
       return {true, 256, true, 64, true};
     }
     // Stream-K over 256-token tiles of 128 rows (sm90_gemm.cu), where whole tiles would leave
@@ -852,8 +852,7 @@ KernelChoice choose_kernel(DType x_dtype, std::int64_t tokens, std::int64_t n, s
     // of K over a cluster: an H100, session 20, Llama-70B down M = 17-64, f16 84.5-93.5 us
     // against 90.4-95.0, bf16 82.9-90.1 against 82.9-89.8.)
     if (tokens <= 64) {
-      const std::int64_t tiles64 = (n + 63) / 64;
-      return {true, 64, true, 64, 2 * tiles64 > sms && k < 256 * 64};
+      return {true, 64, true, 64, 2 * tiles_w64 > sms && k < 256 * 64};
     }
     if (tokens > 256) {
       // Whole tiles take about one tile's time per wave, however few fill the last one (an H100,
@@ -874,12 +873,11 @@ KernelChoice choose_kernel(DType x_dtype, std::int64_t tokens, std::int64_t n, s
     // split of K over a cluster of two (sm90_gemm.cu), which the warpgroup pairs cannot (an
     // H100, session 9, M = 96 and 128: 4096x4096 15.2 us against 19.3, GPT-OSS down 12.4
     // against 14.7; M = 65 4096x4096 24.0 against 23.0).
-    const std::int64_t tiles64 = (n + 63) / 64 * ((tokens + 127) / 128);
+    const std::int64_t tiles64 = tiles_w64 * ((tokens + 127) / 128);
     // 129 to 256 tokens (bf16) where those 64-row tiles take more than a wave but one 256-token
     // tile per 64 rows fits one, with two warpgroups on alternate k-tiles (an H100, session 20,
     // GPT-OSS gate_up M = 200 / 256: 20.2 / 20.3 us against 24.7 / 24.9).
-    if (tile_rules && x_dtype == DType::bf16 && tokens > 128 && tiles64 > sms &&
-        (n + 63) / 64 <= sms) {
+    if (tile_rules && x_dtype == DType::bf16 && tokens > 128 && tiles64 > sms && tiles_w64 <= sms) {
       return {true, 256, true, 64, true};
     }
     return {true, 128, true, 64, tiles64 <= sms && 2 * tiles64 > sms};

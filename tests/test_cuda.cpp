@@ -808,6 +808,47 @@ TEST(Cuda, GatherLinearSpreadsASmallBatchOverTheGrid) {
   }
 }
 
+// Batches past the one-CTA routing whose experts fall in the decode kernel's classes of 8- and
+// 16-token tiles, which run in one launch, in rounds of up to four tiles per CTA (sm80_linear.cu):
+// both classes with GEMM-sized experts beside them, only tiles of 16, only tiles of 8; on 1040
+// rows (rounds of four, the last one partial) and on 72 (few CTAs: rounds of one); K of three
+// blocks (fewer than a round's warps per tile) and of 40.
+TEST(Cuda, GatherLinearComputesItsSmallClassesInOneLaunch) {
+  REQUIRE_GPU();
+  const std::int64_t experts = 40, topk = 2;
+  std::uint64_t seed = 40;
+  for (const auto& [n, k] :
+       std::vector<std::pair<std::int64_t, std::int64_t>>{{1040, 96}, {72, 1280}}) {
+    seed += 2;
+    const auto w = mxfp4::Mxfp4Weight::quantize(random_tensor({experts, n, k}, DType::f32, seed),
+                                                random_tensor({experts, n}, DType::f32, seed + 1));
+    const auto wg = on_gpu(w);
+    for (int mix = 0; mix < 3; ++mix) {
+      std::vector<std::int32_t> ids;
+      for (int e = 0; e < 24; ++e) {
+        int count = 0;
+        if (mix == 0) count = e < 13 ? 1 + e % 8 : e < 22 ? 9 + e % 8 : e == 22 ? 25 : 40;
+        if (mix == 1) count = 9 + (e * 5) % 8;
+        if (mix == 2) count = 1 + (e * 3) % 8;
+        ids.insert(ids.end(), static_cast<std::size_t>(count), e);
+      }
+      if (ids.size() % 2 != 0) ids.push_back(39);
+      std::mt19937 rng(static_cast<unsigned>(++seed));
+      std::shuffle(ids.begin(), ids.end(), rng);
+      const std::int64_t tokens = static_cast<std::int64_t>(ids.size()) / topk;
+      ASSERT_GT(tokens * topk, 64);  // past the one-CTA routing
+      const Tensor idt = Tensor::from_vector(ids, {tokens, topk});
+      for (const DType dtype : {DType::bf16, DType::f16}) {
+        for (bool per_slot : {false, true}) {
+          expect_gather_on_gpu(idt, w, wg, k, dtype, per_slot, ++seed,
+                               "N=" + std::to_string(n) + " mix " + std::to_string(mix) + " " +
+                                   std::string(mxfp4::dtype_name(dtype)));
+        }
+      }
+    }
+  }
+}
+
 // Experts whose pairs read a contiguous run of x's rows are read in place instead of staged
 // (Hopper's GEMM; elsewhere the same answers): every token on experts 0-3 from token `from` on
 // (runs starting past row 0; before it each token on four of experts 4-11 in turn, half the

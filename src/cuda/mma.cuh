@@ -254,6 +254,11 @@ struct TokenRows {
   const std::int32_t* perm = nullptr;  // null: dense (or routed in the CTA, see route.cuh)
   const int4* tile_list = nullptr;     // {expert, first position, count, x_first1} per tile
   const int* tile_total = nullptr;     // number of valid entries of tile_list
+  // A second class of tiles of 16 tokens, computed in the same launch as tile_list's tiles of 8
+  // (sm80_linear.cu), and the most entries its list can have.
+  const int4* tile_list16 = nullptr;
+  const int* tile_total16 = nullptr;
+  int tile_bound16 = 0;
   int experts = 1;
   int topk = 1;
   bool x_per_slot = true;

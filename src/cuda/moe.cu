@@ -655,10 +655,20 @@ void gather_linear(const detail::GatherLinearArgs& a) {
                       : plan.large_tiles();
   };
   auto tile_of = [&](int cls) { return detail::cuda_gather_tile(cls, large_tile); };
+  // The classes of 8- and 16-token tiles in one launch of the decode kernel (launch_mma; an empty
+  // class then costs no launch of its own). MXFP4_CUDA_KERNEL=moe_split16 launches each.
   select(0);
-  launch_decode(a.x, a.x_dtype, rows, bound(0), tile_of(0), a.w, a.out, stream);
-  select(1);
-  launch_decode(a.x, a.x_dtype, rows, bound(1), tile_of(1), a.w, a.out, stream);
+  if (forced_kernel() != "moe_split16") {
+    TokenRows both = rows;
+    both.tile_list16 = list + bases.base[1];
+    both.tile_total16 = totals + 1;
+    both.tile_bound16 = static_cast<int>(bound(1));
+    launch_decode(a.x, a.x_dtype, both, bound(0) + bound(1), tile_of(0), a.w, a.out, stream);
+  } else {
+    launch_decode(a.x, a.x_dtype, rows, bound(0), tile_of(0), a.w, a.out, stream);
+    select(1);
+    launch_decode(a.x, a.x_dtype, rows, bound(1), tile_of(1), a.w, a.out, stream);
+  }
   // The GEMM classes. Experts of 17-32 tokens: on Hopper, the wgmma GEMM's 64-token
   // tiles of 128 rows (at width 32) where x rows are staged; else the sm_80 GEMM's tiles of 32
   // (bf16) or the decode kernel's (f16).

@@ -529,7 +529,8 @@ constexpr int kMaxRouteGroups = kWarps / 2;
 // down 13.0 -> 14.8 and, skewed T = 4, 16.1 -> 22.7.
 constexpr int kRouteR2Pairs = 33;
 
-template <typename T, bool kGpu, int NT, bool kRoute, int kCtas, int kRowTiles = 1, int R = 1>
+template <typename T, bool kGpu, int NT, bool kRoute, int kCtas, int kRowTiles = 1, int R = 1,
+          bool kRounds = false>
 __global__ void __launch_bounds__(kWarps * 32, kCtas)
     linear_mma_kernel(const T* __restrict__ x, TokenRows rows, std::int64_t tiles,
                       const std::uint8_t* __restrict__ blocks,
@@ -573,6 +574,56 @@ __global__ void __launch_bounds__(kWarps * 32, kCtas)
       const int groups = min(route.tile_count - first, per_round);
       linear_tiles<T, kGpu, NT, kCtas, 1, R>(x, rows, route.tiles + first, groups, blocks, scales,
                                              bias, bias_dtype, out, n, k);
+    }
+  } else if constexpr (kRounds) {
+    // Grouped tiles of 8 (gather_linear's smallest class; launch_mma): rounds of up to
+    // rows.route_groups planned tiles, as in the routed branch above, each tile on kWarps / groups
+    // warps (longer runs of K per warp and one reduction per round instead of one per tile),
+    // fewer per round where the planned tiles would leave fewer than rows.route_min_ctas CTAs with
+    // work; first, where rows.tile_list16 names it, the class of 16-token tiles the same way.
+    static_assert(NT == 1 && R == 2 && kRowTiles == 1, "the one kRounds variant launch_mma runs");
+    __shared__ TokenRows::Tile round[kMaxRouteGroups];
+    // Planned tiles of 8 and of 16, tiles per round: read from shared memory in the loops (kept
+    // in registers across both loops, they made the kernel of the GPU layout spill 128 bytes,
+    // ptxas -v).
+    __shared__ int plan[3];
+    if (threadIdx.x == 0) {
+      const int total = static_cast<int>(min(static_cast<std::int64_t>(*rows.tile_total), tiles));
+      const int total16 =
+          rows.tile_list16 != nullptr ? min(*rows.tile_total16, rows.tile_bound16) : 0;
+      int per_round = rows.route_groups;
+      while (per_round > 1) {
+        const int busy =
+            min(static_cast<int>(gridDim.y),
+                max((total + per_round - 1) / per_round, (total16 + per_round - 1) / per_round));
+        if (static_cast<int>(gridDim.x) * busy >= rows.route_min_ctas) break;
+        per_round /= 2;
+      }
+      plan[0] = total;
+      plan[1] = total16;
+      plan[2] = per_round;
+    }
+    __syncthreads();
+    for (int first = static_cast<int>(blockIdx.y) * plan[2]; first < plan[1];
+         first += static_cast<int>(gridDim.y) * plan[2]) {
+      const int groups = min(plan[1] - first, plan[2]);
+      if (static_cast<int>(threadIdx.x) < groups) {
+        const int4 v = rows.tile_list16[first + static_cast<int>(threadIdx.x)];
+        round[threadIdx.x] = {v.x, v.y, v.z, v.w};
+      }
+      __syncthreads();
+      linear_tiles<T, kGpu, 2, kCtas, 1, R>(x, rows, round, groups, blocks, scales, bias,
+                                            bias_dtype, out, n, k);
+    }
+    for (int first = static_cast<int>(blockIdx.y) * plan[2]; first < plan[0];
+         first += static_cast<int>(gridDim.y) * plan[2]) {
+      const int groups = min(plan[0] - first, plan[2]);
+      if (static_cast<int>(threadIdx.x) < groups) {
+        round[threadIdx.x] = rows.tile(first + static_cast<int>(threadIdx.x), 8 * NT);
+      }
+      __syncthreads();
+      linear_tiles<T, kGpu, NT, kCtas, 1, R>(x, rows, round, groups, blocks, scales, bias,
+                                             bias_dtype, out, n, k);
     }
   } else {
     for (std::int64_t index = blockIdx.y; index < tiles; index += gridDim.y) {
@@ -629,13 +680,15 @@ int pick_ctas(std::int64_t ctas, int a, int b) {
   return cost(b) < cost(a) ? b : a;
 }
 
-template <typename T, bool kGpu, int NT, bool kRoute, int kCtas, int kRowTiles = 1, int R = 1>
+template <typename T, bool kGpu, int NT, bool kRoute, int kCtas, int kRowTiles = 1, int R = 1,
+          bool kRounds = false>
 void launch_variant(dim3 grid, const void* x, const TokenRows& rows, std::int64_t tiles,
                     const detail::WeightArgs& w, void* out, cudaStream_t stream) {
   grid.x = (grid.x + kRowTiles * R - 1) / (kRowTiles * R);
-  linear_mma_kernel<T, kGpu, NT, kRoute, kCtas, kRowTiles, R><<<grid, kWarps * 32, 0, stream>>>(
-      static_cast<const T*>(x), rows, tiles, w.blocks, w.scales, w.bias, w.bias_dtype,
-      static_cast<T*>(out), static_cast<int>(w.n), static_cast<int>(w.k));
+  linear_mma_kernel<T, kGpu, NT, kRoute, kCtas, kRowTiles, R, kRounds>
+      <<<grid, kWarps * 32, 0, stream>>>(static_cast<const T*>(x), rows, tiles, w.blocks, w.scales,
+                                         w.bias, w.bias_dtype, static_cast<T*>(out),
+                                         static_cast<int>(w.n), static_cast<int>(w.k));
   check_launch("linear_mma_kernel");
 }
 
@@ -671,6 +724,21 @@ void launch_mma(const void* x, const TokenRows& rows, std::int64_t tiles,
     y = std::min<std::int64_t>(y, std::max<std::int64_t>(1, 2112 / row_tiles));
   }
   if (y == 0) return;
+  // Grouped tiles of 8 (gather_linear's smallest class, with its class of 16-token tiles in the
+  // same launch where rows.tile_list16 names it): rounds of up to four tiles per CTA, each warp on
+  // two row tiles (kRounds). Measured on an H100 (bench/RESULTS.md, session 22), GPT-OSS top-4 of
+  // 128, uniform routing, against a launch per class with one tile per CTA and step: T = 32 /
+  // 128 / 256 gate_up 435 / 705 / 794 -> 341 / 553 / 622 us, down 221 / 352 / 399 -> 183 / 284 /
+  // 319; skewed routing (both classes empty) 1-2 us faster, one launch fewer. Rounds alone, or
+  // with one row tile per warp, gained less, and a grid of one wave (fewer CTAs, more tiles
+  // each) lost 15% where the classes are busy. MXFP4_CUDA_KERNEL=moe_split16 keeps the launch
+  // per class (tests).
+  if (NT == 1 && rows.tile_list != nullptr && forced_kernel() != "moe_split16") {
+    routed.route_groups = kMaxRouteGroups;
+    routed.route_min_ctas = current_device_facts().multiprocessors;
+    return launch_variant<T, kGpu, 1, false, 2, 1, 2, true>(
+        dim3(row_tiles, static_cast<unsigned>(y)), x, routed, tiles, w, out, stream);
+  }
   const dim3 grid(row_tiles, static_cast<unsigned>(y));
   const bool dense = rows.tile_list == nullptr && rows.route_ids == nullptr;
   // A forced decode variant (tests, tuning) takes precedence over the rules below.
@@ -712,19 +780,19 @@ void launch_mma(const void* x, const TokenRows& rows, std::int64_t tiles,
       return launch_variant<T, kGpu, 1, true, 3>(grid, x, routed, tiles, w, out, stream);
     }
     if (pick_ctas(std::int64_t{row_tiles} * y, 3, 4) == 4) {
-      return launch_variant<T, kGpu, 1, false, 4>(grid, x, rows, tiles, w, out, stream);
+      return launch_variant<T, kGpu, 1, false, 4>(grid, x, routed, tiles, w, out, stream);
     }
-    return launch_variant<T, kGpu, 1, false, 3>(grid, x, rows, tiles, w, out, stream);
+    return launch_variant<T, kGpu, 1, false, 3>(grid, x, routed, tiles, w, out, stream);
   } else if constexpr (NT == 2) {
     // (f16: two CTAs per SM; at three, its f16 and split-x steps spill 64 bytes, ptxas -v.)
     constexpr bool kBf16 = std::is_same_v<T, __nv_bfloat16>;
     if (kBf16 && pick_ctas(std::int64_t{row_tiles} * y, 2, 3) == 3) {
       return launch_variant < T, kGpu, 2, false,
-             kBf16 ? 3 : 2 > (grid, x, rows, tiles, w, out, stream);
+             kBf16 ? 3 : 2 > (grid, x, routed, tiles, w, out, stream);
     }
-    return launch_variant<T, kGpu, 2, false, 2>(grid, x, rows, tiles, w, out, stream);
+    return launch_variant<T, kGpu, 2, false, 2>(grid, x, routed, tiles, w, out, stream);
   } else {
-    return launch_variant<T, kGpu, NT, false, 2>(grid, x, rows, tiles, w, out, stream);
+    return launch_variant<T, kGpu, NT, false, 2>(grid, x, routed, tiles, w, out, stream);
   }
 }
 

@@ -849,6 +849,37 @@ TEST(Cuda, GatherLinearComputesItsSmallClassesInOneLaunch) {
   }
 }
 
+// A batch of few pairs (at most 512) past the one-CTA routing with experts of 33-64 tokens,
+// which Hopper runs on 64-token tiles of 128 rows (moe.cu), beside experts of the other classes:
+// a weight of many row tiles and K of two blocks, and one of few row tiles.
+TEST(Cuda, GatherLinearRunsMidSizeExpertsOfFewPairsOn64TokenTiles) {
+  REQUIRE_GPU();
+  const std::int64_t experts = 9, topk = 3;
+  std::uint64_t seed = 60;
+  for (const auto& [n, k] :
+       std::vector<std::pair<std::int64_t, std::int64_t>>{{4352, 64}, {200, 320}}) {
+    seed += 2;
+    const auto w = mxfp4::Mxfp4Weight::quantize(random_tensor({experts, n, k}, DType::f32, seed),
+                                                random_tensor({experts, n}, DType::f32, seed + 1));
+    const auto wg = on_gpu(w);
+    std::vector<std::int32_t> ids;
+    for (const auto& [expert, run] : std::vector<std::pair<int, int>>{
+             {0, 40}, {2, 64}, {3, 33}, {5, 50}, {6, 8}, {7, 20}, {8, 100}})
+      ids.insert(ids.end(), static_cast<std::size_t>(run), expert);
+    std::mt19937 rng(static_cast<unsigned>(seed));
+    std::shuffle(ids.begin(), ids.end(), rng);
+    const std::int64_t tokens = static_cast<std::int64_t>(ids.size()) / topk;  // 105
+    const Tensor idt = Tensor::from_vector(ids, {tokens, topk});
+    for (const DType dtype : {DType::bf16, DType::f16}) {
+      for (bool per_slot : {false, true}) {
+        expect_gather_on_gpu(
+            idt, w, wg, k, dtype, per_slot, ++seed,
+            "N=" + std::to_string(n) + " " + std::string(mxfp4::dtype_name(dtype)));
+      }
+    }
+  }
+}
+
 // Experts whose pairs read a contiguous run of x's rows are read in place instead of staged
 // (Hopper's GEMM; elsewhere the same answers): every token on experts 0-3 from token `from` on
 // (runs starting past row 0; before it each token on four of experts 4-11 in turn, half the

@@ -202,6 +202,9 @@ std::size_t count_shared_bytes(int experts) {
 // its tiles (kernel_args.hpp, shared with tests/test_gather_plan.cpp).
 constexpr int kClasses = detail::kCudaGatherClasses;
 constexpr int kMid128Tile = detail::cuda_gather_tile(3, 0);
+// Batches of few pairs on Hopper: the third GEMM class's experts (33 to this many tokens) on
+// 64-token tiles (gather_linear).
+constexpr int kFewMid64Tokens = 64;
 // The 128-token class's weight rows per tile (wgmma GEMM): two m64 sub-tiles per computing
 // warpgroup give each warp two independent decode chains, which the dense benchmark measured
 // ~15% faster per token-row than 128 rows at 128 tokens (an H100, session 9).
@@ -595,7 +598,14 @@ void gather_linear(const detail::GatherLinearArgs& a) {
   // tile, and larger ones keep one tile of 256 rather than two of 128 (an H100, session 8,
   // every large expert forced onto 128-token tiles: uniform T = 1024 gate_up 1096.6 -> 973.8 us,
   // T = 4096 1376.6 -> 1644.2).
-  const int mid128_max = sm90 && !few ? kMid128Tile : 0;
+  // Few pairs: experts of 33-64 tokens take the third GEMM class instead, one 64-token tile each
+  // (launched below), where the 128-token tiles of 64 rows made skewed batches of 48 and 64 tokens
+  // per expert slower than the dense kernel expert by expert (an H100, session 22, GPT-OSS top-4,
+  // four experts of T tokens, us: T = 48 / 64 down 50.7 / 48.3 -> 33.4 / 33.5 against 40.0 expert
+  // by expert, gate_up 77.4 / 70.7 -> 53.1 / 53.6 against 51.9 / 53.5; experts of 65-128 tokens
+  // ~1.5 us slower for the class's launch, empty there: T = 96 down 46.8 -> 48.4, 47.8 expert by
+  // expert).
+  const int mid128_max = sm90 ? (!few ? kMid128Tile : kFewMid64Tokens) : 0;
   // (MXFP4_CUDA_KERNEL=moe_mid128: 128 rows, for comparison.)
   const int mid128_rows = forced_kernel() == "moe_mid128" ? 128 : kMid128Rows;
   const std::int64_t small_tiles = plan.small_tiles();
@@ -719,17 +729,29 @@ void gather_linear(const detail::GatherLinearArgs& a) {
     launch_decode(a.x, a.x_dtype, rows, mid_tiles, tile_of(2), a.w, a.out, stream);
   }
   if (large) {
-    // 128-token tiles (mid128_max > 0), then the large experts' tiles.
+    // The third GEMM class (mid128_max > 0: 128-token tiles, or 64-token ones for few pairs),
+    // then the large experts' tiles.
     for (int cls = mid128_max > 0 ? 3 : 4; cls <= 4; ++cls) {
       select(cls);
-      const int tile_rows = cls == 3 ? mid128_rows : large_rows;
+      int tile_tokens = tile_of(cls);
+      int tile_rows = cls == 3 ? mid128_rows : large_rows;
+      bool halves = few && cls == 4;  // two computing warpgroups on alternate k-tiles
+      if (few && cls == 3) {
+        // 128-row tiles. (64-row tiles with two computing warpgroups on alternate k-tiles, the
+        // dense rule's choice where a weight's 64-row tiles take more than half the SMs, measured
+        // faster on GPT-OSS gate_up, 48.6 us at T = 48 against 53.0, but compute-sanitizer
+        // racecheck reported hazards in that kernel's grouped launch, not yet understood.)
+        tile_tokens = kFewMid64Tokens;
+        tile_rows = 128;
+        halves = false;
+      }
       if (bound(cls) == 0) continue;
       if (large_wgmma) {
-        launch_sm90_gemm(staged, a.x_dtype, staged_rows(), bound(cls), tile_of(cls), tile_rows, a.w,
-                         a.out, stream, few && cls == 4);
+        launch_sm90_gemm(staged, a.x_dtype, staged_rows(), bound(cls), tile_tokens, tile_rows, a.w,
+                         a.out, stream, halves);
       } else if (sm90) {
-        launch_sm90_gemm(a.x, a.x_dtype, rows, bound(cls), tile_of(cls), tile_rows, a.w, a.out,
-                         stream, few && cls == 4);
+        launch_sm90_gemm(a.x, a.x_dtype, rows, bound(cls), tile_tokens, tile_rows, a.w, a.out,
+                         stream, halves);
       } else {
         launch_gemm(a.x, rows, bound(cls), tile_of(cls), a.w, a.out, stream);
       }

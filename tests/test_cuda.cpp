@@ -758,6 +758,38 @@ void expect_gather_on_gpu(const Tensor& ids, const mxfp4::Mxfp4Weight& w,
                       what + (per_slot ? " x[T,topk,K]" : " x[T,K]"));
 }
 
+// Random experts [experts, n, k] with a bias each, quantized; seeds from `seed` on.
+mxfp4::Mxfp4Weight biased_experts(std::int64_t experts, std::int64_t n, std::int64_t k,
+                                  std::uint64_t& seed) {
+  seed += 2;
+  return mxfp4::Mxfp4Weight::quantize(random_tensor({experts, n, k}, DType::f32, seed - 1),
+                                      random_tensor({experts, n}, DType::f32, seed));
+}
+
+// Ids [pairs / topk, topk]: run pairs on each (expert, run), shuffled by `seed`.
+Tensor shuffled_runs(const std::vector<std::pair<int, int>>& runs, std::int64_t topk,
+                     std::uint64_t seed) {
+  std::vector<std::int32_t> ids;
+  for (const auto& [expert, run] : runs)
+    ids.insert(ids.end(), static_cast<std::size_t>(run), expert);
+  std::mt19937 rng(static_cast<unsigned>(seed));
+  std::shuffle(ids.begin(), ids.end(), rng);
+  const std::int64_t tokens = static_cast<std::int64_t>(ids.size()) / topk;
+  EXPECT_EQ(tokens * topk, static_cast<std::int64_t>(ids.size())) << "runs fill whole tokens";
+  return Tensor::from_vector(ids, {tokens, topk});
+}
+
+// expect_gather_on_gpu for bf16 and f16 x, each of rank 2 and 3; seeds from `seed` on.
+void expect_gather_all_ways(const Tensor& ids, const mxfp4::Mxfp4Weight& w,
+                            const mxfp4::Mxfp4Weight& wg, std::int64_t k, std::uint64_t& seed,
+                            const std::string& what) {
+  for (const DType dtype : {DType::bf16, DType::f16}) {
+    for (bool per_slot : {false, true})
+      expect_gather_on_gpu(ids, w, wg, k, dtype, per_slot, ++seed,
+                           what + " " + std::string(mxfp4::dtype_name(dtype)));
+  }
+}
+
 // A small batch (routed in each CTA) whose experts have runs of 20, 12, 9, 8 and 1 pairs, in
 // shuffled order: runs above 8 take tiles of 16 (two of them for the run of 20), the others
 // tiles of 8, in one launch; bf16 and f16 (tiles of 8 only), both input ranks.
@@ -819,32 +851,24 @@ TEST(Cuda, GatherLinearComputesItsSmallClassesInOneLaunch) {
   std::uint64_t seed = 40;
   for (const auto& [n, k] :
        std::vector<std::pair<std::int64_t, std::int64_t>>{{1040, 96}, {72, 1280}}) {
-    seed += 2;
-    const auto w = mxfp4::Mxfp4Weight::quantize(random_tensor({experts, n, k}, DType::f32, seed),
-                                                random_tensor({experts, n}, DType::f32, seed + 1));
+    const auto w = biased_experts(experts, n, k, seed);
     const auto wg = on_gpu(w);
     for (int mix = 0; mix < 3; ++mix) {
-      std::vector<std::int32_t> ids;
+      std::vector<std::pair<int, int>> runs;
+      int pairs = 0;
       for (int e = 0; e < 24; ++e) {
         int count = 0;
         if (mix == 0) count = e < 13 ? 1 + e % 8 : e < 22 ? 9 + e % 8 : e == 22 ? 25 : 40;
         if (mix == 1) count = 9 + (e * 5) % 8;
         if (mix == 2) count = 1 + (e * 3) % 8;
-        ids.insert(ids.end(), static_cast<std::size_t>(count), e);
+        runs.emplace_back(e, count);
+        pairs += count;
       }
-      if (ids.size() % 2 != 0) ids.push_back(39);
-      std::mt19937 rng(static_cast<unsigned>(++seed));
-      std::shuffle(ids.begin(), ids.end(), rng);
-      const std::int64_t tokens = static_cast<std::int64_t>(ids.size()) / topk;
-      ASSERT_GT(tokens * topk, 64);  // past the one-CTA routing
-      const Tensor idt = Tensor::from_vector(ids, {tokens, topk});
-      for (const DType dtype : {DType::bf16, DType::f16}) {
-        for (bool per_slot : {false, true}) {
-          expect_gather_on_gpu(idt, w, wg, k, dtype, per_slot, ++seed,
-                               "N=" + std::to_string(n) + " mix " + std::to_string(mix) + " " +
-                                   std::string(mxfp4::dtype_name(dtype)));
-        }
-      }
+      if (pairs % 2 != 0) runs.emplace_back(39, 1);
+      const Tensor idt = shuffled_runs(runs, topk, ++seed);
+      ASSERT_GT(idt.numel(), 64);  // past the one-CTA routing
+      expect_gather_all_ways(idt, w, wg, k, seed,
+                             "N=" + std::to_string(n) + " mix " + std::to_string(mix));
     }
   }
 }
@@ -858,25 +882,11 @@ TEST(Cuda, GatherLinearRunsMidSizeExpertsOfFewPairsOn64TokenTiles) {
   std::uint64_t seed = 60;
   for (const auto& [n, k] :
        std::vector<std::pair<std::int64_t, std::int64_t>>{{4352, 64}, {200, 320}}) {
-    seed += 2;
-    const auto w = mxfp4::Mxfp4Weight::quantize(random_tensor({experts, n, k}, DType::f32, seed),
-                                                random_tensor({experts, n}, DType::f32, seed + 1));
+    const auto w = biased_experts(experts, n, k, seed);
     const auto wg = on_gpu(w);
-    std::vector<std::int32_t> ids;
-    for (const auto& [expert, run] : std::vector<std::pair<int, int>>{
-             {0, 40}, {2, 64}, {3, 33}, {5, 50}, {6, 8}, {7, 20}, {8, 100}})
-      ids.insert(ids.end(), static_cast<std::size_t>(run), expert);
-    std::mt19937 rng(static_cast<unsigned>(seed));
-    std::shuffle(ids.begin(), ids.end(), rng);
-    const std::int64_t tokens = static_cast<std::int64_t>(ids.size()) / topk;  // 105
-    const Tensor idt = Tensor::from_vector(ids, {tokens, topk});
-    for (const DType dtype : {DType::bf16, DType::f16}) {
-      for (bool per_slot : {false, true}) {
-        expect_gather_on_gpu(
-            idt, w, wg, k, dtype, per_slot, ++seed,
-            "N=" + std::to_string(n) + " " + std::string(mxfp4::dtype_name(dtype)));
-      }
-    }
+    const Tensor idt = shuffled_runs(
+        {{0, 40}, {2, 64}, {3, 33}, {5, 50}, {6, 8}, {7, 20}, {8, 100}}, topk, seed);  // 105 x 3
+    expect_gather_all_ways(idt, w, wg, k, seed, "N=" + std::to_string(n));
   }
 }
 

@@ -780,19 +780,19 @@ void launch_mma(const void* x, const TokenRows& rows, std::int64_t tiles,
       return launch_variant<T, kGpu, 1, true, 3>(grid, x, routed, tiles, w, out, stream);
     }
     if (pick_ctas(std::int64_t{row_tiles} * y, 3, 4) == 4) {
-      return launch_variant<T, kGpu, 1, false, 4>(grid, x, routed, tiles, w, out, stream);
+      return launch_variant<T, kGpu, 1, false, 4>(grid, x, rows, tiles, w, out, stream);
     }
-    return launch_variant<T, kGpu, 1, false, 3>(grid, x, routed, tiles, w, out, stream);
+    return launch_variant<T, kGpu, 1, false, 3>(grid, x, rows, tiles, w, out, stream);
   } else if constexpr (NT == 2) {
     // (f16: two CTAs per SM; at three, its f16 and split-x steps spill 64 bytes, ptxas -v.)
     constexpr bool kBf16 = std::is_same_v<T, __nv_bfloat16>;
     if (kBf16 && pick_ctas(std::int64_t{row_tiles} * y, 2, 3) == 3) {
       return launch_variant < T, kGpu, 2, false,
-             kBf16 ? 3 : 2 > (grid, x, routed, tiles, w, out, stream);
+             kBf16 ? 3 : 2 > (grid, x, rows, tiles, w, out, stream);
     }
-    return launch_variant<T, kGpu, 2, false, 2>(grid, x, routed, tiles, w, out, stream);
+    return launch_variant<T, kGpu, 2, false, 2>(grid, x, rows, tiles, w, out, stream);
   } else {
-    return launch_variant<T, kGpu, NT, false, 2>(grid, x, routed, tiles, w, out, stream);
+    return launch_variant<T, kGpu, NT, false, 2>(grid, x, rows, tiles, w, out, stream);
   }
 }
 

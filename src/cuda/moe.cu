@@ -606,8 +606,14 @@ void gather_linear(const detail::GatherLinearArgs& a) {
   // ~1.5 us slower for the class's launch, empty there: T = 96 down 46.8 -> 48.4, 47.8 expert by
   // expert).
   const int mid128_max = sm90 ? (!few ? kMid128Tile : kFewMid64Tokens) : 0;
-  // (MXFP4_CUDA_KERNEL=moe_mid128: 128 rows, for comparison.)
-  const int mid128_rows = forced_kernel() == "moe_mid128" ? 128 : kMid128Rows;
+  // The third GEMM class's launch: 128-token tiles of kMid128Rows rows (MXFP4_CUDA_KERNEL=
+  // moe_mid128: 128 rows, for comparison), or for few pairs 64-token tiles of 128 rows. (64-row
+  // tiles with two computing warpgroups on alternate k-tiles, the dense rule's choice where a
+  // weight's 64-row tiles take more than half the SMs, measured faster on GPT-OSS gate_up, 48.6
+  // us at T = 48 against 53.0, but compute-sanitizer racecheck reported hazards in that kernel's
+  // grouped launch, not yet understood.)
+  const int mid128_tokens = few ? kFewMid64Tokens : kMid128Tile;
+  const int mid128_rows = few || forced_kernel() == "moe_mid128" ? 128 : kMid128Rows;
   const std::int64_t small_tiles = plan.small_tiles();
   const std::int64_t sixteen_tiles = plan.sixteen_tiles();
   const std::int64_t mid_tiles = large ? plan.mid_gemm_tiles() : plan.mid_tiles();
@@ -733,18 +739,9 @@ void gather_linear(const detail::GatherLinearArgs& a) {
     // then the large experts' tiles.
     for (int cls = mid128_max > 0 ? 3 : 4; cls <= 4; ++cls) {
       select(cls);
-      int tile_tokens = tile_of(cls);
-      int tile_rows = cls == 3 ? mid128_rows : large_rows;
-      bool halves = few && cls == 4;  // two computing warpgroups on alternate k-tiles
-      if (few && cls == 3) {
-        // 128-row tiles. (64-row tiles with two computing warpgroups on alternate k-tiles, the
-        // dense rule's choice where a weight's 64-row tiles take more than half the SMs, measured
-        // faster on GPT-OSS gate_up, 48.6 us at T = 48 against 53.0, but compute-sanitizer
-        // racecheck reported hazards in that kernel's grouped launch, not yet understood.)
-        tile_tokens = kFewMid64Tokens;
-        tile_rows = 128;
-        halves = false;
-      }
+      const int tile_tokens = cls == 3 ? mid128_tokens : tile_of(cls);
+      const int tile_rows = cls == 3 ? mid128_rows : large_rows;
+      const bool halves = few && cls == 4;  // two computing warpgroups on alternate k-tiles
       if (bound(cls) == 0) continue;
       if (large_wgmma) {
         launch_sm90_gemm(staged, a.x_dtype, staged_rows(), bound(cls), tile_tokens, tile_rows, a.w,

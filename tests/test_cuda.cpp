@@ -874,8 +874,9 @@ TEST(Cuda, GatherLinearComputesItsSmallClassesInOneLaunch) {
 }
 
 // A batch of few pairs (at most 512) past the one-CTA routing with experts of 33-64 tokens,
-// which Hopper runs on 64-token tiles of 128 rows (moe.cu), beside experts of the other classes:
-// a weight of many row tiles and K of two blocks, and one of few row tiles.
+// which Hopper runs on 64-token tiles (moe.cu), beside experts of the other classes: a weight of
+// many row tiles and K of two blocks (on 132 SMs: 64 rows, two warpgroups on alternate k-tiles),
+// and one of few row tiles (128 rows).
 TEST(Cuda, GatherLinearRunsMidSizeExpertsOfFewPairsOn64TokenTiles) {
   REQUIRE_GPU();
   const std::int64_t experts = 9, topk = 3;

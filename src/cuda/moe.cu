@@ -607,13 +607,14 @@ void gather_linear(const detail::GatherLinearArgs& a) {
   // expert).
   const int mid128_max = sm90 ? (!few ? kMid128Tile : kFewMid64Tokens) : 0;
   // The third GEMM class's launch: 128-token tiles of kMid128Rows rows (MXFP4_CUDA_KERNEL=
-  // moe_mid128: 128 rows, for comparison), or for few pairs 64-token tiles of 128 rows. (64-row
-  // tiles with two computing warpgroups on alternate k-tiles, the dense rule's choice where a
-  // weight's 64-row tiles take more than half the SMs, measured faster on GPT-OSS gate_up, 48.6
-  // us at T = 48 against 53.0, but compute-sanitizer racecheck reported hazards in that kernel's
-  // grouped launch, not yet understood.)
+  // moe_mid128: 128 rows, for comparison), or for few pairs 64-token tiles of 128 rows, or, as the
+  // dense rule does where a weight's 64-row tiles take more than half the SMs (GPT-OSS gate_up),
+  // of 64 rows with two computing warpgroups on alternate k-tiles (an H100, session 23, four
+  // experts of T tokens, us: T = 40 / 48 / 56 / 64 gate_up bf16 54.1 / 54.5 / 54.5 / 54.4 -> 50.8
+  // / 49.5 / 49.4 / 49.5, 1.07-1.10x expert by expert; f16 57.4-57.8 -> 51.1-52.2).
   const int mid128_tokens = few ? kFewMid64Tokens : kMid128Tile;
   const int mid128_rows = few || forced_kernel() == "moe_mid128" ? 128 : kMid128Rows;
+  const bool mid128_split64 = few && 2 * ((n + 63) / 64) > current_device_facts().multiprocessors;
   const std::int64_t small_tiles = plan.small_tiles();
   const std::int64_t sixteen_tiles = plan.sixteen_tiles();
   const std::int64_t mid_tiles = large ? plan.mid_gemm_tiles() : plan.mid_tiles();
@@ -740,8 +741,10 @@ void gather_linear(const detail::GatherLinearArgs& a) {
     for (int cls = mid128_max > 0 ? 3 : 4; cls <= 4; ++cls) {
       select(cls);
       const int tile_tokens = cls == 3 ? mid128_tokens : tile_of(cls);
-      const int tile_rows = cls == 3 ? mid128_rows : large_rows;
-      const bool halves = few && cls == 4;  // two computing warpgroups on alternate k-tiles
+      const bool split64 = cls == 3 && mid128_split64;
+      const int tile_rows = cls == 3 ? (split64 ? 64 : mid128_rows) : large_rows;
+      // two computing warpgroups on alternate k-tiles
+      const bool halves = (few && cls == 4) || split64;
       if (bound(cls) == 0) continue;
       if (large_wgmma) {
         launch_sm90_gemm(staged, a.x_dtype, staged_rows(), bound(cls), tile_tokens, tile_rows, a.w,

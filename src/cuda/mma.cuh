@@ -278,8 +278,10 @@ struct TokenRows {
   const void* x_source = nullptr;
   std::int64_t source_rows = 0;
   IndexError* error = nullptr;  // where out-of-range ids are recorded
-  // The wgmma GEMM's TMA loaders (sm90_gemm.cu): the token rows of each box of x, set per launch.
+  // The wgmma GEMM's TMA loaders (sm90_gemm.cu): the token rows of each box of x and of
+  // x_source, set per launch.
   int x_box_rows = 0;
+  int source_box_rows = 0;
 
   struct Tile {
     int expert;

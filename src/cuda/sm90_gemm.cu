@@ -406,6 +406,7 @@ __device__ __forceinline__ void sm90_load(std::uint8_t* smem, const T* __restric
   const auto* x_bytes = reinterpret_cast<const std::uint8_t*>(x) + 16 * xc;
   const auto row_bytes = static_cast<std::uint32_t>(k) * 2u;
   const auto x_box_bytes = static_cast<std::uint32_t>(rows.x_box_rows * kTileK * 2);
+  const auto source_box_bytes = static_cast<std::uint32_t>(rows.source_box_rows * kTileK * 2);
   const std::uint32_t smem_base = static_cast<std::uint32_t>(__cvta_generic_to_shared(smem));
   // The ring position of stage `it`, kept incrementally: slot it % S and the parity of its
   // round, (it / S) & 1.
@@ -509,7 +510,8 @@ __device__ __forceinline__ void sm90_load(std::uint8_t* smem, const T* __restric
             if (tid == 0) {
               const std::uint32_t bar = full_base + 8 * slot;
               const std::uint32_t st_addr = smem_base + slot_off;
-              sm90::mbarrier_arrive_expect_tx(bar, x_box_bytes + C::kWBytes);
+              sm90::mbarrier_arrive_expect_tx(
+                  bar, (in_place ? source_box_bytes : x_box_bytes) + C::kWBytes);
               sm90::tma_load_2d(st_addr + C::kWOffset, &w_map, kt * 2 * kBlockBytes,
                                 tile.expert * n + w0, bar);
               sm90::tma_load_2d(st_addr, in_place ? &xs_map : &x_map, kt * kTileK,
@@ -1247,13 +1249,14 @@ void launch_sm90_tiles(const void* x, const TokenRows& tile_rows, std::int64_t t
                        bool stream_k = false, void* workspace = nullptr,
                        std::size_t workspace_bytes = 0) {
   using C = Sm90Config<kTokens, kSub, kWG, std::is_same_v<T, __half>>;
-  // x's boxes: a tile's rows, or all of x where it has fewer (TMA fills no row past its end).
-  // Staged x with runs read in place: a tile's rows in both maps (a staged expert may have more
-  // pairs than x has rows).
+  // x's boxes: a tile's rows, or all of x where it has fewer (TMA fills no row past its end:
+  // that fill is slow, session 12). Staged x with runs read in place: the same for each map, the
+  // staged rows and x_source. (Boxes of a tile's rows in x_source, wider than a skewed batch of
+  // fewer tokens, made GPT-OSS gate_up top-4 at T = 96 70.4 us against 56.6 at T = 128, an H100,
+  // session 23.) A tile's pairs lie in its map's rows, so the box covers them.
   TokenRows rows = tile_rows;
-  rows.x_box_rows = rows.x_source != nullptr
-                        ? kTokens
-                        : static_cast<int>(std::clamp<std::int64_t>(rows.rows, 1, kTokens));
+  rows.x_box_rows = static_cast<int>(std::clamp<std::int64_t>(rows.rows, 1, kTokens));
+  rows.source_box_rows = static_cast<int>(std::clamp<std::int64_t>(rows.source_rows, 1, kTokens));
   constexpr int kTileW = C::kTileW;
   const std::int64_t tiles_w = (w.n + kTileW - 1) / kTileW;
   const std::int64_t ctas = gemm_tile_pairs(tiles, tiles_w);
@@ -1303,7 +1306,7 @@ void launch_sm90_tiles(const void* x, const TokenRows& tile_rows, std::int64_t t
   if (fits && make_w_map(w.blocks, w_rows, w.k, kTileW, w_map) &&
       make_x_map(x, x_dtype, rows.rows, w.k, rows.x_box_rows, x_map) &&
       (rows.x_source == nullptr ||
-       make_x_map(rows.x_source, x_dtype, rows.source_rows, w.k, rows.x_box_rows, xs_map))) {
+       make_x_map(rows.x_source, x_dtype, rows.source_rows, w.k, rows.source_box_rows, xs_map))) {
     // Stream-K (dense, 128-, 192- or 256-token tiles of 128 rows): every SM gets an equal run of
     // units.
     if constexpr (kTokens >= 128 && kSub == 1 && kWG == 2) {

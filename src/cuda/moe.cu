@@ -607,14 +607,20 @@ void gather_linear(const detail::GatherLinearArgs& a) {
   // expert).
   const int mid128_max = sm90 ? (!few ? kMid128Tile : kFewMid64Tokens) : 0;
   // The third GEMM class's launch: 128-token tiles of kMid128Rows rows (MXFP4_CUDA_KERNEL=
-  // moe_mid128: 128 rows, for comparison), or for few pairs 64-token tiles of 128 rows, or, as the
-  // dense rule does where a weight's 64-row tiles take more than half the SMs (GPT-OSS gate_up),
-  // of 64 rows with two computing warpgroups on alternate k-tiles (an H100, session 23, four
-  // experts of T tokens, us: T = 40 / 48 / 56 / 64 gate_up bf16 54.1 / 54.5 / 54.5 / 54.4 -> 50.8
-  // / 49.5 / 49.4 / 49.5, 1.07-1.10x expert by expert; f16 57.4-57.8 -> 51.1-52.2).
+  // moe_mid128: 128 rows, for comparison), or for few pairs 64-token tiles of 128 rows, or of 64
+  // rows (few_split64, below).
   const int mid128_tokens = few ? kFewMid64Tokens : kMid128Tile;
   const int mid128_rows = few || forced_kernel() == "moe_mid128" ? 128 : kMid128Rows;
-  const bool mid128_split64 = few && 2 * ((n + 63) / 64) > current_device_facts().multiprocessors;
+  // Few pairs on a weight whose 64-row tiles take more than half the SMs (GPT-OSS gate_up): the
+  // 64-token tiles of the second and third GEMM classes (experts of 17-32 and 33-64 tokens) have
+  // 64 rows and two computing warpgroups on alternate k-tiles, as the dense rule has there. An
+  // H100, session 23, four experts of T tokens, gate_up, us: third class T = 40 / 48 / 56 / 64
+  // bf16 54.1 / 54.5 / 54.5 / 54.4 -> 50.8 / 49.5 / 49.4 / 49.5 (1.07-1.10x expert by expert), f16
+  // 57.4-57.8 -> 51.1-52.2; second class T = 17 / 24 / 32 bf16 50.4 / 50.4 / 50.5 -> 44.9 / 45.1 /
+  // 44.9 (0.96-0.98x -> 1.06-1.09x), f16 51.7 -> 47.3-47.4, GPU layout 44.2 -> 43.4-43.8.
+  // (Measured slower in session 22, 58-61 us at T = 24-32, while x's boxes still reached past a
+  // skewed batch's rows: launch_sm90_tiles.)
+  const bool few_split64 = few && 2 * ((n + 63) / 64) > current_device_facts().multiprocessors;
   const std::int64_t small_tiles = plan.small_tiles();
   const std::int64_t sixteen_tiles = plan.sixteen_tiles();
   const std::int64_t mid_tiles = large ? plan.mid_gemm_tiles() : plan.mid_tiles();
@@ -687,8 +693,8 @@ void gather_linear(const detail::GatherLinearArgs& a) {
     launch_decode(a.x, a.x_dtype, rows, bound(1), tile_of(1), a.w, a.out, stream);
   }
   // The GEMM classes. Experts of 17-32 tokens: on Hopper, the wgmma GEMM's 64-token
-  // tiles of 128 rows (at width 32) where x rows are staged; else the sm_80 GEMM's tiles of 32
-  // (bf16) or the decode kernel's (f16).
+  // tiles of 128 rows (at width 32; few pairs on wide weights, 64 rows: few_split64) where x rows
+  // are staged; else the sm_80 GEMM's tiles of 32 (bf16) or the decode kernel's (f16).
   // Measured on an H100 (session 10), uniform T = 1024 (half the experts in this class):
   // gate_up 919 -> 812 us, down 510 -> 460; 64 rows with two warpgroups on alternate k-tiles
   // 865 / 477. MXFP4_CUDA_KERNEL=moe_mid32 keeps the sm_80 GEMM (tests).
@@ -727,8 +733,8 @@ void gather_linear(const detail::GatherLinearArgs& a) {
   select(2);
   if (mid_wgmma) {
     if (mid_tiles > 0) {
-      launch_sm90_gemm(staged, a.x_dtype, staged_rows(), mid_tiles, 64, 128, a.w, a.out, stream,
-                       false);
+      launch_sm90_gemm(staged, a.x_dtype, staged_rows(), mid_tiles, 64, few_split64 ? 64 : 128, a.w,
+                       a.out, stream, few_split64);
     }
   } else if (gemm) {
     launch_gemm(a.x, rows, mid_tiles, tile_of(2), a.w, a.out, stream);
@@ -741,7 +747,7 @@ void gather_linear(const detail::GatherLinearArgs& a) {
     for (int cls = mid128_max > 0 ? 3 : 4; cls <= 4; ++cls) {
       select(cls);
       const int tile_tokens = cls == 3 ? mid128_tokens : tile_of(cls);
-      const bool split64 = cls == 3 && mid128_split64;
+      const bool split64 = cls == 3 && few_split64;
       const int tile_rows = cls == 3 ? (split64 ? 64 : mid128_rows) : large_rows;
       // two computing warpgroups on alternate k-tiles
       const bool halves = (few && cls == 4) || split64;

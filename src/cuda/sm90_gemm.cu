@@ -963,15 +963,15 @@ __device__ __forceinline__ void sm90_compute(std::uint8_t* smem, const TokenRows
             }
             sm90::named_barrier(3, 256);  // and read: the buffer is free again
           }
+          // The second warpgroup meets a barrier of its own (2, 128 threads) as often as the
+          // first meets its epilogue's (1, 128 threads). It orders nothing; it is there for
+          // compute-sanitizer's racecheck, which otherwise reports each part's reads above
+          // against the next part's writes once a CTA has run a tile (in the SASS, LDS, then
+          // BAR.SYNC 0x3, 0x100, then STS: ordered), and reports none with it, though a barrier
+          // within one warpgroup cannot order the two warpgroups' accesses (an H100, session 23:
+          // 42 reports in the dense 64-token tiles, 25 in their grouped launch, then none; no
+          // cost measured, within +-1% on every dense and MoE shape).
           if (c == 1) {
-        // The second warpgroup meets a barrier of its own (2, 128 threads) as often as the
-        // first meets its epilogue's (1, 128 threads). It orders nothing; it is there for
-        // compute-sanitizer's racecheck, which otherwise reports each part's reads above
-        // against the next part's writes once a CTA has run a tile (in the SASS, LDS, then
-        // BAR.SYNC 0x3, 0x100, then STS: ordered), and reports none with it, though a barrier
-        // within one warpgroup cannot order the two warpgroups' accesses (an H100, session 23:
-        // 42 reports in the dense 64-token tiles, 25 in their grouped launch, then none; no
-        // cost measured, within +-1% on every dense and MoE shape).
 #pragma unroll
             for (int j = 0; j < kSub; ++j) {
 #pragma unroll

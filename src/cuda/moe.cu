@@ -606,11 +606,6 @@ void gather_linear(const detail::GatherLinearArgs& a) {
   // ~1.5 us slower for the class's launch, empty there: T = 96 down 46.8 -> 48.4, 47.8 expert by
   // expert).
   const int mid128_max = sm90 ? (!few ? kMid128Tile : kFewMid64Tokens) : 0;
-  // The third GEMM class's launch: 128-token tiles of kMid128Rows rows (MXFP4_CUDA_KERNEL=
-  // moe_mid128: 128 rows, for comparison), or for few pairs 64-token tiles of 128 rows, or of 64
-  // rows (few_split64, below).
-  const int mid128_tokens = few ? kFewMid64Tokens : kMid128Tile;
-  const int mid128_rows = few || forced_kernel() == "moe_mid128" ? 128 : kMid128Rows;
   // Few pairs on a weight whose 64-row tiles take more than half the SMs (GPT-OSS gate_up): the
   // 64-token tiles of the second and third GEMM classes (experts of 17-32 and 33-64 tokens) have
   // 64 rows and two computing warpgroups on alternate k-tiles, as the dense rule has there. An
@@ -621,6 +616,13 @@ void gather_linear(const detail::GatherLinearArgs& a) {
   // (Measured slower in session 22, 58-61 us at T = 24-32, while x's boxes still reached past a
   // skewed batch's rows: launch_sm90_tiles.)
   const bool few_split64 = few && 2 * ((n + 63) / 64) > current_device_facts().multiprocessors;
+  // The third GEMM class's launch: 128-token tiles of kMid128Rows rows (MXFP4_CUDA_KERNEL=
+  // moe_mid128: 128 rows, for comparison), or for few pairs 64-token tiles of 128 rows, or of 64
+  // rows with two warpgroups on alternate k-tiles (few_split64).
+  const int mid128_tokens = few ? kFewMid64Tokens : kMid128Tile;
+  const int mid128_rows = few_split64                              ? 64
+                          : few || forced_kernel() == "moe_mid128" ? 128
+                                                                   : kMid128Rows;
   const std::int64_t small_tiles = plan.small_tiles();
   const std::int64_t sixteen_tiles = plan.sixteen_tiles();
   const std::int64_t mid_tiles = large ? plan.mid_gemm_tiles() : plan.mid_tiles();
@@ -747,10 +749,9 @@ void gather_linear(const detail::GatherLinearArgs& a) {
     for (int cls = mid128_max > 0 ? 3 : 4; cls <= 4; ++cls) {
       select(cls);
       const int tile_tokens = cls == 3 ? mid128_tokens : tile_of(cls);
-      const bool split64 = cls == 3 && few_split64;
-      const int tile_rows = cls == 3 ? (split64 ? 64 : mid128_rows) : large_rows;
+      const int tile_rows = cls == 3 ? mid128_rows : large_rows;
       // two computing warpgroups on alternate k-tiles
-      const bool halves = (few && cls == 4) || split64;
+      const bool halves = cls == 3 ? few_split64 : few;
       if (bound(cls) == 0) continue;
       if (large_wgmma) {
         launch_sm90_gemm(staged, a.x_dtype, staged_rows(), bound(cls), tile_tokens, tile_rows, a.w,

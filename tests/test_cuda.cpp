@@ -875,8 +875,8 @@ TEST(Cuda, GatherLinearComputesItsSmallClassesInOneLaunch) {
 
 // A batch of few pairs (at most 512) past the one-CTA routing with experts of 33-64 tokens,
 // which Hopper runs on 64-token tiles (moe.cu), beside experts of the other classes: a weight of
-// many row tiles and K of two blocks (on 132 SMs: 64 rows, two warpgroups on alternate k-tiles),
-// and one of few row tiles (128 rows).
+// many row tiles and K of two blocks (on 132 SMs: 64 rows, two warpgroups on alternate k-tiles,
+// for the expert of 20 tokens too), and one of few row tiles (128 rows).
 TEST(Cuda, GatherLinearRunsMidSizeExpertsOfFewPairsOn64TokenTiles) {
   REQUIRE_GPU();
   const std::int64_t experts = 9, topk = 3;
@@ -936,6 +936,20 @@ TEST(Cuda, GatherLinearReadsRunsOfXInPlace) {
         std::vector<std::int32_t>(static_cast<std::size_t>(tokens), 3), {tokens, 1});
     expect_gather_on_gpu(one, w, wg, k, DType::bf16, true, ++seed,
                          "T=" + std::to_string(tokens) + " one expert");
+  }
+  // Few pairs on a wide weight (Hopper: 64-row tiles with two warpgroups on alternate k-tiles,
+  // moe.cu) whose experts are runs of all of x, fewer rows than their 64-token tiles (x's boxes
+  // then have x's rows): every token on experts 0-3, 17-32 and 33-64 tokens each.
+  const auto wide = mxfp4::Mxfp4Weight::quantize(random_tensor({4, 4352, 64}, DType::f32, 34),
+                                                 random_tensor({4, 4352}, DType::f32, 35));
+  const auto wide_g = on_gpu(wide);
+  for (std::int64_t tokens : {24, 48}) {
+    const Tensor idt = Tensor::from_vector(run_routing(tokens, topk, 0, false), {tokens, topk});
+    for (const DType dtype : {DType::bf16, DType::f16}) {
+      expect_gather_on_gpu(
+          idt, wide, wide_g, 64, dtype, false, ++seed,
+          "wide T=" + std::to_string(tokens) + " " + std::string(mxfp4::dtype_name(dtype)));
+    }
   }
 }
 

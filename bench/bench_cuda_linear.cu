@@ -2,10 +2,12 @@
 // the card's device-to-device copy and read-only bandwidths measured in the same run.
 //
 //   bench_cuda_linear [--quick] [--no-dense] [--no-moe] [--no-quantize] [--n N] [--m M[,M...]]
-//                     [--f16] [--routing uniform|skewed] [--layout standard|gpu] [--out FILE.md]
+//                     [--f16] [--routing uniform|skewed] [--layout standard|gpu] [--expert-order]
+//                     [--out FILE.md]
 // --f16: f16 activations in the dense and MoE parts (cuBLAS f16 on the f16-dequantized weight,
 // and of equal flops, as the baselines); the quantize part stays bf16. --routing: only that MoE
 // routing. --layout: the block layout of our weights (Mxfp4Weight::with_layout; default standard).
+// --expert-order: the MoE part times gather_linear_expert_order (the output in expert order).
 //
 // Every timed region is a CUDA graph of `reps` calls, replayed after a warm-up; weights (ours
 // and cuBLAS's) rotate through enough copies to exceed the L2 cache, so each call reads its
@@ -203,11 +205,12 @@ std::vector<std::int32_t> route(std::int64_t tokens, int topk, int experts, bool
 // touched experts at the measured copy bandwidth.
 std::string bench_moe(cudaStream_t stream, cublasHandle_t handle, double copy_bw, double read_bw,
                       bool quick, std::int64_t only_n, const std::vector<std::int64_t>& only_m,
-                      const std::string& only_routing, DType act) {
+                      const std::string& only_routing, DType act, bool expert_order) {
   const char* act_name = act == DType::f16 ? "f16" : "bf16";
   const cudaDataType act_cuda = act == DType::f16 ? CUDA_R_16F : CUDA_R_16BF;
-  std::string report = std::string("\n| MoE layer (E x N x K, top-4), ") + act_name +
-                       " x | T | routing | mxfp4 us | touched experts | touched TB/s | % of copy "
+  std::string report = std::string("\n| MoE layer (E x N x K, top-4), ") + act_name + " x" +
+                       (expert_order ? ", output in expert order" : "") +
+                       " | T | routing | mxfp4 us | touched experts | touched TB/s | % of copy "
                        "BW | % of read BW | TFLOP/s | cuBLAS " +
                        act_name +
                        " equal-flop us | vs cuBLAS | expert-by-expert dense us | vs "
@@ -251,13 +254,22 @@ std::string bench_moe(cudaStream_t stream, cublasHandle_t handle, double copy_bw
         touched /= sets;
         const Tensor x = random_host({t, s.k}, act, 2).to(kGpu);
         Tensor y = Tensor::empty({t, topk, s.n}, act, kGpu);
+        Tensor y_sorted = Tensor::empty({t * topk, s.n}, act, kGpu);
+        Tensor perm = Tensor::empty({t * topk}, DType::i32, kGpu);
+        Tensor offsets = Tensor::empty({experts + 1}, DType::i32, kGpu);
         const std::size_t ws_bytes = mxfp4::gather_linear_workspace_bytes(t, topk, experts, s.k);
         Tensor ws = Tensor::empty({static_cast<std::int64_t>(ws_bytes) + 1}, DType::u8, kGpu);
         mxfp4::RunOptions run{mxfp4::Stream{stream}};
         run.workspace = {ws.data(), ws_bytes};
         const int reps = sets * (t <= 16 ? 1 : 2);
-        const double ours = time_graph(
-            stream, reps, [&](int r) { mxfp4::gather_linear_into(x, ids[r % sets], w, y, run); });
+        const double ours = time_graph(stream, reps, [&](int r) {
+          if (expert_order) {
+            mxfp4::gather_linear_expert_order_into(x, ids[r % sets], w, y_sorted, perm, offsets,
+                                                   run);
+          } else {
+            mxfp4::gather_linear_into(x, ids[r % sets], w, y, run);
+          }
+        });
         mxfp4::synchronize(mxfp4::Stream{stream});
         // cuBLAS: M = T * topk rows against one N x K weight: the same flops.
         const std::int64_t m = t * topk;
@@ -326,6 +338,7 @@ int main(int argc, char** argv) {
   std::int64_t only_n = 0;
   std::vector<std::int64_t> only_m;
   std::string only_routing;
+  bool expert_order = false;  // the MoE part through gather_linear_expert_order
   for (int i = 1; i < argc; ++i) {
     if (std::strcmp(argv[i], "--quick") == 0) quick = true;
     if (std::strcmp(argv[i], "--no-quantize") == 0) skip_quantize = true;
@@ -341,6 +354,7 @@ int main(int argc, char** argv) {
     }
     if (std::strcmp(argv[i], "--no-dense") == 0) skip_dense = true;
     if (std::strcmp(argv[i], "--f16") == 0) act = DType::f16;
+    if (std::strcmp(argv[i], "--expert-order") == 0) expert_order = true;
     if (std::strcmp(argv[i], "--no-moe") == 0) skip_moe = true;
     if (std::strcmp(argv[i], "--routing") == 0 && i + 1 < argc) only_routing = argv[++i];
     if (std::strcmp(argv[i], "--layout") == 0 && i + 1 < argc) {
@@ -447,7 +461,8 @@ int main(int argc, char** argv) {
   }
 
   if (!skip_moe)
-    report += bench_moe(stream, handle, copy_bw, read_bw, quick, only_n, only_m, only_routing, act);
+    report += bench_moe(stream, handle, copy_bw, read_bw, quick, only_n, only_m, only_routing, act,
+                        expert_order);
 
   // Quantize throughput (includes its one host synchronization, which reports NaN/Inf).
   report += "\n| quantize input | rule | GB/s of input |\n|---|---|---|\n";

@@ -501,6 +501,57 @@ TEST(GatherErrors, OutputOfGatherInto) {
                mxfp4::gather_linear_into(x, ids_alias, w, id_storage), "overlaps", "indices");
 }
 
+TEST(GatherErrors, ExpertOrderOutputs) {
+  const Mxfp4Weight w = stacked_weight(4, 3, 64);
+  const Tensor x = f32({2, 64});
+  const Tensor ids = ids_u32({0, 1, 2, 3}, 2, 2);
+  Tensor out = f32({4, 3});
+  Tensor perm = Tensor::zeros({4}, DType::i32);
+  Tensor offsets = Tensor::zeros({5}, DType::i32);
+  EXPECT_NO_THROW(mxfp4::gather_linear_expert_order_into(x, ids, w, out, perm, offsets));
+  Tensor out_scattered = f32({2, 2, 3});
+  EXPECT_ERROR(ShapeMismatch, shape_mismatch,
+               mxfp4::gather_linear_expert_order_into(x, ids, w, out_scattered, perm, offsets),
+               "out", "[4, 3]", "[2, 2, 3]");
+  Tensor perm_i64 = Tensor::zeros({4}, DType::i64);
+  EXPECT_ERROR(DTypeMismatch, dtype_mismatch,
+               mxfp4::gather_linear_expert_order_into(x, ids, w, out, perm_i64, offsets), "perm",
+               "i32", "i64");
+  Tensor perm_short = Tensor::zeros({3}, DType::i32);
+  EXPECT_ERROR(ShapeMismatch, shape_mismatch,
+               mxfp4::gather_linear_expert_order_into(x, ids, w, out, perm_short, offsets), "perm",
+               "[4]");
+  Tensor offsets_e = Tensor::zeros({4}, DType::i32);
+  EXPECT_ERROR(ShapeMismatch, shape_mismatch,
+               mxfp4::gather_linear_expert_order_into(x, ids, w, out, perm, offsets_e), "offsets",
+               "[5]");
+  // perm inside out's memory, offsets inside perm's.
+  Tensor big = Tensor::zeros({64}, DType::i32);
+  Tensor out_view = Tensor::view(big.data(), {4, 3}, DType::f32);
+  Tensor perm_view = Tensor::view(big.data_as<std::int32_t>() + 8, {4}, DType::i32);
+  EXPECT_ERROR(InvalidArgument, invalid_argument,
+               mxfp4::gather_linear_expert_order_into(x, ids, w, out_view, perm_view, offsets),
+               "perm", "overlaps", "out");
+  Tensor perm_own = Tensor::zeros({8}, DType::i32);
+  Tensor perm4 = Tensor::view(perm_own.data(), {4}, DType::i32);
+  Tensor offsets_in_perm = Tensor::view(perm_own.data_as<std::int32_t>() + 3, {5}, DType::i32);
+  EXPECT_ERROR(InvalidArgument, invalid_argument,
+               mxfp4::gather_linear_expert_order_into(x, ids, w, out, perm4, offsets_in_perm),
+               "offsets", "overlaps", "perm");
+  // An out-of-range id throws before anything is written.
+  std::fill(perm.data_as<std::int32_t>(), perm.data_as<std::int32_t>() + 4, -3);
+  EXPECT_ERROR(
+      IndexOutOfRange, index_out_of_range,
+      mxfp4::gather_linear_expert_order_into(x, ids_u32({0, 1, 9, 3}, 2, 2), w, out, perm, offsets),
+      "indices[1, 0]", "= 9");
+  for (int i = 0; i < 4; ++i)
+    EXPECT_EQ(perm.data_as<std::int32_t>()[i], -3);
+  // A dense weight is refused as in gather_linear.
+  EXPECT_ERROR(ShapeMismatch, shape_mismatch,
+               mxfp4::gather_linear_expert_order(x, ids, Mxfp4Weight::quantize(f32({3, 64}))),
+               "stacked");
+}
+
 // ---- devices
 // --------------------------------------------------------------------------------------
 

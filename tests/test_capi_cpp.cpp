@@ -172,6 +172,86 @@ TEST(CApiVsCpp, ErrorsCarryTheCppCodeAndMessage) {
                     [&] { return mxfp4_gather_linear(&tgx, &tids, ce.handle, &tgout, nullptr); });
 }
 
+TEST(CApiVsCpp, GatherExpertOrderMatchesTheCppApiBitForBit) {
+  const Tensor ew = random_normal({5, 16, 64}, 81), eb = random_normal({5, 16}, 82);
+  const mxfp4_tensor tew = describe(ew), teb = describe(eb);
+  CWeight ce;
+  ASSERT_EQ(mxfp4_weight_quantize(&tew, &teb, MXFP4_SCALE_MSE, 0, nullptr, &ce.handle), MXFP4_OK);
+  const mxfp4::Mxfp4Weight cppe = mxfp4::Mxfp4Weight::quantize(ew, eb);
+  // Expert 2 gets no pair; i64 and u32 ids.
+  const Tensor ids = Tensor::from_vector(
+      std::vector<std::int64_t>{4, 0, 3, 1, 0, 4, 3, 3, 1, 0, 4, 1, 0, 0}, {7, 2});
+  const Tensor uids = Tensor::from_vector(
+      std::vector<std::uint32_t>{4, 0, 3, 1, 0, 4, 3, 3, 1, 0, 4, 1, 0, 0}, {7, 2});
+  const Tensor gx = random_normal({7, 64}, 83), gxs = random_normal({7, 2, 64}, 84);
+  mxfp4_run_options int8{};
+  ASSERT_EQ(mxfp4_run_options_init(&int8), MXFP4_OK);
+  int8.precision = MXFP4_PRECISION_INT8_ACTIVATIONS;
+  mxfp4::RunOptions cpp_int8;
+  cpp_int8.precision = mxfp4::Precision::int8_activations;
+  for (DType dtype : {DType::f32, DType::bf16, DType::f16}) {
+    for (const Tensor* x : {&gx, &gxs}) {
+      for (const Tensor* id : {&ids, &uids}) {
+        for (const mxfp4_run_options* options :
+             std::initializer_list<const mxfp4_run_options*>{nullptr, &int8}) {
+          SCOPED_TRACE(std::string(mxfp4::dtype_name(dtype)) + " x " +
+                       mxfp4::to_string(x->shape()) + " ids " +
+                       std::string(mxfp4::dtype_name(id->dtype())) +
+                       (options != nullptr ? " int8" : " exact"));
+          const Tensor xd = x->to(dtype);
+          Tensor out = Tensor::zeros({14, 16}, dtype);
+          Tensor perm = Tensor::zeros({14}, DType::i32), offsets = Tensor::zeros({6}, DType::i32);
+          const mxfp4_tensor txd = describe(xd), tids = describe(*id), tout = describe(out),
+                             tperm = describe(perm), toffsets = describe(offsets);
+          ASSERT_EQ(mxfp4_gather_linear_expert_order(&txd, &tids, ce.handle, &tout, &tperm,
+                                                     &toffsets, options),
+                    MXFP4_OK)
+              << mxfp4_last_error_message();
+          const mxfp4::ExpertOrderOutput cpp = mxfp4::gather_linear_expert_order(
+              xd, *id, cppe, options != nullptr ? cpp_int8 : mxfp4::RunOptions{});
+          EXPECT_EQ(bytes_of(out), bytes_of(cpp.out));
+          EXPECT_EQ(bytes_of(perm), bytes_of(cpp.perm));
+          EXPECT_EQ(bytes_of(offsets), bytes_of(cpp.offsets));
+          EXPECT_EQ(bytes_of(offsets), bytes_of(Tensor::from_vector(
+                                           std::vector<std::int32_t>{0, 5, 8, 8, 11, 14}, {6})));
+        }
+      }
+    }
+  }
+
+  // The C++ errors, code and message: perm of the wrong dtype, offsets of the wrong length, an
+  // id out of range.
+  Tensor out = Tensor::zeros({14, 16}, DType::f32);
+  Tensor perm = Tensor::zeros({14}, DType::i32), offsets = Tensor::zeros({6}, DType::i32);
+  Tensor uperm = Tensor::zeros({14}, DType::u32), short_offsets = Tensor::zeros({5}, DType::i32);
+  const Tensor bad_ids = Tensor::from_vector(
+      std::vector<std::int32_t>{4, 0, 3, 1, 0, 4, 3, 5, 1, 0, 4, 1, 0, 0}, {7, 2});
+  const mxfp4_tensor tgx = describe(gx), tids = describe(ids), tbad = describe(bad_ids),
+                     tout = describe(out), tperm = describe(perm), toffsets = describe(offsets),
+                     tuperm = describe(uperm), tshort = describe(short_offsets);
+  const auto cpp_call = [&](const Tensor& i, Tensor& p, Tensor& o) {
+    mxfp4::gather_linear_expert_order_into(gx, i, cppe, out, p, o);
+  };
+  expect_same_error([&] { cpp_call(ids, uperm, offsets); },
+                    [&] {
+                      return mxfp4_gather_linear_expert_order(&tgx, &tids, ce.handle, &tout,
+                                                              &tuperm, &toffsets, nullptr);
+                    });
+  EXPECT_NE(std::string(mxfp4_last_error_message()).find("perm must be i32 [14]"),
+            std::string::npos)
+      << mxfp4_last_error_message();
+  expect_same_error([&] { cpp_call(ids, perm, short_offsets); },
+                    [&] {
+                      return mxfp4_gather_linear_expert_order(&tgx, &tids, ce.handle, &tout, &tperm,
+                                                              &tshort, nullptr);
+                    });
+  expect_same_error([&] { cpp_call(bad_ids, perm, offsets); },
+                    [&] {
+                      return mxfp4_gather_linear_expert_order(&tgx, &tbad, ce.handle, &tout, &tperm,
+                                                              &toffsets, nullptr);
+                    });
+}
+
 TEST(CApiVsCpp, SavedFilesReadBackWithTheCppReader) {
   const mxfp4::test::TempDir dir;
   const std::string path = dir.file("w.safetensors");

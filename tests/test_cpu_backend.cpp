@@ -610,6 +610,60 @@ Buffer run_gather(const detail::Backend& backend, const GatherCase& c, const Buf
   return out;
 }
 
+// The same call in expert order: out rows by position, the sort in perm and offsets (filled with
+// junk first, so unwritten entries show).
+struct OrderedGather {
+  Buffer out;
+  std::vector<std::int32_t> perm, offsets;
+};
+OrderedGather run_gather_ordered(const detail::Backend& backend, const GatherCase& c,
+                                 const Buffer& x, const std::vector<std::uint8_t>& ids,
+                                 const Weight& w) {
+  OrderedGather r{Buffer(c.x_dtype, c.tokens * c.topk * c.n),
+                  std::vector<std::int32_t>(static_cast<std::size_t>(c.tokens * c.topk), -7),
+                  std::vector<std::int32_t>(static_cast<std::size_t>(c.experts + 1), -7)};
+  std::fill(r.out.bytes.begin(), r.out.bytes.end(), std::uint8_t{0x5A});
+  detail::GatherLinearArgs a{};
+  a.x = x.data();
+  a.x_dtype = c.x_dtype;
+  a.x_per_slot = c.per_slot;
+  a.tokens = c.tokens;
+  a.topk = c.topk;
+  a.indices = ids.data();
+  a.index_dtype = c.index_dtype;
+  a.w = w.args();
+  a.out = r.out.data();
+  a.order_perm = r.perm.data();
+  a.order_offsets = r.offsets.data();
+  backend.gather_linear(a);
+  return r;
+}
+
+// An expert-order result against the scatter `scattered` of the same backend: perm is the stable
+// sort of the pairs by expert, offsets its experts' first positions, and row p is, byte for byte,
+// the scatter's row perm[p].
+void expect_expert_order_of(const OrderedGather& got, const Buffer& scattered,
+                            const std::vector<std::int64_t>& experts_of, std::int64_t experts,
+                            std::int64_t n) {
+  std::vector<std::int32_t> perm, offsets;
+  for (std::int64_t e = 0; e < experts; ++e) {
+    offsets.push_back(static_cast<std::int32_t>(perm.size()));
+    for (std::size_t p = 0; p < experts_of.size(); ++p) {
+      if (experts_of[p] == e) perm.push_back(static_cast<std::int32_t>(p));
+    }
+  }
+  offsets.push_back(static_cast<std::int32_t>(perm.size()));
+  ASSERT_EQ(got.perm, perm);
+  ASSERT_EQ(got.offsets, offsets);
+  const std::size_t row = static_cast<std::size_t>(n) * bytes_of(scattered.dtype);
+  for (std::size_t p = 0; p < perm.size(); ++p) {
+    ASSERT_EQ(std::memcmp(got.out.bytes.data() + p * row,
+                          scattered.bytes.data() + static_cast<std::size_t>(perm[p]) * row, row),
+              0)
+        << "position " << p << " (pair " << perm[p] << ")";
+  }
+}
+
 // Expert ids in index_dtype: every slot to the last expert (skewed), or uniform at random.
 std::vector<std::uint8_t> make_ids(const GatherCase& c, std::uint64_t seed,
                                    std::vector<std::int64_t>& experts_of) {
@@ -696,6 +750,15 @@ TEST(CpuGatherLinear, MatchesTheReferenceForEveryRoutingIsaAndThreadCount) {
       mxfp4::set_num_threads(1);
       const Buffer one = run_gather(detail::backend_for(mxfp4::Device::cpu()), c, x, ids, w);
       ASSERT_TRUE(close_to_reference(one, want, c.n));
+      // Expert order: the same rows at their places in the sort.
+      expect_expert_order_of(
+          run_gather_ordered(detail::backend_for(mxfp4::Device::cpu()), c, x, ids, w), one,
+          experts_of, c.experts, c.n);
+      if (isa == supported_isas().front()) {
+        const Buffer ref = run_gather(detail::reference_backend(), c, x, ids, w);
+        expect_expert_order_of(run_gather_ordered(detail::reference_backend(), c, x, ids, w), ref,
+                               experts_of, c.experts, c.n);
+      }
       if (tasks <= 1) continue;
       for (int threads : {2, 3, 8}) {
         mxfp4::set_num_threads(threads);
@@ -705,6 +768,25 @@ TEST(CpuGatherLinear, MatchesTheReferenceForEveryRoutingIsaAndThreadCount) {
     }
   }
   EXPECT_GE(multi_task_cases, 20);
+}
+
+// Expert order with no pairs still writes offsets (all zero), on the reference and the CPU
+// backend; its perm is empty (a null pointer).
+TEST(CpuGather, ExpertOrderOfNoPairsWritesZeroOffsets) {
+  const Weight w = make_weight(3, 5, 64, false, DType::f32, 77);
+  for (const detail::Backend* backend :
+       {&detail::reference_backend(), &detail::backend_for(mxfp4::Device::cpu())}) {
+    std::vector<std::int32_t> offsets(4, -7);
+    detail::GatherLinearArgs a{};
+    a.x_dtype = DType::f32;
+    a.tokens = 0;
+    a.topk = 2;
+    a.index_dtype = DType::i32;
+    a.w = w.args();
+    a.order_offsets = offsets.data();
+    backend->gather_linear(a);
+    EXPECT_EQ(offsets, (std::vector<std::int32_t>{0, 0, 0, 0})) << backend->name;
+  }
 }
 
 // ---- how work is split --------------------------------------------------------------------------

@@ -1013,6 +1013,169 @@ TEST(Cuda, GatherLinearReportsOutOfRangeIdsAtSynchronize) {
   }
 }
 
+// gather_linear_expert_order's three outputs (read back to the host) checked against the ids:
+// perm a permutation of the pairs grouped by expert in ascending id, offsets each expert's first
+// position, the pairs with bad ids (`bad`, -1: none) after offsets[E]; then each valid row, put
+// back at its pair's row, against the reference (expect_gather_close), and bad rows NaN.
+void expect_expert_order(const Tensor& x, const Tensor& ids, const mxfp4::Mxfp4Weight& w,
+                         const Tensor& out, const Tensor& perm, const Tensor& offsets,
+                         std::int64_t bad, const std::string& what) {
+  const std::int64_t tokens = ids.dim(0), topk = ids.dim(1), pairs = tokens * topk;
+  const std::int64_t experts = w.num_experts(), n = w.out_features();
+  ASSERT_EQ(out.shape(), (mxfp4::Shape{pairs, n})) << what;
+  ASSERT_EQ(perm.shape(), (mxfp4::Shape{pairs})) << what;
+  ASSERT_EQ(offsets.shape(), (mxfp4::Shape{experts + 1})) << what;
+  const auto* pm = perm.data_as<std::int32_t>();
+  const auto* off = offsets.data_as<std::int32_t>();
+  std::vector<int> seen(static_cast<std::size_t>(pairs), 0);
+  for (std::int64_t p = 0; p < pairs; ++p) {
+    ASSERT_TRUE(pm[p] >= 0 && pm[p] < pairs) << what << " perm[" << p << "] = " << pm[p];
+    ASSERT_EQ(seen[static_cast<std::size_t>(pm[p])]++, 0) << what << " pair " << pm[p] << " twice";
+  }
+  ASSERT_EQ(off[0], 0) << what;
+  ASSERT_EQ(off[experts], pairs - (bad >= 0 ? 1 : 0)) << what;
+  for (std::int64_t e = 0; e < experts; ++e) {
+    ASSERT_LE(off[e], off[e + 1]) << what << " offsets at expert " << e;
+    for (std::int64_t p = off[e]; p < off[e + 1]; ++p) {
+      ASSERT_EQ(ids.item_as_double(pm[p]), static_cast<double>(e))
+          << what << " position " << p << " (pair " << pm[p] << ") in expert " << e << "'s rows";
+    }
+  }
+  Tensor scattered = Tensor::empty({tokens, topk, n}, out.dtype());
+  std::memset(scattered.data(), 0, scattered.nbytes());
+  const auto elem = static_cast<std::int64_t>(mxfp4::dtype_size(out.dtype()));
+  for (std::int64_t p = 0; p < pairs; ++p) {
+    const auto* src = static_cast<const char*>(out.data()) + p * n * elem;
+    if (p >= off[experts]) {
+      ASSERT_EQ(pm[p], bad) << what << " a bad id's position";
+      for (std::int64_t j = 0; j < n; ++j)
+        ASSERT_TRUE(std::isnan(out.item_as_double(p * n + j))) << what << " bad id's row";
+      continue;
+    }
+    std::memcpy(static_cast<char*>(scattered.data()) + std::int64_t{pm[p]} * n * elem, src,
+                static_cast<std::size_t>(n * elem));
+  }
+  // The reference refuses a bad id: it gets expert 0 there, and its row is taken as it is.
+  std::vector<std::int64_t> fixed(static_cast<std::size_t>(pairs));
+  for (std::int64_t p = 0; p < pairs; ++p)
+    fixed[static_cast<std::size_t>(p)] =
+        p == bad ? 0 : static_cast<std::int64_t>(ids.item_as_double(p));
+  const Tensor ids_fixed = Tensor::from_vector(fixed, {tokens, topk});
+  if (bad >= 0) {
+    const Tensor ref = mxfp4::gather_linear(x, ids_fixed, w);
+    std::memcpy(static_cast<char*>(scattered.data()) + bad * n * elem,
+                static_cast<const char*>(ref.data()) + bad * n * elem,
+                static_cast<std::size_t>(n * elem));
+  }
+  expect_gather_close(x, ids_fixed, w, scattered, what);
+}
+
+// Expert order on every routing path: small batches sorted in each CTA (bf16, f16), the f32 and
+// misaligned paths (sorted in the workspace, small and large), batches sorted in one CTA with
+// decode and GEMM classes, skewed ones whose experts' x rows are read in place, ones past 4096
+// pairs (three kernels); both layouts; then empty batches.
+TEST(Cuda, GatherLinearWritesExpertOrder) {
+  REQUIRE_GPU();
+  const std::int64_t experts = 12, n = 136, k = 192;
+  std::uint64_t seed = 700;
+  const auto w = biased_experts(experts, n, k, seed);
+  struct Case {
+    std::int64_t tokens, topk;
+    DType dtype;
+    bool skewed, per_slot;
+  };
+  for (const Case c :
+       {Case{1, 4, DType::bf16, false, false}, Case{5, 2, DType::f16, false, true},
+        Case{16, 4, DType::bf16, true, false}, Case{3, 4, DType::f32, false, false},
+        Case{300, 4, DType::f32, false, true}, Case{100, 4, DType::bf16, false, false},
+        Case{100, 4, DType::f16, false, true}, Case{700, 4, DType::bf16, true, false},
+        Case{40, 4, DType::bf16, true, false}, Case{1100, 4, DType::bf16, false, false},
+        Case{1100, 4, DType::f16, true, true}}) {
+    for (BlockLayout layout : test_layouts()) {
+      const auto wg = on_gpu(w, layout);
+      const Tensor x = c.per_slot ? random_tensor({c.tokens, c.topk, k}, c.dtype, ++seed, 4.0f)
+                                  : random_tensor({c.tokens, k}, c.dtype, ++seed, 4.0f);
+      // Skewed: every token from the third on experts 0-3 in slot order (runs of x), else uniform.
+      const Tensor ids = c.skewed ? Tensor::from_vector(run_routing(c.tokens, c.topk, 2, false),
+                                                        {c.tokens, c.topk})
+                                  : routing(c.tokens, c.topk, experts, false, DType::i32, ++seed);
+      Tensor out = Tensor::empty({c.tokens * c.topk, n}, c.dtype);
+      std::memset(out.data(), 0xFF, out.nbytes());  // poison
+      Tensor out_gpu = out.to(kGpu);
+      Tensor perm = Tensor::empty({c.tokens * c.topk}, DType::i32).to(kGpu);
+      Tensor offsets = Tensor::empty({experts + 1}, DType::i32).to(kGpu);
+      mxfp4::gather_linear_expert_order_into(x.to(kGpu), ids.to(kGpu), wg, out_gpu, perm, offsets);
+      ASSERT_NO_THROW(mxfp4::synchronize());
+      const std::string what =
+          std::string(mxfp4::dtype_name(c.dtype)) + " T=" + std::to_string(c.tokens) +
+          " topk=" + std::to_string(c.topk) + (c.skewed ? " runs" : " uniform") +
+          (c.per_slot ? " x[T,topk,K]" : " x[T,K]") + layout_tag(layout);
+      expect_expert_order(x, ids, w, out_gpu.to(mxfp4::Device::cpu()),
+                          perm.to(mxfp4::Device::cpu()), offsets.to(mxfp4::Device::cpu()), -1,
+                          what);
+      if (HasFatalFailure()) return;
+    }
+  }
+  // A misaligned x (an offset view) takes the CUDA-core path.
+  {
+    const std::int64_t tokens = 20, topk = 2;
+    const Tensor big = random_tensor({tokens * k + 8}, DType::bf16, ++seed, 4.0f);
+    const Tensor big_gpu = big.to(kGpu);
+    const Tensor x_gpu =
+        Tensor::view(static_cast<const char*>(big_gpu.data()) + 2, {tokens, k}, DType::bf16, kGpu);
+    const Tensor x =
+        Tensor::view(static_cast<const char*>(big.data()) + 2, {tokens, k}, DType::bf16);
+    const Tensor ids = routing(tokens, topk, experts, false, DType::i64, ++seed);
+    const auto r = mxfp4::gather_linear_expert_order(x_gpu, ids.to(kGpu), on_gpu(w));
+    ASSERT_NO_THROW(mxfp4::synchronize());
+    expect_expert_order(x, ids, w, r.out.to(mxfp4::Device::cpu()), r.perm.to(mxfp4::Device::cpu()),
+                        r.offsets.to(mxfp4::Device::cpu()), -1, "misaligned x");
+  }
+  // No tokens: offsets all zero.
+  const Tensor none = Tensor::empty({0, 4}, DType::i32).to(kGpu);
+  const auto r = mxfp4::gather_linear_expert_order(Tensor::empty({0, k}, DType::bf16).to(kGpu),
+                                                   none, on_gpu(w));
+  ASSERT_NO_THROW(mxfp4::synchronize());
+  EXPECT_EQ(r.out.shape(), (mxfp4::Shape{0, n}));
+  const Tensor off = r.offsets.to(mxfp4::Device::cpu());
+  for (std::int64_t e = 0; e <= experts; ++e)
+    EXPECT_EQ(off.data_as<std::int32_t>()[e], 0) << "expert " << e;
+}
+
+// Expert order with an out-of-range id on each routing path: its pair comes last, its row NaN,
+// the valid rows right, and synchronize() names the id.
+TEST(Cuda, GatherLinearExpertOrderPlacesBadIdsLast) {
+  REQUIRE_GPU();
+  const std::int64_t experts = 4, n = 16, k = 64;
+  const auto w = mxfp4::Mxfp4Weight::quantize(random_tensor({experts, n, k}, DType::f32, 1));
+  const auto wg = on_gpu(w);
+  struct Case {
+    std::int64_t tokens, topk;
+    DType dtype;
+    std::int64_t bad;
+  };
+  for (const Case c :
+       {Case{3, 2, DType::bf16, 4}, Case{100, 4, DType::bf16, -1}, Case{1100, 4, DType::f16, 7},
+        Case{5, 2, DType::f32, 1000}, Case{300, 2, DType::f32, 9}}) {
+    const std::int64_t pairs = c.tokens * c.topk;
+    std::vector<std::int64_t> ids(static_cast<std::size_t>(pairs));
+    for (std::int64_t p = 0; p < pairs; ++p)
+      ids[static_cast<std::size_t>(p)] = (p * 7 + 1) % experts;
+    const std::int64_t bad_pair = pairs - 2;
+    ids[static_cast<std::size_t>(bad_pair)] = c.bad;
+    const Tensor idt = Tensor::from_vector(ids, {c.tokens, c.topk});
+    const Tensor x = random_tensor({c.tokens, k}, c.dtype, 2);
+    const auto r = mxfp4::gather_linear_expert_order(x.to(kGpu), idt.to(kGpu), wg);
+    EXPECT_THROW(mxfp4::synchronize(), mxfp4::IndexOutOfRange) << "T=" << c.tokens;
+    EXPECT_NO_THROW(mxfp4::synchronize());
+    const std::string what = std::string(mxfp4::dtype_name(c.dtype)) +
+                             " T=" + std::to_string(c.tokens) + " bad id " + std::to_string(c.bad);
+    expect_expert_order(x, idt, w, r.out.to(mxfp4::Device::cpu()), r.perm.to(mxfp4::Device::cpu()),
+                        r.offsets.to(mxfp4::Device::cpu()), bad_pair, what);
+    if (HasFatalFailure()) return;
+  }
+}
+
 TEST(Cuda, GatherLinearWorkspaceSize) {
   EXPECT_EQ(mxfp4::gather_linear_workspace_bytes(1, 4, 128), 0u);  // routed in the kernel
   EXPECT_GE(mxfp4::gather_linear_workspace_bytes(1024, 4, 128), 4096u * 4 + 4 * 128 * 4);

@@ -821,4 +821,68 @@ TEST(GatherLinear, BroadcastRowEqualsRepeatedRows) {
   EXPECT_EQ(none.shape(), (Shape{0, 2, n}));
 }
 
+// gather_linear_expert_order through the public API: rows of gather_linear's output, byte for
+// byte, in the stable sort of the pairs by expert, for both x ranks, exact and int8 arithmetic;
+// the _into form writes the same; zero tokens give offsets of zeros.
+TEST(GatherLinear, ExpertOrderHoldsTheScatteredRowsSorted) {
+  const std::int64_t k = 64, n = 9, tokens = 7, topk = 3, experts = 5;
+  const Mxfp4Weight w =
+      Mxfp4Weight::quantize(gaussian({experts, n, k}, 11), gaussian({experts, n}, 12));
+  const std::vector<std::int64_t> ids = {4, 0, 4, 2, 2, 0, 1, 4, 0, 0, 2,
+                                         4, 4, 1, 0, 2, 4, 0, 0, 1, 4};
+  const Tensor indices = make_indices(ids, tokens, topk, DType::i64);
+  std::vector<std::int32_t> perm;
+  std::vector<std::int32_t> offsets;
+  for (std::int64_t e = 0; e < experts; ++e) {
+    offsets.push_back(static_cast<std::int32_t>(perm.size()));
+    for (std::size_t p = 0; p < ids.size(); ++p) {
+      if (ids[p] == e) perm.push_back(static_cast<std::int32_t>(p));
+    }
+  }
+  offsets.push_back(static_cast<std::int32_t>(perm.size()));
+  for (const Tensor& x :
+       {gaussian({tokens, k}, 13).to(DType::bf16), gaussian({tokens, topk, k}, 14)}) {
+    for (const mxfp4::Precision precision :
+         {mxfp4::Precision::exact, mxfp4::Precision::int8_activations}) {
+      mxfp4::RunOptions run;
+      run.precision = precision;
+      const Tensor scattered = mxfp4::gather_linear(x, indices, w, run);
+      const mxfp4::ExpertOrderOutput got = mxfp4::gather_linear_expert_order(x, indices, w, run);
+      ASSERT_EQ(got.out.shape(), (Shape{tokens * topk, n}));
+      ASSERT_EQ(got.out.dtype(), x.dtype());
+      ASSERT_EQ(got.perm.dtype(), DType::i32);
+      ASSERT_EQ(got.offsets.dtype(), DType::i32);
+      ASSERT_EQ(std::vector<std::int32_t>(got.perm.data_as<std::int32_t>(),
+                                          got.perm.data_as<std::int32_t>() + perm.size()),
+                perm);
+      ASSERT_EQ(std::vector<std::int32_t>(got.offsets.data_as<std::int32_t>(),
+                                          got.offsets.data_as<std::int32_t>() + offsets.size()),
+                offsets);
+      const std::size_t row = static_cast<std::size_t>(n) * mxfp4::dtype_size(x.dtype());
+      for (std::size_t p = 0; p < perm.size(); ++p) {
+        EXPECT_EQ(std::memcmp(static_cast<const char*>(got.out.data()) + p * row,
+                              static_cast<const char*>(scattered.data()) + perm[p] * row, row),
+                  0)
+            << "position " << p;
+      }
+      Tensor out = Tensor::zeros({tokens * topk, n}, x.dtype());
+      Tensor perm_into = Tensor::zeros({tokens * topk}, DType::i32);
+      Tensor offsets_into = Tensor::zeros({experts + 1}, DType::i32);
+      mxfp4::gather_linear_expert_order_into(x, indices, w, out, perm_into, offsets_into, run);
+      EXPECT_TRUE(same_bytes(out, got.out));
+      EXPECT_TRUE(same_bytes(perm_into, got.perm));
+      EXPECT_TRUE(same_bytes(offsets_into, got.offsets));
+    }
+  }
+  // Zero tokens: nothing to compute, offsets all zero.
+  Tensor out = Tensor::zeros({0, n}, DType::f32);
+  Tensor perm_none = Tensor::zeros({0}, DType::i32);
+  Tensor offsets_none = Tensor::from_vector<std::int32_t>({9, 9, 9, 9, 9, 9}, {experts + 1});
+  mxfp4::gather_linear_expert_order_into(Tensor::zeros({0, k}, DType::f32),
+                                         Tensor::zeros({0, 2}, DType::i32), w, out, perm_none,
+                                         offsets_none);
+  for (std::int64_t e = 0; e <= experts; ++e)
+    EXPECT_EQ(offsets_none.data_as<std::int32_t>()[e], 0) << e;
+}
+
 }  // namespace

@@ -394,6 +394,26 @@ mxfp4_status mxfp4_linear_ex(const mxfp4_tensor* x, const mxfp4_weight* weight,
 mxfp4_status mxfp4_gather_linear_ex(const mxfp4_tensor* x, const mxfp4_tensor* indices,
                                     const mxfp4_weight* weight, const mxfp4_tensor* out,
                                     const mxfp4_run_options* options);
+/* mxfp4_gather_linear with its output in expert order (the C++ gather_linear_expert_order), for
+ * fused pipelines that would otherwise undo the scatter; options as for mxfp4_gather_linear_ex
+ * (NULL: defaults). The pair of token t and slot s is t * topk + s. The caller's buffers, all on
+ * the weight's device:
+ * - out [T * topk, N] in x's dtype: row p holds the result of pair perm[p];
+ * - perm i32 [T * topk]: a permutation of the pairs, grouped by expert in ascending id;
+ * - offsets i32 [E + 1]: expert e's rows are [offsets[e], offsets[e + 1]); offsets[0] = 0 and
+ *   offsets[E] is the number of pairs with a valid id (T * topk unless some are out of range).
+ * Within an expert the CPU keeps the pairs in ascending order; CUDA may order them differently
+ * from call to call (perm says how; every row's value is the same). T * topk must be below 2^31
+ * (MXFP4_ERR_UNSUPPORTED otherwise). Out-of-range ids: as mxfp4_gather_linear (the CPU fails with
+ * MXFP4_ERR_INDEX_OUT_OF_RANGE before writing; on CUDA their pairs take rows
+ * [offsets[E], T * topk), filled with NaN, and the next mxfp4_synchronize fails). Other errors as
+ * mxfp4_gather_linear_ex's, naming the buffer at fault (MXFP4_ERR_SHAPE_MISMATCH,
+ * MXFP4_ERR_DTYPE_MISMATCH for perm or offsets not i32, MXFP4_ERR_INVALID_ARGUMENT for NULL or
+ * overlapping buffers). */
+mxfp4_status mxfp4_gather_linear_expert_order(const mxfp4_tensor* x, const mxfp4_tensor* indices,
+                                              const mxfp4_weight* weight, const mxfp4_tensor* out,
+                                              const mxfp4_tensor* perm, const mxfp4_tensor* offsets,
+                                              const mxfp4_run_options* options);
 /* Bytes of workspace a CUDA gather_linear of `tokens` x `topk` pairs over `experts` experts uses
  * (0 for small batches); MXFP4_ERR_INVALID_ARGUMENT for negative or huge counts. */
 mxfp4_status mxfp4_gather_linear_workspace_bytes(int64_t tokens, int64_t topk, int64_t experts,

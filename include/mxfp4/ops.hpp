@@ -90,6 +90,28 @@ Tensor gather_linear(const Tensor& x, const Tensor& indices, const Mxfp4Weight& 
                      const RunOptions& run = {});
 void gather_linear_into(const Tensor& x, const Tensor& indices, const Mxfp4Weight& weight,
                         Tensor& out, const RunOptions& run = {});
+
+// gather_linear with its output in expert order, for fused pipelines (an activation, the next
+// layer's grouped input, a weighted sum over the slots) that would otherwise undo the scatter:
+// - out [T * topk, N] in x's dtype: row p holds pair perm[p]'s result, y[t, s] with
+//   t * topk + s = perm[p];
+// - perm i32 [T * topk]: a permutation of the pairs, grouped by expert in ascending id;
+// - offsets i32 [E + 1]: expert e's rows are [offsets[e], offsets[e + 1]); offsets[0] = 0 and
+//   offsets[E] is the number of pairs with a valid id (T * topk unless some are out of range).
+// Within an expert the CPU keeps the pairs in ascending order; CUDA may order them differently
+// from call to call (perm says how; every row's value is the same). T * topk must be below 2^31.
+// Out-of-range ids: as gather_linear (the CPU throws before writing; on CUDA their pairs take
+// rows [offsets[E], T * topk), filled with NaN, and the next mxfp4::synchronize() throws).
+struct ExpertOrderOutput {
+  Tensor out;
+  Tensor perm;
+  Tensor offsets;
+};
+ExpertOrderOutput gather_linear_expert_order(const Tensor& x, const Tensor& indices,
+                                             const Mxfp4Weight& weight, const RunOptions& run = {});
+void gather_linear_expert_order_into(const Tensor& x, const Tensor& indices,
+                                     const Mxfp4Weight& weight, Tensor& out, Tensor& perm,
+                                     Tensor& offsets, const RunOptions& run = {});
 // Bytes of RunOptions::workspace a CUDA gather_linear of `tokens` x `topk` pairs over `experts`
 // experts uses (0 for small batches, which route inside the kernel). With the weight's `k`
 // (> 0), also room to stage 16-bit x rows in expert order (2 bytes x k per pair), which makes the

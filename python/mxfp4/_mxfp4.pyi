@@ -261,6 +261,18 @@ def gather_linear(x: _A, indices: Array, weight: Mxfp4Weight, *, out: _A | None 
     allocates nothing; CPU calls ignore it.
     """
 
+def gather_linear_expert_order(x: _A, indices: Array, weight: Mxfp4Weight, *, out: _A | None = None, perm: Array | None = None, offsets: Array | None = None, stream: int | None = None, precision: Literal['exact', 'int8_activations'] = 'exact', workspace: Array | None = None) -> tuple[_A, Array, Array]:
+    """
+    gather_linear with its output in expert order, for fused pipelines. Returns
+    (out, perm, offsets), new arrays of x's framework, or the arrays given as out=,
+    perm= and offsets= (all three or none) written in place. Pair t * topk + s is
+    (token t, slot s). out [T * topk, N] in x's dtype: row p is the result of pair
+    perm[p]. perm int32 [T * topk]: the pairs grouped by expert in ascending id (the CPU
+    keeps ascending pair order within an expert; CUDA may not). offsets int32 [E + 1]:
+    expert e's rows are offsets[e]:offsets[e + 1]. x, indices, precision and workspace
+    as for gather_linear.
+    """
+
 def gather_linear_workspace_bytes(tokens: int, topk: int, experts: int, k: int = 0) -> int:
     """
     Bytes of workspace a CUDA gather_linear of tokens x topk pairs over experts experts

@@ -571,6 +571,45 @@ nb::object gather_linear(nb::handle x, nb::handle indices, const PyWeight& weigh
   return to_python(std::move(result), xa.framework);
 }
 
+// out, perm and offsets are given together or not at all: a partial set would leave the call
+// half in the caller's buffers and half in new arrays.
+nb::tuple gather_linear_expert_order(nb::handle x, nb::handle indices, const PyWeight& weight,
+                                     nb::handle out, nb::handle perm, nb::handle offsets,
+                                     std::optional<std::uintptr_t> stream,
+                                     const std::string& precision, nb::handle workspace) {
+  const char* op = "gather_linear_expert_order";
+  ArrayArg xa = to_array(x, op, "x");
+  ArrayArg ids = to_array(indices, op, "indices");
+  mxfp4::RunOptions run = run_options(stream, xa);
+  std::optional<ArrayArg> workspace_arg;
+  set_run_extras(run, op, precision, workspace, weight, workspace_arg);
+  const int given = static_cast<int>(!out.is_none()) + static_cast<int>(!perm.is_none()) +
+                    static_cast<int>(!offsets.is_none());
+  if (given == 3) {
+    ArrayArg o = to_output(out, op, "out");
+    ArrayArg p = to_output(perm, op, "perm");
+    ArrayArg offs = to_output(offsets, op, "offsets");
+    {
+      nb::gil_scoped_release release;
+      mxfp4::gather_linear_expert_order_into(xa.tensor, ids.tensor, weight.weight, o.tensor,
+                                             p.tensor, offs.tensor, run);
+    }
+    return nb::make_tuple(out, perm, offsets);
+  }
+  if (given != 0) {
+    throw mxfp4::InvalidArgument(std::string(op) +
+                                 ": give out, perm and offsets together, or none of them");
+  }
+  mxfp4::ExpertOrderOutput result;
+  {
+    nb::gil_scoped_release release;
+    result = mxfp4::gather_linear_expert_order(xa.tensor, ids.tensor, weight.weight, run);
+  }
+  return nb::make_tuple(to_python(std::move(result.out), xa.framework),
+                        to_python(std::move(result.perm), xa.framework),
+                        to_python(std::move(result.offsets), xa.framework));
+}
+
 // ---- Files ----
 
 struct PyTensorInfo {
@@ -887,6 +926,18 @@ NB_MODULE(_mxfp4, m) {
         "precision: as for linear. workspace: an array on the weight's device (CUDA) of at\n"
         "least gather_linear_workspace_bytes(T, topk, E) bytes lent as scratch, so the call\n"
         "allocates nothing; CPU calls ignore it.");
+  m.def("gather_linear_expert_order", &gather_linear_expert_order, "x"_a.none(), "indices"_a.none(),
+        "weight"_a, nb::kw_only(), "out"_a = nb::none(), "perm"_a = nb::none(),
+        "offsets"_a = nb::none(), "stream"_a = nb::none(), "precision"_a = "exact",
+        "workspace"_a = nb::none(),
+        "gather_linear with its output in expert order, for fused pipelines. Returns\n"
+        "(out, perm, offsets), new arrays of x's framework, or the arrays given as out=,\n"
+        "perm= and offsets= (all three or none) written in place. Pair t * topk + s is\n"
+        "(token t, slot s). out [T * topk, N] in x's dtype: row p is the result of pair\n"
+        "perm[p]. perm int32 [T * topk]: the pairs grouped by expert in ascending id (the CPU\n"
+        "keeps ascending pair order within an expert; CUDA may not). offsets int32 [E + 1]:\n"
+        "expert e's rows are offsets[e]:offsets[e + 1]. x, indices, precision and workspace\n"
+        "as for gather_linear.");
   m.def(
       "gather_linear_workspace_bytes",
       [](std::int64_t tokens, std::int64_t topk, std::int64_t experts, std::int64_t k) {

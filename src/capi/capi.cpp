@@ -691,6 +691,23 @@ mxfp4_status mxfp4_gather_linear_ex(const mxfp4_tensor* x, const mxfp4_tensor* i
   });
 }
 
+mxfp4_status mxfp4_gather_linear_expert_order(const mxfp4_tensor* x, const mxfp4_tensor* indices,
+                                              const mxfp4_weight* weight, const mxfp4_tensor* out,
+                                              const mxfp4_tensor* perm, const mxfp4_tensor* offsets,
+                                              const mxfp4_run_options* options) {
+  return guarded([&] {
+    const char* op = "gather_linear_expert_order";
+    const mxfp4::RunOptions run = run_options(op, options);
+    const Tensor xv = to_tensor(op, "x", x);
+    const Tensor ids = to_tensor(op, "indices", indices);
+    const mxfp4::Mxfp4Weight& w = weight_of(op, weight);
+    Tensor o = to_tensor(op, "out", out);
+    Tensor p = to_tensor(op, "perm", perm);
+    Tensor offs = to_tensor(op, "offsets", offsets);
+    mxfp4::gather_linear_expert_order_into(xv, ids, w, o, p, offs, run);
+  });
+}
+
 mxfp4_status mxfp4_gather_linear_workspace_bytes(int64_t tokens, int64_t topk, int64_t experts,
                                                  size_t* bytes) {
   return guarded([&] {

@@ -75,6 +75,13 @@ struct GatherLinearArgs {
   void* workspace = nullptr;  // CUDA: caller's scratch (null: the backend allocates on the stream)
   std::size_t workspace_bytes = 0;
   bool int8_activations = false;  // RunOptions::precision; honoured by the CPU backend only
+  // Expert order (gather_linear_expert_order): out is [tokens * topk, n], row p the result of
+  // pair order_perm[p]; the pairs grouped by expert, expert e's at [order_offsets[e],
+  // order_offsets[e + 1]). Both written by the backend, also when tokens * topk or n is 0.
+  // order_offsets null: out [tokens, topk, n] (the scatter). (order_perm is null where it is
+  // empty, so it cannot tell the modes apart.)
+  std::int32_t* order_perm = nullptr;     // [tokens * topk]
+  std::int32_t* order_offsets = nullptr;  // [experts + 1]
 };
 
 // CUDA gather_linear: batches of at most kCudaCtaRoutePairs (token, slot) pairs are routed
@@ -108,6 +115,9 @@ constexpr int cuda_gather_tiles(int c, int cls, int large_tile) {
 
 struct CudaGatherPlan {
   std::int64_t pairs, experts;
+  // Sort batches of at most kCudaCtaRoutePairs pairs in the workspace too (expert order where
+  // the CTA routing does not run: f32 x, misaligned buffers, no output columns).
+  bool sort_small = false;
   // Upper bounds of the tiles of each class (the grids launched).
   std::int64_t small_tiles() const { return std::min(experts, pairs); }
   std::int64_t sixteen_tiles() const { return std::min(experts, pairs / 9); }
@@ -122,7 +132,8 @@ struct CudaGatherPlan {
   std::int64_t list_entries() const {
     return small_tiles() + sixteen_tiles() + mid_tiles() + mid128_tiles() + large_tiles();
   }
-  // Workspace layout: counts[E], runs[E] (8 bytes each), offsets[E + 1], cursor[E], totals[5],
+  // Workspace layout: counts[E], runs[E] (8 bytes each), offsets[E + 1], cursor[E + 1] (the
+  // last: the next place of a bad id's pair in expert order), totals[5],
   // perm[pairs], then the tile list (16 bytes an entry); each part 256-byte aligned. Optionally
   // after that, 16-bit x rows of K elements staged in expert order, one per pair (the Hopper GEMM
   // loads them with TMA; without the room it gathers rows with cp.async).
@@ -133,16 +144,18 @@ struct CudaGatherPlan {
   std::size_t cursor_at() const {
     return offsets_at() + up(static_cast<std::size_t>(experts + 1) * 4);
   }
-  std::size_t totals_at() const { return cursor_at() + up(static_cast<std::size_t>(experts) * 4); }
+  std::size_t totals_at() const {
+    return cursor_at() + up(static_cast<std::size_t>(experts + 1) * 4);
+  }
   std::size_t perm_at() const { return totals_at() + up(20); }
   std::size_t list_at() const { return perm_at() + up(static_cast<std::size_t>(pairs) * 4); }
   std::size_t bytes() const {
-    if (pairs <= kCudaCtaRoutePairs) return 0;
+    if (pairs <= kCudaCtaRoutePairs && !sort_small) return 0;
     return list_at() + static_cast<std::size_t>(list_entries()) * 16;
   }
   std::size_t staged_at() const { return up(bytes()); }
   std::size_t staged_bytes(std::int64_t k) const {
-    if (pairs <= kCudaCtaRoutePairs) return 0;
+    if (pairs <= kCudaCtaRoutePairs && !sort_small) return 0;
     return staged_at() + static_cast<std::size_t>(pairs) * static_cast<std::size_t>(k) * 2;
   }
 };

@@ -3,6 +3,7 @@
 #include <cmath>
 #include <cstring>
 #include <string>
+#include <utility>
 
 #include "core/backend.hpp"
 #include "core/checks.hpp"
@@ -335,14 +336,14 @@ void check_expert_ids(const char* op, const Tensor& indices, std::int64_t expert
 
 }  // namespace
 
-void gather_linear_into(const Tensor& x, const Tensor& indices, const Mxfp4Weight& weight,
-                        Tensor& out, const RunOptions& run) {
-  const char* op = "gather_linear";
-  const Shape shape = gather_output_shape(op, x, indices, weight);
-  require_output(op, "out", out, shape, x.dtype(), weight.device());
+namespace {
+
+// The arguments of a gather_linear call whose output `out` has been checked.
+detail::GatherLinearArgs gather_args(const char* op, const Tensor& x, const Tensor& indices,
+                                     const Mxfp4Weight& weight, const Shape& shape, Tensor& out,
+                                     const RunOptions& run) {
   require_disjoint(op, "out", out, "x", x);
   require_disjoint(op, "out", out, "indices", indices);
-  const auto fn = kernel(op, weight.device(), &detail::Backend::gather_linear);
   // Ids in host memory are checked here; a device checks its own (see gather_linear in ops.hpp).
   if (indices.device().type == DeviceType::cpu) check_expert_ids(op, indices, weight.num_experts());
   detail::GatherLinearArgs a{};
@@ -359,8 +360,75 @@ void gather_linear_into(const Tensor& x, const Tensor& indices, const Mxfp4Weigh
   a.workspace = run.workspace.data;
   a.workspace_bytes = run.workspace.bytes;
   a.int8_activations = int8_activations(op, run);
+  return a;
+}
+
+}  // namespace
+
+void gather_linear_into(const Tensor& x, const Tensor& indices, const Mxfp4Weight& weight,
+                        Tensor& out, const RunOptions& run) {
+  const char* op = "gather_linear";
+  const Shape shape = gather_output_shape(op, x, indices, weight);
+  require_output(op, "out", out, shape, x.dtype(), weight.device());
+  const auto fn = kernel(op, weight.device(), &detail::Backend::gather_linear);
+  const detail::GatherLinearArgs a = gather_args(op, x, indices, weight, shape, out, run);
   if (a.tokens == 0 || a.topk == 0 || a.w.n == 0) return;
   fn(a);
+}
+
+namespace {
+
+// gather_linear_expert_order's output shapes: out [T * topk, N], perm [T * topk], offsets
+// [E + 1]; the pairs' count must fit perm's i32.
+struct ExpertOrderShapes {
+  Shape gather, out, perm, offsets;
+};
+ExpertOrderShapes expert_order_shapes(const char* op, const Tensor& x, const Tensor& indices,
+                                      const Mxfp4Weight& weight) {
+  const Shape shape = gather_output_shape(op, x, indices, weight);
+  const std::int64_t pairs = shape[0] * shape[1];
+  if (pairs >= (std::int64_t{1} << 31)) {
+    throw Unsupported(std::string(op) + ": T * topk = " + std::to_string(pairs) +
+                      " pairs do not fit perm's i32 (at most 2^31 - 1)");
+  }
+  return {shape, {pairs, shape[2]}, {pairs}, {weight.num_experts() + 1}};
+}
+
+}  // namespace
+
+void gather_linear_expert_order_into(const Tensor& x, const Tensor& indices,
+                                     const Mxfp4Weight& weight, Tensor& out, Tensor& perm,
+                                     Tensor& offsets, const RunOptions& run) {
+  const char* op = "gather_linear_expert_order";
+  const ExpertOrderShapes shapes = expert_order_shapes(op, x, indices, weight);
+  require_output(op, "out", out, shapes.out, x.dtype(), weight.device());
+  require_output(op, "perm", perm, shapes.perm, DType::i32, weight.device());
+  require_output(op, "offsets", offsets, shapes.offsets, DType::i32, weight.device());
+  const auto fn = kernel(op, weight.device(), &detail::Backend::gather_linear);
+  for (const auto& [name, t] : {std::pair<const char*, const Tensor*>{"x", &x},
+                                std::pair<const char*, const Tensor*>{"indices", &indices}}) {
+    require_disjoint(op, "perm", perm, name, *t);
+    require_disjoint(op, "offsets", offsets, name, *t);
+  }
+  require_disjoint(op, "perm", perm, "out", out);
+  require_disjoint(op, "offsets", offsets, "out", out);
+  require_disjoint(op, "offsets", offsets, "perm", perm);
+  detail::GatherLinearArgs a = gather_args(op, x, indices, weight, shapes.gather, out, run);
+  a.order_perm = static_cast<std::int32_t*>(perm.data());
+  a.order_offsets = static_cast<std::int32_t*>(offsets.data());
+  // With no pairs or no output rows the backend still writes perm and offsets.
+  fn(a);
+}
+
+ExpertOrderOutput gather_linear_expert_order(const Tensor& x, const Tensor& indices,
+                                             const Mxfp4Weight& weight, const RunOptions& run) {
+  const ExpertOrderShapes shapes =
+      expert_order_shapes("gather_linear_expert_order", x, indices, weight);
+  ExpertOrderOutput r{Tensor::empty(shapes.out, x.dtype(), weight.device()),
+                      Tensor::empty(shapes.perm, DType::i32, weight.device()),
+                      Tensor::empty(shapes.offsets, DType::i32, weight.device())};
+  gather_linear_expert_order_into(x, indices, weight, r.out, r.perm, r.offsets, run);
+  return r;
 }
 
 std::size_t gather_linear_workspace_bytes(std::int64_t tokens, std::int64_t topk,

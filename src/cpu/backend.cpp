@@ -196,7 +196,8 @@ void run_linear(const Kernels& kernels, const detail::LinearArgs& a) {
 }
 
 // The (token, slot) pairs grouped by expert with a counting sort (stable: slot order within an
-// expert), then one batch per expert, so each expert's weights are read once per call.
+// expert), then one batch per expert, so each expert's weights are read once per call. Expert
+// order (a.order_perm): the sort's positions are the output rows, and the sort is returned.
 void run_gather_linear(const Kernels& kernels, const detail::GatherLinearArgs& a) {
   const std::int64_t k = a.w.k;
   const std::int64_t n = a.w.n;
@@ -227,8 +228,15 @@ void run_gather_linear(const Kernels& kernels, const detail::GatherLinearArgs& a
     const std::int64_t x_row = a.x_per_slot ? s : s / a.topk;
     x_rows[static_cast<std::size_t>(pos)] = static_cast<const char*>(a.x) + x_row * k * elem;
     if (a.int8_activations) x_rows_int8[static_cast<std::size_t>(pos)] = quantized.row(x_row);
-    out_rows[static_cast<std::size_t>(pos)] = static_cast<char*>(a.out) + s * n * elem;
+    const std::int64_t out_row = a.order_offsets != nullptr ? pos : s;
+    out_rows[static_cast<std::size_t>(pos)] = static_cast<char*>(a.out) + out_row * n * elem;
+    if (a.order_offsets != nullptr) a.order_perm[pos] = static_cast<std::int32_t>(s);  // < 2^31
   }
+  if (a.order_offsets != nullptr) {
+    for (std::int64_t e = 0; e <= experts; ++e)
+      a.order_offsets[e] = static_cast<std::int32_t>(start[static_cast<std::size_t>(e)]);
+  }
+  if (n == 0 || slots == 0) return;
   std::vector<MatmulTask> tasks;
   for (std::int64_t e = 0; e < experts; ++e) {
     const std::int64_t row0 = start[static_cast<std::size_t>(e)];

@@ -64,10 +64,10 @@ __device__ __forceinline__ void stage_fragment(T* tile_out, int stride, int r, i
   tile_out[(tok + 1) * stride + r + 8] = from_float<T>(v[3] + bb);
 }
 
-// The output rows (pairs) of the staged rows that store_tile's vector path gives thread tid
-// (rows tid / (kTileW / 8) + kStep i, i < kPer, of a tile of at most kRows), for grouped
-// layouts, whose output rows come through a permutation (rows.perm): loaded all at once before
-// the caller stages its fragments, their latency passes meanwhile, where one load per row in
+// The output rows (pairs, or positions in expert order) of the staged rows that store_tile's vector
+// path gives thread tid (rows tid / (kTileW / 8) + kStep i, i < kPer, of a tile of at most kRows),
+// for grouped layouts, whose output rows come through a permutation (rows.perm): loaded all at once
+// before the caller stages its fragments, their latency passes meanwhile, where one load per row in
 // the stores paid it once per row (an H100, session 21: the mixture of experts' skewed
 // T = 4096 1.07-1.08x).
 template <int kTileW, int kThreads, int kRows>
@@ -87,8 +87,8 @@ __device__ __forceinline__ void load_pairs(const TokenRows& rows, const TokenRow
   for (int i = 0; i < P::kPer; ++i) {
     const int r = first + tid / (kTileW / 8) + P::kStep * i;
     const std::int64_t position = tile.first + (r < tile.count ? r : 0);
-    pairs.pair[i] =
-        static_cast<std::int32_t>(rows.perm != nullptr ? __ldg(rows.perm + position) : position);
+    pairs.pair[i] = static_cast<std::int32_t>(
+        rows.perm != nullptr && !rows.out_by_position ? __ldg(rows.perm + position) : position);
   }
 }
 
@@ -111,7 +111,7 @@ __device__ __forceinline__ void store_tile(
     if (pairs == nullptr) {
       for (int r = from + tid / kChunks; r < tile.count; r += P::kStep) {
         const uint4 v = *reinterpret_cast<const uint4*>(&tile_out[r * stride + 8 * c]);
-        *reinterpret_cast<uint4*>(out + rows.pair(tile.first + r) * n + w0 + 8 * c) = v;
+        *reinterpret_cast<uint4*>(out + rows.out_row(tile.first + r) * n + w0 + 8 * c) = v;
       }
       return;
     }
@@ -124,7 +124,7 @@ __device__ __forceinline__ void store_tile(
     }
   } else {
     for (int r = from + (tid >> 5); r < tile.count; r += kThreads / 32) {
-      T* dst = out + rows.pair(tile.first + r) * n + w0;
+      T* dst = out + rows.out_row(tile.first + r) * n + w0;
       for (int c = tid & 31; c < cols; c += 32)
         dst[c] = tile_out[r * stride + c];
     }

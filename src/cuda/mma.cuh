@@ -272,6 +272,12 @@ struct TokenRows {
   int route_min_ctas = 0;      // CTAs that should get tiles, where fewer per CTA allow it
   bool route_sixteens = true;  // experts with more than 8 pairs get tiles of 16, not 8
   bool x_by_position = false;  // grouped: x staged in expert order, row p at position p
+  // Grouped: results written in expert order, position p's to output row p (not to its pair's
+  // row; gather_linear_expert_order). Small batches routed in the CTA also export their sort
+  // there (route_in_cta): the perm and the experts' first positions.
+  bool out_by_position = false;
+  std::int32_t* order_perm = nullptr;
+  std::int32_t* order_offsets = nullptr;
   // Staged x: tiles of experts whose pairs read a contiguous run of x's rows, in order, are not
   // staged but read x_source ([source_rows, k], the caller's x) in place (Tile::x_first1;
   // moe.cu). Null: every tile reads the staged rows.
@@ -306,6 +312,10 @@ struct TokenRows {
   // The output row (pair) at a position.
   __device__ __forceinline__ std::int64_t pair(std::int64_t position) const {
     return perm == nullptr ? position : perm[position];
+  }
+  // The output row of a position: its pair's, or the position itself in expert order.
+  __device__ __forceinline__ std::int64_t out_row(std::int64_t position) const {
+    return out_by_position ? position : pair(position);
   }
   __device__ __forceinline__ std::int64_t x_row(std::int64_t pair_index) const {
     return pair_x_row(pair_index, topk, x_per_slot);

@@ -218,10 +218,12 @@ struct ClassBases {
 };
 
 // `noted`: the rows noted while counting (see kRunBroken), from which runs (when given) is
-// written; they may be the same array.
+// written; they may be the same array. bad_cursor (when given) gets the number of valid pairs:
+// the first place of a bad id's pair in expert order.
 __device__ void plan_warp(const int* counts, const int2* noted, int experts, int mid_max,
                           int mid128_max, int large_tile, int* offsets, int* cursor, int* totals,
-                          int4* list, int2* runs, ClassBases class_base, int lane) {
+                          int4* list, int2* runs, ClassBases class_base, int lane,
+                          int* bad_cursor) {
   int pair_base = 0, base[kClasses] = {};
   // Each lane's count and note for the next 32 experts are loaded while it plans these (one
   // load latency per round of this single warp is what plan_kernel waits on).
@@ -282,6 +284,7 @@ __device__ void plan_warp(const int* counts, const int2* noted, int experts, int
   }
   if (lane == 0) {
     offsets[experts] = pair_base;
+    if (bad_cursor != nullptr) *bad_cursor = pair_base;
 #pragma unroll
     for (int i = 0; i < kClasses; ++i)
       totals[i] = base[i];
@@ -292,7 +295,7 @@ __global__ void plan_kernel(const int* counts, int experts, int mid_max, int mid
                             int large_tile, int* offsets, int* cursor, int* totals, int4* list,
                             int2* runs, ClassBases class_base) {
   plan_warp(counts, runs, experts, mid_max, mid128_max, large_tile, offsets, cursor, totals, list,
-            runs, class_base, static_cast<int>(threadIdx.x));
+            runs, class_base, static_cast<int>(threadIdx.x), cursor + experts);
 }
 
 // Batches of at most kFusedRoutePairs pairs over at most kFusedRouteExperts experts: the count,
@@ -301,7 +304,8 @@ __global__ void plan_kernel(const int* counts, int experts, int mid_max, int mid
 // on an H100, session 9). The same results as those, bar the order of an expert's pairs (where
 // it is not a run). Measured there, top-4 of 128 experts: skewed T = 128 5 us faster, T = 1024
 // 5 us; at T = 4096 (16384 pairs) one CTA took longer than the three kernels (uniform +1.6%),
-// hence the bound.
+// hence the bound. Expert order (`order`): bad ids' pairs are placed after the valid ones, their
+// output rows (positions) filled with NaN.
 constexpr int kFusedRouteThreads = 1024;
 constexpr std::int64_t kFusedRoutePairs = 4096;
 constexpr int kFusedRouteExperts = 3072;  // 16 bytes each: 48 KiB of shared memory
@@ -311,8 +315,9 @@ __global__ void __launch_bounds__(kFusedRouteThreads)
     route_fused_kernel(const void* ids, DType id_dtype, int pairs, int experts, int topk,
                        bool x_per_slot, int mid_max, int mid128_max, int large_tile, int* offsets,
                        int* totals, int4* list, int2* runs, ClassBases class_base,
-                       std::int32_t* perm, IndexError* error, T* out, std::int64_t n) {
+                       std::int32_t* perm, IndexError* error, T* out, std::int64_t n, bool order) {
   extern __shared__ int2 route_fused_shared[];
+  __shared__ int bad_cursor;
   int2* noted = route_fused_shared;
   int* counts = reinterpret_cast<int*>(route_fused_shared + experts);
   int* cursor = counts + experts;
@@ -326,7 +331,7 @@ __global__ void __launch_bounds__(kFusedRouteThreads)
   for (int p = tid; p < pairs; p += step) {
     const long long id = load_id(ids, id_dtype, p);
     if (id < 0 || id >= experts) {
-      report_bad_id(error, p, id, experts, topk, out, n);
+      report_bad_id(error, p, id, experts, topk, order ? nullptr : out, n);
       continue;
     }
     atomicAdd(&counts[id], 1);
@@ -339,12 +344,19 @@ __global__ void __launch_bounds__(kFusedRouteThreads)
   __syncthreads();
   if (tid < 32) {
     plan_warp(counts, noted, experts, mid_max, mid128_max, large_tile, offsets, cursor, totals,
-              list, runs, class_base, tid);
+              list, runs, class_base, tid, &bad_cursor);
   }
   __syncthreads();
   for (int p = tid; p < pairs; p += step) {
     const long long id = load_id(ids, id_dtype, p);
-    if (id < 0 || id >= experts) continue;
+    if (id < 0 || id >= experts) {
+      if (order) {
+        const int at = atomicAdd(&bad_cursor, 1);
+        perm[at] = p;
+        fill_nan_row(out, at, n);
+      }
+      continue;
+    }
     const int at = run_position(runs, id, p, topk, x_per_slot);
     perm[at >= 0 ? at : atomicAdd(&cursor[id], 1)] = static_cast<std::int32_t>(p);
   }
@@ -352,10 +364,13 @@ __global__ void __launch_bounds__(kFusedRouteThreads)
 
 // With `local` (count_shared_bytes), each CTA reserves its pairs' places per expert with one
 // global atomic per expert and hands them out in shared memory (the order of an expert's pairs
-// changes no result: each pair writes its own output row).
+// changes no result: each pair writes its own output row). Expert order (order_out given): bad
+// ids' pairs are placed from cursor[experts] on, their rows of order_out filled with NaN.
+template <typename T>
 __global__ void __launch_bounds__(kCountThreads)
     scatter_kernel(const void* ids, DType id_dtype, std::int64_t pairs, int experts, int topk,
-                   bool x_per_slot, int* cursor, const int2* runs, std::int32_t* perm, bool local) {
+                   bool x_per_slot, int* cursor, const int2* runs, std::int32_t* perm, bool local,
+                   T* order_out, std::int64_t n) {
   extern __shared__ int2 count_shared[];
   int* shared_counts = reinterpret_cast<int*>(count_shared + experts);
   const int tid = static_cast<int>(threadIdx.x);
@@ -371,7 +386,15 @@ __global__ void __launch_bounds__(kCountThreads)
   for (int i = 0; i < kPairsPerThread; ++i) {
     const std::int64_t p = first + i * kCountThreads;
     at[i] = -1;
-    if (p >= pairs || id[i] < 0 || id[i] >= experts) continue;
+    if (p >= pairs) continue;
+    if (id[i] < 0 || id[i] >= experts) {
+      if (order_out != nullptr) {
+        const int place = atomicAdd(&cursor[experts], 1);
+        perm[place] = static_cast<std::int32_t>(p);
+        fill_nan_row(order_out, place, n);
+      }
+      continue;
+    }
     at[i] = run_position(runs, id[i], p, topk, x_per_slot);
     if (at[i] >= 0) continue;
     const int e = static_cast<int>(id[i]);
@@ -393,7 +416,8 @@ __global__ void __launch_bounds__(kCountThreads)
   }
 }
 
-// Exact CUDA-core path (f32 x, misaligned buffers): one warp per (pair, row).
+// Exact CUDA-core path (f32 x, misaligned buffers): one warp per (pair, row). Expert order (perm
+// given): one per (position, row), the pair perm[position], positions from *valid on bad ids'.
 template <typename T>
 __global__ void __launch_bounds__(256)
     gather_simple_kernel(const T* __restrict__ x, bool x_per_slot, int topk, std::int64_t pairs,
@@ -401,11 +425,13 @@ __global__ void __launch_bounds__(256)
                          const std::uint8_t* __restrict__ blocks,
                          const std::uint8_t* __restrict__ scales, const void* __restrict__ bias,
                          DType bias_dtype, T* __restrict__ out, std::int64_t n, std::int64_t k,
-                         bool gpu) {
+                         bool gpu, const std::int32_t* perm, const int* valid) {
   const std::int64_t item = static_cast<std::int64_t>(blockIdx.x) * 8 + (threadIdx.x >> 5);
   const int lane = static_cast<int>(threadIdx.x) & 31;
   if (item >= pairs * n) return;
-  const std::int64_t p = item / n;
+  const std::int64_t position = item / n;
+  if (perm != nullptr && position >= *valid) return;  // NaN rows of bad ids (scatter)
+  const std::int64_t p = perm != nullptr ? std::int64_t{perm[position]} : position;
   const std::int64_t row = item % n;
   const long long e = load_id(ids, id_dtype, p);
   if (e < 0 || e >= experts) return;  // reported by count_kernel
@@ -415,7 +441,7 @@ __global__ void __launch_bounds__(256)
   float acc = warp_row_dot(xr, blocks + wrow * (k / 2), scales + wrow * nblk, nblk, lane, gpu);
   if (lane == 0) {
     if (bias != nullptr) acc += load_bias(bias, bias_dtype, wrow);
-    out[p * n + row] = from_float<T>(acc);
+    out[position * n + row] = from_float<T>(acc);
   }
 }
 
@@ -500,9 +526,18 @@ void gather_linear(const detail::GatherLinearArgs& a) {
   const int experts = static_cast<int>(a.w.experts);
   const int topk = static_cast<int>(a.topk);
   IndexError* error = index_error_record();
+  // Expert order (gather_linear_expert_order): results at their positions in the sort, which is
+  // returned in a.order_perm (used as the permutation itself) and a.order_offsets.
+  const bool order = a.order_offsets != nullptr;
+  if (order && pairs == 0) {
+    check(cudaMemsetAsync(a.order_offsets, 0, static_cast<std::size_t>(experts + 1) * sizeof(int),
+                          stream),
+          "cudaMemsetAsync(gather_linear offsets)");
+    return;
+  }
 
   const bool tensor_cores = a.x_dtype != DType::f32 && aligned16(a.x) && aligned16(a.w.blocks);
-  if (!tensor_cores) {
+  if (!tensor_cores && !order) {
     dispatch_floating(a.x_dtype, [&](auto zero) {
       using T = decltype(zero);
       T* out = static_cast<T*>(a.out);
@@ -513,7 +548,8 @@ void gather_linear(const detail::GatherLinearArgs& a) {
       check_launch("count_kernel");
       gather_simple_kernel<T><<<blocks_for(pairs * n, 8), 256, 0, stream>>>(
           static_cast<const T*>(a.x), a.x_per_slot, topk, pairs, a.indices, a.index_dtype, experts,
-          a.w.blocks, a.w.scales, a.w.bias, a.w.bias_dtype, out, n, a.w.k, a.w.gpu_layout);
+          a.w.blocks, a.w.scales, a.w.bias, a.w.bias_dtype, out, n, a.w.k, a.w.gpu_layout, nullptr,
+          nullptr);
       check_launch("gather_simple_kernel");
     });
     return;
@@ -525,7 +561,10 @@ void gather_linear(const detail::GatherLinearArgs& a) {
   rows.topk = topk;
   rows.x_per_slot = a.x_per_slot;
   rows.error = error;
-  if (pairs <= kCtaRoutePairs) {
+  rows.out_by_position = order;
+  // (Expert order sorts in the workspace where the routed decode kernel does not run.)
+  const bool sort_small = order && (!tensor_cores || n == 0);
+  if (pairs <= kCtaRoutePairs && !sort_small) {
     // Small batch: each CTA of the decode kernel routes the ids itself; tiles of 8 tokens, or of
     // 16 for experts with more than 8 (measured on an H100, skewed T = 16: bench/RESULTS.md,
     // session 6).
@@ -534,6 +573,8 @@ void gather_linear(const detail::GatherLinearArgs& a) {
     rows.route_pairs = static_cast<int>(pairs);
     // (f16: tiles of 16 only where each decode warp takes two row tiles, launch_mma.)
     rows.route_sixteens = forced_kernel() != "route8";
+    rows.order_perm = a.order_perm;
+    rows.order_offsets = a.order_offsets;
     const std::int64_t tiles = pairs / 8 + std::min<std::int64_t>(a.w.experts, pairs);
     launch_decode(a.x, a.x_dtype, rows, tiles, 8, a.w, a.out, stream);
     return;
@@ -555,24 +596,27 @@ void gather_linear(const detail::GatherLinearArgs& a) {
   // For the wgmma GEMM (bf16 or f16 x), the large experts' x rows are staged in expert order behind
   // the plan, where there is room (always in memory of this call), so that TMA can load them in
   // whole tiles: gathering rows with cp.async measured 1.7x slower at 4096 tokens.
-  const detail::CudaGatherPlan plan{pairs, a.w.experts};
+  const detail::CudaGatherPlan plan{pairs, a.w.experts, sort_small};
   const std::size_t need = plan.bytes();
   const std::size_t staged_need = plan.staged_bytes(a.w.k);
-  const bool want_staging = sm90 && forced_kernel() != "wgmma_cpasync";  // bf16 or f16
+  const bool want_staging = sm90 && tensor_cores && forced_kernel() != "wgmma_cpasync";
   bool staging = want_staging;
-  if (a.workspace != nullptr) {
+  // (gather_linear_workspace_bytes promises no workspace to small batches, which sort_small
+  // needs: those take memory of this call where the caller's is too small.)
+  void* workspace = sort_small && a.workspace_bytes < need ? nullptr : a.workspace;
+  if (workspace != nullptr) {
     if (a.workspace_bytes < need) {
       throw InvalidArgument("gather_linear: the workspace has " +
                             std::to_string(a.workspace_bytes) + " bytes, " + std::to_string(need) +
                             " are needed");
     }
     staging = want_staging && a.workspace_bytes >= staged_need &&
-              aligned16(static_cast<std::uint8_t*>(a.workspace) + plan.staged_at());
+              aligned16(static_cast<std::uint8_t*>(workspace) + plan.staged_at());
   }
-  CallMemory memory(a.workspace, staging ? staged_need : need, stream, "gather_linear workspace");
+  CallMemory memory(workspace, staging ? staged_need : need, stream, "gather_linear workspace");
   auto* base = static_cast<std::uint8_t*>(memory.get());
   int* counts = reinterpret_cast<int*>(base + plan.counts_at());
-  int* offsets = reinterpret_cast<int*>(base + plan.offsets_at());
+  int* offsets = order ? a.order_offsets : reinterpret_cast<int*>(base + plan.offsets_at());
   int* cursor = reinterpret_cast<int*>(base + plan.cursor_at());
   // Runs of x (see kRunBroken), where x rows are staged. (MXFP4_CUDA_KERNEL=moe_stage_all
   // stages every expert's rows, runs too, for comparison.)
@@ -580,7 +624,7 @@ void gather_linear(const detail::GatherLinearArgs& a) {
                    ? reinterpret_cast<int2*>(base + plan.runs_at())
                    : nullptr;
   int* totals = reinterpret_cast<int*>(base + plan.totals_at());
-  auto* perm = reinterpret_cast<std::int32_t*>(base + plan.perm_at());
+  auto* perm = order ? a.order_perm : reinterpret_cast<std::int32_t*>(base + plan.perm_at());
   auto* list = reinterpret_cast<int4*>(base + plan.list_at());
   const int mid_max = large ? static_cast<int>(detail::kCudaGemmMinTokens) : INT_MAX;
   // Few pairs (at most 512, top-4 of 128 tokens) on Hopper: 128-token tiles of 64 rows
@@ -642,7 +686,7 @@ void gather_linear(const detail::GatherLinearArgs& a) {
              (sizeof(int2) + 2 * sizeof(int)) * static_cast<std::size_t>(experts), stream>>>(
               a.indices, a.index_dtype, static_cast<int>(pairs), experts, topk, a.x_per_slot,
               mid_max, mid128_max, large_tile, offsets, totals, list, runs, bases, perm, error,
-              static_cast<T*>(a.out), n);
+              static_cast<T*>(a.out), n, order);
     });
     check_launch("route_fused_kernel");
   } else {
@@ -655,16 +699,35 @@ void gather_linear(const detail::GatherLinearArgs& a) {
       using T = decltype(zero);
       count_kernel<T><<<count_grid, kCountThreads, shared, stream>>>(
           a.indices, a.index_dtype, pairs, experts, topk, a.x_per_slot, counts, runs, error,
-          static_cast<T*>(a.out), n, shared != 0);
+          order ? nullptr : static_cast<T*>(a.out), n, shared != 0);
     });
     check_launch("count_kernel");
     plan_kernel<<<1, 32, 0, stream>>>(counts, experts, mid_max, mid128_max, large_tile, offsets,
                                       cursor, totals, list, runs, bases);
     check_launch("plan_kernel");
-    scatter_kernel<<<count_grid, kCountThreads, shared, stream>>>(a.indices, a.index_dtype, pairs,
-                                                                  experts, topk, a.x_per_slot,
-                                                                  cursor, runs, perm, shared != 0);
+    dispatch_floating(a.x_dtype, [&](auto zero) {
+      using T = decltype(zero);
+      scatter_kernel<T><<<count_grid, kCountThreads, shared, stream>>>(
+          a.indices, a.index_dtype, pairs, experts, topk, a.x_per_slot, cursor, runs, perm,
+          shared != 0, order ? static_cast<T*>(a.out) : nullptr, n);
+    });
     check_launch("scatter_kernel");
+  }
+  if (n == 0) {  // expert order: the sort alone
+    memory.release();
+    return;
+  }
+  if (!tensor_cores) {  // expert order, f32 x or misaligned buffers
+    dispatch_floating(a.x_dtype, [&](auto zero) {
+      using T = decltype(zero);
+      gather_simple_kernel<T><<<blocks_for(pairs * n, 8), 256, 0, stream>>>(
+          static_cast<const T*>(a.x), a.x_per_slot, topk, pairs, a.indices, a.index_dtype, experts,
+          a.w.blocks, a.w.scales, a.w.bias, a.w.bias_dtype, static_cast<T*>(a.out), n, a.w.k,
+          a.w.gpu_layout, perm, offsets + experts);
+      check_launch("gather_simple_kernel");
+    });
+    memory.release();
+    return;
   }
   rows.perm = perm;
   // Class cls's tiles: its list and count (in rows), the grid's bound and its tiles' tokens.

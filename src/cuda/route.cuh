@@ -30,8 +30,16 @@ __device__ __forceinline__ long long load_id(const void* ids, DType dtype, std::
   }
 }
 
+// Output row `row` of n values filled with NaN.
+template <typename T>
+__device__ void fill_nan_row(T* out, std::int64_t row, std::int64_t n) {
+  for (std::int64_t i = 0; i < n; ++i)
+    out[row * n + i] = from_float<T>(__int_as_float(0x7FC00000));
+}
+
 // Records an out-of-range id (the first one to arrive wins) and fills its output row with NaN, so
-// a caller who never synchronizes still cannot mistake it for a result.
+// a caller who never synchronizes still cannot mistake it for a result. (out null: expert order,
+// where the pair's row is a position, filled by whoever places it.)
 template <typename T>
 __device__ void report_bad_id(IndexError* error, std::int64_t pair, long long value, int experts,
                               int topk, T* out, std::int64_t n) {
@@ -40,8 +48,7 @@ __device__ void report_bad_id(IndexError* error, std::int64_t pair, long long va
     error->experts = experts;
     error->topk = topk;
   }
-  for (std::int64_t i = 0; i < n; ++i)
-    out[pair * n + i] = from_float<T>(__int_as_float(0x7FC00000));
+  if (out != nullptr) fill_nan_row(out, pair, n);
 }
 
 // Ids of a small batch (at most kCtaRoutePairs pairs), sorted by each CTA itself: no workspace,
@@ -65,7 +72,9 @@ struct CtaRoute {
 // into `route` and cuts each expert's run into tiles: of 16 tokens where the run is longer than
 // 8 and rows.route_sixteens is set (route.tiles[0 .. tile_count16)), else of 8 (the rest, up to
 // route.tile_count). Bad ids sort last and form no tile; they are reported by the CTA with
-// `reporter` set.
+// `reporter` set, which in expert order (rows.order_perm) also writes the sort out: the perm, each
+// expert's first position (and the number of valid pairs) in order_offsets, and NaN in the rows
+// of the bad ids' positions.
 template <typename T>
 __device__ void route_in_cta(const TokenRows& rows, CtaRoute& route, bool reporter, T* out, int n) {
   const int tid = static_cast<int>(threadIdx.x);
@@ -78,7 +87,10 @@ __device__ void route_in_cta(const TokenRows& rows, CtaRoute& route, bool report
       e = static_cast<int>(id);
     } else {
       e = experts;
-      if (reporter) report_bad_id(rows.error, tid, id, experts, rows.topk, out, n);
+      if (reporter) {
+        report_bad_id(rows.error, tid, id, experts, rows.topk, rows.out_by_position ? nullptr : out,
+                      n);
+      }
     }
     route.expert[tid] = e;
   }
@@ -96,6 +108,25 @@ __device__ void route_in_cta(const TokenRows& rows, CtaRoute& route, bool report
     route.expert[rank] = e;
   }
   __syncthreads();
+  if (reporter && rows.order_offsets != nullptr) {
+    if (tid < pairs) {
+      rows.order_perm[tid] = route.perm[tid];
+      if (route.expert[tid] == experts) fill_nan_row(out, tid, n);
+    }
+    // order_offsets[e]: the positions of experts below e (binary search in the sorted experts).
+    for (int x = tid; x <= experts; x += static_cast<int>(blockDim.x)) {
+      int lo = 0, hi = pairs;
+      while (lo < hi) {
+        const int mid = (lo + hi) / 2;
+        if (route.expert[mid] < x) {
+          lo = mid + 1;
+        } else {
+          hi = mid;
+        }
+      }
+      rows.order_offsets[x] = lo;
+    }
+  }
   // Position p starts a tile when its expert's run starts there or a tile's tokens later.
   bool start = false, start16 = false;
   int tile_tokens = 8;

@@ -507,7 +507,7 @@ __device__ __forceinline__ void linear_tiles(const T* __restrict__ x, const Toke
       if (bias != nullptr) {
         s += load_bias(bias, bias_dtype, static_cast<std::int64_t>(ti.expert) * n + row);
       }
-      out[rows.pair(ti.first + local) * n + row] = from_float<T>(s);
+      out[rows.out_row(ti.first + local) * n + row] = from_float<T>(s);
     }
   }
   __syncthreads();  // `partial` is free again

@@ -87,14 +87,31 @@ void linear(const detail::LinearArgs& a) {
 }
 
 void gather_linear(const detail::GatherLinearArgs& a) {
+  // Expert order: pair p's output row is its place in the pairs sorted by expert, stably.
+  const std::int64_t pairs = a.tokens * a.topk;
+  std::vector<std::int64_t> row_of(static_cast<std::size_t>(pairs));
+  if (a.order_offsets != nullptr) {
+    std::int64_t place = 0;
+    for (std::int64_t e = 0; e < a.w.experts; ++e) {
+      a.order_offsets[e] = static_cast<std::int32_t>(place);
+      for (std::int64_t p = 0; p < pairs; ++p) {
+        if (load_index(a.indices, a.index_dtype, p) != e) continue;
+        a.order_perm[place] = static_cast<std::int32_t>(p);
+        row_of[static_cast<std::size_t>(p)] = place++;
+      }
+    }
+    a.order_offsets[a.w.experts] = static_cast<std::int32_t>(place);
+  }
   std::vector<double> x_row(static_cast<std::size_t>(a.w.k));
   std::vector<float> w_row(static_cast<std::size_t>(a.w.k));
   for (std::int64_t t = 0; t < a.tokens; ++t) {
     for (std::int64_t s = 0; s < a.topk; ++s) {
       const std::int64_t slot = t * a.topk + s;
       const std::int64_t expert = load_index(a.indices, a.index_dtype, slot);
+      const std::int64_t row =
+          a.order_offsets != nullptr ? row_of[static_cast<std::size_t>(slot)] : slot;
       load_row(a.x, a.x_dtype, (a.x_per_slot ? slot : t) * a.w.k, x_row);
-      dot_rows(a.w, expert, x_row, w_row, a.out, a.x_dtype, slot * a.w.n);
+      dot_rows(a.w, expert, x_row, w_row, a.out, a.x_dtype, row * a.w.n);
     }
   }
 }

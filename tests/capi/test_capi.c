@@ -374,6 +374,109 @@ static void test_gather_linear(void) {
   mxfp4_weight_destroy(weight);
 }
 
+/* gather_linear_expert_order: perm is the pairs sorted by expert (ascending pair order within an
+ * expert on the CPU), offsets the running counts (expert 2 gets none), and row p of out is
+ * mxfp4_gather_linear's row perm[p] bit for bit, with and without options; bad buffers are
+ * refused with the argument's name. */
+static void test_gather_linear_expert_order(void) {
+  enum { E = 5, N = 8, K = 64, T = 4, TOPK = 3, PAIRS = T * TOPK };
+  static float w[E * N * K], x[T * K], xs[PAIRS * K], y[PAIRS * N], ys[PAIRS * N];
+  static float out[PAIRS * N], outs[PAIRS * N];
+  const int32_t ids[PAIRS] = {3, 0, 4, 1, 3, 0, 4, 4, 1, 0, 3, 1};
+  int32_t perm[PAIRS], offsets[E + 1], expected_perm[PAIRS], expected_offsets[E + 1];
+  uint32_t uperm[PAIRS];
+  int32_t bad_ids[PAIRS];
+  const int64_t wshape[3] = {E, N, K}, xshape[2] = {T, K}, xsshape[3] = {T, TOPK, K};
+  const int64_t idshape[2] = {T, TOPK}, yshape[3] = {T, TOPK, N}, oshape[2] = {PAIRS, N};
+  const int64_t pshape[1] = {PAIRS}, offshape[1] = {E + 1}, badoffshape[1] = {E};
+  mxfp4_tensor tw = cpu_tensor(w, MXFP4_F32, 3, wshape);
+  mxfp4_tensor tx = cpu_tensor(x, MXFP4_F32, 2, xshape);
+  mxfp4_tensor txs = cpu_tensor(xs, MXFP4_F32, 3, xsshape);
+  mxfp4_tensor tids = cpu_tensor((void*)ids, MXFP4_I32, 2, idshape);
+  mxfp4_tensor tbad = cpu_tensor(bad_ids, MXFP4_I32, 2, idshape);
+  mxfp4_tensor ty = cpu_tensor(y, MXFP4_F32, 3, yshape);
+  mxfp4_tensor tys = cpu_tensor(ys, MXFP4_F32, 3, yshape);
+  mxfp4_tensor tout = cpu_tensor(out, MXFP4_F32, 2, oshape);
+  mxfp4_tensor touts = cpu_tensor(outs, MXFP4_F32, 2, oshape);
+  mxfp4_tensor tperm = cpu_tensor(perm, MXFP4_I32, 1, pshape);
+  mxfp4_tensor tuperm = cpu_tensor(uperm, MXFP4_U32, 1, pshape);
+  mxfp4_tensor toffsets = cpu_tensor(offsets, MXFP4_I32, 1, offshape);
+  mxfp4_tensor tshort = cpu_tensor(offsets, MXFP4_I32, 1, badoffshape);
+  mxfp4_tensor tinside = cpu_tensor(out, MXFP4_I32, 1, pshape); /* perm inside out */
+  mxfp4_weight* weight = NULL;
+  mxfp4_run_options options;
+  int e, p, i, rows_ok = 1;
+  for (i = 0; i < E * N * K; ++i)
+    w[i] = next_random(1.0f);
+  for (i = 0; i < T * K; ++i)
+    x[i] = next_random(1.0f);
+  for (i = 0; i < PAIRS * K; ++i)
+    xs[i] = next_random(1.0f);
+  /* The expected order: pairs by expert, ascending within one; offsets[e + 1] - offsets[e] is
+   * expert e's count. */
+  expected_offsets[0] = 0;
+  p = 0;
+  for (e = 0; e < E; ++e) {
+    for (i = 0; i < PAIRS; ++i) {
+      if (ids[i] == e) expected_perm[p++] = i;
+    }
+    expected_offsets[e + 1] = p;
+  }
+  CHECK(p == PAIRS && expected_offsets[3] == expected_offsets[2]);
+  CHECK_OK(
+      mxfp4_weight_quantize(&tw, NULL, MXFP4_SCALE_MSE, MXFP4_NON_FINITE_ERROR, NULL, &weight));
+  if (weight == NULL) return;
+
+  CHECK_OK(mxfp4_gather_linear(&tx, &tids, weight, &ty, NULL));
+  CHECK_OK(mxfp4_gather_linear(&txs, &tids, weight, &tys, NULL));
+  memset(perm, 0xFF, sizeof perm);
+  memset(offsets, 0xFF, sizeof offsets);
+  CHECK_OK(mxfp4_gather_linear_expert_order(&tx, &tids, weight, &tout, &tperm, &toffsets, NULL));
+  CHECK(memcmp(perm, expected_perm, sizeof perm) == 0);
+  CHECK(memcmp(offsets, expected_offsets, sizeof offsets) == 0);
+  CHECK_OK(mxfp4_gather_linear_expert_order(&txs, &tids, weight, &touts, &tperm, &toffsets, NULL));
+  CHECK(memcmp(perm, expected_perm, sizeof perm) == 0);
+  for (p = 0; p < PAIRS; ++p) {
+    if (memcmp(&out[p * N], &y[expected_perm[p] * N], N * sizeof(float)) != 0) rows_ok = 0;
+    if (memcmp(&outs[p * N], &ys[expected_perm[p] * N], N * sizeof(float)) != 0) rows_ok = 0;
+  }
+  CHECK(rows_ok);
+
+  /* With options: int8 activations give mxfp4_gather_linear_ex's rows, reordered. */
+  CHECK_OK(mxfp4_run_options_init(&options));
+  options.precision = MXFP4_PRECISION_INT8_ACTIVATIONS;
+  CHECK_OK(mxfp4_gather_linear_ex(&tx, &tids, weight, &ty, &options));
+  CHECK_OK(
+      mxfp4_gather_linear_expert_order(&tx, &tids, weight, &tout, &tperm, &toffsets, &options));
+  CHECK(memcmp(perm, expected_perm, sizeof perm) == 0);
+  rows_ok = 1;
+  for (p = 0; p < PAIRS; ++p) {
+    if (memcmp(&out[p * N], &y[expected_perm[p] * N], N * sizeof(float)) != 0) rows_ok = 0;
+  }
+  CHECK(rows_ok);
+
+  CHECK_ERROR(mxfp4_gather_linear_expert_order(&tx, &tids, weight, &tout, &tuperm, &toffsets, NULL),
+              MXFP4_ERR_DTYPE_MISMATCH, "gather_linear_expert_order: perm must be i32 [12]");
+  CHECK_ERROR(mxfp4_gather_linear_expert_order(&tx, &tids, weight, &tout, &tperm, &tshort, NULL),
+              MXFP4_ERR_SHAPE_MISMATCH, "offsets must be i32 [6]");
+  CHECK_ERROR(mxfp4_gather_linear_expert_order(&tx, &tids, weight, &ty, &tperm, &toffsets, NULL),
+              MXFP4_ERR_SHAPE_MISMATCH, "out must be f32 [12, 8]");
+  CHECK_ERROR(mxfp4_gather_linear_expert_order(&tx, &tids, weight, &tout, NULL, &toffsets, NULL),
+              MXFP4_ERR_INVALID_ARGUMENT, "gather_linear_expert_order: perm is NULL");
+  options.precision = 9;
+  CHECK_ERROR(
+      mxfp4_gather_linear_expert_order(&tx, &tids, weight, &tout, &tperm, &toffsets, &options),
+      MXFP4_ERR_INVALID_ARGUMENT, "precision 9");
+  memcpy(bad_ids, ids, sizeof bad_ids);
+  bad_ids[7] = E;
+  CHECK_ERROR(mxfp4_gather_linear_expert_order(&tx, &tbad, weight, &tout, &tperm, &toffsets, NULL),
+              MXFP4_ERR_INDEX_OUT_OF_RANGE, "indices[2, 1] = 5 is outside [0, 5)");
+  CHECK_ERROR(
+      mxfp4_gather_linear_expert_order(&tx, &tids, weight, &tout, &tinside, &toffsets, NULL),
+      MXFP4_ERR_INVALID_ARGUMENT, "perm overlaps out's memory");
+  mxfp4_weight_destroy(weight);
+}
+
 /* Run options: the defaults are mxfp4_linear exactly; int8 activations differ from exact by at
  * most the documented bound; gather_linear_ex takes them too; bad options are refused. */
 static void test_run_options(void) {
@@ -1383,6 +1486,7 @@ int main(int argc, char** argv) {
   test_weight_dequantize();
   test_linear();
   test_gather_linear();
+  test_gather_linear_expert_order();
   test_run_options();
   test_from_parts();
   test_files(argv[1]);

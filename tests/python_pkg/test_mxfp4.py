@@ -292,6 +292,78 @@ def test_gather_linear_matches_float64(id_dtype: type) -> None:
     np.testing.assert_allclose(ys, refs, rtol=tolerance(k), atol=tolerance(k))
 
 
+def check_expert_order(ids: np.ndarray, experts: int, y: np.ndarray, out: np.ndarray,
+                       perm: np.ndarray, offsets: np.ndarray) -> None:
+    """out/perm/offsets against numpy: perm the stable argsort of the ids, offsets the running
+    counts after a 0, row p of out gather_linear's pair perm[p] bit for bit."""
+    pairs = ids.size
+    assert perm.dtype == np.int32 and perm.shape == (pairs,)
+    assert offsets.dtype == np.int32 and offsets.shape == (experts + 1,)
+    np.testing.assert_array_equal(perm, np.argsort(ids.ravel(), kind="stable"))
+    counts = np.bincount(ids.ravel().astype(np.int64), minlength=experts)
+    np.testing.assert_array_equal(offsets, np.concatenate([[0], np.cumsum(counts)]))
+    assert out.dtype == y.dtype and out.shape == (pairs, y.shape[-1])
+    np.testing.assert_array_equal(out, y.reshape(pairs, -1)[perm])
+
+
+@pytest.mark.parametrize("id_dtype", [np.int32, np.int64, np.uint32])
+def test_gather_linear_expert_order_matches_numpy(id_dtype: type) -> None:
+    e, n, k, t, topk = 6, 16, 64, 9, 3
+    weight = mxfp4.Mxfp4Weight.quantize(randn(e, n, k, seed=90), randn(e, n, seed=91))
+    ids = rng(92).integers(0, e, size=(t, topk)).astype(id_dtype)
+    ids[ids == 4] = 5  # expert 4 gets no pair
+    x, xs = randn(t, k, seed=93), randn(t, topk, k, seed=94)
+    for xin in (x, xs, x.astype(np.float16), x.astype(ml_dtypes.bfloat16)):
+        out, perm, offsets = mxfp4.gather_linear_expert_order(xin, ids, weight)
+        check_expert_order(ids, e, mxfp4.gather_linear(xin, ids, weight), out, perm, offsets)
+        assert offsets[4] == offsets[5]
+    approx = mxfp4.gather_linear_expert_order(x, ids, weight, precision="int8_activations")
+    check_expert_order(ids, e, mxfp4.gather_linear(x, ids, weight, precision="int8_activations"),
+                       *approx)
+    # A workspace on the CPU is accepted and ignored.
+    ws = np.zeros(mxfp4.gather_linear_workspace_bytes(t, topk, e) + 16, dtype=np.uint8)
+    out, perm, offsets = mxfp4.gather_linear_expert_order(x, ids, weight, workspace=ws)
+    check_expert_order(ids, e, mxfp4.gather_linear(x, ids, weight), out, perm, offsets)
+
+
+def test_gather_linear_expert_order_into_given_arrays() -> None:
+    e, n, k, t, topk = 4, 8, 64, 5, 2
+    weight = mxfp4.Mxfp4Weight.quantize(randn(e, n, k, seed=95))
+    ids = np.array([[3, 0], [1, 3], [0, 0], [2, 1], [3, 3]], dtype=np.int32)
+    x = randn(t, k, seed=96)
+    out = np.full((t * topk, n), np.nan, np.float32)
+    perm = np.full(t * topk, -1, np.int32)
+    offsets = np.full(e + 1, -1, np.int32)
+    result = mxfp4.gather_linear_expert_order(x, ids, weight, out=out, perm=perm, offsets=offsets)
+    assert isinstance(result, tuple) and len(result) == 3
+    assert result[0] is out and result[1] is perm and result[2] is offsets
+    check_expert_order(ids, e, mxfp4.gather_linear(x, ids, weight), out, perm, offsets)
+    np.testing.assert_array_equal(offsets, [0, 3, 5, 6, 10])
+
+    with pytest.raises(mxfp4.DTypeMismatch, match=r"perm must be i32 \[10\], got perm u32"):
+        mxfp4.gather_linear_expert_order(x, ids, weight, out=out, perm=perm.view(np.uint32),
+                                         offsets=offsets)
+    with pytest.raises(mxfp4.ShapeMismatch, match=r"offsets must be i32 \[5\]"):
+        mxfp4.gather_linear_expert_order(x, ids, weight, out=out, perm=perm, offsets=offsets[:4])
+    with pytest.raises(mxfp4.ShapeMismatch, match=r"out must be f32 \[10, 8\]"):
+        mxfp4.gather_linear_expert_order(x, ids, weight, out=out.reshape(t, topk, n), perm=perm,
+                                         offsets=offsets)
+    with pytest.raises(mxfp4.InvalidArgument, match="together, or none"):
+        mxfp4.gather_linear_expert_order(x, ids, weight, out=out)
+    readonly = perm.copy()
+    readonly.flags.writeable = False
+    with pytest.raises(mxfp4.InvalidArgument, match="perm is read-only"):
+        mxfp4.gather_linear_expert_order(x, ids, weight, out=out, perm=readonly, offsets=offsets)
+    with pytest.raises(mxfp4.InvalidArgument, match="unknown precision 'int4'"):
+        mxfp4.gather_linear_expert_order(x, ids, weight, precision="int4")
+    bad = ids.copy()
+    bad[3, 1] = e
+    with pytest.raises(mxfp4.IndexOutOfRange, match=r"indices\[3, 1\] = 4 is outside \[0, 4\)"):
+        mxfp4.gather_linear_expert_order(x, bad, weight)
+    with pytest.raises(mxfp4.ShapeMismatch, match="gather_linear_expert_order"):
+        mxfp4.gather_linear_expert_order(x, ids, mxfp4.Mxfp4Weight.quantize(randn(8, 64)))
+
+
 def test_from_parts_views_without_copy() -> None:
     q = mxfp4.Mxfp4Weight.quantize(randn(8, 64, seed=20))
     blocks = np.array(q.blocks)
@@ -555,9 +627,9 @@ def test_stubs_name_what_the_module_has() -> None:
 
 
 def test_docstrings() -> None:
-    for obj in (mxfp4.linear, mxfp4.gather_linear, mxfp4.quantize, mxfp4.dequantize,
-                mxfp4.save, mxfp4.open, mxfp4.Mxfp4Weight, mxfp4.Mxfp4Weight.quantize,
-                mxfp4.File.load_weight):
+    for obj in (mxfp4.linear, mxfp4.gather_linear, mxfp4.gather_linear_expert_order,
+                mxfp4.quantize, mxfp4.dequantize, mxfp4.save, mxfp4.open, mxfp4.Mxfp4Weight,
+                mxfp4.Mxfp4Weight.quantize, mxfp4.File.load_weight):
         assert obj.__doc__ and len(obj.__doc__) > 20, obj
 
 

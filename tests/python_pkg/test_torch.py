@@ -62,6 +62,19 @@ def test_cpu_gather_linear() -> None:
     assert torch.allclose(y.double(), ref, rtol=1e-4, atol=1e-4)
 
 
+def test_cpu_gather_linear_expert_order() -> None:
+    experts = mxfp4.Mxfp4Weight.quantize(randn(4, 8, 32, seed=20), randn(4, 8, seed=21))
+    ids = torch.tensor([[0, 3], [2, 2], [1, 0]], dtype=torch.int64)
+    x = randn(3, 32, seed=22)
+    out, perm, offsets = mxfp4.gather_linear_expert_order(x, ids, experts)
+    assert all(isinstance(a, torch.Tensor) for a in (out, perm, offsets))
+    assert perm.dtype == torch.int32 and offsets.dtype == torch.int32
+    assert torch.equal(perm.long(), torch.argsort(ids.flatten(), stable=True))
+    assert offsets.tolist() == [0, 2, 3, 5, 6]
+    y = mxfp4.gather_linear(x, ids, experts)
+    assert torch.equal(out, y.reshape(6, 8)[perm.long()])
+
+
 @needs_cuda
 def test_cuda_quantize_matches_cpu_and_linear() -> None:
     w = randn(64, 128, seed=9)
@@ -129,6 +142,26 @@ def test_cuda_gather_linear_with_a_workspace_and_precision() -> None:
     assert torch.allclose(exact_anyway, plain, rtol=1e-5, atol=1e-5)
     with pytest.raises(mxfp4.InvalidArgument, match="workspace"):
         mxfp4.gather_linear(x, ids, experts, workspace=np.zeros(max(size, 1), np.uint8))
+
+
+@needs_cuda
+def test_cuda_gather_linear_expert_order() -> None:
+    # CUDA may order the pairs of one expert differently: perm must group them by expert and
+    # every row must match the CPU's result for its pair.
+    experts = mxfp4.Mxfp4Weight.quantize(randn(8, 32, 64, seed=23))
+    tokens, topk = 64, 4
+    g = torch.Generator().manual_seed(24)
+    ids = torch.randint(0, 8, (tokens, topk), generator=g, dtype=torch.int32)
+    x = randn(tokens, 64, seed=25)
+    ref = mxfp4.gather_linear(x, ids, experts).reshape(tokens * topk, 32)
+    out, perm, offsets = mxfp4.gather_linear_expert_order(x.cuda(), ids.cuda(), experts.to("cuda"))
+    assert out.is_cuda and perm.is_cuda and offsets.is_cuda
+    perm, offsets = perm.cpu().long(), offsets.cpu()
+    counts = torch.bincount(ids.flatten().long(), minlength=8)
+    assert offsets.tolist() == [0] + torch.cumsum(counts, 0).tolist()
+    assert torch.equal(perm.sort().values, torch.arange(tokens * topk))
+    assert torch.equal(ids.flatten()[perm].long(), ids.flatten().long().sort().values)
+    assert torch.allclose(out.cpu(), ref[perm], rtol=1e-3, atol=1e-3)
 
 
 def test_numpy_inputs_still_give_numpy() -> None:

@@ -88,7 +88,7 @@ __device__ __forceinline__ void load_pairs(const TokenRows& rows, const TokenRow
     const int r = first + tid / (kTileW / 8) + P::kStep * i;
     const std::int64_t position = tile.first + (r < tile.count ? r : 0);
     pairs.pair[i] = static_cast<std::int32_t>(
-        rows.perm != nullptr && !rows.out_by_position ? __ldg(rows.perm + position) : position);
+        rows.out_perm != nullptr ? __ldg(rows.out_perm + position) : position);
   }
 }
 

@@ -48,9 +48,11 @@ KernelChoice choose_kernel(DType x_dtype, std::int64_t tokens, std::int64_t n, s
 // memory cannot be had.
 const std::string& forced_kernel();
 
-// The decode kernel (bf16 or f16 x): `tiles` tiles of `tile_tokens` tokens mapped by `rows`.
+// The decode kernel (bf16 or f16 x): `tiles` tiles of `tile_tokens` tokens mapped by `rows`
+// (small batches routed in the CTA: their sort written out to `order` where given).
 void launch_decode(const void* x, DType x_dtype, const TokenRows& rows, std::int64_t tiles,
-                   int tile_tokens, const detail::WeightArgs& w, void* out, cudaStream_t stream);
+                   int tile_tokens, const detail::WeightArgs& w, void* out, cudaStream_t stream,
+                   const SortExport& order = {});
 
 // The tiled GEMM (bf16 x only): `tiles` tiles of `tile_tokens` (64 or 128) tokens mapped by
 // `rows`.

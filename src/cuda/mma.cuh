@@ -250,44 +250,50 @@ __device__ __forceinline__ std::int64_t pair_x_row(std::int64_t pair, int topk, 
   return x_per_slot ? pair : pair / topk;
 }
 
+// gather_linear_expert_order's sort, written out by a small batch's routing in the CTA
+// (route_in_cta; null: the scatter): position -> pair, and each expert's first position.
+struct SortExport {
+  std::int32_t* perm = nullptr;
+  std::int32_t* offsets = nullptr;
+};
+
 struct TokenRows {
+  // (The fields are ordered without padding: 128 bytes, as before the output's own permutation
+  // was added; at 160 bytes two of the 256-token wgmma kernels spilled, ptxas -v, session 24.)
   const std::int32_t* perm = nullptr;  // null: dense (or routed in the CTA, see route.cuh)
-  const int4* tile_list = nullptr;     // {expert, first position, count, x_first1} per tile
-  const int* tile_total = nullptr;     // number of valid entries of tile_list
+  // The output row of each position: out_perm[p], or p where null (dense, and grouped results
+  // written in expert order, gather_linear_expert_order); else perm, the pairs' rows.
+  const std::int32_t* out_perm = nullptr;
+  const int4* tile_list = nullptr;  // {expert, first position, count, x_first1} per tile
+  const int* tile_total = nullptr;  // number of valid entries of tile_list
   // A second class of tiles of 16 tokens, computed in the same launch as tile_list's tiles of 8
   // (sm80_linear.cu), and the most entries its list can have.
   const int4* tile_list16 = nullptr;
   const int* tile_total16 = nullptr;
-  int tile_bound16 = 0;
-  int experts = 1;
-  int topk = 1;
-  bool x_per_slot = true;
   std::int64_t rows = 0;  // rows of x (dense: also the number of tokens)
   // Small batches (route.cuh): each CTA sorts these route_pairs ids itself; perm then points to
   // the CTA's shared copy.
   const void* route_ids = nullptr;
-  DType route_dtype = DType::i32;
-  int route_pairs = 0;
-  int route_groups = 1;        // tiles a CTA computes at once, at most (sm80_linear.cu)
-  int route_min_ctas = 0;      // CTAs that should get tiles, where fewer per CTA allow it
-  bool route_sixteens = true;  // experts with more than 8 pairs get tiles of 16, not 8
-  bool x_by_position = false;  // grouped: x staged in expert order, row p at position p
-  // Grouped: results written in expert order, position p's to output row p (not to its pair's
-  // row; gather_linear_expert_order). Small batches routed in the CTA also export their sort
-  // there (route_in_cta): the perm and the experts' first positions.
-  bool out_by_position = false;
-  std::int32_t* order_perm = nullptr;
-  std::int32_t* order_offsets = nullptr;
   // Staged x: tiles of experts whose pairs read a contiguous run of x's rows, in order, are not
   // staged but read x_source ([source_rows, k], the caller's x) in place (Tile::x_first1;
   // moe.cu). Null: every tile reads the staged rows.
   const void* x_source = nullptr;
   std::int64_t source_rows = 0;
   IndexError* error = nullptr;  // where out-of-range ids are recorded
+  int tile_bound16 = 0;
+  int experts = 1;
+  int topk = 1;
+  int route_pairs = 0;
+  int route_groups = 1;    // tiles a CTA computes at once, at most (sm80_linear.cu)
+  int route_min_ctas = 0;  // CTAs that should get tiles, where fewer per CTA allow it
   // The wgmma GEMM's TMA loaders (sm90_gemm.cu): the token rows of each box of x and of
   // x_source, set per launch.
   int x_box_rows = 0;
   int source_box_rows = 0;
+  DType route_dtype = DType::i32;
+  bool x_per_slot = true;
+  bool route_sixteens = true;  // experts with more than 8 pairs get tiles of 16, not 8
+  bool x_by_position = false;  // grouped: x staged in expert order, row p at position p
 
   struct Tile {
     int expert;
@@ -309,13 +315,13 @@ struct TokenRows {
     const std::int64_t left = rows - first;
     return {0, first, static_cast<int>(left < tile_tokens ? (left > 0 ? left : 0) : tile_tokens)};
   }
-  // The output row (pair) at a position.
+  // The pair at a position.
   __device__ __forceinline__ std::int64_t pair(std::int64_t position) const {
     return perm == nullptr ? position : perm[position];
   }
-  // The output row of a position: its pair's, or the position itself in expert order.
+  // The output row of a position.
   __device__ __forceinline__ std::int64_t out_row(std::int64_t position) const {
-    return out_by_position ? position : pair(position);
+    return out_perm == nullptr ? position : out_perm[position];
   }
   __device__ __forceinline__ std::int64_t x_row(std::int64_t pair_index) const {
     return pair_x_row(pair_index, topk, x_per_slot);
@@ -325,5 +331,6 @@ struct TokenRows {
     return x_by_position ? position : x_row(pair(position));
   }
 };
+static_assert(sizeof(TokenRows) == 128, "see the note on TokenRows' fields");
 
 }  // namespace mxfp4::cuda

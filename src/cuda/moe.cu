@@ -561,7 +561,6 @@ void gather_linear(const detail::GatherLinearArgs& a) {
   rows.topk = topk;
   rows.x_per_slot = a.x_per_slot;
   rows.error = error;
-  rows.out_by_position = order;
   // (Expert order sorts in the workspace where the routed decode kernel does not run.)
   const bool sort_small = order && (!tensor_cores || n == 0);
   if (pairs <= kCtaRoutePairs && !sort_small) {
@@ -573,10 +572,9 @@ void gather_linear(const detail::GatherLinearArgs& a) {
     rows.route_pairs = static_cast<int>(pairs);
     // (f16: tiles of 16 only where each decode warp takes two row tiles, launch_mma.)
     rows.route_sixteens = forced_kernel() != "route8";
-    rows.order_perm = a.order_perm;
-    rows.order_offsets = a.order_offsets;
     const std::int64_t tiles = pairs / 8 + std::min<std::int64_t>(a.w.experts, pairs);
-    launch_decode(a.x, a.x_dtype, rows, tiles, 8, a.w, a.out, stream);
+    launch_decode(a.x, a.x_dtype, rows, tiles, 8, a.w, a.out, stream,
+                  {a.order_perm, a.order_offsets});
     return;
   }
 
@@ -730,6 +728,7 @@ void gather_linear(const detail::GatherLinearArgs& a) {
     return;
   }
   rows.perm = perm;
+  rows.out_perm = order ? nullptr : perm;
   // Class cls's tiles: its list and count (in rows), the grid's bound and its tiles' tokens.
   auto select = [&](int cls) {
     rows.tile_list = list + bases.base[cls];

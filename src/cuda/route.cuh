@@ -72,11 +72,12 @@ struct CtaRoute {
 // into `route` and cuts each expert's run into tiles: of 16 tokens where the run is longer than
 // 8 and rows.route_sixteens is set (route.tiles[0 .. tile_count16)), else of 8 (the rest, up to
 // route.tile_count). Bad ids sort last and form no tile; they are reported by the CTA with
-// `reporter` set, which in expert order (rows.order_perm) also writes the sort out: the perm, each
-// expert's first position (and the number of valid pairs) in order_offsets, and NaN in the rows
-// of the bad ids' positions.
+// `reporter` set, which in expert order (order.offsets given) also writes the sort out: the perm,
+// each expert's first position (and the number of valid pairs) in order.offsets, and NaN in the
+// rows of the bad ids' positions.
 template <typename T>
-__device__ void route_in_cta(const TokenRows& rows, CtaRoute& route, bool reporter, T* out, int n) {
+__device__ void route_in_cta(const TokenRows& rows, CtaRoute& route, bool reporter, T* out, int n,
+                             const SortExport& order) {
   const int tid = static_cast<int>(threadIdx.x);
   const int pairs = rows.route_pairs;
   const int experts = rows.experts;
@@ -88,8 +89,8 @@ __device__ void route_in_cta(const TokenRows& rows, CtaRoute& route, bool report
     } else {
       e = experts;
       if (reporter) {
-        report_bad_id(rows.error, tid, id, experts, rows.topk, rows.out_by_position ? nullptr : out,
-                      n);
+        report_bad_id(rows.error, tid, id, experts, rows.topk,
+                      order.offsets != nullptr ? nullptr : out, n);
       }
     }
     route.expert[tid] = e;
@@ -108,9 +109,9 @@ __device__ void route_in_cta(const TokenRows& rows, CtaRoute& route, bool report
     route.expert[rank] = e;
   }
   __syncthreads();
-  if (reporter && rows.order_offsets != nullptr) {
+  if (reporter && order.offsets != nullptr) {
     if (tid < pairs) {
-      rows.order_perm[tid] = route.perm[tid];
+      order.perm[tid] = route.perm[tid];
       if (route.expert[tid] == experts) fill_nan_row(out, tid, n);
     }
     // order_offsets[e]: the positions of experts below e (binary search in the sorted experts).
@@ -124,7 +125,7 @@ __device__ void route_in_cta(const TokenRows& rows, CtaRoute& route, bool report
           hi = mid;
         }
       }
-      rows.order_offsets[x] = lo;
+      order.offsets[x] = lo;
     }
   }
   // Position p starts a tile when its expert's run starts there or a tile's tokens later.

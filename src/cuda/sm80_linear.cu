@@ -535,11 +535,12 @@ __global__ void __launch_bounds__(kWarps * 32, kCtas)
     linear_mma_kernel(const T* __restrict__ x, TokenRows rows, std::int64_t tiles,
                       const std::uint8_t* __restrict__ blocks,
                       const std::uint8_t* __restrict__ scales, const void* __restrict__ bias,
-                      DType bias_dtype, T* __restrict__ out, int n, int k) {
+                      DType bias_dtype, T* __restrict__ out, int n, int k, SortExport order) {
   if constexpr (kRoute) {
     __shared__ CtaRoute route;
-    route_in_cta(rows, route, blockIdx.x == 0 && blockIdx.y == 0, out, n);
+    route_in_cta(rows, route, blockIdx.x == 0 && blockIdx.y == 0, out, n, order);
     rows.perm = route.perm;
+    if (order.offsets == nullptr) rows.out_perm = route.perm;  // (else: expert order)
     // Tiles of 16 (experts with more than 8 pairs; bf16) with two n-tiles, then tiles of 8, in
     // rounds of per_round tiles: rows.route_groups (which sized the grid for the most tiles the
     // batch can have), or fewer where a batch of few tiles (all tokens on a few experts) would
@@ -683,18 +684,20 @@ int pick_ctas(std::int64_t ctas, int a, int b) {
 template <typename T, bool kGpu, int NT, bool kRoute, int kCtas, int kRowTiles = 1, int R = 1,
           bool kRounds = false>
 void launch_variant(dim3 grid, const void* x, const TokenRows& rows, std::int64_t tiles,
-                    const detail::WeightArgs& w, void* out, cudaStream_t stream) {
+                    const detail::WeightArgs& w, void* out, cudaStream_t stream,
+                    const SortExport& order = {}) {
   grid.x = (grid.x + kRowTiles * R - 1) / (kRowTiles * R);
   linear_mma_kernel<T, kGpu, NT, kRoute, kCtas, kRowTiles, R, kRounds>
       <<<grid, kWarps * 32, 0, stream>>>(static_cast<const T*>(x), rows, tiles, w.blocks, w.scales,
                                          w.bias, w.bias_dtype, static_cast<T*>(out),
-                                         static_cast<int>(w.n), static_cast<int>(w.k));
+                                         static_cast<int>(w.n), static_cast<int>(w.k), order);
   check_launch("linear_mma_kernel");
 }
 
 template <typename T, bool kGpu, int NT>
 void launch_mma(const void* x, const TokenRows& rows, std::int64_t tiles,
-                const detail::WeightArgs& w, void* out, cudaStream_t stream) {
+                const detail::WeightArgs& w, void* out, cudaStream_t stream,
+                const SortExport& order = {}) {
   const unsigned row_tiles = static_cast<unsigned>((w.n + 15) / 16);
   // Dense tiles are all full: one CTA each (up to grid.y's 65535). Grouped grids are upper
   // bounds: enough CTAs for a few waves walk the planned tiles, instead of a CTA per bound.
@@ -776,8 +779,9 @@ void launch_mma(const void* x, const TokenRows& rows, std::int64_t tiles,
   if constexpr (NT == 1) {
     if (rows.route_ids != nullptr) {
       if (route_r2)
-        return launch_variant<T, kGpu, 1, true, 2, 1, 2>(grid, x, routed, tiles, w, out, stream);
-      return launch_variant<T, kGpu, 1, true, 3>(grid, x, routed, tiles, w, out, stream);
+        return launch_variant<T, kGpu, 1, true, 2, 1, 2>(grid, x, routed, tiles, w, out, stream,
+                                                         order);
+      return launch_variant<T, kGpu, 1, true, 3>(grid, x, routed, tiles, w, out, stream, order);
     }
     if (pick_ctas(std::int64_t{row_tiles} * y, 3, 4) == 4) {
       return launch_variant<T, kGpu, 1, false, 4>(grid, x, rows, tiles, w, out, stream);
@@ -918,10 +922,13 @@ KernelChoice choose_kernel(DType x_dtype, std::int64_t tokens, std::int64_t n, s
     if (tokens <= 128 && rows256_fill) return {true, 128, true, 256};
     // (K of 16384 and more keeps one computing warpgroup per tile, with the last wave's split
     // of K over a cluster: an H100, session 20, Llama-70B down M = 17-64, f16 84.5-93.5 us
-    // against 90.4-95.0, bf16 82.9-90.1 against 82.9-89.8.)
-    if (tokens <= 64) {
-      return {true, 64, true, 64, 2 * tiles_w64 > sms && k < 256 * 64};
-    }
+    // against 90.4-95.0, bf16 82.9-90.1 against 82.9-89.8.) Two computing warpgroups also where
+    // the tiles fit half the SMs, with K split over a cluster of two as well (sm90_gemm.cu; an
+    // H100, session 24, M = 17-64, one warpgroup per tile against two: 4096x4096 bf16 12.2-12.6 us
+    // against 11.6-12.1, f16 13.2-13.7 against 12.1-12.7, GPU layout 11.4-11.6 against 10.9-11.3;
+    // GPT-OSS down bf16 9.8-10.2 against 9.8-10.1, f16 10.5-10.9 against 10.1-10.5, GPU layout
+    // 9.3-9.5 against 9.3-9.7).
+    if (tokens <= 64) return {true, 64, true, 64, k < 256 * 64};
     if (tokens > 256) {
       // Whole tiles take about one tile's time per wave, however few fill the last one (an H100,
       // session 8: GPT-OSS gate_up on 256-token tiles 33.6 us at M = 512, 67-68 us from M = 576
@@ -937,10 +944,13 @@ KernelChoice choose_kernel(DType x_dtype, std::int64_t tokens, std::int64_t n, s
     const std::int64_t tiles128 = weight_tiles * ((tokens + 127) / 128);
     if (tiles128 * 10 >= 9 * sms) return {true, 128, true, 128};
     // Two computing warpgroups per 64-row tile (alternate k-tiles) where the tiles fit one per
-    // SM, but not where they fit half the SMs: there one warpgroup per tile takes the last-wave
-    // split of K over a cluster of two (sm90_gemm.cu), which the warpgroup pairs cannot (an
-    // H100, session 9, M = 96 and 128: 4096x4096 15.2 us against 19.3, GPT-OSS down 12.4
-    // against 14.7; M = 65 4096x4096 24.0 against 23.0).
+    // SM (an H100, session 9, M = 96 and 128: 4096x4096 15.2 us against 19.3, GPT-OSS down 12.4
+    // against 14.7); where they fit half the SMs, with K split over a cluster of two as well
+    // (sm90_gemm.cu; an H100, session 24, M = 96 / 128 against one warpgroup per tile with that
+    // split: 4096x4096 bf16 14.3 / 14.2 us against 14.8 / 14.9, f16 14.8 / 14.9 against 16.6 /
+    // 16.5, GPU layout 13.7 / 13.4 against 14.0 / 14.1; GPT-OSS down bf16 11.8 / 11.9 against
+    // 11.9 / 12.0, f16 12.4 / 12.3 against 13.0 / 13.1, GPU layout 11.3 / 11.5 against 11.2 /
+    // 11.2).
     const std::int64_t tiles64 = tiles_w64 * ((tokens + 127) / 128);
     // 129 to 256 tokens (bf16) where those 64-row tiles take more than a wave but one 256-token
     // tile per 64 rows fits one, with two warpgroups on alternate k-tiles (an H100, session 20,
@@ -948,19 +958,20 @@ KernelChoice choose_kernel(DType x_dtype, std::int64_t tokens, std::int64_t n, s
     if (tile_rules && x_dtype == DType::bf16 && tokens > 128 && tiles64 > sms && tiles_w64 <= sms) {
       return {true, 256, true, 64, true};
     }
-    return {true, 128, true, 64, tiles64 <= sms && 2 * tiles64 > sms};
+    return {true, 128, true, 64, tiles64 <= sms};
   }
   if (tokens <= 64) return weight_tiles >= 64 ? KernelChoice{true, 64} : decode;
   return {true, 128};
 }
 
 void launch_decode(const void* x, DType x_dtype, const TokenRows& rows, std::int64_t tiles,
-                   int tile_tokens, const detail::WeightArgs& w, void* out, cudaStream_t stream) {
+                   int tile_tokens, const detail::WeightArgs& w, void* out, cudaStream_t stream,
+                   const SortExport& order) {
   auto run = [&](auto zero, auto gpu) {
     using T = decltype(zero);
     constexpr bool kGpu = decltype(gpu)::value;
     if (tile_tokens == 8) {
-      launch_mma<T, kGpu, 1>(x, rows, tiles, w, out, stream);
+      launch_mma<T, kGpu, 1>(x, rows, tiles, w, out, stream, order);
     } else if (tile_tokens == 16) {
       launch_mma<T, kGpu, 2>(x, rows, tiles, w, out, stream);
     } else {

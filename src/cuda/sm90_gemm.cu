@@ -581,7 +581,6 @@ __device__ __forceinline__ void sm90_compute(std::uint8_t* smem, const TokenRows
   constexpr int S = C::kStages;
   constexpr int kTileW = C::kTileW;
   constexpr int kAcc = kTokens / 2;  // f32 accumulators per thread and sub-tile
-  static_assert(!C::kSplitK || kParts == 1, "two warpgroups splitting K: no cluster split");
   const int ctid = static_cast<int>(threadIdx.x) - 128;
   const int c = ctid >> 7;
   const int warp = (ctid >> 5) & 3;
@@ -971,15 +970,23 @@ __device__ __forceinline__ void sm90_compute(std::uint8_t* smem, const TokenRows
           // within one warpgroup cannot order the two warpgroups' accesses (an H100, session 23:
           // 42 reports in the dense 64-token tiles, 25 in their grouped launch, then none; no
           // cost measured, within +-1% on every dense and MoE shape).
+          // (Split K over a cluster too: only part 0's first warpgroup runs the epilogue, and the
+          // second warpgroup meets the cluster's two barriers below.)
           if (c == 1) {
+            if (k_part == 0) {
 #pragma unroll
-            for (int j = 0; j < kSub; ++j) {
+              for (int j = 0; j < kSub; ++j) {
 #pragma unroll
-              for (int q0 = 0; q0 < kTokens; q0 += C::kChunk) {
-                if (q0 >= tile.count) break;
-                sm90::named_barrier(2, 128);
-                sm90::named_barrier(2, 128);
+                for (int q0 = 0; q0 < kTokens; q0 += C::kChunk) {
+                  if (q0 >= tile.count) break;
+                  sm90::named_barrier(2, 128);
+                  sm90::named_barrier(2, 128);
+                }
               }
+            }
+            if constexpr (kParts > 1) {
+              sm90::cluster_sync();
+              sm90::cluster_sync();
             }
             return;
           }
@@ -1336,6 +1343,22 @@ void launch_sm90_tiles(const void* x, const TokenRows& tile_rows, std::int64_t t
         return;
       }
     }
+    // 64- and 128-token tiles of 64 rows with two computing warpgroups on alternate k-tiles
+    // (dense), where the pairs fit half the SMs: split K in two over a cluster as well, so that
+    // each SM has two computing warpgroups (choose_kernel has the measurements; ncu on an H100,
+    // session 24, GPT-OSS down M = 64 with one warpgroup per CTA: 0.34 eligible warps per
+    // scheduler, 70% of cycles with none).
+    if constexpr (kTokens <= 128 && kSub == 1 && kWG == kWGSplitK && C::kFitsParts(2)) {
+      const std::int64_t ktiles = (w.k / kBlockSize + 1) / 2;
+      if (rows.tile_list == nullptr && 2 * ctas <= sms && ktiles >= 16 &&
+          forced_kernel() != "wgmma_nosplit") {
+        const int per_sm = per_sm_of(Tma{}, Two{}, std::false_type{}, Dense{});
+        if (2 * ctas <= std::int64_t{sms} * per_sm) {
+          launch(Tma{}, Two{}, PidRange{}, Dense{});
+          return;
+        }
+      }
+    }
     // 64- or 128-token tiles of 64 or 128 rows (bf16 and f16): split K over a cluster where the
     // tiles fill few CTA slots:
     // - in two where K is long and the pairs fit the slots (measured on an H100: Llama-70B down,
@@ -1347,8 +1370,8 @@ void launch_sm90_tiles(const void* x, const TokenRows& tile_rows, std::int64_t t
       const std::int64_t ktiles = (w.k / kBlockSize + 1) / 2;
       const std::string& forced = forced_kernel();
       const bool force = forced == "wgmma_split";
-      // (choose_kernel gives 64-token tiles two computing warpgroups instead exactly where these
-      // pairs would not fit one per SM: the same test, 2 * tiles > SMs.)
+      // (choose_kernel gives 64-token tiles one computing warpgroup only for K of 16384 and more,
+      // or where MXFP4_CUDA_KERNEL forces it, wgmma64t.)
       const bool short_tiles = kTokens == 64 && 2 * ctas <= sms && ktiles >= 16;
       if ((ktiles >= 128 || short_tiles || force) && forced != "wgmma_nosplit") {
         const int per_sm = per_sm_of(Tma{}, Two{}, std::false_type{}, Dense{});

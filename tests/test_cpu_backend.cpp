@@ -592,9 +592,10 @@ struct GatherCase {
   DType x_dtype, index_dtype;
 };
 
-Buffer run_gather(const detail::Backend& backend, const GatherCase& c, const Buffer& x,
-                  const std::vector<std::uint8_t>& ids, const Weight& w) {
-  Buffer out(c.x_dtype, c.tokens * c.topk * c.n);
+// The case's call into `out` (poisoned first); in expert order where perm and offsets are given.
+void gather_into(const detail::Backend& backend, const GatherCase& c, const Buffer& x,
+                 const std::vector<std::uint8_t>& ids, const Weight& w, Buffer& out,
+                 std::int32_t* perm = nullptr, std::int32_t* offsets = nullptr) {
   std::fill(out.bytes.begin(), out.bytes.end(), std::uint8_t{0x5A});
   detail::GatherLinearArgs a{};
   a.x = x.data();
@@ -606,7 +607,15 @@ Buffer run_gather(const detail::Backend& backend, const GatherCase& c, const Buf
   a.index_dtype = c.index_dtype;
   a.w = w.args();
   a.out = out.data();
+  a.order_perm = perm;
+  a.order_offsets = offsets;
   backend.gather_linear(a);
+}
+
+Buffer run_gather(const detail::Backend& backend, const GatherCase& c, const Buffer& x,
+                  const std::vector<std::uint8_t>& ids, const Weight& w) {
+  Buffer out(c.x_dtype, c.tokens * c.topk * c.n);
+  gather_into(backend, c, x, ids, w, out);
   return out;
 }
 
@@ -622,20 +631,7 @@ OrderedGather run_gather_ordered(const detail::Backend& backend, const GatherCas
   OrderedGather r{Buffer(c.x_dtype, c.tokens * c.topk * c.n),
                   std::vector<std::int32_t>(static_cast<std::size_t>(c.tokens * c.topk), -7),
                   std::vector<std::int32_t>(static_cast<std::size_t>(c.experts + 1), -7)};
-  std::fill(r.out.bytes.begin(), r.out.bytes.end(), std::uint8_t{0x5A});
-  detail::GatherLinearArgs a{};
-  a.x = x.data();
-  a.x_dtype = c.x_dtype;
-  a.x_per_slot = c.per_slot;
-  a.tokens = c.tokens;
-  a.topk = c.topk;
-  a.indices = ids.data();
-  a.index_dtype = c.index_dtype;
-  a.w = w.args();
-  a.out = r.out.data();
-  a.order_perm = r.perm.data();
-  a.order_offsets = r.offsets.data();
-  backend.gather_linear(a);
+  gather_into(backend, c, x, ids, w, r.out, r.perm.data(), r.offsets.data());
   return r;
 }
 

@@ -102,6 +102,9 @@ void gather_linear_into(const Tensor& x, const Tensor& indices, const Mxfp4Weigh
 // from call to call (perm says how; every row's value is the same). T * topk must be below 2^31.
 // Out-of-range ids: as gather_linear (the CPU throws before writing; on CUDA their pairs take
 // rows [offsets[E], T * topk), filled with NaN, and the next mxfp4::synchronize() throws).
+// RunOptions as for gather_linear, workspace included; on CUDA, batches of at most 64 pairs with
+// f32 x or buffers not 16-byte aligned sort in memory of the call where the workspace is smaller
+// than they need (gather_linear_workspace_bytes promises them none).
 struct ExpertOrderOutput {
   Tensor out;
   Tensor perm;

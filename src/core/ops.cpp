@@ -3,7 +3,6 @@
 #include <cmath>
 #include <cstring>
 #include <string>
-#include <utility>
 
 #include "core/backend.hpp"
 #include "core/checks.hpp"
@@ -405,11 +404,10 @@ void gather_linear_expert_order_into(const Tensor& x, const Tensor& indices,
   require_output(op, "perm", perm, shapes.perm, DType::i32, weight.device());
   require_output(op, "offsets", offsets, shapes.offsets, DType::i32, weight.device());
   const auto fn = kernel(op, weight.device(), &detail::Backend::gather_linear);
-  for (const auto& [name, t] : {std::pair<const char*, const Tensor*>{"x", &x},
-                                std::pair<const char*, const Tensor*>{"indices", &indices}}) {
-    require_disjoint(op, "perm", perm, name, *t);
-    require_disjoint(op, "offsets", offsets, name, *t);
-  }
+  require_disjoint(op, "perm", perm, "x", x);
+  require_disjoint(op, "perm", perm, "indices", indices);
+  require_disjoint(op, "offsets", offsets, "x", x);
+  require_disjoint(op, "offsets", offsets, "indices", indices);
   require_disjoint(op, "perm", perm, "out", out);
   require_disjoint(op, "offsets", offsets, "out", out);
   require_disjoint(op, "offsets", offsets, "perm", perm);

@@ -197,7 +197,8 @@ void run_linear(const Kernels& kernels, const detail::LinearArgs& a) {
 
 // The (token, slot) pairs grouped by expert with a counting sort (stable: slot order within an
 // expert), then one batch per expert, so each expert's weights are read once per call. Expert
-// order (a.order_perm): the sort's positions are the output rows, and the sort is returned.
+// order (a.order_offsets given): the sort's positions are the output rows, and the sort is
+// returned.
 void run_gather_linear(const Kernels& kernels, const detail::GatherLinearArgs& a) {
   const std::int64_t k = a.w.k;
   const std::int64_t n = a.w.n;

@@ -66,10 +66,10 @@ __device__ __forceinline__ void stage_fragment(T* tile_out, int stride, int r, i
 
 // The output rows (pairs, or positions in expert order) of the staged rows that store_tile's vector
 // path gives thread tid (rows tid / (kTileW / 8) + kStep i, i < kPer, of a tile of at most kRows),
-// for grouped layouts, whose output rows come through a permutation (rows.perm): loaded all at once
-// before the caller stages its fragments, their latency passes meanwhile, where one load per row in
-// the stores paid it once per row (an H100, session 21: the mixture of experts' skewed
-// T = 4096 1.07-1.08x).
+// for grouped layouts, whose output rows come through a permutation (rows.out_perm): loaded all at
+// once before the caller stages its fragments, their latency passes meanwhile, where one load per
+// row in the stores paid it once per row (an H100, session 21: the mixture of experts' skewed T =
+// 4096 1.07-1.08x).
 template <int kTileW, int kThreads, int kRows>
 struct TilePairs {
   static constexpr int kStep = kThreads / (kTileW / 8);

@@ -110,6 +110,14 @@ __device__ __forceinline__ int run_position(const int2* runs, long long id, std:
   return r.x != 0 ? pair_row(p, topk, x_per_slot) - r.y : -1;
 }
 
+// Expert order: pair p with a bad id at `place` (after the valid pairs), its output row NaN.
+template <typename T>
+__device__ void place_bad_pair(std::int32_t* perm, int place, std::int64_t p, T* out,
+                               std::int64_t n) {
+  perm[place] = static_cast<std::int32_t>(p);
+  fill_nan_row(out, place, n);
+}
+
 // Pairs per thread in count_kernel and scatter_kernel, whose ids are loaded together.
 constexpr int kPairsPerThread = 4;
 constexpr int kCountThreads = 256;
@@ -350,11 +358,7 @@ __global__ void __launch_bounds__(kFusedRouteThreads)
   for (int p = tid; p < pairs; p += step) {
     const long long id = load_id(ids, id_dtype, p);
     if (id < 0 || id >= experts) {
-      if (order) {
-        const int at = atomicAdd(&bad_cursor, 1);
-        perm[at] = p;
-        fill_nan_row(out, at, n);
-      }
+      if (order) place_bad_pair(perm, atomicAdd(&bad_cursor, 1), p, out, n);
       continue;
     }
     const int at = run_position(runs, id, p, topk, x_per_slot);
@@ -388,11 +392,8 @@ __global__ void __launch_bounds__(kCountThreads)
     at[i] = -1;
     if (p >= pairs) continue;
     if (id[i] < 0 || id[i] >= experts) {
-      if (order_out != nullptr) {
-        const int place = atomicAdd(&cursor[experts], 1);
-        perm[place] = static_cast<std::int32_t>(p);
-        fill_nan_row(order_out, place, n);
-      }
+      if (order_out != nullptr)
+        place_bad_pair(perm, atomicAdd(&cursor[experts], 1), p, order_out, n);
       continue;
     }
     at[i] = run_position(runs, id[i], p, topk, x_per_slot);

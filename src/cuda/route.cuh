@@ -114,7 +114,7 @@ __device__ void route_in_cta(const TokenRows& rows, CtaRoute& route, bool report
       order.perm[tid] = route.perm[tid];
       if (route.expert[tid] == experts) fill_nan_row(out, tid, n);
     }
-    // order_offsets[e]: the positions of experts below e (binary search in the sorted experts).
+    // order.offsets[e]: the positions of experts below e (binary search in the sorted experts).
     for (int x = tid; x <= experts; x += static_cast<int>(blockDim.x)) {
       int lo = 0, hi = pairs;
       while (lo < hi) {

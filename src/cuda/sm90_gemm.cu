@@ -1343,40 +1343,32 @@ void launch_sm90_tiles(const void* x, const TokenRows& tile_rows, std::int64_t t
         return;
       }
     }
-    // 64- and 128-token tiles of 64 rows with two computing warpgroups on alternate k-tiles
-    // (dense), where the pairs fit half the SMs: split K in two over a cluster as well, so that
-    // each SM has two computing warpgroups (choose_kernel has the measurements; ncu on an H100,
-    // session 24, GPT-OSS down M = 64 with one warpgroup per CTA: 0.34 eligible warps per
-    // scheduler, 70% of cycles with none).
-    if constexpr (kTokens <= 128 && kSub == 1 && kWG == kWGSplitK && C::kFitsParts(2)) {
-      const std::int64_t ktiles = (w.k / kBlockSize + 1) / 2;
-      if (rows.tile_list == nullptr && 2 * ctas <= sms && ktiles >= 16 &&
-          forced_kernel() != "wgmma_nosplit") {
-        const int per_sm = per_sm_of(Tma{}, Two{}, std::false_type{}, Dense{});
-        if (2 * ctas <= std::int64_t{sms} * per_sm) {
-          launch(Tma{}, Two{}, PidRange{}, Dense{});
-          return;
-        }
-      }
-    }
     // 64- or 128-token tiles of 64 or 128 rows (bf16 and f16): split K over a cluster where the
     // tiles fill few CTA slots:
     // - in two where K is long and the pairs fit the slots (measured on an H100: Llama-70B down,
     //   K = 28672, M = 64: 120 us against 193; at K = 2880 and 4096 the split was 0-12% slower);
-    // - 64-token tiles in two where the pairs fit one per SM (an H200, session 7, M = 64:
-    //   4096x4096 14.7 us against 19.9, GPT-OSS down 11.9 against 14.8).
-    // MXFP4_CUDA_KERNEL=wgmma_split forces a split (in four where the partial sums fit).
-    if constexpr (kTokens <= 128 && kSub == 1 && kWG != kWGSplitK) {
+    // - in two where the pairs fit one per SM: 64-token tiles (an H200, session 7, M = 64:
+    //   4096x4096 14.7 us against 19.9, GPT-OSS down 11.9 against 14.8), and (dense) 64- and
+    //   128-token tiles of 64 rows with two computing warpgroups on alternate k-tiles, so that each
+    //   SM has two computing warpgroups (choose_kernel has the measurements; ncu on an H100,
+    //   session 24, GPT-OSS down M = 64 with one warpgroup per CTA: 0.34 eligible warps per
+    //   scheduler, 70% of cycles with none).
+    // MXFP4_CUDA_KERNEL=wgmma_split forces a split of one-warpgroup tiles (in four where the
+    // partial sums fit).
+    if constexpr (kTokens <= 128 && kSub == 1 && C::kFitsParts(2)) {
+      constexpr bool kHalves = kWG == kWGSplitK;
       const std::int64_t ktiles = (w.k / kBlockSize + 1) / 2;
       const std::string& forced = forced_kernel();
-      const bool force = forced == "wgmma_split";
+      const bool force = !kHalves && forced == "wgmma_split";
       // (choose_kernel gives 64-token tiles one computing warpgroup only for K of 16384 and more,
       // or where MXFP4_CUDA_KERNEL forces it, wgmma64t.)
-      const bool short_tiles = kTokens == 64 && 2 * ctas <= sms && ktiles >= 16;
-      if ((ktiles >= 128 || short_tiles || force) && forced != "wgmma_nosplit") {
+      const bool short_tiles =
+          (kHalves ? rows.tile_list == nullptr : kTokens == 64) && 2 * ctas <= sms && ktiles >= 16;
+      const bool long_k = !kHalves && ktiles >= 128;
+      if ((long_k || short_tiles || force) && forced != "wgmma_nosplit") {
         const int per_sm = per_sm_of(Tma{}, Two{}, std::false_type{}, Dense{});
-        if constexpr (C::kFitsParts(4) && std::is_same_v<T, __nv_bfloat16>) {  // (forced only)
-          if (force && 4 * ctas <= std::int64_t{sms} * per_sm && ktiles >= 16) {
+        if constexpr (!kHalves && C::kFitsParts(4) && std::is_same_v<T, __nv_bfloat16>) {
+          if (force && 4 * ctas <= std::int64_t{sms} * per_sm && ktiles >= 16) {  // (forced only)
             launch(Tma{}, Four{}, PidRange{}, Dense{});
             return;
           }

@@ -745,6 +745,42 @@ TEST(Cuda, GatherLinearKeepsF16ExactOutsideItsRange) {
   }
 }
 
+// Experts of 33-128 tokens in a batch of more than 512 pairs (Hopper: the third GEMM class, on
+// 128-token tiles of 192 rows with three computing warpgroups since session 25), on a weight whose
+// rows are not a multiple of the tile's: bf16 x with bias, then f16 x with block scales outside
+// f16's exact range in one stage of every even expert's rows (split_stage, its x shared out
+// among three warpgroups, 1024 chunks over 384 threads).
+TEST(Cuda, GatherLinearRunsMidSizeExpertsOfManyPairs) {
+  REQUIRE_GPU();
+  const std::int64_t experts = 32, n = 200, k = 320, topk = 4, tokens = 600;
+  const Tensor ids = routing(tokens, topk, experts, false, DType::i32, 61);
+  const Tensor bias = random_tensor({experts, n}, DType::bf16, 62);
+  const auto w = mxfp4::Mxfp4Weight::quantize(random_tensor({experts, n, k}, DType::f32, 63), bias);
+  const std::vector<std::uint8_t> codes = random_codes(experts * n, k, 64);
+  std::vector<std::uint8_t> scales(static_cast<std::size_t>(experts * n * k / 32));
+  for (std::int64_t e = 0; e < experts; ++e) {
+    for (std::int64_t r = 0; r < n; ++r) {
+      for (std::int64_t b = 0; b < k / 32; ++b) {
+        const bool out = e % 2 == 0 && (r + b) % 3 == 0 && b / 2 == 2;  // stage 2 (k 128-191)
+        scales[static_cast<std::size_t>((e * n + r) * (k / 32) + b)] = out ? 113 : 114;
+      }
+    }
+  }
+  const auto w16 =
+      mxfp4::Mxfp4Weight::from_parts(Tensor::from_vector(codes, {experts, n, k / 2}),
+                                     Tensor::from_vector(scales, {experts, n, k / 32}));
+  for (BlockLayout layout : test_layouts()) {
+    const Tensor x = random_tensor({tokens, k}, DType::bf16, 65, 4.0f);
+    const Tensor got = mxfp4::gather_linear(x.to(kGpu), ids.to(kGpu), on_gpu(w, layout));
+    expect_gather_close(x, ids, w, got.to(mxfp4::Device::cpu()), "bf16" + layout_tag(layout));
+    const Tensor x16 = random_tensor({tokens, k}, DType::f32, 66, 64.0f).to(DType::f16);
+    const Tensor got16 = mxfp4::gather_linear(x16.to(kGpu), ids.to(kGpu), on_gpu(w16, layout));
+    expect_gather_close(x16, ids, w16, got16.to(mxfp4::Device::cpu()),
+                        "f16 scales 113 / 114" + layout_tag(layout));
+    if (HasFatalFailure()) return;
+  }
+}
+
 // gather_linear of random x ([T, K], or [T, topk, K] with per_slot) on the GPU against the
 // reference.
 void expect_gather_on_gpu(const Tensor& ids, const mxfp4::Mxfp4Weight& w,

@@ -41,7 +41,8 @@ KernelChoice choose_kernel(DType x_dtype, std::int64_t tokens, std::int64_t n, s
 // wgmma_tail splits K for the last half of the tiles (in a second launch, as for a last
 // partial wave), wgmma_stream / wgmma_stream128 run bf16 on stream-K (256- / 128-token tiles) at
 // any token count,
-// moe_mid128 gives gather_linear's 128-token class tiles of 128 weight rows (256 otherwise),
+// moe_mid128 / moe_mid256 give gather_linear's 128-token class tiles of 128 / 256 weight rows
+// (192 otherwise),
 // moe_route3 makes it route every batch with three kernels (not one CTA), moe_stage_all makes it
 // stage the x rows of experts that are runs of x too, and quantize_unmapped makes quantize report
 // non-finite weights through a device flag copied back, the path it takes where mapped pinned

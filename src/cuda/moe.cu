@@ -213,10 +213,14 @@ constexpr int kMid128Tile = detail::cuda_gather_tile(3, 0);
 // Batches of few pairs on Hopper: the third GEMM class's experts (33 to this many tokens) on
 // 64-token tiles (gather_linear).
 constexpr int kFewMid64Tokens = 64;
-// The 128-token class's weight rows per tile (wgmma GEMM): two m64 sub-tiles per computing
-// warpgroup give each warp two independent decode chains, which the dense benchmark measured
-// ~15% faster per token-row than 128 rows at 128 tokens (an H100, session 9).
-constexpr int kMid128Rows = 256;
+// The 128-token class's weight rows per tile (wgmma GEMM): 192, three computing warpgroups of
+// one m64 sub-tile each (sm90_gemm.cu), where two warpgroups of two sub-tiles (256 rows) left the
+// tensor pipe half idle, each warp waiting on its own decode's latencies. An H100, session 25,
+// GPT-OSS top-4 of 128, uniform routing (most experts in this class), us, 256 rows -> 192: T =
+// 1024 gate_up 792.3 -> 771.1, down 448.8 -> 434.4; T = 4096 1271.3 -> 1219.7, 707.6 -> 666.9.
+// (256 rows had been ~15% faster per token-row than 128, session 9.) MXFP4_CUDA_KERNEL=
+// moe_mid256 / moe_mid128 give the class tiles of 256 / 128 rows (tests, comparison).
+constexpr int kMid128Rows = 192;
 constexpr int kLargeTile = 128;  // the fifth class's tiles off Hopper
 
 // One warp: pair offsets per expert (cursor starts there), and the classes' tile lists, written
@@ -660,11 +664,12 @@ void gather_linear(const detail::GatherLinearArgs& a) {
   // skewed batch's rows: launch_sm90_tiles.)
   const bool few_split64 = few && 2 * ((n + 63) / 64) > current_device_facts().multiprocessors;
   // The third GEMM class's launch: 128-token tiles of kMid128Rows rows (MXFP4_CUDA_KERNEL=
-  // moe_mid128: 128 rows, for comparison), or for few pairs 64-token tiles of 128 rows, or of 64
-  // rows with two warpgroups on alternate k-tiles (few_split64).
+  // moe_mid128 / moe_mid256: 128 / 256 rows, for comparison), or for few pairs 64-token tiles of
+  // 128 rows, or of 64 rows with two warpgroups on alternate k-tiles (few_split64).
   const int mid128_tokens = few ? kFewMid64Tokens : kMid128Tile;
   const int mid128_rows = few_split64                              ? 64
                           : few || forced_kernel() == "moe_mid128" ? 128
+                          : forced_kernel() == "moe_mid256"        ? 256
                                                                    : kMid128Rows;
   const std::int64_t small_tiles = plan.small_tiles();
   const std::int64_t sixteen_tiles = plan.sixteen_tiles();

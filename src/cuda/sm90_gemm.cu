@@ -1,9 +1,9 @@
 // Tiled MXFP4 GEMM for many tokens on Hopper (sm_90a), bf16 or f16 activations, with warpgroup
 // MMA: y[m, n] = sum_k x[m, k] W[n, k] + b[n].
 //
-// Warp-specialized: a CTA has one loading warpgroup and one or two computing warpgroups (which
-// setmaxnreg gives most of the registers). Computing warpgroup q owns weight rows [64 q, 64 q +
-// 64) of each m64 sub-tile and every token of the tile (64, 128 or 256), as one wgmma m64nTk16
+// Warp-specialized: a CTA has one loading warpgroup and one, two or three computing warpgroups
+// (which setmaxnreg gives most of the registers). Computing warpgroup q owns weight rows [64 q, 64
+// q + 64) of each m64 sub-tile and every token of the tile (64, 128 or 256), as one wgmma m64nTk16
 // accumulator per sub-tile; or, for 64-row tiles, two computing warpgroups share the rows and take
 // alternate k-tiles (kWGSplitK), adding their sums at the end of the tile. The weight is the MMA's
 // A operand and comes from registers: each thread decodes its rows' E2M1 codes and multiplies them
@@ -56,12 +56,15 @@ namespace {
 
 constexpr int kTileK = 2 * kBlockSize;
 
-// kWG computing warpgroups (1 or 2) of kSub m64 sub-tiles each, plus one loading warpgroup: a
+// kWG computing warpgroups (1, 2 or 3) of kSub m64 sub-tiles each, plus one loading warpgroup: a
 // CTA covers kTileW = 64 kWG kSub weight rows. kWG = kWGSplitK: two computing warpgroups on the
 // same 64 kSub rows, taking alternate k-tiles (their sums added at the end of each tile), so
 // that a 64-row tile keeps two warpgroups decoding. kFlags: f16 x, whose stages carry the loaders'
 // flags (and scale bytes, not bf16 pairs).
-inline constexpr int kWGSplitK = 3;
+// Three (128-token tiles of 192 rows, gather_linear's experts of 33-128 tokens): a third warp
+// per scheduler to hide the decode's latencies (ncu, session 25: the two computing warps of a
+// 128-token tile of 256 rows issued once per 6.3 cycles each, the tensor pipe 56% busy).
+inline constexpr int kWGSplitK = 5;
 
 // The (token tile, weight tile) pairs a launch covers, [begin, end) in raster order (end 0: all).
 struct PidRange {
@@ -94,8 +97,9 @@ struct Sm90Config {
   // Registers per thread: at launch, what ptxas gives each thread under the launch bounds (all
   // it may: the kernel holds setmaxnreg), then the loading warpgroup keeps kProducerRegs (it
   // holds a 256-token tile's x rows) and the computing ones share out the rest. Asking for more
-  // than the CTA was launched with would make setmaxnreg.inc wait forever.
-  static constexpr int kLaunchRegs = kConsumerWGs == 1 ? 128 : 168;
+  // than the CTA was launched with would make setmaxnreg.inc wait forever. (Three computing
+  // warpgroups: 512 threads, 128 each at launch; 152 each after.)
+  static constexpr int kLaunchRegs = kConsumerWGs == 2 ? 168 : 128;
   // (256-token tiles of 64 rows: 56, so that the computing warpgroups' 224 hold their 128
   // accumulators without spilling; with 88 ptxas spilled 12 bytes.)
   static constexpr int kProducerRegs = kTokens >= 192 && !(kSplitK && kTokens == 256) ? 88 : 56;
@@ -779,8 +783,10 @@ __device__ __forceinline__ void sm90_compute(std::uint8_t* smem, const TokenRows
           auto split_stage = [&](std::uint32_t s, std::uint32_t(&fb)[kSub][2][4]) {
             if constexpr (kHalf) {
               constexpr int kSharers = C::kSplitK ? 128 : C::kConsumers;
-              constexpr int kPer = C::kXBytes / 16 / kSharers;  // 16-byte chunks each
-              static_assert(kPer * 16 * kSharers == C::kXBytes, "x chunks per thread");
+              // 16-byte chunks, and each thread's (three warpgroups: some take one fewer)
+              constexpr int kChunks = C::kXBytes / 16;
+              constexpr int kPer = (kChunks + kSharers - 1) / kSharers;
+              static_assert(kChunks * 16 == C::kXBytes, "whole chunks");
               const int bar = C::kSplitK ? 5 + c : 5;
               const int sharer = C::kSplitK ? (ctid & 127) : ctid;
               const std::uint32_t hi_at =
@@ -792,6 +798,7 @@ __device__ __forceinline__ void sm90_compute(std::uint8_t* smem, const TokenRows
           // (Loops not unrolled: unrolled, the 256-row kernel spilled.)
 #pragma unroll 1
               for (int i = 0; i < kPer; ++i) {
+                if (sharer + kSharers * i >= kChunks) break;
                 const int at = 16 * (sharer + kSharers * i);
                 uint4 v = *reinterpret_cast<const uint4*>(st + at);
                 uint4 lo;
@@ -1354,8 +1361,9 @@ void launch_sm90_tiles(const void* x, const TokenRows& tile_rows, std::int64_t t
     //   session 24, GPT-OSS down M = 64 with one warpgroup per CTA: 0.34 eligible warps per
     //   scheduler, 70% of cycles with none).
     // MXFP4_CUDA_KERNEL=wgmma_split forces a split of one-warpgroup tiles (in four where the
-    // partial sums fit).
-    if constexpr (kTokens <= 128 && kSub == 1 && C::kFitsParts(2)) {
+    // partial sums fit). (Three computing warpgroups, gather_linear's alone, never split: here or
+    // for a last wave below.)
+    if constexpr (kTokens <= 128 && kSub == 1 && kWG != 3 && C::kFitsParts(2)) {
       constexpr bool kHalves = kWG == kWGSplitK;
       const std::int64_t ktiles = (w.k / kBlockSize + 1) / 2;
       const std::string& forced = forced_kernel();
@@ -1384,7 +1392,7 @@ void launch_sm90_tiles(const void* x, const TokenRows& tile_rows, std::int64_t t
     // H100 (bench/RESULTS.md, session 8): whole tiles take one tile's time per wave, however
     // few fill the last (GPT-OSS gate_up, 256-token tiles: 33.6 us at M = 512, 67-68 us from
     // M = 576 to 1280; 4096x4096: 47.5 us at M = 1024, 102 at 1032).
-    if constexpr (kSub == 1 && kWG != kWGSplitK && C::kFitsParts(2)) {
+    if constexpr (kSub == 1 && kWG != kWGSplitK && kWG != 3 && C::kFitsParts(2)) {
       const std::int64_t ktiles = (w.k / kBlockSize + 1) / 2;
       const std::string& forced = forced_kernel();
       const bool force = forced == "wgmma_tail";  // half the tiles split (tests)
@@ -1405,12 +1413,13 @@ void launch_sm90_tiles(const void* x, const TokenRows& tile_rows, std::int64_t t
       }
     }
     // The tile shapes of gather_linear's classes (moe.cu: 64-token tiles of 128 rows, 128-token
-    // ones of 256 rows or of 64 rows with two warpgroups on alternate k-tiles, 256-token ones of
-    // 128 rows) on x staged in tile order get the grouped epilogue (kGrouped).
-    constexpr bool kGroupedShape = (kTokens == 64 && kSub == 1 && kWG == 2) ||
-                                   (kTokens == 128 && kSub == 2 && kWG == 2) ||
-                                   (kTokens == 128 && kSub == 1 && kWG == kWGSplitK) ||
-                                   (kTokens == 256 && kSub == 1 && kWG == 2);
+    // ones of 192 rows with three warpgroups, of 256 rows (moe_mid256) or of 64 rows with two
+    // warpgroups on alternate k-tiles, 256-token ones of 128 rows) on x staged in tile order get
+    // the grouped epilogue (kGrouped).
+    constexpr bool kGroupedShape =
+        (kTokens == 64 && kSub == 1 && kWG == 2) || (kTokens == 128 && kSub == 2 && kWG == 2) ||
+        (kTokens == 128 && kSub == 1 && kWG == kWGSplitK) ||
+        (kTokens == 128 && kSub == 1 && kWG == 3) || (kTokens == 256 && kSub == 1 && kWG == 2);
     if constexpr (kGroupedShape) {
       if (rows.perm != nullptr) {
         launch(Tma{}, One{}, PidRange{}, std::true_type{});
@@ -1458,6 +1467,8 @@ void launch_sm90_gemm(const void* x, DType x_dtype, const TokenRows& rows, std::
                                             workspace_bytes);
     } else if (tile_rows == 256) {
       launch_sm90_tiles<T, 128, 2, 2, kGpu>(x, rows, tiles, w, out, stream);
+    } else if (tile_rows == 192) {
+      launch_sm90_tiles<T, 128, 1, 3, kGpu>(x, rows, tiles, w, out, stream);
     } else if (tile_tokens == 64 && tile_rows == 64 && k_halves) {
       launch_sm90_tiles<T, 64, 1, kWGSplitK, kGpu>(x, rows, tiles, w, out, stream);
     } else if (tile_tokens == 64 && tile_rows == 64) {

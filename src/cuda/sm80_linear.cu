@@ -823,6 +823,9 @@ KernelChoice choose_kernel(DType x_dtype, std::int64_t tokens, std::int64_t n, s
   if (sm90_ok && forced == "wgmma_stream128") return {true, 128, true, 128, false, true};
   if (sm90_ok && forced == "wgmma256r") return {true, 128, true, 256};
   if (sm90_ok && forced == "wgmma64r") return {true, 128, true, 64};
+  // (128-token tiles of 192 rows, three computing warpgroups: gather_linear's class of 33-128
+  // tokens; dense, for measurement.)
+  if (sm90_ok && forced == "wgmma192r") return {true, 128, true, 192};
   if (sm90_ok && forced == "wgmma64k") return {true, 128, true, 64, true};
   if (sm90_ok && forced == "wgmma64t") return {true, 64, true, 64};
   if (sm90_ok && forced == "wgmma64tk") return {true, 64, true, 64, true};

@@ -57,13 +57,14 @@ namespace {
 constexpr int kTileK = 2 * kBlockSize;
 
 // kWG computing warpgroups (1, 2 or 3) of kSub m64 sub-tiles each, plus one loading warpgroup: a
-// CTA covers kTileW = 64 kWG kSub weight rows. kWG = kWGSplitK: two computing warpgroups on the
-// same 64 kSub rows, taking alternate k-tiles (their sums added at the end of each tile), so
-// that a 64-row tile keeps two warpgroups decoding. kFlags: f16 x, whose stages carry the loaders'
-// flags (and scale bytes, not bf16 pairs).
-// Three (128-token tiles of 192 rows, gather_linear's experts of 33-128 tokens): a third warp
-// per scheduler to hide the decode's latencies (ncu, session 25: the two computing warps of a
-// 128-token tile of 256 rows issued once per 6.3 cycles each, the tensor pipe 56% busy).
+// CTA covers kTileW = 64 kWG kSub weight rows. Three (128-token tiles of 192 rows, gather_linear's
+// experts of 33-128 tokens) put a third warp on each scheduler to hide the decode's latencies
+// (ncu, session 25: the two computing warps of a 128-token tile of 256 rows issued once per 6.3
+// cycles each, the tensor pipe 56% busy). kFlags: f16 x, whose stages carry the loaders' flags
+// (and scale bytes, not bf16 pairs).
+// kWG = kWGSplitK (a value no warpgroup count takes): two computing warpgroups on the same 64 kSub
+// rows, taking alternate k-tiles (their sums added at the end of each tile), so that a 64-row tile
+// keeps two warpgroups decoding.
 inline constexpr int kWGSplitK = 5;
 
 // The (token tile, weight tile) pairs a launch covers, [begin, end) in raster order (end 0: all).
@@ -1361,8 +1362,9 @@ void launch_sm90_tiles(const void* x, const TokenRows& tile_rows, std::int64_t t
     //   session 24, GPT-OSS down M = 64 with one warpgroup per CTA: 0.34 eligible warps per
     //   scheduler, 70% of cycles with none).
     // MXFP4_CUDA_KERNEL=wgmma_split forces a split of one-warpgroup tiles (in four where the
-    // partial sums fit). (Three computing warpgroups, gather_linear's alone, never split: here or
-    // for a last wave below.)
+    // partial sums fit). (Tiles of three computing warpgroups never split, here or for a last wave
+    // below: gather_linear's class has no such rule, and dense batches reach them only forced,
+    // wgmma192r.)
     if constexpr (kTokens <= 128 && kSub == 1 && kWG != 3 && C::kFitsParts(2)) {
       constexpr bool kHalves = kWG == kWGSplitK;
       const std::int64_t ktiles = (w.k / kBlockSize + 1) / 2;
